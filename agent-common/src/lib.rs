@@ -1,0 +1,294 @@
+//! The ABI between Vigil's eBPF programs and its userspace agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy` and pointer-free, so the same bytes mean
+//! the same thing on both sides of a map or ring buffer. This crate is the only place
+//! these layouts are defined.
+#![no_std]
+
+/// Powers of two the latency histogram covers: 2^0 ns .. 2^40 ns (about 18 minutes);
+/// anything slower lands in the last bucket.
+pub const LATENCY_OCTAVES: usize = 40;
+/// Each power of two is split into this many equal sub-buckets, so a bucket's width
+/// is at most 25 % of its lower edge (plain log2 buckets would be 100 %).
+pub const SUB_BUCKETS: usize = 4;
+/// Buckets per histogram.
+pub const LATENCY_BUCKETS: usize = LATENCY_OCTAVES * SUB_BUCKETS;
+
+/// Syscall numbers the histogram map has room for. x86_64 uses < 470 today; a
+/// syscall number at or above this is counted in [`Counter::SyscallOutOfRange`].
+pub const MAX_SYSCALLS: u32 = 512;
+
+/// Per-syscall, per-CPU latency statistics (the value of the `SYSCALL_LATENCY` map,
+/// indexed by syscall number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl SyscallStats {
+    pub const ZERO: Self = Self { count: 0, total_ns: 0, max_ns: 0, buckets: [0; LATENCY_BUCKETS] };
+}
+
+/// Histogram bucket for a latency in nanoseconds: floor(log2(ns)) picks the octave,
+/// the next two bits below the leading one pick the sub-bucket.
+///
+/// A binary search rather than `leading_zeros`: BPF has no count-leading-zeros
+/// instruction, and this compiles to six compares on both sides.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    let mut v = ns;
+    let mut log2 = 0u32;
+    if v >= 1 << 32 {
+        v >>= 32;
+        log2 += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        log2 += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        log2 += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        log2 += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        log2 += 2;
+    }
+    if v >= 1 << 1 {
+        log2 += 1;
+    }
+    if log2 as usize >= LATENCY_OCTAVES {
+        return LATENCY_BUCKETS - 1;
+    }
+    let sub = if log2 >= 2 { ((ns >> (log2 - 2)) & 3) as usize } else { 0 };
+    log2 as usize * SUB_BUCKETS + sub
+}
+
+/// Smallest latency (ns) that lands in `bucket`.
+pub fn bucket_lower_bound(bucket: usize) -> u64 {
+    let (octave, sub) = (bucket / SUB_BUCKETS, (bucket % SUB_BUCKETS) as u64);
+    if octave < 2 {
+        return 1u64 << octave;
+    }
+    (1u64 << octave) + sub * (1u64 << (octave - 2))
+}
+
+/// Largest latency (ns) that lands in `bucket` (u64::MAX for the last bucket).
+pub fn bucket_upper_bound(bucket: usize) -> u64 {
+    if bucket + 1 >= LATENCY_BUCKETS {
+        return u64::MAX;
+    }
+    let octave = bucket / SUB_BUCKETS;
+    if octave < 2 {
+        // Octaves 0 and 1 have a single populated sub-bucket (sub 0).
+        return (1u64 << (octave + 1)) - 1;
+    }
+    bucket_lower_bound(bucket) + (1u64 << (octave - 2)) - 1
+}
+
+/// Kernel-side counters (a per-CPU array indexed by these values). Every event the
+/// kernel programs could not record or deliver lands in one of them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A slow-syscall event was dropped because the ring buffer was full.
+    SlowSyscallRingbufFull = 0,
+    /// A slow-syscall event was suppressed by the in-kernel rate limit.
+    SlowSyscallRateLimited = 1,
+    /// A TCP retransmit event was dropped because the ring buffer was full.
+    RetransmitRingbufFull = 2,
+    /// The per-task start-time slot could not be created (task storage/hash full),
+    /// so one syscall's latency was not recorded.
+    SyscallStartStoreFailed = 3,
+    /// A syscall number beyond [`MAX_SYSCALLS`]; its latency was not recorded.
+    SyscallOutOfRange = 4,
+    /// Slow-syscall events delivered to the ring buffer.
+    SlowSyscallSent = 5,
+    /// TCP retransmit events delivered to the ring buffer.
+    RetransmitSent = 6,
+}
+
+pub const COUNTERS: u32 = 8;
+
+/// First byte (tag) of every ring-buffer event; the reader dispatches on it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    SlowSyscall = 1,
+    TcpRetransmit = 2,
+}
+
+impl EventKind {
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            1 => Some(Self::SlowSyscall),
+            2 => Some(Self::TcpRetransmit),
+            _ => None,
+        }
+    }
+}
+
+pub const TASK_COMM_LEN: usize = 16;
+
+/// A syscall that took longer than the configured threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SlowSyscall {
+    /// Always [`EventKind::SlowSyscall`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub pid: u32,
+    pub tid: u32,
+    pub syscall_nr: u32,
+    /// `CLOCK_MONOTONIC` (bpf_ktime_get_ns) when the syscall returned.
+    pub end_ns: u64,
+    pub latency_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// One call of the `tcp:tcp_retransmit_skb` tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpRetransmit {
+    /// Always [`EventKind::TcpRetransmit`].
+    pub kind: u8,
+    pub _pad: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// TCP state (`TCP_ESTABLISHED` = 1, ...), as the kernel numbers it.
+    pub state: i32,
+    pub sport: u16,
+    pub dport: u16,
+    /// The kernel's error code when the retransmit attempt failed (0: sent, or the
+    /// kernel's tracepoint has no `err` field).
+    pub err: i32,
+    /// `CLOCK_MONOTONIC` when the tracepoint fired.
+    pub timestamp_ns: u64,
+    /// IPv4 addresses use the first 4 bytes; network byte order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Field offsets of the `tcp:tcp_retransmit_skb` tracepoint record, read by userspace
+/// from tracefs at load time (the layout differs across kernels, and Rust eBPF has no
+/// CO-RE). An offset of [`RetransmitLayout::ABSENT`] means the field doesn't exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitLayout {
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub state: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub err: u32,
+    /// Size of the `state` field (4 on current kernels).
+    pub state_size: u32,
+}
+
+impl RetransmitLayout {
+    pub const ABSENT: u32 = u32::MAX;
+    pub const UNSET: Self = Self {
+        sport: Self::ABSENT,
+        dport: Self::ABSENT,
+        family: Self::ABSENT,
+        state: Self::ABSENT,
+        saddr: Self::ABSENT,
+        daddr: Self::ABSENT,
+        saddr_v6: Self::ABSENT,
+        daddr_v6: Self::ABSENT,
+        err: Self::ABSENT,
+        state_size: 4,
+    };
+}
+
+/// Names of the globals in the eBPF object's `.rodata` that userspace sets at load.
+pub mod globals {
+    /// `u32`: only record syscalls of this thread group (0 = every process).
+    pub const FILTER_TGID: &str = "FILTER_TGID";
+    /// `u64`: syscalls at least this slow are sent as events (u64::MAX = never).
+    pub const SLOW_THRESHOLD_NS: &str = "SLOW_THRESHOLD_NS";
+    /// `u64`: slow-syscall events allowed per CPU per second.
+    pub const SLOW_EVENTS_PER_SEC: &str = "SLOW_EVENTS_PER_SEC";
+    /// [`super::RetransmitLayout`].
+    pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
+}
+
+/// Per-CPU token bucket for the slow-syscall rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub window_start_ns: u64,
+    pub sent_in_window: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have no padding that could leak
+    // uninitialised bytes in a way the kernel cares about, and no pointers.
+    unsafe impl aya::Pod for super::SyscallStats {}
+    unsafe impl aya::Pod for super::RetransmitLayout {}
+    unsafe impl aya::Pod for super::RateLimit {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec;
+
+    use super::*;
+
+    #[test]
+    fn buckets_follow_octaves_and_quarters() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), SUB_BUCKETS);
+        assert_eq!(latency_bucket(3), SUB_BUCKETS);
+        // 1024 = 2^10 exactly: octave 10, first quarter.
+        assert_eq!(latency_bucket(1024), 10 * SUB_BUCKETS);
+        // 1792 = 2^10 * 1.75: last quarter of octave 10.
+        assert_eq!(latency_bucket(1792), 10 * SUB_BUCKETS + 3);
+        assert_eq!(latency_bucket(2047), 10 * SUB_BUCKETS + 3);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn every_value_lies_within_its_bucket_bounds() {
+        let mut samples = vec![0u64, 1, 2, 3, 4, 5, 6, 7, 8, u64::MAX];
+        for shift in 0..63 {
+            let v = 1u64 << shift;
+            samples.extend([v - 1, v, v + 1, v + v / 3, v + v / 2, v + v / 4 * 3]);
+        }
+        for v in samples {
+            let b = latency_bucket(v);
+            assert!(b < LATENCY_BUCKETS);
+            if b + 1 < LATENCY_BUCKETS {
+                assert!(bucket_lower_bound(b) <= v.max(1), "{v} below bucket {b}");
+                assert!(v <= bucket_upper_bound(b), "{v} above bucket {b}");
+            }
+        }
+        // Buckets tile the line: each upper bound + 1 is the next lower bound
+        // (skipping the unpopulated sub-buckets of octaves 0 and 1).
+        for b in 2 * SUB_BUCKETS..LATENCY_BUCKETS - 1 {
+            assert_eq!(bucket_upper_bound(b) + 1, bucket_lower_bound(b + 1), "bucket {b}");
+        }
+    }
+
+    #[test]
+    fn event_layouts_are_stable() {
+        assert_eq!(core::mem::size_of::<SlowSyscall>(), 56);
+        assert_eq!(core::mem::size_of::<TcpRetransmit>(), 56);
+        assert_eq!(core::mem::size_of::<SyscallStats>(), 8 * (3 + LATENCY_BUCKETS));
+    }
+}

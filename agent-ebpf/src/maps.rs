@@ -1,0 +1,41 @@
+//! Maps and load-time settings shared by the probes. Userspace finds them by these
+//! names (see `vigil_common::globals` and `agent/src/probes/`).
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use vigil_common::{Counter, COUNTERS};
+
+// Load-time settings (.rodata, frozen by the loader, so the verifier prunes branches
+// that a setting turns off). Read them through `setting()`, never directly: the
+// compiler would otherwise fold in the default.
+#[no_mangle]
+pub static FILTER_TGID: u32 = 0;
+#[no_mangle]
+pub static SLOW_THRESHOLD_NS: u64 = u64::MAX;
+#[no_mangle]
+pub static SLOW_EVENTS_PER_SEC: u64 = 1000;
+
+#[inline(always)]
+pub fn setting<T: Copy>(s: &'static T) -> T {
+    // SAFETY: a valid static; volatile so the value set by the loader is used.
+    unsafe { core::ptr::read_volatile(s) }
+}
+
+/// Every ring-buffer event (tagged with `vigil_common::EventKind`). Userspace sets
+/// the size at load; when it is full the event is dropped and counted.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Kernel-side counters, indexed by `vigil_common::Counter`.
+#[map]
+pub static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(c) = COUNTERS_MAP.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and the programs here don't preempt each other on a CPU
+        // for the same counter in a way that matters to an approximate add.
+        unsafe { *c += 1 };
+    }
+}

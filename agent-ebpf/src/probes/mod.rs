@@ -1,0 +1,2 @@
+pub mod syscalls;
+pub mod tcp;

@@ -1,0 +1,215 @@
+//! Syscall latency: per-syscall log2 histograms (per-CPU) and slow-syscall events.
+//!
+//! Several variants of the same probe live here so `cargo xtask bench syscalls` can
+//! measure them side by side; the agent attaches one pair (see
+//! `agent/src/probes/syscalls.rs`, `SHIPPED`). They differ only in program type and in
+//! where the syscall's start time is kept between sys_enter and sys_exit.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::generated::bpf_get_current_cgroup_id,
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use vigil_common::{
+    latency_bucket, Counter, EventKind, RateLimit, SlowSyscall, SyscallStats, MAX_SYSCALLS,
+};
+
+use crate::{
+    maps::{count, setting, EVENTS, FILTER_TGID, SLOW_EVENTS_PER_SEC, SLOW_THRESHOLD_NS},
+    task_storage::TaskStorage,
+};
+
+/// What sys_enter leaves for sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallStart {
+    /// 0 when no syscall is in flight.
+    start_ns: u64,
+    nr: u32,
+    _pad: u32,
+}
+
+/// Histogram and totals per syscall number (per CPU: no atomics on the hot path).
+#[map]
+static SYSCALL_LATENCY: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Slow-syscall rate limit state, one window per CPU.
+#[map]
+static SLOW_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
+
+/// Start times in task-local storage (the shipped variant).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SYSCALL_START_TASK")]
+static SYSCALL_START_TASK: TaskStorage<SyscallStart> = TaskStorage::new();
+
+/// Start times in a tid-keyed hash (the classic approach, kept for the benchmark).
+/// Full means a syscall isn't timed, and that is counted.
+#[map]
+static SYSCALL_START_TID: HashMap<u32, SyscallStart> = HashMap::with_max_entries(65536, 0);
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn wanted() -> bool {
+    let filter = setting(&FILTER_TGID);
+    filter == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == filter
+}
+
+/// Book one finished syscall into the histogram and, when slow, the event stream.
+#[inline(always)]
+fn record(nr: u32, start_ns: u64) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let latency = now.saturating_sub(start_ns);
+    match SYSCALL_LATENCY.get_ptr_mut(nr) {
+        Some(stats) => {
+            // SAFETY: per-CPU slot of this CPU; syscall tracepoints run with
+            // preemption disabled, so nothing else on this CPU writes it concurrently.
+            let stats = unsafe { &mut *stats };
+            stats.count += 1;
+            stats.total_ns += latency;
+            if latency > stats.max_ns {
+                stats.max_ns = latency;
+            }
+            if let Some(b) = stats.buckets.get_mut(latency_bucket(latency)) {
+                *b += 1;
+            }
+        }
+        None => count(Counter::SyscallOutOfRange),
+    }
+    if latency >= setting(&SLOW_THRESHOLD_NS) {
+        send_slow(nr, latency, now);
+    }
+}
+
+#[inline(never)]
+fn send_slow(nr: u32, latency_ns: u64, now: u64) {
+    let Some(rate) = SLOW_RATE.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU slot, see `record`.
+    let rate = unsafe { &mut *rate };
+    if now.saturating_sub(rate.window_start_ns) >= NSEC_PER_SEC {
+        rate.window_start_ns = now;
+        rate.sent_in_window = 0;
+    }
+    if rate.sent_in_window >= setting(&SLOW_EVENTS_PER_SEC) {
+        count(Counter::SlowSyscallRateLimited);
+        return;
+    }
+    rate.sent_in_window += 1;
+    let Some(mut entry) = EVENTS.reserve::<SlowSyscall>(0) else {
+        count(Counter::SlowSyscallRingbufFull);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(SlowSyscall {
+        kind: EventKind::SlowSyscall as u8,
+        _pad: [0; 3],
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        syscall_nr: nr,
+        end_ns: now,
+        latency_ns,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+    count(Counter::SlowSyscallSent);
+}
+
+#[inline(always)]
+fn start(slot: &mut SyscallStart, nr: i64) {
+    // SAFETY: helper without arguments.
+    slot.start_ns = unsafe { bpf_ktime_get_ns() };
+    slot.nr = nr as u32;
+}
+
+// ---- task-local storage (shipped) -------------------------------------------------
+
+#[inline(always)]
+fn enter_task(nr: i64) {
+    if !wanted() {
+        return;
+    }
+    match SYSCALL_START_TASK.current_or_create() {
+        Some(slot) => start(slot, nr),
+        None => count(Counter::SyscallStartStoreFailed),
+    }
+}
+
+#[inline(always)]
+fn exit_task() {
+    if let Some(slot) = SYSCALL_START_TASK.current() {
+        if slot.start_ns != 0 {
+            let (nr, start_ns) = (slot.nr, slot.start_ns);
+            slot.start_ns = 0;
+            record(nr, start_ns);
+        }
+    }
+}
+
+/// sys_enter(struct pt_regs *regs, long id)
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
+    enter_task(ctx.arg::<i64>(1));
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    exit_task();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_task(ctx: RawTracePointContext) -> i32 {
+    enter_task(ctx.arg::<i64>(1));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_task(_ctx: RawTracePointContext) -> i32 {
+    exit_task();
+    0
+}
+
+// ---- tid-keyed hash (bench comparison) --------------------------------------------
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_hash(ctx: RawTracePointContext) -> i32 {
+    if !wanted() {
+        return 0;
+    }
+    let mut slot = SyscallStart { start_ns: 0, nr: 0, _pad: 0 };
+    start(&mut slot, ctx.arg::<i64>(1));
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if SYSCALL_START_TID.insert(&tid, &slot, 0).is_err() {
+        count(Counter::SyscallStartStoreFailed);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_hash(_ctx: RawTracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(slot) = unsafe { SYSCALL_START_TID.get(&tid) } {
+        let (nr, start_ns) = (slot.nr, slot.start_ns);
+        let _ = SYSCALL_START_TID.remove(&tid);
+        record(nr, start_ns);
+    }
+    0
+}
+
+// ---- empty programs: the cost of the tracepoints themselves (bench floor) -----------
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}

@@ -1,0 +1,85 @@
+//! The `vigil` command line.
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::trace::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about = "Vigil host agent: eBPF syscall latency and TCP retransmits")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One-shot tracing from the command line (needs root).
+    #[command(subcommand)]
+    Trace(Trace),
+    /// Run every probe in the foreground, printing a summary each interval (needs root).
+    Agent {
+        /// Summary interval.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Syscalls at least this slow are counted as slow-syscall events.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        slow_threshold: Duration,
+        /// Rows of the syscall table per interval.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Trace {
+    /// Syscalls by total time with count, p50, p90, p99 and max latency (like `syscount -L`).
+    Syscalls {
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Only this process (thread group id).
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+        /// Rows in the table (JSON output has every syscall).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Each TCP retransmit as it happens, then a summary.
+    Retransmits {
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Syscalls slower than a threshold, as they return.
+    SlowSyscalls {
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        threshold: Duration,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Events allowed per CPU per second; more are counted, not sent.
+        #[arg(long, default_value_t = 1000)]
+        rate_limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(Trace::Syscalls { duration, pid, json, top }) => {
+            crate::trace::syscalls::run(duration, pid, json, top).await
+        }
+        Command::Trace(Trace::Retransmits { duration, json }) => crate::trace::retransmits::run(duration, json).await,
+        Command::Trace(Trace::SlowSyscalls { threshold, duration, pid, rate_limit, json }) => {
+            crate::trace::slow::run(threshold, duration, pid, rate_limit, json).await
+        }
+        Command::Agent { interval, slow_threshold, top } => crate::trace::live::run(interval, slow_threshold, top).await,
+    }
+}

@@ -1,0 +1,9 @@
+//! Vigil, the host agent: probes (eBPF), what they measure, and the CLI on top.
+//!
+//! Data path: `probes` (kernel programs, ring buffer reader) → `trace` (one-shot
+//! views for the CLI) and, in later stages, pipeline/export/query.
+pub mod cli;
+pub mod histogram;
+pub mod probes;
+pub mod syscall_table;
+pub mod trace;

@@ -1,0 +1,250 @@
+//! Reading the event ring buffer: dispatch on the tag byte, decode, count what can't
+//! be decoded. The reader never blocks the runtime: it waits on the map's fd.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{Map, MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use vigil_common::{EventKind, SlowSyscall, TcpRetransmit};
+
+use super::ProbeError;
+
+/// A syscall slower than the threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowSyscallEvent {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub syscall_nr: u32,
+    pub latency_ns: u64,
+    pub cgroup_id: u64,
+}
+
+/// One TCP retransmission attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetransmitEvent {
+    pub time: SystemTime,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Kernel TCP state number (1 = ESTABLISHED ...); see [`tcp_state_name`].
+    pub state: i32,
+    /// The kernel's error when the retransmit failed, 0 when it was sent.
+    pub err: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    SlowSyscall(SlowSyscallEvent),
+    Retransmit(RetransmitEvent),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown event tag {0}")]
+    UnknownTag(u8),
+    #[error("{kind:?} record is {got} bytes, expected {want}")]
+    Short { kind: EventKind, got: usize, want: usize },
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime - monotonic, in ns, measured once.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        use nix::time::{clock_gettime, ClockId};
+        let ns = |id| {
+            clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0)
+        };
+        let mono = ns(ClockId::CLOCK_MONOTONIC);
+        let real = ns(ClockId::CLOCK_REALTIME);
+        Self { offset_ns: real - mono }
+    }
+
+    pub fn to_wall(self, monotonic_ns: u64) -> SystemTime {
+        let ns = monotonic_ns as i128 + self.offset_ns;
+        if ns <= 0 {
+            return SystemTime::UNIX_EPOCH;
+        }
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.min(u64::MAX as i128) as u64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    let want = std::mem::size_of::<T>();
+    if bytes.len() < want {
+        return Err(DecodeError::Short { kind, got: bytes.len(), want });
+    }
+    // SAFETY: length checked; T is a repr(C) plain-old-data type from vigil-common,
+    // valid for any bit pattern; read_unaligned copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn ip(family: u16, raw: [u8; 16]) -> IpAddr {
+    const AF_INET6: u16 = 10;
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
+    let tag = *bytes.first().ok_or(DecodeError::Empty)?;
+    match EventKind::from_tag(tag).ok_or(DecodeError::UnknownTag(tag))? {
+        kind @ EventKind::SlowSyscall => {
+            let e: SlowSyscall = read(bytes, kind)?;
+            let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+            Ok(Event::SlowSyscall(SlowSyscallEvent {
+                time: clock.to_wall(e.end_ns),
+                pid: e.pid,
+                tid: e.tid,
+                comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+                syscall_nr: e.syscall_nr,
+                latency_ns: e.latency_ns,
+                cgroup_id: e.cgroup_id,
+            }))
+        }
+        kind @ EventKind::TcpRetransmit => {
+            let e: TcpRetransmit = read(bytes, kind)?;
+            Ok(Event::Retransmit(RetransmitEvent {
+                time: clock.to_wall(e.timestamp_ns),
+                saddr: ip(e.family, e.saddr),
+                sport: e.sport,
+                daddr: ip(e.family, e.daddr),
+                dport: e.dport,
+                state: e.state,
+                err: e.err,
+            }))
+        }
+    }
+}
+
+/// The kernel's name for a TCP state number.
+pub fn tcp_state_name(state: i32) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        13 => "BOUND_INACTIVE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Async reader over the ring buffer.
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    clock: Clock,
+    /// Records that could not be decoded (counted, never fatal).
+    pub decode_errors: u64,
+}
+
+impl EventReader {
+    pub(super) fn new(map: Map) -> Result<Self, ProbeError> {
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map { map: "EVENTS", source })?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same for the
+        // RingBuf's whole life, and the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| {
+            let (_, io_error) = e.into_parts();
+            ProbeError::Map { map: "EVENTS", source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "epoll_ctl", io_error }) }
+        })?;
+        Ok(Self { ring, clock: Clock::new(), decode_errors: 0 })
+    }
+
+    /// Waits until events are available, then appends every available one to `out`.
+    pub async fn read(&mut self, out: &mut Vec<Event>) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let inner = guard.get_inner_mut();
+        while let Some(item) = inner.next() {
+            match decode(&item, self.clock) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    tracing::debug!(error = %e, "undecodable ring buffer record");
+                }
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Appends whatever is available now without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let inner = self.ring.get_mut();
+        while let Some(item) = inner.next() {
+            match decode(&item, self.clock) {
+                Ok(e) => out.push(e),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: reading a Copy value's bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_retransmit() {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let raw = TcpRetransmit {
+            kind: EventKind::TcpRetransmit as u8,
+            _pad: 0,
+            family: 2,
+            state: 1,
+            sport: 40000,
+            dport: 5201,
+            err: 0,
+            timestamp_ns: 5,
+            saddr,
+            daddr,
+        };
+        let Event::Retransmit(e) = decode(&bytes_of(&raw), Clock { offset_ns: 0 }).unwrap() else {
+            panic!("wrong kind")
+        };
+        assert_eq!(e.saddr, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(e.daddr, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!((e.sport, e.dport, e.state), (40000, 5201, 1));
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert_eq!(decode(&[], Clock::new()), Err(DecodeError::Empty));
+        assert_eq!(decode(&[99, 0, 0], Clock::new()), Err(DecodeError::UnknownTag(99)));
+        assert!(matches!(decode(&[1, 0, 0], Clock::new()), Err(DecodeError::Short { .. })));
+    }
+}

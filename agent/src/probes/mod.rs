@@ -1,0 +1,275 @@
+//! Loading Vigil's eBPF programs and attaching each probe on its own, so a probe that
+//! can't attach (missing tracepoint, old kernel, no BTF) is reported as off with its
+//! reason while the others keep working.
+pub mod events;
+pub mod syscalls;
+pub mod tcp;
+pub mod tracefs;
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use aya::{maps::PerCpuArray, Ebpf, EbpfLoader};
+use vigil_common::{globals, Counter, COUNTERS};
+
+pub use self::{events::EventReader, syscalls::SyscallVariant};
+use crate::histogram::LatencyHistogram;
+
+/// The compiled eBPF object, embedded at build time by agent/build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil"));
+
+const EVENTS_MAP: &str = "EVENTS";
+const COUNTERS_MAP: &str = "COUNTERS_MAP";
+
+/// What to load and how. Defaults are what the agent runs with.
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    /// Attach the syscall latency probe.
+    pub syscalls: bool,
+    pub syscall_variant: SyscallVariant,
+    /// Only time syscalls of this process (thread group id); `None` = every process.
+    pub filter_pid: Option<u32>,
+    /// Syscalls at least this slow are sent as events; `None` = no events.
+    pub slow_threshold: Option<Duration>,
+    /// Slow-syscall events allowed per CPU per second; the rest are counted as rate-limited.
+    pub slow_events_per_sec: u64,
+    /// Attach the TCP retransmit probe to this tracepoint (category, name).
+    pub retransmits: Option<(String, String)>,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            syscalls: true,
+            syscall_variant: SyscallVariant::SHIPPED,
+            filter_pid: None,
+            slow_threshold: Some(Duration::from_millis(10)),
+            slow_events_per_sec: 1000,
+            retransmits: Some((tcp::CATEGORY.to_string(), tcp::TRACEPOINT.to_string())),
+            ring_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed (Vigil needs root, or CAP_BPF + CAP_PERFMON): {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program `{program}`: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no program `{0}` (build mismatch)")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}` (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux) is unavailable: {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("reading the format of tracepoint {tracepoint}: {source}")]
+    Format {
+        tracepoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracepoint {tracepoint} has an unexpected layout: {reason}")]
+    Layout { tracepoint: String, reason: String },
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
+    RingBufferSize(u32),
+}
+
+/// The probes Vigil has, in the user's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Probe {
+    SyscallLatency,
+    TcpRetransmit,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SyscallLatency => "syscall-latency",
+            Self::TcpRetransmit => "tcp-retransmit",
+        })
+    }
+}
+
+/// Whether a probe runs, and if not, why.
+#[derive(Debug)]
+pub enum ProbeState {
+    On,
+    Off(ProbeError),
+    /// Not asked for by the settings.
+    Disabled,
+}
+
+/// Kernel-side counters summed over CPUs (see `vigil_common::Counter`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub slow_syscall_ringbuf_full: u64,
+    pub slow_syscall_rate_limited: u64,
+    pub retransmit_ringbuf_full: u64,
+    pub syscall_start_store_failed: u64,
+    pub syscall_out_of_range: u64,
+    pub slow_syscall_sent: u64,
+    pub retransmit_sent: u64,
+}
+
+impl KernelCounters {
+    /// Events the kernel could not record or deliver (rate limiting is a choice,
+    /// reported apart).
+    pub fn lost_events(&self) -> u64 {
+        self.slow_syscall_ringbuf_full
+            + self.retransmit_ringbuf_full
+            + self.syscall_start_store_failed
+            + self.syscall_out_of_range
+    }
+}
+
+/// Loaded probes. Dropping this detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    states: BTreeMap<Probe, ProbeState>,
+}
+
+impl Probes {
+    /// Loads the eBPF object and attaches each requested probe independently.
+    /// Fails only when nothing at all can be loaded.
+    pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
+        raise_memlock_limit();
+        let rb = settings.ring_buffer_bytes;
+        if rb < 4096 || !rb.is_power_of_two() {
+            return Err(ProbeError::RingBufferSize(rb));
+        }
+        // The retransmit layout must be known before load: it is a read-only global.
+        let mut retransmit_layout = Err(ProbeError::MissingProgram(tcp::PROGRAM));
+        if let Some((category, name)) = &settings.retransmits {
+            retransmit_layout = tracefs::tracefs_root()
+                .map_err(ProbeError::from)
+                .and_then(|root| tcp::layout(&root, category, name));
+        }
+        let filter = settings.filter_pid.unwrap_or(0);
+        let threshold = settings.slow_threshold.map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+        let layout = retransmit_layout.as_ref().ok().copied().unwrap_or(vigil_common::RetransmitLayout::UNSET);
+        let mut loader = EbpfLoader::new();
+        loader
+            .allow_unsupported_maps()
+            .override_global(globals::FILTER_TGID, &filter, true)
+            .override_global(globals::SLOW_THRESHOLD_NS, &threshold, true)
+            .override_global(globals::SLOW_EVENTS_PER_SEC, &settings.slow_events_per_sec, true)
+            .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
+            .map_max_entries(EVENTS_MAP, rb);
+        if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
+            // The tid hash preallocates; don't pay for it unless it is used.
+            loader.map_max_entries(syscalls::START_HASH_MAP, 1);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+
+        let mut states = BTreeMap::new();
+        let syscalls = if settings.syscalls {
+            match syscalls::attach(&mut ebpf, settings.syscall_variant) {
+                Ok(()) => ProbeState::On,
+                Err(e) => ProbeState::Off(e),
+            }
+        } else {
+            ProbeState::Disabled
+        };
+        states.insert(Probe::SyscallLatency, syscalls);
+        let retransmits = match &settings.retransmits {
+            None => ProbeState::Disabled,
+            Some((category, name)) => match retransmit_layout.and_then(|_| tcp::attach(&mut ebpf, category, name)) {
+                Ok(()) => ProbeState::On,
+                Err(e) => ProbeState::Off(e),
+            },
+        };
+        states.insert(Probe::TcpRetransmit, retransmits);
+        for (probe, state) in &states {
+            match state {
+                ProbeState::On => tracing::info!(%probe, "probe on"),
+                ProbeState::Off(e) => tracing::warn!(%probe, reason = %error_chain(e), "probe off"),
+                ProbeState::Disabled => tracing::debug!(%probe, "probe not requested"),
+            }
+        }
+        Ok(Self { ebpf, states })
+    }
+
+    pub fn state(&self, probe: Probe) -> &ProbeState {
+        self.states.get(&probe).unwrap_or(&ProbeState::Disabled)
+    }
+
+    pub fn states(&self) -> impl Iterator<Item = (Probe, &ProbeState)> {
+        self.states.iter().map(|(p, s)| (*p, s))
+    }
+
+    pub fn is_on(&self, probe: Probe) -> bool {
+        matches!(self.state(probe), ProbeState::On)
+    }
+
+    /// Cumulative syscall latency since load, by syscall number.
+    pub fn syscall_latency(&self) -> Result<BTreeMap<u32, LatencyHistogram>, ProbeError> {
+        syscalls::read_latency(&self.ebpf)
+    }
+
+    /// Cumulative kernel counters since load.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+        let mut sums = [0u64; COUNTERS as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = array.get(&(i as u32), 0).map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+            *sum = per_cpu.iter().sum();
+        }
+        let at = |c: Counter| sums[c as usize];
+        Ok(KernelCounters {
+            slow_syscall_ringbuf_full: at(Counter::SlowSyscallRingbufFull),
+            slow_syscall_rate_limited: at(Counter::SlowSyscallRateLimited),
+            retransmit_ringbuf_full: at(Counter::RetransmitRingbufFull),
+            syscall_start_store_failed: at(Counter::SyscallStartStoreFailed),
+            syscall_out_of_range: at(Counter::SyscallOutOfRange),
+            slow_syscall_sent: at(Counter::SlowSyscallSent),
+            retransmit_sent: at(Counter::RetransmitSent),
+        })
+    }
+
+    /// Takes the event ring buffer (once) for an async reader. Must be called within
+    /// a tokio runtime.
+    pub fn event_reader(&mut self) -> Result<EventReader, ProbeError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
+        EventReader::new(map)
+    }
+}
+
+/// An error and its causes on one line, for logs and the CLI.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

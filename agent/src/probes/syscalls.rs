@@ -1,0 +1,110 @@
+//! The syscall latency probe: which program pair to attach, and reading its histograms.
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::PerCpuArray,
+    programs::{BtfTracePoint, RawTracePoint},
+    Btf, Ebpf,
+};
+use vigil_common::{SyscallStats, MAX_SYSCALLS};
+
+use super::ProbeError;
+use crate::histogram::LatencyHistogram;
+
+pub const LATENCY_MAP: &str = "SYSCALL_LATENCY";
+pub const START_HASH_MAP: &str = "SYSCALL_START_TID";
+
+/// The ways of timing a syscall that the eBPF object carries. They differ in program
+/// type and in where the start time waits between sys_enter and sys_exit;
+/// `cargo xtask bench syscalls` measures each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallVariant {
+    /// BTF-enabled raw tracepoints (tp_btf), start time in task-local storage.
+    BtfTaskStorage,
+    /// Raw tracepoints, start time in task-local storage.
+    RawTaskStorage,
+    /// Raw tracepoints, start time in a tid-keyed hash (what syscount/bpftrace do).
+    RawTidHash,
+    /// Raw tracepoints that do nothing: the cost of the tracepoints alone.
+    Empty,
+}
+
+impl SyscallVariant {
+    /// What the agent attaches (chosen by `cargo xtask bench syscalls`; see README).
+    pub const SHIPPED: Self = Self::BtfTaskStorage;
+    pub const ALL: [Self; 4] = [Self::Empty, Self::RawTidHash, Self::RawTaskStorage, Self::BtfTaskStorage];
+
+    pub fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            Self::BtfTaskStorage => ("sys_enter_btf", "sys_exit_btf"),
+            Self::RawTaskStorage => ("sys_enter_task", "sys_exit_task"),
+            Self::RawTidHash => ("sys_enter_hash", "sys_exit_hash"),
+            Self::Empty => ("sys_enter_empty", "sys_exit_empty"),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BtfTaskStorage => "tp_btf + task storage",
+            Self::RawTaskStorage => "raw_tp + task storage",
+            Self::RawTidHash => "raw_tp + tid hash",
+            Self::Empty => "empty raw_tp (floor)",
+        }
+    }
+
+    pub fn uses_tid_hash(self) -> bool {
+        self == Self::RawTidHash
+    }
+}
+
+pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError> {
+    let (enter, exit) = variant.programs();
+    match variant {
+        SyscallVariant::BtfTaskStorage => {
+            let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+            for (name, tp) in [(enter, "sys_enter"), (exit, "sys_exit")] {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program { program: name, source })?;
+                program.load(tp, &btf).map_err(|source| ProbeError::Program { program: name, source })?;
+                program.attach().map_err(|source| ProbeError::Program { program: name, source })?;
+            }
+        }
+        _ => {
+            for (name, tp) in [(enter, "sys_enter"), (exit, "sys_exit")] {
+                let program: &mut RawTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(|source| ProbeError::Program { program: name, source })?;
+                program.load().map_err(|source| ProbeError::Program { program: name, source })?;
+                program.attach(tp).map_err(|source| ProbeError::Program { program: name, source })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cumulative latency histograms by syscall number, summed over CPUs. Syscalls never
+/// seen are left out.
+pub fn read_latency(ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>, ProbeError> {
+    let map = ebpf.map(LATENCY_MAP).ok_or(ProbeError::MissingMap(LATENCY_MAP))?;
+    let array: PerCpuArray<_, SyscallStats> =
+        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { map: LATENCY_MAP, source })?;
+    let mut out = BTreeMap::new();
+    for nr in 0..MAX_SYSCALLS {
+        let per_cpu = array.get(&nr, 0).map_err(|source| ProbeError::Map { map: LATENCY_MAP, source })?;
+        let mut total = LatencyHistogram::default();
+        for cpu in per_cpu.iter() {
+            if cpu.count > 0 {
+                total.merge(&LatencyHistogram::from(cpu));
+            }
+        }
+        if total.count > 0 {
+            out.insert(nr, total);
+        }
+    }
+    Ok(out)
+}

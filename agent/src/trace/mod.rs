@@ -1,0 +1,125 @@
+//! One-shot views for the CLI (`vigil trace ...`) and the foreground agent summary:
+//! load the probes, watch for a while, print.
+pub mod live;
+pub mod retransmits;
+pub mod slow;
+pub mod syscalls;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::probes::{error_chain, Probe, ProbeSettings, ProbeState, Probes};
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, `250us`, `100ns` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 5s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use ns, us, ms, s, m, h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Waits for `duration` (forever when `None`), Ctrl-C or SIGTERM.
+pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = sleep => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Loads the probes and insists that `needed` is on, saying why not otherwise.
+pub fn load_probes(settings: &ProbeSettings, needed: Probe) -> anyhow::Result<Probes> {
+    let probes = Probes::load(settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    if let ProbeState::Off(e) = probes.state(needed) {
+        bail!("the {needed} probe is off: {}", error_chain(e));
+    }
+    Ok(probes)
+}
+
+/// Tells a watcher (a person or a test) that the probes are attached.
+pub fn announce(what: &str, duration: Option<Duration>) {
+    match duration {
+        Some(d) => eprintln!("vigil: tracing {what} for {d:?} (Ctrl-C to stop early)"),
+        None => eprintln!("vigil: tracing {what} (Ctrl-C to stop)"),
+    }
+}
+
+/// Nanoseconds as a short human string: 950ns, 12.3us, 4.56ms, 1.20s.
+pub fn human_ns(ns: u64) -> String {
+    let n = ns as f64;
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", n / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2}ms", n / 1e6)
+    } else {
+        format!("{:.2}s", n / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
+
+/// Feeds every event to `on_event` until the window ends or a stop signal arrives,
+/// then drains what is left in the ring buffer.
+pub async fn watch_events(
+    reader: &mut crate::probes::EventReader,
+    duration: Option<Duration>,
+    mut on_event: impl FnMut(&crate::probes::events::Event) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let stop = wait_for_stop(duration);
+    tokio::pin!(stop);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            r = &mut stop => { r?; break; }
+            r = reader.read(&mut batch) => r.context("reading the event ring buffer")?,
+        }
+        for e in batch.drain(..) {
+            on_event(&e)?;
+        }
+    }
+    reader.drain(&mut batch);
+    for e in batch.drain(..) {
+        on_event(&e)?;
+    }
+    Ok(())
+}
