@@ -1,0 +1,120 @@
+//! `cargo xtask setup`: what a fresh Debian/Ubuntu machine lacks to build and test
+//! Vigil, installed idempotently. Each step checks first and only acts when needed.
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+/// LLVM major version bpf-linker is built against (must match the distribution's
+/// llvm-N-dev and rustc nightly's LLVM closely enough to read its bitcode).
+const LLVM: &str = "22";
+
+/// Debian packages: LLVM for bpf-linker, and the tools the tests and benchmarks use
+/// as independent witnesses or workloads.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftrace",
+    "libbpf-tools",
+    "nftables",
+    "iproute2",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `cargo xtask setup`: report every step.
+    Explicit,
+    /// Before run/test/bench: quiet unless something is missing.
+    IfMissing,
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn say(mode: Mode, msg: &str) {
+    if mode == Mode::Explicit {
+        println!("setup: {msg}");
+    }
+}
+
+pub fn setup(mode: Mode) -> anyhow::Result<()> {
+    nightly_rust_src(mode)?;
+    debian_packages(mode)?;
+    bpf_linker(mode)?;
+    say(mode, "everything is in place");
+    Ok(())
+}
+
+fn nightly_rust_src(mode: Mode) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]));
+    if installed.as_deref().is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src"))) {
+        say(mode, "nightly toolchain with rust-src: present");
+        return Ok(());
+    }
+    println!("setup: installing the nightly toolchain's rust-src (the eBPF crate builds core from source)");
+    // `component add`, not `toolchain install`: the latter would move nightly forward.
+    crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("rustup could not add rust-src to the nightly toolchain; is a nightly toolchain installed (`rustup toolchain list`)?")
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
+            !status.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn debian_packages(mode: Mode) -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        say(mode, &format!("Debian packages ({}): present", PACKAGES.join(", ")));
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!("missing Debian packages: {}; install them with `sudo apt-get install -y {}` or run `sudo -E cargo xtask setup`", missing.join(" "), missing.join(" "));
+    }
+    if !quiet(Command::new("which").arg("apt-get")) {
+        bail!("missing packages {} and no apt-get: this setup supports Debian/Ubuntu; install the equivalents by hand", missing.join(" "));
+    }
+    println!("setup: installing {}", missing.join(" "));
+    crate::run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update failed: check the network and /etc/apt/sources.list")?;
+    crate::run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(|| format!("apt-get could not install {}; LLVM {LLVM} comes from bookworm-security on Debian 12", missing.join(" ")))
+}
+
+fn bpf_linker(mode: Mode) -> anyhow::Result<()> {
+    // `bpf-linker --version` doesn't name its LLVM; the installed-crate list records
+    // the features it was built with.
+    let list = output(Command::new("cargo").args(["install", "--list"])).unwrap_or_default();
+    let present = quiet(Command::new("bpf-linker").arg("--version"));
+    let cargo_home = std::env::var("CARGO_HOME").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+    });
+    let crates2 = std::fs::read_to_string(cargo_home.join(".crates2.json")).unwrap_or_default();
+    let right_llvm = crates2.contains(&format!("\"llvm-{LLVM}\""));
+    if present && list.contains("bpf-linker") && right_llvm {
+        say(mode, &format!("bpf-linker (LLVM {LLVM}): present"));
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against LLVM {LLVM} (about a minute)");
+    let prefix = format!("/usr/lib/llvm-{LLVM}");
+    crate::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--force", "--no-default-features", "--features", &format!("llvm-{LLVM}")])
+            .env("LLVM_PREFIX", &prefix)
+            .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &prefix),
+    )
+    .with_context(|| format!("building bpf-linker failed; it needs llvm-{LLVM}-dev and libpolly-{LLVM}-dev (`cargo xtask setup` installs them as root)"))
+}
