@@ -1,1 +1,230 @@
+//! Helpers for Vigil's privileged tests: root checks that fail under CI, the real
+//! `vigil` binary as a child process, controlled workloads, and network namespaces.
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
+/// True when the test can run. Without root it prints why and returns false, unless
+/// `CI` is set, where a privileged test that can't run is a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root to load eBPF programs, and CI is set: privileged tests must run, not skip");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF programs (run `sudo -E cargo xtask test`)");
+    false
+}
+
+/// The `vigil` binary under test: $VIGIL_BIN (set by `cargo xtask test`), else the
+/// workspace's debug build.
+pub fn vigil_bin() -> PathBuf {
+    let path = std::env::var_os("VIGIL_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vigil")
+    });
+    assert!(path.exists(), "vigil binary not found at {}: run the tests through `cargo xtask test`", path.display());
+    path
+}
+
+/// A running `vigil` command: stdout collected, stderr watched for readiness.
+pub struct Vigil {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Vigil {
+    /// Starts `vigil ARGS` and waits until it says its probes are attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(vigil_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting vigil {args:?}: {e}"));
+        let mut out = child.stdout.take().expect("piped stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut v = Self { child, stdout, stderr: rx, stderr_seen: Vec::new() };
+        v.wait_for_stderr("vigil: tracing", Duration::from_secs(60));
+        v
+    }
+
+    fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("vigil did not print {needle:?} in {timeout:?}; stderr so far:\n{}", self.stderr_seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Sends SIGINT (as Ctrl-C would) and returns stdout once it exits.
+    pub fn interrupt(self) -> String {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        self.finish()
+    }
+
+    /// Waits for exit (at most 60 s) and returns stdout; panics with stderr if it failed.
+    pub fn finish(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for vigil") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("vigil did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stderr_seen.extend(self.stderr.try_iter());
+        let stdout = self.stdout.join().expect("stdout reader");
+        assert!(status.success(), "vigil failed ({status}); stderr:\n{}\nstdout:\n{stdout}", self.stderr_seen.join("\n"));
+        stdout
+    }
+}
+
+/// A `vigil-workload` child that waits for `go()` before doing its work.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Workload {
+    /// `bin` is `env!("CARGO_BIN_EXE_vigil-workload")`, which only tests can name.
+    pub fn spawn(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting vigil-workload {args:?}: {e}"));
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go() once");
+        stdin.write_all(b"go\n").expect("signalling the workload");
+    }
+
+    pub fn wait(mut self) {
+        let status = self.child.wait().expect("waiting for the workload");
+        assert!(status.success(), "workload failed: {status}");
+    }
+}
+
+/// Runs a shell-free command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two network namespaces joined by a veth pair: `a` at 10.213.0.1, `b` at
+/// 10.213.0.2. Deleted on drop.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+}
+
+impl NetnsPair {
+    pub const ADDR_A: &'static str = "10.213.0.1";
+    pub const ADDR_B: &'static str = "10.213.0.2";
+
+    pub fn new(tag: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let pair = Self { a: format!("vigil-{tag}-a-{id}"), b: format!("vigil-{tag}-b-{id}") };
+        let (va, vb) = (format!("vga{id}"), format!("vgb{id}"));
+        sh("ip", &["netns", "add", &pair.a]);
+        sh("ip", &["netns", "add", &pair.b]);
+        sh("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        sh("ip", &["link", "set", &va, "netns", &pair.a]);
+        sh("ip", &["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, addr) in [(&pair.a, &va, Self::ADDR_A), (&pair.b, &vb, Self::ADDR_B)] {
+            sh("ip", &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            sh("ip", &["-n", ns, "link", "set", dev, "up"]);
+            sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Loads an nftables ruleset into namespace `ns`.
+    pub fn nft(&self, ns: &str, ruleset: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nft");
+        child.stdin.take().expect("stdin").write_all(ruleset.as_bytes()).expect("writing ruleset");
+        let out = child.wait_with_output().expect("nft");
+        assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// The kernel's own `Tcp: RetransSegs` counter in the calling thread's network namespace.
+pub fn tcp_retrans_segs() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading /proc/thread-self/net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
+    let idx = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs column");
+    values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("RetransSegs value")
+}
+
+/// A process's cgroup v2 id: the inode number of its cgroup directory.
+pub fn cgroup_id(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("reading /proc/PID/cgroup");
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
+    std::fs::metadata(format!("/sys/fs/cgroup{path}")).expect("stat of the cgroup directory").ino()
+}
