@@ -30,7 +30,12 @@ pub struct SyscallStats {
 }
 
 impl SyscallStats {
-    pub const ZERO: Self = Self { count: 0, total_ns: 0, max_ns: 0, buckets: [0; LATENCY_BUCKETS] };
+    pub const ZERO: Self = Self {
+        count: 0,
+        total_ns: 0,
+        max_ns: 0,
+        buckets: [0; LATENCY_BUCKETS],
+    };
 }
 
 /// Histogram bucket for a latency in nanoseconds: floor(log2(ns)) picks the octave,
@@ -68,7 +73,11 @@ pub fn latency_bucket(ns: u64) -> usize {
     if log2 as usize >= LATENCY_OCTAVES {
         return LATENCY_BUCKETS - 1;
     }
-    let sub = if log2 >= 2 { ((ns >> (log2 - 2)) & 3) as usize } else { 0 };
+    let sub = if log2 >= 2 {
+        ((ns >> (log2 - 2)) & 3) as usize
+    } else {
+        0
+    };
     log2 as usize * SUB_BUCKETS + sub
 }
 
@@ -281,7 +290,11 @@ mod tests {
         // Buckets tile the line: each upper bound + 1 is the next lower bound
         // (skipping the unpopulated sub-buckets of octaves 0 and 1).
         for b in 2 * SUB_BUCKETS..LATENCY_BUCKETS - 1 {
-            assert_eq!(bucket_upper_bound(b) + 1, bucket_lower_bound(b + 1), "bucket {b}");
+            assert_eq!(
+                bucket_upper_bound(b) + 1,
+                bucket_lower_bound(b + 1),
+                "bucket {b}"
+            );
         }
     }
 
@@ -289,6 +302,9 @@ mod tests {
     fn event_layouts_are_stable() {
         assert_eq!(core::mem::size_of::<SlowSyscall>(), 56);
         assert_eq!(core::mem::size_of::<TcpRetransmit>(), 56);
-        assert_eq!(core::mem::size_of::<SyscallStats>(), 8 * (3 + LATENCY_BUCKETS));
+        assert_eq!(
+            core::mem::size_of::<SyscallStats>(),
+            8 * (3 + LATENCY_BUCKETS)
+        );
     }
 }

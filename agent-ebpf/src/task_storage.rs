@@ -4,7 +4,10 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC,
+        BPF_LOCAL_STORAGE_GET_F_CREATE,
+    },
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
 };
 
@@ -53,14 +56,35 @@ impl<T> TaskStorage<T> {
         }
     }
 
+    /// `task`'s value, created zeroed if it doesn't exist yet.
+    #[inline(always)]
+    pub fn of_task_or_create(&self, task: *mut task_struct) -> Option<&mut T> {
+        // SAFETY: `task` is a trusted BTF pointer from a tracepoint argument.
+        unsafe {
+            bpf_task_storage_get(
+                ptr::from_ref(self).cast_mut().cast(),
+                task,
+                ptr::null_mut(),
+                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+            )
+            .cast::<T>()
+            .as_mut()
+        }
+    }
+
     /// The current task's value, if one was created earlier.
     #[inline(always)]
     pub fn current(&self) -> Option<&mut T> {
         // SAFETY: as above.
         unsafe {
             let task = bpf_get_current_task_btf();
-            let p = bpf_task_storage_get(ptr::from_ref(self).cast_mut().cast(), task, ptr::null_mut(), 0)
-                .cast::<T>();
+            let p = bpf_task_storage_get(
+                ptr::from_ref(self).cast_mut().cast(),
+                task,
+                ptr::null_mut(),
+                0,
+            )
+            .cast::<T>();
             p.as_mut()
         }
     }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use crate::trace::parse_duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "vigil", version, about = "Vigil host agent: eBPF syscall latency and TCP retransmits")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Vigil host agent: eBPF syscall latency and TCP retransmits"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -73,13 +77,26 @@ pub enum Trace {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Trace(Trace::Syscalls { duration, pid, json, top }) => {
-            crate::trace::syscalls::run(duration, pid, json, top).await
+        Command::Trace(Trace::Syscalls {
+            duration,
+            pid,
+            json,
+            top,
+        }) => crate::trace::syscalls::run(duration, pid, json, top).await,
+        Command::Trace(Trace::Retransmits { duration, json }) => {
+            crate::trace::retransmits::run(duration, json).await
         }
-        Command::Trace(Trace::Retransmits { duration, json }) => crate::trace::retransmits::run(duration, json).await,
-        Command::Trace(Trace::SlowSyscalls { threshold, duration, pid, rate_limit, json }) => {
-            crate::trace::slow::run(threshold, duration, pid, rate_limit, json).await
-        }
-        Command::Agent { interval, slow_threshold, top } => crate::trace::live::run(interval, slow_threshold, top).await,
+        Command::Trace(Trace::SlowSyscalls {
+            threshold,
+            duration,
+            pid,
+            rate_limit,
+            json,
+        }) => crate::trace::slow::run(threshold, duration, pid, rate_limit, json).await,
+        Command::Agent {
+            interval,
+            slow_threshold,
+            top,
+        } => crate::trace::live::run(interval, slow_threshold, top).await,
     }
 }

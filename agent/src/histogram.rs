@@ -13,13 +13,23 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        Self { count: 0, total_ns: 0, max_ns: 0, buckets: [0; LATENCY_BUCKETS] }
+        Self {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            buckets: [0; LATENCY_BUCKETS],
+        }
     }
 }
 
 impl From<&SyscallStats> for LatencyHistogram {
     fn from(s: &SyscallStats) -> Self {
-        Self { count: s.count, total_ns: s.total_ns, max_ns: s.max_ns, buckets: s.buckets }
+        Self {
+            count: s.count,
+            total_ns: s.total_ns,
+            max_ns: s.max_ns,
+            buckets: s.buckets,
+        }
     }
 }
 
@@ -63,7 +73,11 @@ impl LatencyHistogram {
             seen += n;
             if seen >= rank {
                 let upper = bucket_upper_bound(i);
-                return Some(if self.max_ns > 0 { upper.min(self.max_ns) } else { upper });
+                return Some(if self.max_ns > 0 {
+                    upper.min(self.max_ns)
+                } else {
+                    upper
+                });
             }
         }
         Some(self.max_ns)
@@ -115,7 +129,10 @@ mod tests {
             let exact = exact_percentile(&samples, q);
             let est = h.percentile(q).unwrap();
             assert!(est >= exact, "q={q}: estimate {est} below exact {exact}");
-            assert!(est as f64 <= exact as f64 * 1.25 + 1.0, "q={q}: estimate {est} vs exact {exact}");
+            assert!(
+                est as f64 <= exact as f64 * 1.25 + 1.0,
+                "q={q}: estimate {est} vs exact {exact}"
+            );
         }
     }
 

@@ -7,7 +7,10 @@ pub fn syscall_name(nr: u32) -> Option<&'static str> {
 
 /// Number of the x86_64 syscall called `name`.
 pub fn syscall_number(name: &str) -> Option<u32> {
-    NAMES.iter().position(|n| *n == Some(name)).map(|i| i as u32)
+    NAMES
+        .iter()
+        .position(|n| *n == Some(name))
+        .map(|i| i as u32)
 }
 
 static NAMES: [Option<&str>; 470] = [

@@ -25,10 +25,14 @@ pub fn require_root(test: &str) -> bool {
 /// The `vigil` binary under test: $VIGIL_BIN (set by `cargo xtask test`), else the
 /// workspace's debug build.
 pub fn vigil_bin() -> PathBuf {
-    let path = std::env::var_os("VIGIL_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vigil")
-    });
-    assert!(path.exists(), "vigil binary not found at {}: run the tests through `cargo xtask test`", path.display());
+    let path = std::env::var_os("VIGIL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vigil"));
+    assert!(
+        path.exists(),
+        "vigil binary not found at {}: run the tests through `cargo xtask test`",
+        path.display()
+    );
     path
 }
 
@@ -63,7 +67,12 @@ impl Vigil {
                 let _ = tx.send(line);
             }
         });
-        let mut v = Self { child, stdout, stderr: rx, stderr_seen: Vec::new() };
+        let mut v = Self {
+            child,
+            stdout,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+        };
         v.wait_for_stderr("vigil: tracing", Duration::from_secs(60));
         v
     }
@@ -71,7 +80,10 @@ impl Vigil {
     fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(line) => {
                     let found = line.contains(needle);
                     self.stderr_seen.push(line);
@@ -81,7 +93,10 @@ impl Vigil {
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("vigil did not print {needle:?} in {timeout:?}; stderr so far:\n{}", self.stderr_seen.join("\n"));
+                    panic!(
+                        "vigil did not print {needle:?} in {timeout:?}; stderr so far:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
                 }
             }
         }
@@ -89,7 +104,10 @@ impl Vigil {
 
     /// Sends SIGINT (as Ctrl-C would) and returns stdout once it exits.
     pub fn interrupt(self) -> String {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
         self.finish()
     }
 
@@ -108,7 +126,11 @@ impl Vigil {
         };
         self.stderr_seen.extend(self.stderr.try_iter());
         let stdout = self.stdout.join().expect("stdout reader");
-        assert!(status.success(), "vigil failed ({status}); stderr:\n{}\nstdout:\n{stdout}", self.stderr_seen.join("\n"));
+        assert!(
+            status.success(),
+            "vigil failed ({status}); stderr:\n{}\nstdout:\n{stdout}",
+            self.stderr_seen.join("\n")
+        );
         stdout
     }
 }
@@ -148,8 +170,15 @@ impl Workload {
 
 /// Runs a shell-free command, panicking with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two network namespaces joined by a veth pair: `a` at 10.213.0.1, `b` at
@@ -165,15 +194,24 @@ impl NetnsPair {
 
     pub fn new(tag: &str) -> Self {
         let id = std::process::id() % 100_000;
-        let pair = Self { a: format!("vigil-{tag}-a-{id}"), b: format!("vigil-{tag}-b-{id}") };
+        let pair = Self {
+            a: format!("vigil-{tag}-a-{id}"),
+            b: format!("vigil-{tag}-b-{id}"),
+        };
         let (va, vb) = (format!("vga{id}"), format!("vgb{id}"));
         sh("ip", &["netns", "add", &pair.a]);
         sh("ip", &["netns", "add", &pair.b]);
-        sh("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        sh(
+            "ip",
+            &["link", "add", &va, "type", "veth", "peer", "name", &vb],
+        );
         sh("ip", &["link", "set", &va, "netns", &pair.a]);
         sh("ip", &["link", "set", &vb, "netns", &pair.b]);
         for (ns, dev, addr) in [(&pair.a, &va, Self::ADDR_A), (&pair.b, &vb, Self::ADDR_B)] {
-            sh("ip", &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            sh(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev],
+            );
             sh("ip", &["-n", ns, "link", "set", dev, "up"]);
             sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -188,9 +226,18 @@ impl NetnsPair {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting nft");
-        child.stdin.take().expect("stdin").write_all(ruleset.as_bytes()).expect("writing ruleset");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("writing ruleset");
         let out = child.wait_with_output().expect("nft");
-        assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -203,28 +250,49 @@ impl Drop for NetnsPair {
 }
 
 /// Runs `f` on a thread that has joined network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
         f()
     })
 }
 
 /// The kernel's own `Tcp: RetransSegs` counter in the calling thread's network namespace.
 pub fn tcp_retrans_segs() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading /proc/thread-self/net/snmp");
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")
+        .expect("reading /proc/thread-self/net/snmp");
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
-    let idx = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs column");
-    values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("RetransSegs value")
+    let (names, values) = (
+        tcp.next().expect("Tcp header"),
+        tcp.next().expect("Tcp values"),
+    );
+    let idx = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .expect("RetransSegs column");
+    values
+        .split_whitespace()
+        .nth(idx)
+        .and_then(|v| v.parse().ok())
+        .expect("RetransSegs value")
 }
 
 /// A process's cgroup v2 id: the inode number of its cgroup directory.
 pub fn cgroup_id(pid: u32) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("reading /proc/PID/cgroup");
-    let path = text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
-    std::fs::metadata(format!("/sys/fs/cgroup{path}")).expect("stat of the cgroup directory").ino()
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("reading /proc/PID/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .expect("stat of the cgroup directory")
+        .ino()
 }

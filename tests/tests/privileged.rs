@@ -9,7 +9,9 @@ use std::{
 
 use serde_json::Value;
 use vigil::probes::{Probe, ProbeSettings, ProbeState, Probes};
-use vigil_tests::{cgroup_id, in_netns, require_root, tcp_retrans_segs, NetnsPair, Vigil, Workload};
+use vigil_tests::{
+    cgroup_id, in_netns, require_root, tcp_retrans_segs, NetnsPair, Vigil, Workload,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -51,27 +53,57 @@ fn syscall_latency_of_a_sleeping_child() {
     }
     let mut child = Workload::spawn(WORKLOAD, &["sleep", "500", "2"]);
     let pid = child.pid().to_string();
-    let vigil = Vigil::start(&["trace", "syscalls", "--pid", &pid, "--duration", "6s", "--json"]);
+    let vigil = Vigil::start(&[
+        "trace",
+        "syscalls",
+        "--pid",
+        &pid,
+        "--duration",
+        "6s",
+        "--json",
+    ]);
     child.go();
     child.wait();
     let out = vigil.finish();
-    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    let report: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     let rows = report["syscalls"].as_array().expect("syscalls array");
-    let sleeps: Vec<&Value> =
-        rows.iter().filter(|r| matches!(r["name"].as_str(), Some("clock_nanosleep" | "nanosleep"))).collect();
+    let sleeps: Vec<&Value> = rows
+        .iter()
+        .filter(|r| matches!(r["name"].as_str(), Some("clock_nanosleep" | "nanosleep")))
+        .collect();
     assert!(!sleeps.is_empty(), "no nanosleep in {out}");
-    let count: u64 = sleeps.iter().map(|r| r["count"].as_u64().expect("count")).sum();
+    let count: u64 = sleeps
+        .iter()
+        .map(|r| r["count"].as_u64().expect("count"))
+        .sum();
     // The child makes exactly 500 sleeps and the filter admits only the child.
     assert_eq!(count, 500, "nanosleep count in {out}");
     for r in &sleeps {
         let p50 = r["p50_ns"].as_u64().expect("p50_ns");
-        assert!((2_000_000..=4_000_000).contains(&p50), "p50 {p50} ns not in [2 ms, 4 ms]: {r}");
-        let (p90, p99, max) = (r["p90_ns"].as_u64().unwrap(), r["p99_ns"].as_u64().unwrap(), r["max_ns"].as_u64().unwrap());
-        assert!(p50 <= p90 && p90 <= p99 && p99 <= max, "percentiles out of order: {r}");
-        assert!(r["total_ns"].as_u64().unwrap() >= 2_000_000 * r["count"].as_u64().unwrap(), "total below 2 ms per call: {r}");
+        assert!(
+            (2_000_000..=4_000_000).contains(&p50),
+            "p50 {p50} ns not in [2 ms, 4 ms]: {r}"
+        );
+        let (p90, p99, max) = (
+            r["p90_ns"].as_u64().unwrap(),
+            r["p99_ns"].as_u64().unwrap(),
+            r["max_ns"].as_u64().unwrap(),
+        );
+        assert!(
+            p50 <= p90 && p90 <= p99 && p99 <= max,
+            "percentiles out of order: {r}"
+        );
+        assert!(
+            r["total_ns"].as_u64().unwrap() >= 2_000_000 * r["count"].as_u64().unwrap(),
+            "total below 2 ms per call: {r}"
+        );
     }
     // vigil's own bpf() calls come from another process: the pid filter must drop them.
-    assert!(rows.iter().all(|r| r["name"] != "bpf"), "another process's syscalls leaked through the pid filter: {out}");
+    assert!(
+        rows.iter().all(|r| r["name"] != "bpf"),
+        "another process's syscalls leaked through the pid filter: {out}"
+    );
     assert_eq!(report["lost_events"], 0, "{out}");
 }
 
@@ -83,7 +115,15 @@ fn slow_syscalls_are_events_with_pid_comm_and_cgroup() {
     let mut child = Workload::spawn(WORKLOAD, &["sleep", "5", "30"]);
     let pid = child.pid();
     let vigil = Vigil::start(&[
-        "trace", "slow-syscalls", "--threshold", "20ms", "--pid", &pid.to_string(), "--duration", "3s", "--json",
+        "trace",
+        "slow-syscalls",
+        "--threshold",
+        "20ms",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "3s",
+        "--json",
     ]);
     let expected_cgroup = cgroup_id(pid);
     child.go();
@@ -95,7 +135,10 @@ fn slow_syscalls_are_events_with_pid_comm_and_cgroup() {
         assert_eq!(e["pid"], pid, "{e}");
         assert_eq!(e["tid"], pid, "{e}");
         assert_eq!(e["comm"], "vigil-workload", "{e}");
-        assert!(matches!(e["syscall"].as_str(), Some("clock_nanosleep" | "nanosleep")), "{e}");
+        assert!(
+            matches!(e["syscall"].as_str(), Some("clock_nanosleep" | "nanosleep")),
+            "{e}"
+        );
         assert!(e["latency_ns"].as_u64().unwrap() >= 30_000_000, "{e}");
         assert_eq!(e["cgroup_id"], expected_cgroup, "{e}");
     }
@@ -114,7 +157,17 @@ fn slow_syscall_rate_limit_is_counted_not_silent() {
     let mut child = Workload::spawn(WORKLOAD, &["sleep", "40", "2"]);
     let pid = child.pid().to_string();
     let vigil = Vigil::start(&[
-        "trace", "slow-syscalls", "--threshold", "1ms", "--pid", &pid, "--rate-limit", "5", "--duration", "3s", "--json",
+        "trace",
+        "slow-syscalls",
+        "--threshold",
+        "1ms",
+        "--pid",
+        &pid,
+        "--rate-limit",
+        "5",
+        "--duration",
+        "3s",
+        "--json",
     ]);
     child.go();
     child.wait();
@@ -125,7 +178,11 @@ fn slow_syscall_rate_limit_is_counted_not_silent() {
     assert_eq!(sent as usize, events.len());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(sent >= 5 && sent <= 5 * cpus, "sent {sent}: {summary}");
-    assert_eq!(sent + limited, 40, "every slow sleep is either sent or counted: {summary}");
+    assert_eq!(
+        sent + limited,
+        40,
+        "every slow sleep is either sent or counted: {summary}"
+    );
 }
 
 #[test]
@@ -163,7 +220,8 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
     let server = in_netns(&net.b, || {
         let listener = TcpListener::bind((NetnsPair::ADDR_B, PORT)).expect("bind in b");
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0usize;
         loop {
@@ -175,11 +233,15 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let client = in_netns(&net.a, || {
-        let addr: SocketAddr = format!("{}:{PORT}", NetnsPair::ADDR_B).parse().expect("addr");
+        let addr: SocketAddr = format!("{}:{PORT}", NetnsPair::ADDR_B)
+            .parse()
+            .expect("addr");
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
         let local = conn.local_addr().expect("local addr");
-        conn.set_write_timeout(Some(Duration::from_secs(60))).expect("write timeout");
-        conn.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+        conn.set_write_timeout(Some(Duration::from_secs(60)))
+            .expect("write timeout");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
         let chunk = vec![0x5au8; 64 * 1024];
         for _ in 0..BYTES / chunk.len() {
             conn.write_all(&chunk).expect("write");
@@ -190,16 +252,25 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         local
     });
     let local = client.join().expect("client");
-    assert_eq!(server.join().expect("server"), BYTES, "the transfer must complete");
+    assert_eq!(
+        server.join().expect("server"),
+        BYTES,
+        "the transfer must complete"
+    );
     let after_a = in_netns(&net.a, tcp_retrans_segs).join().expect("snmp a");
     let after_b = in_netns(&net.b, tcp_retrans_segs).join().expect("snmp b");
     std::thread::sleep(Duration::from_millis(500));
 
     let lines = json_lines(&vigil.interrupt());
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(bpftrace.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bpftrace.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
     let mut bt_text = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while let Ok(line) = bt_lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+    while let Ok(line) =
+        bt_lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
         bt_text.push(line);
     }
     if bpftrace.try_wait().expect("bpftrace status").is_none() {
@@ -207,7 +278,10 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         panic!("bpftrace did not exit within 30 s of SIGINT; output: {bt_text:?}");
     }
     let status = bpftrace.wait().expect("bpftrace exit");
-    assert!(status.success() || status.code().is_none(), "bpftrace failed: {status}");
+    assert!(
+        status.success() || status.code().is_none(),
+        "bpftrace failed: {status}"
+    );
     let bpftrace_count: u64 = bt_text
         .iter()
         .find_map(|l| l.strip_prefix("@n: "))
@@ -219,18 +293,39 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         .filter(|e| e["sport"] == PORT || e["dport"] == PORT)
         .collect();
     for e in &ours {
-        let forward = e["saddr"] == NetnsPair::ADDR_A && e["sport"] == local.port() && e["daddr"] == NetnsPair::ADDR_B && e["dport"] == PORT;
-        let reverse = e["saddr"] == NetnsPair::ADDR_B && e["sport"] == PORT && e["daddr"] == NetnsPair::ADDR_A && e["dport"] == local.port();
-        assert!(forward || reverse, "retransmit of another connection: {e} (ours: {local} <-> {}:{PORT})", NetnsPair::ADDR_B);
+        let forward = e["saddr"] == NetnsPair::ADDR_A
+            && e["sport"] == local.port()
+            && e["daddr"] == NetnsPair::ADDR_B
+            && e["dport"] == PORT;
+        let reverse = e["saddr"] == NetnsPair::ADDR_B
+            && e["sport"] == PORT
+            && e["daddr"] == NetnsPair::ADDR_A
+            && e["dport"] == local.port();
+        assert!(
+            forward || reverse,
+            "retransmit of another connection: {e} (ours: {local} <-> {}:{PORT})",
+            NetnsPair::ADDR_B
+        );
         assert!(e["state"].is_string(), "{e}");
     }
     let n = ours.len() as u64;
     let kernel = (after_a - before_a) + (after_b - before_b);
-    eprintln!("retransmits: vigil {n}, bpftrace {bpftrace_count}, kernel RetransSegs delta {kernel}");
-    assert!(n > 0, "5 % loss over {BYTES} bytes must cause retransmits (kernel counted {kernel})");
+    eprintln!(
+        "retransmits: vigil {n}, bpftrace {bpftrace_count}, kernel RetransSegs delta {kernel}"
+    );
+    assert!(
+        n > 0,
+        "5 % loss over {BYTES} bytes must cause retransmits (kernel counted {kernel})"
+    );
     let diff = n.abs_diff(bpftrace_count) as f64;
-    assert!(diff <= 0.10 * bpftrace_count as f64, "vigil {n} vs bpftrace {bpftrace_count}: more than 10 % apart");
-    assert!(n <= kernel, "vigil saw {n} retransmits, more than the kernel's RetransSegs delta {kernel}");
+    assert!(
+        diff <= 0.10 * bpftrace_count as f64,
+        "vigil {n} vs bpftrace {bpftrace_count}: more than 10 % apart"
+    );
+    assert!(
+        n <= kernel,
+        "vigil saw {n} retransmits, more than the kernel's RetransSegs delta {kernel}"
+    );
     assert_eq!(summary["lost_events"], 0, "{summary}");
     assert!(summary["retransmits"].as_u64().unwrap() >= n, "{summary}");
 }
@@ -245,21 +340,31 @@ fn a_probe_that_cannot_attach_leaves_the_others_working() {
         retransmits: Some(("tcp".into(), "vigil_no_such_tracepoint".into())),
         ..Default::default()
     };
-    let probes = Probes::load(&settings).expect("the object loads even though one probe can't attach");
+    let probes =
+        Probes::load(&settings).expect("the object loads even though one probe can't attach");
     match probes.state(Probe::TcpRetransmit) {
         ProbeState::Off(e) => {
             let why = vigil::probes::error_chain(e);
-            assert!(why.contains("vigil_no_such_tracepoint"), "the reason names the tracepoint: {why}");
+            assert!(
+                why.contains("vigil_no_such_tracepoint"),
+                "the reason names the tracepoint: {why}"
+            );
         }
         other => panic!("the retransmit probe should be off, is {other:?}"),
     }
-    assert!(probes.is_on(Probe::SyscallLatency), "syscall probe: {:?}", probes.state(Probe::SyscallLatency));
+    assert!(
+        probes.is_on(Probe::SyscallLatency),
+        "syscall probe: {:?}",
+        probes.state(Probe::SyscallLatency)
+    );
     for _ in 0..100 {
         // SAFETY: no arguments, no side effects.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
     let latency = probes.syscall_latency().expect("reading latency");
-    let getppid = latency.get(&(libc::SYS_getppid as u32)).expect("getppid recorded");
+    let getppid = latency
+        .get(&(libc::SYS_getppid as u32))
+        .expect("getppid recorded");
     // Only this thread calls getppid in this process.
     assert_eq!(getppid.count, 100);
 }
@@ -281,14 +386,28 @@ fn ring_buffer_overflow_is_counted() {
         ..Default::default()
     };
     let mut child = Workload::spawn(WORKLOAD, &["getppid", "1000"]);
-    let settings = ProbeSettings { filter_pid: Some(child.pid()), ..settings };
+    let settings = ProbeSettings {
+        filter_pid: Some(child.pid()),
+        ..settings
+    };
     let probes = Probes::load(&settings).expect("load");
     child.go();
     child.wait();
     let counters = probes.counters().expect("counters");
-    let timed: u64 = probes.syscall_latency().expect("latency").values().map(|h| h.count).sum();
-    assert!(timed >= 1000, "the child's 1000 getppid calls were timed: {timed}");
-    assert!(counters.slow_syscall_ringbuf_full > 0, "a 4 KiB buffer can't hold 1000 events: {counters:?}");
+    let timed: u64 = probes
+        .syscall_latency()
+        .expect("latency")
+        .values()
+        .map(|h| h.count)
+        .sum();
+    assert!(
+        timed >= 1000,
+        "the child's 1000 getppid calls were timed: {timed}"
+    );
+    assert!(
+        counters.slow_syscall_ringbuf_full > 0,
+        "a 4 KiB buffer can't hold 1000 events: {counters:?}"
+    );
     assert!(counters.slow_syscall_sent <= 4096 / 56, "{counters:?}");
     assert_eq!(
         counters.slow_syscall_sent + counters.slow_syscall_ringbuf_full,

@@ -65,7 +65,10 @@ enum Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         if let Self::Process(child) = self {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -82,9 +85,26 @@ impl Drop for Attached {
 /// Starts a peer tool and waits until the line saying it is attached (through
 /// `stdbuf -oL`: C tools buffer stdout when it is a pipe).
 fn spawn_peer(cmd: &mut Command, ready: &str, settle: Duration) -> anyhow::Result<Attached> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
     let (tx, rx) = mpsc::channel();
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -111,10 +131,24 @@ fn spawn_peer(cmd: &mut Command, ready: &str, settle: Duration) -> anyhow::Resul
 fn attach(config: Config) -> anyhow::Result<Attached> {
     Ok(match config {
         Config::None => Attached::Nothing,
-        Config::Variant(v) => Attached::Vigil(Probes::load(&ProbeSettings { syscall_variant: v, retransmits: None, ..Default::default() })?),
+        Config::Variant(v) => Attached::Vigil(Probes::load(&ProbeSettings {
+            syscall_variant: v,
+            retransmits: None,
+            ..Default::default()
+        })?),
         Config::Shipped => Attached::Vigil(Probes::load(&ProbeSettings::default())?),
-        Config::Syscount => spawn_peer(Command::new("stdbuf").args(["-oL", "syscount", "-L"]), "Tracing syscalls", Duration::from_millis(500))?,
-        Config::Bpftrace => spawn_peer(Command::new("stdbuf").args(["-oL", "bpftrace", "-e"]).arg(BPFTRACE_SCRIPT), "Attaching", Duration::from_secs(2))?,
+        Config::Syscount => spawn_peer(
+            Command::new("stdbuf").args(["-oL", "syscount", "-L"]),
+            "Tracing syscalls",
+            Duration::from_millis(500),
+        )?,
+        Config::Bpftrace => spawn_peer(
+            Command::new("stdbuf")
+                .args(["-oL", "bpftrace", "-e"])
+                .arg(BPFTRACE_SCRIPT),
+            "Attaching",
+            Duration::from_secs(2),
+        )?,
     })
 }
 
@@ -123,7 +157,8 @@ fn measure(iterations: u64, cpu: usize) -> anyhow::Result<f64> {
     std::thread::spawn(move || -> anyhow::Result<f64> {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).context("cpu index")?;
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .with_context(|| format!("pinning to CPU {cpu}"))?;
         // Warm up caches and the branch predictor.
         for _ in 0..iterations / 10 {
             // SAFETY: getppid has no arguments and no side effects.
@@ -146,7 +181,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
-    let Bench::Syscalls { iterations, rounds, cpu } = bench;
+    let Bench::Syscalls {
+        iterations,
+        rounds,
+        cpu,
+    } = bench;
     if !crate::is_root() {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
     }
@@ -163,11 +202,20 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
             let ns = measure(iterations, cpu)?;
             drop(attached);
             samples[i].push(ns);
-            eprintln!("  round {round}/{rounds} {:<40} {ns:>8.1} ns", config.label());
+            eprintln!(
+                "  round {round}/{rounds} {:<40} {ns:>8.1} ns",
+                config.label()
+            );
         }
     }
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-    let at = |c: Config| configs.iter().position(|&x| x == c).map(|i| medians[i]).unwrap_or(f64::NAN);
+    let at = |c: Config| {
+        configs
+            .iter()
+            .position(|&x| x == c)
+            .map(|i| medians[i])
+            .unwrap_or(f64::NAN)
+    };
     let none = at(Config::None);
     let floor_added = at(Config::Variant(SyscallVariant::Empty)) - none;
     let syscount_added = at(Config::Syscount) - none;
@@ -179,9 +227,19 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         let (vs_floor, vs_syscount) = if config == Config::None {
             ("-".to_string(), "-".to_string())
         } else {
-            (format!("{:.2}x", added / floor_added), format!("{:.2}x", added / syscount_added))
+            (
+                format!("{:.2}x", added / floor_added),
+                format!("{:.2}x", added / syscount_added),
+            )
         };
-        println!("| {} | {:.0} | {:.0} | {} | {} |", config.label(), medians[i], added, vs_floor, vs_syscount);
+        println!(
+            "| {} | {:.0} | {:.0} | {} | {} |",
+            config.label(),
+            medians[i],
+            added,
+            vs_floor,
+            vs_syscount
+        );
     }
     let shipped_added = at(Config::Shipped) - none;
     println!();

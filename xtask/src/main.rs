@@ -34,7 +34,10 @@ enum Task {
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 pub fn is_root() -> bool {
@@ -43,7 +46,10 @@ pub fn is_root() -> bool {
 
 /// Runs a command in the workspace root, failing with the command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -72,10 +78,16 @@ fn main() -> anyhow::Result<()> {
             setup::setup(setup::Mode::IfMissing)?;
             let bin = build_release()?;
             if !is_root() {
-                bail!("the agent loads eBPF programs and needs root: run `sudo -E cargo xtask run`");
+                bail!(
+                    "the agent loads eBPF programs and needs root: run `sudo -E cargo xtask run`"
+                );
             }
             let mut cmd = Command::new(bin);
-            cmd.arg("agent").args(if args.is_empty() { vec!["--interval".into(), "2s".into()] } else { args });
+            cmd.arg("agent").args(if args.is_empty() {
+                vec!["--interval".into(), "2s".into()]
+            } else {
+                args
+            });
             run(&mut cmd)
         }
         Task::Test => {
@@ -91,7 +103,14 @@ fn main() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     // Unit tests everywhere (the eBPF crate only builds for the BPF target).
-    run(cargo().args(["test", "--workspace", "--exclude", "vigil-ebpf", "--exclude", "vigil-tests"]))?;
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "vigil-ebpf",
+        "--exclude",
+        "vigil-tests",
+    ]))?;
     // Privileged tests run the real `vigil` binary against the kernel.
     run(cargo().args(["build", "--package", "vigil", "--bin", "vigil"]))?;
     let vigil = workspace_root().join("target/debug/vigil");

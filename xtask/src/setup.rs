@@ -30,12 +30,17 @@ pub enum Mode {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn say(mode: Mode, msg: &str) {
@@ -53,8 +58,17 @@ pub fn setup(mode: Mode) -> anyhow::Result<()> {
 }
 
 fn nightly_rust_src(mode: Mode) -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]));
-    if installed.as_deref().is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src"))) {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    if installed
+        .as_deref()
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")))
+    {
         say(mode, "nightly toolchain with rust-src: present");
         return Ok(());
     }
@@ -78,7 +92,10 @@ fn missing_packages() -> Vec<&'static str> {
 fn debian_packages(mode: Mode) -> anyhow::Result<()> {
     let missing = missing_packages();
     if missing.is_empty() {
-        say(mode, &format!("Debian packages ({}): present", PACKAGES.join(", ")));
+        say(
+            mode,
+            &format!("Debian packages ({}): present", PACKAGES.join(", ")),
+        );
         return Ok(());
     }
     if !crate::is_root() {
@@ -90,8 +107,18 @@ fn debian_packages(mode: Mode) -> anyhow::Result<()> {
     println!("setup: installing {}", missing.join(" "));
     crate::run(Command::new("apt-get").arg("update").arg("-q"))
         .context("apt-get update failed: check the network and /etc/apt/sources.list")?;
-    crate::run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
-        .with_context(|| format!("apt-get could not install {}; LLVM {LLVM} comes from bookworm-security on Debian 12", missing.join(" ")))
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!(
+            "apt-get could not install {}; LLVM {LLVM} comes from bookworm-security on Debian 12",
+            missing.join(" ")
+        )
+    })
 }
 
 fn bpf_linker(mode: Mode) -> anyhow::Result<()> {
@@ -99,9 +126,12 @@ fn bpf_linker(mode: Mode) -> anyhow::Result<()> {
     // the features it was built with.
     let list = output(Command::new("cargo").args(["install", "--list"])).unwrap_or_default();
     let present = quiet(Command::new("bpf-linker").arg("--version"));
-    let cargo_home = std::env::var("CARGO_HOME").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-    });
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cargo")
+        });
     let crates2 = std::fs::read_to_string(cargo_home.join(".crates2.json")).unwrap_or_default();
     let right_llvm = crates2.contains(&format!("\"llvm-{LLVM}\""));
     if present && list.contains("bpf-linker") && right_llvm {

@@ -5,8 +5,8 @@
 //! `agent/src/probes/syscalls.rs`, `SHIPPED`). They differ only in program type and in
 //! where the syscall's start time is kept between sys_enter and sys_exit.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     helpers::generated::bpf_get_current_cgroup_id,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -85,7 +85,9 @@ fn record(nr: u32, start_ns: u64) {
 
 #[inline(never)]
 fn send_slow(nr: u32, latency_ns: u64, now: u64) {
-    let Some(rate) = SLOW_RATE.get_ptr_mut(0) else { return };
+    let Some(rate) = SLOW_RATE.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU slot, see `record`.
     let rate = unsafe { &mut *rate };
     if now.saturating_sub(rate.window_start_ns) >= NSEC_PER_SEC {
@@ -174,6 +176,81 @@ pub fn sys_exit_task(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+// ---- per-CPU in-flight slot, spilled to task storage on context switch -------------
+//
+// A syscall can only leave its CPU through a context switch, so the start time can
+// wait in a per-CPU slot (an inlined array lookup, no helper) as long as sched_switch
+// moves it into the switched-out task's storage. sys_exit takes the fast path when the
+// slot is its own, and looks in task storage otherwise. Only syscalls that block or
+// get preempted pay for the storage.
+
+/// The syscall in flight on this CPU; `start_ns == 0` when none.
+#[map]
+static SYSCALL_IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    start_ns: u64,
+    tid: u32,
+    nr: u32,
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_pcpu(ctx: BtfTracePointContext) -> i32 {
+    if !wanted() {
+        return 0;
+    }
+    if let Some(slot) = SYSCALL_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program runs with migration disabled.
+        let slot = unsafe { &mut *slot };
+        slot.tid = bpf_get_current_pid_tgid() as u32;
+        slot.nr = ctx.arg::<i64>(1) as u32;
+        // SAFETY: helper without arguments.
+        slot.start_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_pcpu(_ctx: BtfTracePointContext) -> i32 {
+    if let Some(slot) = SYSCALL_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: as above.
+        let slot = unsafe { &mut *slot };
+        if slot.start_ns != 0 && slot.tid == bpf_get_current_pid_tgid() as u32 {
+            let (nr, start_ns) = (slot.nr, slot.start_ns);
+            slot.start_ns = 0;
+            record(nr, start_ns);
+            return 0;
+        }
+    }
+    exit_task();
+    0
+}
+
+/// sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_spill(ctx: BtfTracePointContext) -> i32 {
+    let Some(slot) = SYSCALL_IN_FLIGHT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let slot = unsafe { &mut *slot };
+    if slot.start_ns == 0 {
+        return 0;
+    }
+    let prev: *mut aya_ebpf::bindings::task_struct = ctx.arg(1);
+    match SYSCALL_START_TASK.of_task_or_create(prev) {
+        Some(spilled) => {
+            spilled.start_ns = slot.start_ns;
+            spilled.nr = slot.nr;
+        }
+        None => count(Counter::SyscallStartStoreFailed),
+    }
+    slot.start_ns = 0;
+    0
+}
+
 // ---- tid-keyed hash (bench comparison) --------------------------------------------
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -181,7 +258,11 @@ pub fn sys_enter_hash(ctx: RawTracePointContext) -> i32 {
     if !wanted() {
         return 0;
     }
-    let mut slot = SyscallStart { start_ns: 0, nr: 0, _pad: 0 };
+    let mut slot = SyscallStart {
+        start_ns: 0,
+        nr: 0,
+        _pad: 0,
+    };
     start(&mut slot, ctx.arg::<i64>(1));
     let tid = bpf_get_current_pid_tgid() as u32;
     if SYSCALL_START_TID.insert(&tid, &slot, 0).is_err() {

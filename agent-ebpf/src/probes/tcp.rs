@@ -36,7 +36,10 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), ()> {
     };
     let family: u16 = field(ctx, layout.family);
     let (saddr, daddr) = if family == AF_INET6 {
-        (field::<[u8; 16]>(ctx, layout.saddr_v6), field::<[u8; 16]>(ctx, layout.daddr_v6))
+        (
+            field::<[u8; 16]>(ctx, layout.saddr_v6),
+            field::<[u8; 16]>(ctx, layout.daddr_v6),
+        )
     } else {
         let (s, d): ([u8; 4], [u8; 4]) = (field(ctx, layout.saddr), field(ctx, layout.daddr));
         let mut saddr = [0u8; 16];

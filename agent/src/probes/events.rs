@@ -50,7 +50,11 @@ pub enum DecodeError {
     #[error("unknown event tag {0}")]
     UnknownTag(u8),
     #[error("{kind:?} record is {got} bytes, expected {want}")]
-    Short { kind: EventKind, got: usize, want: usize },
+    Short {
+        kind: EventKind,
+        got: usize,
+        want: usize,
+    },
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -64,11 +68,15 @@ impl Clock {
     pub fn new() -> Self {
         use nix::time::{clock_gettime, ClockId};
         let ns = |id| {
-            clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0)
+            clock_gettime(id)
+                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+                .unwrap_or(0)
         };
         let mono = ns(ClockId::CLOCK_MONOTONIC);
         let real = ns(ClockId::CLOCK_REALTIME);
-        Self { offset_ns: real - mono }
+        Self {
+            offset_ns: real - mono,
+        }
     }
 
     pub fn to_wall(self, monotonic_ns: u64) -> SystemTime {
@@ -89,7 +97,11 @@ impl Default for Clock {
 fn read<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if bytes.len() < want {
-        return Err(DecodeError::Short { kind, got: bytes.len(), want });
+        return Err(DecodeError::Short {
+            kind,
+            got: bytes.len(),
+            want,
+        });
     }
     // SAFETY: length checked; T is a repr(C) plain-old-data type from vigil-common,
     // valid for any bit pattern; read_unaligned copes with any alignment.
@@ -167,14 +179,28 @@ pub struct EventReader {
 
 impl EventReader {
     pub(super) fn new(map: Map) -> Result<Self, ProbeError> {
-        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map { map: "EVENTS", source })?;
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            map: "EVENTS",
+            source,
+        })?;
         // SAFETY: the RingBuf owns its map fd, which stays open and the same for the
         // RingBuf's whole life, and the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| {
-            let (_, io_error) = e.into_parts();
-            ProbeError::Map { map: "EVENTS", source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "epoll_ctl", io_error }) }
-        })?;
-        Ok(Self { ring, clock: Clock::new(), decode_errors: 0 })
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                let (_, io_error) = e.into_parts();
+                ProbeError::Map {
+                    map: "EVENTS",
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "epoll_ctl",
+                        io_error,
+                    }),
+                }
+            })?;
+        Ok(Self {
+            ring,
+            clock: Clock::new(),
+            decode_errors: 0,
+        })
     }
 
     /// Waits until events are available, then appends every available one to `out`.
@@ -212,7 +238,10 @@ mod tests {
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: reading a Copy value's bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
@@ -244,7 +273,13 @@ mod tests {
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(decode(&[], Clock::new()), Err(DecodeError::Empty));
-        assert_eq!(decode(&[99, 0, 0], Clock::new()), Err(DecodeError::UnknownTag(99)));
-        assert!(matches!(decode(&[1, 0, 0], Clock::new()), Err(DecodeError::Short { .. })));
+        assert_eq!(
+            decode(&[99, 0, 0], Clock::new()),
+            Err(DecodeError::UnknownTag(99))
+        );
+        assert!(matches!(
+            decode(&[1, 0, 0], Clock::new()),
+            Err(DecodeError::Short { .. })
+        ));
     }
 }

@@ -159,14 +159,24 @@ impl Probes {
                 .and_then(|root| tcp::layout(&root, category, name));
         }
         let filter = settings.filter_pid.unwrap_or(0);
-        let threshold = settings.slow_threshold.map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128) as u64);
-        let layout = retransmit_layout.as_ref().ok().copied().unwrap_or(vigil_common::RetransmitLayout::UNSET);
+        let threshold = settings
+            .slow_threshold
+            .map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128) as u64);
+        let layout = retransmit_layout
+            .as_ref()
+            .ok()
+            .copied()
+            .unwrap_or(vigil_common::RetransmitLayout::UNSET);
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
             .override_global(globals::FILTER_TGID, &filter, true)
             .override_global(globals::SLOW_THRESHOLD_NS, &threshold, true)
-            .override_global(globals::SLOW_EVENTS_PER_SEC, &settings.slow_events_per_sec, true)
+            .override_global(
+                globals::SLOW_EVENTS_PER_SEC,
+                &settings.slow_events_per_sec,
+                true,
+            )
             .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
@@ -187,10 +197,12 @@ impl Probes {
         states.insert(Probe::SyscallLatency, syscalls);
         let retransmits = match &settings.retransmits {
             None => ProbeState::Disabled,
-            Some((category, name)) => match retransmit_layout.and_then(|_| tcp::attach(&mut ebpf, category, name)) {
-                Ok(()) => ProbeState::On,
-                Err(e) => ProbeState::Off(e),
-            },
+            Some((category, name)) => {
+                match retransmit_layout.and_then(|_| tcp::attach(&mut ebpf, category, name)) {
+                    Ok(()) => ProbeState::On,
+                    Err(e) => ProbeState::Off(e),
+                }
+            }
         };
         states.insert(Probe::TcpRetransmit, retransmits);
         for (probe, state) in &states {
@@ -222,12 +234,23 @@ impl Probes {
 
     /// Cumulative kernel counters since load.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?;
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(ProbeError::MissingMap(COUNTERS_MAP))?;
         let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                map: COUNTERS_MAP,
+                source,
+            })?;
         let mut sums = [0u64; COUNTERS as usize];
         for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = array.get(&(i as u32), 0).map_err(|source| ProbeError::Map { map: COUNTERS_MAP, source })?;
+            let per_cpu = array
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    map: COUNTERS_MAP,
+                    source,
+                })?;
             *sum = per_cpu.iter().sum();
         }
         let at = |c: Counter| sums[c as usize];
@@ -245,7 +268,10 @@ impl Probes {
     /// Takes the event ring buffer (once) for an async reader. Must be called within
     /// a tokio runtime.
     pub fn event_reader(&mut self) -> Result<EventReader, ProbeError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         EventReader::new(map)
     }
 }
@@ -267,7 +293,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

@@ -13,12 +13,16 @@ use crate::histogram::LatencyHistogram;
 
 pub const LATENCY_MAP: &str = "SYSCALL_LATENCY";
 pub const START_HASH_MAP: &str = "SYSCALL_START_TID";
+const SPILL_PROGRAM: &str = "sched_switch_spill";
 
 /// The ways of timing a syscall that the eBPF object carries. They differ in program
 /// type and in where the start time waits between sys_enter and sys_exit;
 /// `cargo xtask bench syscalls` measures each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallVariant {
+    /// tp_btf; start time in a per-CPU slot, moved to task-local storage by
+    /// sched_switch when the syscall blocks or is preempted.
+    BtfPerCpuSpill,
     /// BTF-enabled raw tracepoints (tp_btf), start time in task-local storage.
     BtfTaskStorage,
     /// Raw tracepoints, start time in task-local storage.
@@ -32,10 +36,17 @@ pub enum SyscallVariant {
 impl SyscallVariant {
     /// What the agent attaches (chosen by `cargo xtask bench syscalls`; see README).
     pub const SHIPPED: Self = Self::BtfTaskStorage;
-    pub const ALL: [Self; 4] = [Self::Empty, Self::RawTidHash, Self::RawTaskStorage, Self::BtfTaskStorage];
+    pub const ALL: [Self; 5] = [
+        Self::Empty,
+        Self::RawTidHash,
+        Self::RawTaskStorage,
+        Self::BtfTaskStorage,
+        Self::BtfPerCpuSpill,
+    ];
 
     pub fn programs(self) -> (&'static str, &'static str) {
         match self {
+            Self::BtfPerCpuSpill => ("sys_enter_pcpu", "sys_exit_pcpu"),
             Self::BtfTaskStorage => ("sys_enter_btf", "sys_exit_btf"),
             Self::RawTaskStorage => ("sys_enter_task", "sys_exit_task"),
             Self::RawTidHash => ("sys_enter_hash", "sys_exit_hash"),
@@ -45,6 +56,7 @@ impl SyscallVariant {
 
     pub fn describe(self) -> &'static str {
         match self {
+            Self::BtfPerCpuSpill => "tp_btf + per-CPU slot, spill on switch",
             Self::BtfTaskStorage => "tp_btf + task storage",
             Self::RawTaskStorage => "raw_tp + task storage",
             Self::RawTidHash => "raw_tp + tid hash",
@@ -60,16 +72,33 @@ impl SyscallVariant {
 pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError> {
     let (enter, exit) = variant.programs();
     match variant {
-        SyscallVariant::BtfTaskStorage => {
+        SyscallVariant::BtfTaskStorage | SyscallVariant::BtfPerCpuSpill => {
             let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-            for (name, tp) in [(enter, "sys_enter"), (exit, "sys_exit")] {
+            // The spill program first, then exit, then enter: a start time is never
+            // left in a slot without something to move or consume it.
+            let mut order = vec![(exit, "sys_exit"), (enter, "sys_enter")];
+            if variant == SyscallVariant::BtfPerCpuSpill {
+                order.insert(0, (SPILL_PROGRAM, "sched_switch"));
+            }
+            for (name, tp) in order {
                 let program: &mut BtfTracePoint = ebpf
                     .program_mut(name)
                     .ok_or(ProbeError::MissingProgram(name))?
                     .try_into()
-                    .map_err(|source| ProbeError::Program { program: name, source })?;
-                program.load(tp, &btf).map_err(|source| ProbeError::Program { program: name, source })?;
-                program.attach().map_err(|source| ProbeError::Program { program: name, source })?;
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })?;
+                program
+                    .load(tp, &btf)
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })?;
+                program.attach().map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
             }
         }
         _ => {
@@ -78,9 +107,18 @@ pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError
                     .program_mut(name)
                     .ok_or(ProbeError::MissingProgram(name))?
                     .try_into()
-                    .map_err(|source| ProbeError::Program { program: name, source })?;
-                program.load().map_err(|source| ProbeError::Program { program: name, source })?;
-                program.attach(tp).map_err(|source| ProbeError::Program { program: name, source })?;
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })?;
+                program.load().map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
+                program.attach(tp).map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
             }
         }
     }
@@ -90,12 +128,20 @@ pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError
 /// Cumulative latency histograms by syscall number, summed over CPUs. Syscalls never
 /// seen are left out.
 pub fn read_latency(ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>, ProbeError> {
-    let map = ebpf.map(LATENCY_MAP).ok_or(ProbeError::MissingMap(LATENCY_MAP))?;
+    let map = ebpf
+        .map(LATENCY_MAP)
+        .ok_or(ProbeError::MissingMap(LATENCY_MAP))?;
     let array: PerCpuArray<_, SyscallStats> =
-        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { map: LATENCY_MAP, source })?;
+        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+            map: LATENCY_MAP,
+            source,
+        })?;
     let mut out = BTreeMap::new();
     for nr in 0..MAX_SYSCALLS {
-        let per_cpu = array.get(&nr, 0).map_err(|source| ProbeError::Map { map: LATENCY_MAP, source })?;
+        let per_cpu = array.get(&nr, 0).map_err(|source| ProbeError::Map {
+            map: LATENCY_MAP,
+            source,
+        })?;
         let mut total = LatencyHistogram::default();
         for cpu in per_cpu.iter() {
             if cpu.count > 0 {

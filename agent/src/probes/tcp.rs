@@ -12,8 +12,11 @@ pub const TRACEPOINT: &str = "tcp_retransmit_skb";
 
 /// The field offsets the eBPF program needs, from the tracepoint's format file.
 pub fn layout(tracefs: &Path, category: &str, name: &str) -> Result<RetransmitLayout, ProbeError> {
-    let format = TracepointFormat::read(tracefs, category, name)
-        .map_err(|source| ProbeError::Format { tracepoint: format!("{category}:{name}"), source })?;
+    let format =
+        TracepointFormat::read(tracefs, category, name).map_err(|source| ProbeError::Format {
+            tracepoint: format!("{category}:{name}"),
+            source,
+        })?;
     let offset = |field: &str, size: u32| match format.field(field) {
         Some((off, sz)) if sz == size => Ok(off),
         Some((_, sz)) => Err(ProbeError::Layout {
@@ -46,8 +49,19 @@ pub fn attach(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<(), ProbeEr
         .program_mut(PROGRAM)
         .ok_or(ProbeError::MissingProgram(PROGRAM))?
         .try_into()
-        .map_err(|source| ProbeError::Program { program: PROGRAM, source })?;
-    program.load().map_err(|source| ProbeError::Program { program: PROGRAM, source })?;
-    program.attach(category, name).map_err(|source| ProbeError::Program { program: PROGRAM, source })?;
+        .map_err(|source| ProbeError::Program {
+            program: PROGRAM,
+            source,
+        })?;
+    program.load().map_err(|source| ProbeError::Program {
+        program: PROGRAM,
+        source,
+    })?;
+    program
+        .attach(category, name)
+        .map_err(|source| ProbeError::Program {
+            program: PROGRAM,
+            source,
+        })?;
     Ok(())
 }

@@ -23,8 +23,14 @@ pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
         }
     }
     let target = CANDIDATES[0];
-    nix::mount::mount(Some("nodev"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| TracefsError { source })?;
+    nix::mount::mount(
+        Some("nodev"),
+        target,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| TracefsError { source })?;
     tracing::info!(path = target, "mounted tracefs");
     Ok(PathBuf::from(target))
 }
@@ -37,7 +43,8 @@ pub struct TracepointFormat {
 
 impl TracepointFormat {
     pub fn read(root: &Path, category: &str, name: &str) -> std::io::Result<Self> {
-        let text = fs::read_to_string(root.join("events").join(category).join(name).join("format"))?;
+        let text =
+            fs::read_to_string(root.join("events").join(category).join(name).join("format"))?;
         Ok(Self::parse(&text))
     }
 
@@ -70,7 +77,10 @@ impl TracepointFormat {
     }
 
     pub fn field(&self, name: &str) -> Option<(u32, u32)> {
-        self.fields.iter().find(|(n, _, _)| n == name).map(|(_, o, s)| (*o, *s))
+        self.fields
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, o, s)| (*o, *s))
     }
 }
 

@@ -11,7 +11,10 @@ use crate::{
 };
 
 pub async fn run(interval: Duration, slow_threshold: Duration, top: usize) -> anyhow::Result<()> {
-    let settings = ProbeSettings { slow_threshold: Some(slow_threshold), ..Default::default() };
+    let settings = ProbeSettings {
+        slow_threshold: Some(slow_threshold),
+        ..Default::default()
+    };
     let mut probes = Probes::load(&settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     for (probe, state) in probes.states() {
         match state {

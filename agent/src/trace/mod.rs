@@ -14,9 +14,13 @@ use crate::probes::{error_chain, Probe, ProbeSettings, ProbeState, Probes};
 /// Parses `500ms`, `5s`, `2m`, `1h`, `250us`, `100ns` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 5s, 500ms, 2m)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 5s, 500ms, 2m)"))?;
     let scale = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -24,7 +28,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use ns, us, ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ns, us, ms, s, m, h)"
+            ))
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs < 0.0 {

@@ -29,7 +29,8 @@ struct Summary {
 }
 
 pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn print(e: &RetransmitEvent, json: bool) -> anyhow::Result<()> {
@@ -45,7 +46,11 @@ fn print(e: &RetransmitEvent, json: bool) -> anyhow::Result<()> {
         };
         println!("{}", serde_json::to_string(&j)?);
     } else {
-        let err = if e.err != 0 { format!(" err={}", e.err) } else { String::new() };
+        let err = if e.err != 0 {
+            format!(" err={}", e.err)
+        } else {
+            String::new()
+        };
         println!(
             "{:.6} {:>39}:{:<5} -> {:>39}:{:<5} {}{}",
             unix_seconds(e.time),
@@ -61,12 +66,19 @@ fn print(e: &RetransmitEvent, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<()> {
-    let settings = ProbeSettings { syscalls: false, slow_threshold: None, ..Default::default() };
+    let settings = ProbeSettings {
+        syscalls: false,
+        slow_threshold: None,
+        ..Default::default()
+    };
     let mut probes = load_probes(&settings, Probe::TcpRetransmit)?;
     let mut reader = probes.event_reader()?;
     announce("TCP retransmits", duration);
     if !json {
-        println!("{:<17} {:>45} {:>45} STATE", "TIME", "SOURCE", "DESTINATION");
+        println!(
+            "{:<17} {:>45} {:>45} STATE",
+            "TIME", "SOURCE", "DESTINATION"
+        );
     }
     let mut seen = 0u64;
     watch_events(&mut reader, duration, |event| {
@@ -78,11 +90,17 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<()> {
     })
     .await?;
     let counters = probes.counters()?;
-    let summary = Summary { retransmits: seen, lost_events: counters.retransmit_ringbuf_full + reader.decode_errors };
+    let summary = Summary {
+        retransmits: seen,
+        lost_events: counters.retransmit_ringbuf_full + reader.decode_errors,
+    };
     if json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!("{} retransmits, {} lost", summary.retransmits, summary.lost_events);
+        println!(
+            "{} retransmits, {} lost",
+            summary.retransmits, summary.lost_events
+        );
     }
     Ok(())
 }

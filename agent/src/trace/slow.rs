@@ -46,13 +46,17 @@ pub async fn run(
     let mut reader = probes.event_reader()?;
     announce(&format!("syscalls slower than {threshold:?}"), duration);
     if !json {
-        println!("{:<17} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}", "TIME", "PID", "TID", "COMM", "SYSCALL", "LATENCY", "CGROUP");
+        println!(
+            "{:<17} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}",
+            "TIME", "PID", "TID", "COMM", "SYSCALL", "LATENCY", "CGROUP"
+        );
     }
     let mut seen = 0u64;
     watch_events(&mut reader, duration, |event| {
         if let Event::SlowSyscall(e) = event {
             seen += 1;
-            let name = syscall_name(e.syscall_nr).map_or_else(|| format!("syscall_{}", e.syscall_nr), str::to_string);
+            let name = syscall_name(e.syscall_nr)
+                .map_or_else(|| format!("syscall_{}", e.syscall_nr), str::to_string);
             if json {
                 let j = SlowJson {
                     time: unix_seconds(e.time),

@@ -68,13 +68,26 @@ pub fn print_table(rows: &[SyscallRow], limit: usize) {
     }
 }
 
-pub async fn run(duration: Duration, pid: Option<u32>, json: bool, limit: usize) -> anyhow::Result<()> {
-    let settings = ProbeSettings { filter_pid: pid, slow_threshold: None, retransmits: None, ..Default::default() };
+pub async fn run(
+    duration: Duration,
+    pid: Option<u32>,
+    json: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let settings = ProbeSettings {
+        filter_pid: pid,
+        slow_threshold: None,
+        retransmits: None,
+        ..Default::default()
+    };
     let probes = load_probes(&settings, Probe::SyscallLatency)?;
-    announce(&match pid {
-        Some(p) => format!("syscalls of pid {p}"),
-        None => "syscalls".to_string(),
-    }, Some(duration));
+    announce(
+        &match pid {
+            Some(p) => format!("syscalls of pid {p}"),
+            None => "syscalls".to_string(),
+        },
+        Some(duration),
+    );
     wait_for_stop(Some(duration)).await?;
     let report = SyscallReport {
         syscalls: rows(&probes.syscall_latency()?),
@@ -85,7 +98,10 @@ pub async fn run(duration: Duration, pid: Option<u32>, json: bool, limit: usize)
     } else {
         print_table(&report.syscalls, limit);
         if report.lost_events > 0 {
-            println!("\n{} syscalls could not be timed (lost)", report.lost_events);
+            println!(
+                "\n{} syscalls could not be timed (lost)",
+                report.lost_events
+            );
         }
     }
     Ok(())
