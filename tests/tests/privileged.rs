@@ -199,6 +199,8 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
          tcp dport {PORT} numgen random mod 100 < 5 drop\n }}\n}}\n"
     ));
 
+    // bpftrace, like vigil, needs tracefs; vigil mounts it when missing, bpftrace doesn't.
+    vigil::probes::tracefs::tracefs_root().expect("tracefs");
     // An independent witness on the same tracepoint.
     let script = format!(
         "tracepoint:tcp:tcp_retransmit_skb /args->dport == {PORT} || args->sport == {PORT}/ {{ @n = count(); }} \

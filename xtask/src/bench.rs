@@ -189,6 +189,8 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
     }
+    // syscount and bpftrace look tracepoints up in tracefs but don't mount it.
+    vigil::probes::tracefs::tracefs_root()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu.min(cpus - 1);
     let mut configs = vec![Config::None];
