@@ -275,9 +275,13 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
     {
         bt_text.push(line);
     }
-    if bpftrace.try_wait().expect("bpftrace status").is_none() {
-        let _ = bpftrace.kill();
-        panic!("bpftrace did not exit within 30 s of SIGINT; output: {bt_text:?}");
+    // Its stdout can close a moment before the process is reapable: poll for the exit.
+    while bpftrace.try_wait().expect("bpftrace status").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = bpftrace.kill();
+            panic!("bpftrace did not exit within 30 s of SIGINT; output: {bt_text:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let status = bpftrace.wait().expect("bpftrace exit");
     assert!(
