@@ -45,7 +45,8 @@ impl LatencyHistogram {
     }
 
     /// What happened between two cumulative snapshots (`self` the later one).
-    /// `max_ns` can't be differenced, so it is the later snapshot's max.
+    /// A maximum can't be differenced, so the window's `max_ns` is bounded instead:
+    /// the top of its highest non-empty bucket, capped by the cumulative maximum.
     pub fn since(&self, earlier: &Self) -> Self {
         let mut out = self.clone();
         out.count = self.count.saturating_sub(earlier.count);
@@ -53,6 +54,11 @@ impl LatencyHistogram {
         for (o, e) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
             *o = o.saturating_sub(*e);
         }
+        out.max_ns = out
+            .buckets
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, |top| bucket_upper_bound(top).min(self.max_ns));
         out
     }
 
@@ -171,6 +177,11 @@ mod tests {
         let mut later = a.clone();
         later.merge(&b);
         let delta = later.since(&a);
+        assert!(
+            delta.max_ns >= 9_000 && delta.max_ns < 70_000,
+            "window max bounded by its own buckets: {}",
+            delta.max_ns
+        );
         assert_eq!(delta.count, b.count);
         assert_eq!(delta.total_ns, b.total_ns);
         assert_eq!(delta.buckets, b.buckets);

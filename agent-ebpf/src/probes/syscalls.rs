@@ -294,3 +294,27 @@ pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
 pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
     0
 }
+
+// ---- the clock alone (bench only): two clock reads and a per-CPU store, no storage
+// and no histogram; the floor of any probe that times syscalls ----------------------
+
+#[map]
+static CLOCK_ONLY_SLOT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_clock(_ctx: BtfTracePointContext) -> i32 {
+    if let Some(slot) = CLOCK_ONLY_SLOT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; helper without arguments.
+        unsafe { *slot = bpf_ktime_get_ns() };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_clock(_ctx: BtfTracePointContext) -> i32 {
+    if let Some(slot) = CLOCK_ONLY_SLOT.get_ptr_mut(0) {
+        // SAFETY: as above.
+        unsafe { *slot = bpf_ktime_get_ns().wrapping_sub(*slot) };
+    }
+    0
+}

@@ -31,13 +31,17 @@ pub enum SyscallVariant {
     RawTidHash,
     /// Raw tracepoints that do nothing: the cost of the tracepoints alone.
     Empty,
+    /// tp_btf that only read the clock at enter and exit: what timing costs before
+    /// any storage or histogram (bench only; records nothing).
+    ClockOnly,
 }
 
 impl SyscallVariant {
     /// What the agent attaches (chosen by `cargo xtask bench syscalls`; see README).
     pub const SHIPPED: Self = Self::BtfTaskStorage;
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Empty,
+        Self::ClockOnly,
         Self::RawTidHash,
         Self::RawTaskStorage,
         Self::BtfTaskStorage,
@@ -51,6 +55,7 @@ impl SyscallVariant {
             Self::RawTaskStorage => ("sys_enter_task", "sys_exit_task"),
             Self::RawTidHash => ("sys_enter_hash", "sys_exit_hash"),
             Self::Empty => ("sys_enter_empty", "sys_exit_empty"),
+            Self::ClockOnly => ("sys_enter_clock", "sys_exit_clock"),
         }
     }
 
@@ -61,6 +66,7 @@ impl SyscallVariant {
             Self::RawTaskStorage => "raw_tp + task storage",
             Self::RawTidHash => "raw_tp + tid hash",
             Self::Empty => "empty raw_tp (floor)",
+            Self::ClockOnly => "tp_btf, 2 clock reads only",
         }
     }
 
@@ -72,7 +78,9 @@ impl SyscallVariant {
 pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError> {
     let (enter, exit) = variant.programs();
     match variant {
-        SyscallVariant::BtfTaskStorage | SyscallVariant::BtfPerCpuSpill => {
+        SyscallVariant::BtfTaskStorage
+        | SyscallVariant::BtfPerCpuSpill
+        | SyscallVariant::ClockOnly => {
             let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
             // The spill program first, then exit, then enter: a start time is never
             // left in a slot without something to move or consume it.
