@@ -39,7 +39,7 @@ pub fn vigil_bin() -> PathBuf {
 /// A running `vigil` command: stdout collected, stderr watched for readiness.
 pub struct Vigil {
     child: Child,
-    stdout: std::thread::JoinHandle<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
     stderr: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -69,7 +69,7 @@ impl Vigil {
         });
         let mut v = Self {
             child,
-            stdout,
+            stdout: Some(stdout),
             stderr: rx,
             stderr_seen: Vec::new(),
         };
@@ -125,13 +125,39 @@ impl Vigil {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.stderr_seen.extend(self.stderr.try_iter());
-        let stdout = self.stdout.join().expect("stdout reader");
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().expect("stdout reader"))
+            .unwrap_or_default();
         assert!(
             status.success(),
             "vigil failed ({status}); stderr:\n{}\nstdout:\n{stdout}",
             self.stderr_seen.join("\n")
         );
         stdout
+    }
+}
+
+impl Drop for Vigil {
+    /// A failing test must not leave vigil attached (or holding the test's pipes).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kills a helper process (bpftrace, ...) when a test ends early.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -168,6 +194,15 @@ impl Workload {
     }
 }
 
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs a shell-free command, panicking with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -181,8 +216,8 @@ pub fn sh(program: &str, args: &[&str]) {
     );
 }
 
-/// Two network namespaces joined by a veth pair: `a` at 10.213.0.1, `b` at
-/// 10.213.0.2. Deleted on drop.
+/// Two network namespaces joined by a veth pair: `a` at 10.213.0.1 and fd00:213::1,
+/// `b` at 10.213.0.2 and fd00:213::2. Deleted on drop.
 pub struct NetnsPair {
     pub a: String,
     pub b: String,
@@ -191,6 +226,8 @@ pub struct NetnsPair {
 impl NetnsPair {
     pub const ADDR_A: &'static str = "10.213.0.1";
     pub const ADDR_B: &'static str = "10.213.0.2";
+    pub const ADDR6_A: &'static str = "fd00:213::1";
+    pub const ADDR6_B: &'static str = "fd00:213::2";
 
     pub fn new(tag: &str) -> Self {
         let id = std::process::id() % 100_000;
@@ -207,10 +244,27 @@ impl NetnsPair {
         );
         sh("ip", &["link", "set", &va, "netns", &pair.a]);
         sh("ip", &["link", "set", &vb, "netns", &pair.b]);
-        for (ns, dev, addr) in [(&pair.a, &va, Self::ADDR_A), (&pair.b, &vb, Self::ADDR_B)] {
+        for (ns, dev, addr, addr6) in [
+            (&pair.a, &va, Self::ADDR_A, Self::ADDR6_A),
+            (&pair.b, &vb, Self::ADDR_B, Self::ADDR6_B),
+        ] {
             sh(
                 "ip",
                 &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev],
+            );
+            // nodad: usable at once, without duplicate address detection's delay.
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
             );
             sh("ip", &["-n", ns, "link", "set", dev, "up"]);
             sh("ip", &["-n", ns, "link", "set", "lo", "up"]);

@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 use vigil::probes::{Probe, ProbeSettings, ProbeState, Probes};
 use vigil_tests::{
-    cgroup_id, in_netns, require_root, tcp_retrans_segs, NetnsPair, Vigil, Workload,
+    cgroup_id, in_netns, require_root, tcp_retrans_segs, KillOnDrop, NetnsPair, Vigil, Workload,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
@@ -190,9 +190,24 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
     if !require_root("tcp_retransmits_match_bpftrace_and_the_kernel_counter") {
         return;
     }
+    check_retransmits("rt4", NetnsPair::ADDR_A, NetnsPair::ADDR_B);
+}
+
+#[test]
+fn tcp_retransmits_over_ipv6() {
+    if !require_root("tcp_retransmits_over_ipv6") {
+        return;
+    }
+    check_retransmits("rt6", NetnsPair::ADDR6_A, NetnsPair::ADDR6_B);
+}
+
+/// A lossy transfer from `addr_a` (namespace a) to `addr_b` (namespace b): vigil's
+/// retransmit events against bpftrace on the same tracepoint and the kernel's counter.
+fn check_retransmits(tag: &str, addr_a: &'static str, addr_b: &'static str) {
     const PORT: u16 = 5555;
-    const BYTES: usize = 4 << 20;
-    let net = NetnsPair::new("rt");
+    const BYTES: usize = 16 << 20;
+    let net = NetnsPair::new(tag);
+    let ip_b: std::net::IpAddr = addr_b.parse().expect("address b");
     // Drop ~5 % of the data segments arriving at b: a retransmits them.
     net.nft(&net.b, &format!(
         "table inet vigil_test {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
@@ -206,21 +221,23 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         "tracepoint:tcp:tcp_retransmit_skb /args->dport == {PORT} || args->sport == {PORT}/ {{ @n = count(); }} \
          BEGIN {{ printf(\"ready\\n\"); }}"
     );
-    let mut bpftrace = Command::new("stdbuf")
-        .args(["-oL", "bpftrace", "-e", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting bpftrace (cargo xtask setup installs it)");
-    let bt_lines = lines_of(bpftrace.stdout.take().expect("stdout"));
+    let mut bpftrace = KillOnDrop(
+        Command::new("stdbuf")
+            .args(["-oL", "bpftrace", "-e", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting bpftrace (cargo xtask setup installs it)"),
+    );
+    let bt_lines = lines_of(bpftrace.0.stdout.take().expect("stdout"));
     wait_for_line(&bt_lines, "ready", Duration::from_secs(60));
 
     let vigil = Vigil::start(&["trace", "retransmits", "--json"]);
 
     let before_a = in_netns(&net.a, tcp_retrans_segs).join().expect("snmp a");
     let before_b = in_netns(&net.b, tcp_retrans_segs).join().expect("snmp b");
-    let server = in_netns(&net.b, || {
-        let listener = TcpListener::bind((NetnsPair::ADDR_B, PORT)).expect("bind in b");
+    let server = in_netns(&net.b, move || {
+        let listener = TcpListener::bind((ip_b, PORT)).expect("bind in b");
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("read timeout");
@@ -234,10 +251,8 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         }
     });
     std::thread::sleep(Duration::from_millis(200));
-    let client = in_netns(&net.a, || {
-        let addr: SocketAddr = format!("{}:{PORT}", NetnsPair::ADDR_B)
-            .parse()
-            .expect("addr");
+    let client = in_netns(&net.a, move || {
+        let addr = SocketAddr::new(ip_b, PORT);
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
         let local = conn.local_addr().expect("local addr");
         conn.set_write_timeout(Some(Duration::from_secs(60)))
@@ -265,7 +280,7 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
 
     let lines = json_lines(&vigil.interrupt());
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(bpftrace.id() as i32),
+        nix::unistd::Pid::from_raw(bpftrace.0.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     );
     let mut bt_text = Vec::new();
@@ -276,14 +291,14 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         bt_text.push(line);
     }
     // Its stdout can close a moment before the process is reapable: poll for the exit.
-    while bpftrace.try_wait().expect("bpftrace status").is_none() {
+    while bpftrace.0.try_wait().expect("bpftrace status").is_none() {
         if std::time::Instant::now() > deadline {
-            let _ = bpftrace.kill();
+            let _ = bpftrace.0.kill();
             panic!("bpftrace did not exit within 30 s of SIGINT; output: {bt_text:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = bpftrace.wait().expect("bpftrace exit");
+    let status = bpftrace.0.wait().expect("bpftrace exit");
     assert!(
         status.success() || status.code().is_none(),
         "bpftrace failed: {status}"
@@ -299,18 +314,17 @@ fn tcp_retransmits_match_bpftrace_and_the_kernel_counter() {
         .filter(|e| e["sport"] == PORT || e["dport"] == PORT)
         .collect();
     for e in &ours {
-        let forward = e["saddr"] == NetnsPair::ADDR_A
+        let forward = e["saddr"] == addr_a
             && e["sport"] == local.port()
-            && e["daddr"] == NetnsPair::ADDR_B
+            && e["daddr"] == addr_b
             && e["dport"] == PORT;
-        let reverse = e["saddr"] == NetnsPair::ADDR_B
+        let reverse = e["saddr"] == addr_b
             && e["sport"] == PORT
-            && e["daddr"] == NetnsPair::ADDR_A
+            && e["daddr"] == addr_a
             && e["dport"] == local.port();
         assert!(
             forward || reverse,
-            "retransmit of another connection: {e} (ours: {local} <-> {}:{PORT})",
-            NetnsPair::ADDR_B
+            "retransmit of another connection: {e} (ours: {local} <-> {addr_b} port {PORT})"
         );
         assert!(e["state"].is_string(), "{e}");
     }
