@@ -37,55 +37,43 @@ impl<T> TaskStorage<T> {
         }
     }
 
-    /// The current task's value, created zeroed if it doesn't exist yet.
-    /// `None` when the kernel could not allocate it (or refused a recursive call).
     #[inline(always)]
-    pub fn current_or_create(&self) -> Option<&mut T> {
-        // SAFETY: bpf_get_current_task_btf returns a trusted pointer to the current
-        // task, and the helper returns either null or a valid pointer to a T.
-        unsafe {
-            let task = bpf_get_current_task_btf();
-            let p = bpf_task_storage_get(
-                ptr::from_ref(self).cast_mut().cast(),
-                task,
-                ptr::null_mut(),
-                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
-            )
-            .cast::<T>();
-            p.as_mut()
-        }
-    }
-
-    /// `task`'s value, created zeroed if it doesn't exist yet.
-    #[inline(always)]
-    pub fn of_task_or_create(&self, task: *mut task_struct) -> Option<&mut T> {
-        // SAFETY: `task` is a trusted BTF pointer from a tracepoint argument.
+    fn get(&self, task: *mut task_struct, flags: u64) -> Option<&mut T> {
+        // SAFETY: `task` is a trusted BTF task pointer (current, or a tracepoint
+        // argument); the helper returns null or a valid pointer to a T.
         unsafe {
             bpf_task_storage_get(
                 ptr::from_ref(self).cast_mut().cast(),
                 task,
                 ptr::null_mut(),
-                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+                flags,
             )
             .cast::<T>()
             .as_mut()
         }
     }
 
+    /// The current task's value, created zeroed if it doesn't exist yet.
+    /// `None` when the kernel could not allocate it (or refused a recursive call).
+    #[inline(always)]
+    pub fn current_or_create(&self) -> Option<&mut T> {
+        // SAFETY: helper without arguments.
+        self.get(
+            unsafe { bpf_get_current_task_btf() },
+            BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+        )
+    }
+
+    /// `task`'s value, created zeroed if it doesn't exist yet.
+    #[inline(always)]
+    pub fn of_task_or_create(&self, task: *mut task_struct) -> Option<&mut T> {
+        self.get(task, BPF_LOCAL_STORAGE_GET_F_CREATE.into())
+    }
+
     /// The current task's value, if one was created earlier.
     #[inline(always)]
     pub fn current(&self) -> Option<&mut T> {
-        // SAFETY: as above.
-        unsafe {
-            let task = bpf_get_current_task_btf();
-            let p = bpf_task_storage_get(
-                ptr::from_ref(self).cast_mut().cast(),
-                task,
-                ptr::null_mut(),
-                0,
-            )
-            .cast::<T>();
-            p.as_mut()
-        }
+        // SAFETY: helper without arguments.
+        self.get(unsafe { bpf_get_current_task_btf() }, 0)
     }
 }

@@ -33,6 +33,16 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Attach probes and hold them until SIGINT/SIGTERM, for `cargo xtask bench`.
+    #[command(hide = true)]
+    HoldProbes {
+        /// A syscall probe variant (see --list-variants); default: the agent as shipped.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Print `name<TAB>description` for each variant and exit.
+        #[arg(long)]
+        list_variants: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,5 +108,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             slow_threshold,
             top,
         } => crate::trace::live::run(interval, slow_threshold, top).await,
+        Command::HoldProbes {
+            variant,
+            list_variants,
+        } => hold_probes(variant, list_variants).await,
     }
+}
+
+async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Result<()> {
+    use crate::probes::{error_chain, ProbeSettings, Probes, SyscallVariant};
+    if list_variants {
+        for v in SyscallVariant::ALL {
+            println!("{}\t{}", v.name(), v.describe());
+        }
+        return Ok(());
+    }
+    let settings = match variant {
+        None => ProbeSettings::default(),
+        Some(name) => {
+            let v = SyscallVariant::from_name(&name)
+                .ok_or_else(|| anyhow::anyhow!("unknown variant `{name}` (see --list-variants)"))?;
+            ProbeSettings {
+                syscall_variant: v,
+                retransmits: None,
+                ..Default::default()
+            }
+        }
+    };
+    let _probes = Probes::load(&settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    crate::trace::announce("nothing: holding probes for a benchmark", None);
+    crate::trace::wait_for_stop(None).await
 }

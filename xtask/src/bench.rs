@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
-use vigil::probes::{ProbeSettings, Probes, SyscallVariant};
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -33,20 +32,21 @@ pub enum Bench {
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
 tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @lat[args->id] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Config {
     None,
-    Variant(SyscallVariant),
+    /// A syscall probe variant of the vigil binary: (name, description).
+    Variant(String, String),
     Shipped,
     Syscount,
     Bpftrace,
 }
 
 impl Config {
-    fn label(self) -> String {
+    fn label(&self) -> String {
         match self {
             Self::None => "no probe".into(),
-            Self::Variant(v) => format!("vigil variant: {}", v.describe()),
+            Self::Variant(_, describe) => format!("vigil variant: {describe}"),
             Self::Shipped => "vigil as shipped (all probes)".into(),
             Self::Syscount => "libbpf-tools syscount -L".into(),
             Self::Bpftrace => "bpftrace per-syscall hist".into(),
@@ -54,17 +54,12 @@ impl Config {
     }
 }
 
-/// Something attached for the duration of one measurement.
-enum Attached {
-    Nothing,
-    // Held only so the probes stay attached while measuring.
-    Vigil(#[expect(dead_code, reason = "held to keep the probes attached")] Probes),
-    Process(Child),
-}
+/// Something attached for the duration of one measurement; detached on drop.
+struct Attached(Option<Child>);
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if let Self::Process(child) = self {
+        if let Some(child) = &mut self.0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGINT,
@@ -125,18 +120,23 @@ fn spawn_peer(cmd: &mut Command, ready: &str, settle: Duration) -> anyhow::Resul
         }
     }
     std::thread::sleep(settle);
-    Ok(Attached::Process(child))
+    Ok(Attached(Some(child)))
 }
 
-fn attach(config: Config) -> anyhow::Result<Attached> {
+fn attach(config: &Config, vigil: &std::path::Path) -> anyhow::Result<Attached> {
+    let ready = "vigil: tracing";
     Ok(match config {
-        Config::None => Attached::Nothing,
-        Config::Variant(v) => Attached::Vigil(Probes::load(&ProbeSettings {
-            syscall_variant: v,
-            retransmits: None,
-            ..Default::default()
-        })?),
-        Config::Shipped => Attached::Vigil(Probes::load(&ProbeSettings::default())?),
+        Config::None => Attached(None),
+        Config::Variant(name, _) => spawn_peer(
+            Command::new(vigil).args(["hold-probes", "--variant", name]),
+            ready,
+            Duration::ZERO,
+        )?,
+        Config::Shipped => spawn_peer(
+            Command::new(vigil).arg("hold-probes"),
+            ready,
+            Duration::ZERO,
+        )?,
         Config::Syscount => spawn_peer(
             Command::new("stdbuf").args(["-oL", "syscount", "-L"]),
             "Tracing syscalls",
@@ -150,6 +150,26 @@ fn attach(config: Config) -> anyhow::Result<Attached> {
             Duration::from_secs(2),
         )?,
     })
+}
+
+/// The variants the vigil binary carries, as (name, description).
+fn variants(vigil: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let out = Command::new(vigil)
+        .args(["hold-probes", "--list-variants"])
+        .output()
+        .with_context(|| format!("running {}", vigil.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} hold-probes --list-variants failed: {}",
+            vigil.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect())
 }
 
 /// ns per getppid() on `cpu`, measured in a thread pinned there.
@@ -180,7 +200,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(bench: Bench) -> anyhow::Result<()> {
+pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
     let Bench::Syscalls {
         iterations,
         rounds,
@@ -190,17 +210,26 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
     }
     // syscount and bpftrace look tracepoints up in tracefs but don't mount it.
-    vigil::probes::tracefs::tracefs_root()?;
+    if !std::path::Path::new("/sys/kernel/tracing/events").is_dir()
+        && !std::path::Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        crate::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+            .context("mounting tracefs at /sys/kernel/tracing")?;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu.min(cpus - 1);
     let mut configs = vec![Config::None];
-    configs.extend(SyscallVariant::ALL.iter().map(|&v| Config::Variant(v)));
+    configs.extend(
+        variants(vigil)?
+            .into_iter()
+            .map(|(n, d)| Config::Variant(n, d)),
+    );
     configs.extend([Config::Shipped, Config::Syscount, Config::Bpftrace]);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     println!("bench syscalls: {iterations} getppid() per measurement on CPU {cpu}, {rounds} rounds, configurations interleaved");
     for round in 1..=rounds {
-        for (i, &config) in configs.iter().enumerate() {
-            let attached = attach(config).with_context(|| config.label())?;
+        for (i, config) in configs.iter().enumerate() {
+            let attached = attach(config, vigil).with_context(|| config.label())?;
             let ns = measure(iterations, cpu)?;
             drop(attached);
             samples[i].push(ns);
@@ -214,19 +243,23 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     let at = |c: Config| {
         configs
             .iter()
-            .position(|&x| x == c)
+            .position(|x| *x == c)
             .map(|i| medians[i])
             .unwrap_or(f64::NAN)
     };
     let none = at(Config::None);
-    let floor_added = at(Config::Variant(SyscallVariant::Empty)) - none;
+    let floor = configs
+        .iter()
+        .position(|c| matches!(c, Config::Variant(name, _) if name == "empty"))
+        .map_or(f64::NAN, |i| medians[i]);
+    let floor_added = floor - none;
     let syscount_added = at(Config::Syscount) - none;
     println!();
     println!("| configuration | ns/syscall | added ns | added / floor's added | added / syscount's added |");
     println!("|---|---:|---:|---:|---:|");
-    for (i, &config) in configs.iter().enumerate() {
+    for (i, config) in configs.iter().enumerate() {
         let added = medians[i] - none;
-        let (vs_floor, vs_syscount) = if config == Config::None {
+        let (vs_floor, vs_syscount) = if *config == Config::None {
             ("-".to_string(), "-".to_string())
         } else {
             (

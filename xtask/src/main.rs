@@ -96,7 +96,8 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench(b) => {
             setup::setup(setup::Mode::IfMissing)?;
-            bench::run(b)
+            let vigil = build_release()?;
+            bench::run(b, &vigil)
         }
     }
 }

@@ -276,6 +276,29 @@ impl Probes {
     }
 }
 
+/// Finds program `name` in the object and runs `load_attach` on it as program type
+/// `P`, naming the program in any error.
+fn load_and_attach<P>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    load_attach: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), ProbeError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?;
+    let program: &mut P = program.try_into().map_err(|source| ProbeError::Program {
+        program: name,
+        source,
+    })?;
+    load_attach(program).map_err(|source| ProbeError::Program {
+        program: name,
+        source,
+    })
+}
+
 /// An error and its causes on one line, for logs and the CLI.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -8,7 +8,7 @@ use aya::{
 };
 use vigil_common::{SyscallStats, MAX_SYSCALLS};
 
-use super::ProbeError;
+use super::{load_and_attach, ProbeError};
 use crate::histogram::LatencyHistogram;
 
 pub const LATENCY_MAP: &str = "SYSCALL_LATENCY";
@@ -70,6 +70,22 @@ impl SyscallVariant {
         }
     }
 
+    /// Stable name for the command line (`vigil hold-probes --variant NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BtfPerCpuSpill => "btf-percpu-spill",
+            Self::BtfTaskStorage => "btf-task-storage",
+            Self::RawTaskStorage => "raw-task-storage",
+            Self::RawTidHash => "raw-tid-hash",
+            Self::Empty => "empty",
+            Self::ClockOnly => "clock-only",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+
     pub fn uses_tid_hash(self) -> bool {
         self == Self::RawTidHash
     }
@@ -89,43 +105,17 @@ pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError
                 order.insert(0, (SPILL_PROGRAM, "sched_switch"));
             }
             for (name, tp) in order {
-                let program: &mut BtfTracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or(ProbeError::MissingProgram(name))?
-                    .try_into()
-                    .map_err(|source| ProbeError::Program {
-                        program: name,
-                        source,
-                    })?;
-                program
-                    .load(tp, &btf)
-                    .map_err(|source| ProbeError::Program {
-                        program: name,
-                        source,
-                    })?;
-                program.attach().map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
+                load_and_attach(ebpf, name, |p: &mut BtfTracePoint| {
+                    p.load(tp, &btf)?;
+                    p.attach().map(drop)
                 })?;
             }
         }
         _ => {
             for (name, tp) in [(enter, "sys_enter"), (exit, "sys_exit")] {
-                let program: &mut RawTracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or(ProbeError::MissingProgram(name))?
-                    .try_into()
-                    .map_err(|source| ProbeError::Program {
-                        program: name,
-                        source,
-                    })?;
-                program.load().map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
-                })?;
-                program.attach(tp).map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
+                load_and_attach(ebpf, name, |p: &mut RawTracePoint| {
+                    p.load()?;
+                    p.attach(tp).map(drop)
                 })?;
             }
         }

@@ -4,7 +4,7 @@ use std::path::Path;
 use aya::{programs::TracePoint, Ebpf};
 use vigil_common::RetransmitLayout;
 
-use super::{tracefs::TracepointFormat, ProbeError};
+use super::{load_and_attach, tracefs::TracepointFormat, ProbeError};
 
 pub const PROGRAM: &str = "tcp_retransmit_skb";
 pub const CATEGORY: &str = "tcp";
@@ -45,23 +45,8 @@ pub fn layout(tracefs: &Path, category: &str, name: &str) -> Result<RetransmitLa
 }
 
 pub fn attach(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<(), ProbeError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(ProbeError::MissingProgram(PROGRAM))?
-        .try_into()
-        .map_err(|source| ProbeError::Program {
-            program: PROGRAM,
-            source,
-        })?;
-    program.load().map_err(|source| ProbeError::Program {
-        program: PROGRAM,
-        source,
-    })?;
-    program
-        .attach(category, name)
-        .map_err(|source| ProbeError::Program {
-            program: PROGRAM,
-            source,
-        })?;
-    Ok(())
+    load_and_attach(ebpf, PROGRAM, |p: &mut TracePoint| {
+        p.load()?;
+        p.attach(category, name).map(drop)
+    })
 }
