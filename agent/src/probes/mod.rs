@@ -234,25 +234,15 @@ impl Probes {
 
     /// Cumulative kernel counters since load.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(ProbeError::MissingMap(COUNTERS_MAP))?;
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?;
         let mut sums = [0u64; COUNTERS as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = array
-                .get(&(i as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    map: COUNTERS_MAP,
-                    source,
-                })?;
-            *sum = per_cpu.iter().sum();
-        }
+        for_each_per_cpu(
+            &self.ebpf,
+            COUNTERS_MAP,
+            0..COUNTERS,
+            |i, per_cpu: &[u64]| {
+                sums[i as usize] = per_cpu.iter().sum();
+            },
+        )?;
         let at = |c: Counter| sums[c as usize];
         Ok(KernelCounters {
             slow_syscall_ringbuf_full: at(Counter::SlowSyscallRingbufFull),
@@ -274,6 +264,25 @@ impl Probes {
             .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         EventReader::new(map)
     }
+}
+
+/// Calls `each(index, values on every CPU)` for each index of per-CPU array `name`.
+fn for_each_per_cpu<T: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    indices: std::ops::Range<u32>,
+    mut each: impl FnMut(u32, &[T]),
+) -> Result<(), ProbeError> {
+    let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let array: PerCpuArray<_, T> =
+        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { map: name, source })?;
+    for i in indices {
+        let per_cpu = array
+            .get(&i, 0)
+            .map_err(|source| ProbeError::Map { map: name, source })?;
+        each(i, &per_cpu);
+    }
+    Ok(())
 }
 
 /// Finds program `name` in the object and runs `load_attach` on it as program type

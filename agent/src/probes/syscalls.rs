@@ -2,13 +2,12 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::PerCpuArray,
     programs::{BtfTracePoint, RawTracePoint},
     Btf, Ebpf,
 };
 use vigil_common::{SyscallStats, MAX_SYSCALLS};
 
-use super::{load_and_attach, ProbeError};
+use super::{for_each_per_cpu, load_and_attach, ProbeError};
 use crate::histogram::LatencyHistogram;
 
 pub const LATENCY_MAP: &str = "SYSCALL_LATENCY";
@@ -126,29 +125,20 @@ pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError
 /// Cumulative latency histograms by syscall number, summed over CPUs. Syscalls never
 /// seen are left out.
 pub fn read_latency(ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>, ProbeError> {
-    let map = ebpf
-        .map(LATENCY_MAP)
-        .ok_or(ProbeError::MissingMap(LATENCY_MAP))?;
-    let array: PerCpuArray<_, SyscallStats> =
-        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-            map: LATENCY_MAP,
-            source,
-        })?;
     let mut out = BTreeMap::new();
-    for nr in 0..MAX_SYSCALLS {
-        let per_cpu = array.get(&nr, 0).map_err(|source| ProbeError::Map {
-            map: LATENCY_MAP,
-            source,
-        })?;
-        let mut total = LatencyHistogram::default();
-        for cpu in per_cpu.iter() {
-            if cpu.count > 0 {
+    for_each_per_cpu(
+        ebpf,
+        LATENCY_MAP,
+        0..MAX_SYSCALLS,
+        |nr, per_cpu: &[SyscallStats]| {
+            let mut total = LatencyHistogram::default();
+            for cpu in per_cpu.iter().filter(|c| c.count > 0) {
                 total.merge(&LatencyHistogram::from(cpu));
             }
-        }
-        if total.count > 0 {
-            out.insert(nr, total);
-        }
-    }
+            if total.count > 0 {
+                out.insert(nr, total);
+            }
+        },
+    )?;
     Ok(out)
 }

@@ -48,7 +48,7 @@ impl TracepointFormat {
         Ok(Self::parse(&text))
     }
 
-    /// Parses lines like `field:__u16 sport;	offset:28;	size:2;	signed:0;`.
+    /// Parses lines like `field:__u16 sport; offset:28; size:2; signed:0;` (tab-separated).
     pub fn parse(text: &str) -> Self {
         let mut fields = Vec::new();
         for line in text.lines() {
