@@ -33,6 +33,18 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
+    /// short window, read from /proc and /sys (no root needed).
+    Stats {
+        /// Window over which rates are measured.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        window: Duration,
+        /// Processes in each top list.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach probes and hold them until SIGINT/SIGTERM, for `cargo xtask bench`.
     #[command(hide = true)]
     HoldProbes {
@@ -108,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             slow_threshold,
             top,
         } => crate::trace::live::run(interval, slow_threshold, top).await,
+        Command::Stats { window, top, json } => crate::trace::stats::run(window, top, json).await,
         Command::HoldProbes {
             variant,
             list_variants,

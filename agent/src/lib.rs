@@ -4,6 +4,7 @@
 //! views for the CLI) and, in later stages, pipeline/export/query.
 pub mod cli;
 pub mod histogram;
+pub mod metrics;
 pub mod probes;
 pub mod syscall_table;
 pub mod trace;

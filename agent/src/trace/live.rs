@@ -30,6 +30,10 @@ pub async fn run(interval: Duration, slow_threshold: Duration, top: usize) -> an
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut previous: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
+    let mut host = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 0);
+    if let Err(e) = host.sample() {
+        eprintln!("vigil: host metrics unavailable: {e}");
+    }
     let mut batch = Vec::new();
     let (mut retransmits, mut slow) = (0u64, 0u64);
     loop {
@@ -59,6 +63,16 @@ pub async fn run(interval: Duration, slow_threshold: Duration, top: usize) -> an
                     interval, calls, slow, human_ns(slow_threshold.as_nanos() as u64), retransmits,
                     c.lost_events(), c.slow_syscall_rate_limited, reader.decode_errors
                 );
+                match host.sample() {
+                    Ok(h) => println!(
+                        "host: cpu {:.1} % of {} | load {:.2} | memory {:.2} of {:.2} GiB available | {} processes",
+                        h.cpu.usage_percent, h.cpu.count, h.load.one,
+                        h.memory.available_bytes as f64 / (1u64 << 30) as f64,
+                        h.memory.total_bytes as f64 / (1u64 << 30) as f64,
+                        h.processes.total
+                    ),
+                    Err(e) => println!("host: metrics unavailable: {e}"),
+                }
                 crate::trace::syscalls::print_table(&r, top);
                 retransmits = 0;
                 slow = 0;

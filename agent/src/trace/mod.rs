@@ -3,6 +3,7 @@
 pub mod live;
 pub mod retransmits;
 pub mod slow;
+pub mod stats;
 pub mod syscalls;
 
 use std::time::Duration;
