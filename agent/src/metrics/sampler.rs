@@ -261,25 +261,26 @@ impl Sampler {
             if PSEUDO_FS.contains(&fstype.as_str()) || !seen.insert(mount.clone()) {
                 continue;
             }
+            // statvfs fields are u64 on the 64-bit targets Vigil builds for.
             let Ok(st) = nix::sys::statvfs::statvfs(Path::new(&mount)) else {
                 continue;
             };
-            let frsize = u64::from(st.fragment_size());
-            let blocks = u64::from(st.blocks());
+            let frsize = st.fragment_size();
+            let blocks = st.blocks();
             if blocks == 0 {
                 continue;
             }
             let size = blocks * frsize;
-            let free = u64::from(st.blocks_free()) * frsize;
+            let free = st.blocks_free() * frsize;
             out.push(Filesystem {
                 mount,
                 device,
                 fstype,
                 size_bytes: size,
                 used_bytes: size.saturating_sub(free),
-                available_bytes: u64::from(st.blocks_available()) * frsize,
-                inodes_total: u64::from(st.files()),
-                inodes_free: u64::from(st.files_free()),
+                available_bytes: st.blocks_available() * frsize,
+                inodes_total: st.files(),
+                inodes_free: st.files_free(),
             });
         }
         out
