@@ -125,8 +125,8 @@ pub fn print_table(s: &HostSample) {
     );
     for (title, list) in [("TOP CPU", &s.top_cpu), ("TOP MEMORY", &s.top_memory)] {
         println!(
-            "\n{:<8} {:<10} {:>7} {:>12}  {}",
-            title, "USER", "CPU%", "RSS", "COMMAND"
+            "\n{:<8} {:<10} {:>7} {:>12}  COMMAND",
+            title, "USER", "CPU%", "RSS"
         );
         for p in list {
             let cmd = if p.cmdline.is_empty() {
