@@ -27,7 +27,7 @@ fn memory_cpus_load_and_boot_time_agree_with_the_kernel() {
     let si = sysinfo();
     assert_eq!(
         s.memory.total_bytes,
-        si.totalram as u64 * si.mem_unit as u64,
+        si.totalram * u64::from(si.mem_unit),
         "MemTotal vs sysinfo(2)"
     );
     assert!(s.memory.available_bytes <= s.memory.total_bytes);
