@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 /// llvm-N-dev and rustc nightly's LLVM closely enough to read its bitcode).
 const LLVM: &str = "22";
 
-/// Debian packages: LLVM for bpf-linker, and the tools the tests and benchmarks use
+/// Debian packages: LLVM for bpf-linker, protoc for the wire format, and the tools the tests and benchmarks use
 /// as independent witnesses or workloads.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "libbpf-tools",
     "nftables",
     "iproute2",
+    "protobuf-compiler",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

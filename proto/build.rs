@@ -1,0 +1,8 @@
+//! Generates the vigil.v1 messages and gRPC services (needs `protoc`; `cargo xtask
+//! setup` installs Debian's protobuf-compiler).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=vigil/v1/vigil.proto");
+    tonic_prost_build::configure()
+        .compile_protos(&["vigil/v1/vigil.proto"], &["."])
+        .map_err(|e| format!("compiling vigil/v1/vigil.proto failed (is protoc installed? `cargo xtask setup`): {e}").into())
+}
