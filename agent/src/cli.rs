@@ -29,9 +29,15 @@ pub enum Command {
         /// Syscalls at least this slow are counted as slow-syscall events.
         #[arg(long, default_value = "10ms", value_parser = parse_duration)]
         slow_threshold: Duration,
-        /// Rows of the syscall table per interval.
+        /// Rows of the syscall table per interval (0: print no summary).
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Stream a batch per interval to this collector.
+        #[arg(long)]
+        collector: Option<String>,
+        /// This agent's id at the collector (default: /etc/machine-id, else the hostname).
+        #[arg(long)]
+        agent_id: Option<String>,
     },
     /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
     /// short window, read from /proc and /sys (no root needed).
@@ -42,6 +48,47 @@ pub enum Command {
         /// Processes in each top list.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the collector: agents stream to it, it stores (SQLite) and serves the fleet.
+    Collector {
+        /// Address to listen on.
+        #[arg(long, default_value = crate::query::DEFAULT_COLLECTOR)]
+        listen: String,
+        /// Where the database lives.
+        #[arg(long, default_value = "/var/lib/vigil/collector")]
+        data_dir: std::path::PathBuf,
+        /// Samples and events older than this are deleted.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        retention: Duration,
+    },
+    /// Hosts known to a collector, with their last-seen time.
+    Hosts {
+        #[arg(long, default_value = crate::query::DEFAULT_COLLECTOR)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A host's latest stats, from a collector.
+    Host {
+        /// Hostname or agent id.
+        host: String,
+        #[arg(long, default_value = crate::query::DEFAULT_COLLECTOR)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A metric's history for a host, from a collector.
+    History {
+        host: String,
+        /// cpu.usage_percent, load.one, memory.available_bytes, ...
+        #[arg(long)]
+        metric: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        #[arg(long, default_value = crate::query::DEFAULT_COLLECTOR)]
+        collector: String,
         #[arg(long)]
         json: bool,
     },
@@ -119,7 +166,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             slow_threshold,
             top,
-        } => crate::trace::live::run(interval, slow_threshold, top).await,
+            collector,
+            agent_id,
+        } => {
+            let opts = crate::trace::live::AgentOptions {
+                interval,
+                slow_threshold,
+                top,
+                collector,
+                agent_id,
+            };
+            crate::trace::live::run(opts).await
+        }
+        Command::Collector {
+            listen,
+            data_dir,
+            retention,
+        } => run_collector(&listen, data_dir, retention).await,
+        Command::Hosts { collector, json } => crate::query::fleet::hosts(&collector, json).await,
+        Command::Host {
+            host,
+            collector,
+            json,
+        } => crate::query::fleet::host(&collector, &host, json).await,
+        Command::History {
+            host,
+            metric,
+            since,
+            collector,
+            json,
+        } => crate::query::fleet::history(&collector, &host, &metric, since, json).await,
         Command::Stats { window, top, json } => crate::trace::stats::run(window, top, json).await,
         Command::HoldProbes {
             variant,
@@ -151,4 +227,32 @@ async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Re
     let _probes = Probes::load(&settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     crate::trace::announce("nothing: holding probes for a benchmark", None);
     crate::trace::wait_for_stop(None).await
+}
+
+async fn run_collector(
+    listen: &str,
+    data_dir: std::path::PathBuf,
+    retention: Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr().context("listener address")?;
+    eprintln!(
+        "vigil: collector listening on {local}, data in {}",
+        data_dir.display()
+    );
+    let config = vigil_collector::CollectorConfig {
+        data_dir,
+        retention,
+    };
+    let shutdown = async {
+        if let Err(e) = crate::trace::wait_for_stop(None).await {
+            tracing::warn!(error = %e, "signal handling failed; stopping");
+        }
+    };
+    vigil_collector::serve(listener, config, shutdown).await?;
+    eprintln!("vigil: collector stopped");
+    Ok(())
 }

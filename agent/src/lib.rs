@@ -3,8 +3,10 @@
 //! Data path: `probes` (kernel programs, ring buffer reader) → `trace` (one-shot
 //! views for the CLI) and, in later stages, pipeline/export/query.
 pub mod cli;
+pub mod export;
 pub mod histogram;
 pub mod metrics;
 pub mod probes;
+pub mod query;
 pub mod syscall_table;
 pub mod trace;

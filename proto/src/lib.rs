@@ -21,7 +21,11 @@ mod tests {
             agent_id: "a1".into(),
             epoch: 7,
             sequence: 42,
-            metrics: vec![v1::HostMetrics { cpu_count: 2, memory_total_bytes: 1 << 30, ..Default::default() }],
+            metrics: vec![v1::HostMetrics {
+                cpu_count: 2,
+                memory_total_bytes: 1 << 30,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let bytes = b.encode_to_vec();

@@ -267,6 +267,6 @@ fn stats_json_carries_the_documented_fields() {
     }
     assert_eq!(v["memory"]["total_bytes"].as_u64().unwrap(), {
         let si = sysinfo();
-        si.totalram as u64 * si.mem_unit as u64
+        si.totalram * u64::from(si.mem_unit)
     });
 }

@@ -1,83 +1,263 @@
-//! The foreground agent (`vigil agent`, what `cargo xtask run` shows): every probe
-//! that can run, and a summary per interval until Ctrl-C.
-use std::{collections::BTreeMap, time::Duration};
+//! The agent loop (`vigil agent`, what `cargo xtask run` shows): every probe that can
+//! run plus host metrics, a summary per interval, and, with `--collector`, a batch per
+//! interval streamed to the collector. Runs on host metrics alone if no probe loads.
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::Context as _;
+use tokio::sync::mpsc;
+use vigil_proto::v1 as pb;
 
 use crate::{
+    export::{convert, stream},
     histogram::LatencyHistogram,
-    probes::{error_chain, events::Event, ProbeSettings, ProbeState, Probes},
+    metrics::{Roots, Sampler},
+    probes::{
+        error_chain,
+        events::{tcp_state_name, Event},
+        ProbeSettings, ProbeState, Probes,
+    },
+    syscall_table::syscall_name,
     trace::{human_ns, syscalls::rows, wait_for_stop},
 };
 
-pub async fn run(interval: Duration, slow_threshold: Duration, top: usize) -> anyhow::Result<()> {
+/// Events kept per interval for the batch; more are counted as dropped.
+const EVENTS_PER_BATCH: usize = 10_000;
+/// Batches waiting for the exporter; when full a batch is dropped and counted.
+const EXPORT_QUEUE: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub interval: Duration,
+    pub slow_threshold: Duration,
+    /// Rows of the syscall table printed per interval (0: print nothing).
+    pub top: usize,
+    pub collector: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+/// A stable id for this host: /etc/machine-id, else the hostname.
+fn default_agent_id(hostname: &str) -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| hostname.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn event_to_batch(e: &Event, batch: &mut pb::Batch) {
+    match e {
+        Event::Retransmit(r) => batch.retransmits.push(pb::TcpRetransmit {
+            time_unix_ns: unix_ns(r.time),
+            saddr: r.saddr.to_string(),
+            sport: r.sport.into(),
+            daddr: r.daddr.to_string(),
+            dport: r.dport.into(),
+            state: tcp_state_name(r.state).to_string(),
+            err: r.err,
+        }),
+        Event::SlowSyscall(s) => batch.slow_syscalls.push(pb::SlowSyscall {
+            time_unix_ns: unix_ns(s.time),
+            pid: s.pid,
+            tid: s.tid,
+            comm: s.comm.clone(),
+            nr: s.syscall_nr,
+            latency_ns: s.latency_ns,
+            cgroup_id: s.cgroup_id,
+        }),
+    }
+}
+
+fn latency_to_pb(nr: u32, h: &LatencyHistogram) -> pb::SyscallLatency {
+    let used = h.buckets.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+    pb::SyscallLatency {
+        nr,
+        name: syscall_name(nr).unwrap_or("").to_string(),
+        count: h.count,
+        total_ns: h.total_ns,
+        max_ns: h.max_ns,
+        buckets: h.buckets[..used].to_vec(),
+    }
+}
+
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let settings = ProbeSettings {
-        slow_threshold: Some(slow_threshold),
+        slow_threshold: Some(opts.slow_threshold),
         ..Default::default()
     };
-    let mut probes = Probes::load(&settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    for (probe, state) in probes.states() {
+    let mut probes = match Probes::load(&settings) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "vigil: probes unavailable, running on host metrics alone: {}",
+                error_chain(&e)
+            );
+            None
+        }
+    };
+    for (probe, state) in probes.iter().flat_map(|p| p.states()) {
         match state {
             ProbeState::On => eprintln!("vigil: probe {probe}: on"),
             ProbeState::Off(e) => eprintln!("vigil: probe {probe}: OFF: {}", error_chain(e)),
             ProbeState::Disabled => eprintln!("vigil: probe {probe}: not requested"),
         }
     }
-    let mut reader = probes.event_reader()?;
+    let mut reader = match probes.as_mut().map(Probes::event_reader) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!("vigil: no event stream: {}", error_chain(&e));
+            None
+        }
+        None => None,
+    };
+    let mut host = Sampler::new(Roots::default(), 5);
+    let first = host.sample().context("reading host metrics")?;
+    let agent_id = opts
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| default_agent_id(&first.host.hostname));
+    let epoch = now_ms() as u64;
+
+    let export_stats = Arc::new(stream::ExportStats::default());
+    let (export_tx, exporter) = match &opts.collector {
+        Some(addr) => {
+            let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
+            let task = tokio::spawn(stream::run(
+                addr.clone(),
+                rx,
+                export_stats.clone(),
+                Duration::from_secs(5),
+            ));
+            eprintln!("vigil: streaming to collector {addr} as agent {agent_id}");
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    eprintln!(
+        "vigil: tracing the host every {:?} (Ctrl-C to stop)",
+        opts.interval
+    );
+
     let stop = wait_for_stop(None);
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut previous: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
-    let mut host = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 0);
-    if let Err(e) = host.sample() {
-        eprintln!("vigil: host metrics unavailable: {e}");
-    }
-    let mut batch = Vec::new();
-    let (mut retransmits, mut slow) = (0u64, 0u64);
+    let mut events = Vec::new();
+    let mut batch = pb::Batch::default();
+    let mut sequence = 0u64;
+    let mut window_start = now_ms();
+    let mut dropped_events = 0u64;
+    let mut dropped_batches = 0u64;
     loop {
+        let read = async {
+            match reader.as_mut() {
+                Some(r) => r.read(&mut events).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = &mut stop => { r?; break; }
-            r = reader.read(&mut batch) => {
+            r = read => {
                 r.context("reading the event ring buffer")?;
-                for e in batch.drain(..) {
-                    match e {
-                        Event::Retransmit(_) => retransmits += 1,
-                        Event::SlowSyscall(_) => slow += 1,
+                for e in events.drain(..) {
+                    if batch.retransmits.len() + batch.slow_syscalls.len() < EVENTS_PER_BATCH {
+                        event_to_batch(&e, &mut batch);
+                    } else {
+                        dropped_events += 1;
                     }
                 }
             }
             _ = tick.tick() => {
-                let now = probes.syscall_latency()?;
-                let delta: BTreeMap<u32, LatencyHistogram> = now
-                    .iter()
-                    .map(|(nr, h)| (*nr, previous.get(nr).map_or_else(|| h.clone(), |p| h.since(p))))
-                    .collect();
-                previous = now;
-                let c = probes.counters()?;
-                let r = rows(&delta);
-                let calls: u64 = r.iter().map(|r| r.count).sum();
-                println!(
-                    "--- {:?}: {} syscalls, {} slow (> {}), {} retransmits | lost {} (rate-limited {}, undecodable {})",
-                    interval, calls, slow, human_ns(slow_threshold.as_nanos() as u64), retransmits,
-                    c.lost_events(), c.slow_syscall_rate_limited, reader.decode_errors
-                );
-                match host.sample() {
-                    Ok(h) => println!(
+                let sample = host.sample().context("reading host metrics")?;
+                let (delta, counters) = match &probes {
+                    Some(p) => {
+                        let now = p.syscall_latency()?;
+                        let delta: BTreeMap<u32, LatencyHistogram> = now
+                            .iter()
+                            .map(|(nr, h)| (*nr, previous.get(nr).map_or_else(|| h.clone(), |p| h.since(p))))
+                            .filter(|(_, h)| h.count > 0)
+                            .collect();
+                        previous = now;
+                        (delta, p.counters()?)
+                    }
+                    None => (BTreeMap::new(), Default::default()),
+                };
+                let undecodable = reader.as_ref().map_or(0, |r| r.decode_errors);
+                if opts.top > 0 {
+                    let r = rows(&delta);
+                    let calls: u64 = r.iter().map(|r| r.count).sum();
+                    println!(
+                        "--- {:?}: {} syscalls, {} slow (> {}), {} retransmits | lost {} (rate-limited {}, undecodable {}, dropped {})",
+                        opts.interval, calls, batch.slow_syscalls.len(), human_ns(opts.slow_threshold.as_nanos() as u64),
+                        batch.retransmits.len(), counters.lost_events(), counters.slow_syscall_rate_limited, undecodable,
+                        dropped_events + dropped_batches + export_stats.dropped.load(Ordering::Relaxed)
+                    );
+                    println!(
                         "host: cpu {:.1} % of {} | load {:.2} | memory {:.2} of {:.2} GiB available | {} processes",
-                        h.cpu.usage_percent, h.cpu.count, h.load.one,
-                        h.memory.available_bytes as f64 / (1u64 << 30) as f64,
-                        h.memory.total_bytes as f64 / (1u64 << 30) as f64,
-                        h.processes.total
-                    ),
-                    Err(e) => println!("host: metrics unavailable: {e}"),
+                        sample.cpu.usage_percent, sample.cpu.count, sample.load.one,
+                        sample.memory.available_bytes as f64 / (1u64 << 30) as f64,
+                        sample.memory.total_bytes as f64 / (1u64 << 30) as f64,
+                        sample.processes.total
+                    );
+                    crate::trace::syscalls::print_table(&r, opts.top);
                 }
-                crate::trace::syscalls::print_table(&r, top);
-                retransmits = 0;
-                slow = 0;
+                if let Some(tx) = &export_tx {
+                    sequence += 1;
+                    let end = now_ms();
+                    batch.agent_id = agent_id.clone();
+                    batch.epoch = epoch;
+                    batch.sequence = sequence;
+                    batch.start_unix_ms = window_start;
+                    batch.end_unix_ms = end;
+                    batch.host = Some(convert::host_identity(&sample, &agent_id));
+                    batch.metrics = vec![convert::host_metrics(&sample)];
+                    batch.syscalls = delta.iter().map(|(nr, h)| latency_to_pb(*nr, h)).collect();
+                    // Cumulative since the agent started: the collector can difference them.
+                    batch.losses = Some(pb::Losses {
+                        slow_syscall_ringbuf_full: counters.slow_syscall_ringbuf_full,
+                        slow_syscall_rate_limited: counters.slow_syscall_rate_limited,
+                        retransmit_ringbuf_full: counters.retransmit_ringbuf_full,
+                        syscall_start_store_failed: counters.syscall_start_store_failed,
+                        syscall_out_of_range: counters.syscall_out_of_range,
+                        undecodable_events: undecodable,
+                        pipeline_dropped: dropped_events + dropped_batches + export_stats.dropped.load(Ordering::Relaxed),
+                    });
+                    window_start = end;
+                    if tx.try_send(std::mem::take(&mut batch)).is_err() {
+                        dropped_batches += 1;
+                        tracing::warn!(sequence, "export queue full; batch dropped and counted");
+                    }
+                } else {
+                    batch = pb::Batch::default();
+                }
             }
         }
+    }
+    drop(export_tx);
+    if let Some(task) = exporter {
+        let _ = task.await;
+        eprintln!(
+            "vigil: exported {} batches, {} acked, {} dropped",
+            export_stats.sent.load(Ordering::Relaxed),
+            export_stats.acked.load(Ordering::Relaxed),
+            export_stats.dropped.load(Ordering::Relaxed) + dropped_batches
+        );
     }
     eprintln!("vigil: stopping, probes detached");
     Ok(())

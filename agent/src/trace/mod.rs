@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 
 use crate::probes::{error_chain, Probe, ProbeSettings, ProbeState, Probes};
 
-/// Parses `500ms`, `5s`, `2m`, `1h`, `250us`, `100ns` (a bare number is seconds).
+/// Parses `500ms`, `5s`, `2m`, `1h`, `7d`, `250us`, `100ns` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -29,9 +29,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         other => {
             return Err(format!(
-                "unknown unit `{other}` in `{s}` (use ns, us, ms, s, m, h)"
+                "unknown unit `{other}` in `{s}` (use ns, us, ms, s, m, h, d)"
             ))
         }
     };
@@ -128,6 +129,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -1,0 +1,140 @@
+//! Host samples to vigil.v1 messages.
+use vigil_proto::v1 as pb;
+
+use crate::metrics::{CpuTimes, HostSample, PressureLine, PressureResource};
+
+fn cpu(t: &CpuTimes) -> pb::CpuTimes {
+    pb::CpuTimes {
+        user: t.user,
+        nice: t.nice,
+        system: t.system,
+        idle: t.idle,
+        iowait: t.iowait,
+        irq: t.irq,
+        softirq: t.softirq,
+        steal: t.steal,
+    }
+}
+
+fn line(l: &PressureLine) -> pb::PressureLine {
+    pb::PressureLine {
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+        total_us: l.total_us,
+    }
+}
+
+fn pressure(r: &PressureResource) -> pb::PressureResource {
+    pb::PressureResource {
+        some: r.some.as_ref().map(line),
+        full: r.full.as_ref().map(line),
+    }
+}
+
+pub fn host_metrics(s: &HostSample) -> pb::HostMetrics {
+    let process = |p: &crate::metrics::ProcessInfo| pb::ProcessInfo {
+        pid: p.pid,
+        user: p.user.clone(),
+        comm: p.comm.clone(),
+        cmdline: p.cmdline.clone(),
+        cpu_percent: p.cpu_percent,
+        rss_bytes: p.rss_bytes,
+    };
+    pb::HostMetrics {
+        time_unix_ms: s.time_unix_ms as i64,
+        interval_secs: s.interval_secs,
+        uptime_secs: s.host.uptime_secs,
+        cpu_count: s.cpu.count as u32,
+        cpu_usage_percent: s.cpu.usage_percent,
+        cpu_total: Some(cpu(&s.cpu.total)),
+        cpu_per_core: s.cpu.per_core.iter().map(cpu).collect(),
+        load_one: s.load.one,
+        load_five: s.load.five,
+        load_fifteen: s.load.fifteen,
+        memory_total_bytes: s.memory.total_bytes,
+        memory_available_bytes: s.memory.available_bytes,
+        memory_used_bytes: s.memory.used_bytes,
+        memory_cached_bytes: s.memory.cached_bytes,
+        memory_buffers_bytes: s.memory.buffers_bytes,
+        swap_total_bytes: s.memory.swap_total_bytes,
+        swap_free_bytes: s.memory.swap_free_bytes,
+        pressure_cpu: s.pressure.cpu.as_ref().map(pressure),
+        pressure_memory: s.pressure.memory.as_ref().map(pressure),
+        pressure_io: s.pressure.io.as_ref().map(pressure),
+        filesystems: s
+            .filesystems
+            .iter()
+            .map(|f| pb::Filesystem {
+                mount: f.mount.clone(),
+                device: f.device.clone(),
+                fstype: f.fstype.clone(),
+                size_bytes: f.size_bytes,
+                used_bytes: f.used_bytes,
+                available_bytes: f.available_bytes,
+                inodes_total: f.inodes_total,
+                inodes_free: f.inodes_free,
+            })
+            .collect(),
+        disks: s
+            .disks
+            .iter()
+            .map(|d| pb::DiskIo {
+                device: d.device.clone(),
+                reads_per_sec: d.reads_per_sec,
+                writes_per_sec: d.writes_per_sec,
+                read_bytes_per_sec: d.read_bytes_per_sec,
+                write_bytes_per_sec: d.write_bytes_per_sec,
+                io_time_ms_per_sec: d.io_time_ms_per_sec,
+            })
+            .collect(),
+        network: s
+            .network
+            .iter()
+            .map(|n| pb::NetIo {
+                interface: n.interface.clone(),
+                rx_bytes_per_sec: n.rx_bytes_per_sec,
+                tx_bytes_per_sec: n.tx_bytes_per_sec,
+                rx_packets_per_sec: n.rx_packets_per_sec,
+                tx_packets_per_sec: n.tx_packets_per_sec,
+                rx_errors_per_sec: n.rx_errors_per_sec,
+                tx_errors_per_sec: n.tx_errors_per_sec,
+                rx_drops_per_sec: n.rx_drops_per_sec,
+                tx_drops_per_sec: n.tx_drops_per_sec,
+            })
+            .collect(),
+        tcp: Some(pb::TcpCounters {
+            active_opens: s.tcp.active_opens,
+            passive_opens: s.tcp.passive_opens,
+            retrans_segs: s.tcp.retrans_segs,
+            in_errs: s.tcp.in_errs,
+            listen_overflows: s.tcp.listen_overflows,
+            listen_drops: s.tcp.listen_drops,
+            curr_estab: s.tcp.curr_estab,
+        }),
+        open_fds: s.open_fds,
+        processes: Some(pb::ProcessCounts {
+            total: s.processes.total,
+            running: s.processes.running,
+            sleeping: s.processes.sleeping,
+            disk_sleep: s.processes.disk_sleep,
+            stopped: s.processes.stopped,
+            zombie: s.processes.zombie,
+            idle: s.processes.idle,
+            other: s.processes.other,
+        }),
+        top_cpu: s.top_cpu.iter().map(process).collect(),
+        top_memory: s.top_memory.iter().map(process).collect(),
+    }
+}
+
+pub fn host_identity(s: &HostSample, agent_id: &str) -> pb::HostIdentity {
+    pb::HostIdentity {
+        agent_id: agent_id.to_string(),
+        hostname: s.host.hostname.clone(),
+        kernel: s.host.kernel.clone(),
+        os: s.host.os.clone(),
+        boot_time_unix: s.host.boot_time_unix,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}

@@ -1,0 +1,3 @@
+//! What leaves the agent: samples converted to the vigil.v1 wire format.
+pub mod convert;
+pub mod stream;

@@ -1,0 +1,155 @@
+//! `vigil hosts`, `vigil host HOST`, `vigil history HOST --metric NAME`.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde_json::json;
+use vigil_proto::v1::{
+    fleet_client::FleetClient, HostMetrics, HostRequest, ListHostsRequest, MetricHistoryRequest,
+};
+
+async fn connect(addr: &str) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    FleetClient::connect(url.clone())
+        .await
+        .with_context(|| format!("connecting to the collector at {url}"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
+    let hosts = connect(addr)
+        .await?
+        .list_hosts(ListHostsRequest {})
+        .await?
+        .into_inner()
+        .hosts;
+    if json {
+        let list: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                let id = h.host.clone().unwrap_or_default();
+                json!({
+                    "agent_id": id.agent_id, "hostname": id.hostname, "kernel": id.kernel, "os": id.os,
+                    "last_seen_unix_ms": h.last_seen_unix_ms, "batches": h.batches,
+                    "last_seq": h.last_sequence, "duplicates": h.duplicates,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "hosts": list }));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<24} {:>10} {:>10} {:>12}",
+        "HOST", "AGENT", "BATCHES", "LAST SEQ", "LAST SEEN"
+    );
+    for h in hosts {
+        let id = h.host.unwrap_or_default();
+        let ago = (now_ms() - h.last_seen_unix_ms).max(0) as f64 / 1000.0;
+        println!(
+            "{:<24} {:<24} {:>10} {:>10} {:>10.0}s ago",
+            id.hostname, id.agent_id, h.batches, h.last_sequence, ago
+        );
+    }
+    Ok(())
+}
+
+/// The same field names as `vigil stats --json`, for the fields the collector keeps.
+pub fn metrics_json(hostname: &str, m: &HostMetrics) -> serde_json::Value {
+    json!({
+        "hostname": hostname,
+        "time_unix_ms": m.time_unix_ms,
+        "cpu": { "count": m.cpu_count, "usage_percent": m.cpu_usage_percent },
+        "load": { "one": m.load_one, "five": m.load_five, "fifteen": m.load_fifteen },
+        "memory": {
+            "total_bytes": m.memory_total_bytes, "available_bytes": m.memory_available_bytes,
+            "used_bytes": m.memory_used_bytes, "cached_bytes": m.memory_cached_bytes,
+            "buffers_bytes": m.memory_buffers_bytes, "swap_total_bytes": m.swap_total_bytes,
+            "swap_free_bytes": m.swap_free_bytes,
+        },
+        "open_fds": m.open_fds,
+        "processes": m.processes.as_ref().map(|p| json!({"total": p.total, "running": p.running, "zombie": p.zombie})),
+    })
+}
+
+pub async fn host(addr: &str, host: &str, json: bool) -> anyhow::Result<()> {
+    let r = connect(addr)
+        .await?
+        .latest_stats(HostRequest {
+            host: host.to_string(),
+        })
+        .await?
+        .into_inner();
+    let id = r.host.unwrap_or_default();
+    let Some(m) = r.metrics else {
+        anyhow::bail!("host {host} has sent no metrics yet");
+    };
+    if json {
+        let mut v = metrics_json(&id.hostname, &m);
+        v["agent_id"] = json!(id.agent_id);
+        println!("{v}");
+    } else {
+        println!(
+            "{} ({}) | {} | kernel {}",
+            id.hostname, id.agent_id, id.os, id.kernel
+        );
+        println!(
+            "cpu   {} cores, {:.1} % busy",
+            m.cpu_count, m.cpu_usage_percent
+        );
+        println!(
+            "load  {:.2} {:.2} {:.2}",
+            m.load_one, m.load_five, m.load_fifteen
+        );
+        println!(
+            "mem   {:.2} GiB available of {:.2} GiB",
+            m.memory_available_bytes as f64 / (1u64 << 30) as f64,
+            m.memory_total_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
+pub async fn history(
+    addr: &str,
+    host: &str,
+    metric: &str,
+    since: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since_ms = now_ms() - since.as_millis() as i64;
+    let points = connect(addr)
+        .await?
+        .metric_history(MetricHistoryRequest {
+            host: host.to_string(),
+            metric: metric.to_string(),
+            since_unix_ms: since_ms,
+            until_unix_ms: 0,
+        })
+        .await?
+        .into_inner()
+        .points;
+    if json {
+        let pts: Vec<_> = points
+            .iter()
+            .map(|p| json!({"time_unix_ms": p.time_unix_ms, "value": p.value}))
+            .collect();
+        println!(
+            "{}",
+            json!({ "host": host, "metric": metric, "points": pts })
+        );
+    } else {
+        println!("{:<16} {:>16}", "TIME (unix ms)", metric);
+        for p in points {
+            println!("{:<16} {:>16.2}", p.time_unix_ms, p.value);
+        }
+    }
+    Ok(())
+}

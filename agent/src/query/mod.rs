@@ -1,0 +1,5 @@
+//! Read-only commands against a collector (`--collector ADDR`).
+pub mod fleet;
+
+/// Where `vigil collector` listens by default, and where queries look for it.
+pub const DEFAULT_COLLECTOR: &str = "127.0.0.1:7470";
