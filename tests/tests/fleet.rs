@@ -1,0 +1,267 @@
+//! End to end on loopback: a real collector and a real agent as processes, the CLI
+//! against both, and 200 simulated agents streaming at once. Values are checked
+//! against the kernel (sysinfo, sysconf, getloadavg), not against the agent.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio_stream::StreamExt as _;
+use vigil_proto::v1::{
+    collector_client::CollectorClient, fleet_client::FleetClient, Batch, HostIdentity, HostMetrics,
+    ListHostsRequest,
+};
+use vigil_tests::{vigil_bin, KillOnDrop};
+
+/// A `vigil collector` on an ephemeral loopback port, with its own data directory.
+struct Collector {
+    child: KillOnDrop,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start_collector() -> Collector {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(vigil_bin())
+        .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting vigil collector");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("collector exited before listening")
+            .expect("stderr line");
+        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
+            break rest.split(',').next().expect("address").to_string();
+        }
+    };
+    // Keep draining stderr so the collector never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Collector {
+        child: KillOnDrop(child),
+        addr,
+        _dir: dir,
+    }
+}
+
+fn vigil_json(args: &[&str]) -> Value {
+    let out = Command::new(vigil_bin())
+        .args(args)
+        .output()
+        .expect("running vigil");
+    assert!(
+        out.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vigil {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn memtotal() -> u64 {
+    // SAFETY: zeroed is valid; sysinfo fills it.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0);
+    si.totalram * u64::from(si.mem_unit)
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exited with {status}");
+}
+
+#[test]
+fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
+    let collector = start_collector();
+    let agent_id = format!("e2e-{}", std::process::id());
+    let agent = Command::new(vigil_bin())
+        .args([
+            "agent",
+            "--interval",
+            "1s",
+            "--top",
+            "0",
+            "--collector",
+            &collector.addr,
+            "--agent-id",
+            &agent_id,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting vigil agent");
+    std::thread::sleep(Duration::from_millis(4500));
+    stop(agent);
+
+    let hosts = vigil_json(&["hosts", "--collector", &collector.addr, "--json"]);
+    let me = hosts["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .find(|h| h["agent_id"] == agent_id.as_str())
+        .expect("our agent listed");
+    let batches = me["batches"].as_u64().unwrap();
+    assert!(batches >= 3, "a batch per second for 4.5 s: {me}");
+    assert_eq!(
+        me["last_seq"].as_u64(),
+        Some(batches),
+        "sequences 1..=n, all stored: {me}"
+    );
+    assert_eq!(me["duplicates"], 0);
+
+    let host = vigil_json(&["host", &agent_id, "--collector", &collector.addr, "--json"]);
+    assert_eq!(
+        host["memory"]["total_bytes"].as_u64(),
+        Some(memtotal()),
+        "{host}"
+    );
+    // SAFETY: no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as u64;
+    assert_eq!(host["cpu"]["count"].as_u64(), Some(online), "{host}");
+    let mut load = [0f64; 3];
+    // SAFETY: buffer of 3.
+    unsafe { libc::getloadavg(load.as_mut_ptr(), 3) };
+    assert!(
+        (host["load"]["one"].as_f64().unwrap() - load[0]).abs() < 1.0,
+        "load {host} vs {}",
+        load[0]
+    );
+    assert!(host["memory"]["available_bytes"].as_u64().unwrap() <= memtotal());
+
+    let history = vigil_json(&[
+        "history",
+        &agent_id,
+        "--metric",
+        "memory.total_bytes",
+        "--since",
+        "1h",
+        "--collector",
+        &collector.addr,
+        "--json",
+    ]);
+    let points = history["points"].as_array().expect("points");
+    assert_eq!(points.len() as u64, batches, "one sample per batch");
+    assert!(points
+        .iter()
+        .all(|p| p["value"].as_f64() == Some(memtotal() as f64)));
+
+    let out = Command::new(vigil_bin())
+        .args([
+            "history",
+            &agent_id,
+            "--metric",
+            "nonsense",
+            "--collector",
+            &collector.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown metric `nonsense`"),
+        "clear error"
+    );
+    drop(collector);
+}
+
+#[test]
+fn two_hundred_agents_stream_at_once_and_everything_is_stored() {
+    const AGENTS: usize = 200;
+    const BATCHES: u64 = 20;
+    let collector = start_collector();
+    let url = format!("http://{}", collector.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for a in 0..AGENTS {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = CollectorClient::connect(url).await.expect("connect");
+                let agent_id = format!("sim-{a:03}");
+                let batches: Vec<Batch> = (1..=BATCHES)
+                    .map(|seq| Batch {
+                        agent_id: agent_id.clone(),
+                        epoch: 1,
+                        sequence: seq,
+                        host: Some(HostIdentity {
+                            agent_id: agent_id.clone(),
+                            hostname: agent_id.clone(),
+                            ..Default::default()
+                        }),
+                        metrics: vec![HostMetrics {
+                            time_unix_ms: seq as i64 * 1000,
+                            cpu_count: 2,
+                            memory_total_bytes: 1 << 30,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut acks = client
+                    .stream(tokio_stream::iter(batches))
+                    .await
+                    .expect("stream")
+                    .into_inner();
+                let mut seen = Vec::new();
+                while let Some(ack) = acks.next().await {
+                    let ack = ack.expect("ack");
+                    assert_eq!(ack.agent_id, agent_id);
+                    assert!(!ack.duplicate);
+                    seen.push(ack.sequence);
+                }
+                assert_eq!(
+                    seen,
+                    (1..=BATCHES).collect::<Vec<_>>(),
+                    "every batch acked, in order"
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.expect("agent task");
+        }
+        let hosts = FleetClient::connect(url)
+            .await
+            .expect("fleet")
+            .list_hosts(ListHostsRequest {})
+            .await
+            .expect("hosts")
+            .into_inner()
+            .hosts;
+        let sims: Vec<_> = hosts
+            .iter()
+            .filter(|h| {
+                h.host
+                    .as_ref()
+                    .is_some_and(|i| i.agent_id.starts_with("sim-"))
+            })
+            .collect();
+        assert_eq!(sims.len(), AGENTS);
+        for h in sims {
+            assert_eq!(
+                (h.batches, h.last_sequence, h.duplicates),
+                (BATCHES, BATCHES, 0),
+                "{h:?}"
+            );
+        }
+    });
+    drop(collector);
+}
