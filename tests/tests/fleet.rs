@@ -17,7 +17,8 @@ use vigil_tests::{vigil_bin, KillOnDrop};
 
 /// A `vigil collector` on an ephemeral loopback port, with its own data directory.
 struct Collector {
-    child: KillOnDrop,
+    /// Killed when the test ends.
+    _child: KillOnDrop,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -44,7 +45,7 @@ fn start_collector() -> Collector {
     // Keep draining stderr so the collector never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Collector {
-        child: KillOnDrop(child),
+        _child: KillOnDrop(child),
         addr,
         _dir: dir,
     }

@@ -99,13 +99,31 @@ fn cpu_shares_add_up_and_a_spinner_is_the_top_process() {
 
 #[test]
 fn a_process_holding_memory_tops_the_memory_list() {
-    let mut holder = Workload::spawn(WORKLOAD, &["hold-memory", "512", "2000"]);
+    let mut holder = Workload::spawn(WORKLOAD, &["hold-memory", "512", "20000"]);
     let pid = holder.pid();
     holder.go();
-    std::thread::sleep(Duration::from_millis(800));
+    // Wait until the kernel says the memory is resident (statm field 2, in pages).
+    let page = 4096u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+        let resident: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("resident pages");
+        if resident * page >= 512 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never got 512 MiB resident"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut sampler = Sampler::new(Roots::default(), 5);
     let s = sampler.sample().expect("sample");
-    holder.wait();
+    drop(holder); // killed: no need to wait out its 20 s
     let p = s
         .top_memory
         .iter()
