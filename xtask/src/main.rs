@@ -77,18 +77,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => {
             setup::setup(setup::Mode::IfMissing)?;
             let bin = build_release()?;
-            if !is_root() {
-                bail!(
-                    "the agent loads eBPF programs and needs root: run `sudo -E cargo xtask run`"
-                );
-            }
-            let mut cmd = Command::new(bin);
-            cmd.arg("agent").args(if args.is_empty() {
-                vec!["--interval".into(), "2s".into()]
-            } else {
-                args
-            });
-            run(&mut cmd)
+            run_agent_and_collector(&bin, args)
         }
         Task::Test => {
             setup::setup(setup::Mode::IfMissing)?;
@@ -100,6 +89,46 @@ fn main() -> anyhow::Result<()> {
             bench::run(b, &vigil)
         }
     }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// `cargo xtask run`: a collector with its store under target/, and an agent streaming
+/// to it in the foreground. Ctrl-C reaches both (same process group); xtask itself
+/// only waits, then makes sure the collector is gone.
+fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let data_dir = workspace_root().join("target/vigil-run/collector");
+    let addr = "127.0.0.1:7470";
+    // A handler (not SIG_IGN, which children would inherit) so Ctrl-C stops the
+    // children but not this process.
+    let action = SigAction::new(SigHandler::Handler(ignore_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
+    let mut collector = Command::new(bin)
+        .args(["collector", "--listen", addr, "--data-dir"])
+        .arg(&data_dir)
+        .spawn()
+        .context("starting the collector")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    if let Some(status) = collector.try_wait()? {
+        bail!("the collector exited at once ({status}); is {addr} in use?");
+    }
+    if !is_root() {
+        eprintln!("xtask: not root: the agent runs without its eBPF probes (run `sudo -E cargo xtask run` for them)");
+    }
+    let mut agent = Command::new(bin);
+    agent.args(["agent", "--collector", addr]);
+    agent.args(if args.is_empty() { vec!["--interval".to_string(), "2s".to_string()] } else { args });
+    let status = agent.status().context("starting the agent");
+    let _ = kill(nix::unistd::Pid::from_raw(collector.id() as i32), Signal::SIGINT);
+    let _ = collector.wait();
+    println!("xtask: agent and collector stopped; the store is in {}", data_dir.display());
+    let status = status?;
+    if !status.success() && status.code().is_some() {
+        bail!("the agent failed: {status}");
+    }
+    Ok(())
 }
 
 fn test() -> anyhow::Result<()> {
