@@ -38,16 +38,59 @@ pub enum Command {
         /// This agent's id at the collector (default: /etc/machine-id, else the hostname).
         #[arg(long)]
         agent_id: Option<String>,
+        /// Unix socket for the local query API.
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        /// Don't serve the local query API.
+        #[arg(long)]
+        no_api: bool,
     },
     /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
     /// short window, read from /proc and /sys (no root needed).
     Stats {
-        /// Window over which rates are measured.
+        /// Window over which rates are measured (when reading the host directly).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         window: Duration,
-        /// Processes in each top list.
+        /// Processes in each top list (when reading the host directly).
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// The agent's API socket; without an agent there, the host is read directly.
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        /// Read the host directly even if an agent is running.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Syscall latency over a recent window, from the local agent.
+    Syscalls {
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        window: Duration,
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent TCP retransmits, from the local agent.
+    Retrans {
+        /// At most this many, newest last (0: all kept, up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live events (slow syscalls, retransmits) from the local agent.
+    Events {
+        /// Keep streaming (without it: the recent retransmits, then exit).
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -168,6 +211,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             top,
             collector,
             agent_id,
+            socket,
+            no_api,
         } => {
             let opts = crate::trace::live::AgentOptions {
                 interval,
@@ -175,6 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 top,
                 collector,
                 agent_id,
+                socket: (!no_api).then_some(socket),
             };
             crate::trace::live::run(opts).await
         }
@@ -196,7 +242,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             collector,
             json,
         } => crate::query::fleet::history(&collector, &host, &metric, since, json).await,
-        Command::Stats { window, top, json } => crate::trace::stats::run(window, top, json).await,
+        Command::Stats {
+            window,
+            top,
+            socket,
+            local,
+            json,
+        } => crate::query::local::stats(&socket, local, window, top, json).await,
+        Command::Syscalls {
+            window,
+            top,
+            socket,
+            json,
+        } => crate::query::local::syscalls(&socket, window, top, json).await,
+        Command::Retrans {
+            limit,
+            socket,
+            json,
+        } => crate::query::local::retrans(&socket, limit, json).await,
+        Command::Events {
+            follow,
+            socket,
+            json,
+        } => crate::query::local::events(&socket, follow, json).await,
         Command::HoldProbes {
             variant,
             list_variants,

@@ -2,6 +2,10 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`vigil events --follow | head`) instead of panicking on EPIPE.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = vigil::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

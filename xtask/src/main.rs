@@ -102,7 +102,11 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     let addr = "127.0.0.1:7470";
     // A handler (not SIG_IGN, which children would inherit) so Ctrl-C stops the
     // children but not this process.
-    let action = SigAction::new(SigHandler::Handler(ignore_signal), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     // SAFETY: the handler does nothing, so it is async-signal-safe.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
     let mut collector = Command::new(bin)
@@ -119,11 +123,21 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     }
     let mut agent = Command::new(bin);
     agent.args(["agent", "--collector", addr]);
-    agent.args(if args.is_empty() { vec!["--interval".to_string(), "2s".to_string()] } else { args });
+    agent.args(if args.is_empty() {
+        vec!["--interval".to_string(), "2s".to_string()]
+    } else {
+        args
+    });
     let status = agent.status().context("starting the agent");
-    let _ = kill(nix::unistd::Pid::from_raw(collector.id() as i32), Signal::SIGINT);
+    let _ = kill(
+        nix::unistd::Pid::from_raw(collector.id() as i32),
+        Signal::SIGINT,
+    );
     let _ = collector.wait();
-    println!("xtask: agent and collector stopped; the store is in {}", data_dir.display());
+    println!(
+        "xtask: agent and collector stopped; the store is in {}",
+        data_dir.display()
+    );
     let status = status?;
     if !status.success() && status.code().is_some() {
         bail!("the agent failed: {status}");

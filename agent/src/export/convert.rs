@@ -138,3 +138,61 @@ pub fn host_identity(s: &HostSample, agent_id: &str) -> pb::HostIdentity {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
+
+fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub fn retransmit(r: &crate::probes::events::RetransmitEvent) -> pb::TcpRetransmit {
+    pb::TcpRetransmit {
+        time_unix_ns: unix_ns(r.time),
+        saddr: r.saddr.to_string(),
+        sport: r.sport.into(),
+        daddr: r.daddr.to_string(),
+        dport: r.dport.into(),
+        state: crate::probes::events::tcp_state_name(r.state).to_string(),
+        err: r.err,
+    }
+}
+
+pub fn slow_syscall(s: &crate::probes::events::SlowSyscallEvent) -> pb::SlowSyscall {
+    pb::SlowSyscall {
+        time_unix_ns: unix_ns(s.time),
+        pid: s.pid,
+        tid: s.tid,
+        comm: s.comm.clone(),
+        nr: s.syscall_nr,
+        latency_ns: s.latency_ns,
+        cgroup_id: s.cgroup_id,
+    }
+}
+
+/// A syscall's histogram, trailing empty buckets left out.
+pub fn syscall_latency(nr: u32, h: &crate::histogram::LatencyHistogram) -> pb::SyscallLatency {
+    let used = h.buckets.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+    pb::SyscallLatency {
+        nr,
+        name: crate::syscall_table::syscall_name(nr)
+            .unwrap_or("")
+            .to_string(),
+        count: h.count,
+        total_ns: h.total_ns,
+        max_ns: h.max_ns,
+        buckets: h.buckets[..used].to_vec(),
+    }
+}
+
+/// Back from the wire: a histogram for percentiles.
+pub fn histogram(s: &pb::SyscallLatency) -> crate::histogram::LatencyHistogram {
+    let mut h = crate::histogram::LatencyHistogram {
+        count: s.count,
+        total_ns: s.total_ns,
+        max_ns: s.max_ns,
+        ..Default::default()
+    };
+    for (b, v) in h.buckets.iter_mut().zip(&s.buckets) {
+        *b = *v;
+    }
+    h
+}

@@ -79,6 +79,26 @@ pub fn metrics_json(hostname: &str, m: &HostMetrics) -> serde_json::Value {
     })
 }
 
+pub fn print_metrics(id: &vigil_proto::v1::HostIdentity, m: &HostMetrics) {
+    println!(
+        "{} ({}) | {} | kernel {}",
+        id.hostname, id.agent_id, id.os, id.kernel
+    );
+    println!(
+        "cpu   {} cores, {:.1} % busy",
+        m.cpu_count, m.cpu_usage_percent
+    );
+    println!(
+        "load  {:.2} {:.2} {:.2}",
+        m.load_one, m.load_five, m.load_fifteen
+    );
+    println!(
+        "mem   {:.2} GiB available of {:.2} GiB",
+        m.memory_available_bytes as f64 / (1u64 << 30) as f64,
+        m.memory_total_bytes as f64 / (1u64 << 30) as f64
+    );
+}
+
 pub async fn host(addr: &str, host: &str, json: bool) -> anyhow::Result<()> {
     let r = connect(addr)
         .await?
@@ -96,23 +116,7 @@ pub async fn host(addr: &str, host: &str, json: bool) -> anyhow::Result<()> {
         v["agent_id"] = json!(id.agent_id);
         println!("{v}");
     } else {
-        println!(
-            "{} ({}) | {} | kernel {}",
-            id.hostname, id.agent_id, id.os, id.kernel
-        );
-        println!(
-            "cpu   {} cores, {:.1} % busy",
-            m.cpu_count, m.cpu_usage_percent
-        );
-        println!(
-            "load  {:.2} {:.2} {:.2}",
-            m.load_one, m.load_five, m.load_fifteen
-        );
-        println!(
-            "mem   {:.2} GiB available of {:.2} GiB",
-            m.memory_available_bytes as f64 / (1u64 << 30) as f64,
-            m.memory_total_bytes as f64 / (1u64 << 30) as f64
-        );
+        print_metrics(&id, &m);
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! Read-only commands against a collector (`--collector ADDR`).
+pub mod api;
 pub mod fleet;
+pub mod local;
+pub mod state;
 
 /// Where `vigil collector` listens by default, and where queries look for it.
 pub const DEFAULT_COLLECTOR: &str = "127.0.0.1:7470";

@@ -15,12 +15,8 @@ use crate::{
     export::{convert, stream},
     histogram::LatencyHistogram,
     metrics::{Roots, Sampler},
-    probes::{
-        error_chain,
-        events::{tcp_state_name, Event},
-        ProbeSettings, ProbeState, Probes,
-    },
-    syscall_table::syscall_name,
+    probes::{error_chain, events::Event, ProbeSettings, ProbeState, Probes},
+    query::state::AgentState,
     trace::{human_ns, syscalls::rows, wait_for_stop},
 };
 
@@ -37,6 +33,8 @@ pub struct AgentOptions {
     pub top: usize,
     pub collector: Option<String>,
     pub agent_id: Option<String>,
+    /// Serve the local query API (vigil.v1.Agent) on this unix socket.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// A stable id for this host: /etc/machine-id, else the hostname.
@@ -52,46 +50,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn unix_ns(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn event_to_batch(e: &Event, batch: &mut pb::Batch) {
-    match e {
-        Event::Retransmit(r) => batch.retransmits.push(pb::TcpRetransmit {
-            time_unix_ns: unix_ns(r.time),
-            saddr: r.saddr.to_string(),
-            sport: r.sport.into(),
-            daddr: r.daddr.to_string(),
-            dport: r.dport.into(),
-            state: tcp_state_name(r.state).to_string(),
-            err: r.err,
-        }),
-        Event::SlowSyscall(s) => batch.slow_syscalls.push(pb::SlowSyscall {
-            time_unix_ns: unix_ns(s.time),
-            pid: s.pid,
-            tid: s.tid,
-            comm: s.comm.clone(),
-            nr: s.syscall_nr,
-            latency_ns: s.latency_ns,
-            cgroup_id: s.cgroup_id,
-        }),
-    }
-}
-
-fn latency_to_pb(nr: u32, h: &LatencyHistogram) -> pb::SyscallLatency {
-    let used = h.buckets.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
-    pb::SyscallLatency {
-        nr,
-        name: syscall_name(nr).unwrap_or("").to_string(),
-        count: h.count,
-        total_ns: h.total_ns,
-        max_ns: h.max_ns,
-        buckets: h.buckets[..used].to_vec(),
-    }
 }
 
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
@@ -132,6 +90,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_agent_id(&first.host.hostname));
     let epoch = now_ms() as u64;
 
+    let state = Arc::new(std::sync::RwLock::new(AgentState::new(
+        convert::host_identity(&first, &agent_id),
+        opts.interval.as_secs_f64(),
+    )));
+    let api = match &opts.socket {
+        Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
+        None => None,
+    };
     let export_stats = Arc::new(stream::ExportStats::default());
     let (export_tx, exporter) = match &opts.collector {
         Some(addr) => {
@@ -176,10 +142,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             r = read => {
                 r.context("reading the event ring buffer")?;
                 for e in events.drain(..) {
+                    let live = match &e {
+                        Event::Retransmit(r) => pb::live_event::Event::Retransmit(convert::retransmit(r)),
+                        Event::SlowSyscall(s) => pb::live_event::Event::SlowSyscall(convert::slow_syscall(s)),
+                    };
                     if batch.retransmits.len() + batch.slow_syscalls.len() < EVENTS_PER_BATCH {
-                        event_to_batch(&e, &mut batch);
+                        match &live {
+                            pb::live_event::Event::Retransmit(r) => batch.retransmits.push(r.clone()),
+                            pb::live_event::Event::SlowSyscall(s) => batch.slow_syscalls.push(s.clone()),
+                            pb::live_event::Event::Missed(_) => {}
+                        }
                     } else {
                         dropped_events += 1;
+                    }
+                    if let Ok(mut st) = state.write() {
+                        st.push_event(live);
                     }
                 }
             }
@@ -199,6 +176,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     None => (BTreeMap::new(), Default::default()),
                 };
                 let undecodable = reader.as_ref().map_or(0, |r| r.decode_errors);
+                if let Ok(mut st) = state.write() {
+                    st.identity = convert::host_identity(&sample, &agent_id);
+                    st.latest = Some(convert::host_metrics(&sample));
+                    st.push_latency(delta.clone());
+                }
                 if opts.top > 0 {
                     let r = rows(&delta);
                     let calls: u64 = r.iter().map(|r| r.count).sum();
@@ -227,7 +209,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     batch.end_unix_ms = end;
                     batch.host = Some(convert::host_identity(&sample, &agent_id));
                     batch.metrics = vec![convert::host_metrics(&sample)];
-                    batch.syscalls = delta.iter().map(|(nr, h)| latency_to_pb(*nr, h)).collect();
+                    batch.syscalls = delta.iter().map(|(nr, h)| convert::syscall_latency(*nr, h)).collect();
                     // Cumulative since the agent started: the collector can difference them.
                     batch.losses = Some(pb::Losses {
                         slow_syscall_ringbuf_full: counters.slow_syscall_ringbuf_full,
@@ -258,6 +240,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             export_stats.acked.load(Ordering::Relaxed),
             export_stats.dropped.load(Ordering::Relaxed) + dropped_batches
         );
+    }
+    if let Some(api) = api {
+        api.abort();
+    }
+    if let Some(path) = &opts.socket {
+        let _ = std::fs::remove_file(path);
     }
     eprintln!("vigil: stopping, probes detached");
     Ok(())

@@ -1,0 +1,149 @@
+//! The agent's local query API (`vigil.v1.Agent`) on a unix socket, and the client
+//! the CLI uses to reach it.
+use std::{
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use tokio_stream::{wrappers::UnixListenerStream, Stream, StreamExt as _};
+use tonic::{transport::Channel, Request, Response, Status};
+use vigil_proto::v1::{
+    agent_client::AgentClient,
+    agent_server::{Agent, AgentServer},
+    live_event, FollowRequest, LatestStatsResponse, LiveEvent, RetransmitsRequest,
+    RetransmitsResponse, StatsRequest, SyscallLatencyRequest, SyscallLatencyResponse,
+};
+
+use super::state::AgentState;
+use crate::export::convert;
+
+/// Where the agent serves its API unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/vigil/agent.sock";
+
+struct AgentApi {
+    state: Arc<RwLock<AgentState>>,
+}
+
+fn poisoned() -> Status {
+    Status::internal("agent state unavailable")
+}
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn stats(
+        &self,
+        _: Request<StatsRequest>,
+    ) -> Result<Response<LatestStatsResponse>, Status> {
+        let st = self.state.read().map_err(|_| poisoned())?;
+        if st.latest.is_none() {
+            return Err(Status::unavailable(
+                "no sample yet: the first arrives one interval after start",
+            ));
+        }
+        Ok(Response::new(LatestStatsResponse {
+            host: Some(st.identity.clone()),
+            metrics: st.latest.clone(),
+        }))
+    }
+
+    async fn syscall_latency(
+        &self,
+        request: Request<SyscallLatencyRequest>,
+    ) -> Result<Response<SyscallLatencyResponse>, Status> {
+        let window = f64::from(request.into_inner().window_secs.max(1));
+        let st = self.state.read().map_err(|_| poisoned())?;
+        let syscalls = st
+            .latency_over(window)
+            .iter()
+            .map(|(nr, h)| convert::syscall_latency(*nr, h))
+            .collect();
+        Ok(Response::new(SyscallLatencyResponse { syscalls }))
+    }
+
+    async fn retransmits(
+        &self,
+        request: Request<RetransmitsRequest>,
+    ) -> Result<Response<RetransmitsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let st = self.state.read().map_err(|_| poisoned())?;
+        let skip = st.retransmits.len().saturating_sub(limit);
+        Ok(Response::new(RetransmitsResponse {
+            retransmits: st.retransmits.iter().skip(skip).cloned().collect(),
+        }))
+    }
+
+    type FollowStream = Pin<Box<dyn Stream<Item = Result<LiveEvent, Status>> + Send + 'static>>;
+
+    async fn follow(
+        &self,
+        _: Request<FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let rx = self.state.read().map_err(|_| poisoned())?.live.subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| {
+            let event = match item {
+                Ok(e) => e,
+                // The follower fell behind the bounded buffer: say how much it missed.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    live_event::Event::Missed(n)
+                }
+            };
+            Ok(LiveEvent { event: Some(event) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the API on `path` (replacing a stale socket file) until the task is aborted.
+pub async fn serve_unix(
+    path: &Path,
+    state: Arc<RwLock<AgentState>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live agent would answer; a stale file from a crash would not.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("another agent is serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    eprintln!("vigil: agent API on {}", path.display());
+    let server = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentApi { state }))
+        .serve_with_incoming(UnixListenerStream::new(listener));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "agent API stopped");
+        }
+    }))
+}
+
+/// A client for the agent at `path`.
+pub async fn connect(path: &Path) -> anyhow::Result<AgentClient<Channel>> {
+    let path: PathBuf = path.to_path_buf();
+    let shown = path.display().to_string();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .with_context(|| {
+            format!("no agent answering on {shown} (is `vigil agent` running? see --socket)")
+        })?;
+    Ok(AgentClient::new(channel))
+}
