@@ -1,0 +1,196 @@
+//! The agent's local query API, through the CLI, against a real `vigil agent`.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vigil_tests::{require_root, vigil_bin, KillOnDrop, Workload};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
+
+fn vigil_json(args: &[&str]) -> Value {
+    let out = Command::new(vigil_bin())
+        .args(args)
+        .output()
+        .expect("running vigil");
+    assert!(
+        out.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vigil {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// A `vigil agent` serving its API on a socket in a temporary directory, ready once
+/// its first sample is in.
+fn start_agent(dir: &std::path::Path) -> (KillOnDrop, String) {
+    let socket = dir.join("agent.sock").display().to_string();
+    let child = Command::new(vigil_bin())
+        .args([
+            "agent",
+            "--interval",
+            "500ms",
+            "--top",
+            "0",
+            "--socket",
+            &socket,
+            "--slow-threshold",
+            "50ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting vigil agent");
+    let agent = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(vigil_bin())
+            .args(["syscalls", "--socket", &socket, "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let stats = Command::new(vigil_bin())
+                .args(["stats", "--socket", &socket, "--json"])
+                .output()
+                .unwrap();
+            if stats.status.success()
+                && String::from_utf8_lossy(&stats.stdout).contains("\"source\":\"agent\"")
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent API never answered on {socket}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (agent, socket)
+}
+
+#[test]
+fn stats_and_syscalls_come_from_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, socket) = start_agent(dir.path());
+    let stats = vigil_json(&["stats", "--socket", &socket, "--json"]);
+    assert_eq!(stats["source"], "agent", "{stats}");
+    // SAFETY: zeroed is valid; sysinfo fills it.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0);
+    assert_eq!(
+        stats["memory"]["total_bytes"].as_u64(),
+        Some(si.totalram * u64::from(si.mem_unit))
+    );
+    // SAFETY: no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as u64;
+    assert_eq!(stats["cpu"]["count"].as_u64(), Some(online));
+    for path in [
+        "/hostname",
+        "/cpu/usage_percent",
+        "/memory/available_bytes",
+        "/load/one",
+    ] {
+        assert!(
+            stats.pointer(path).is_some_and(|v| !v.is_null()),
+            "missing {path}: {stats}"
+        );
+    }
+    let retrans = Command::new(vigil_bin())
+        .args(["retrans", "--socket", &socket, "--json"])
+        .output()
+        .unwrap();
+    assert!(retrans.status.success());
+    let last: Value = serde_json::from_str(
+        String::from_utf8_lossy(&retrans.stdout)
+            .lines()
+            .last()
+            .expect("summary"),
+    )
+    .unwrap();
+    assert!(last["retransmits"].is_u64());
+
+    // Without an agent, stats still answers, from /proc, and says so on stderr.
+    let out = Command::new(vigil_bin())
+        .args([
+            "stats",
+            "--socket",
+            &dir.path().join("nobody.sock").display().to_string(),
+            "--json",
+            "--window",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading the host directly"));
+}
+
+#[test]
+fn syscall_latency_and_live_events_from_the_agent() {
+    if !require_root("syscall_latency_and_live_events_from_the_agent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, socket) = start_agent(dir.path());
+    let mut follow = KillOnDrop(
+        Command::new(vigil_bin())
+            .args(["events", "--follow", "--socket", &socket, "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("vigil events --follow"),
+    );
+    let lines = BufReader::new(follow.0.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Three 120 ms sleeps: each is a slow syscall (threshold 50 ms) of this pid.
+    let mut w = Workload::spawn(WORKLOAD, &["sleep", "3", "120"]);
+    let pid = w.pid();
+    w.go();
+    w.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ours = 0;
+    while ours < 3 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("slow syscall events within 10 s");
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_ne!(
+            v["type"], "missed",
+            "a lone follower must not fall behind: {v}"
+        );
+        if v["type"] == "slow_syscall" && v["pid"] == pid {
+            assert!(v["latency_ns"].as_u64().unwrap() >= 120_000_000, "{v}");
+            ours += 1;
+        }
+    }
+    // The agent's latency window holds those sleeps too.
+    std::thread::sleep(Duration::from_millis(700));
+    let syscalls = vigil_json(&["syscalls", "--socket", &socket, "--window", "1m", "--json"]);
+    let sleeps = syscalls["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "clock_nanosleep")
+        .unwrap_or_else(|| panic!("no clock_nanosleep in {syscalls}"));
+    assert!(sleeps["count"].as_u64().unwrap() >= 3);
+    assert!(
+        sleeps["max_ns"].as_u64().unwrap() >= 120_000_000,
+        "{sleeps}"
+    );
+}
