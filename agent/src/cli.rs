@@ -135,6 +135,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load generator for `cargo xtask bench collector`.
+    #[command(hide = true)]
+    BenchIngest {
+        #[arg(long)]
+        collector: String,
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        #[arg(long, default_value_t = 200)]
+        batches: u64,
+    },
     /// Attach probes and hold them until SIGINT/SIGTERM, for `cargo xtask bench`.
     #[command(hide = true)]
     HoldProbes {
@@ -249,6 +259,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             local,
             json,
         } => crate::query::local::stats(&socket, local, window, top, json).await,
+        Command::BenchIngest { collector, agents, batches } => {
+            crate::query::fleet::bench_ingest(&collector, agents, batches).await
+        }
         Command::Syscalls {
             window,
             top,

@@ -26,6 +26,24 @@ pub enum Bench {
         #[arg(long, default_value_t = 1)]
         cpu: usize,
     },
+    /// Collector ingest: batches/s and metric points/s from concurrent simulated
+    /// agents on loopback, and the collector's CPU time.
+    Collector {
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        #[arg(long, default_value_t = 200)]
+        batches: u64,
+    },
+    /// Agent footprint (CPU seconds per hour, RSS) at the default interval, side by
+    /// side with Debian's prometheus-node-exporter scraped at the same interval.
+    Footprint {
+        /// How long both run, in seconds (after a 5 s warm-up).
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Agent interval and scrape interval, in seconds.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+    },
 }
 
 /// The same per-syscall latency histogram Vigil keeps, in bpftrace.
@@ -201,11 +219,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
-    let Bench::Syscalls {
-        iterations,
-        rounds,
-        cpu,
-    } = bench;
+    let (iterations, rounds, cpu) = match bench {
+        Bench::Syscalls { iterations, rounds, cpu } => (iterations, rounds, cpu),
+        Bench::Collector { agents, batches } => return collector(vigil, agents, batches),
+        Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
+    };
     if !crate::is_root() {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
     }
@@ -283,6 +301,147 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
         1.5 * floor_added,
         shipped_added / floor_added,
         if shipped_added <= 1.5 * floor_added { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+/// CPU time (user + system) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state field.
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / ticks)
+}
+
+/// VmRSS and VmHWM (peak) of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// Starts `vigil collector` on an ephemeral port with a fresh store; returns it and its address.
+fn start_collector(vigil: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<(Attached, String)> {
+    let _ = std::fs::remove_dir_all(data_dir);
+    let mut child = Command::new(vigil)
+        .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the collector")?;
+    let mut lines = BufReader::new(child.stderr.take().context("collector stderr")?).lines();
+    let addr = loop {
+        let line = lines.next().context("collector exited before listening")??;
+        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
+            break rest.split(',').next().unwrap_or_default().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((Attached(Some(child)), addr))
+}
+
+fn collector(vigil: &std::path::Path, agents: usize, batches: u64) -> anyhow::Result<()> {
+    let dir = crate::workspace_root().join("target/bench-collector");
+    let (collector, addr) = start_collector(vigil, &dir)?;
+    let pid = collector.0.as_ref().map(|c| c.id()).context("collector pid")?;
+    let cpu_before = cpu_seconds(pid)?;
+    let out = Command::new(vigil)
+        .args(["bench-ingest", "--collector", &addr, "--agents", &agents.to_string(), "--batches", &batches.to_string()])
+        .output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!("load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let (rss, peak) = rss_mib(pid);
+    drop(collector);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| -> f64 {
+        text.split(&format!("\"{k}\":")).nth(1).and_then(|r| r.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    let (secs, bps, pps) = (field("seconds"), field("batches_per_sec"), field("points_per_sec"));
+    println!("bench collector: {agents} concurrent agents x {batches} batches (one host sample each) on loopback, SQLite store in {}", dir.display());
+    println!();
+    println!("| agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | collector RSS MiB (peak) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {agents} | {} | {secs:.2} | {bps:.0} | {pps:.0} | {cpu:.2} | {:.1} | {rss:.0} ({peak:.0}) |",
+        agents as u64 * batches,
+        cpu * 1000.0 / (agents as u64 * batches) as f64 * 1000.0
+    );
+    Ok(())
+}
+
+fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Result<()> {
+    crate::setup::bench_packages()?;
+    let dir = crate::workspace_root().join("target/bench-footprint");
+    let (collector, addr) = start_collector(vigil, &dir)?;
+    let agent = Attached(Some(
+        Command::new(vigil)
+            .args(["agent", "--interval", &format!("{interval}s"), "--top", "0", "--no-api", "--collector", &addr, "--agent-id", "footprint"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the agent")?,
+    ));
+    let listen = "127.0.0.1:19100";
+    let exporter = Attached(Some(
+        Command::new("prometheus-node-exporter")
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prometheus-node-exporter")?,
+    ));
+    let (agent_pid, exporter_pid) = (agent.0.as_ref().map(|c| c.id()).unwrap_or(0), exporter.0.as_ref().map(|c| c.id()).unwrap_or(0));
+    let scrape = || -> anyhow::Result<usize> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(listen)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        Ok(body.len())
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    scrape().context("scraping node_exporter")?;
+    let (a0, e0) = (cpu_seconds(agent_pid)?, cpu_seconds(exporter_pid)?);
+    let start = Instant::now();
+    let mut scraped = 0usize;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_secs(interval).min(Duration::from_secs(seconds).saturating_sub(start.elapsed())));
+        scraped += scrape().context("scraping node_exporter")?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (a1, e1) = (cpu_seconds(agent_pid)?, cpu_seconds(exporter_pid)?);
+    let (arss, apeak) = rss_mib(agent_pid);
+    let (erss, epeak) = rss_mib(exporter_pid);
+    drop((agent, exporter, collector));
+    let per_hour = |cpu: f64| cpu / elapsed * 3600.0;
+    println!("bench footprint: {elapsed:.0} s after a 5 s warm-up, interval {interval} s; the agent runs its eBPF probes{} and streams to a local collector; node_exporter is scraped every {interval} s ({scraped} bytes in all)",
+        if crate::is_root() { "" } else { " (NOT: not root)" });
+    println!();
+    println!("| process | CPU s per hour | RSS MiB | peak RSS MiB |");
+    println!("|---|---:|---:|---:|");
+    println!("| vigil agent | {:.1} | {arss:.1} | {apeak:.1} |", per_hour(a1 - a0));
+    println!("| prometheus-node-exporter | {:.1} | {erss:.1} | {epeak:.1} |", per_hour(e1 - e0));
+    println!();
+    println!(
+        "target: the agent at or below node_exporter on both: CPU {} ({:.2}x), RSS {} ({:.2}x)",
+        if a1 - a0 <= e1 - e0 { "met" } else { "NOT met" },
+        (a1 - a0) / (e1 - e0),
+        if arss <= erss { "met" } else { "NOT met" },
+        arss / erss
     );
     Ok(())
 }

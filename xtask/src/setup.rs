@@ -83,11 +83,21 @@ fn missing_packages() -> Vec<&'static str> {
     PACKAGES
         .iter()
         .copied()
-        .filter(|p| {
-            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
-            !status.is_some_and(|s| s.contains("install ok installed"))
-        })
+        .filter(|p| !installed(p))
         .collect()
+}
+
+/// Peers only the benchmarks run (not needed to build or test).
+const BENCH_PACKAGES: &[&str] = &["prometheus-node-exporter"];
+
+/// Installs the benchmarks' peers when missing.
+pub fn bench_packages() -> anyhow::Result<()> {
+    install(BENCH_PACKAGES.iter().copied().filter(|p| !installed(p)).collect())
+}
+
+fn installed(package: &str) -> bool {
+    let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]));
+    status.is_some_and(|s| s.contains("install ok installed"))
 }
 
 fn debian_packages(mode: Mode) -> anyhow::Result<()> {
@@ -97,6 +107,13 @@ fn debian_packages(mode: Mode) -> anyhow::Result<()> {
             mode,
             &format!("Debian packages ({}): present", PACKAGES.join(", ")),
         );
+        return Ok(());
+    }
+    install(missing)
+}
+
+fn install(missing: Vec<&str>) -> anyhow::Result<()> {
+    if missing.is_empty() {
         return Ok(());
     }
     if !crate::is_root() {

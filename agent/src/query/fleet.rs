@@ -157,3 +157,48 @@ pub async fn history(
     }
     Ok(())
 }
+
+/// Load generator for `cargo xtask bench collector`: `agents` concurrent streams, each
+/// sending `batches` batches of one host sample, waiting for every ack. Prints one
+/// JSON line: batches, seconds, batches_per_sec, points_per_sec.
+pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Result<()> {
+    use vigil_proto::v1::{collector_client::CollectorClient, Batch, HostIdentity};
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let sample = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 5).sample()?;
+    let metrics = crate::export::convert::host_metrics(&sample);
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..agents {
+        let (url, metrics) = (url.clone(), metrics.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CollectorClient::connect(url).await?;
+            let id = format!("bench-{a:04}");
+            let stream = tokio_stream::iter((1..=batches).map(move |seq| Batch {
+                agent_id: id.clone(),
+                epoch: 1,
+                sequence: seq,
+                host: Some(HostIdentity { agent_id: id.clone(), hostname: id.clone(), ..Default::default() }),
+                metrics: vec![HostMetrics { time_unix_ms: seq as i64, ..metrics.clone() }],
+                ..Default::default()
+            }));
+            let mut acks = client.stream(stream).await?.into_inner();
+            let mut n = 0u64;
+            while acks.message().await?.is_some() {
+                n += 1;
+            }
+            anyhow::ensure!(n == batches, "{n} of {batches} acked");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = agents as u64 * batches;
+    let points = total * vigil_collector::metrics::SCALARS.len() as u64;
+    println!(
+        "{}",
+        json!({"batches": total, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
+    );
+    Ok(())
+}
