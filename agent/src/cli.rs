@@ -23,27 +23,33 @@ pub enum Command {
     Trace(Trace),
     /// Run every probe in the foreground, printing a summary each interval (needs root).
     Agent {
-        /// Summary interval.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Syscalls at least this slow are counted as slow-syscall events.
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-        slow_threshold: Duration,
-        /// Rows of the syscall table per interval (0: print no summary).
-        #[arg(long, default_value_t = 10)]
-        top: usize,
-        /// Stream a batch per interval to this collector.
+        /// Config file (TOML). Default /etc/vigil/agent.toml, if it exists.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Sample and batch interval (overrides the file; default 10s, at least 1s).
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<Duration>,
+        /// Syscalls at least this slow become events (overrides probes.slow_threshold).
+        #[arg(long, value_parser = parse_duration)]
+        slow_threshold: Option<Duration>,
+        /// Rows of the summary printed per interval; 0 prints none (overrides summary_rows).
+        #[arg(long)]
+        top: Option<usize>,
+        /// Stream a batch per interval to this collector (overrides collector).
         #[arg(long)]
         collector: Option<String>,
-        /// This agent's id at the collector (default: /etc/machine-id, else the hostname).
+        /// This agent's id at the collector (overrides agent_id).
         #[arg(long)]
         agent_id: Option<String>,
-        /// Unix socket for the local query API.
-        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
-        socket: std::path::PathBuf,
+        /// Unix socket for the local query API (overrides socket).
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
         /// Don't serve the local query API.
         #[arg(long)]
         no_api: bool,
+        /// The agent's state directory (overrides data_dir).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
     /// short window, read from /proc and /sys (no root needed).
@@ -216,6 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => crate::trace::slow::run(threshold, duration, pid, rate_limit, json).await,
         Command::Agent {
+            config,
             interval,
             slow_threshold,
             top,
@@ -223,16 +230,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_id,
             socket,
             no_api,
+            data_dir,
         } => {
-            let opts = crate::trace::live::AgentOptions {
-                interval,
-                slow_threshold,
-                top,
-                collector,
-                agent_id,
-                socket: (!no_api).then_some(socket),
-            };
-            crate::trace::live::run(opts).await
+            let explicit = config.is_some();
+            let path = config.unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
+            let mut c = crate::config::AgentConfig::load(&path, explicit)?;
+            // Flags override the file.
+            if let Some(i) = interval {
+                c.interval = crate::config::Interval(i);
+            }
+            if let Some(t) = slow_threshold {
+                c.probes.slow_threshold = crate::config::Interval(t);
+            }
+            c.summary_rows = top.unwrap_or(c.summary_rows);
+            c.collector = collector.or(c.collector);
+            c.agent_id = agent_id.or(c.agent_id);
+            c.socket = socket.unwrap_or(c.socket);
+            c.api &= !no_api;
+            c.data_dir = data_dir.unwrap_or(c.data_dir);
+            c.validate()
+                .map_err(|problems| crate::config::ConfigError {
+                    file: "(command line)".into(),
+                    problems,
+                })?;
+            crate::trace::live::run(c).await
         }
         Command::Collector {
             listen,
@@ -259,9 +280,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             local,
             json,
         } => crate::query::local::stats(&socket, local, window, top, json).await,
-        Command::BenchIngest { collector, agents, batches } => {
-            crate::query::fleet::bench_ingest(&collector, agents, batches).await
-        }
+        Command::BenchIngest {
+            collector,
+            agents,
+            batches,
+        } => crate::query::fleet::bench_ingest(&collector, agents, batches).await,
         Command::Syscalls {
             window,
             top,

@@ -3,6 +3,7 @@
 //! Data path: `probes` (kernel programs, ring buffer reader) → `trace` (one-shot
 //! views for the CLI) and, in later stages, pipeline/export/query.
 pub mod cli;
+pub mod config;
 pub mod export;
 pub mod histogram;
 pub mod metrics;

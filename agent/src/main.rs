@@ -29,7 +29,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // EX_CONFIG-style: a bad configuration is not a crash.
+            if e.downcast_ref::<vigil::config::ConfigError>().is_some() {
+                std::process::ExitCode::from(64)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

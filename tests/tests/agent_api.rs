@@ -36,7 +36,7 @@ fn start_agent(dir: &std::path::Path) -> (KillOnDrop, String) {
         .args([
             "agent",
             "--interval",
-            "500ms",
+            "1s",
             "--top",
             "0",
             "--socket",
@@ -44,6 +44,8 @@ fn start_agent(dir: &std::path::Path) -> (KillOnDrop, String) {
             "--slow-threshold",
             "50ms",
         ])
+        .arg("--data-dir")
+        .arg(dir.join("state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -180,7 +182,7 @@ fn syscall_latency_and_live_events_from_the_agent() {
         }
     }
     // The agent's latency window holds those sleeps too.
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(1500));
     let syscalls = vigil_json(&["syscalls", "--socket", &socket, "--window", "1m", "--json"]);
     let sleeps = syscalls["syscalls"]
         .as_array()

@@ -90,6 +90,7 @@ fn stop(mut child: Child) {
 fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
     let collector = start_collector();
     let agent_id = format!("e2e-{}", std::process::id());
+    let state = tempfile::tempdir().expect("tempdir");
     let agent = Command::new(vigil_bin())
         .args([
             "agent",
@@ -101,7 +102,10 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
             &collector.addr,
             "--agent-id",
             &agent_id,
+            "--no-api",
         ])
+        .arg("--data-dir")
+        .arg(state.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

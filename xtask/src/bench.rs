@@ -220,7 +220,11 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
     let (iterations, rounds, cpu) = match bench {
-        Bench::Syscalls { iterations, rounds, cpu } => (iterations, rounds, cpu),
+        Bench::Syscalls {
+            iterations,
+            rounds,
+            cpu,
+        } => (iterations, rounds, cpu),
         Bench::Collector { agents, batches } => return collector(vigil, agents, batches),
         Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
     };
@@ -307,9 +311,13 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
 
 /// CPU time (user + system) of a process, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0))
+        .collect();
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state field.
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -331,7 +339,10 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 /// Starts `vigil collector` on an ephemeral port with a fresh store; returns it and its address.
-fn start_collector(vigil: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<(Attached, String)> {
+fn start_collector(
+    vigil: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Attached, String)> {
     let _ = std::fs::remove_dir_all(data_dir);
     let mut child = Command::new(vigil)
         .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -342,7 +353,9 @@ fn start_collector(vigil: &std::path::Path, data_dir: &std::path::Path) -> anyho
         .context("starting the collector")?;
     let mut lines = BufReader::new(child.stderr.take().context("collector stderr")?).lines();
     let addr = loop {
-        let line = lines.next().context("collector exited before listening")??;
+        let line = lines
+            .next()
+            .context("collector exited before listening")??;
         if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
             break rest.split(',').next().unwrap_or_default().to_string();
         }
@@ -354,23 +367,46 @@ fn start_collector(vigil: &std::path::Path, data_dir: &std::path::Path) -> anyho
 fn collector(vigil: &std::path::Path, agents: usize, batches: u64) -> anyhow::Result<()> {
     let dir = crate::workspace_root().join("target/bench-collector");
     let (collector, addr) = start_collector(vigil, &dir)?;
-    let pid = collector.0.as_ref().map(|c| c.id()).context("collector pid")?;
+    let pid = collector
+        .0
+        .as_ref()
+        .map(|c| c.id())
+        .context("collector pid")?;
     let cpu_before = cpu_seconds(pid)?;
     let out = Command::new(vigil)
-        .args(["bench-ingest", "--collector", &addr, "--agents", &agents.to_string(), "--batches", &batches.to_string()])
+        .args([
+            "bench-ingest",
+            "--collector",
+            &addr,
+            "--agents",
+            &agents.to_string(),
+            "--batches",
+            &batches.to_string(),
+        ])
         .output()
         .context("running the load generator")?;
     if !out.status.success() {
-        bail!("load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let cpu = cpu_seconds(pid)? - cpu_before;
     let (rss, peak) = rss_mib(pid);
     drop(collector);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| -> f64 {
-        text.split(&format!("\"{k}\":")).nth(1).and_then(|r| r.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+        text.split(&format!("\"{k}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
     };
-    let (secs, bps, pps) = (field("seconds"), field("batches_per_sec"), field("points_per_sec"));
+    let (secs, bps, pps) = (
+        field("seconds"),
+        field("batches_per_sec"),
+        field("points_per_sec"),
+    );
     println!("bench collector: {agents} concurrent agents x {batches} batches (one host sample each) on loopback, SQLite store in {}", dir.display());
     println!();
     println!("| agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | collector RSS MiB (peak) |");
@@ -389,7 +425,20 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
     let (collector, addr) = start_collector(vigil, &dir)?;
     let agent = Attached(Some(
         Command::new(vigil)
-            .args(["agent", "--interval", &format!("{interval}s"), "--top", "0", "--no-api", "--collector", &addr, "--agent-id", "footprint"])
+            .args([
+                "agent",
+                "--interval",
+                &format!("{interval}s"),
+                "--top",
+                "0",
+                "--no-api",
+                "--collector",
+                &addr,
+                "--agent-id",
+                "footprint",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("agent"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -404,7 +453,10 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
             .spawn()
             .context("starting prometheus-node-exporter")?,
     ));
-    let (agent_pid, exporter_pid) = (agent.0.as_ref().map(|c| c.id()).unwrap_or(0), exporter.0.as_ref().map(|c| c.id()).unwrap_or(0));
+    let (agent_pid, exporter_pid) = (
+        agent.0.as_ref().map(|c| c.id()).unwrap_or(0),
+        exporter.0.as_ref().map(|c| c.id()).unwrap_or(0),
+    );
     let scrape = || -> anyhow::Result<usize> {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect(listen)?;
@@ -419,7 +471,10 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
     let start = Instant::now();
     let mut scraped = 0usize;
     while start.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(Duration::from_secs(interval).min(Duration::from_secs(seconds).saturating_sub(start.elapsed())));
+        std::thread::sleep(
+            Duration::from_secs(interval)
+                .min(Duration::from_secs(seconds).saturating_sub(start.elapsed())),
+        );
         scraped += scrape().context("scraping node_exporter")?;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -433,8 +488,14 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
     println!();
     println!("| process | CPU s per hour | RSS MiB | peak RSS MiB |");
     println!("|---|---:|---:|---:|");
-    println!("| vigil agent | {:.1} | {arss:.1} | {apeak:.1} |", per_hour(a1 - a0));
-    println!("| prometheus-node-exporter | {:.1} | {erss:.1} | {epeak:.1} |", per_hour(e1 - e0));
+    println!(
+        "| vigil agent | {:.1} | {arss:.1} | {apeak:.1} |",
+        per_hour(a1 - a0)
+    );
+    println!(
+        "| prometheus-node-exporter | {:.1} | {erss:.1} | {epeak:.1} |",
+        per_hour(e1 - e0)
+    );
     println!();
     println!(
         "target: the agent at or below node_exporter on both: CPU {} ({:.2}x), RSS {} ({:.2}x)",

@@ -80,11 +80,7 @@ fn nightly_rust_src(mode: Mode) -> anyhow::Result<()> {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect()
+    PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
 }
 
 /// Peers only the benchmarks run (not needed to build or test).
@@ -92,7 +88,13 @@ const BENCH_PACKAGES: &[&str] = &["prometheus-node-exporter"];
 
 /// Installs the benchmarks' peers when missing.
 pub fn bench_packages() -> anyhow::Result<()> {
-    install(BENCH_PACKAGES.iter().copied().filter(|p| !installed(p)).collect())
+    install(
+        BENCH_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !installed(p))
+            .collect(),
+    )
 }
 
 fn installed(package: &str) -> bool {

@@ -163,7 +163,11 @@ pub async fn history(
 /// JSON line: batches, seconds, batches_per_sec, points_per_sec.
 pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Result<()> {
     use vigil_proto::v1::{collector_client::CollectorClient, Batch, HostIdentity};
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let sample = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 5).sample()?;
     let metrics = crate::export::convert::host_metrics(&sample);
     let start = std::time::Instant::now();
@@ -177,8 +181,15 @@ pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Re
                 agent_id: id.clone(),
                 epoch: 1,
                 sequence: seq,
-                host: Some(HostIdentity { agent_id: id.clone(), hostname: id.clone(), ..Default::default() }),
-                metrics: vec![HostMetrics { time_unix_ms: seq as i64, ..metrics.clone() }],
+                host: Some(HostIdentity {
+                    agent_id: id.clone(),
+                    hostname: id.clone(),
+                    ..Default::default()
+                }),
+                metrics: vec![HostMetrics {
+                    time_unix_ms: seq as i64,
+                    ..metrics.clone()
+                }],
                 ..Default::default()
             }));
             let mut acks = client.stream(stream).await?.into_inner();

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use vigil_proto::v1 as pb;
 
 use crate::{
+    config::AgentConfig,
     export::{convert, stream},
     histogram::LatencyHistogram,
     metrics::{Roots, Sampler},
@@ -25,16 +26,13 @@ const EVENTS_PER_BATCH: usize = 10_000;
 /// Batches waiting for the exporter; when full a batch is dropped and counted.
 const EXPORT_QUEUE: usize = 64;
 
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    pub interval: Duration,
-    pub slow_threshold: Duration,
-    /// Rows of the syscall table printed per interval (0: print nothing).
-    pub top: usize,
-    pub collector: Option<String>,
-    pub agent_id: Option<String>,
-    /// Serve the local query API (vigil.v1.Agent) on this unix socket.
-    pub socket: Option<std::path::PathBuf>,
+struct Options {
+    interval: Duration,
+    slow_threshold: Duration,
+    top: usize,
+    collector: Option<String>,
+    agent_id: Option<String>,
+    socket: Option<std::path::PathBuf>,
 }
 
 /// A stable id for this host: /etc/machine-id, else the hostname.
@@ -52,10 +50,22 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let settings = ProbeSettings {
-        slow_threshold: Some(opts.slow_threshold),
+        slow_threshold: Some(config.probes.slow_threshold.0),
+        slow_events_per_sec: config.probes.slow_events_per_sec,
+        ring_buffer_bytes: config.probes.ring_buffer_bytes,
         ..Default::default()
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let opts = Options {
+        interval: config.interval.0,
+        slow_threshold: config.probes.slow_threshold.0,
+        top: config.summary_rows,
+        collector: config.collector.clone(),
+        agent_id: config.agent_id.clone(),
+        socket: config.api.then(|| config.socket.clone()),
     };
     let mut probes = match Probes::load(&settings) {
         Ok(p) => Some(p),

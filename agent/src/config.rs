@@ -1,0 +1,246 @@
+//! The agent's configuration: a TOML file (every field optional, defaults below),
+//! then command-line flags on top. A bad file is refused with every problem listed,
+//! each with the file, the field and the reason.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::trace::parse_duration;
+
+/// Where `vigil agent` looks for its config when `--config` isn't given. A missing
+/// file there means all defaults; a missing file named by `--config` is an error.
+pub const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";
+
+/// A duration written as in the CLI: "10s", "500ms", "2m".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Interval)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How often host metrics are sampled and a batch is sent. Default "10s"; at least "1s".
+    pub interval: Interval,
+    /// Collector address (host:port); none: nothing is streamed. Default: none.
+    pub collector: Option<String>,
+    /// This agent's id at the collector. Default: /etc/machine-id, else the hostname.
+    pub agent_id: Option<String>,
+    /// Unix socket of the local query API. Default "/run/vigil/agent.sock".
+    pub socket: PathBuf,
+    /// Serve the local query API. Default true.
+    pub api: bool,
+    /// The agent's own state. Default "/var/lib/vigil/agent".
+    pub data_dir: PathBuf,
+    /// Rows of the per-interval summary printed to stdout; 0 prints none. Default 0.
+    pub summary_rows: usize,
+    pub probes: ProbesConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Syscalls at least this slow become events. Default "10ms".
+    pub slow_threshold: Interval,
+    /// Slow-syscall events allowed per CPU per second; more are counted. Default 1000.
+    pub slow_events_per_sec: u64,
+    /// Event ring buffer size in bytes: a power of two, at least 4096. Default 262144.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            interval: Interval(Duration::from_secs(10)),
+            collector: None,
+            agent_id: None,
+            socket: PathBuf::from(crate::query::api::DEFAULT_SOCKET),
+            api: true,
+            data_dir: PathBuf::from("/var/lib/vigil/agent"),
+            summary_rows: 0,
+            probes: ProbesConfig::default(),
+        }
+    }
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            slow_threshold: Interval(Duration::from_millis(10)),
+            slow_events_per_sec: 1000,
+            ring_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Every problem found in a config, with where it is.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.file.display())?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl AgentConfig {
+    /// Reads `path` (`explicit`: named by the user, so it must exist).
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let err = |p: String| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![p],
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+        };
+        let config: Self = toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            err(format!("{at}{}", e.message()))
+        })?;
+        config.validate().map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values serde can't: returns every problem, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.interval.0 < Duration::from_secs(1) {
+            problems.push(format!(
+                "interval: must be at least 1s (got {:?})",
+                self.interval.0
+            ));
+        }
+        let rb = self.probes.ring_buffer_bytes;
+        if rb < 4096 || !rb.is_power_of_two() {
+            problems.push(format!(
+                "probes.ring_buffer_bytes: must be a power of two of at least 4096 (got {rb})"
+            ));
+        }
+        if self.probes.slow_events_per_sec == 0 {
+            problems.push("probes.slow_events_per_sec: must be at least 1 (use a high slow_threshold to send none)".into());
+        }
+        if let Some(c) = &self.collector {
+            if c.trim().is_empty() {
+                problems.push("collector: empty address (leave it out to stream nowhere)".into());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "vigil-config-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path, true)
+    }
+
+    #[test]
+    fn the_shipped_example_is_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        assert_eq!(
+            AgentConfig::load(&path, true).unwrap(),
+            AgentConfig::default(),
+            "packaging/agent.toml and the defaults disagree"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn fields_are_read() {
+        let c = parse("interval = \"2s\"\ncollector = \"10.0.0.5:7470\"\n[probes]\nslow_threshold = \"50ms\"\n").unwrap();
+        assert_eq!(c.interval, Interval(Duration::from_secs(2)));
+        assert_eq!(c.collector.as_deref(), Some("10.0.0.5:7470"));
+        assert_eq!(c.probes.slow_threshold, Interval(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named_with_their_line() {
+        let e = parse("interval = \"10s\"\nintervall = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("intervall"), "{e}");
+        let e = parse("interval = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_at_once() {
+        let e = parse(
+            "interval = \"100ms\"\n[probes]\nring_buffer_bytes = 5000\nslow_events_per_sec = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        let s = e.to_string();
+        assert!(
+            s.contains("agent.toml")
+                && s.contains("interval")
+                && s.contains("ring_buffer_bytes")
+                && s.contains("slow_events_per_sec"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_missing_default_file_is_defaults_but_a_named_one_is_an_error() {
+        let missing = Path::new("/nonexistent/vigil/agent.toml");
+        assert_eq!(
+            AgentConfig::load(missing, false).unwrap(),
+            AgentConfig::default()
+        );
+        assert!(AgentConfig::load(missing, true)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+    }
+}
