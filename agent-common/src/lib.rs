@@ -18,6 +18,14 @@ pub const LATENCY_BUCKETS: usize = LATENCY_OCTAVES * SUB_BUCKETS;
 /// syscall number at or above this is counted in [`Counter::SyscallOutOfRange`].
 pub const MAX_SYSCALLS: u32 = 512;
 
+/// Words of the per-CPU "syscalls seen" bitmap (one bit per syscall number), so
+/// userspace reads only the histograms that have data.
+pub const SEEN_WORDS: usize = MAX_SYSCALLS as usize / 64;
+const _: () = assert!(
+    SEEN_WORDS.is_power_of_two(),
+    "the kernel side masks word indices"
+);
+
 /// Per-syscall, per-CPU latency statistics (the value of the `SYSCALL_LATENCY` map,
 /// indexed by syscall number).
 #[repr(C)]

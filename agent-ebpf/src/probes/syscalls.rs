@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use vigil_common::{
     latency_bucket, Counter, EventKind, RateLimit, SlowSyscall, SyscallStats, MAX_SYSCALLS,
+    SEEN_WORDS,
 };
 
 use crate::{
@@ -33,6 +34,10 @@ pub struct SyscallStart {
 /// Histogram and totals per syscall number (per CPU: no atomics on the hot path).
 #[map]
 static SYSCALL_LATENCY: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Which syscall numbers have data, per CPU (see `vigil_common::SEEN_WORDS`).
+#[map]
+static SYSCALL_SEEN: PerCpuArray<[u64; SEEN_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Slow-syscall rate limit state, one window per CPU.
 #[map]
@@ -67,6 +72,9 @@ fn record(nr: u32, start_ns: u64) {
             // SAFETY: per-CPU slot of this CPU; syscall tracepoints run with
             // preemption disabled, so nothing else on this CPU writes it concurrently.
             let stats = unsafe { &mut *stats };
+            if stats.count == 0 {
+                mark_seen(nr);
+            }
             stats.count += 1;
             stats.total_ns += latency;
             if latency > stats.max_ns {
@@ -80,6 +88,22 @@ fn record(nr: u32, start_ns: u64) {
     }
     if latency >= setting(&SLOW_THRESHOLD_NS) {
         send_slow(nr, latency, now);
+    }
+}
+
+/// Sets syscall `nr`'s bit in this CPU's bitmap (first use of `nr` on this CPU only).
+#[inline(never)]
+fn mark_seen(nr: u32) {
+    if let Some(words) = SYSCALL_SEEN.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, see `record`.
+        let words = unsafe { &mut *words };
+        // Masked, not just bounds-checked: the verifier follows a mask in the same
+        // register, but not a compare on a copy. nr < MAX_SYSCALLS here, so the mask
+        // changes nothing.
+        let word = ((nr >> 6) as usize) & (SEEN_WORDS - 1);
+        if let Some(w) = words.get_mut(word) {
+            *w |= 1u64 << (nr & 63);
+        }
     }
 }
 

@@ -270,7 +270,7 @@ impl Probes {
 fn for_each_per_cpu<T: aya::Pod>(
     ebpf: &Ebpf,
     name: &'static str,
-    indices: std::ops::Range<u32>,
+    indices: impl IntoIterator<Item = u32>,
     mut each: impl FnMut(u32, &[T]),
 ) -> Result<(), ProbeError> {
     let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;

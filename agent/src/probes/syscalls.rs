@@ -5,13 +5,14 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
     Btf, Ebpf,
 };
-use vigil_common::{SyscallStats, MAX_SYSCALLS};
+use vigil_common::{SyscallStats, MAX_SYSCALLS, SEEN_WORDS};
 
 use super::{for_each_per_cpu, load_and_attach, ProbeError};
 use crate::histogram::LatencyHistogram;
 
 pub const LATENCY_MAP: &str = "SYSCALL_LATENCY";
 pub const START_HASH_MAP: &str = "SYSCALL_START_TID";
+const SEEN_MAP: &str = "SYSCALL_SEEN";
 const SPILL_PROGRAM: &str = "sched_switch_spill";
 
 /// The ways of timing a syscall that the eBPF object carries. They differ in program
@@ -125,11 +126,22 @@ pub fn attach(ebpf: &mut Ebpf, variant: SyscallVariant) -> Result<(), ProbeError
 /// Cumulative latency histograms by syscall number, summed over CPUs. Syscalls never
 /// seen are left out.
 pub fn read_latency(ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>, ProbeError> {
+    // One read of the "seen" bitmaps, then only the histograms that have data
+    // (tens of lookups per interval instead of MAX_SYSCALLS).
+    let mut seen = [0u64; SEEN_WORDS];
+    for_each_per_cpu(ebpf, SEEN_MAP, [0], |_, per_cpu: &[[u64; SEEN_WORDS]]| {
+        for cpu in per_cpu {
+            for (s, w) in seen.iter_mut().zip(cpu) {
+                *s |= w;
+            }
+        }
+    })?;
+    let numbers = (0..MAX_SYSCALLS).filter(|nr| seen[(nr / 64) as usize] & (1 << (nr % 64)) != 0);
     let mut out = BTreeMap::new();
     for_each_per_cpu(
         ebpf,
         LATENCY_MAP,
-        0..MAX_SYSCALLS,
+        numbers,
         |nr, per_cpu: &[SyscallStats]| {
             let mut total = LatencyHistogram::default();
             for cpu in per_cpu.iter().filter(|c| c.count > 0) {
