@@ -238,6 +238,8 @@ pub mod globals {
     pub const SLOW_THRESHOLD_NS: &str = "SLOW_THRESHOLD_NS";
     /// `u64`: slow-syscall events allowed per CPU per second.
     pub const SLOW_EVENTS_PER_SEC: &str = "SLOW_EVENTS_PER_SEC";
+    /// `u64`: flags for ring-buffer submits (0, or BPF_RB_NO_WAKEUP = 1).
+    pub const RINGBUF_SUBMIT_FLAGS: &str = "RINGBUF_SUBMIT_FLAGS";
     /// [`super::RetransmitLayout`].
     pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
 }

@@ -15,6 +15,10 @@ pub static FILTER_TGID: u32 = 0;
 pub static SLOW_THRESHOLD_NS: u64 = u64::MAX;
 #[no_mangle]
 pub static SLOW_EVENTS_PER_SEC: u64 = 1000;
+/// Flags for every ring-buffer submit: 0 wakes the reader as events arrive,
+/// BPF_RB_NO_WAKEUP (1) leaves it to drain on its own clock (cheaper for the agent).
+#[no_mangle]
+pub static RINGBUF_SUBMIT_FLAGS: u64 = 0;
 
 #[inline(always)]
 pub fn setting<T: Copy>(s: &'static T) -> T {

@@ -36,6 +36,10 @@ pub struct ProbeSettings {
     pub retransmits: Option<(String, String)>,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Wake the reader for each event (live commands). When false the kernel never
+    /// wakes it and the reader must drain on its own clock (`EventReader::drain`),
+    /// which saves a wake-up per event.
+    pub wake_per_event: bool,
 }
 
 impl Default for ProbeSettings {
@@ -48,6 +52,7 @@ impl Default for ProbeSettings {
             slow_events_per_sec: 1000,
             retransmits: Some((tcp::CATEGORY.to_string(), tcp::TRACEPOINT.to_string())),
             ring_buffer_bytes: 256 * 1024,
+            wake_per_event: true,
         }
     }
 }
@@ -167,6 +172,8 @@ impl Probes {
             .ok()
             .copied()
             .unwrap_or(vigil_common::RetransmitLayout::UNSET);
+        // BPF_RB_NO_WAKEUP
+        let submit_flags: u64 = if settings.wake_per_event { 0 } else { 1 };
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
@@ -178,6 +185,7 @@ impl Probes {
                 true,
             )
             .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
+            .override_global(globals::RINGBUF_SUBMIT_FLAGS, &submit_flags, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
             // The tid hash preallocates; don't pay for it unless it is used.
