@@ -24,9 +24,11 @@ use crate::{
 /// Events kept per interval for the batch; more are counted as dropped.
 const EVENTS_PER_BATCH: usize = 10_000;
 /// How often the agent drains the event ring buffer (the kernel doesn't wake it per
-/// event). At the default rate limit of 1000 slow-syscall events per CPU per second,
-/// a 256 KiB buffer holds over 2 s of events for 2 CPUs.
-const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// event). A 256 KiB buffer holds about 4,600 events, so drained every 500 ms it keeps
+/// up with the default limit of 1000 slow-syscall events per CPU per second on hosts
+/// of up to 8 CPUs; beyond, events are dropped and counted (raise
+/// probes.ring_buffer_bytes).
+const DRAIN_EVERY: Duration = Duration::from_millis(500);
 /// Batches waiting for the exporter; when full a batch is dropped and counted.
 const EXPORT_QUEUE: usize = 64;
 
