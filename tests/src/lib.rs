@@ -350,3 +350,22 @@ pub fn cgroup_id(pid: u32) -> u64 {
         .expect("stat of the cgroup directory")
         .ino()
 }
+
+/// Runs `vigil ARGS`, insists it succeeded, and parses its stdout as one JSON value.
+pub fn vigil_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(vigil_bin())
+        .args(args)
+        .output()
+        .expect("running vigil");
+    assert!(
+        out.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vigil {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

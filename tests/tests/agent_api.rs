@@ -6,27 +6,9 @@ use std::{
 };
 
 use serde_json::Value;
-use vigil_tests::{require_root, vigil_bin, KillOnDrop, Workload};
+use vigil_tests::{require_root, vigil_bin, vigil_json, KillOnDrop, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
-
-fn vigil_json(args: &[&str]) -> Value {
-    let out = Command::new(vigil_bin())
-        .args(args)
-        .output()
-        .expect("running vigil");
-    assert!(
-        out.status.success(),
-        "vigil {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "vigil {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// A `vigil agent` serving its API on a socket in a temporary directory, ready once
 /// its first sample is in.

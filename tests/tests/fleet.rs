@@ -7,13 +7,12 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use tokio_stream::StreamExt as _;
 use vigil_proto::v1::{
     collector_client::CollectorClient, fleet_client::FleetClient, Batch, HostIdentity, HostMetrics,
     ListHostsRequest,
 };
-use vigil_tests::{vigil_bin, KillOnDrop};
+use vigil_tests::{vigil_bin, vigil_json, KillOnDrop};
 
 /// A `vigil collector` on an ephemeral loopback port, with its own data directory.
 struct Collector {
@@ -49,24 +48,6 @@ fn start_collector() -> Collector {
         addr,
         _dir: dir,
     }
-}
-
-fn vigil_json(args: &[&str]) -> Value {
-    let out = Command::new(vigil_bin())
-        .args(args)
-        .output()
-        .expect("running vigil");
-    assert!(
-        out.status.success(),
-        "vigil {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "vigil {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn memtotal() -> u64 {
