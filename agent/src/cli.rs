@@ -90,6 +90,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Full-screen live view: host stats each second, slowest syscalls and retransmits
+    /// from the local agent. Ctrl-C quits.
+    Top {
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+    },
     /// Live events (slow syscalls, retransmits) from the local agent.
     Events {
         /// Keep streaming (without it: the recent retransmits, then exit).
@@ -280,6 +291,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             local,
             json,
         } => crate::query::local::stats(&socket, local, window, top, json).await,
+        Command::Top {
+            refresh,
+            count,
+            socket,
+        } => crate::query::top::run(&socket, refresh, count).await,
         Command::BenchIngest {
             collector,
             agents,

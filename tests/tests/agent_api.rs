@@ -178,3 +178,61 @@ fn syscall_latency_and_live_events_from_the_agent() {
         "{sleeps}"
     );
 }
+
+#[test]
+fn top_draws_host_syscalls_and_retransmits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, socket) = start_agent(dir.path());
+    let out = Command::new(vigil_bin())
+        .args([
+            "top",
+            "--socket",
+            &socket,
+            "--count",
+            "2",
+            "--refresh",
+            "200ms",
+        ])
+        .output()
+        .expect("vigil top");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        screen.matches("\x1b[2J").count(),
+        2,
+        "two full-screen frames"
+    );
+    for section in [
+        "cpu ",
+        "mem ",
+        "TOP CPU",
+        "TOP MEMORY",
+        "SLOWEST SYSCALLS",
+        "LATEST RETRANSMITS",
+    ] {
+        assert!(screen.contains(section), "no {section:?} in:\n{screen}");
+    }
+    // Without an agent it still draws the host, and says what is missing.
+    let alone = Command::new(vigil_bin())
+        .args([
+            "top",
+            "--socket",
+            "/nonexistent/agent.sock",
+            "--count",
+            "1",
+            "--refresh",
+            "200ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(alone.status.success());
+    let screen = String::from_utf8_lossy(&alone.stdout);
+    assert!(
+        screen.contains("TOP CPU") && screen.contains("no agent on /nonexistent/agent.sock"),
+        "{screen}"
+    );
+}

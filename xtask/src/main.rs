@@ -93,9 +93,10 @@ fn main() -> anyhow::Result<()> {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
-/// `cargo xtask run`: a collector with its store under target/, and an agent streaming
-/// to it in the foreground. Ctrl-C reaches both (same process group); xtask itself
-/// only waits, then makes sure the collector is gone.
+/// `cargo xtask run`: a collector with its store under target/vigil-run, an agent
+/// streaming to it (log in target/vigil-run/agent.log), and `vigil top` in the
+/// foreground. Ctrl-C reaches all three (same process group); xtask itself only
+/// waits, then makes sure the agent and collector are gone.
 fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::Result<()> {
     use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let data_dir = workspace_root().join("target/vigil-run/collector");
@@ -121,27 +122,50 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     if !is_root() {
         eprintln!("xtask: not root: the agent runs without its eBPF probes (run `sudo -E cargo xtask run` for them)");
     }
-    let mut agent = Command::new(bin);
-    agent.args(["agent", "--collector", addr]);
-    agent.args(if args.is_empty() {
-        vec!["--interval".to_string(), "2s".to_string()]
-    } else {
-        args
-    });
-    let status = agent.status().context("starting the agent");
-    let _ = kill(
-        nix::unistd::Pid::from_raw(collector.id() as i32),
-        Signal::SIGINT,
-    );
+    let run_dir = workspace_root().join("target/vigil-run");
+    let socket = run_dir.join("agent.sock");
+    std::fs::create_dir_all(&run_dir).context("creating target/vigil-run")?;
+    let log = std::fs::File::create(run_dir.join("agent.log"))
+        .context("creating target/vigil-run/agent.log")?;
+    let mut agent = Command::new(bin)
+        .args(["agent", "--collector", addr, "--top", "0", "--socket"])
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(run_dir.join("agent"))
+        .args(if args.is_empty() {
+            vec!["--interval".into(), "2s".into()]
+        } else {
+            args
+        })
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the agent")?;
+    // The agent answers on its socket after its first interval.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let top = Command::new(bin)
+        .arg("top")
+        .arg("--socket")
+        .arg(&socket)
+        .status()
+        .context("starting vigil top");
+    for child in [&agent, &collector] {
+        let _ = kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGINT,
+        );
+    }
+    let agent_status = agent.wait()?;
     let _ = collector.wait();
     println!(
-        "xtask: agent and collector stopped; the store is in {}",
-        data_dir.display()
+        "xtask: stopped; collector store in {}, agent log in {}",
+        data_dir.display(),
+        run_dir.join("agent.log").display()
     );
-    let status = status?;
-    if !status.success() && status.code().is_some() {
-        bail!("the agent failed: {status}");
+    if !agent_status.success() && agent_status.code().is_some() {
+        bail!("the agent failed ({agent_status}): see target/vigil-run/agent.log");
     }
+    top?;
     Ok(())
 }
 

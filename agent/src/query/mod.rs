@@ -3,6 +3,7 @@ pub mod api;
 pub mod fleet;
 pub mod local;
 pub mod state;
+pub mod top;
 
 /// Where `vigil collector` listens by default, and where queries look for it.
 pub const DEFAULT_COLLECTOR: &str = "127.0.0.1:7470";
