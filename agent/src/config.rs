@@ -170,15 +170,16 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        let dir = std::env::temp_dir().join(format!(
-            "vigil-config-{}-{}",
-            std::process::id(),
-            text.len()
-        ));
+        // One file per call: the tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vigil-config-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
         std::fs::write(&path, text).unwrap();
-        AgentConfig::load(&path, true)
+        let result = AgentConfig::load(&path, true);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
     }
 
     #[test]
