@@ -369,3 +369,13 @@ pub fn vigil_json(args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// The kernel's total RAM from sysinfo(2): a second path to the number that
+/// /proc/meminfo's MemTotal reports.
+pub fn sysinfo_mem_total() -> u64 {
+    // SAFETY: zeroed is a valid sysinfo; the call fills it.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0, "sysinfo(2)");
+    si.totalram * u64::from(si.mem_unit)
+}

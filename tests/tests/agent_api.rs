@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde_json::Value;
-use vigil_tests::{require_root, vigil_bin, vigil_json, KillOnDrop, Workload};
+use vigil_tests::{require_root, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -65,13 +65,9 @@ fn stats_and_syscalls_come_from_the_agent() {
     let (_agent, socket) = start_agent(dir.path());
     let stats = vigil_json(&["stats", "--socket", &socket, "--json"]);
     assert_eq!(stats["source"], "agent", "{stats}");
-    // SAFETY: zeroed is valid; sysinfo fills it.
-    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0);
     assert_eq!(
         stats["memory"]["total_bytes"].as_u64(),
-        Some(si.totalram * u64::from(si.mem_unit))
+        Some(sysinfo_mem_total())
     );
     // SAFETY: no preconditions.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as u64;

@@ -12,7 +12,7 @@ use vigil_proto::v1::{
     collector_client::CollectorClient, fleet_client::FleetClient, Batch, HostIdentity, HostMetrics,
     ListHostsRequest,
 };
-use vigil_tests::{vigil_bin, vigil_json, KillOnDrop};
+use vigil_tests::{sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop};
 
 /// A `vigil collector` on an ephemeral loopback port, with its own data directory.
 struct Collector {
@@ -48,14 +48,6 @@ fn start_collector() -> Collector {
         addr,
         _dir: dir,
     }
-}
-
-fn memtotal() -> u64 {
-    // SAFETY: zeroed is valid; sysinfo fills it.
-    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0);
-    si.totalram * u64::from(si.mem_unit)
 }
 
 fn stop(mut child: Child) {
@@ -113,7 +105,7 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
     let host = vigil_json(&["host", &agent_id, "--collector", &collector.addr, "--json"]);
     assert_eq!(
         host["memory"]["total_bytes"].as_u64(),
-        Some(memtotal()),
+        Some(sysinfo_mem_total()),
         "{host}"
     );
     // SAFETY: no preconditions.
@@ -127,7 +119,7 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
         "load {host} vs {}",
         load[0]
     );
-    assert!(host["memory"]["available_bytes"].as_u64().unwrap() <= memtotal());
+    assert!(host["memory"]["available_bytes"].as_u64().unwrap() <= sysinfo_mem_total());
 
     let history = vigil_json(&[
         "history",
@@ -144,7 +136,7 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
     assert_eq!(points.len() as u64, batches, "one sample per batch");
     assert!(points
         .iter()
-        .all(|p| p["value"].as_f64() == Some(memtotal() as f64)));
+        .all(|p| p["value"].as_f64() == Some(sysinfo_mem_total() as f64)));
 
     let out = Command::new(vigil_bin())
         .args([

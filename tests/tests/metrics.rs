@@ -8,7 +8,7 @@ use std::{
 };
 
 use vigil::metrics::{Roots, Sampler};
-use vigil_tests::Workload;
+use vigil_tests::{sysinfo_mem_total, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -283,8 +283,8 @@ fn stats_json_carries_the_documented_fields() {
             "missing {path} in {v}"
         );
     }
-    assert_eq!(v["memory"]["total_bytes"].as_u64().unwrap(), {
-        let si = sysinfo();
-        si.totalram * u64::from(si.mem_unit)
-    });
+    assert_eq!(
+        v["memory"]["total_bytes"].as_u64(),
+        Some(sysinfo_mem_total())
+    );
 }
