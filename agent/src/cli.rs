@@ -264,7 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     file: "(command line)".into(),
                     problems,
                 })?;
-            crate::trace::live::run(c).await
+            crate::pipeline::agent::run(c).await
         }
         Command::Collector {
             listen,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod export;
 pub mod histogram;
 pub mod metrics;
+pub mod pipeline;
 pub mod probes;
 pub mod query;
 pub mod syscall_table;

@@ -1,6 +1,5 @@
 //! One-shot views for the CLI (`vigil trace ...`) and the foreground agent summary:
 //! load the probes, watch for a while, print.
-pub mod live;
 pub mod retransmits;
 pub mod slow;
 pub mod stats;

@@ -1,4 +1,4 @@
-//! The agent loop (`vigil agent`, what `cargo xtask run` shows): every probe that can
+//! The agent loop (`vigil agent`, which `cargo xtask run` starts): every probe that can
 //! run plus host metrics, a summary per interval, and, with `--collector`, a batch per
 //! interval streamed to the collector. Runs on host metrics alone if no probe loads.
 use std::{
@@ -273,10 +273,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(task) = exporter {
         let _ = task.await;
         eprintln!(
-            "vigil: exported {} batches, {} acked, {} dropped",
+            "vigil: exported {} batches, {} acked, {} dropped, {} reconnects",
             export_stats.sent.load(Ordering::Relaxed),
             export_stats.acked.load(Ordering::Relaxed),
-            export_stats.dropped.load(Ordering::Relaxed) + dropped_batches
+            export_stats.dropped.load(Ordering::Relaxed) + dropped_batches,
+            export_stats.reconnects.load(Ordering::Relaxed)
         );
     }
     if let Some(api) = api {
