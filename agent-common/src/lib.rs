@@ -239,7 +239,7 @@ pub mod globals {
     /// `u64`: slow-syscall events allowed per CPU per second.
     pub const SLOW_EVENTS_PER_SEC: &str = "SLOW_EVENTS_PER_SEC";
     /// `u64`: flags for ring-buffer submits (0, or BPF_RB_NO_WAKEUP = 1).
-    pub const RINGBUF_SUBMIT_FLAGS: &str = "RINGBUF_SUBMIT_FLAGS";
+    pub const RINGBUF_WAKE_AT_BYTES: &str = "RINGBUF_WAKE_AT_BYTES";
     /// [`super::RetransmitLayout`].
     pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
 }

@@ -15,10 +15,11 @@ pub static FILTER_TGID: u32 = 0;
 pub static SLOW_THRESHOLD_NS: u64 = u64::MAX;
 #[no_mangle]
 pub static SLOW_EVENTS_PER_SEC: u64 = 1000;
-/// Flags for every ring-buffer submit: 0 wakes the reader as events arrive,
-/// BPF_RB_NO_WAKEUP (1) leaves it to drain on its own clock (cheaper for the agent).
+/// When the reader is woken: 0 = for every event (live commands); otherwise only once
+/// this many bytes are waiting in the ring buffer (the agent, which also drains on its
+/// own clock): a quiet host then costs the agent no wake-up at all.
 #[no_mangle]
-pub static RINGBUF_SUBMIT_FLAGS: u64 = 0;
+pub static RINGBUF_WAKE_AT_BYTES: u64 = 0;
 
 #[inline(always)]
 pub fn setting<T: Copy>(s: &'static T) -> T {
@@ -34,6 +35,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Kernel-side counters, indexed by `vigil_common::Counter`.
 #[map]
 pub static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for a ring-buffer submit, following `RINGBUF_WAKE_AT_BYTES`.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    let at = setting(&RINGBUF_WAKE_AT_BYTES);
+    if at == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -14,11 +14,23 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    // The collector (and the load generator that simulates agents for it) serves many
+    // streams at once and gets a worker per core. Everything
+    // else (the agent included) runs on one thread: its work is a few milliseconds per
+    // interval, and a second thread would only add cross-thread wake-ups to every timer.
+    let runtime = if matches!(
+        cli.command,
+        vigil::cli::Command::Collector { .. } | vigil::cli::Command::BenchIngest { .. }
+    ) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vigil: cannot start the async runtime: {e}");

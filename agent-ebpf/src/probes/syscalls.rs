@@ -18,8 +18,7 @@ use vigil_common::{
 
 use crate::{
     maps::{
-        count, setting, EVENTS, FILTER_TGID, RINGBUF_SUBMIT_FLAGS, SLOW_EVENTS_PER_SEC,
-        SLOW_THRESHOLD_NS,
+        count, setting, submit_flags, EVENTS, FILTER_TGID, SLOW_EVENTS_PER_SEC, SLOW_THRESHOLD_NS,
     },
     task_storage::TaskStorage,
 };
@@ -143,7 +142,7 @@ fn send_slow(nr: u32, latency_ns: u64, now: u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    entry.submit(setting(&RINGBUF_SUBMIT_FLAGS));
+    entry.submit(submit_flags());
     count(Counter::SlowSyscallSent);
 }
 

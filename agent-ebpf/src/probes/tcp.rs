@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use vigil_common::{Counter, EventKind, RetransmitLayout, TcpRetransmit};
 
-use crate::maps::{count, setting, EVENTS, RINGBUF_SUBMIT_FLAGS};
+use crate::maps::{count, setting, submit_flags, EVENTS};
 
 const AF_INET6: u16 = 10;
 
@@ -61,7 +61,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), ()> {
         saddr,
         daddr,
     });
-    entry.submit(setting(&RINGBUF_SUBMIT_FLAGS));
+    entry.submit(submit_flags());
     count(Counter::RetransmitSent);
     Ok(())
 }

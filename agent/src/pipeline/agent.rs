@@ -23,11 +23,12 @@ use crate::{
 
 /// Events kept per interval for the batch; more are counted as dropped.
 const EVENTS_PER_BATCH: usize = 10_000;
-/// How often the agent drains the event ring buffer (the kernel doesn't wake it per
-/// event). A 256 KiB buffer holds about 4,600 events, so drained every 500 ms it keeps
-/// up with the default limit of 1000 slow-syscall events per CPU per second on hosts
-/// of up to 8 CPUs; beyond, events are dropped and counted (raise
-/// probes.ring_buffer_bytes).
+/// The kernel doesn't wake the agent per event: it wakes it once the ring buffer is
+/// a quarter full, and the agent drains it at the end of each interval, so a quiet host
+/// costs no wake-up between intervals. While someone follows live events
+/// (`vigil events --follow`), the agent also drains every DRAIN_EVERY so they see
+/// events promptly. When the buffer fills faster than the agent drains it, events are
+/// dropped and counted in the kernel (raise probes.ring_buffer_bytes).
 const DRAIN_EVERY: Duration = Duration::from_millis(500);
 /// Batches waiting for the exporter; when full a batch is dropped and counted.
 const EXPORT_QUEUE: usize = 64;
@@ -91,8 +92,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         slow_threshold: Some(config.probes.slow_threshold.0),
         slow_events_per_sec: config.probes.slow_events_per_sec,
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
-        // Drained every DRAIN_EVERY instead of a wake-up per event.
-        wake_per_event: false,
+        // Woken when a quarter full instead of per event (see DRAIN_EVERY).
+        wake_at_bytes: Some(u64::from(config.probes.ring_buffer_bytes) / 4),
         ..Default::default()
     };
     std::fs::create_dir_all(&config.data_dir)
@@ -184,10 +185,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut dropped_batches = 0u64;
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
+    let mut reader_waits = true;
     loop {
+        let following = state.read().is_ok_and(|s| s.live.receiver_count() > 0);
         tokio::select! {
             r = &mut stop => { r?; break; }
-            _ = drain.tick() => {
+            r = async { reader.as_mut()?.read(&mut events).await.ok() }, if reader.is_some() && reader_waits => {
+                if r.is_none() {
+                    tracing::warn!("the event ring buffer cannot be waited on; draining it each interval only");
+                    reader_waits = false;
+                }
+                dropped_events += absorb(&mut events, &mut batch, &state);
+            }
+            _ = async { follower_joined.as_ref()?.notified().await; Some(()) }, if !following => {
+                // Loop again: `following` is now true and the drain clock runs.
+                drain.reset_immediately();
+            }
+            _ = drain.tick(), if following => {
                 if let Some(r) = reader.as_mut() {
                     r.drain(&mut events);
                 }

@@ -36,10 +36,10 @@ pub struct ProbeSettings {
     pub retransmits: Option<(String, String)>,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
-    /// Wake the reader for each event (live commands). When false the kernel never
-    /// wakes it and the reader must drain on its own clock (`EventReader::drain`),
-    /// which saves a wake-up per event.
-    pub wake_per_event: bool,
+    /// `None`: wake the reader for each event (live commands). `Some(n)`: the kernel
+    /// wakes it only once n bytes are waiting, and the reader also drains on its own
+    /// clock (`EventReader::drain`); this saves a wake-up per event.
+    pub wake_at_bytes: Option<u64>,
 }
 
 impl Default for ProbeSettings {
@@ -52,7 +52,7 @@ impl Default for ProbeSettings {
             slow_events_per_sec: 1000,
             retransmits: Some((tcp::CATEGORY.to_string(), tcp::TRACEPOINT.to_string())),
             ring_buffer_bytes: 256 * 1024,
-            wake_per_event: true,
+            wake_at_bytes: None,
         }
     }
 }
@@ -172,8 +172,9 @@ impl Probes {
             .ok()
             .copied()
             .unwrap_or(vigil_common::RetransmitLayout::UNSET);
-        // BPF_RB_NO_WAKEUP
-        let submit_flags: u64 = if settings.wake_per_event { 0 } else { 1 };
+        let wake_at: u64 = settings.wake_at_bytes.unwrap_or(0).max(
+            u64::from(settings.wake_at_bytes.is_some()), // Some(0) still means "batched"
+        );
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
@@ -185,7 +186,7 @@ impl Probes {
                 true,
             )
             .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
-            .override_global(globals::RINGBUF_SUBMIT_FLAGS, &submit_flags, true)
+            .override_global(globals::RINGBUF_WAKE_AT_BYTES, &wake_at, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
             // The tid hash preallocates; don't pay for it unless it is used.

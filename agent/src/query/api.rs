@@ -83,7 +83,12 @@ impl Agent for AgentApi {
         &self,
         _: Request<FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let rx = self.state.read().map_err(|_| poisoned())?.live.subscribe();
+        let rx = {
+            let st = self.state.read().map_err(|_| poisoned())?;
+            // Tells the agent loop to start draining events on its short clock.
+            st.follower_joined.notify_one();
+            st.live.subscribe()
+        };
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| {
             let event = match item {
                 Ok(e) => e,

@@ -23,6 +23,8 @@ pub struct AgentState {
     pub latency: VecDeque<BTreeMap<u32, LatencyHistogram>>,
     pub retransmits: VecDeque<pb::TcpRetransmit>,
     pub live: broadcast::Sender<pb::live_event::Event>,
+    /// Signalled when someone starts following live events.
+    pub follower_joined: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AgentState {
@@ -34,6 +36,7 @@ impl AgentState {
             latency: VecDeque::new(),
             retransmits: VecDeque::new(),
             live: broadcast::channel(FOLLOW_BUFFER).0,
+            follower_joined: Default::default(),
         }
     }
 
