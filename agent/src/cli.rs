@@ -245,26 +245,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let explicit = config.is_some();
             let path = config.unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
-            let mut c = crate::config::AgentConfig::load(&path, explicit)?;
-            // Flags override the file.
-            if let Some(i) = interval {
-                c.interval = crate::config::Interval(i);
-            }
-            if let Some(t) = slow_threshold {
-                c.probes.slow_threshold = crate::config::Interval(t);
-            }
-            c.summary_rows = top.unwrap_or(c.summary_rows);
-            c.collector = collector.or(c.collector);
-            c.agent_id = agent_id.or(c.agent_id);
-            c.socket = socket.unwrap_or(c.socket);
-            c.api &= !no_api;
-            c.data_dir = data_dir.unwrap_or(c.data_dir);
-            c.validate()
-                .map_err(|problems| crate::config::ConfigError {
-                    file: "(command line)".into(),
-                    problems,
-                })?;
-            crate::pipeline::agent::run(c).await
+            // Read at start and again on SIGHUP; flags override the file both times.
+            let load = move || -> Result<crate::config::AgentConfig, crate::config::ConfigError> {
+                let mut c = crate::config::AgentConfig::load(&path, explicit)?;
+                if let Some(i) = interval {
+                    c.interval = crate::config::Interval(i);
+                }
+                if let Some(t) = slow_threshold {
+                    c.probes.slow_threshold = crate::config::Interval(t);
+                }
+                c.summary_rows = top.unwrap_or(c.summary_rows);
+                c.collector = collector.clone().or(c.collector);
+                c.agent_id = agent_id.clone().or(c.agent_id);
+                c.socket = socket.clone().unwrap_or(c.socket);
+                c.api &= !no_api;
+                c.data_dir = data_dir.clone().unwrap_or(c.data_dir);
+                c.validate()
+                    .map_err(|problems| crate::config::ConfigError {
+                        file: "(command line)".into(),
+                        problems,
+                    })?;
+                Ok(c)
+            };
+            let c = load()?;
+            crate::pipeline::agent::run(c, Box::new(load)).await
         }
         Command::Collector {
             listen,

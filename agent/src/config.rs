@@ -45,12 +45,57 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Rows of the per-interval summary printed to stdout; 0 prints none. Default 0.
     pub summary_rows: usize,
+    /// On SIGTERM/SIGINT: how long the agent may take to flush its last batch to the
+    /// spool and send what the collector hasn't acked before it exits. Default "5s".
+    pub shutdown_timeout: Interval,
     pub probes: ProbesConfig,
+    pub spool: SpoolConfig,
+}
+
+/// When the spool calls fsync.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every batch: a power cut loses nothing that was spooled.
+    Batch,
+    /// At most every `fsync_interval`: a power cut can lose that window of batches.
+    Interval,
+    /// Never: the kernel writes back on its own (usually within 30 s).
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Disk bound of the spool (data_dir/spool). When full, the oldest segment goes
+    /// first, acked or not, and the batches dropped are counted. Default 268435456.
+    pub max_bytes: u64,
+    /// Size at which a segment file is closed and a new one started. Default 4194304.
+    pub segment_bytes: u64,
+    /// "batch", "interval" or "never". Default "batch".
+    pub fsync: Fsync,
+    /// With fsync = "interval": the longest window a power cut can lose. Default "5s".
+    pub fsync_interval: Interval,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            segment_bytes: 4 << 20,
+            fsync: Fsync::Batch,
+            fsync_interval: Interval(Duration::from_secs(5)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
+    /// Measure syscall latency and report slow syscalls. Default true.
+    pub syscalls: bool,
+    /// Report TCP retransmits. Default true.
+    pub retransmits: bool,
     /// Syscalls at least this slow become events. Default "10ms".
     pub slow_threshold: Interval,
     /// Slow-syscall events allowed per CPU per second; more are counted. Default 1000.
@@ -69,7 +114,9 @@ impl Default for AgentConfig {
             api: true,
             data_dir: PathBuf::from("/var/lib/vigil/agent"),
             summary_rows: 0,
+            shutdown_timeout: Interval(Duration::from_secs(5)),
             probes: ProbesConfig::default(),
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -77,6 +124,8 @@ impl Default for AgentConfig {
 impl Default for ProbesConfig {
     fn default() -> Self {
         Self {
+            syscalls: true,
+            retransmits: true,
             slow_threshold: Interval(Duration::from_millis(10)),
             slow_events_per_sec: 1000,
             ring_buffer_bytes: 256 * 1024,
@@ -151,6 +200,27 @@ impl AgentConfig {
         }
         if self.probes.slow_events_per_sec == 0 {
             problems.push("probes.slow_events_per_sec: must be at least 1 (use a high slow_threshold to send none)".into());
+        }
+        let sp = &self.spool;
+        if sp.segment_bytes < 4096 {
+            problems.push(format!(
+                "spool.segment_bytes: must be at least 4096 (got {})",
+                sp.segment_bytes
+            ));
+        }
+        if sp.max_bytes < sp.segment_bytes.saturating_mul(2) {
+            problems.push(format!(
+                "spool.max_bytes: must be at least twice spool.segment_bytes ({} < 2 x {})",
+                sp.max_bytes, sp.segment_bytes
+            ));
+        }
+        if sp.fsync == Fsync::Interval && sp.fsync_interval.0.is_zero() {
+            problems.push(
+                "spool.fsync_interval: must be more than 0 (or use fsync = \"batch\")".into(),
+            );
+        }
+        if self.shutdown_timeout.0.is_zero() {
+            problems.push("shutdown_timeout: must be more than 0".into());
         }
         if let Some(c) = &self.collector {
             if c.trim().is_empty() {

@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod query;
+pub mod spool;
 pub mod syscall_table;
 pub mod trace;

@@ -68,8 +68,22 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<(Batch, Reply)>, retention: D
     }
 }
 
+/// Returns once the collector is stopping (never, if the sender is gone without it).
+async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stopping.borrow_and_update() {
+            return;
+        }
+        if stopping.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 struct CollectorService {
     queue: mpsc::Sender<(Batch, Reply)>,
+    /// True once the collector is stopping: streams end (agents resend what's unacked).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -82,10 +96,19 @@ impl Collector for CollectorService {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let mut incoming = request.into_inner();
         let queue = self.queue.clone();
+        let mut stopping = self.stopping.clone();
         // Acks go back in order; a few in flight keep the writer's groups full.
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            while let Some(batch) = incoming.next().await {
+            loop {
+                let next = tokio::select! {
+                    b = incoming.next() => b,
+                    () = until_stopping(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        break;
+                    }
+                };
+                let Some(batch) = next else { break };
                 let batch = match batch {
                     Ok(b) => b,
                     Err(status) => {
@@ -175,6 +198,7 @@ impl Fleet for FleetService {
         Ok(Response::new(LatestStatsResponse {
             host: Some(identity),
             metrics,
+            agent: None,
         }))
     }
 
@@ -231,6 +255,9 @@ pub enum ServeError {
 
 /// Serves Collector and Fleet on `listener` until `shutdown` completes, then lets the
 /// writer finish what it has queued.
+/// How long open streams may take to end after a stop request.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: CollectorConfig,
@@ -245,16 +272,35 @@ pub async fn serve(
         .map_err(ServeError::Listener)?;
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?local, data_dir = %config.data_dir.display(), "collector serving");
-    let result = tonic::transport::Server::builder()
+    // On shutdown, open streams get SHUTDOWN_GRACE to end by themselves; then they are
+    // cut. That loses nothing: a batch is acked only after its commit, and agents send
+    // whatever was not acked again.
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let mut stopped = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(
-            CollectorServer::new(CollectorService { queue }).max_decoding_message_size(64 << 20),
+            CollectorServer::new(CollectorService { queue, stopping }).max_decoding_message_size(64 << 20),
         )
         .add_service(FleetServer::new(FleetService {
             data_dir: config.data_dir.clone(),
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
-    // The service (and its queue sender) is dropped with the server: the writer drains and stops.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let result = tokio::select! {
+        r = server => r,
+        () = async { until_stopping(&mut stopped).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("streams still open {SHUTDOWN_GRACE:?} after the stop request; closing them");
+            Ok(())
+        }
+    };
+    // The writer stops once every stream's queue sender is gone; it commits what it has
+    // queued first. If cut streams still hold senders, don't wait past the grace.
+    let join = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(SHUTDOWN_GRACE, join).await.is_err() {
+        tracing::warn!("store writer still busy at exit; unacked batches will be resent");
+    }
     Ok(result?)
 }

@@ -8,7 +8,7 @@ use std::{
 use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 use vigil_proto::v1::{
-    fleet_event, Batch, FleetEvent, HostIdentity, HostMetrics, HostSummary, MetricPoint,
+    fleet_event, Batch, FleetEvent, HostIdentity, HostMetrics, HostSummary, Losses, MetricPoint,
     SlowSyscall, TcpRetransmit,
 };
 
@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS points (agent_id TEXT NOT NULL, metric TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS points_by_host ON points (agent_id, metric, time_ms);
 CREATE TABLE IF NOT EXISTS events (agent_id TEXT NOT NULL, time_ms INTEGER NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ms);
+CREATE TABLE IF NOT EXISTS streams (
+    agent_id TEXT NOT NULL, epoch INTEGER NOT NULL, stored INTEGER NOT NULL, max_sequence INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS losses (
+    agent_id TEXT NOT NULL, stage TEXT NOT NULL, total INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, stage)) WITHOUT ROWID;
 ";
 
 const EVENT_RETRANSMIT: i64 = 1;
@@ -146,6 +152,22 @@ impl Store {
                 params![b.agent_id, b.sequence as i64],
             )
             .map_err(err)?;
+            tx.execute(
+                "INSERT INTO streams (agent_id, epoch, stored, max_sequence) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (agent_id, epoch) DO UPDATE SET stored = stored + 1, max_sequence = max(max_sequence, ?3)",
+                params![b.agent_id, b.epoch as i64, b.sequence as i64],
+            )
+            .map_err(err)?;
+            for (stage, n) in b.losses.as_ref().map(Losses::stages).into_iter().flatten() {
+                if n > 0 {
+                    tx.execute(
+                        "INSERT INTO losses (agent_id, stage, total) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (agent_id, stage) DO UPDATE SET total = total + ?3",
+                        params![b.agent_id, stage, n as i64],
+                    )
+                    .map_err(err)?;
+                }
+            }
             for m in &b.metrics {
                 for (name, value) in scalars(m) {
                     tx.execute(
@@ -211,7 +233,7 @@ impl Store {
         let err = self.sqlite();
         let mut stmt = self
             .conn
-            .prepare("SELECT identity, last_seen_ms, batches, last_sequence, duplicates FROM hosts ORDER BY hostname, agent_id")
+            .prepare("SELECT identity, last_seen_ms, batches, last_sequence, duplicates, agent_id FROM hosts ORDER BY hostname, agent_id")
             .map_err(&err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -221,19 +243,43 @@ impl Store {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })
             .map_err(&err)?;
         let mut out = Vec::new();
+        let mut gaps = self
+            .conn
+            .prepare(
+                "SELECT coalesce(sum(max_sequence - stored), 0) FROM streams WHERE agent_id = ?1",
+            )
+            .map_err(&err)?;
+        let mut losses = self
+            .conn
+            .prepare("SELECT stage, total FROM losses WHERE agent_id = ?1")
+            .map_err(&err)?;
         for row in rows {
-            let (identity, last_seen, batches, last_sequence, duplicates) = row.map_err(&err)?;
+            let (identity, last_seen, batches, last_sequence, duplicates, agent_id) =
+                row.map_err(&err)?;
+            let identity =
+                HostIdentity::decode(identity.as_slice()).map_err(|source| StoreError::Decode {
+                    what: "host identity",
+                    source,
+                })?;
+            let gaps: i64 = gaps
+                .query_row(params![agent_id], |r| r.get(0))
+                .map_err(&err)?;
+            let dropped_events = losses
+                .query_map(params![agent_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(&err)?
+                .collect::<Result<_, _>>()
+                .map_err(&err)?;
             out.push(HostSummary {
-                host: Some(HostIdentity::decode(identity.as_slice()).map_err(|source| {
-                    StoreError::Decode {
-                        what: "host identity",
-                        source,
-                    }
-                })?),
+                gaps: gaps.max(0) as u64,
+                dropped_events,
+                host: Some(identity),
                 last_seen_unix_ms: last_seen,
                 batches: batches as u64,
                 last_sequence: last_sequence as u64,

@@ -6,6 +6,40 @@ pub mod v1 {
     tonic::include_proto!("vigil.v1");
 }
 
+impl v1::Losses {
+    /// The stages of `dropped_events` (`vigil hosts --json`, `vigil stats --json`).
+    pub fn stages(&self) -> [(&'static str, u64); 7] {
+        [
+            (
+                "kernel_ringbuf_full",
+                self.slow_syscall_ringbuf_full + self.retransmit_ringbuf_full,
+            ),
+            ("kernel_rate_limited", self.slow_syscall_rate_limited),
+            (
+                "kernel_unmeasured",
+                self.syscall_start_store_failed + self.syscall_out_of_range,
+            ),
+            ("agent_undecodable", self.undecodable_events),
+            ("agent_dropped", self.pipeline_dropped),
+            ("spool_dropped_batches", self.spool_dropped_batches),
+            ("spool_corrupt_records", self.spool_corrupt_records),
+        ]
+    }
+
+    /// Adds every counter of `other`.
+    pub fn add(&mut self, other: &Self) {
+        self.slow_syscall_ringbuf_full += other.slow_syscall_ringbuf_full;
+        self.slow_syscall_rate_limited += other.slow_syscall_rate_limited;
+        self.retransmit_ringbuf_full += other.retransmit_ringbuf_full;
+        self.syscall_start_store_failed += other.syscall_start_store_failed;
+        self.syscall_out_of_range += other.syscall_out_of_range;
+        self.undecodable_events += other.undecodable_events;
+        self.pipeline_dropped += other.pipeline_dropped;
+        self.spool_dropped_batches += other.spool_dropped_batches;
+        self.spool_corrupt_records += other.spool_corrupt_records;
+    }
+}
+
 /// The schema, as protobuf source.
 pub const PROTO: &str = include_str!("../vigil/v1/vigil.proto");
 

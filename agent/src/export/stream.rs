@@ -1,32 +1,60 @@
-//! Streaming batches to the collector: at-least-once, in order, acked.
+//! Streaming batches from the spool to the collector: at-least-once, in order, acked.
 //!
-//! Batches wait in a bounded in-memory queue until the collector acks them; on
-//! reconnect the unacked ones are sent again first (the collector drops duplicates).
-//! When the queue is full the oldest batch is dropped and counted (the disk spool of a
-//! later stage removes that loss).
+//! The agent loop appends each batch to the spool (`crate::spool`); this task sends
+//! what the collector hasn't acked, oldest first, with at most `IN_FLIGHT` batches on
+//! the wire, and marks each ack in the spool. A slow collector therefore slows the
+//! sending, never the agent's memory: what waits, waits on disk. On reconnect every
+//! unacked batch is sent again (the collector drops and counts duplicates).
 use std::{
-    collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, watch, Notify},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 use vigil_proto::v1::{collector_client::CollectorClient, Batch};
 
-/// Unacked batches kept in memory at most.
-pub const UNACKED_LIMIT: usize = 1024;
+use crate::spool::{Spool, SpoolError};
+
+/// Batches sent and not yet acked, at most. The rest wait in the spool.
+pub const IN_FLIGHT: usize = 32;
+
+/// The spool as the agent loop (appending) and the exporter (sending, acking) share it.
+pub struct SharedSpool {
+    pub spool: Mutex<Spool>,
+    /// Signalled after each append.
+    pub appended: Notify,
+}
+
+impl SharedSpool {
+    pub fn new(spool: Spool) -> Self {
+        Self {
+            spool: Mutex::new(spool),
+            appended: Notify::new(),
+        }
+    }
+
+    /// The spool, even if a panic elsewhere poisoned the lock (its state stays valid:
+    /// every method leaves it consistent before returning).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Counters the agent reports about its own export.
 #[derive(Debug, Default)]
 pub struct ExportStats {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
-    /// Batches dropped because the unacked queue was full.
-    pub dropped: AtomicU64,
+    /// Acks that said the collector already had the batch.
+    pub duplicates: AtomicU64,
     pub reconnects: AtomicU64,
 }
 
@@ -40,113 +68,179 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + u64::from(nanos) % (base / 2 + 1))
 }
 
-/// Sends batches from `rx` to the collector at `addr` until `rx` closes and
-/// everything is acked (or `drain_deadline` passes after it closed).
-pub async fn run(
-    addr: String,
-    mut rx: mpsc::Receiver<Batch>,
-    stats: Arc<ExportStats>,
-    drain_deadline: Duration,
-) {
-    let url = if addr.contains("://") {
-        addr
-    } else {
-        format!("http://{addr}")
-    };
-    let mut unacked: VecDeque<Batch> = VecDeque::new();
-    let mut input_open = true;
-    let mut closed_at: Option<tokio::time::Instant> = None;
-    let mut attempt = 0u32;
-    loop {
-        if !input_open && unacked.is_empty() {
-            return;
+/// The agent's stop request: `None` while running; `Some(deadline)` once stopping.
+pub type StopAt = watch::Receiver<Option<Instant>>;
+
+enum Wake {
+    Changed,
+    Deadline,
+}
+
+/// Returns when the stop request changes, or when its deadline has passed.
+async fn stop_wake(stop: &mut StopAt) -> Wake {
+    let current = *stop.borrow_and_update();
+    match current {
+        Some(t) => {
+            tokio::time::sleep_until(t).await;
+            Wake::Deadline
         }
-        if let Some(t) = closed_at {
-            if t.elapsed() > drain_deadline {
-                tracing::warn!(
-                    unacked = unacked.len(),
-                    "stopping with batches the collector has not acked"
-                );
-                return;
-            }
-        }
-        let mut client = match CollectorClient::connect(url.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(collector = %url, error = %e, "collector unreachable; retrying");
-                stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                // Keep taking new batches while waiting, so the agent never blocks.
-                let wait = tokio::time::sleep(backoff(attempt));
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        () = &mut wait => break,
-                        b = rx.recv(), if input_open => match b {
-                            Some(b) => push(&mut unacked, b, &stats),
-                            None => { input_open = false; closed_at.get_or_insert_with(tokio::time::Instant::now); }
-                        },
-                    }
-                }
-                attempt += 1;
-                continue;
-            }
-        };
-        let (tx, requests) = mpsc::channel::<Batch>(64);
-        let mut acks = match client.stream(ReceiverStream::new(requests)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                tracing::warn!(%status, "collector refused the stream; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        };
-        // Replay what was never acked, oldest first.
-        let mut ok = true;
-        for b in unacked.iter() {
-            if tx.send(b.clone()).await.is_err() {
-                ok = false;
-                break;
-            }
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        while ok {
-            if !input_open && unacked.is_empty() {
-                return;
-            }
-            tokio::select! {
-                b = rx.recv(), if input_open => match b {
-                    Some(b) => {
-                        push(&mut unacked, b.clone(), &stats);
-                        if tx.send(b).await.is_err() { ok = false; } else { stats.sent.fetch_add(1, Ordering::Relaxed); }
-                    }
-                    None => { input_open = false; closed_at.get_or_insert_with(tokio::time::Instant::now); }
-                },
-                ack = acks.message() => match ack {
-                    Ok(Some(ack)) => {
-                        attempt = 0;
-                        stats.acked.fetch_add(1, Ordering::Relaxed);
-                        unacked.retain(|b| !(b.epoch == ack.epoch && b.sequence == ack.sequence));
-                    }
-                    Ok(None) => ok = false,
-                    Err(status) => { tracing::warn!(%status, "collector stream failed; reconnecting"); ok = false; }
-                },
-                () = tokio::time::sleep(Duration::from_millis(200)), if closed_at.is_some_and(|t| t.elapsed() > drain_deadline) => {
-                    tracing::warn!(unacked = unacked.len(), "stopping with batches the collector has not acked");
-                    return;
-                }
-            }
-        }
-        stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
+        None => match stop.changed().await {
+            Ok(()) => Wake::Changed,
+            // The agent is gone without a stop request: nothing will change again.
+            Err(_) => std::future::pending().await,
+        },
     }
 }
 
-fn push(unacked: &mut VecDeque<Batch>, b: Batch, stats: &ExportStats) {
-    if unacked.len() >= UNACKED_LIMIT {
-        unacked.pop_front();
-        stats.dropped.fetch_add(1, Ordering::Relaxed);
+fn finished(shared: &SharedSpool, stop: &StopAt) -> bool {
+    match *stop.borrow() {
+        Some(t) => Instant::now() >= t || shared.lock().stats().unacked == 0,
+        None => false,
     }
-    unacked.push_back(b);
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(Duration::from_secs(5))
+        // A collector behind a dead link is noticed within ~10 s, not at TCP's pace.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// Sends the spool's unacked batches to the collector at `addr` until stopped: once
+/// `stop` holds a deadline, it returns when everything is acked or the deadline passes
+/// (what is left stays in the spool for the next start).
+pub async fn run(
+    addr: String,
+    shared: Arc<SharedSpool>,
+    stats: Arc<ExportStats>,
+    mut stop: StopAt,
+) {
+    let endpoint = match endpoint(&addr) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming");
+            return;
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        if finished(&shared, &stop) {
+            return;
+        }
+        let connected = tokio::select! {
+            c = endpoint.connect() => c,
+            w = stop_wake(&mut stop) => match w { Wake::Deadline => return, Wake::Changed => continue },
+        };
+        let outcome = match connected {
+            Ok(channel) => session(channel, &shared, &stats, &mut stop, &mut attempt).await,
+            Err(e) => Err(format!("collector unreachable: {e}")),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(reason) => {
+                tracing::warn!(collector = %addr, %reason, "reconnecting");
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let wait = tokio::time::sleep(backoff(attempt));
+        tokio::pin!(wait);
+        attempt = attempt.saturating_add(1);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                w = stop_wake(&mut stop) => match w {
+                    Wake::Deadline => return,
+                    Wake::Changed if finished(&shared, &stop) => return,
+                    Wake::Changed => {}
+                },
+            }
+        }
+    }
+}
+
+/// One stream: sends from the oldest unacked batch on, with a window of IN_FLIGHT.
+/// Ok when stopped, Err (with the reason) when the stream broke.
+async fn session(
+    channel: Channel,
+    shared: &SharedSpool,
+    stats: &ExportStats,
+    stop: &mut StopAt,
+    attempt: &mut u32,
+) -> Result<(), String> {
+    let mut client = CollectorClient::new(channel);
+    let (tx, rx) = mpsc::channel::<Batch>(IN_FLIGHT);
+    let mut acks = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("collector refused the stream: {s}"))?
+        .into_inner();
+    let mut cursor = 0u64;
+    let mut in_flight = 0usize;
+    let mut checkpointed = Instant::now();
+    loop {
+        while in_flight < IN_FLIGHT {
+            let next = shared.lock().next_unacked(cursor);
+            match next {
+                Ok(Some(b)) => {
+                    cursor = b.sequence;
+                    tx.send(b)
+                        .await
+                        .map_err(|_| "the stream closed".to_string())?;
+                    in_flight += 1;
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => break,
+                Err(e @ SpoolError::Decode { .. }) => {
+                    // Cannot happen for a checksummed record unless the code is wrong;
+                    // skip it rather than resend it forever (it shows as a gap).
+                    tracing::error!(error = %e, "unsendable spool record skipped");
+                    if let SpoolError::Decode { sequence, .. } = e {
+                        let mut spool = shared.lock();
+                        let epoch = spool.epoch();
+                        let _ = spool.ack(epoch, sequence);
+                        cursor = sequence;
+                    }
+                }
+                Err(e) => return Err(format!("reading the spool: {e}")),
+            }
+        }
+        if finished(shared, stop) {
+            let _ = shared.lock().checkpoint();
+            return Ok(());
+        }
+        tokio::select! {
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    *attempt = 0;
+                    in_flight = in_flight.saturating_sub(1);
+                    stats.acked.fetch_add(1, Ordering::Relaxed);
+                    if ack.duplicate {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut spool = shared.lock();
+                    if let Err(e) = spool.ack(ack.epoch, ack.sequence) {
+                        tracing::warn!(error = %e, "spool: recording an ack failed");
+                    }
+                    if checkpointed.elapsed() > Duration::from_secs(1) {
+                        let _ = spool.checkpoint();
+                        checkpointed = Instant::now();
+                    }
+                }
+                Ok(None) => return Err("the collector closed the stream".into()),
+                Err(status) => return Err(format!("stream failed: {status}")),
+            },
+            () = shared.appended.notified() => {}
+            w = stop_wake(stop) => if let Wake::Deadline = w {
+                let _ = shared.lock().checkpoint();
+                return Ok(());
+            },
+        }
+    }
 }

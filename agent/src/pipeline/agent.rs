@@ -1,6 +1,11 @@
 //! The agent loop (`vigil agent`, which `cargo xtask run` starts): every probe that can
-//! run plus host metrics, a summary per interval, and, with `--collector`, a batch per
-//! interval streamed to the collector. Runs on host metrics alone if no probe loads.
+//! run plus host metrics, and a batch per interval written to the spool and, with a
+//! collector, streamed to it. Runs on host metrics alone if no probe loads.
+//!
+//! Signals: SIGTERM/SIGINT stop the probes, write the current partial batch to the
+//! spool and give the exporter until `shutdown_timeout` to get it acked. SIGHUP
+//! re-reads the config; a bad one is refused (the old one stays), and fields that need
+//! new probes or a new socket are reported as needing a restart.
 use std::{
     collections::BTreeMap,
     sync::{atomic::Ordering, Arc},
@@ -8,17 +13,24 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 use vigil_proto::v1 as pb;
 
 use crate::{
-    config::AgentConfig,
-    export::{convert, stream},
+    config::{AgentConfig, ConfigError},
+    export::{
+        convert,
+        stream::{self, SharedSpool},
+    },
     histogram::LatencyHistogram,
     metrics::{Roots, Sampler},
     probes::{error_chain, events::Event, ProbeSettings, ProbeState, Probes},
     query::state::AgentState,
-    trace::{human_ns, syscalls::rows, wait_for_stop},
+    spool::Spool,
+    trace::{human_ns, syscalls::rows},
 };
 
 /// Events kept per interval for the batch; more are counted as dropped.
@@ -30,17 +42,9 @@ const EVENTS_PER_BATCH: usize = 10_000;
 /// events promptly. When the buffer fills faster than the agent drains it, events are
 /// dropped and counted in the kernel (raise probes.ring_buffer_bytes).
 const DRAIN_EVERY: Duration = Duration::from_millis(500);
-/// Batches waiting for the exporter; when full a batch is dropped and counted.
-const EXPORT_QUEUE: usize = 64;
 
-struct Options {
-    interval: Duration,
-    slow_threshold: Duration,
-    top: usize,
-    collector: Option<String>,
-    agent_id: Option<String>,
-    socket: Option<std::path::PathBuf>,
-}
+/// Re-reads the configuration (file and flags) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<AgentConfig, ConfigError> + Send>;
 
 /// A stable id for this host: /etc/machine-id, else the hostname.
 fn default_agent_id(hostname: &str) -> String {
@@ -87,34 +91,226 @@ fn absorb(
     dropped
 }
 
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let settings = ProbeSettings {
+/// Kernel counters as loss counts (cumulative since the probes loaded).
+fn kernel_losses(c: &crate::probes::KernelCounters) -> pb::Losses {
+    pb::Losses {
+        slow_syscall_ringbuf_full: c.slow_syscall_ringbuf_full,
+        slow_syscall_rate_limited: c.slow_syscall_rate_limited,
+        retransmit_ringbuf_full: c.retransmit_ringbuf_full,
+        syscall_start_store_failed: c.syscall_start_store_failed,
+        syscall_out_of_range: c.syscall_out_of_range,
+        ..Default::default()
+    }
+}
+
+fn losses_since(now: &pb::Losses, before: &pb::Losses) -> pb::Losses {
+    pb::Losses {
+        slow_syscall_ringbuf_full: now
+            .slow_syscall_ringbuf_full
+            .saturating_sub(before.slow_syscall_ringbuf_full),
+        slow_syscall_rate_limited: now
+            .slow_syscall_rate_limited
+            .saturating_sub(before.slow_syscall_rate_limited),
+        retransmit_ringbuf_full: now
+            .retransmit_ringbuf_full
+            .saturating_sub(before.retransmit_ringbuf_full),
+        syscall_start_store_failed: now
+            .syscall_start_store_failed
+            .saturating_sub(before.syscall_start_store_failed),
+        syscall_out_of_range: now
+            .syscall_out_of_range
+            .saturating_sub(before.syscall_out_of_range),
+        undecodable_events: now
+            .undecodable_events
+            .saturating_sub(before.undecodable_events),
+        pipeline_dropped: now.pipeline_dropped.saturating_sub(before.pipeline_dropped),
+        spool_dropped_batches: now
+            .spool_dropped_batches
+            .saturating_sub(before.spool_dropped_batches),
+        spool_corrupt_records: now
+            .spool_corrupt_records
+            .saturating_sub(before.spool_corrupt_records),
+    }
+}
+
+/// The exporter task and its stop request.
+struct Exporter {
+    addr: String,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+}
+
+fn start_exporter(
+    addr: &str,
+    spool: &Arc<SharedSpool>,
+    stats: &Arc<stream::ExportStats>,
+    agent_id: &str,
+) -> Exporter {
+    let (stop, stop_rx) = watch::channel(None);
+    let task = tokio::spawn(stream::run(
+        addr.to_string(),
+        spool.clone(),
+        stats.clone(),
+        stop_rx,
+    ));
+    eprintln!("vigil: streaming to collector {addr} as agent {agent_id}");
+    Exporter {
+        addr: addr.to_string(),
+        task,
+        stop,
+    }
+}
+
+/// One interval's worth of data, turned into a batch at its end.
+struct Interval {
+    batch: pb::Batch,
+    window_start: i64,
+    previous: BTreeMap<u32, LatencyHistogram>,
+    /// Cumulative losses at the end of the previous batch (kernel and agent).
+    reported: pb::Losses,
+    /// Agent-side drops since start (events over a batch's limit, unwritable batches).
+    pipeline_dropped: u64,
+    /// Losses of a batch that could not be spooled, for the next batch to report.
+    carried: pb::Losses,
+}
+
+impl Interval {
+    /// Cumulative losses now: kernel counters plus the agent's own.
+    fn cumulative(&self, kernel: &pb::Losses, undecodable: u64) -> pb::Losses {
+        let mut l = *kernel;
+        l.undecodable_events = undecodable;
+        l.pipeline_dropped = self.pipeline_dropped;
+        l
+    }
+}
+
+/// The agent's running parts that a reload may change.
+struct Running {
+    config: AgentConfig,
+    exporter: Option<Exporter>,
+}
+
+fn probe_settings(config: &AgentConfig) -> ProbeSettings {
+    let defaults = ProbeSettings::default();
+    ProbeSettings {
+        syscalls: config.probes.syscalls,
+        retransmits: config
+            .probes
+            .retransmits
+            .then_some(defaults.retransmits)
+            .flatten(),
         slow_threshold: Some(config.probes.slow_threshold.0),
         slow_events_per_sec: config.probes.slow_events_per_sec,
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
         // Woken when a quarter full instead of per event (see DRAIN_EVERY).
         wake_at_bytes: Some(u64::from(config.probes.ring_buffer_bytes) / 4),
-        ..Default::default()
-    };
+        ..defaults
+    }
+}
+
+/// Applies a reloaded config; says what changed and what needs a restart.
+fn apply_reload(
+    running: &mut Running,
+    new: AgentConfig,
+    spool: &Arc<SharedSpool>,
+    stats: &Arc<stream::ExportStats>,
+    agent_id: &str,
+    tick: &mut tokio::time::Interval,
+) {
+    let old = &running.config;
+    let mut restart_needed = Vec::new();
+    if new.probes != old.probes {
+        restart_needed.push("probes");
+    }
+    if new.socket != old.socket || new.api != old.api {
+        restart_needed.push("socket/api");
+    }
+    if new.data_dir != old.data_dir {
+        restart_needed.push("data_dir");
+    }
+    if new.agent_id != old.agent_id {
+        restart_needed.push("agent_id");
+    }
+    if !restart_needed.is_empty() {
+        eprintln!(
+            "vigil: SIGHUP: {} changed; that takes effect at the next restart",
+            restart_needed.join(", ")
+        );
+    }
+    if new.interval != old.interval {
+        *tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + new.interval.0, new.interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    if new.spool != old.spool {
+        spool.lock().reconfigure(new.spool.clone());
+    }
+    if new.collector != old.collector {
+        if let Some(e) = running.exporter.take() {
+            // Safe at any point: acks are recorded in the spool as they arrive, and
+            // whatever is unacked is sent again by the next exporter.
+            e.task.abort();
+            eprintln!("vigil: stopped streaming to {}", e.addr);
+        }
+        running.exporter = new
+            .collector
+            .as_deref()
+            .map(|a| start_exporter(a, spool, stats, agent_id));
+    }
+    // The probes keep the settings they were loaded with.
+    let mut applied = new;
+    applied.probes = old.probes.clone();
+    applied.socket = old.socket.clone();
+    applied.api = old.api;
+    applied.data_dir = old.data_dir.clone();
+    applied.agent_id = old.agent_id.clone();
+    eprintln!(
+        "vigil: SIGHUP: configuration reloaded (interval {:?}, collector {})",
+        applied.interval.0,
+        applied.collector.as_deref().unwrap_or("none")
+    );
+    running.config = applied;
+}
+
+pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
+    let settings = probe_settings(&config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let opts = Options {
-        interval: config.interval.0,
-        slow_threshold: config.probes.slow_threshold.0,
-        top: config.summary_rows,
-        collector: config.collector.clone(),
-        agent_id: config.agent_id.clone(),
-        socket: config.api.then(|| config.socket.clone()),
-    };
-    let mut probes = match Probes::load(&settings) {
-        Ok(p) => Some(p),
-        Err(e) => {
+    let spool_dir = config.data_dir.join("spool");
+    let spool = Spool::open(&spool_dir, config.spool.clone())
+        .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+    {
+        let st = spool.stats();
+        if st.unacked > 0 || st.corrupt_records > 0 {
             eprintln!(
-                "vigil: probes unavailable, running on host metrics alone: {}",
-                error_chain(&e)
+                "vigil: spool {}: {} unacked batches to send first, {} damaged records skipped",
+                spool_dir.display(),
+                st.unacked,
+                st.corrupt_records
             );
-            None
         }
+    }
+    let epoch = spool.epoch();
+    let spool = Arc::new(SharedSpool::new(spool));
+    // Signals first: a SIGTERM during the probe load must not kill the agent unflushed.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let mut probes = if settings.syscalls || settings.retransmits.is_some() {
+        match Probes::load(&settings) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!(
+                    "vigil: probes unavailable, running on host metrics alone: {}",
+                    error_chain(&e)
+                );
+                None
+            }
+        }
+    } else {
+        eprintln!("vigil: probes turned off in the config; host metrics only");
+        None
     };
     // Loading parsed the kernel's BTF (megabytes, now freed): give that memory back
     // to the system instead of keeping it as the agent's resident size.
@@ -137,66 +333,65 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let mut host = Sampler::new(Roots::default(), 5);
     let first = host.sample().context("reading host metrics")?;
-    let agent_id = opts
+    let agent_id = config
         .agent_id
         .clone()
         .unwrap_or_else(|| default_agent_id(&first.host.hostname));
-    let epoch = now_ms() as u64;
 
     let state = Arc::new(std::sync::RwLock::new(AgentState::new(
         convert::host_identity(&first, &agent_id),
-        opts.interval.as_secs_f64(),
+        config.interval.0.as_secs_f64(),
     )));
-    let api = match &opts.socket {
+    let socket = config.api.then(|| config.socket.clone());
+    let api = match &socket {
         Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
         None => None,
     };
     let export_stats = Arc::new(stream::ExportStats::default());
-    let (export_tx, exporter) = match &opts.collector {
-        Some(addr) => {
-            let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
-            let task = tokio::spawn(stream::run(
-                addr.clone(),
-                rx,
-                export_stats.clone(),
-                Duration::from_secs(5),
-            ));
-            eprintln!("vigil: streaming to collector {addr} as agent {agent_id}");
-            (Some(tx), Some(task))
-        }
-        None => (None, None),
+    let mut running = Running {
+        exporter: config
+            .collector
+            .as_deref()
+            .map(|a| start_exporter(a, &spool, &export_stats, &agent_id)),
+        config,
     };
     eprintln!(
-        "vigil: tracing the host every {:?} (Ctrl-C to stop)",
-        opts.interval
+        "vigil: tracing the host every {:?}, spool epoch {epoch} (SIGTERM or Ctrl-C to stop, SIGHUP to reload)",
+        running.config.interval.0
     );
 
-    let stop = wait_for_stop(None);
-    tokio::pin!(stop);
-    let mut tick = tokio::time::interval(opts.interval);
+    let mut tick = tokio::time::interval(running.config.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut previous: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
+    let mut iv = Interval {
+        batch: pb::Batch::default(),
+        window_start: now_ms(),
+        previous: BTreeMap::new(),
+        reported: pb::Losses::default(),
+        pipeline_dropped: 0,
+        carried: pb::Losses::default(),
+    };
+    let mut total_losses = pb::Losses::default();
     let mut events = Vec::new();
-    let mut batch = pb::Batch::default();
-    let mut sequence = 0u64;
-    let mut window_start = now_ms();
-    let mut dropped_events = 0u64;
-    let mut dropped_batches = 0u64;
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
     let mut reader_waits = true;
-    loop {
+    let stop_requested = loop {
         let following = state.read().is_ok_and(|s| s.live.receiver_count() > 0);
         tokio::select! {
-            r = &mut stop => { r?; break; }
+            _ = sigterm.recv() => break tokio::time::Instant::now(),
+            _ = sigint.recv() => break tokio::time::Instant::now(),
+            _ = sighup.recv() => match reload() {
+                Ok(new) => apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick),
+                Err(e) => eprintln!("vigil: SIGHUP: new configuration refused, keeping the running one: {e}"),
+            },
             r = async { reader.as_mut()?.read(&mut events).await.ok() }, if reader.is_some() && reader_waits => {
                 if r.is_none() {
                     tracing::warn!("the event ring buffer cannot be waited on; draining it each interval only");
                     reader_waits = false;
                 }
-                dropped_events += absorb(&mut events, &mut batch, &state);
+                iv.pipeline_dropped += absorb(&mut events, &mut iv.batch, &state);
             }
             _ = async { follower_joined.as_ref()?.notified().await; Some(()) }, if !following => {
                 // Loop again: `following` is now true and the drain clock runs.
@@ -206,101 +401,212 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 if let Some(r) = reader.as_mut() {
                     r.drain(&mut events);
                 }
-                dropped_events += absorb(&mut events, &mut batch, &state);
+                iv.pipeline_dropped += absorb(&mut events, &mut iv.batch, &state);
             }
             _ = tick.tick() => {
-                // Everything up to now belongs to this interval's batch.
-                if let Some(r) = reader.as_mut() {
-                    r.drain(&mut events);
-                }
-                dropped_events += absorb(&mut events, &mut batch, &state);
-                let sample = host.sample().context("reading host metrics")?;
-                let (delta, counters) = match &probes {
-                    Some(p) => {
-                        let now = p.syscall_latency()?;
-                        let delta: BTreeMap<u32, LatencyHistogram> = now
-                            .iter()
-                            .map(|(nr, h)| (*nr, previous.get(nr).map_or_else(|| h.clone(), |p| h.since(p))))
-                            .filter(|(_, h)| h.count > 0)
-                            .collect();
-                        previous = now;
-                        (delta, p.counters()?)
-                    }
-                    None => (BTreeMap::new(), Default::default()),
-                };
-                let undecodable = reader.as_ref().map_or(0, |r| r.decode_errors);
-                if let Ok(mut st) = state.write() {
-                    st.identity = convert::host_identity(&sample, &agent_id);
-                    st.latest = Some(convert::host_metrics(&sample));
-                    st.push_latency(delta.clone());
-                }
-                if opts.top > 0 {
-                    let r = rows(&delta);
-                    let calls: u64 = r.iter().map(|r| r.count).sum();
-                    println!(
-                        "--- {:?}: {} syscalls, {} slow (> {}), {} retransmits | lost {} (rate-limited {}, undecodable {}, dropped {})",
-                        opts.interval, calls, batch.slow_syscalls.len(), human_ns(opts.slow_threshold.as_nanos() as u64),
-                        batch.retransmits.len(), counters.lost_events(), counters.slow_syscall_rate_limited, undecodable,
-                        dropped_events + dropped_batches + export_stats.dropped.load(Ordering::Relaxed)
-                    );
-                    println!(
-                        "host: cpu {:.1} % of {} | load {:.2} | memory {:.2} of {:.2} GiB available | {} processes",
-                        sample.cpu.usage_percent, sample.cpu.count, sample.load.one,
-                        sample.memory.available_bytes as f64 / (1u64 << 30) as f64,
-                        sample.memory.total_bytes as f64 / (1u64 << 30) as f64,
-                        sample.processes.total
-                    );
-                    crate::trace::syscalls::print_table(&r, opts.top);
-                }
-                if let Some(tx) = &export_tx {
-                    sequence += 1;
-                    let end = now_ms();
-                    batch.agent_id = agent_id.clone();
-                    batch.epoch = epoch;
-                    batch.sequence = sequence;
-                    batch.start_unix_ms = window_start;
-                    batch.end_unix_ms = end;
-                    batch.host = Some(convert::host_identity(&sample, &agent_id));
-                    batch.metrics = vec![convert::host_metrics(&sample)];
-                    batch.syscalls = delta.iter().map(|(nr, h)| convert::syscall_latency(*nr, h)).collect();
-                    // Cumulative since the agent started: the collector can difference them.
-                    batch.losses = Some(pb::Losses {
-                        slow_syscall_ringbuf_full: counters.slow_syscall_ringbuf_full,
-                        slow_syscall_rate_limited: counters.slow_syscall_rate_limited,
-                        retransmit_ringbuf_full: counters.retransmit_ringbuf_full,
-                        syscall_start_store_failed: counters.syscall_start_store_failed,
-                        syscall_out_of_range: counters.syscall_out_of_range,
-                        undecodable_events: undecodable,
-                        pipeline_dropped: dropped_events + dropped_batches + export_stats.dropped.load(Ordering::Relaxed),
-                    });
-                    window_start = end;
-                    if tx.try_send(std::mem::take(&mut batch)).is_err() {
-                        dropped_batches += 1;
-                        tracing::warn!(sequence, "export queue full; batch dropped and counted");
-                    }
-                } else {
-                    batch = pb::Batch::default();
-                }
+                let batch = close_interval(&mut iv, &mut host, probes.as_ref(), reader.as_mut(), &mut events, &state, &running.config, &agent_id)?;
+                spool_batch(batch, &spool, &mut iv, &mut total_losses, &state, &export_stats);
             }
         }
+    };
+    // Stop: detach the probes after a last read, then spool the partial interval.
+    let deadline = stop_requested + running.config.shutdown_timeout.0;
+    let last = close_interval(
+        &mut iv,
+        &mut host,
+        probes.as_ref(),
+        reader.as_mut(),
+        &mut events,
+        &state,
+        &running.config,
+        &agent_id,
+    );
+    drop(reader);
+    drop(probes);
+    eprintln!("vigil: stopping: probes detached");
+    match last {
+        Ok(batch) => spool_batch(
+            batch,
+            &spool,
+            &mut iv,
+            &mut total_losses,
+            &state,
+            &export_stats,
+        ),
+        Err(e) => eprintln!("vigil: the last partial batch could not be made: {e:#}"),
     }
-    drop(export_tx);
-    if let Some(task) = exporter {
-        let _ = task.await;
-        eprintln!(
-            "vigil: exported {} batches, {} acked, {} dropped, {} reconnects",
-            export_stats.sent.load(Ordering::Relaxed),
-            export_stats.acked.load(Ordering::Relaxed),
-            export_stats.dropped.load(Ordering::Relaxed) + dropped_batches,
-            export_stats.reconnects.load(Ordering::Relaxed)
-        );
+    if let Err(e) = spool.lock().maybe_fsync(true) {
+        eprintln!("vigil: spool fsync at exit failed: {e}");
     }
+    if let Some(e) = running.exporter.take() {
+        let _ = e.stop.send(Some(deadline));
+        let mut task = e.task;
+        if tokio::time::timeout_at(deadline + Duration::from_millis(500), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+    let st = spool.lock().stats();
+    let _ = spool.lock().checkpoint();
+    eprintln!(
+        "vigil: exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",
+        export_stats.sent.load(Ordering::Relaxed),
+        export_stats.acked.load(Ordering::Relaxed),
+        export_stats.duplicates.load(Ordering::Relaxed),
+        export_stats.reconnects.load(Ordering::Relaxed),
+        st.unacked, st.dropped_batches, st.corrupt_records,
+    );
     if let Some(api) = api {
         api.abort();
     }
-    if let Some(path) = &opts.socket {
+    if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
     }
-    eprintln!("vigil: stopping, probes detached");
+    eprintln!("vigil: stopped");
     Ok(())
+}
+
+/// Ends the interval: drains events, reads the probes and the host, prints the
+/// summary if asked, and returns the interval's batch (not yet spooled).
+#[allow(clippy::too_many_arguments)]
+fn close_interval(
+    iv: &mut Interval,
+    host: &mut Sampler,
+    probes: Option<&Probes>,
+    reader: Option<&mut crate::probes::events::EventReader>,
+    events: &mut Vec<Event>,
+    state: &std::sync::RwLock<AgentState>,
+    config: &AgentConfig,
+    agent_id: &str,
+) -> anyhow::Result<pb::Batch> {
+    let undecodable = match reader {
+        Some(r) => {
+            r.drain(events);
+            r.decode_errors
+        }
+        None => 0,
+    };
+    iv.pipeline_dropped += absorb(events, &mut iv.batch, state);
+    let sample = host.sample().context("reading host metrics")?;
+    let (delta, kernel) = match probes {
+        Some(p) => {
+            let now = p.syscall_latency()?;
+            let delta: BTreeMap<u32, LatencyHistogram> = now
+                .iter()
+                .map(|(nr, h)| {
+                    (
+                        *nr,
+                        iv.previous
+                            .get(nr)
+                            .map_or_else(|| h.clone(), |p| h.since(p)),
+                    )
+                })
+                .filter(|(_, h)| h.count > 0)
+                .collect();
+            iv.previous = now;
+            (delta, kernel_losses(&p.counters()?))
+        }
+        None => (BTreeMap::new(), pb::Losses::default()),
+    };
+    if let Ok(mut st) = state.write() {
+        st.identity = convert::host_identity(&sample, agent_id);
+        st.latest = Some(convert::host_metrics(&sample));
+        st.push_latency(delta.clone());
+    }
+    let cumulative = iv.cumulative(&kernel, undecodable);
+    let mut losses = losses_since(&cumulative, &iv.reported);
+    losses.add(&std::mem::take(&mut iv.carried));
+    iv.reported = cumulative;
+    if config.summary_rows > 0 {
+        let r = rows(&delta);
+        let calls: u64 = r.iter().map(|r| r.count).sum();
+        let lost: u64 = losses.stages().iter().map(|(_, n)| n).sum();
+        println!(
+            "--- {:?}: {} syscalls, {} slow (> {}), {} retransmits | lost {} ({})",
+            config.interval.0,
+            calls,
+            iv.batch.slow_syscalls.len(),
+            human_ns(config.probes.slow_threshold.0.as_nanos() as u64),
+            iv.batch.retransmits.len(),
+            lost,
+            losses
+                .stages()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "host: cpu {:.1} % of {} | load {:.2} | memory {:.2} of {:.2} GiB available | {} processes",
+            sample.cpu.usage_percent, sample.cpu.count, sample.load.one,
+            sample.memory.available_bytes as f64 / (1u64 << 30) as f64,
+            sample.memory.total_bytes as f64 / (1u64 << 30) as f64,
+            sample.processes.total
+        );
+        crate::trace::syscalls::print_table(&r, config.summary_rows);
+    }
+    let end = now_ms();
+    let mut batch = std::mem::take(&mut iv.batch);
+    batch.agent_id = agent_id.to_string();
+    batch.start_unix_ms = iv.window_start;
+    batch.end_unix_ms = end;
+    batch.host = Some(convert::host_identity(&sample, agent_id));
+    batch.metrics = vec![convert::host_metrics(&sample)];
+    batch.syscalls = delta
+        .iter()
+        .map(|(nr, h)| convert::syscall_latency(*nr, h))
+        .collect();
+    batch.losses = Some(losses);
+    iv.window_start = end;
+    Ok(batch)
+}
+
+/// Writes the batch to the spool (which numbers it) and wakes the exporter. A batch
+/// the spool cannot take (disk error) is dropped and counted in the next one.
+fn spool_batch(
+    mut batch: pb::Batch,
+    spool: &SharedSpool,
+    iv: &mut Interval,
+    total: &mut pb::Losses,
+    state: &std::sync::RwLock<AgentState>,
+    export: &stream::ExportStats,
+) {
+    let mut sp = spool.lock();
+    // The spool's own losses (drops for its bound, damaged records) ride along.
+    let spooled = sp.take_losses();
+    if let Some(l) = batch.losses.as_mut() {
+        l.add(&spooled);
+    }
+    let losses = batch.losses.unwrap_or_default();
+    match sp.append(&mut batch) {
+        Ok(_) => {
+            total.add(&losses);
+            spool.appended.notify_one();
+        }
+        Err(e) => {
+            iv.pipeline_dropped += 1;
+            // The losses it reported are not lost with it: the next batch carries them.
+            iv.carried.add(&losses);
+            tracing::error!(error = %e, sequence = batch.sequence, "spool write failed; batch dropped and counted");
+        }
+    }
+    let st = sp.stats();
+    if let Ok(mut s) = state.write() {
+        s.agent = pb::AgentSelf {
+            epoch: sp.epoch(),
+            last_sequence: sp.last_sequence(),
+            spool_bytes: st.bytes,
+            spool_unacked: st.unacked,
+            spool_dropped_batches: st.dropped_batches,
+            spool_corrupt_records: st.corrupt_records,
+            batches_sent: export.sent.load(Ordering::Relaxed),
+            batches_acked: export.acked.load(Ordering::Relaxed),
+            duplicates_acked: export.duplicates.load(Ordering::Relaxed),
+            reconnects: export.reconnects.load(Ordering::Relaxed),
+            losses: Some(*total),
+        };
+    }
 }

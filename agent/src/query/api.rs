@@ -45,6 +45,7 @@ impl Agent for AgentApi {
         Ok(Response::new(LatestStatsResponse {
             host: Some(st.identity.clone()),
             metrics: st.latest.clone(),
+            agent: Some(st.agent),
         }))
     }
 

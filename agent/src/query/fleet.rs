@@ -39,7 +39,8 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
                 json!({
                     "agent_id": id.agent_id, "hostname": id.hostname, "kernel": id.kernel, "os": id.os,
                     "last_seen_unix_ms": h.last_seen_unix_ms, "batches": h.batches,
-                    "last_seq": h.last_sequence, "duplicates": h.duplicates,
+                    "last_seq": h.last_sequence, "duplicates": h.duplicates, "gaps": h.gaps,
+                    "dropped_events": h.dropped_events.iter().collect::<std::collections::BTreeMap<_, _>>(),
                 })
             })
             .collect();
@@ -47,18 +48,42 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<24} {:>10} {:>10} {:>12}",
-        "HOST", "AGENT", "BATCHES", "LAST SEQ", "LAST SEEN"
+        "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>10} {:>12}",
+        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "DROPPED", "LAST SEEN"
     );
     for h in hosts {
         let id = h.host.unwrap_or_default();
         let ago = (now_ms() - h.last_seen_unix_ms).max(0) as f64 / 1000.0;
+        let dropped: u64 = h.dropped_events.values().sum();
         println!(
-            "{:<24} {:<24} {:>10} {:>10} {:>10.0}s ago",
-            id.hostname, id.agent_id, h.batches, h.last_sequence, ago
+            "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>10} {:>10.0}s ago",
+            id.hostname,
+            id.agent_id,
+            h.batches,
+            h.last_sequence,
+            h.gaps,
+            h.duplicates,
+            dropped,
+            ago
         );
     }
     Ok(())
+}
+
+/// The agent's own delivery state, as `vigil stats --json` shows it under `agent`.
+pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
+    let l = a.losses.unwrap_or_default();
+    let stages: std::collections::BTreeMap<_, _> = l.stages().into_iter().collect();
+    json!({
+        "epoch": a.epoch, "last_seq": a.last_sequence,
+        "spool": {
+            "bytes": a.spool_bytes, "unacked": a.spool_unacked,
+            "dropped_batches": a.spool_dropped_batches, "corrupt_records": a.spool_corrupt_records,
+        },
+        "batches_sent": a.batches_sent, "batches_acked": a.batches_acked,
+        "duplicates_acked": a.duplicates_acked, "reconnects": a.reconnects,
+        "dropped_events": stages,
+    })
 }
 
 /// The same field names as `vigil stats --json`, for the fields the collector keeps.

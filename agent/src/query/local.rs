@@ -32,6 +32,9 @@ pub async fn stats(
                     let mut v = super::fleet::metrics_json(&id.hostname, &m);
                     v["agent_id"] = json!(id.agent_id);
                     v["source"] = json!("agent");
+                    if let Some(a) = &r.agent {
+                        v["agent"] = super::fleet::agent_self_json(a);
+                    }
                     println!("{v}");
                 } else {
                     super::fleet::print_metrics(&id, &m);

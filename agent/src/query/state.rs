@@ -23,6 +23,8 @@ pub struct AgentState {
     pub latency: VecDeque<BTreeMap<u32, LatencyHistogram>>,
     pub retransmits: VecDeque<pb::TcpRetransmit>,
     pub live: broadcast::Sender<pb::live_event::Event>,
+    /// The agent's own delivery state, as of the last interval.
+    pub agent: pb::AgentSelf,
     /// Signalled when someone starts following live events.
     pub follower_joined: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -36,6 +38,7 @@ impl AgentState {
             latency: VecDeque::new(),
             retransmits: VecDeque::new(),
             live: broadcast::channel(FOLLOW_BUFFER).0,
+            agent: Default::default(),
             follower_joined: Default::default(),
         }
     }
