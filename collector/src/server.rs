@@ -283,7 +283,8 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_service(
-            CollectorServer::new(CollectorService { queue, stopping }).max_decoding_message_size(64 << 20),
+            CollectorServer::new(CollectorService { queue, stopping })
+                .max_decoding_message_size(64 << 20),
         )
         .add_service(FleetServer::new(FleetService {
             data_dir: config.data_dir.clone(),

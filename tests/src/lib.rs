@@ -221,6 +221,9 @@ pub fn sh(program: &str, args: &[&str]) {
 pub struct NetnsPair {
     pub a: String,
     pub b: String,
+    /// The veth ends: `dev_a` in `a`, `dev_b` in `b`.
+    pub dev_a: String,
+    pub dev_b: String,
 }
 
 impl NetnsPair {
@@ -231,11 +234,13 @@ impl NetnsPair {
 
     pub fn new(tag: &str) -> Self {
         let id = std::process::id() % 100_000;
+        let (va, vb) = (format!("vga{id}"), format!("vgb{id}"));
         let pair = Self {
             a: format!("vigil-{tag}-a-{id}"),
             b: format!("vigil-{tag}-b-{id}"),
+            dev_a: va.clone(),
+            dev_b: vb.clone(),
         };
-        let (va, vb) = (format!("vga{id}"), format!("vgb{id}"));
         sh("ip", &["netns", "add", &pair.a]);
         sh("ip", &["netns", "add", &pair.b]);
         sh(

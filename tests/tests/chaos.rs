@@ -1,0 +1,647 @@
+//! Chaos tests for delivery: real agents and collectors as processes, killed,
+//! restarted, cut off and starved, and the collector's own count of what it stored
+//! (`vigil hosts --json`: batches, last_seq, gaps, dropped_events) as the judge.
+//! Every test stops by itself.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vigil_tests::{require_root, vigil_bin, vigil_json, KillOnDrop, NetnsPair, Workload};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `cmd` run inside network namespace `netns` when given.
+fn command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(vigil_bin());
+            c
+        }
+        None => Command::new(vigil_bin()),
+    }
+}
+
+/// A `vigil collector` on `addr` with its data in `dir`; returns once it listens.
+fn start_collector(addr: &str, dir: &Path, netns: Option<&str>) -> KillOnDrop {
+    let mut child = command(netns)
+        .args(["collector", "--listen", addr, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vigil collector");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("collector on {addr} exited before listening"))
+            .expect("stderr");
+        if line.starts_with("vigil: collector listening on ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    KillOnDrop(child)
+}
+
+/// A running `vigil agent`, its stderr collected.
+struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(config: &Path, netns: Option<&str>) -> Self {
+        let mut child = command(netns)
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vigil agent");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut agent = Self { child, stderr };
+        agent.wait_for("vigil: tracing the host", Duration::from_secs(60));
+        agent
+    }
+
+    fn wait_for(&mut self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stderr.lock().unwrap().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "agent exited ({status}) before saying {text:?}: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "agent never said {text:?}: {}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signalling the agent");
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits (a hang is a failure, not a slowness) for a clean exit.
+    fn stop(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                let out = self.stderr.lock().unwrap().clone();
+                assert!(status.success(), "agent exited with {status}: {out}");
+                return out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "agent hung after SIGTERM: {}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes an agent config: 1 s batches, no API unless asked, probes off unless the
+/// extra TOML turns them on.
+fn agent_config(
+    dir: &Path,
+    collector: &str,
+    agent_id: &str,
+    extra_top: &str,
+    extra_sections: &str,
+) -> PathBuf {
+    let data = dir.join("agent");
+    let text = format!(
+        "interval = \"1s\"\ncollector = \"{collector}\"\nagent_id = \"{agent_id}\"\napi = false\n\
+         data_dir = \"{}\"\nshutdown_timeout = \"10s\"\n{extra_top}\n{extra_sections}\n",
+        data.display()
+    );
+    let text = if extra_sections.contains("[probes]") {
+        text
+    } else {
+        format!("{text}\n[probes]\nsyscalls = false\nretransmits = false\n")
+    };
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).expect("writing the agent config");
+    path
+}
+
+/// This agent's row in `vigil hosts --json`.
+fn host_row(addr: &str, agent_id: &str, netns: Option<&str>) -> Option<Value> {
+    let out = command(netns)
+        .args(["hosts", "--collector", addr, "--json"])
+        .output()
+        .expect("vigil hosts");
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["agent_id"] == agent_id)
+        .cloned()
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+fn dropped(v: &Value, stage: &str) -> u64 {
+    v["dropped_events"][stage].as_u64().unwrap_or(0)
+}
+
+/// The collector holds every sequence from 1 to last_seq exactly once.
+fn assert_complete(h: &Value) {
+    assert_eq!(n(h, "gaps"), 0, "no sequence missing: {h}");
+    assert_eq!(
+        n(h, "batches"),
+        n(h, "last_seq"),
+        "1..=last_seq each stored once: {h}"
+    );
+}
+
+/// The agent's last words: nothing left unacked in its spool.
+fn assert_all_acked(stderr: &str) {
+    assert!(
+        stderr.contains("spool: 0 unacked"),
+        "the agent left unacked batches: {stderr}"
+    );
+}
+
+#[test]
+fn collector_killed_and_restarted_three_times() {
+    if !require_root("collector_killed_and_restarted_three_times") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-restart-{}", std::process::id());
+    let cdir = dir.path().join("collector");
+    let mut collector = start_collector(&addr, &cdir, None);
+    let agent = Agent::start(&agent_config(dir.path(), &addr, &id, "", ""), None);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(12));
+        drop(collector); // SIGKILL
+        std::thread::sleep(Duration::from_secs(3));
+        collector = start_collector(&addr, &cdir, None);
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    assert_complete(&h);
+    assert!(
+        n(&h, "last_seq") >= 45,
+        "about a minute of 1 s batches: {h}"
+    );
+    assert!(out.contains("reconnects"), "{out}");
+}
+
+#[test]
+fn agent_killed_mid_stream_and_restarted() {
+    if !require_root("agent_killed_mid_stream_and_restarted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-sigkill-{}", std::process::id());
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let config = agent_config(dir.path(), &addr, &id, "", "");
+    let agent = Agent::start(&config, None);
+    std::thread::sleep(Duration::from_millis(6500));
+    let first_epoch = epoch_of(&agent.stderr.lock().unwrap());
+    agent.kill();
+    let before = host_row(&addr, &id, None).expect("agent listed");
+    let agent = Agent::start(&config, None);
+    assert_eq!(
+        epoch_of(&agent.stderr.lock().unwrap()),
+        first_epoch,
+        "the spool (and its sequence) survives a SIGKILL"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    assert_complete(&h);
+    assert!(
+        n(&h, "last_seq") > n(&before, "last_seq") + 3,
+        "the restarted agent went on: {before} then {h}"
+    );
+}
+
+fn epoch_of(stderr: &str) -> String {
+    stderr
+        .split("spool epoch ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no epoch in {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn link_down_for_twenty_seconds_then_catch_up() {
+    if !require_root("link_down_for_twenty_seconds_then_catch_up") {
+        return;
+    }
+    let net = NetnsPair::new("spool");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("{}:7470", NetnsPair::ADDR_B);
+    let id = format!("chaos-link-{}", std::process::id());
+    let _collector = start_collector(&addr, &dir.path().join("collector"), Some(&net.b));
+    let socket = dir.path().join("agent.sock");
+    let config = agent_config(
+        dir.path(),
+        &addr,
+        &id,
+        &format!("api = true\nsocket = \"{}\"", socket.display()),
+        "",
+    );
+    // `api = false` comes first in the file; the later line would be a duplicate key.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("api = false\n", "", 1);
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(&config, Some(&net.a));
+    std::thread::sleep(Duration::from_secs(5));
+    let socket_s = socket.to_str().unwrap();
+    let agent_self = || vigil_json(&["stats", "--socket", socket_s, "--json"])["agent"].clone();
+    vigil_tests::sh("ip", &["-n", &net.a, "link", "set", &net.dev_a, "down"]);
+    std::thread::sleep(Duration::from_secs(20));
+    let during = agent_self();
+    vigil_tests::sh("ip", &["-n", &net.a, "link", "set", &net.dev_a, "up"]);
+    assert!(
+        during["spool"]["unacked"].as_u64().unwrap() >= 10,
+        "the agent spooled while the link was down: {during}"
+    );
+    // Catch up: the collector gets everything the agent has spooled so far.
+    let start = Instant::now();
+    loop {
+        let target = agent_self()["last_seq"].as_u64().unwrap();
+        if let Some(h) = host_row(&addr, &id, Some(&net.b)) {
+            if n(&h, "last_seq") >= target && n(&h, "gaps") == 0 {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no catch-up 90 s after the link came back: {:?} vs {}",
+            host_row(&addr, &id, Some(&net.b)),
+            agent_self()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, Some(&net.b)).expect("agent listed");
+    assert_complete(&h);
+    assert!(n(&h, "last_seq") >= 25, "{h}");
+}
+
+#[test]
+fn spool_bound_drops_the_oldest_and_the_collector_sees_the_count() {
+    if !require_root("spool_bound_drops_the_oldest_and_the_collector_sees_the_count") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-bound-{}", std::process::id());
+    let config = agent_config(
+        dir.path(),
+        &addr,
+        &id,
+        "",
+        "[spool]\nmax_bytes = 32768\nsegment_bytes = 8192\n",
+    );
+    // No collector yet: the spool fills past its bound.
+    let mut agent = Agent::start(&config, None);
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(agent.is_running(), "a full spool doesn't stop the agent");
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    std::thread::sleep(Duration::from_secs(12));
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    let lost = dropped(&h, "spool_dropped_batches");
+    assert!(lost > 0, "20 batches can't fit in 32 KiB: {h}");
+    assert_eq!(
+        n(&h, "gaps"),
+        lost,
+        "the sequences missing are exactly the batches the agent said it dropped: {h}"
+    );
+    assert_eq!(n(&h, "batches") + lost, n(&h, "last_seq"), "{h}");
+}
+
+#[test]
+fn corrupted_spool_record_is_skipped_counted_and_the_agent_goes_on() {
+    if !require_root("corrupted_spool_record_is_skipped_counted_and_the_agent_goes_on") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-corrupt-{}", std::process::id());
+    let config = agent_config(dir.path(), &addr, &id, "shutdown_timeout = \"1s\"", "");
+    let text =
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen("shutdown_timeout = \"10s\"\n", "", 1);
+    std::fs::write(&config, text).unwrap();
+    // No collector: batches stay in the spool.
+    let agent = Agent::start(&config, None);
+    std::thread::sleep(Duration::from_millis(4500));
+    agent.stop();
+    let spool = dir.path().join("agent/spool");
+    let seg = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a spool segment");
+    let mut data = std::fs::read(&seg).unwrap();
+    // Records: magic u32, len u32, seq u64, crc u32, payload. Damage record 2's payload.
+    let len1 = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+    let second = 20 + len1;
+    assert!(data.len() > second + 40, "at least two records spooled");
+    data[second + 30] ^= 0x5a;
+    std::fs::write(&seg, &data).unwrap();
+
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let agent = Agent::start(&config, None);
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("1 damaged records skipped"),
+        "{}",
+        agent.stderr.lock().unwrap()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    assert_eq!(dropped(&h, "spool_corrupt_records"), 1, "{h}");
+    assert_eq!(
+        n(&h, "gaps"),
+        1,
+        "the damaged batch is the one missing: {h}"
+    );
+    assert_eq!(n(&h, "batches") + 1, n(&h, "last_seq"), "{h}");
+}
+
+#[test]
+fn a_slowly_acking_collector_does_not_grow_agent_memory() {
+    if !require_root("a_slowly_acking_collector_does_not_grow_agent_memory") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("chaos-slow-{}", std::process::id());
+    // 1,500 batches of ~40 KB already waiting in the spool: 60 MB on disk.
+    {
+        let mut spool = vigil::spool::Spool::open(
+            &dir.path().join("agent/spool"),
+            vigil::config::SpoolConfig::default(),
+        )
+        .expect("spool");
+        for i in 0..1500u32 {
+            let mut b = vigil_proto::v1::Batch {
+                agent_id: id.clone(),
+                slow_syscalls: (0..400)
+                    .map(|j| vigil_proto::v1::SlowSyscall {
+                        pid: i * 1000 + j,
+                        comm: format!("prefilled-{j:05}"),
+                        latency_ns: u64::from(j) * 7919,
+                        time_unix_ns: i64::from(i) * 1_000_000 + i64::from(j),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            spool.append(&mut b).expect("append");
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, received) = rt.block_on(slow_collector(Duration::from_millis(100)));
+    let socket = dir.path().join("agent.sock");
+    let config = agent_config(
+        dir.path(),
+        &addr,
+        &id,
+        &format!("socket = \"{}\"", socket.display()),
+        "",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("api = false\n", "", 1);
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(&config, None);
+    let mut peak_kib = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        peak_kib = peak_kib.max(rss_kib(agent.child.id()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st =
+        vigil_json(&["stats", "--socket", socket.to_str().unwrap(), "--json"])["agent"].clone();
+    let got = received.lock().unwrap().clone();
+    agent.kill();
+    assert!(got.len() >= 20, "the collector got batches: {}", got.len());
+    assert!(
+        got.windows(2).all(|w| w[1] == w[0] + 1) && got[0] == 1,
+        "sent in order from the oldest"
+    );
+    assert!(
+        st["spool"]["unacked"].as_u64().unwrap() > 1000,
+        "the backlog waits on disk: {st}"
+    );
+    assert!(
+        peak_kib < 48 * 1024,
+        "agent RSS peaked at {peak_kib} KiB with 60 MB of unacked batches on disk: memory must not follow the backlog"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Collector that stores nothing and acks each batch `delay` after it arrives.
+/// Returns its address and the sequences it received, in order.
+async fn slow_collector(delay: Duration) -> (String, Arc<Mutex<Vec<u64>>>) {
+    use tokio_stream::StreamExt as _;
+    use vigil_proto::v1::{
+        collector_server::{Collector, CollectorServer},
+        Ack, Batch,
+    };
+
+    struct Slow {
+        delay: Duration,
+        received: Arc<Mutex<Vec<u64>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Collector for Slow {
+        type StreamStream = std::pin::Pin<
+            Box<dyn tokio_stream::Stream<Item = Result<Ack, tonic::Status>> + Send + 'static>,
+        >;
+        async fn stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<Batch>>,
+        ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+            let mut incoming = request.into_inner();
+            let (delay, received) = (self.delay, self.received.clone());
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Some(Ok(b)) = incoming.next().await {
+                    received.lock().unwrap().push(b.sequence);
+                    tokio::time::sleep(delay).await;
+                    let ack = Ack {
+                        agent_id: b.agent_id,
+                        epoch: b.epoch,
+                        sequence: b.sequence,
+                        duplicate: false,
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let svc = Slow {
+        delay,
+        received: received.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CollectorServer::new(svc).max_decoding_message_size(64 << 20))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, received)
+}
+
+#[test]
+fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
+    if !require_root("an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-storm-{}", std::process::id());
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    // Every syscall is "slow", no rate limit, and a 4 KiB ring buffer (~60 events).
+    let config = agent_config(
+        dir.path(),
+        &addr,
+        &id,
+        "",
+        "[probes]\nsyscalls = true\nretransmits = false\nslow_threshold = \"0s\"\n\
+         slow_events_per_sec = 1000000000\nring_buffer_bytes = 4096\n",
+    );
+    let agent = Agent::start(&config, None);
+    const CALLS: u64 = 20_000;
+    let mut storm = Workload::spawn(WORKLOAD, &["getppid", &CALLS.to_string()]);
+    let pid = storm.pid();
+    storm.go();
+    storm.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    assert_complete(&h);
+    let ringbuf_full = dropped(&h, "kernel_ringbuf_full");
+    let over_batch = dropped(&h, "agent_dropped");
+    assert!(
+        ringbuf_full > 0,
+        "20,000 events can't pass a 4 KiB buffer: {h}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let delivered = rt.block_on(async {
+        let mut fleet = vigil_proto::v1::fleet_client::FleetClient::connect(format!("http://{addr}"))
+            .await
+            .expect("fleet")
+            .max_decoding_message_size(256 << 20);
+        let events = fleet
+            .events(vigil_proto::v1::EventsRequest {
+                since_unix_ms: 0,
+                limit: 100_000,
+            })
+            .await
+            .expect("events")
+            .into_inner()
+            .events;
+        assert!(events.len() < 100_000, "limit not reached");
+        events
+            .iter()
+            .filter(|e| {
+                e.host.as_ref().is_some_and(|h| h.agent_id == id)
+                    && matches!(&e.event, Some(vigil_proto::v1::fleet_event::Event::SlowSyscall(s)) if s.pid == pid && s.nr == libc::SYS_getppid as u32)
+            })
+            .count() as u64
+    });
+    // Losses are counted for all processes, so they bound the storm's share from above.
+    assert!(
+        delivered + ringbuf_full + over_batch >= CALLS,
+        "each of the {CALLS} getppid calls was delivered ({delivered}) or counted lost \
+         (ring buffer full {ringbuf_full}, over a batch's limit {over_batch}): {h}"
+    );
+}
