@@ -493,6 +493,11 @@ fn a_slowly_acking_collector_does_not_grow_agent_memory() {
         vigil_json(&["stats", "--socket", socket.to_str().unwrap(), "--json"])["agent"].clone();
     let got = received.lock().unwrap().clone();
     agent.kill();
+    eprintln!(
+        "slow acks: {} batches received, {} unacked on disk, agent RSS peak {peak_kib} KiB",
+        got.len(),
+        st["spool"]["unacked"]
+    );
     assert!(got.len() >= 20, "the collector got batches: {}", got.len());
     assert!(
         got.windows(2).all(|w| w[1] == w[0] + 1) && got[0] == 1,
@@ -638,10 +643,130 @@ fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
             })
             .count() as u64
     });
+    eprintln!("storm: {CALLS} getppid calls; delivered {delivered}, ring buffer full {ringbuf_full}, over a batch's limit {over_batch}");
     // Losses are counted for all processes, so they bound the storm's share from above.
     assert!(
         delivered + ringbuf_full + over_batch >= CALLS,
         "each of the {CALLS} getppid calls was delivered ({delivered}) or counted lost \
          (ring buffer full {ringbuf_full}, over a batch's limit {over_batch}): {h}"
     );
+}
+
+#[test]
+fn sighup_reloads_the_config_and_keeps_the_probes() {
+    if !require_root("sighup_reloads_the_config_and_keeps_the_probes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = format!("chaos-hup-{}", std::process::id());
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let socket = dir.path().join("agent.sock");
+    let config = dir.path().join("agent.toml");
+    let base = format!(
+        "interval = \"1s\"\nagent_id = \"{id}\"\nsocket = \"{}\"\ndata_dir = \"{}\"\n",
+        socket.display(),
+        dir.path().join("agent").display()
+    );
+    let probes = "[probes]\nsyscalls = true\nretransmits = false\n";
+    // Start without a collector.
+    std::fs::write(&config, format!("{base}{probes}")).unwrap();
+    let mut agent = Agent::start(&config, None);
+
+    // A bad file is refused with its reason; the agent keeps running as it was.
+    let bad = base.replace("interval = \"1s\"", "interval = \"100ms\"");
+    std::fs::write(&config, format!("{bad}{probes}")).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for("new configuration refused", Duration::from_secs(10));
+    let said = agent.stderr.lock().unwrap().clone();
+    assert!(
+        said.contains("agent.toml") && said.contains("interval: must be at least 1s"),
+        "{said}"
+    );
+    assert!(agent.is_running());
+
+    // A good one takes effect: now it streams to the collector.
+    std::fs::write(&config, format!("{base}collector = \"{addr}\"\n{probes}")).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for("configuration reloaded", Duration::from_secs(10));
+    let start = Instant::now();
+    while host_row(&addr, &id, None).is_none_or(|h| n(&h, "batches") < 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no batches after the reload"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The probes stayed attached: a workload after the reload is measured.
+    let mut w = Workload::spawn(WORKLOAD, &["getppid", "500"]);
+    w.go();
+    w.wait();
+    std::thread::sleep(Duration::from_millis(2500));
+    let rows = vigil_json(&[
+        "syscalls",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--window",
+        "5s",
+        "--json",
+    ]);
+    let getppid = rows["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "getppid")
+        .and_then(|r| r["count"].as_u64())
+        .unwrap_or(0);
+    assert!(getppid >= 500, "getppid after the reload: {rows}");
+    let out = agent.stop();
+    assert_eq!(out.matches("probe syscall-latency: on").count(), 1, "{out}");
+    assert_all_acked(&out);
+    assert_complete(&host_row(&addr, &id, None).unwrap());
+}
+
+#[test]
+fn sigterm_spools_the_partial_batch_and_exits_by_the_deadline() {
+    if !require_root("sigterm_spools_the_partial_batch_and_exits_by_the_deadline") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A collector that accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = blackhole.local_addr().unwrap().to_string();
+    let id = format!("chaos-term-{}", std::process::id());
+    let config = agent_config(dir.path(), &hole, &id, "", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval = \"1s\"", "interval = \"1h\"")
+        .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"2s\"");
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(&config, None);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = agent.stop();
+    // The only batch is the partial interval, written at SIGTERM and unacked.
+    assert!(out.contains("spool: 1 unacked"), "{out}");
+    drop(blackhole);
+
+    // Next start with a real collector: it is sent first, as sequence 1.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&hole, &addr);
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(&config, None);
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("1 unacked batches to send first"),
+        "{}",
+        agent.stderr.lock().unwrap()
+    );
+    let out = agent.stop();
+    assert_all_acked(&out);
+    let h = host_row(&addr, &id, None).expect("agent listed");
+    assert_complete(&h);
+    assert_eq!(n(&h, "last_seq"), 2, "the partial batch of each run: {h}");
 }
