@@ -73,7 +73,7 @@ impl Config {
 }
 
 /// Something attached for the duration of one measurement; detached on drop.
-struct Attached(Option<Child>);
+pub(crate) struct Attached(pub(crate) Option<Child>);
 
 impl Drop for Attached {
     fn drop(&mut self) {
@@ -311,7 +311,7 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
 
 /// CPU time of a process (all its threads), in seconds, from the scheduler's
 /// nanosecond counters (/proc/PID/task/*/schedstat; utime/stime tick at only 100 Hz).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let mut ns = 0u64;
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .with_context(|| format!("listing /proc/{pid}/task"))?;
@@ -328,7 +328,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// VmRSS and VmHWM (peak) of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -342,7 +342,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 /// Starts `vigil collector` on an ephemeral port with a fresh store; returns it and its address.
-fn start_collector(
+pub(crate) fn start_collector(
     vigil: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(Attached, String)> {

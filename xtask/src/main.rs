@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
 mod setup;
+mod soak;
 
 use std::{path::PathBuf, process::Command};
 
@@ -31,6 +32,18 @@ enum Task {
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Many agents streaming to one collector for a while: no lost sequence, memory
+    /// growth under 10 % (exit status 1 otherwise).
+    Soak {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// How long the agents stream, after a warm-up minute.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Agent interval in seconds (a batch per agent per interval).
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -87,6 +100,15 @@ fn main() -> anyhow::Result<()> {
             setup::setup(setup::Mode::IfMissing)?;
             let vigil = build_release()?;
             bench::run(b, &vigil)
+        }
+        Task::Soak {
+            agents,
+            minutes,
+            interval,
+        } => {
+            setup::setup(setup::Mode::IfMissing)?;
+            let vigil = build_release()?;
+            soak::run(&vigil, agents, minutes, interval)
         }
     }
 }

@@ -513,7 +513,7 @@ fn close_interval(
     if let Ok(mut st) = state.write() {
         st.identity = convert::host_identity(&sample, agent_id);
         st.latest = Some(convert::host_metrics(&sample));
-        st.push_latency(delta.clone());
+        st.push_latency(&delta);
     }
     let cumulative = iv.cumulative(&kernel, undecodable);
     let mut losses = losses_since(&cumulative, &iv.reported);

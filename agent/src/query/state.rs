@@ -5,10 +5,15 @@ use std::collections::{BTreeMap, VecDeque};
 use tokio::sync::broadcast;
 use vigil_proto::v1 as pb;
 
-use crate::histogram::LatencyHistogram;
+use crate::histogram::{CompactHistogram, LatencyHistogram};
 
-/// Intervals of syscall latency kept for `SyscallLatency` windows.
-pub const LATENCY_INTERVALS: usize = 360;
+/// Syscall latency history for `SyscallLatency` windows: the last RECENT_INTERVALS
+/// intervals one by one, then OLDER_GROUPS groups of GROUP intervals each merged into
+/// one (360 intervals in all: an hour at the default 10 s). Memory stays flat once full.
+pub const RECENT_INTERVALS: usize = 60;
+pub const GROUP: usize = 10;
+pub const OLDER_GROUPS: usize = 30;
+pub const LATENCY_INTERVALS: usize = RECENT_INTERVALS + GROUP * OLDER_GROUPS;
 /// Retransmits kept for `Retransmits`.
 pub const RECENT_RETRANSMITS: usize = 1000;
 /// Live events buffered per follower; a follower that falls further behind is told
@@ -20,7 +25,9 @@ pub struct AgentState {
     pub latest: Option<pb::HostMetrics>,
     pub interval_secs: f64,
     /// Per-interval syscall latency, newest last.
-    pub latency: VecDeque<BTreeMap<u32, LatencyHistogram>>,
+    pub latency: VecDeque<Vec<(u32, CompactHistogram)>>,
+    /// Older history, GROUP intervals per entry, newest last.
+    pub older_latency: VecDeque<Vec<(u32, CompactHistogram)>>,
     pub retransmits: VecDeque<pb::TcpRetransmit>,
     pub live: broadcast::Sender<pb::live_event::Event>,
     /// The agent's own delivery state, as of the last interval.
@@ -36,6 +43,7 @@ impl AgentState {
             latest: None,
             interval_secs,
             latency: VecDeque::new(),
+            older_latency: VecDeque::new(),
             retransmits: VecDeque::new(),
             live: broadcast::channel(FOLLOW_BUFFER).0,
             agent: Default::default(),
@@ -43,11 +51,22 @@ impl AgentState {
         }
     }
 
-    pub fn push_latency(&mut self, delta: BTreeMap<u32, LatencyHistogram>) {
-        if self.latency.len() >= LATENCY_INTERVALS {
-            self.latency.pop_front();
+    pub fn push_latency(&mut self, delta: &BTreeMap<u32, LatencyHistogram>) {
+        if self.latency.len() >= RECENT_INTERVALS + GROUP {
+            let mut merged: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
+            for interval in self.latency.drain(..GROUP) {
+                for (nr, h) in interval {
+                    h.merge_into(merged.entry(nr).or_default());
+                }
+            }
+            if self.older_latency.len() >= OLDER_GROUPS {
+                self.older_latency.pop_front();
+            }
+            self.older_latency
+                .push_back(merged.iter().map(|(nr, h)| (*nr, h.into())).collect());
         }
-        self.latency.push_back(delta);
+        self.latency
+            .push_back(delta.iter().map(|(nr, h)| (*nr, h.into())).collect());
     }
 
     pub fn push_event(&mut self, event: pb::live_event::Event) {
@@ -65,11 +84,50 @@ impl AgentState {
     pub fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
         let n = ((window_secs / self.interval_secs.max(0.001)).ceil() as usize).max(1);
         let mut out: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
-        for delta in self.latency.iter().rev().take(n) {
+        let recent = self.latency.iter().rev().take(n);
+        // Beyond the recent intervals, whole groups: the window is rounded up to a group.
+        let older_n = n.saturating_sub(self.latency.len()).div_ceil(GROUP);
+        let older = self.older_latency.iter().rev().take(older_n);
+        for delta in recent.chain(older) {
             for (nr, h) in delta {
-                out.entry(*nr).or_default().merge(h);
+                h.merge_into(out.entry(*nr).or_default());
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_call(nr: u32) -> BTreeMap<u32, LatencyHistogram> {
+        let mut h = LatencyHistogram {
+            count: 1,
+            total_ns: 1000,
+            max_ns: 1000,
+            ..Default::default()
+        };
+        h.buckets[vigil_common::latency_bucket(1000) as usize] = 1;
+        BTreeMap::from([(nr, h)])
+    }
+
+    #[test]
+    fn history_keeps_360_intervals_in_bounded_memory() {
+        let mut st = AgentState::new(Default::default(), 10.0);
+        for _ in 0..1000 {
+            st.push_latency(&one_call(39));
+        }
+        assert!(st.latency.len() <= RECENT_INTERVALS + GROUP);
+        assert_eq!(st.older_latency.len(), OLDER_GROUPS);
+        // One call per interval: a window counts the intervals it covers.
+        assert_eq!(st.latency_over(10.0)[&39].count, 1);
+        assert_eq!(st.latency_over(600.0)[&39].count, 60);
+        let hour = st.latency_over(3600.0)[&39].count;
+        assert!((360..=370).contains(&hour), "{hour}");
+        assert_eq!(
+            st.latency_over(1e9)[&39].count,
+            st.latency.len() as u64 + 300
+        );
     }
 }
