@@ -131,9 +131,13 @@ pub enum Counter {
     SlowSyscallSent = 5,
     /// TCP retransmit events delivered to the ring buffer.
     RetransmitSent = 6,
+    /// A process event (exec, fork, exit) was dropped because the ring buffer was full.
+    ProcessRingbufFull = 7,
+    /// Process events delivered to the ring buffer.
+    ProcessSent = 8,
 }
 
-pub const COUNTERS: u32 = 8;
+pub const COUNTERS: u32 = 10;
 
 /// First byte (tag) of every ring-buffer event; the reader dispatches on it.
 #[repr(u8)]
@@ -141,6 +145,7 @@ pub const COUNTERS: u32 = 8;
 pub enum EventKind {
     SlowSyscall = 1,
     TcpRetransmit = 2,
+    Process = 3,
 }
 
 impl EventKind {
@@ -148,6 +153,7 @@ impl EventKind {
         match tag {
             1 => Some(Self::SlowSyscall),
             2 => Some(Self::TcpRetransmit),
+            3 => Some(Self::Process),
             _ => None,
         }
     }
@@ -230,6 +236,83 @@ impl RetransmitLayout {
     };
 }
 
+/// What happened to a process.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessOp {
+    Exec = 1,
+    Fork = 2,
+    Exit = 3,
+}
+
+impl ProcessOp {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Fork),
+            3 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes of the executed file's path kept (longer paths are cut, NUL-terminated).
+pub const FILENAME_LEN: usize = 256;
+
+/// A process exec, fork (new processes only, not threads) or exit (of the whole
+/// thread group), from the sched_process_* tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    /// Always [`EventKind::Process`].
+    pub kind: u8,
+    /// [`ProcessOp`].
+    pub op: u8,
+    pub _pad: [u8; 2],
+    /// The process (thread group) id.
+    pub pid: u32,
+    /// The parent's process id (for fork: the parent that forked).
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Exit: the wait status (code << 8 | signal). Otherwise 0.
+    pub exit_code: i32,
+    /// `CLOCK_MONOTONIC` when the tracepoint fired.
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// Exec: the path as passed to execve (NUL-terminated). Otherwise empty.
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Byte offsets of kernel struct fields, from the kernel's BTF at load time (Rust eBPF
+/// has no CO-RE). [`TaskLayout::ABSENT`] when the kernel lacks the field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// `task_struct.pid`
+    pub pid: u32,
+    /// `task_struct.tgid`
+    pub tgid: u32,
+    /// `task_struct.real_parent`
+    pub real_parent: u32,
+    /// `task_struct.exit_code`
+    pub exit_code: u32,
+    /// `linux_binprm.filename`
+    pub binprm_filename: u32,
+}
+
+impl TaskLayout {
+    pub const ABSENT: u32 = u32::MAX;
+    pub const UNSET: Self = Self {
+        pid: Self::ABSENT,
+        tgid: Self::ABSENT,
+        real_parent: Self::ABSENT,
+        exit_code: Self::ABSENT,
+        binprm_filename: Self::ABSENT,
+    };
+}
+
 /// Names of the globals in the eBPF object's `.rodata` that userspace sets at load.
 pub mod globals {
     /// `u32`: only record syscalls of this thread group (0 = every process).
@@ -238,10 +321,12 @@ pub mod globals {
     pub const SLOW_THRESHOLD_NS: &str = "SLOW_THRESHOLD_NS";
     /// `u64`: slow-syscall events allowed per CPU per second.
     pub const SLOW_EVENTS_PER_SEC: &str = "SLOW_EVENTS_PER_SEC";
-    /// `u64`: flags for ring-buffer submits (0, or BPF_RB_NO_WAKEUP = 1).
+    /// `u64`: wake the ring-buffer reader only once this many bytes wait (0 = per event).
     pub const RINGBUF_WAKE_AT_BYTES: &str = "RINGBUF_WAKE_AT_BYTES";
     /// [`super::RetransmitLayout`].
     pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
+    /// [`super::TaskLayout`].
+    pub const TASK_LAYOUT: &str = "TASK_LAYOUT";
 }
 
 /// Per-CPU token bucket for the slow-syscall rate limit.
@@ -258,6 +343,7 @@ mod pod {
     // uninitialised bytes in a way the kernel cares about, and no pointers.
     unsafe impl aya::Pod for super::SyscallStats {}
     unsafe impl aya::Pod for super::RetransmitLayout {}
+    unsafe impl aya::Pod for super::TaskLayout {}
     unsafe impl aya::Pod for super::RateLimit {}
 }
 

@@ -197,6 +197,17 @@ pub enum Trace {
         #[arg(long)]
         json: bool,
     },
+    /// Process exec, fork and exit events, as they happen (like execsnoop).
+    Processes {
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Show only execs (forks and exits are still counted in the summary).
+        #[arg(long)]
+        exec: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Syscalls slower than a threshold, as they return.
     SlowSyscalls {
         #[arg(long, default_value = "10ms", value_parser = parse_duration)]
@@ -225,6 +236,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(Trace::Retransmits { duration, json }) => {
             crate::trace::retransmits::run(duration, json).await
         }
+        Command::Trace(Trace::Processes {
+            duration,
+            exec,
+            json,
+        }) => crate::trace::processes::run(duration, exec, json).await,
         Command::Trace(Trace::SlowSyscalls {
             threshold,
             duration,

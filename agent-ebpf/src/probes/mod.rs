@@ -1,2 +1,3 @@
+pub mod process;
 pub mod syscalls;
 pub mod tcp;

@@ -74,6 +74,9 @@ fn absorb(
         let live = match &e {
             Event::Retransmit(r) => pb::live_event::Event::Retransmit(convert::retransmit(r)),
             Event::SlowSyscall(s) => pb::live_event::Event::SlowSyscall(convert::slow_syscall(s)),
+            // The agent doesn't turn the process probe on yet (the process table and
+            // rules that consume these events come next); `vigil trace exec` shows them.
+            Event::Process(_) => continue,
         };
         if batch.retransmits.len() + batch.slow_syscalls.len() < EVENTS_PER_BATCH {
             match &live {

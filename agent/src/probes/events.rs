@@ -7,7 +7,9 @@ use std::{
 
 use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use vigil_common::{EventKind, SlowSyscall, TcpRetransmit};
+use vigil_common::{
+    EventKind, ProcessEvent as RawProcessEvent, ProcessOp, SlowSyscall, TcpRetransmit,
+};
 
 use super::ProbeError;
 
@@ -37,10 +39,33 @@ pub struct RetransmitEvent {
     pub err: i32,
 }
 
+/// A process exec, fork or exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub time: SystemTime,
+    pub op: ProcessOp,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Exit: the wait status (code << 8 | signal).
+    pub exit_code: i32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// Exec: the path given to execve.
+    pub filename: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     SlowSyscall(SlowSyscallEvent),
     Retransmit(RetransmitEvent),
+    Process(ProcessEvent),
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +74,8 @@ pub enum DecodeError {
     Empty,
     #[error("unknown event tag {0}")]
     UnknownTag(u8),
+    #[error("unknown process operation {0}")]
+    UnknownOp(u8),
     #[error("{kind:?} record is {got} bytes, expected {want}")]
     Short {
         kind: EventKind,
@@ -144,6 +171,21 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                 dport: e.dport,
                 state: e.state,
                 err: e.err,
+            }))
+        }
+        kind @ EventKind::Process => {
+            let e: RawProcessEvent = read(bytes, kind)?;
+            Ok(Event::Process(ProcessEvent {
+                time: clock.to_wall(e.timestamp_ns),
+                op: ProcessOp::from_u8(e.op).ok_or(DecodeError::UnknownOp(e.op))?,
+                pid: e.pid,
+                ppid: e.ppid,
+                uid: e.uid,
+                gid: e.gid,
+                exit_code: e.exit_code,
+                cgroup_id: e.cgroup_id,
+                comm: c_string(&e.comm),
+                filename: c_string(&e.filename),
             }))
         }
     }

@@ -1,7 +1,9 @@
 //! Loading Vigil's eBPF programs and attaching each probe on its own, so a probe that
 //! can't attach (missing tracepoint, old kernel, no BTF) is reported as off with its
 //! reason while the others keep working.
+pub mod btf;
 pub mod events;
+pub mod process;
 pub mod syscalls;
 pub mod tcp;
 pub mod tracefs;
@@ -40,6 +42,8 @@ pub struct ProbeSettings {
     /// wakes it only once n bytes are waiting, and the reader also drains on its own
     /// clock (`EventReader::drain`); this saves a wake-up per event.
     pub wake_at_bytes: Option<u64>,
+    /// Process exec, fork and exit events.
+    pub processes: bool,
 }
 
 impl Default for ProbeSettings {
@@ -53,6 +57,7 @@ impl Default for ProbeSettings {
             retransmits: Some((tcp::CATEGORY.to_string(), tcp::TRACEPOINT.to_string())),
             ring_buffer_bytes: 256 * 1024,
             wake_at_bytes: None,
+            processes: false,
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("kernel struct layout: {0}")]
+    KernelLayout(#[from] btf::BtfError),
     #[error("tracepoint {tracepoint} has an unexpected layout: {reason}")]
     Layout { tracepoint: String, reason: String },
     #[error(transparent)]
@@ -98,6 +105,7 @@ pub enum ProbeError {
 pub enum Probe {
     SyscallLatency,
     TcpRetransmit,
+    ProcessLifecycle,
 }
 
 impl fmt::Display for Probe {
@@ -105,6 +113,7 @@ impl fmt::Display for Probe {
         f.write_str(match self {
             Self::SyscallLatency => "syscall-latency",
             Self::TcpRetransmit => "tcp-retransmit",
+            Self::ProcessLifecycle => "process-lifecycle",
         })
     }
 }
@@ -128,6 +137,8 @@ pub struct KernelCounters {
     pub syscall_out_of_range: u64,
     pub slow_syscall_sent: u64,
     pub retransmit_sent: u64,
+    pub process_ringbuf_full: u64,
+    pub process_sent: u64,
 }
 
 impl KernelCounters {
@@ -136,6 +147,7 @@ impl KernelCounters {
     pub fn lost_events(&self) -> u64 {
         self.slow_syscall_ringbuf_full
             + self.retransmit_ringbuf_full
+            + self.process_ringbuf_full
             + self.syscall_start_store_failed
             + self.syscall_out_of_range
     }
@@ -175,6 +187,19 @@ impl Probes {
         let wake_at: u64 = settings.wake_at_bytes.unwrap_or(0).max(
             u64::from(settings.wake_at_bytes.is_some()), // Some(0) still means "batched"
         );
+        // Likewise the task_struct offsets for the process probes, from the kernel's BTF.
+        let task_layout = if settings.processes {
+            btf::KernelBtf::from_sys_fs()
+                .and_then(|b| process::layout(&b))
+                .map_err(ProbeError::from)
+        } else {
+            Err(ProbeError::MissingProgram("sched_process_exec"))
+        };
+        let task = task_layout
+            .as_ref()
+            .ok()
+            .copied()
+            .unwrap_or(vigil_common::TaskLayout::UNSET);
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
@@ -186,6 +211,7 @@ impl Probes {
                 true,
             )
             .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
+            .override_global(globals::TASK_LAYOUT, &task, true)
             .override_global(globals::RINGBUF_WAKE_AT_BYTES, &wake_at, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
@@ -214,6 +240,15 @@ impl Probes {
             }
         };
         states.insert(Probe::TcpRetransmit, retransmits);
+        let processes = if settings.processes {
+            match task_layout.and_then(|_| process::attach(&mut ebpf)) {
+                Ok(()) => ProbeState::On,
+                Err(e) => ProbeState::Off(e),
+            }
+        } else {
+            ProbeState::Disabled
+        };
+        states.insert(Probe::ProcessLifecycle, processes);
         for (probe, state) in &states {
             match state {
                 ProbeState::On => tracing::info!(%probe, "probe on"),
@@ -261,6 +296,8 @@ impl Probes {
             syscall_out_of_range: at(Counter::SyscallOutOfRange),
             slow_syscall_sent: at(Counter::SlowSyscallSent),
             retransmit_sent: at(Counter::RetransmitSent),
+            process_ringbuf_full: at(Counter::ProcessRingbufFull),
+            process_sent: at(Counter::ProcessSent),
         })
     }
 

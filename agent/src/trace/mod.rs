@@ -1,5 +1,6 @@
 //! One-shot views for the CLI (`vigil trace ...`) and the foreground agent summary:
 //! load the probes, watch for a while, print.
+pub mod processes;
 pub mod retransmits;
 pub mod slow;
 pub mod stats;

@@ -5,13 +5,14 @@
 //!   vigil-workload getppid COUNT        COUNT getppid() calls
 //!   vigil-workload spin MILLIS          burn one CPU for MILLIS ms
 //!   vigil-workload hold-memory MB MILLIS  touch MB MiB of memory, hold it MILLIS ms
+//!   vigil-workload exec COUNT PATH      COUNT children that exec PATH (two at a time)
 use std::{io::BufRead as _, time::Duration};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 {
         args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            eprintln!("usage: vigil-workload sleep COUNT MILLIS | getppid COUNT | spin MILLIS | hold-memory MB MILLIS");
+            eprintln!("usage: vigil-workload sleep COUNT MILLIS | getppid COUNT | spin MILLIS | hold-memory MB MILLIS | exec COUNT PATH");
             std::process::exit(64)
         })
     };
@@ -46,8 +47,28 @@ fn main() {
             std::thread::sleep(Duration::from_millis(num(2)));
             std::hint::black_box(&block);
         }
+        Some("exec") => {
+            let count = num(1);
+            let path = args.get(2).cloned().unwrap_or_else(|| "/bin/true".into());
+            let workers: Vec<_> = (0..2)
+                .map(|w| {
+                    let path = path.clone();
+                    std::thread::spawn(move || {
+                        for _ in (w..count).step_by(2) {
+                            let status = std::process::Command::new(&path)
+                                .status()
+                                .unwrap_or_else(|e| panic!("exec {path}: {e}"));
+                            assert!(status.success(), "{path}: {status}");
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("exec worker");
+            }
+        }
         _ => {
-            eprintln!("usage: vigil-workload sleep COUNT MILLIS | getppid COUNT | spin MILLIS | hold-memory MB MILLIS");
+            eprintln!("usage: vigil-workload sleep COUNT MILLIS | getppid COUNT | spin MILLIS | hold-memory MB MILLIS | exec COUNT PATH");
             std::process::exit(64)
         }
     }
