@@ -64,6 +64,10 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<(Batch, Reply)>, retention: D
             if let Err(e) = store.prune(cutoff) {
                 tracing::warn!(error = %e, "retention pruning failed");
             }
+            // The async threads' malloc arenas keep freed request buffers; hand them
+            // back so the collector's resident size follows its load, not its peak.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
         }
     }
 }

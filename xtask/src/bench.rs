@@ -34,6 +34,15 @@ pub enum Bench {
         #[arg(long, default_value_t = 200)]
         batches: u64,
     },
+    /// Exec events: a storm of short-lived processes with nothing attached, with
+    /// `vigil trace processes --exec`, and with libbpf-tools execsnoop; storm rate,
+    /// tracer CPU per 1,000 execs, and how many execs each tracer reported.
+    Exec {
+        #[arg(long, default_value_t = 10_000)]
+        execs: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Agent footprint (CPU seconds per hour, RSS) at the default interval, side by
     /// side with Debian's prometheus-node-exporter scraped at the same interval.
     Footprint {
@@ -227,6 +236,7 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
         } => (iterations, rounds, cpu),
         Bench::Collector { agents, batches } => return collector(vigil, agents, batches),
         Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
+        Bench::Exec { execs, rounds } => return exec(vigil, execs, rounds),
     };
     if !crate::is_root() {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
@@ -507,5 +517,154 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
         if arss <= erss { "met" } else { "NOT met" },
         arss / erss
     );
+    Ok(())
+}
+
+/// A tracer for the exec benchmark: its output lines are counted as they come.
+struct Tracer {
+    attached: Attached,
+    matched: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn start_tracer(cmd: &mut Command, ready: &str, matching: &'static str) -> anyhow::Result<Tracer> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let matched = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().context("stdout")?;
+    let err = child.stderr.take().context("stderr")?;
+    let (count, tx2) = (matched.clone(), tx.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(matching) {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = tx2.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(ready) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                bail!("{cmd:?} did not print {ready:?} within 30 s");
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Tracer {
+        attached: Attached(Some(child)),
+        matched,
+    })
+}
+
+/// `execs` children of /bin/true, two at a time; returns the wall time.
+fn exec_storm(execs: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                for _ in (w..execs).step_by(2) {
+                    let status = Command::new("/bin/true").status()?;
+                    if !status.success() {
+                        bail!("/bin/true: {status}");
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("storm worker panicked"))??;
+    }
+    Ok(start.elapsed())
+}
+
+fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!("the exec benchmark attaches eBPF programs and needs root");
+    }
+    let labels = [
+        "no tracer",
+        "vigil trace processes --exec",
+        "libbpf-tools execsnoop",
+    ];
+    // Per config: storm seconds, tracer CPU seconds, execs reported (per round).
+    let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); labels.len()];
+    for _ in 0..rounds {
+        for (i, _) in labels.iter().enumerate() {
+            let tracer = match i {
+                0 => None,
+                1 => Some(start_tracer(
+                    Command::new(vigil).args(["trace", "processes", "--exec", "--json"]),
+                    "vigil: tracing",
+                    "\"filename\":\"/bin/true\"",
+                )?),
+                _ => Some(start_tracer(
+                    Command::new("stdbuf").args(["-oL", "execsnoop"]),
+                    "PCOMM",
+                    "/bin/true",
+                )?),
+            };
+            let pid = tracer
+                .as_ref()
+                .and_then(|t| t.attached.0.as_ref())
+                .map(|c| c.id());
+            let cpu0 = pid.map(cpu_seconds).transpose()?.unwrap_or(0.0);
+            let wall = exec_storm(execs)?;
+            // Let the tracer catch up with its output before reading its CPU time.
+            std::thread::sleep(Duration::from_secs(1));
+            let cpu = pid.map(cpu_seconds).transpose()?.unwrap_or(0.0) - cpu0;
+            let seen = tracer
+                .as_ref()
+                .map_or(0, |t| t.matched.load(std::sync::atomic::Ordering::Relaxed));
+            drop(tracer);
+            results[i].push((wall.as_secs_f64(), cpu, seen));
+        }
+    }
+    println!("bench exec: {execs} execs of /bin/true (two at a time), {rounds} rounds interleaved, medians");
+    println!();
+    println!(
+        "| tracer | execs/s | storm slowdown | tracer CPU ms per 1000 execs | execs reported |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let mut base = 0.0;
+    for (i, label) in labels.iter().enumerate() {
+        let mut walls: Vec<f64> = results[i].iter().map(|r| r.0).collect();
+        let mut cpus: Vec<f64> = results[i].iter().map(|r| r.1).collect();
+        let seen = results[i].iter().map(|r| r.2).min().unwrap_or(0);
+        let wall = median(&mut walls);
+        if i == 0 {
+            base = wall;
+        }
+        let cpu = median(&mut cpus);
+        println!(
+            "| {label} | {:.0} | {:.2}x | {} | {} |",
+            execs as f64 / wall,
+            wall / base,
+            if i == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}", cpu * 1e6 / execs as f64)
+            },
+            if i == 0 {
+                "-".to_string()
+            } else {
+                format!("{seen} (fewest in a round)")
+            },
+        );
+    }
     Ok(())
 }

@@ -37,12 +37,16 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 100)]
         agents: usize,
-        /// How long the agents stream, after a warm-up minute.
+        /// How long the agents stream, after a two-minute warm-up.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
         /// Agent interval in seconds (a batch per agent per interval).
         #[arg(long, default_value_t = 1)]
         interval: u64,
+        /// Seconds before memory is first measured (default: until every bounded
+        /// structure has filled, at least 120).
+        #[arg(long)]
+        warm_up: Option<u64>,
     },
 }
 
@@ -105,10 +109,15 @@ fn main() -> anyhow::Result<()> {
             agents,
             minutes,
             interval,
+            warm_up,
         } => {
             setup::setup(setup::Mode::IfMissing)?;
             let vigil = build_release()?;
-            soak::run(&vigil, agents, minutes, interval)
+            let warm_up = warm_up.map_or_else(
+                || soak::default_warm_up(interval),
+                std::time::Duration::from_secs,
+            );
+            soak::run(&vigil, agents, minutes, interval, warm_up)
         }
     }
 }
