@@ -135,9 +135,16 @@ pub enum Counter {
     ProcessRingbufFull = 7,
     /// Process events delivered to the ring buffer.
     ProcessSent = 8,
+    /// A security event (ptrace, setuid, module, file write, connect, listen) was
+    /// dropped because the ring buffer was full.
+    SecurityRingbufFull = 9,
+    /// Security events delivered to the ring buffer.
+    SecuritySent = 10,
+    /// A setuid-family call could not be followed to its return (pending map full).
+    SecurityPendingFull = 11,
 }
 
-pub const COUNTERS: u32 = 10;
+pub const COUNTERS: u32 = 12;
 
 /// First byte (tag) of every ring-buffer event; the reader dispatches on it.
 #[repr(u8)]
@@ -146,6 +153,7 @@ pub enum EventKind {
     SlowSyscall = 1,
     TcpRetransmit = 2,
     Process = 3,
+    Security = 4,
 }
 
 impl EventKind {
@@ -154,6 +162,7 @@ impl EventKind {
             1 => Some(Self::SlowSyscall),
             2 => Some(Self::TcpRetransmit),
             3 => Some(Self::Process),
+            4 => Some(Self::Security),
             _ => None,
         }
     }
@@ -283,6 +292,198 @@ pub struct ProcessEvent {
     pub comm: [u8; TASK_COMM_LEN],
     /// Exec: the path as passed to execve (NUL-terminated). Otherwise empty.
     pub filename: [u8; FILENAME_LEN],
+    /// Exec: the start of the argument list, NUL-separated, `args_len` bytes.
+    pub args: [u8; ARGS_LEN],
+    pub args_len: u32,
+    /// Exec: the effective uid (differs from `uid` for set-user-ID programs).
+    pub euid: u32,
+    /// Exec: what fds 0 and 1 are ([`FdKind`]) and their inode numbers (a pipe's inode
+    /// links the two ends of a shell pipeline; a socket's finds its connection).
+    pub stdin_kind: u8,
+    pub stdout_kind: u8,
+    /// Exec: [`EXE_MEMFD`], [`EXE_UNLINKED`].
+    pub exe_flags: u8,
+    pub _pad2: u8,
+    pub _pad3: u32,
+    pub stdin_ino: u64,
+    pub stdout_ino: u64,
+    /// Exec: the executed file's own name (its dentry), e.g. `memfd:x` for a memfd.
+    pub exe_name: [u8; EXE_NAME_LEN],
+}
+
+/// Bytes of the executed file's own name kept.
+pub const EXE_NAME_LEN: usize = 64;
+
+/// Bytes of an exec's argument list kept (the rest is cut).
+pub const ARGS_LEN: usize = 256;
+/// The executed file is a memfd (`memfd_create`): nothing on disk.
+pub const EXE_MEMFD: u8 = 1;
+/// The executed file has no links left (deleted, or `O_TMPFILE`).
+pub const EXE_UNLINKED: u8 = 2;
+
+/// What an open file descriptor is, from its inode's mode.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FdKind {
+    /// Not open, or unreadable.
+    #[default]
+    None = 0,
+    Pipe = 1,
+    Socket = 2,
+    CharDevice = 3,
+    File = 4,
+    Other = 5,
+}
+
+impl FdKind {
+    pub fn from_mode(mode: u16) -> Self {
+        match mode as u32 & 0o170000 {
+            0o010000 => Self::Pipe,
+            0o140000 => Self::Socket,
+            0o020000 => Self::CharDevice,
+            0o100000 => Self::File,
+            0 => Self::None,
+            _ => Self::Other,
+        }
+    }
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Pipe,
+            2 => Self::Socket,
+            3 => Self::CharDevice,
+            4 => Self::File,
+            5 => Self::Other,
+            _ => Self::None,
+        }
+    }
+}
+
+/// A security-relevant action, filtered in the kernel (see `SecurityEvent`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityOp {
+    /// `ptrace(PTRACE_ATTACH | PTRACE_SEIZE, target)`: `target` = pid, `detail` = request.
+    Ptrace = 1,
+    /// A setuid-family call by a process whose real uid was not 0 that returned
+    /// success with one of its ids set to 0: `detail` = old real uid, `target` = new
+    /// real uid.
+    SetUid = 2,
+    /// The same for the gid family.
+    SetGid = 3,
+    /// `init_module` / `finit_module` called: `target` = the fd (finit_module) or
+    /// u64::MAX.
+    ModuleLoad = 4,
+    /// A file opened for writing in a watched directory: `target` = the directory's
+    /// inode, `dev` its device, `detail` = the file's f_mode, `name` = the file's name.
+    FileWrite = 5,
+    /// A rename whose new (absolute) path starts with a watched prefix: `name` = the
+    /// new path.
+    Rename = 6,
+    /// `connect()` to a watched port, or by a watched process: `port`, `family`, `addr`.
+    Connect = 7,
+    /// A TCP socket started listening: `port`, `family`, `addr` (local).
+    Listen = 8,
+}
+
+impl SecurityOp {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Ptrace,
+            2 => Self::SetUid,
+            3 => Self::SetGid,
+            4 => Self::ModuleLoad,
+            5 => Self::FileWrite,
+            6 => Self::Rename,
+            7 => Self::Connect,
+            8 => Self::Listen,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes of a file name (or a rename's new path) kept in a security event.
+pub const NAME_LEN: usize = 128;
+
+/// Watched path prefixes for renames (value of `WATCHED_PREFIXES`).
+pub const MAX_PREFIXES: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PathPrefix {
+    /// 0 ends the list.
+    pub len: u32,
+    pub bytes: [u8; NAME_LEN],
+}
+
+/// One security-relevant action (see [`SecurityOp`] for what each field holds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SecurityEvent {
+    /// Always [`EventKind::Security`].
+    pub kind: u8,
+    /// [`SecurityOp`].
+    pub op: u8,
+    /// Connect/Listen: `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Connect/Listen: the port (host byte order).
+    pub port: u16,
+    pub _pad: u16,
+    pub target: u64,
+    pub detail: u64,
+    pub dev: u64,
+    /// `CLOCK_MONOTONIC` when the program fired.
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// Network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+    pub name: [u8; NAME_LEN],
+}
+
+/// A directory whose files are watched for writes (key of `WATCHED_DIRS`): the
+/// kernel's device number (`MKDEV(major, minor)` = major << 20 | minor) and inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DirKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Syscall numbers the security probes watch, set by userspace for this architecture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecuritySyscalls {
+    /// 0: security events off.
+    pub enabled: u32,
+    pub init_module: u32,
+    pub finit_module: u32,
+    pub setuid: u32,
+    pub setgid: u32,
+    pub setreuid: u32,
+    pub setregid: u32,
+    pub setresuid: u32,
+    pub setresgid: u32,
+    /// Byte offset of the first syscall argument (`di`) in `struct pt_regs`.
+    pub regs_arg0: u32,
+}
+
+impl SecuritySyscalls {
+    pub const OFF: Self = Self {
+        enabled: 0,
+        init_module: u32::MAX,
+        finit_module: u32::MAX,
+        setuid: u32::MAX,
+        setgid: u32::MAX,
+        setreuid: u32::MAX,
+        setregid: u32::MAX,
+        setresuid: u32::MAX,
+        setresgid: u32::MAX,
+        regs_arg0: u32::MAX,
+    };
 }
 
 /// Byte offsets of kernel struct fields, from the kernel's BTF at load time (Rust eBPF
@@ -300,6 +501,33 @@ pub struct TaskLayout {
     pub exit_code: u32,
     /// `linux_binprm.filename`
     pub binprm_filename: u32,
+    /// `linux_binprm.file`
+    pub binprm_file: u32,
+    /// `task_struct.mm`, `mm_struct.arg_start`, `mm_struct.arg_end`
+    pub mm: u32,
+    pub arg_start: u32,
+    pub arg_end: u32,
+    /// `task_struct.cred`, `cred.euid`
+    pub cred: u32,
+    pub cred_euid: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`
+    pub files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    /// `file.f_inode`, `file.f_mode`, `file.f_path` + `path.dentry`
+    pub file_inode: u32,
+    pub file_mode: u32,
+    pub file_dentry: u32,
+    /// `inode.i_mode`, `inode.i_ino`, `inode.i_nlink`, `inode.i_sb`, `super_block.s_dev`
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    pub inode_nlink: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    /// `dentry.d_parent`, `dentry.d_inode`, `dentry.d_name` + `qstr.name`
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub dentry_name: u32,
 }
 
 impl TaskLayout {
@@ -310,6 +538,26 @@ impl TaskLayout {
         real_parent: Self::ABSENT,
         exit_code: Self::ABSENT,
         binprm_filename: Self::ABSENT,
+        binprm_file: Self::ABSENT,
+        mm: Self::ABSENT,
+        arg_start: Self::ABSENT,
+        arg_end: Self::ABSENT,
+        cred: Self::ABSENT,
+        cred_euid: Self::ABSENT,
+        files: Self::ABSENT,
+        files_fdt: Self::ABSENT,
+        fdt_fd: Self::ABSENT,
+        file_inode: Self::ABSENT,
+        file_mode: Self::ABSENT,
+        file_dentry: Self::ABSENT,
+        inode_mode: Self::ABSENT,
+        inode_ino: Self::ABSENT,
+        inode_nlink: Self::ABSENT,
+        inode_sb: Self::ABSENT,
+        sb_dev: Self::ABSENT,
+        dentry_parent: Self::ABSENT,
+        dentry_inode: Self::ABSENT,
+        dentry_name: Self::ABSENT,
     };
 }
 
@@ -327,6 +575,8 @@ pub mod globals {
     pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
     /// [`super::TaskLayout`].
     pub const TASK_LAYOUT: &str = "TASK_LAYOUT";
+    /// [`super::SecuritySyscalls`].
+    pub const SECURITY_SYSCALLS: &str = "SECURITY_SYSCALLS";
 }
 
 /// Per-CPU token bucket for the slow-syscall rate limit.
@@ -345,6 +595,9 @@ mod pod {
     unsafe impl aya::Pod for super::RetransmitLayout {}
     unsafe impl aya::Pod for super::TaskLayout {}
     unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::SecuritySyscalls {}
+    unsafe impl aya::Pod for super::DirKey {}
+    unsafe impl aya::Pod for super::PathPrefix {}
 }
 
 #[cfg(test)]

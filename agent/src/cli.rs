@@ -101,9 +101,13 @@ pub enum Command {
         #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
         socket: std::path::PathBuf,
     },
-    /// Live events (slow syscalls, retransmits) from the local agent.
+    /// Findings (rule matches) from the local agent: those of the last `--since`, one per
+    /// line; with `--follow`, then every finding, slow syscall and retransmit as it comes.
     Events {
-        /// Keep streaming (without it: the recent retransmits, then exit).
+        /// Print the findings of this past window first ("5m", "1h"; default 1h).
+        #[arg(long, value_parser = crate::trace::parse_duration, default_value = "1h")]
+        since: std::time::Duration,
+        /// Keep streaming.
         #[arg(long)]
         follow: bool,
         #[arg(long, default_value = crate::query::api::DEFAULT_SOCKET)]
@@ -162,6 +166,9 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         batches: u64,
     },
+    /// Detection rules: check rule files, or list the rules the agent would run.
+    #[command(subcommand)]
+    Rules(Rules),
     /// Attach probes and hold them until SIGINT/SIGTERM, for `cargo xtask bench`.
     #[command(hide = true)]
     HoldProbes {
@@ -171,6 +178,23 @@ pub enum Command {
         /// Print `name<TAB>description` for each variant and exit.
         #[arg(long)]
         list_variants: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Rules {
+    /// Check the built-in rules and every rule file in DIR (file, line and reason for
+    /// each problem); exits 1 on a bad file. Run it before sending the agent SIGHUP.
+    Check {
+        #[arg(long, default_value = "/etc/vigil/rules.d")]
+        dir: std::path::PathBuf,
+    },
+    /// The rules the agent would run: built-in plus DIR.
+    List {
+        #[arg(long, default_value = "/etc/vigil/rules.d")]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -333,10 +357,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => crate::query::local::retrans(&socket, limit, json).await,
         Command::Events {
+            since,
             follow,
             socket,
             json,
-        } => crate::query::local::events(&socket, follow, json).await,
+        } => crate::query::local::events(&socket, since, follow, json).await,
+        Command::Rules(Rules::Check { dir }) => match crate::detect::rules::load(Some(&dir)) {
+            Ok(rules) => {
+                println!("{} rules OK (built-in + {})", rules.len(), dir.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("vigil: {e}");
+                std::process::exit(1);
+            }
+        },
+        Command::Rules(Rules::List { dir, json }) => {
+            let rules = crate::detect::rules::load(Some(&dir)).map_err(anyhow::Error::new)?;
+            for r in &rules {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": r.id, "severity": r.severity.as_str(), "mitre": r.mitre,
+                            "events": r.events, "description": r.description, "source": r.source,
+                            "dedup_secs": r.dedup.as_secs()})
+                    );
+                } else {
+                    println!(
+                        "{:<32} {:<8} {:<22} {}",
+                        r.id,
+                        r.severity.as_str(),
+                        r.mitre.join(","),
+                        r.description
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::HoldProbes {
             variant,
             list_variants,

@@ -50,6 +50,28 @@ pub struct AgentConfig {
     pub shutdown_timeout: Interval,
     pub probes: ProbesConfig,
     pub spool: SpoolConfig,
+    pub detect: DetectConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Process and security events, the process table and the detection rules.
+    /// Default true.
+    pub enabled: bool,
+    /// Rule files (*.yaml, *.yml) loaded next to the built-in rules; a rule with a
+    /// built-in rule's id replaces it. Read again on SIGHUP. A missing directory means
+    /// the built-in rules only. Default "/etc/vigil/rules.d".
+    pub rules_dir: PathBuf,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rules_dir: PathBuf::from("/etc/vigil/rules.d"),
+        }
+    }
 }
 
 /// When the spool calls fsync.
@@ -117,6 +139,7 @@ impl Default for AgentConfig {
             shutdown_timeout: Interval(Duration::from_secs(5)),
             probes: ProbesConfig::default(),
             spool: SpoolConfig::default(),
+            detect: DetectConfig::default(),
         }
     }
 }

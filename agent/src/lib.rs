@@ -4,6 +4,7 @@
 //! views for the CLI) and, in later stages, pipeline/export/query.
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod export;
 pub mod histogram;
 pub mod metrics;

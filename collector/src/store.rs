@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS losses (
 
 const EVENT_RETRANSMIT: i64 = 1;
 const EVENT_SLOW_SYSCALL: i64 = 2;
+const EVENT_FINDING: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -206,6 +207,13 @@ impl Store {
                         EVENT_SLOW_SYSCALL,
                         s.encode_to_vec()
                     ],
+                )
+                .map_err(err)?;
+            }
+            for f in &b.findings {
+                tx.execute(
+                    "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![b.agent_id, f.time_unix_ms, EVENT_FINDING, f.encode_to_vec()],
                 )
                 .map_err(err)?;
             }
@@ -394,6 +402,9 @@ impl Store {
                 ),
                 EVENT_SLOW_SYSCALL => fleet_event::Event::SlowSyscall(
                     SlowSyscall::decode(body.as_slice()).map_err(decode)?,
+                ),
+                EVENT_FINDING => fleet_event::Event::Finding(
+                    vigil_proto::v1::Finding::decode(body.as_slice()).map_err(decode)?,
                 ),
                 _ => continue,
             };

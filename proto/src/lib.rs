@@ -8,21 +8,27 @@ pub mod v1 {
 
 impl v1::Losses {
     /// The stages of `dropped_events` (`vigil hosts --json`, `vigil stats --json`).
-    pub fn stages(&self) -> [(&'static str, u64); 7] {
+    pub fn stages(&self) -> [(&'static str, u64); 8] {
         [
             (
                 "kernel_ringbuf_full",
-                self.slow_syscall_ringbuf_full + self.retransmit_ringbuf_full,
+                self.slow_syscall_ringbuf_full
+                    + self.retransmit_ringbuf_full
+                    + self.process_ringbuf_full
+                    + self.security_ringbuf_full,
             ),
             ("kernel_rate_limited", self.slow_syscall_rate_limited),
             (
                 "kernel_unmeasured",
-                self.syscall_start_store_failed + self.syscall_out_of_range,
+                self.syscall_start_store_failed
+                    + self.syscall_out_of_range
+                    + self.security_untracked,
             ),
             ("agent_undecodable", self.undecodable_events),
             ("agent_dropped", self.pipeline_dropped),
             ("spool_dropped_batches", self.spool_dropped_batches),
             ("spool_corrupt_records", self.spool_corrupt_records),
+            ("findings_dropped", self.findings_dropped),
         ]
     }
 
@@ -37,6 +43,10 @@ impl v1::Losses {
         self.pipeline_dropped += other.pipeline_dropped;
         self.spool_dropped_batches += other.spool_dropped_batches;
         self.spool_corrupt_records += other.spool_corrupt_records;
+        self.process_ringbuf_full += other.process_ringbuf_full;
+        self.security_ringbuf_full += other.security_ringbuf_full;
+        self.security_untracked += other.security_untracked;
+        self.findings_dropped += other.findings_dropped;
     }
 }
 

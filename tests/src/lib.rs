@@ -102,6 +102,10 @@ impl Vigil {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT (as Ctrl-C would) and returns stdout once it exits.
     pub fn interrupt(self) -> String {
         let _ = nix::sys::signal::kill(

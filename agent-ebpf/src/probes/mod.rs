@@ -1,3 +1,4 @@
 pub mod process;
+pub mod security;
 pub mod syscalls;
 pub mod tcp;

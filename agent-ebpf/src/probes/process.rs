@@ -11,7 +11,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use vigil_common::{Counter, EventKind, ProcessEvent, ProcessOp, TaskLayout};
+use vigil_common::{
+    Counter, EventKind, FdKind, ProcessEvent, ProcessOp, TaskLayout, ARGS_LEN, EXE_MEMFD,
+    EXE_UNLINKED,
+};
 
 use crate::maps::{count, setting, submit_flags, EVENTS};
 
@@ -19,7 +22,7 @@ use crate::maps::{count, setting, submit_flags, EVENTS};
 pub static TASK_LAYOUT: TaskLayout = TaskLayout::UNSET;
 
 #[inline(always)]
-fn read_at<T: Default>(base: *const u8, offset: u32) -> T {
+pub fn read_at<T: Default>(base: *const u8, offset: u32) -> T {
     if base.is_null() || offset == TaskLayout::ABSENT {
         return T::default();
     }
@@ -30,12 +33,82 @@ fn read_at<T: Default>(base: *const u8, offset: u32) -> T {
 }
 
 #[inline(always)]
-fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
+pub fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
     read_at::<u64>(base, offset) as *const u8
 }
 
+/// What fd `n` of `task` is: its kind and inode number.
 #[inline(always)]
-fn emit(op: ProcessOp, task: *const u8, filename: *const u8) {
+fn fd_info(layout: &TaskLayout, task: *const u8, n: usize) -> (u8, u64) {
+    let files = read_ptr(task, layout.files);
+    let fdt = read_ptr(files, layout.files_fdt);
+    let fds = read_ptr(fdt, layout.fdt_fd);
+    if fds.is_null() {
+        return (FdKind::None as u8, 0);
+    }
+    // SAFETY: reading one pointer of the fd array; the helper checks the access.
+    let file: u64 =
+        unsafe { bpf_probe_read_kernel(fds.wrapping_add(n * 8).cast::<u64>()) }.unwrap_or(0);
+    let inode = read_ptr(file as *const u8, layout.file_inode);
+    let mode: u16 = read_at(inode, layout.inode_mode);
+    (
+        FdKind::from_mode(mode) as u8,
+        read_at(inode, layout.inode_ino),
+    )
+}
+
+/// Whether the executed file is a memfd or has no links left; its own name.
+#[inline(always)]
+fn exe_flags(layout: &TaskLayout, bprm: *const u8, ev: *mut ProcessEvent) -> u8 {
+    let file = read_ptr(bprm, layout.binprm_file);
+    let dentry = read_ptr(file, layout.file_dentry);
+    let mut flags = 0;
+    let name = read_ptr(dentry, layout.dentry_name);
+    if !name.is_null() {
+        // SAFETY: `ev` is the reserved record.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut (*ev).exe_name) };
+    }
+    let head: [u8; 6] = read_at(name, 0);
+    if &head == b"memfd:" {
+        flags |= EXE_MEMFD;
+    }
+    let inode = read_ptr(file, layout.file_inode);
+    if !inode.is_null() && read_at::<u32>(inode, layout.inode_nlink) == 0 {
+        flags |= EXE_UNLINKED;
+    }
+    flags
+}
+
+/// The new program's argument list, read from its own stack.
+#[inline(always)]
+fn read_args(layout: &TaskLayout, task: *const u8, ev: *mut ProcessEvent) {
+    let mm = read_ptr(task, layout.mm);
+    let start: u64 = read_at(mm, layout.arg_start);
+    let end: u64 = read_at(mm, layout.arg_end);
+    let mut len = end.saturating_sub(start);
+    if len > (ARGS_LEN - 1) as u64 {
+        len = (ARGS_LEN - 1) as u64;
+    }
+    let len = (len as u32) & (ARGS_LEN as u32 - 1);
+    // SAFETY: `ev` is the reserved record; at most ARGS_LEN - 1 bytes are written
+    // into its args array.
+    unsafe {
+        (*ev).args_len = 0;
+        if start != 0 && len > 0 {
+            let r = aya_ebpf::helpers::generated::bpf_probe_read_user(
+                (*ev).args.as_mut_ptr().cast(),
+                len,
+                start as *const core::ffi::c_void,
+            );
+            if r == 0 {
+                (*ev).args_len = len;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn emit(op: ProcessOp, task: *const u8, filename: *const u8, bprm: *const u8) {
     let layout = setting(&TASK_LAYOUT);
     let Some(mut entry) = EVENTS.reserve::<ProcessEvent>(0) else {
         count(Counter::ProcessRingbufFull);
@@ -64,8 +137,30 @@ fn emit(op: ProcessOp, task: *const u8, filename: *const u8) {
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).filename[0] = 0;
+        (*ev).args_len = 0;
+        (*ev).euid = 0;
+        (*ev).stdin_kind = 0;
+        (*ev).stdout_kind = 0;
+        (*ev).exe_flags = 0;
+        (*ev)._pad2 = 0;
+        (*ev)._pad3 = 0;
+        (*ev).stdin_ino = 0;
+        (*ev).stdout_ino = 0;
+        (*ev).exe_name[0] = 0;
         if !filename.is_null() {
             let _ = bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename);
+        }
+        if op == ProcessOp::Exec {
+            let cred = read_ptr(task, layout.cred);
+            (*ev).euid = read_at(cred, layout.cred_euid);
+            let (k0, i0) = fd_info(&layout, task, 0);
+            let (k1, i1) = fd_info(&layout, task, 1);
+            (*ev).stdin_kind = k0;
+            (*ev).stdin_ino = i0;
+            (*ev).stdout_kind = k1;
+            (*ev).stdout_ino = i1;
+            (*ev).exe_flags = exe_flags(&layout, bprm, ev);
+            read_args(&layout, task, ev);
         }
     }
     entry.submit(submit_flags());
@@ -78,7 +173,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
     let filename = read_ptr(bprm, setting(&TASK_LAYOUT).binprm_filename);
-    emit(ProcessOp::Exec, task, filename);
+    emit(ProcessOp::Exec, task, filename, bprm);
     0
 }
 
@@ -91,7 +186,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if read_at::<u32>(child, layout.pid) != read_at::<u32>(child, layout.tgid) {
         return 0;
     }
-    emit(ProcessOp::Fork, child, core::ptr::null());
+    emit(ProcessOp::Fork, child, core::ptr::null(), core::ptr::null());
     0
 }
 
@@ -104,6 +199,6 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if group_dead & 0xff == 0 {
         return 0;
     }
-    emit(ProcessOp::Exit, task, core::ptr::null());
+    emit(ProcessOp::Exit, task, core::ptr::null(), core::ptr::null());
     0
 }

@@ -180,7 +180,9 @@ fn exit_task() {
 /// sys_enter(struct pt_regs *regs, long id)
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
-    enter_task(ctx.arg::<i64>(1));
+    let nr = ctx.arg::<i64>(1);
+    super::security::on_sys_enter(nr, ctx.arg::<*const u8>(0));
+    enter_task(nr);
     0
 }
 

@@ -21,6 +21,7 @@ use vigil_proto::v1 as pb;
 
 use crate::{
     config::{AgentConfig, ConfigError},
+    detect::Detector,
     export::{
         convert,
         stream::{self, SharedSpool},
@@ -35,6 +36,13 @@ use crate::{
 
 /// Events kept per interval for the batch; more are counted as dropped.
 const EVENTS_PER_BATCH: usize = 10_000;
+/// Findings kept per interval for the batch; more are counted (findings_dropped).
+const FINDINGS_PER_BATCH: usize = 1_000;
+/// How often the process table is checked against /proc and the watched directories
+/// are looked up again (new home directories, a cron directory created later).
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+/// Processes the table tracks at most.
+const MAX_PROCESSES: usize = 65_536;
 /// The kernel doesn't wake the agent per event: it wakes it once the ring buffer is
 /// a quarter full, and the agent drains it at the end of each interval, so a quiet host
 /// costs no wake-up between intervals. While someone follows live events
@@ -61,28 +69,41 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Moves drained events into the batch (bounded) and to live followers; returns how
-/// many the full batch had to drop.
+/// Moves drained events into the batch (bounded) and to live followers; process and
+/// security events go through the detector, and its findings likewise. Returns how
+/// many events the full batch had to drop.
 fn absorb(
     events: &mut Vec<Event>,
-    batch: &mut pb::Batch,
+    iv: &mut Interval,
     state: &std::sync::RwLock<AgentState>,
+    mut detector: Option<&mut Detector>,
 ) -> u64 {
+    let batch = &mut iv.batch;
     let mut dropped = 0;
     let mut st = state.write().ok();
+    let mut findings = Vec::new();
     for e in events.drain(..) {
         let live = match &e {
             Event::Retransmit(r) => pb::live_event::Event::Retransmit(convert::retransmit(r)),
             Event::SlowSyscall(s) => pb::live_event::Event::SlowSyscall(convert::slow_syscall(s)),
-            // The agent doesn't turn the process probe on yet (the process table and
-            // rules that consume these events come next); `vigil trace exec` shows them.
-            Event::Process(_) => continue,
+            Event::Process(p) => {
+                if let Some(d) = detector.as_deref_mut() {
+                    d.on_process(p, &mut findings);
+                }
+                continue;
+            }
+            Event::Security(s) => {
+                if let Some(d) = detector.as_deref_mut() {
+                    d.on_security(s, &mut findings);
+                }
+                continue;
+            }
         };
         if batch.retransmits.len() + batch.slow_syscalls.len() < EVENTS_PER_BATCH {
             match &live {
                 pb::live_event::Event::Retransmit(r) => batch.retransmits.push(r.clone()),
                 pb::live_event::Event::SlowSyscall(s) => batch.slow_syscalls.push(s.clone()),
-                pb::live_event::Event::Missed(_) => {}
+                pb::live_event::Event::Missed(_) | pb::live_event::Event::Finding(_) => {}
             }
         } else {
             dropped += 1;
@@ -91,7 +112,56 @@ fn absorb(
             st.push_event(live);
         }
     }
+    if let Some(d) = detector {
+        d.tick(false, &mut findings);
+        if let Some(st) = st.as_deref_mut() {
+            let a = &mut st.agent;
+            a.process_events = d.stats.process_events;
+            a.security_events = d.stats.security_events;
+            a.findings = d.stats.findings;
+            a.processes_tracked = d.stats.table_size;
+            a.processes_untracked = d.stats.untracked;
+            if a.rule_matches.len() != d.stats.matches.len()
+                || d.stats
+                    .matches
+                    .iter()
+                    .any(|(k, v)| a.rule_matches.get(k) != Some(v))
+            {
+                a.rule_matches = d.stats.matches.clone().into_iter().collect();
+            }
+        }
+    }
+    publish_findings(findings, iv, st.as_deref_mut());
     dropped
+}
+
+/// Puts findings into the batch (bounded, the rest counted), the recent list and the
+/// live stream, and logs them.
+fn publish_findings(
+    findings: Vec<pb::Finding>,
+    iv: &mut Interval,
+    mut st: Option<&mut AgentState>,
+) {
+    for f in findings {
+        let p = f.process.as_ref();
+        tracing::warn!(
+            rule = %f.rule,
+            severity = %f.severity,
+            mitre = %f.mitre.join(","),
+            pid = p.map_or(0, |p| p.pid),
+            exe = p.map_or("", |p| p.exe.as_str()),
+            count = f.count,
+            "finding"
+        );
+        if iv.batch.findings.len() < FINDINGS_PER_BATCH {
+            iv.batch.findings.push(f.clone());
+        } else {
+            iv.findings_dropped += 1;
+        }
+        if let Some(st) = st.as_deref_mut() {
+            st.push_event(pb::live_event::Event::Finding(f));
+        }
+    }
 }
 
 /// Kernel counters as loss counts (cumulative since the probes loaded).
@@ -102,6 +172,9 @@ fn kernel_losses(c: &crate::probes::KernelCounters) -> pb::Losses {
         retransmit_ringbuf_full: c.retransmit_ringbuf_full,
         syscall_start_store_failed: c.syscall_start_store_failed,
         syscall_out_of_range: c.syscall_out_of_range,
+        process_ringbuf_full: c.process_ringbuf_full,
+        security_ringbuf_full: c.security_ringbuf_full,
+        security_untracked: c.security_pending_full,
         ..Default::default()
     }
 }
@@ -133,6 +206,16 @@ fn losses_since(now: &pb::Losses, before: &pb::Losses) -> pb::Losses {
         spool_corrupt_records: now
             .spool_corrupt_records
             .saturating_sub(before.spool_corrupt_records),
+        process_ringbuf_full: now
+            .process_ringbuf_full
+            .saturating_sub(before.process_ringbuf_full),
+        security_ringbuf_full: now
+            .security_ringbuf_full
+            .saturating_sub(before.security_ringbuf_full),
+        security_untracked: now
+            .security_untracked
+            .saturating_sub(before.security_untracked),
+        findings_dropped: now.findings_dropped.saturating_sub(before.findings_dropped),
     }
 }
 
@@ -175,6 +258,8 @@ struct Interval {
     pipeline_dropped: u64,
     /// Losses of a batch that could not be spooled, for the next batch to report.
     carried: pb::Losses,
+    /// Findings over a batch's limit, since start.
+    findings_dropped: u64,
 }
 
 impl Interval {
@@ -183,6 +268,7 @@ impl Interval {
         let mut l = *kernel;
         l.undecodable_events = undecodable;
         l.pipeline_dropped = self.pipeline_dropped;
+        l.findings_dropped = self.findings_dropped;
         l
     }
 }
@@ -207,6 +293,8 @@ fn probe_settings(config: &AgentConfig) -> ProbeSettings {
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
         // Woken when a quarter full instead of per event (see DRAIN_EVERY).
         wake_at_bytes: Some(u64::from(config.probes.ring_buffer_bytes) / 4),
+        processes: config.detect.enabled,
+        security: config.detect.enabled,
         ..defaults
     }
 }
@@ -224,6 +312,9 @@ fn apply_reload(
     let mut restart_needed = Vec::new();
     if new.probes != old.probes {
         restart_needed.push("probes");
+    }
+    if new.detect.enabled != old.detect.enabled {
+        restart_needed.push("detect.enabled");
     }
     if new.socket != old.socket || new.api != old.api {
         restart_needed.push("socket/api");
@@ -263,6 +354,7 @@ fn apply_reload(
     // The probes keep the settings they were loaded with.
     let mut applied = new;
     applied.probes = old.probes.clone();
+    applied.detect.enabled = old.detect.enabled;
     applied.socket = old.socket.clone();
     applied.api = old.api;
     applied.data_dir = old.data_dir.clone();
@@ -300,7 +392,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let mut probes = if settings.syscalls || settings.retransmits.is_some() {
+    let mut probes = if settings.syscalls || settings.retransmits.is_some() || settings.processes {
         match Probes::load(&settings) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -334,6 +426,29 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut detector = if config.detect.enabled {
+        let rules = match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("vigil: rules: {e}; running the built-in rules only until a reload (SIGHUP) succeeds");
+                crate::detect::rules::load(None).context("the built-in rules")?
+            }
+        };
+        let n = rules.len();
+        let mut d = Detector::new(std::path::Path::new("/proc"), rules, MAX_PROCESSES);
+        d.seed();
+        if let Some(p) = probes.as_mut() {
+            apply_watches(&mut d, p, true);
+        }
+        eprintln!(
+            "vigil: detection on: {n} rules, {} processes in the table",
+            d.stats.table_size.max(d.process_count() as u64)
+        );
+        Some(d)
+    } else {
+        None
+    };
+    let mut last_rescan = tokio::time::Instant::now();
     let mut host = Sampler::new(Roots::default(), 5);
     let first = host.sample().context("reading host metrics")?;
     let agent_id = config
@@ -373,6 +488,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         reported: pb::Losses::default(),
         pipeline_dropped: 0,
         carried: pb::Losses::default(),
+        findings_dropped: 0,
     };
     let mut total_losses = pb::Losses::default();
     let mut events = Vec::new();
@@ -381,12 +497,17 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
     let mut reader_waits = true;
     let stop_requested = loop {
-        let following = state.read().is_ok_and(|s| s.live.receiver_count() > 0);
+        // Detection drains on the short clock too, so findings are out within a second.
+        let following =
+            detector.is_some() || state.read().is_ok_and(|s| s.live.receiver_count() > 0);
         tokio::select! {
             _ = sigterm.recv() => break tokio::time::Instant::now(),
             _ = sigint.recv() => break tokio::time::Instant::now(),
             _ = sighup.recv() => match reload() {
-                Ok(new) => apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick),
+                Ok(new) => {
+                    reload_rules(detector.as_mut(), probes.as_mut(), &new);
+                    apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick)
+                }
                 Err(e) => eprintln!("vigil: SIGHUP: new configuration refused, keeping the running one: {e}"),
             },
             r = async { reader.as_mut()?.read(&mut events).await.ok() }, if reader.is_some() && reader_waits => {
@@ -394,7 +515,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
                     tracing::warn!("the event ring buffer cannot be waited on; draining it each interval only");
                     reader_waits = false;
                 }
-                iv.pipeline_dropped += absorb(&mut events, &mut iv.batch, &state);
+                iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
             }
             _ = async { follower_joined.as_ref()?.notified().await; Some(()) }, if !following => {
                 // Loop again: `following` is now true and the drain clock runs.
@@ -404,10 +525,20 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
                 if let Some(r) = reader.as_mut() {
                     r.drain(&mut events);
                 }
-                iv.pipeline_dropped += absorb(&mut events, &mut iv.batch, &state);
+                iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
+                if let (Some(d), Some(p)) = (detector.as_mut(), probes.as_mut()) {
+                    let rescan = last_rescan.elapsed() >= RESCAN_EVERY;
+                    if rescan {
+                        last_rescan = tokio::time::Instant::now();
+                        let mut f = Vec::new();
+                        d.tick(true, &mut f);
+                        publish_findings(f, &mut iv, state.write().ok().as_deref_mut());
+                    }
+                    apply_watches(d, p, rescan);
+                }
             }
             _ = tick.tick() => {
-                let batch = close_interval(&mut iv, &mut host, probes.as_ref(), reader.as_mut(), &mut events, &state, &running.config, &agent_id)?;
+                let batch = close_interval(&mut iv, &mut host, probes.as_ref(), reader.as_mut(), &mut events, &state, &running.config, &agent_id, detector.as_mut())?;
                 spool_batch(batch, &spool, &mut iv, &mut total_losses, &state, &export_stats);
             }
         }
@@ -423,6 +554,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         &state,
         &running.config,
         &agent_id,
+        detector.as_mut(),
     );
     drop(reader);
     drop(probes);
@@ -471,6 +603,52 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the detector's kernel filters: watched processes always, the watched
+/// directories and ports when `all` (start, rescan, reload).
+fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool) {
+    if all {
+        let dirs = d.watched_dirs();
+        let paths = d.watched_dir_paths();
+        match p.watch_dirs(&dirs, &paths) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(skipped = n, "watched directories beyond the kernel's prefix list: renames into them are not seen"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot set the watched directories"),
+        }
+        if let Err(e) = p.watch_ports(&d.watched_ports(), &d.watched_comms()) {
+            tracing::warn!(error = %error_chain(&e), "cannot set the watched ports");
+        }
+    }
+    let w = d.take_watch_changes();
+    if !w.add_pids.is_empty() || !w.remove_pids.is_empty() {
+        match p.watch_pids(&w.add_pids, &w.remove_pids) {
+            Ok(failed) => d.stats.watch_failed += failed,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot update the watched processes")
+            }
+        }
+    }
+}
+
+/// SIGHUP: loads the rules again; a bad file keeps the rules that run.
+fn reload_rules(d: Option<&mut Detector>, p: Option<&mut Probes>, config: &AgentConfig) {
+    let Some(d) = d else {
+        return;
+    };
+    match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
+        Ok(rules) => {
+            eprintln!("vigil: SIGHUP: {} rules loaded", rules.len());
+            d.set_rules(rules);
+            if let Some(p) = p {
+                apply_watches(d, p, true);
+            }
+        }
+        Err(e) => eprintln!(
+            "vigil: SIGHUP: rules refused, keeping the {} running: {e}",
+            d.rules().len()
+        ),
+    }
+}
+
 /// Ends the interval: drains events, reads the probes and the host, prints the
 /// summary if asked, and returns the interval's batch (not yet spooled).
 #[allow(clippy::too_many_arguments)]
@@ -483,6 +661,7 @@ fn close_interval(
     state: &std::sync::RwLock<AgentState>,
     config: &AgentConfig,
     agent_id: &str,
+    detector: Option<&mut Detector>,
 ) -> anyhow::Result<pb::Batch> {
     let undecodable = match reader {
         Some(r) => {
@@ -491,7 +670,7 @@ fn close_interval(
         }
         None => 0,
     };
-    iv.pipeline_dropped += absorb(events, &mut iv.batch, state);
+    iv.pipeline_dropped += absorb(events, iv, state, detector);
     let sample = host.sample().context("reading host metrics")?;
     let (delta, kernel) = match probes {
         Some(p) => {
@@ -610,6 +789,7 @@ fn spool_batch(
             duplicates_acked: export.duplicates.load(Ordering::Relaxed),
             reconnects: export.reconnects.load(Ordering::Relaxed),
             losses: Some(*total),
+            ..std::mem::take(&mut s.agent)
         };
     }
 }

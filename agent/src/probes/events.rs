@@ -8,8 +8,10 @@ use std::{
 use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use vigil_common::{
-    EventKind, ProcessEvent as RawProcessEvent, ProcessOp, SlowSyscall, TcpRetransmit,
+    EventKind, ProcessEvent as RawProcessEvent, ProcessOp, SecurityEvent as RawSecurityEvent,
+    SlowSyscall, TcpRetransmit, EXE_MEMFD, EXE_UNLINKED,
 };
+pub use vigil_common::{FdKind, SecurityOp};
 
 use super::ProbeError;
 
@@ -54,6 +56,43 @@ pub struct ProcessEvent {
     pub comm: String,
     /// Exec: the path given to execve.
     pub filename: String,
+    /// Exec: the arguments (the first ARGS_LEN bytes of them).
+    pub args: Vec<String>,
+    /// Exec: the effective uid.
+    pub euid: u32,
+    /// Exec: what stdin and stdout are, with their inode numbers.
+    pub stdin: (FdKind, u64),
+    pub stdout: (FdKind, u64),
+    /// Exec: the program runs from a memfd / from a file with no links left.
+    pub exe_memfd: bool,
+    pub exe_unlinked: bool,
+    /// Exec: the executed file's own name (`memfd:x` for a memfd).
+    pub exe_name: String,
+}
+
+/// A security-relevant action the kernel filtered for us (see `SecurityOp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub time: SystemTime,
+    pub op: SecurityOp,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Ptrace: target pid; SetUid/SetGid: new id; ModuleLoad: fd (u64::MAX: none);
+    /// FileWrite/Rename: directory inode.
+    pub target: u64,
+    /// Ptrace: request; SetUid/SetGid: old id; FileWrite: f_mode.
+    pub detail: u64,
+    /// FileWrite/Rename: the directory's device (kernel encoding).
+    pub dev: u64,
+    /// Connect: remote; Listen: local.
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+    /// FileWrite/Rename: the file name.
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +100,7 @@ pub enum Event {
     SlowSyscall(SlowSyscallEvent),
     Retransmit(RetransmitEvent),
     Process(ProcessEvent),
+    Security(SecurityEvent),
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -186,9 +226,49 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                 cgroup_id: e.cgroup_id,
                 comm: c_string(&e.comm),
                 filename: c_string(&e.filename),
+                args: split_args(&e.args[..(e.args_len as usize).min(e.args.len())]),
+                euid: e.euid,
+                stdin: (FdKind::from_u8(e.stdin_kind), e.stdin_ino),
+                stdout: (FdKind::from_u8(e.stdout_kind), e.stdout_ino),
+                exe_memfd: e.exe_flags & EXE_MEMFD != 0,
+                exe_unlinked: e.exe_flags & EXE_UNLINKED != 0,
+                exe_name: c_string(&e.exe_name),
+            }))
+        }
+        kind @ EventKind::Security => {
+            let e: RawSecurityEvent = read(bytes, kind)?;
+            let op = SecurityOp::from_u8(e.op).ok_or(DecodeError::UnknownOp(e.op))?;
+            let net = matches!(op, SecurityOp::Connect | SecurityOp::Listen);
+            Ok(Event::Security(SecurityEvent {
+                time: clock.to_wall(e.timestamp_ns),
+                op,
+                pid: e.pid,
+                tid: e.tid,
+                uid: e.uid,
+                gid: e.gid,
+                comm: c_string(&e.comm),
+                cgroup_id: e.cgroup_id,
+                target: e.target,
+                detail: e.detail,
+                dev: e.dev,
+                addr: net.then(|| ip(e.family, e.addr)),
+                port: e.port,
+                name: c_string(&e.name),
             }))
         }
     }
+}
+
+/// argv as the kernel lays it out: NUL-separated, maybe cut short.
+fn split_args(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 /// The kernel's name for a TCP state number.

@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod events;
 pub mod process;
+pub mod security;
 pub mod syscalls;
 pub mod tcp;
 pub mod tracefs;
@@ -44,6 +45,9 @@ pub struct ProbeSettings {
     pub wake_at_bytes: Option<u64>,
     /// Process exec, fork and exit events.
     pub processes: bool,
+    /// Security events (ptrace, setuid family, module loads, writes in watched
+    /// directories, watched connects, listens).
+    pub security: bool,
 }
 
 impl Default for ProbeSettings {
@@ -58,6 +62,7 @@ impl Default for ProbeSettings {
             ring_buffer_bytes: 256 * 1024,
             wake_at_bytes: None,
             processes: false,
+            security: false,
         }
     }
 }
@@ -106,6 +111,7 @@ pub enum Probe {
     SyscallLatency,
     TcpRetransmit,
     ProcessLifecycle,
+    Security,
 }
 
 impl fmt::Display for Probe {
@@ -114,6 +120,7 @@ impl fmt::Display for Probe {
             Self::SyscallLatency => "syscall-latency",
             Self::TcpRetransmit => "tcp-retransmit",
             Self::ProcessLifecycle => "process-lifecycle",
+            Self::Security => "security",
         })
     }
 }
@@ -139,6 +146,9 @@ pub struct KernelCounters {
     pub retransmit_sent: u64,
     pub process_ringbuf_full: u64,
     pub process_sent: u64,
+    pub security_ringbuf_full: u64,
+    pub security_sent: u64,
+    pub security_pending_full: u64,
 }
 
 impl KernelCounters {
@@ -148,6 +158,8 @@ impl KernelCounters {
         self.slow_syscall_ringbuf_full
             + self.retransmit_ringbuf_full
             + self.process_ringbuf_full
+            + self.security_ringbuf_full
+            + self.security_pending_full
             + self.syscall_start_store_failed
             + self.syscall_out_of_range
     }
@@ -188,7 +200,7 @@ impl Probes {
             u64::from(settings.wake_at_bytes.is_some()), // Some(0) still means "batched"
         );
         // Likewise the task_struct offsets for the process probes, from the kernel's BTF.
-        let task_layout = if settings.processes {
+        let task_layout = if settings.processes || settings.security {
             btf::KernelBtf::from_sys_fs()
                 .and_then(|b| process::layout(&b))
                 .map_err(ProbeError::from)
@@ -200,6 +212,12 @@ impl Probes {
             .ok()
             .copied()
             .unwrap_or(vigil_common::TaskLayout::UNSET);
+        // Security needs the struct offsets too (files, dentries, inodes).
+        let security_syscalls = if settings.security && task_layout.is_ok() {
+            security::syscalls()
+        } else {
+            vigil_common::SecuritySyscalls::OFF
+        };
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
@@ -212,6 +230,7 @@ impl Probes {
             )
             .override_global(globals::RETRANSMIT_LAYOUT, &layout, true)
             .override_global(globals::TASK_LAYOUT, &task, true)
+            .override_global(globals::SECURITY_SYSCALLS, &security_syscalls, true)
             .override_global(globals::RINGBUF_WAKE_AT_BYTES, &wake_at, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
@@ -241,7 +260,14 @@ impl Probes {
         };
         states.insert(Probe::TcpRetransmit, retransmits);
         let processes = if settings.processes {
-            match task_layout.and_then(|_| process::attach(&mut ebpf)) {
+            match task_layout
+                .as_ref()
+                .map_err(|e| ProbeError::Layout {
+                    tracepoint: "kernel BTF".into(),
+                    reason: error_chain(e),
+                })
+                .and_then(|_| process::attach(&mut ebpf))
+            {
                 Ok(()) => ProbeState::On,
                 Err(e) => ProbeState::Off(e),
             }
@@ -249,6 +275,34 @@ impl Probes {
             ProbeState::Disabled
         };
         states.insert(Probe::ProcessLifecycle, processes);
+        let mut security_off = Vec::new();
+        let security = if !settings.security {
+            ProbeState::Disabled
+        } else {
+            match &task_layout {
+                Err(e) => ProbeState::Off(ProbeError::Layout {
+                    tracepoint: "kernel BTF".into(),
+                    reason: error_chain(e),
+                }),
+                Ok(_) => {
+                    let root = tracefs::tracefs_root().ok();
+                    security_off = security::attach(&mut ebpf, root.as_deref());
+                    if security_off.len() >= security::PARTS {
+                        ProbeState::Off(security_off.remove(0).1)
+                    } else {
+                        ProbeState::On
+                    }
+                }
+            }
+        };
+        if settings.security && !settings.syscalls {
+            tracing::warn!("module loads are seen by the syscall probe's sys_enter, which is off: no module_load events");
+        }
+        for (part, e) in &security_off {
+            tracing::warn!(part, reason = %error_chain(e), "security probe part off");
+            eprintln!("vigil: probe security: {part} OFF: {}", error_chain(e));
+        }
+        states.insert(Probe::Security, security);
         for (probe, state) in &states {
             match state {
                 ProbeState::On => tracing::info!(%probe, "probe on"),
@@ -298,7 +352,32 @@ impl Probes {
             retransmit_sent: at(Counter::RetransmitSent),
             process_ringbuf_full: at(Counter::ProcessRingbufFull),
             process_sent: at(Counter::ProcessSent),
+            security_ringbuf_full: at(Counter::SecurityRingbufFull),
+            security_sent: at(Counter::SecuritySent),
+            security_pending_full: at(Counter::SecurityPendingFull),
         })
+    }
+
+    /// Kernel filter: the directories whose files' writes are reported.
+    pub fn watch_dirs(
+        &mut self,
+        dirs: &[vigil_common::DirKey],
+        paths: &[String],
+    ) -> Result<usize, ProbeError> {
+        security::set_dirs(&mut self.ebpf, dirs)?;
+        security::set_prefixes(&mut self.ebpf, paths)
+    }
+
+    /// Kernel filter: connects to these ports are reported.
+    pub fn watch_ports(&mut self, ports: &[u16], comms: &[[u8; 16]]) -> Result<(), ProbeError> {
+        security::set_ports(&mut self.ebpf, ports)?;
+        security::set_comms(&mut self.ebpf, comms)
+    }
+
+    /// Kernel filter: connects by these processes are reported. Returns how many
+    /// could not be added (map full).
+    pub fn watch_pids(&mut self, add: &[u32], remove: &[u32]) -> Result<u64, ProbeError> {
+        security::update_pids(&mut self.ebpf, add, remove)
     }
 
     /// Takes the event ring buffer (once) for an async reader. Must be called within

@@ -12,8 +12,9 @@ use tonic::{transport::Channel, Request, Response, Status};
 use vigil_proto::v1::{
     agent_client::AgentClient,
     agent_server::{Agent, AgentServer},
-    live_event, FollowRequest, LatestStatsResponse, LiveEvent, RetransmitsRequest,
-    RetransmitsResponse, StatsRequest, SyscallLatencyRequest, SyscallLatencyResponse,
+    live_event, FindingsRequest, FindingsResponse, FollowRequest, LatestStatsResponse, LiveEvent,
+    RetransmitsRequest, RetransmitsResponse, StatsRequest, SyscallLatencyRequest,
+    SyscallLatencyResponse,
 };
 
 use super::state::AgentState;
@@ -45,7 +46,7 @@ impl Agent for AgentApi {
         Ok(Response::new(LatestStatsResponse {
             host: Some(st.identity.clone()),
             metrics: st.latest.clone(),
-            agent: Some(st.agent),
+            agent: Some(st.agent.clone()),
         }))
     }
 
@@ -75,6 +76,23 @@ impl Agent for AgentApi {
         let skip = st.retransmits.len().saturating_sub(limit);
         Ok(Response::new(RetransmitsResponse {
             retransmits: st.retransmits.iter().skip(skip).cloned().collect(),
+        }))
+    }
+
+    async fn findings(
+        &self,
+        request: Request<FindingsRequest>,
+    ) -> Result<Response<FindingsResponse>, Status> {
+        let since = request.into_inner().since_unix_ms;
+        let st = self.state.read().map_err(|_| poisoned())?;
+        Ok(Response::new(FindingsResponse {
+            findings: st
+                .findings
+                .iter()
+                .filter(|f| f.time_unix_ms >= since)
+                .cloned()
+                .collect(),
+            forgotten: st.findings_forgotten,
         }))
     }
 

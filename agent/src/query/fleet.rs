@@ -83,6 +83,11 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "batches_sent": a.batches_sent, "batches_acked": a.batches_acked,
         "duplicates_acked": a.duplicates_acked, "reconnects": a.reconnects,
         "dropped_events": stages,
+        "detect": {
+            "process_events": a.process_events, "security_events": a.security_events,
+            "findings": a.findings, "rule_matches": a.rule_matches,
+            "processes_tracked": a.processes_tracked, "processes_untracked": a.processes_untracked,
+        },
     })
 }
 

@@ -109,12 +109,122 @@ pub async fn retrans(socket: &Path, limit: u32, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-pub async fn events(socket: &Path, follow: bool, json: bool) -> anyhow::Result<()> {
-    let mut agent = connect(socket).await?;
-    if !follow {
-        return retrans(socket, 100, json).await;
+/// A finding as `vigil events --json` prints it: one object per line.
+pub fn finding_json(f: &vigil_proto::v1::Finding) -> serde_json::Value {
+    let proc_json = |p: &vigil_proto::v1::Process| {
+        json!({"pid": p.pid, "exe": p.exe, "cmdline": p.cmdline, "uid": p.uid, "name": p.name,
+               "container": p.container, "start_unix_ms": p.start_unix_ms})
+    };
+    json!({
+        "type": "finding",
+        "rule": f.rule,
+        "severity": f.severity,
+        "mitre": f.mitre,
+        "description": f.description,
+        "event": f.event,
+        "time": rfc3339_ms(f.time_unix_ms),
+        "time_unix_ms": f.time_unix_ms,
+        "process": f.process.as_ref().map(proc_json),
+        "parent": f.parent.as_ref().map(proc_json),
+        "ancestors": f.ancestors.iter().map(proc_json).collect::<Vec<_>>(),
+        "details": f.details,
+        "count": f.count,
+        "first_unix_ms": f.first_unix_ms,
+        "last_unix_ms": f.last_unix_ms,
+    })
+}
+
+/// UTC time as RFC 3339 with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+fn print_finding(f: &vigil_proto::v1::Finding, json: bool) {
+    if json {
+        println!("{}", finding_json(f));
+        return;
     }
-    let mut stream = agent.follow(FollowRequest {}).await?.into_inner();
+    let p = f.process.clone().unwrap_or_default();
+    let parent = f.parent.clone().unwrap_or_default();
+    let count = if f.count > 1 {
+        format!(" (x{})", f.count)
+    } else {
+        String::new()
+    };
+    println!(
+        "{} {:<8} {:<30} [{}] pid {} {} ({}) uid {} <- {} {}{}",
+        rfc3339_ms(f.time_unix_ms),
+        f.severity.to_uppercase(),
+        f.rule,
+        f.mitre.join(","),
+        p.pid,
+        p.exe,
+        p.cmdline,
+        p.uid,
+        parent.pid,
+        parent.exe,
+        count
+    );
+    for (k, v) in &f.details {
+        println!("    {k}: {v}");
+    }
+}
+
+pub async fn events(
+    socket: &Path,
+    since: std::time::Duration,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut agent = connect(socket).await?;
+    // Subscribe first, so nothing falls between the recent list and the live stream.
+    let stream = if follow {
+        Some(agent.follow(FollowRequest {}).await?.into_inner())
+    } else {
+        None
+    };
+    let since_ms = crate::export::convert::unix_ms(std::time::SystemTime::now() - since);
+    let recent = agent
+        .findings(vigil_proto::v1::FindingsRequest {
+            since_unix_ms: since_ms,
+        })
+        .await?
+        .into_inner();
+    let mut seen = std::collections::HashSet::new();
+    for f in &recent.findings {
+        seen.insert((
+            f.rule.clone(),
+            f.time_unix_ms,
+            f.process.as_ref().map(|p| p.pid),
+        ));
+        print_finding(f, json);
+    }
+    if !json && recent.findings.is_empty() && !follow {
+        println!("no findings in the last {since:?}");
+    }
+    let Some(mut stream) = stream else {
+        return Ok(());
+    };
     let stop = crate::trace::wait_for_stop(None);
     tokio::pin!(stop);
     loop {
@@ -126,6 +236,16 @@ pub async fn events(socket: &Path, follow: bool, json: bool) -> anyhow::Result<(
             return Ok(());
         };
         match event {
+            live_event::Event::Finding(f) => {
+                let key = (
+                    f.rule.clone(),
+                    f.time_unix_ms,
+                    f.process.as_ref().map(|p| p.pid),
+                );
+                if !seen.remove(&key) {
+                    print_finding(&f, json);
+                }
+            }
             live_event::Event::Retransmit(r) => print_retransmit(&r, json),
             live_event::Event::SlowSyscall(s) => {
                 let name = crate::syscall_table::syscall_name(s.nr).unwrap_or("?");

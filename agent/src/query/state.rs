@@ -16,6 +16,9 @@ pub const OLDER_GROUPS: usize = 30;
 pub const LATENCY_INTERVALS: usize = RECENT_INTERVALS + GROUP * OLDER_GROUPS;
 /// Retransmits kept for `Retransmits`.
 pub const RECENT_RETRANSMITS: usize = 1000;
+/// Findings kept for `vigil events --since` (newest); older ones are forgotten, and
+/// counted.
+pub const RECENT_FINDINGS: usize = 10_000;
 /// Live events buffered per follower; a follower that falls further behind is told
 /// how many it missed.
 pub const FOLLOW_BUFFER: usize = 4096;
@@ -29,6 +32,9 @@ pub struct AgentState {
     /// Older history, GROUP intervals per entry, newest last.
     pub older_latency: VecDeque<Vec<(u32, CompactHistogram)>>,
     pub retransmits: VecDeque<pb::TcpRetransmit>,
+    pub findings: VecDeque<pb::Finding>,
+    /// Findings pushed out of `findings` by newer ones.
+    pub findings_forgotten: u64,
     pub live: broadcast::Sender<pb::live_event::Event>,
     /// The agent's own delivery state, as of the last interval.
     pub agent: pb::AgentSelf,
@@ -45,6 +51,8 @@ impl AgentState {
             latency: VecDeque::new(),
             older_latency: VecDeque::new(),
             retransmits: VecDeque::new(),
+            findings: VecDeque::new(),
+            findings_forgotten: 0,
             live: broadcast::channel(FOLLOW_BUFFER).0,
             agent: Default::default(),
             follower_joined: Default::default(),
@@ -75,6 +83,13 @@ impl AgentState {
                 self.retransmits.pop_front();
             }
             self.retransmits.push_back(r.clone());
+        }
+        if let pb::live_event::Event::Finding(f) = &event {
+            if self.findings.len() >= RECENT_FINDINGS {
+                self.findings.pop_front();
+                self.findings_forgotten += 1;
+            }
+            self.findings.push_back(f.clone());
         }
         // No followers is fine: the event is simply not streamed.
         let _ = self.live.send(event);

@@ -1,0 +1,480 @@
+//! Security-relevant actions, filtered in the kernel so ordinary work pays close to
+//! nothing: each program sits on a syscall or hook that is rare (ptrace, the setuid
+//! family, module loading, listen) or exits after one compare (file opens that are not
+//! for writing, writes outside the watched directories, connects to ports and by
+//! processes nobody asked about).
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use vigil_common::{
+    Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls,
+    TaskLayout, MAX_PREFIXES, NAME_LEN,
+};
+
+use super::process::{read_at, read_ptr, TASK_LAYOUT};
+use crate::maps::{count, setting, submit_flags, EVENTS};
+
+#[no_mangle]
+pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
+
+/// Directories whose files are watched for writes and renames (value: unused flags).
+#[map]
+static WATCHED_DIRS: HashMap<DirKey, u8> = HashMap::with_max_entries(256, 0);
+
+/// Remote ports whose connects are reported (host byte order).
+#[map]
+static WATCHED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+/// Program names (comm, NUL-padded) whose connects are reported: decided in the
+/// kernel, so a process that connects right after its exec is not missed.
+#[map]
+static WATCHED_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
+/// Processes (tgid) whose connects are reported, because a rule asks about them.
+#[map]
+static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// A setuid-family call in flight (tid -> op << 32 | old id), from enter to exit.
+#[map]
+static SETID_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+const PTRACE_ATTACH: u64 = 16;
+const PTRACE_SEIZE: u64 = 0x4206;
+const FMODE_WRITE: u32 = 0x2;
+const TCP_LISTEN: i32 = 10;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Syscall tracepoint records: `__syscall_nr` at 8, then the arguments (or `ret`) as
+/// 8-byte slots from 16.
+const SYSCALL_NR: usize = 8;
+const SYSCALL_ARG0: usize = 16;
+
+/// Reserves, fills the common part, lets `fill` write the rest, submits.
+#[inline(always)]
+fn emit(op: SecurityOp, fill: impl FnOnce(*mut SecurityEvent)) {
+    let Some(mut entry) = EVENTS.reserve::<SecurityEvent>(0) else {
+        count(Counter::SecurityRingbufFull);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: `ev` points into the reserved record; every field is written here or
+    // by `fill` before submit.
+    unsafe {
+        (*ev).kind = EventKind::Security as u8;
+        (*ev).op = op as u8;
+        (*ev).family = 0;
+        (*ev).pid = (pid_tgid >> 32) as u32;
+        (*ev).tid = pid_tgid as u32;
+        (*ev).uid = uid_gid as u32;
+        (*ev).gid = (uid_gid >> 32) as u32;
+        (*ev).port = 0;
+        (*ev)._pad = 0;
+        (*ev).target = 0;
+        (*ev).detail = 0;
+        (*ev).dev = 0;
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).addr = [0; 16];
+        (*ev).name = [0; NAME_LEN];
+    }
+    fill(ev);
+    entry.submit(submit_flags());
+    count(Counter::SecuritySent);
+}
+
+#[inline(always)]
+fn on() -> bool {
+    setting(&SECURITY_SYSCALLS).enabled != 0
+}
+
+#[inline(always)]
+fn tp_u64(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets inside the syscall tracepoint record (see SYSCALL_ARG0).
+    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+}
+
+// ---- ptrace ------------------------------------------------------------------------
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
+pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    let request = tp_u64(&ctx, SYSCALL_ARG0);
+    if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
+        return 0;
+    }
+    let target = tp_u64(&ctx, SYSCALL_ARG0 + 8);
+    emit(SecurityOp::Ptrace, |ev| unsafe {
+        (*ev).target = target;
+        (*ev).detail = request;
+    });
+    0
+}
+
+// ---- setuid / setgid family --------------------------------------------------------
+
+/// Enter of any setuid/setgid-family syscall: remembered when a non-root caller asks
+/// for id 0 in any position (-1 means "unchanged").
+#[tracepoint(category = "syscalls", name = "sys_enter_setuid")]
+pub fn sys_enter_setid(ctx: TracePointContext) -> u32 {
+    let nr = tp_u64(&ctx, SYSCALL_NR) as u32;
+    let s = setting(&SECURITY_SYSCALLS);
+    let (op, args) = if nr == s.setuid {
+        (SecurityOp::SetUid, 1)
+    } else if nr == s.setreuid {
+        (SecurityOp::SetUid, 2)
+    } else if nr == s.setresuid {
+        (SecurityOp::SetUid, 3)
+    } else if nr == s.setgid {
+        (SecurityOp::SetGid, 1)
+    } else if nr == s.setregid {
+        (SecurityOp::SetGid, 2)
+    } else if nr == s.setresgid {
+        (SecurityOp::SetGid, 3)
+    } else {
+        return 0;
+    };
+    let uid_gid = bpf_get_current_uid_gid();
+    let old = if op == SecurityOp::SetUid {
+        uid_gid as u32
+    } else {
+        (uid_gid >> 32) as u32
+    };
+    if old == 0 {
+        return 0;
+    }
+    let mut to_root = false;
+    let mut i = 0;
+    while i < 3 {
+        if i < args && tp_u64(&ctx, SYSCALL_ARG0 + 8 * i) as u32 == 0 {
+            to_root = true;
+        }
+        i += 1;
+    }
+    if !to_root {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let value = (op as u64) << 32 | old as u64;
+    if SETID_PENDING.insert(&tid, &value, 0).is_err() {
+        count(Counter::SecurityPendingFull);
+    }
+    0
+}
+
+/// Exit of the same calls: reported when one was remembered and it succeeded.
+#[tracepoint(category = "syscalls", name = "sys_exit_setuid")]
+pub fn sys_exit_setid(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a plain map lookup; the value is copied out.
+    let Some(value) = (unsafe { SETID_PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = SETID_PENDING.remove(&tid);
+    let ret = tp_u64(&ctx, SYSCALL_ARG0) as i64;
+    if ret != 0 {
+        return 0;
+    }
+    let op = if (value >> 32) as u8 == SecurityOp::SetGid as u8 {
+        SecurityOp::SetGid
+    } else {
+        SecurityOp::SetUid
+    };
+    let uid_gid = bpf_get_current_uid_gid();
+    let new = if op == SecurityOp::SetUid {
+        uid_gid as u32
+    } else {
+        (uid_gid >> 32) as u32
+    };
+    emit(op, |ev| unsafe {
+        (*ev).detail = value & 0xffff_ffff;
+        (*ev).target = new as u64;
+    });
+    0
+}
+
+// ---- module loading (from the syscall probe's sys_enter) ---------------------------
+
+/// Called by the syscall latency probe's sys_enter with the syscall number and
+/// `struct pt_regs *`: kernels without module support have no module tracepoints,
+/// and this costs one compare on every syscall.
+#[inline(always)]
+pub fn on_sys_enter(nr: i64, regs: *const u8) {
+    let s = setting(&SECURITY_SYSCALLS);
+    if s.enabled == 0 {
+        return;
+    }
+    let nr = nr as u32;
+    if nr != s.init_module && nr != s.finit_module {
+        return;
+    }
+    module_load(nr == s.finit_module, regs, s.regs_arg0);
+}
+
+#[inline(never)]
+fn module_load(finit: bool, regs: *const u8, arg0: u32) {
+    let fd: u64 = if finit { read_at(regs, arg0) } else { u64::MAX };
+    // finit_module: the module file's name, from the fd (the caller may be gone by
+    // the time userspace could look at /proc).
+    let layout = setting(&TASK_LAYOUT);
+    let name = if fd < 1 << 20 {
+        let file = fd_file(&layout, fd as u32);
+        let dentry = read_ptr(file, layout.file_dentry);
+        read_ptr(dentry, layout.dentry_name)
+    } else {
+        core::ptr::null()
+    };
+    emit(SecurityOp::ModuleLoad, |ev| unsafe {
+        (*ev).target = fd;
+        if !name.is_null() {
+            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).name);
+        }
+    });
+}
+
+/// The current task's `struct file *` for fd `fd` (null when none).
+#[inline(always)]
+fn fd_file(layout: &TaskLayout, fd: u32) -> *const u8 {
+    // SAFETY: helper without arguments; the current task.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+    let files = read_ptr(task, layout.files);
+    let fdt = read_ptr(files, layout.files_fdt);
+    let fds = read_ptr(fdt, layout.fdt_fd);
+    if fds.is_null() {
+        return core::ptr::null();
+    }
+    read_ptr(fds, fd * 8)
+}
+
+// ---- writes and renames in watched directories -------------------------------------
+
+#[inline(always)]
+fn dir_key(layout: &TaskLayout, inode: *const u8) -> DirKey {
+    let sb = read_ptr(inode, layout.inode_sb);
+    DirKey {
+        dev: read_at::<u32>(sb, layout.sb_dev) as u64,
+        ino: read_at(inode, layout.inode_ino),
+    }
+}
+
+#[inline(always)]
+fn watched(key: &DirKey) -> bool {
+    // SAFETY: plain lookup.
+    unsafe { WATCHED_DIRS.get(key) }.is_some()
+}
+
+#[inline(always)]
+fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout: &TaskLayout) {
+    let name = read_ptr(dentry, layout.dentry_name);
+    emit(op, |ev| unsafe {
+        (*ev).target = key.ino;
+        (*ev).dev = key.dev;
+        (*ev).detail = mode as u64;
+        if !name.is_null() {
+            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).name);
+        }
+    });
+}
+
+/// Exit of open/openat/openat2/creat: the new fd's file, when opened for writing in a
+/// watched directory. Read-only opens (most of them) end after reading f_mode.
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    if !on() {
+        return 0;
+    }
+    let fd = tp_u64(&ctx, SYSCALL_ARG0) as i64;
+    if !(0..=1 << 20).contains(&fd) {
+        return 0;
+    }
+    let layout = setting(&TASK_LAYOUT);
+    let file = fd_file(&layout, fd as u32);
+    let mode: u32 = read_at(file, layout.file_mode);
+    if mode & FMODE_WRITE == 0 {
+        return 0;
+    }
+    let dentry = read_ptr(file, layout.file_dentry);
+    let parent = read_ptr(dentry, layout.dentry_parent);
+    let dir = read_ptr(parent, layout.dentry_inode);
+    let key = dir_key(&layout, dir);
+    if watched(&key) {
+        file_event(SecurityOp::FileWrite, key, dentry, mode, &layout);
+    }
+    0
+}
+
+/// Where a rename's new path is compared (per CPU: too big for the BPF stack).
+#[map]
+static RENAME_SCRATCH: PerCpuArray<[u8; NAME_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Absolute path prefixes (the watched directories, with a trailing slash) that a
+/// rename's new path is compared with. An entry with len 0 ends the list.
+#[map]
+static WATCHED_PREFIXES: Array<PathPrefix> = Array::with_max_entries(MAX_PREFIXES, 0);
+
+#[inline(always)]
+fn prefix_matches(path: &[u8; NAME_LEN], p: &PathPrefix) -> bool {
+    let n = p.len as usize;
+    let mut i = 0;
+    while i < NAME_LEN {
+        if i >= n {
+            return true;
+        }
+        if path[i] != p.bytes[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A rename (any of rename, renameat, renameat2) whose new path, as given, starts
+/// with a watched prefix. Relative new paths are not resolved (not reported).
+#[inline(always)]
+fn rename_to(newname: *const u8) {
+    let Some(buf) = RENAME_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; the helper checks the user pointer.
+    let buf = unsafe { &mut *buf };
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_str_bytes(newname, buf) }.is_err() {
+        return;
+    }
+    if buf[0] != b'/' {
+        return;
+    }
+    let mut i = 0;
+    while i < MAX_PREFIXES {
+        let Some(p) = WATCHED_PREFIXES.get(i) else {
+            return;
+        };
+        if p.len == 0 {
+            return;
+        }
+        if prefix_matches(buf, p) {
+            let path = *buf;
+            emit(SecurityOp::Rename, |ev| unsafe {
+                (*ev).name = path;
+            });
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// rename(oldname, newname)
+#[tracepoint(category = "syscalls", name = "sys_enter_rename")]
+pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
+    if on() {
+        rename_to(tp_u64(&ctx, SYSCALL_ARG0 + 8) as *const u8);
+    }
+    0
+}
+
+/// renameat(olddfd, oldname, newdfd, newname) and renameat2(..., flags)
+#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
+pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
+    if on() {
+        rename_to(tp_u64(&ctx, SYSCALL_ARG0 + 24) as *const u8);
+    }
+    0
+}
+
+// ---- network -----------------------------------------------------------------------
+
+#[inline(always)]
+fn v4_addr(v4: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = v4[0];
+    a[1] = v4[1];
+    a[2] = v4[2];
+    a[3] = v4[3];
+    a
+}
+
+/// The head of a sockaddr_in / sockaddr_in6 (8 bytes: both are at least that long).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockAddr {
+    family: u16,
+    port_be: u16,
+    /// IPv4: the address. IPv6: the flow info (the address follows at 8).
+    v4: [u8; 4],
+}
+
+/// connect(fd, uservaddr, addrlen): reported for watched ports and watched processes.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if !on() {
+        return 0;
+    }
+    let uaddr = tp_u64(&ctx, SYSCALL_ARG0 + 8) as *const SockAddr;
+    // SAFETY: user memory read through the helper, which checks it.
+    let Ok(sa) = (unsafe { bpf_probe_read_user(uaddr) }) else {
+        return 0;
+    };
+    if sa.family != AF_INET && sa.family != AF_INET6 {
+        return 0;
+    }
+    let port = u16::from_be(sa.port_be);
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain lookups.
+    let wanted = unsafe {
+        WATCHED_PORTS.get(&port).is_some()
+            || WATCHED_PIDS.get(&pid).is_some()
+            || WATCHED_COMMS
+                .get(&bpf_get_current_comm().unwrap_or([0; 16]))
+                .is_some()
+    };
+    if !wanted {
+        return 0;
+    }
+    let v6: [u8; 16] = if sa.family == AF_INET6 {
+        // SAFETY: as above; sockaddr_in6 has the address at byte 8.
+        unsafe { bpf_probe_read_user(uaddr.cast::<u8>().wrapping_add(8).cast::<[u8; 16]>()) }
+            .unwrap_or([0; 16])
+    } else {
+        [0; 16]
+    };
+    emit(SecurityOp::Connect, |ev| unsafe {
+        (*ev).family = sa.family;
+        (*ev).port = port;
+        (*ev).addr = if sa.family == AF_INET {
+            v4_addr(sa.v4)
+        } else {
+            v6
+        };
+    });
+    0
+}
+
+/// sock:inet_sock_set_state; offsets checked against tracefs by userspace at load.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if !on() {
+        return 0;
+    }
+    // SAFETY: offsets inside the record, verified by userspace before attaching.
+    let newstate: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
+    if newstate != TCP_LISTEN {
+        return 0;
+    }
+    let sport: u16 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    let family: u16 = unsafe { ctx.read_at(28) }.unwrap_or(0);
+    let v4: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+    let v6: [u8; 16] = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+    emit(SecurityOp::Listen, |ev| unsafe {
+        (*ev).family = family;
+        (*ev).port = sport;
+        (*ev).addr = if family == AF_INET { v4_addr(v4) } else { v6 };
+    });
+    0
+}

@@ -1,0 +1,613 @@
+//! Detection: the process table, the rules, and the findings they raise from the
+//! kernel's process and security events.
+//!
+//! The rules also decide what the kernel reports: the directories of the paths that
+//! `file_write` rules name, the ports that `connect` rules name, and the processes a
+//! `connect` rule could match on (tested at their exec) are written to the probes'
+//! filter maps, so everything else is dropped in the kernel.
+pub mod rules;
+pub mod table;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use vigil_common::{DirKey, SecurityOp};
+use vigil_proto::v1 as pb;
+
+pub use self::rules::{Rule, RuleError};
+use self::{
+    rules::{Fields, CONNECT_FIELDS},
+    table::{fd_kind_name, Proc, ProcessTable},
+};
+use crate::{
+    export::convert::unix_ms,
+    probes::events::{ProcessEvent, SecurityEvent},
+};
+
+/// Dedup windows kept open at once; past this, findings are sent without dedup.
+const MAX_OPEN_WINDOWS: usize = 10_000;
+
+/// Everything a rule can look at for one event.
+struct Subject {
+    event: &'static str,
+    process: Proc,
+    /// Parent first.
+    lineage: Vec<Proc>,
+    details: BTreeMap<String, String>,
+    target: Option<Proc>,
+    /// Fields absent on purpose (deciding which processes to watch).
+    absent: &'static [&'static str],
+}
+
+impl Fields for Subject {
+    fn values(&self, field: &str, out: &mut Vec<String>) {
+        if self.absent.contains(&field) {
+            return;
+        }
+        let p = &self.process;
+        let proc_field = |p: &Proc, f: &str, out: &mut Vec<String>| match f {
+            "exe" => out.push(p.exe.to_string()),
+            "name" => out.push(p.name.to_string()),
+            "cmdline" => out.push(p.cmdline.to_string()),
+            "uid" => out.push(p.uid.to_string()),
+            "euid" => out.push(p.euid.to_string()),
+            "pid" => out.push(p.pid.to_string()),
+            "container" => out.push(p.container.to_string()),
+            _ => {}
+        };
+        match field {
+            "event" => out.push(self.event.to_string()),
+            "container" => out.push(p.container.to_string()),
+            "process.stdin" => out.push(fd_kind_name(p.stdin.0).to_string()),
+            "process.stdout" => out.push(fd_kind_name(p.stdout.0).to_string()),
+            "process.fileless" => out.push(p.fileless.to_string()),
+            "process.stdin_from.name" => {
+                out.extend(p.stdin_from.as_ref().map(|(n, _)| n.to_string()));
+            }
+            "process.stdin_from.exe" => {
+                out.extend(p.stdin_from.as_ref().map(|(_, e)| e.to_string()));
+            }
+            "target.pid" | "target.exe" => {
+                if let Some(t) = &self.target {
+                    proc_field(t, &field[7..], out);
+                }
+            }
+            "path" | "port" | "remote_addr" | "old_uid" | "new_uid" => {
+                out.extend(self.details.get(field).cloned());
+            }
+            f => {
+                if let Some(rest) = f.strip_prefix("process.") {
+                    proc_field(p, rest, out);
+                } else if let Some(rest) = f.strip_prefix("parent.") {
+                    if let Some(pp) = self.lineage.first() {
+                        proc_field(pp, rest, out);
+                    }
+                } else if let Some(rest) = f.strip_prefix("ancestor.") {
+                    for a in &self.lineage {
+                        proc_field(a, rest, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pb_process(p: &Proc) -> pb::Process {
+    pb::Process {
+        pid: p.pid,
+        exe: p.exe.to_string(),
+        cmdline: p.cmdline.to_string(),
+        uid: p.uid,
+        name: p.name.to_string(),
+        container: p.container.to_string(),
+        start_unix_ms: p.start_unix_ms,
+    }
+}
+
+/// A repeating finding, held until its window closes.
+struct Window {
+    opened: Instant,
+    length: Duration,
+    count: u64,
+    last_ms: i64,
+    finding: pb::Finding,
+}
+
+/// What the detector has done since start.
+#[derive(Clone, Debug, Default)]
+pub struct DetectStats {
+    pub process_events: u64,
+    pub security_events: u64,
+    /// Matches per rule id (repeats within a dedup window included).
+    pub matches: BTreeMap<String, u64>,
+    pub findings: u64,
+    /// Repeats folded into an open dedup window.
+    pub folded: u64,
+    pub table_size: u64,
+    /// Processes not tracked because the table was full.
+    pub untracked: u64,
+    /// Processes the kernel could not be told to watch (its map full).
+    pub watch_failed: u64,
+}
+
+/// Kernel filter changes the caller applies to the probes' maps.
+#[derive(Debug, Default)]
+pub struct WatchChanges {
+    pub add_pids: Vec<u32>,
+    pub remove_pids: Vec<u32>,
+}
+
+pub struct Detector {
+    table: ProcessTable,
+    rules: Vec<Rule>,
+    /// Rule indexes by event type.
+    by_event: HashMap<&'static str, Vec<usize>>,
+    windows: HashMap<(String, String), Window>,
+    /// Watched directories: kernel key -> path.
+    dirs: HashMap<DirKey, PathBuf>,
+    watched_pids: BTreeSet<u32>,
+    watch: WatchChanges,
+    pub stats: DetectStats,
+    scratch: Vec<String>,
+}
+
+impl Detector {
+    pub fn new(proc_root: &Path, rules: Vec<Rule>, max_processes: usize) -> Self {
+        let mut d = Self {
+            table: ProcessTable::new(proc_root, max_processes),
+            rules: Vec::new(),
+            by_event: HashMap::new(),
+            windows: HashMap::new(),
+            dirs: HashMap::new(),
+            watched_pids: BTreeSet::new(),
+            watch: WatchChanges::default(),
+            stats: DetectStats::default(),
+            scratch: Vec::new(),
+        };
+        d.set_rules(rules);
+        d
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.by_event.clear();
+        for (i, r) in rules.iter().enumerate() {
+            for e in &r.events {
+                if let Some(name) = rules::EVENTS.iter().find(|n| **n == e.as_str()) {
+                    self.by_event.entry(name).or_default().push(i);
+                }
+            }
+        }
+        self.rules = rules;
+    }
+
+    /// Seeds the table from /proc and decides which running processes to watch.
+    pub fn seed(&mut self) {
+        let added = self.table.scan();
+        for pid in added {
+            self.consider_watch(pid);
+        }
+    }
+
+    /// Periodic upkeep: sweep exited processes, rescan /proc (lost exits), close
+    /// dedup windows (returning the findings that repeated).
+    pub fn tick(&mut self, rescan: bool, out: &mut Vec<pb::Finding>) {
+        if rescan {
+            let added = self.table.scan();
+            for pid in added {
+                self.consider_watch(pid);
+            }
+            let gone: Vec<u32> = self
+                .watched_pids
+                .iter()
+                .filter(|p| self.table.get(**p).is_none())
+                .copied()
+                .collect();
+            for p in gone {
+                self.watched_pids.remove(&p);
+                self.watch.remove_pids.push(p);
+            }
+        } else {
+            self.table.sweep();
+        }
+        let now = Instant::now();
+        let closed: Vec<(String, String)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.opened) >= w.length)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in closed {
+            if let Some(w) = self.windows.remove(&k) {
+                if w.count > 1 {
+                    let mut f = w.finding;
+                    f.count = w.count;
+                    f.last_unix_ms = w.last_ms;
+                    f.time_unix_ms = w.last_ms;
+                    self.stats.findings += 1;
+                    out.push(f);
+                }
+            }
+        }
+        self.stats.table_size = self.table.len() as u64;
+        self.stats.untracked = self.table.untracked;
+    }
+
+    pub fn take_watch_changes(&mut self) -> WatchChanges {
+        std::mem::take(&mut self.watch)
+    }
+
+    /// Program names (comm, at most 15 bytes) that connect rules ask about (kernel
+    /// filter: decided at the connect itself).
+    pub fn watched_comms(&self) -> Vec<[u8; 16]> {
+        let mut lits = Vec::new();
+        for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
+            r.condition.literals("process.name", &mut lits);
+        }
+        let mut out: Vec<[u8; 16]> = lits
+            .iter()
+            .filter(|(prefix, _)| !prefix)
+            .map(|(_, v)| {
+                let mut c = [0u8; 16];
+                let b = v.as_bytes();
+                let n = b.len().min(15);
+                c[..n].copy_from_slice(&b[..n]);
+                c
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Ports that connect rules ask about (kernel filter).
+    pub fn watched_ports(&self) -> Vec<u16> {
+        let mut lits = Vec::new();
+        for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
+            r.condition.literals("port", &mut lits);
+        }
+        let mut ports: Vec<u16> = lits
+            .iter()
+            .filter(|(prefix, _)| !prefix)
+            .filter_map(|(_, v)| v.parse().ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// Directories of the paths file_write rules name (kernel filter), as kernel keys.
+    /// Directories that don't exist (yet) are skipped; call again to pick them up.
+    pub fn watched_dirs(&mut self) -> Vec<DirKey> {
+        let mut lits = Vec::new();
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.events.contains("file_write"))
+        {
+            r.condition.literals("path", &mut lits);
+        }
+        let mut dirs = BTreeSet::new();
+        for (prefix, v) in lits {
+            let dir = if prefix && v.ends_with('/') && !v.contains('*') {
+                PathBuf::from(v.trim_end_matches('/'))
+            } else {
+                match Path::new(&v).parent() {
+                    Some(p) => p.to_path_buf(),
+                    None => continue,
+                }
+            };
+            for d in expand(&dir) {
+                dirs.insert(d);
+            }
+        }
+        self.dirs.clear();
+        for d in dirs {
+            if let Ok(m) = std::fs::metadata(&d) {
+                if m.is_dir() {
+                    let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+                    let key = DirKey {
+                        dev: (major << 20) | minor,
+                        ino: m.ino(),
+                    };
+                    self.dirs.insert(key, d);
+                }
+            }
+        }
+        self.dirs.keys().copied().collect()
+    }
+
+    /// The watched directories' paths (for rename prefixes), after `watched_dirs`.
+    pub fn watched_dir_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .dirs
+            .values()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn consider_watch(&mut self, pid: u32) {
+        let connect_rules = match self.by_event.get("connect") {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => return,
+        };
+        let Some(p) = self.table.get(pid).cloned() else {
+            return;
+        };
+        let subject = Subject {
+            event: "connect",
+            lineage: self.table.lineage(pid).into_iter().cloned().collect(),
+            process: p,
+            details: BTreeMap::new(),
+            target: None,
+            absent: &CONNECT_FIELDS,
+        };
+        let wanted = connect_rules
+            .iter()
+            .any(|&i| self.rules[i].condition.eval(&subject, &mut self.scratch));
+        if wanted && self.watched_pids.insert(pid) {
+            self.watch.add_pids.push(pid);
+        } else if !wanted && self.watched_pids.remove(&pid) {
+            self.watch.remove_pids.push(pid);
+        }
+    }
+
+    /// Applies a process event to the table and evaluates exec rules.
+    pub fn on_process(&mut self, e: &ProcessEvent, out: &mut Vec<pb::Finding>) {
+        use vigil_common::ProcessOp;
+        self.stats.process_events += 1;
+        let relinked = self.table.apply(e);
+        match e.op {
+            ProcessOp::Exec => {
+                self.consider_watch(e.pid);
+                self.evaluate("exec", e.pid, BTreeMap::new(), None, unix_ms(e.time), out);
+                for pid in relinked {
+                    self.evaluate("exec", pid, BTreeMap::new(), None, unix_ms(e.time), out);
+                }
+            }
+            ProcessOp::Exit => {
+                if self.watched_pids.remove(&e.pid) {
+                    self.watch.remove_pids.push(e.pid);
+                }
+            }
+            ProcessOp::Fork => {}
+        }
+    }
+
+    /// Evaluates a security event.
+    pub fn on_security(&mut self, e: &SecurityEvent, out: &mut Vec<pb::Finding>) {
+        self.stats.security_events += 1;
+        let mut details = BTreeMap::new();
+        let mut target = None;
+        let event = match e.op {
+            SecurityOp::Ptrace => {
+                details.insert("target_pid".to_string(), e.target.to_string());
+                let mut t = self.table.lookup_or_read(e.target as u32);
+                // The target may have exec'd an instant ago (its exec event can follow
+                // the attach): what /proc says now wins.
+                if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", e.target)) {
+                    t.exe = exe.to_string_lossy().into_owned().into();
+                }
+                target = Some(t);
+                "ptrace"
+            }
+            SecurityOp::SetUid | SecurityOp::SetGid => {
+                details.insert("old_uid".into(), e.detail.to_string());
+                details.insert("new_uid".into(), e.target.to_string());
+                "setuid"
+            }
+            SecurityOp::ModuleLoad => {
+                if !e.name.is_empty() {
+                    details.insert("file".into(), e.name.clone());
+                }
+                if e.target != u64::MAX {
+                    let link = format!("/proc/{}/fd/{}", e.pid, e.target);
+                    if let Ok(p) = std::fs::read_link(link) {
+                        details.insert("path".into(), p.to_string_lossy().into_owned());
+                    }
+                }
+                "module_load"
+            }
+            SecurityOp::FileWrite | SecurityOp::Rename => {
+                let path = if e.op == SecurityOp::Rename {
+                    e.name.clone()
+                } else {
+                    let key = DirKey {
+                        dev: e.dev,
+                        ino: e.target,
+                    };
+                    let Some(dir) = self.dirs.get(&key) else {
+                        return;
+                    };
+                    dir.join(&e.name).to_string_lossy().into_owned()
+                };
+                details.insert("path".into(), path);
+                details.insert(
+                    "operation".into(),
+                    if e.op == SecurityOp::Rename {
+                        "rename"
+                    } else {
+                        "open_for_write"
+                    }
+                    .into(),
+                );
+                "file_write"
+            }
+            SecurityOp::Connect | SecurityOp::Listen => {
+                details.insert("port".into(), e.port.to_string());
+                if let Some(a) = e.addr {
+                    let key = if e.op == SecurityOp::Connect {
+                        "remote_addr"
+                    } else {
+                        "local_addr"
+                    };
+                    details.insert(key.into(), a.to_string());
+                }
+                if e.op == SecurityOp::Connect {
+                    "connect"
+                } else {
+                    "listen"
+                }
+            }
+        };
+        let event = if e.op == SecurityOp::SetGid {
+            "setgid"
+        } else {
+            event
+        };
+        if matches!(e.op, SecurityOp::SetUid) {
+            // Keep the table current: the process now runs as the new uid (the
+            // finding shows the uid it had before in `old_uid`).
+            self.table.set_uid(e.pid, e.target as u32);
+        }
+        self.evaluate(event, e.pid, details, target, unix_ms(e.time), out);
+    }
+
+    fn evaluate(
+        &mut self,
+        event: &'static str,
+        pid: u32,
+        details: BTreeMap<String, String>,
+        target: Option<Proc>,
+        time_ms: i64,
+        out: &mut Vec<pb::Finding>,
+    ) {
+        let Some(idx) = self.by_event.get(event) else {
+            return;
+        };
+        if idx.is_empty() {
+            return;
+        }
+        let idx = idx.clone();
+        let process = match self.table.get(pid) {
+            Some(p) => p.clone(),
+            None => self.table.lookup_or_read(pid),
+        };
+        let subject = Subject {
+            event,
+            lineage: self.table.lineage(pid).into_iter().cloned().collect(),
+            process,
+            details,
+            target,
+            absent: &[],
+        };
+        for i in idx {
+            let rule = &self.rules[i];
+            if !rule.matches(&subject, &mut self.scratch) {
+                continue;
+            }
+            match self.stats.matches.get_mut(&rule.id) {
+                Some(n) => *n += 1,
+                None => {
+                    self.stats.matches.insert(rule.id.clone(), 1);
+                }
+            }
+            let key_detail = subject
+                .details
+                .get("path")
+                .or_else(|| subject.details.get("port"))
+                .cloned()
+                .unwrap_or_default();
+            let key = (
+                rule.id.clone(),
+                format!(
+                    "{}\0{}\0{}",
+                    subject.process.exe, subject.process.container, key_detail
+                ),
+            );
+            if let Some(w) = self.windows.get_mut(&key) {
+                w.count += 1;
+                w.last_ms = time_ms;
+                self.stats.folded += 1;
+                continue;
+            }
+            let mut details = subject.details.clone();
+            if let Some(t) = &subject.target {
+                details.insert("target_exe".into(), t.exe.to_string());
+            }
+            if let Some((n, e)) = &subject.process.stdin_from {
+                details.insert("stdin_from".into(), format!("{n} ({e})"));
+            }
+            for (name, (kind, _)) in [
+                ("stdin", subject.process.stdin),
+                ("stdout", subject.process.stdout),
+            ] {
+                if matches!(
+                    kind,
+                    vigil_common::FdKind::Socket | vigil_common::FdKind::Pipe
+                ) {
+                    details.insert(name.into(), fd_kind_name(kind).into());
+                }
+            }
+            let finding = pb::Finding {
+                rule: rule.id.clone(),
+                description: rule.description.clone(),
+                severity: rule.severity.as_str().to_string(),
+                mitre: rule.mitre.clone(),
+                time_unix_ms: time_ms,
+                event: event.to_string(),
+                process: Some(pb_process(&subject.process)),
+                parent: subject.lineage.first().map(pb_process),
+                ancestors: subject.lineage.iter().skip(1).map(pb_process).collect(),
+                details: details.into_iter().collect(),
+                count: 1,
+                first_unix_ms: time_ms,
+                last_unix_ms: time_ms,
+            };
+            self.stats.findings += 1;
+            if !rule.dedup.is_zero() && self.windows.len() < MAX_OPEN_WINDOWS {
+                self.windows.insert(
+                    key,
+                    Window {
+                        opened: Instant::now(),
+                        length: rule.dedup,
+                        count: 1,
+                        last_ms: time_ms,
+                        finding: finding.clone(),
+                    },
+                );
+            }
+            out.push(finding);
+        }
+    }
+}
+
+/// Expands `*` path components against the filesystem (`/home/*/.ssh`).
+fn expand(dir: &Path) -> Vec<PathBuf> {
+    let mut acc = vec![PathBuf::from("/")];
+    for comp in dir.components().skip(1) {
+        let c = comp.as_os_str().to_string_lossy();
+        if c.contains('*') || c.contains('?') {
+            let mut next = Vec::new();
+            for base in &acc {
+                if let Ok(rd) = std::fs::read_dir(base) {
+                    for e in rd.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if rules::glob_match(c.as_bytes(), name.as_bytes()) {
+                            next.push(base.join(name));
+                        }
+                    }
+                }
+            }
+            acc = next;
+        } else {
+            for a in &mut acc {
+                a.push(&*c);
+            }
+        }
+    }
+    acc
+}

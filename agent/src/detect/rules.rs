@@ -1,0 +1,658 @@
+//! Detection rules: the YAML format, its checks, and evaluation against an event.
+//!
+//! ```yaml
+//! rules:
+//!   - id: exec-from-temp-dir
+//!     description: A program ran from a world-writable temporary directory
+//!     severity: high                # info, low, medium, high, critical
+//!     mitre: [T1204, T1059]
+//!     events: [exec]                # exec ptrace setuid setgid module_load file_write connect listen
+//!     condition:                    # a map of field: {operator: value} (all must hold),
+//!       process.exe: {prefix: [/tmp/, /dev/shm/, /var/tmp/]}   # or all: [..] / any: [..] / not: ..
+//!     exceptions:                   # any exception that matches suppresses the finding
+//!       - process.exe: {glob: "/tmp/allowed-*"}
+//!     dedup: 5m                     # repeats within the window are one finding with a count
+//! ```
+//!
+//! Operators: `equals`, `prefix`, `contains`, `glob` (`*` any run of characters,
+//! `?` one), `regex` (Rust syntax, unanchored unless you anchor it), each taking one
+//! value or a list (any of them), and `in` (a list, exact). A bare value means `equals`.
+//! Numbers and booleans compare as their text (`process.uid: 0`).
+use std::{collections::BTreeSet, fmt, path::Path, time::Duration};
+
+use regex::Regex;
+use serde_yaml::Value;
+
+/// The kinds of event a rule can ask about.
+pub const EVENTS: [&str; 8] = [
+    "exec",
+    "ptrace",
+    "setuid",
+    "setgid",
+    "module_load",
+    "file_write",
+    "connect",
+    "listen",
+];
+
+/// Every field a rule may test, with what it holds.
+pub const FIELDS: [(&str, &str); 27] = [
+    ("event", "the event type (see EVENTS)"),
+    ("process.exe", "path of the program"),
+    ("process.name", "the kernel's short name (comm)"),
+    ("process.cmdline", "arguments joined by spaces"),
+    ("process.uid", "real uid"),
+    ("process.euid", "effective uid"),
+    ("process.pid", "process id"),
+    ("process.container", "container id, empty on the host"),
+    (
+        "process.stdin",
+        "what fd 0 is: socket, pipe, chardev (a terminal, /dev/null), file, none, other",
+    ),
+    ("process.stdout", "what fd 1 is"),
+    (
+        "process.fileless",
+        "true when the program runs from a memfd or a deleted file",
+    ),
+    (
+        "process.stdin_from.name",
+        "the process writing into this one's stdin pipe",
+    ),
+    ("process.stdin_from.exe", "its program"),
+    ("parent.exe", "the parent's program"),
+    ("parent.name", "the parent's short name"),
+    ("parent.cmdline", "the parent's arguments"),
+    ("parent.uid", "the parent's real uid"),
+    (
+        "ancestor.exe",
+        "matches when any ancestor (parent and up) matches",
+    ),
+    ("ancestor.name", "likewise, by short name"),
+    ("path", "file_write: the file written or renamed into place"),
+    ("port", "connect: remote port; listen: local port"),
+    ("remote_addr", "connect: remote address"),
+    ("target.pid", "ptrace: the traced process"),
+    ("target.exe", "ptrace: its program"),
+    ("old_uid", "setuid/setgid: the real id before"),
+    ("new_uid", "setuid/setgid: the id after"),
+    ("container", "same as process.container"),
+];
+
+/// Fields only a connect event has (absent when deciding which processes to watch).
+pub const CONNECT_FIELDS: [&str; 2] = ["port", "remote_addr"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "info" => Self::Info,
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            "high" => Self::High,
+            "critical" => Self::Critical,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Equals(Vec<String>),
+    Prefix(Vec<String>),
+    Contains(Vec<String>),
+    Glob(Vec<String>),
+    Regex(Vec<Regex>),
+}
+
+impl Op {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Self::Equals(xs) => xs.iter().any(|x| x == v),
+            Self::Prefix(xs) => xs.iter().any(|x| v.starts_with(x.as_str())),
+            Self::Contains(xs) => xs.iter().any(|x| v.contains(x.as_str())),
+            Self::Glob(xs) => xs.iter().any(|x| glob_match(x.as_bytes(), v.as_bytes())),
+            Self::Regex(xs) => xs.iter().any(|r| r.is_match(v)),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Leaf { field: String, op: Op },
+}
+
+/// What a condition is evaluated against: each field's values (a field can have
+/// several, e.g. `ancestor.exe`; the leaf holds when any value matches). A field the
+/// event doesn't have makes its leaf false.
+pub trait Fields {
+    fn values(&self, field: &str, out: &mut Vec<String>);
+}
+
+impl Cond {
+    pub fn eval(&self, s: &dyn Fields, scratch: &mut Vec<String>) -> bool {
+        match self {
+            Self::All(cs) => cs.iter().all(|c| c.eval(s, scratch)),
+            Self::Any(cs) => cs.iter().any(|c| c.eval(s, scratch)),
+            Self::Not(c) => !c.eval(s, scratch),
+            Self::Leaf { field, op } => {
+                scratch.clear();
+                s.values(field, scratch);
+                let r = scratch.iter().any(|v| op.matches(v));
+                scratch.clear();
+                r
+            }
+        }
+    }
+
+    /// Literal values tested against `field` with equals/in/prefix (for kernel filters).
+    pub fn literals(&self, field: &str, out: &mut Vec<(bool, String)>) {
+        match self {
+            Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.literals(field, out)),
+            Self::Not(_) => {}
+            Self::Leaf { field: f, op } if f == field => match op {
+                Op::Equals(xs) => out.extend(xs.iter().map(|x| (false, x.clone()))),
+                Op::Prefix(xs) | Op::Glob(xs) => out.extend(xs.iter().map(|x| (true, x.clone()))),
+                _ => {}
+            },
+            Self::Leaf { .. } => {}
+        }
+    }
+}
+
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    pub mitre: Vec<String>,
+    pub events: BTreeSet<String>,
+    pub condition: Cond,
+    pub exceptions: Vec<Cond>,
+    pub dedup: Duration,
+    /// Where it came from: `builtin` or a file path.
+    pub source: String,
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rule({} from {})", self.id, self.source)
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, s: &dyn Fields, scratch: &mut Vec<String>) -> bool {
+        self.condition.eval(s, scratch) && !self.exceptions.iter().any(|e| e.eval(s, scratch))
+    }
+}
+
+/// A rule file that could not be used: where, and why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}:{line}: {reason}")]
+pub struct RuleError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+pub const DEFAULT_DEDUP: Duration = Duration::from_secs(60);
+
+/// Parses one YAML rule file. `name` is how errors name the file.
+pub fn parse(name: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    let err = |line: usize, reason: String| RuleError {
+        file: name.to_string(),
+        line,
+        reason,
+    };
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| {
+        err(
+            e.location().map_or(0, |l| l.line()),
+            format!("not valid YAML: {e}"),
+        )
+    })?;
+    let list = match &doc {
+        Value::Mapping(m) => match m.get("rules") {
+            Some(Value::Sequence(s)) => s.clone(),
+            Some(Value::Null) | None if m.len() <= 1 => Vec::new(),
+            Some(_) => return Err(err(1, "`rules` must be a list".into())),
+            None => return Err(err(1, "expected a top-level `rules:` list".into())),
+        },
+        Value::Null => Vec::new(),
+        _ => return Err(err(1, "expected a top-level `rules:` list".into())),
+    };
+    let mut rules = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, r) in list.iter().enumerate() {
+        let id = r.get("id").and_then(Value::as_str).map(str::to_string);
+        let line = id.as_deref().and_then(|id| line_of(text, id)).unwrap_or(0);
+        let rule = compile(r, name).map_err(|reason| {
+            err(
+                line,
+                match &id {
+                    Some(id) => format!("rule `{id}`: {reason}"),
+                    None => format!("rule #{}: {reason}", i + 1),
+                },
+            )
+        })?;
+        if !ids.insert(rule.id.clone()) {
+            return Err(err(line, format!("rule `{}` is defined twice", rule.id)));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// The line where rule `id` starts (the line with `id: <id>`), for messages.
+fn line_of(text: &str, id: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ").trim();
+            t.strip_prefix("id:")
+                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == id)
+                .unwrap_or(false)
+        })
+        .map(|i| i + 1)
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
+    match v {
+        Value::Sequence(s) => s
+            .iter()
+            .map(|x| scalar(x).ok_or_else(|| format!("{what}: list items must be text or numbers")))
+            .collect(),
+        other => scalar(other)
+            .map(|s| vec![s])
+            .ok_or_else(|| format!("{what}: expected a value or a list of values")),
+    }
+}
+
+fn compile(r: &Value, source: &str) -> Result<Rule, String> {
+    let m = r.as_mapping().ok_or("a rule must be a map")?;
+    const KEYS: [&str; 9] = [
+        "id",
+        "description",
+        "severity",
+        "mitre",
+        "events",
+        "condition",
+        "exceptions",
+        "dedup",
+        "enabled",
+    ];
+    for k in m.keys() {
+        let k = k.as_str().unwrap_or("?");
+        if !KEYS.contains(&k) {
+            return Err(format!("unknown key `{k}` (known: {})", KEYS.join(", ")));
+        }
+    }
+    let text = |k: &str| -> Result<String, String> {
+        m.get(k)
+            .and_then(scalar)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("`{k}` is missing"))
+    };
+    let id = text("id")?;
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err("`id` may only hold letters, digits, `-`, `_` and `.`".into());
+    }
+    let description = text("description")?;
+    let sev = text("severity")?;
+    let severity = Severity::parse(&sev).ok_or_else(|| {
+        format!("severity `{sev}` is not one of info, low, medium, high, critical")
+    })?;
+    let mitre = match m.get("mitre") {
+        Some(v) => strings(v, "mitre")?,
+        None => return Err("`mitre` is missing (a list of ATT&CK technique ids)".into()),
+    };
+    for t in &mitre {
+        let ok = t.starts_with('T')
+            && t[1..]
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        if !ok {
+            return Err(format!(
+                "`{t}` is not an ATT&CK technique id (like T1059 or T1059.004)"
+            ));
+        }
+    }
+    let events: BTreeSet<String> = match m.get("events") {
+        Some(v) => strings(v, "events")?.into_iter().collect(),
+        None => return Err("`events` is missing".into()),
+    };
+    for e in &events {
+        if !EVENTS.contains(&e.as_str()) {
+            return Err(format!(
+                "unknown event `{e}` (known: {})",
+                EVENTS.join(", ")
+            ));
+        }
+    }
+    let condition = cond(m.get("condition").ok_or("`condition` is missing")?)?;
+    let exceptions = match m.get("exceptions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(s)) => s.iter().map(cond).collect::<Result<_, _>>()?,
+        Some(_) => return Err("`exceptions` must be a list of conditions".into()),
+    };
+    let dedup = match m.get("dedup").and_then(scalar) {
+        None => DEFAULT_DEDUP,
+        Some(s) => crate::trace::parse_duration(&s).map_err(|e| format!("dedup `{s}`: {e}"))?,
+    };
+    Ok(Rule {
+        id,
+        description,
+        severity,
+        mitre,
+        events,
+        condition,
+        exceptions,
+        dedup,
+        source: source.to_string(),
+    })
+}
+
+fn cond(v: &Value) -> Result<Cond, String> {
+    let m = v
+        .as_mapping()
+        .ok_or("a condition must be a map (field: {operator: value}, all, any or not)")?;
+    let mut parts = Vec::new();
+    for (k, v) in m {
+        let k = k.as_str().ok_or("condition keys must be text")?;
+        parts.push(match k {
+            "all" | "any" => {
+                let list = v
+                    .as_sequence()
+                    .ok_or_else(|| format!("`{k}` takes a list of conditions"))?;
+                let cs = list.iter().map(cond).collect::<Result<Vec<_>, _>>()?;
+                if k == "all" {
+                    Cond::All(cs)
+                } else {
+                    Cond::Any(cs)
+                }
+            }
+            "not" => Cond::Not(Box::new(cond(v)?)),
+            field => leaf(field, v)?,
+        });
+    }
+    Ok(match parts.len() {
+        0 => return Err("empty condition".into()),
+        1 => parts.pop().expect("one"),
+        _ => Cond::All(parts),
+    })
+}
+
+fn leaf(field: &str, v: &Value) -> Result<Cond, String> {
+    if !FIELDS.iter().any(|(f, _)| *f == field) {
+        return Err(format!(
+            "unknown field `{field}` (known: {})",
+            FIELDS
+                .iter()
+                .map(|(f, _)| *f)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let what = |op: &str| format!("{field}.{op}");
+    let op = match v {
+        Value::Mapping(m) => {
+            if m.len() != 1 {
+                return Err(format!("`{field}` takes exactly one operator"));
+            }
+            let (op, arg) = m.iter().next().expect("one");
+            let op = op.as_str().unwrap_or("?");
+            match op {
+                "equals" => Op::Equals(strings(arg, &what(op))?),
+                "in" => match arg {
+                    Value::Sequence(_) => Op::Equals(strings(arg, &what(op))?),
+                    _ => return Err(format!("`{field}`: `in` takes a list")),
+                },
+                "prefix" => Op::Prefix(strings(arg, &what(op))?),
+                "contains" => Op::Contains(strings(arg, &what(op))?),
+                "glob" => Op::Glob(strings(arg, &what(op))?),
+                "regex" => Op::Regex(
+                    strings(arg, &what(op))?
+                        .iter()
+                        .map(|r| Regex::new(r).map_err(|e| format!("`{field}`: bad regex `{r}`: {e}")))
+                        .collect::<Result<_, _>>()?,
+                ),
+                other => {
+                    return Err(format!(
+                        "`{field}`: unknown operator `{other}` (known: equals, in, prefix, contains, glob, regex)"
+                    ))
+                }
+            }
+        }
+        other => Op::Equals(strings(other, field)?),
+    };
+    Ok(Cond::Leaf {
+        field: field.to_string(),
+        op,
+    })
+}
+
+/// `*` matches any run of characters (slashes included), `?` one character.
+pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The built-in ruleset.
+pub const BUILTIN: &str = include_str!("default_rules.yaml");
+
+/// Rules from the built-in set and every `*.yaml`/`*.yml` file in `dir` (sorted by
+/// name). A rule in a file replaces the built-in rule with the same id; a file rule
+/// with `enabled: false` switches the built-in one off. Any bad file fails the load.
+pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
+    let mut rules = parse("builtin", BUILTIN)?;
+    let Some(dir) = dir else {
+        return Ok(rules);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rules),
+        Err(e) => {
+            return Err(RuleError {
+                file: dir.display().to_string(),
+                line: 0,
+                reason: format!("cannot read the rules directory: {e}"),
+            })
+        }
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.display().to_string();
+        let text = std::fs::read_to_string(&f).map_err(|e| RuleError {
+            file: name.clone(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        let disabled = disabled_ids(&text);
+        for r in parse(&name, &text)? {
+            rules.retain(|x| x.id != r.id);
+            if !disabled.contains(&r.id) {
+                rules.push(r);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Ids of rules marked `enabled: false` in a file.
+fn disabled_ids(text: &str) -> BTreeSet<String> {
+    let Ok(doc) = serde_yaml::from_str::<Value>(text) else {
+        return BTreeSet::new();
+    };
+    doc.get("rules")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("enabled").and_then(Value::as_bool) == Some(false))
+        .filter_map(|r| r.get("id").and_then(scalar))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Map(HashMap<&'static str, Vec<&'static str>>);
+    impl Fields for Map {
+        fn values(&self, f: &str, out: &mut Vec<String>) {
+            if let Some(v) = self.0.get(f) {
+                out.extend(v.iter().map(|s| s.to_string()));
+            }
+        }
+    }
+
+    fn one(yaml: &str) -> Rule {
+        parse("t.yaml", yaml).unwrap().pop().unwrap()
+    }
+
+    #[test]
+    fn builtin_rules_parse_and_have_attack_ids() {
+        let rules = parse("builtin", BUILTIN).unwrap();
+        assert!(rules.len() >= 15, "{}", rules.len());
+        for r in &rules {
+            assert!(!r.mitre.is_empty(), "{}", r.id);
+        }
+    }
+
+    #[test]
+    fn operators_and_logic() {
+        let r = one(r#"
+rules:
+  - id: x
+    description: d
+    severity: low
+    mitre: [T1059]
+    events: [exec]
+    condition:
+      any:
+        - all:
+            - process.name: {in: [bash, sh]}
+            - parent.name: {glob: "ng*x"}
+        - process.exe: {regex: "^/tmp/[a-z]+$"}
+      not: {process.uid: 1000}
+    exceptions:
+      - process.cmdline: {contains: allowed}
+"#);
+        let s = |pairs: &[(&'static str, &'static str)]| {
+            let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+            for (k, v) in pairs {
+                m.entry(*k).or_default().push(*v);
+            }
+            Map(m)
+        };
+        let mut scratch = Vec::new();
+        assert!(r.matches(
+            &s(&[
+                ("process.name", "sh"),
+                ("parent.name", "nginx"),
+                ("process.uid", "0")
+            ]),
+            &mut scratch
+        ));
+        assert!(!r.matches(
+            &s(&[
+                ("process.name", "sh"),
+                ("parent.name", "nginx"),
+                ("process.uid", "1000")
+            ]),
+            &mut scratch
+        ));
+        assert!(!r.matches(
+            &s(&[("process.name", "zsh"), ("parent.name", "nginx")]),
+            &mut scratch
+        ));
+        assert!(r.matches(&s(&[("process.exe", "/tmp/abc")]), &mut scratch));
+        assert!(!r.matches(&s(&[("process.exe", "/tmp/abc/d")]), &mut scratch));
+        assert!(!r.matches(
+            &s(&[
+                ("process.exe", "/tmp/abc"),
+                ("process.cmdline", "x allowed")
+            ]),
+            &mut scratch
+        ));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: loud\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: x}\n").unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("bad.yaml", 2));
+        assert!(e.reason.contains("severity `loud`"), "{e}");
+        let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {proc.exe: x}\n").unwrap_err();
+        assert!(e.reason.contains("unknown field `proc.exe`"), "{e}");
+        let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: {regex: '('}}\n").unwrap_err();
+        assert!(e.reason.contains("bad regex"), "{e}");
+        let e = parse("bad.yaml", "rules:\n  - id: a\n   bad indent: [\n").unwrap_err();
+        assert!(e.line >= 2 && e.reason.contains("not valid YAML"), "{e}");
+        let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [X1]\n    events: [exec]\n    condition: {process.exe: x}\n").unwrap_err();
+        assert!(e.reason.contains("ATT&CK"), "{e}");
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match(b"/tmp/*", b"/tmp/a/b"));
+        assert!(glob_match(b"*.sh", b"x.sh"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(!glob_match(b"a?c", b"ac"));
+        assert!(glob_match(b"*", b""));
+        assert!(!glob_match(b"/etc/*", b"/tmp/x"));
+    }
+}

@@ -1,0 +1,529 @@
+//! The process table: seeded from /proc at start, kept current from the kernel's
+//! exec/fork/exit events, and swept against /proc now and then so a lost exit event
+//! can't leave a process behind for long.
+//!
+//! Bounded: at most `max` live entries; a process that doesn't fit is not tracked and
+//! is counted (`untracked`); its events are still evaluated, with what the event
+//! itself says.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use vigil_common::FdKind;
+
+use crate::probes::events::ProcessEvent;
+
+/// Exited processes stay this long, so events that arrive after their exit (or their
+/// children's) still find their ancestry.
+const EXITED_GRACE: Duration = Duration::from_secs(10);
+/// Ancestors looked up for a finding (parent's parent and up).
+pub const MAX_ANCESTORS: usize = 8;
+
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: Arc<str>,
+    pub name: Arc<str>,
+    pub cmdline: Arc<str>,
+    pub uid: u32,
+    pub euid: u32,
+    pub start_unix_ms: i64,
+    pub container: Arc<str>,
+    pub cgroup_id: u64,
+    pub stdin: (FdKind, u64),
+    pub stdout: (FdKind, u64),
+    pub fileless: bool,
+    /// The process writing into this one's stdin pipe, when known.
+    pub stdin_from: Option<(Arc<str>, Arc<str>)>,
+    exited: Option<Instant>,
+}
+
+pub fn fd_kind_name(k: FdKind) -> &'static str {
+    match k {
+        FdKind::None => "none",
+        FdKind::Pipe => "pipe",
+        FdKind::Socket => "socket",
+        FdKind::CharDevice => "chardev",
+        FdKind::File => "file",
+        FdKind::Other => "other",
+    }
+}
+
+pub struct ProcessTable {
+    procs: HashMap<u32, Proc>,
+    max: usize,
+    proc_root: PathBuf,
+    boot_unix_ms: i64,
+    /// cgroup id -> container id ("" = host), learned from /proc/PID/cgroup.
+    containers: HashMap<u64, Arc<str>>,
+    /// Pipe inode -> pid of the process whose stdout it is.
+    pipe_writers: HashMap<u64, u32>,
+    /// Pipe inode -> pid of the process whose stdin it is.
+    pipe_readers: HashMap<u64, u32>,
+    /// Processes not tracked because the table was full.
+    pub untracked: u64,
+    empty: Arc<str>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The container id in a cgroup path: the first 64-hex-digit name part
+/// (docker-<id>.scope, /docker/<id>, cri-containerd-<id>.scope, crio-<id>, libpod-<id>),
+/// cut to 12 characters as `docker ps` shows it.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    for part in cgroup.split(['/', '-', '.', ':']) {
+        if part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(part[..12].to_string());
+        }
+    }
+    None
+}
+
+impl ProcessTable {
+    pub fn new(proc_root: &Path, max: usize) -> Self {
+        let boot = std::fs::read_to_string(proc_root.join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("btime ")
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                })
+            })
+            .unwrap_or(0);
+        Self {
+            procs: HashMap::new(),
+            max,
+            proc_root: proc_root.to_path_buf(),
+            boot_unix_ms: boot * 1000,
+            containers: HashMap::new(),
+            pipe_writers: HashMap::new(),
+            pipe_readers: HashMap::new(),
+            untracked: 0,
+            empty: Arc::from(""),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Proc> {
+        self.procs.get(&pid)
+    }
+
+    /// Reads every process in /proc (start, and the periodic sweep): adds the ones
+    /// not known, forgets the ones gone. Returns the pids added.
+    pub fn scan(&mut self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        let mut alive = std::collections::HashSet::new();
+        let mut added = Vec::new();
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            alive.insert(pid);
+            if self.procs.contains_key(&pid) {
+                continue;
+            }
+            if let Some(p) = self.read_proc(pid) {
+                if self.insert(p) {
+                    added.push(pid);
+                }
+            }
+        }
+        let now = Instant::now();
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| {
+                !alive.contains(pid)
+                    && p.exited
+                        .is_none_or(|t| now.duration_since(t) > EXITED_GRACE)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove(pid);
+        }
+        added
+    }
+
+    /// Drops processes that exited more than EXITED_GRACE ago.
+    pub fn sweep(&mut self) {
+        let now = Instant::now();
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| {
+                p.exited
+                    .is_some_and(|t| now.duration_since(t) > EXITED_GRACE)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.remove(pid);
+        }
+    }
+
+    fn remove(&mut self, pid: u32) {
+        if let Some(p) = self.procs.remove(&pid) {
+            if p.stdout.0 == FdKind::Pipe && self.pipe_writers.get(&p.stdout.1) == Some(&pid) {
+                self.pipe_writers.remove(&p.stdout.1);
+            }
+            if p.stdin.0 == FdKind::Pipe && self.pipe_readers.get(&p.stdin.1) == Some(&pid) {
+                self.pipe_readers.remove(&p.stdin.1);
+            }
+        }
+    }
+
+    fn insert(&mut self, p: Proc) -> bool {
+        if self.procs.len() >= self.max && !self.procs.contains_key(&p.pid) {
+            self.sweep();
+            if self.procs.len() >= self.max {
+                self.untracked += 1;
+                return false;
+            }
+        }
+        self.procs.insert(p.pid, p);
+        true
+    }
+
+    fn read_proc(&mut self, pid: u32) -> Option<Proc> {
+        let dir = self.proc_root.join(pid.to_string());
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // comm is in parentheses and may itself hold spaces and parentheses.
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let name = &stat[open + 1..close];
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // Fields after comm: state(3) ppid(4) ... starttime(22) -> rest[0] is field 3.
+        let ppid = rest.get(1)?.parse().ok()?;
+        let start_ticks: i64 = rest.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no memory side effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let ids = |key: &str| -> (u32, u32) {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| {
+                    let mut w = v.split_whitespace().filter_map(|x| x.parse().ok());
+                    (w.next().unwrap_or(0), w.next().unwrap_or(0))
+                })
+                .unwrap_or((0, 0))
+        };
+        let (uid, euid) = ids("Uid:");
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|b| join_args(&b))
+            .unwrap_or_default();
+        let exe = std::fs::read_link(dir.join("exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let container = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|c| container_id(&c))
+            .unwrap_or_default();
+        let fd = |n: u32| -> (FdKind, u64) { fd_of(&dir, n) };
+        Some(Proc {
+            pid,
+            ppid,
+            fileless: exe.starts_with("/memfd:") || exe.ends_with(" (deleted)"),
+            exe: exe.into(),
+            name: name.into(),
+            cmdline: cmdline.into(),
+            uid,
+            euid,
+            start_unix_ms: self.boot_unix_ms + start_ticks * 1000 / hz,
+            container: container.into(),
+            cgroup_id: 0,
+            stdin: fd(0),
+            stdout: fd(1),
+            stdin_from: None,
+            exited: None,
+        })
+    }
+
+    /// The container of a cgroup id, learned from `pid`'s /proc/PID/cgroup the first
+    /// time the id is seen (falls back to `inherited`).
+    fn container_of(&mut self, cgroup_id: u64, pid: u32, inherited: &Arc<str>) -> Arc<str> {
+        if let Some(c) = self.containers.get(&cgroup_id) {
+            return c.clone();
+        }
+        let read = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"));
+        let c: Arc<str> = match read {
+            Ok(text) => container_id(&text).unwrap_or_default().into(),
+            Err(_) => return inherited.clone(),
+        };
+        if self.containers.len() < 4096 {
+            self.containers.insert(cgroup_id, c.clone());
+        }
+        c
+    }
+
+    /// Applies a process event. For an exec, returns the pids whose stdin_from just
+    /// became known (a shell reading from this new process's pipe), whose exec the
+    /// caller may evaluate again.
+    pub fn apply(&mut self, e: &ProcessEvent) -> Vec<u32> {
+        use vigil_common::ProcessOp;
+        let mut relinked = Vec::new();
+        match e.op {
+            ProcessOp::Fork => {
+                let parent = self.procs.get(&e.ppid).cloned();
+                let mut p = parent.unwrap_or_else(|| Proc {
+                    name: e.comm.as_str().into(),
+                    exe: self.empty.clone(),
+                    cmdline: self.empty.clone(),
+                    container: self.empty.clone(),
+                    uid: e.uid,
+                    euid: e.uid,
+                    ..Default::default()
+                });
+                p.pid = e.pid;
+                p.ppid = e.ppid;
+                p.start_unix_ms = crate::export::convert::unix_ms(e.time);
+                p.exited = None;
+                p.stdin_from = None;
+                self.insert(p);
+            }
+            ProcessOp::Exec => {
+                let old = self.procs.get(&e.pid).cloned();
+                let inherited = old
+                    .as_ref()
+                    .map(|p| p.container.clone())
+                    .unwrap_or_else(|| self.empty.clone());
+                let container = self.container_of(e.cgroup_id, e.pid, &inherited);
+                let exe = self.resolve_exe(e);
+                let mut p = Proc {
+                    pid: e.pid,
+                    ppid: old
+                        .as_ref()
+                        .map_or(e.ppid, |o| if e.ppid != 0 { e.ppid } else { o.ppid }),
+                    exe: exe.into(),
+                    name: e.comm.as_str().into(),
+                    cmdline: e.args.join(" ").into(),
+                    uid: e.uid,
+                    euid: e.euid,
+                    start_unix_ms: old.as_ref().map_or_else(
+                        || crate::export::convert::unix_ms(e.time),
+                        |o| o.start_unix_ms,
+                    ),
+                    container,
+                    cgroup_id: e.cgroup_id,
+                    stdin: e.stdin,
+                    stdout: e.stdout,
+                    fileless: e.exe_memfd || e.exe_unlinked,
+                    stdin_from: None,
+                    exited: None,
+                };
+                if let Some(o) = &old {
+                    if o.stdout.0 == FdKind::Pipe
+                        && self.pipe_writers.get(&o.stdout.1) == Some(&e.pid)
+                    {
+                        self.pipe_writers.remove(&o.stdout.1);
+                    }
+                }
+                if p.stdin.0 == FdKind::Pipe {
+                    self.pipe_readers.insert(p.stdin.1, p.pid);
+                    if let Some(w) = self
+                        .pipe_writers
+                        .get(&p.stdin.1)
+                        .and_then(|w| self.procs.get(w))
+                    {
+                        if w.pid != p.pid {
+                            p.stdin_from = Some((w.name.clone(), w.exe.clone()));
+                        }
+                    }
+                }
+                if p.stdout.0 == FdKind::Pipe {
+                    self.pipe_writers.insert(p.stdout.1, p.pid);
+                    if let Some(r) = self.pipe_readers.get(&p.stdout.1).copied() {
+                        if r != p.pid {
+                            if let Some(reader) = self.procs.get_mut(&r) {
+                                if reader.stdin.1 == p.stdout.1 && reader.exited.is_none() {
+                                    reader.stdin_from = Some((p.name.clone(), p.exe.clone()));
+                                    relinked.push(r);
+                                }
+                            }
+                        }
+                    }
+                }
+                self.insert(p);
+            }
+            ProcessOp::Exit => {
+                if let Some(p) = self.procs.get_mut(&e.pid) {
+                    p.exited = Some(Instant::now());
+                }
+            }
+        }
+        relinked
+    }
+
+    /// The program's path: the one execve was given when absolute, else the kernel's
+    /// link (/proc/PID/exe, while the process still exists), else the cwd join.
+    fn resolve_exe(&self, e: &ProcessEvent) -> String {
+        let f = &e.filename;
+        // Run from a memfd or a deleted file: name it as /proc/PID/exe would.
+        if e.exe_memfd {
+            return format!("/{} (deleted)", e.exe_name);
+        }
+        if e.exe_unlinked && (f.starts_with("/dev/fd/") || f.starts_with("/proc/self/fd/")) {
+            if let Ok(p) = std::fs::read_link(self.proc_root.join(e.pid.to_string()).join("exe")) {
+                return p.to_string_lossy().into_owned();
+            }
+            return format!("{} (deleted)", e.exe_name);
+        }
+        if f.starts_with('/') && !f.starts_with("/dev/fd/") && !f.starts_with("/proc/self/fd/") {
+            return f.clone();
+        }
+        let dir = self.proc_root.join(e.pid.to_string());
+        if let Ok(p) = std::fs::read_link(dir.join("exe")) {
+            return p.to_string_lossy().into_owned();
+        }
+        if let Ok(cwd) = std::fs::read_link(dir.join("cwd")) {
+            if !f.starts_with('/') {
+                return cwd.join(f).to_string_lossy().into_owned();
+            }
+        }
+        f.clone()
+    }
+
+    /// Parent, grandparent, ... (at most MAX_ANCESTORS + 1), nearest first.
+    pub fn lineage(&self, pid: u32) -> Vec<&Proc> {
+        let mut out = Vec::new();
+        let mut cur = self.procs.get(&pid).map(|p| p.ppid);
+        while let Some(pp) = cur {
+            if pp == 0 || out.len() > MAX_ANCESTORS {
+                break;
+            }
+            match self.procs.get(&pp) {
+                Some(p) => {
+                    if out.iter().any(|q: &&Proc| q.pid == p.pid) {
+                        break;
+                    }
+                    out.push(p);
+                    cur = Some(p.ppid);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// A process not in the table (table full, or it came and went between sweeps):
+    /// what /proc still says, else only the pid.
+    pub fn lookup_or_read(&mut self, pid: u32) -> Proc {
+        if let Some(p) = self.procs.get(&pid) {
+            return p.clone();
+        }
+        if let Some(p) = self.read_proc(pid) {
+            self.insert(p.clone());
+            return p;
+        }
+        Proc {
+            pid,
+            exe: self.empty.clone(),
+            name: self.empty.clone(),
+            cmdline: self.empty.clone(),
+            container: self.empty.clone(),
+            ..Default::default()
+        }
+    }
+
+    pub fn set_uid(&mut self, pid: u32, uid: u32) {
+        let p = self.lookup_or_read(pid);
+        if let Some(p) = self.procs.get_mut(&p.pid) {
+            p.uid = uid;
+            p.euid = uid;
+        }
+    }
+
+    pub fn now_ms() -> i64 {
+        now_ms()
+    }
+}
+
+fn join_args(b: &[u8]) -> String {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    String::from_utf8_lossy(b).replace('\0', " ")
+}
+
+fn fd_of(dir: &Path, n: u32) -> (FdKind, u64) {
+    let Ok(target) = std::fs::read_link(dir.join("fd").join(n.to_string())) else {
+        return (FdKind::None, 0);
+    };
+    let t = target.to_string_lossy();
+    let ino = |prefix: &str| {
+        t.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    if t.starts_with("socket:[") {
+        (FdKind::Socket, ino("socket:["))
+    } else if t.starts_with("pipe:[") {
+        (FdKind::Pipe, ino("pipe:["))
+    } else if t.starts_with("/dev/pts/") || t.starts_with("/dev/tty") || t == "/dev/null" {
+        (FdKind::CharDevice, 0)
+    } else if t.starts_with('/') {
+        (FdKind::File, 0)
+    } else {
+        (FdKind::Other, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for path in [
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!("12:pids:/docker/{id}"),
+            format!("0::/kubepods/besteffort/pod1/cri-containerd-{id}.scope"),
+        ] {
+            assert_eq!(
+                container_id(&path).as_deref(),
+                Some("0123456789ab"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            container_id("0::/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
+    }
+
+    #[test]
+    fn seeds_this_process_from_proc() {
+        let mut t = ProcessTable::new(Path::new("/proc"), 100_000);
+        t.scan();
+        let me = t
+            .get(std::process::id())
+            .expect("this test process is in /proc");
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(&*me.exe, exe.to_string_lossy());
+        // SAFETY: getuid has no side effects.
+        assert_eq!(me.uid, unsafe { libc::getuid() });
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(t
+            .lineage(std::process::id())
+            .first()
+            .is_some_and(|p| p.pid == me.ppid));
+    }
+}

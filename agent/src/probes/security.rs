@@ -1,0 +1,306 @@
+//! Security probes: ptrace, the setuid family, module loading (seen by the syscall
+//! probe's sys_enter), opens for writing in watched directories (at the open's exit,
+//! from the new fd's file), renames to watched paths, connects to watched ports or by
+//! watched processes, and new TCP listeners. All on tracepoints: fentry and BPF LSM
+//! need ftrace trampolines, which not every kernel lets us use.
+use std::path::Path;
+
+use aya::{
+    maps::{Array as BpfArray, HashMap as BpfHashMap},
+    programs::TracePoint,
+    Ebpf,
+};
+use vigil_common::{DirKey, PathPrefix, SecuritySyscalls, MAX_PREFIXES, NAME_LEN};
+
+use super::{load_and_attach, tracefs::TracepointFormat, ProbeError};
+
+/// Syscall numbers (x86_64) and where the first argument sits in `struct pt_regs`.
+#[cfg(target_arch = "x86_64")]
+pub fn syscalls() -> SecuritySyscalls {
+    SecuritySyscalls {
+        enabled: 1,
+        init_module: 175,
+        finit_module: 313,
+        setuid: 105,
+        setgid: 106,
+        setreuid: 113,
+        setregid: 114,
+        setresuid: 117,
+        setresgid: 119,
+        // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di -> di at 14 * 8.
+        regs_arg0: 112,
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub fn syscalls() -> SecuritySyscalls {
+    SecuritySyscalls {
+        enabled: 1,
+        init_module: 105,
+        finit_module: 273,
+        setuid: 146,
+        setgid: 144,
+        setreuid: 145,
+        setregid: 143,
+        setresuid: 147,
+        setresgid: 149,
+        // user_pt_regs: regs[0] first.
+        regs_arg0: 0,
+    }
+}
+
+const SETID: [&str; 6] = [
+    "setuid",
+    "setgid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+];
+
+/// The map names (agent-ebpf/src/probes/security.rs).
+pub const WATCHED_DIRS: &str = "WATCHED_DIRS";
+pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+pub const WATCHED_PIDS: &str = "WATCHED_PIDS";
+pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
+pub const WATCHED_COMMS: &str = "WATCHED_COMMS";
+
+/// Replaces the rename prefixes (absolute directory paths; a slash is appended).
+/// Returns how many did not fit (too many, or too long).
+pub fn set_prefixes(ebpf: &mut Ebpf, dirs: &[String]) -> Result<usize, ProbeError> {
+    let m = ebpf
+        .map_mut(WATCHED_PREFIXES)
+        .ok_or(ProbeError::MissingMap(WATCHED_PREFIXES))?;
+    let mut a: BpfArray<_, PathPrefix> =
+        BpfArray::try_from(m).map_err(|source| ProbeError::Map {
+            map: WATCHED_PREFIXES,
+            source,
+        })?;
+    let mut i = 0u32;
+    let mut skipped = 0;
+    for d in dirs {
+        let p = format!("{}/", d.trim_end_matches('/'));
+        if p.len() >= NAME_LEN || i >= MAX_PREFIXES - 1 {
+            skipped += 1;
+            continue;
+        }
+        let mut bytes = [0u8; NAME_LEN];
+        bytes[..p.len()].copy_from_slice(p.as_bytes());
+        a.set(
+            i,
+            PathPrefix {
+                len: p.len() as u32,
+                bytes,
+            },
+            0,
+        )
+        .map_err(|source| ProbeError::Map {
+            map: WATCHED_PREFIXES,
+            source,
+        })?;
+        i += 1;
+    }
+    // The end marker, and clear what a longer list left behind.
+    for j in i..MAX_PREFIXES {
+        a.set(
+            j,
+            PathPrefix {
+                len: 0,
+                bytes: [0; NAME_LEN],
+            },
+            0,
+        )
+        .map_err(|source| ProbeError::Map {
+            map: WATCHED_PREFIXES,
+            source,
+        })?;
+    }
+    Ok(skipped)
+}
+
+/// Programs `attach` loads (when all fail, the probe is off).
+pub const PARTS: usize = 8;
+
+/// Attaches every security program; the first failure is returned (the others that
+/// attached stay attached). Returns what is off and why, per part.
+pub fn attach(ebpf: &mut Ebpf, tracefs: Option<&Path>) -> Vec<(&'static str, ProbeError)> {
+    let mut off = Vec::new();
+    if let Err(e) = load_and_attach(ebpf, "sys_enter_ptrace", |p: &mut TracePoint| {
+        p.load()?;
+        p.attach("syscalls", "sys_enter_ptrace").map(drop)
+    }) {
+        off.push(("ptrace", e));
+    }
+    for (prog, dir) in [("sys_enter_setid", "enter"), ("sys_exit_setid", "exit")] {
+        if let Err(e) = load_and_attach(ebpf, prog, |p: &mut TracePoint| {
+            p.load()?;
+            for name in SETID {
+                p.attach("syscalls", &format!("sys_{dir}_{name}"))?;
+            }
+            Ok(())
+        }) {
+            off.push(("setuid", e));
+        }
+    }
+    if let Err(e) = load_and_attach(ebpf, "sys_exit_open", |p: &mut TracePoint| {
+        p.load()?;
+        for name in [
+            "sys_exit_open",
+            "sys_exit_openat",
+            "sys_exit_openat2",
+            "sys_exit_creat",
+        ] {
+            // open and creat are absent on some architectures (arm64): skip those.
+            if tracefs.is_some_and(|t| !t.join("events/syscalls").join(name).exists()) {
+                continue;
+            }
+            p.attach("syscalls", name)?;
+        }
+        Ok(())
+    }) {
+        off.push(("file-write", e));
+    }
+    for (prog, names) in [
+        ("sys_enter_rename", &["sys_enter_rename"][..]),
+        (
+            "sys_enter_renameat",
+            &["sys_enter_renameat", "sys_enter_renameat2"][..],
+        ),
+    ] {
+        if let Err(e) = load_and_attach(ebpf, prog, |p: &mut TracePoint| {
+            p.load()?;
+            for name in names {
+                if tracefs.is_some_and(|t| !t.join("events/syscalls").join(name).exists()) {
+                    continue;
+                }
+                p.attach("syscalls", name)?;
+            }
+            Ok(())
+        }) {
+            off.push(("rename", e));
+        }
+    }
+    if let Err(e) = load_and_attach(ebpf, "sys_enter_connect", |p: &mut TracePoint| {
+        p.load()?;
+        p.attach("syscalls", "sys_enter_connect").map(drop)
+    }) {
+        off.push(("connect", e));
+    }
+    match listen_layout_ok(tracefs) {
+        Ok(()) => {
+            if let Err(e) = load_and_attach(ebpf, "inet_sock_set_state", |p: &mut TracePoint| {
+                p.load()?;
+                p.attach("sock", "inet_sock_set_state").map(drop)
+            }) {
+                off.push(("listen", e));
+            }
+        }
+        Err(e) => off.push(("listen", e)),
+    }
+    off
+}
+
+/// The listen program reads sock:inet_sock_set_state at fixed offsets (stable since
+/// Linux 4.16); this checks them against this kernel's format.
+fn listen_layout_ok(tracefs: Option<&Path>) -> Result<(), ProbeError> {
+    let tp = "sock:inet_sock_set_state";
+    let root = tracefs.ok_or_else(|| ProbeError::Layout {
+        tracepoint: tp.into(),
+        reason: "tracefs is not mounted".into(),
+    })?;
+    let format = TracepointFormat::read(root, "sock", "inet_sock_set_state").map_err(|source| {
+        ProbeError::Format {
+            tracepoint: tp.into(),
+            source,
+        }
+    })?;
+    for (field, off, size) in [
+        ("newstate", 20, 4),
+        ("sport", 24, 2),
+        ("family", 28, 2),
+        ("saddr", 32, 4),
+        ("saddr_v6", 40, 16),
+    ] {
+        if format.field(field) != Some((off, size)) {
+            return Err(ProbeError::Layout {
+                tracepoint: tp.into(),
+                reason: format!(
+                    "field `{field}` is at {:?}, the program expects offset {off} size {size}",
+                    format.field(field)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn map<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<&'a mut aya::maps::MapData, K, V>, ProbeError> {
+    let m = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    BpfHashMap::try_from(m).map_err(|source| ProbeError::Map { map: name, source })
+}
+
+/// Replaces the watched directories.
+pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[DirKey]) -> Result<(), ProbeError> {
+    let mut m = map::<DirKey, u8>(ebpf, WATCHED_DIRS)?;
+    let old: Vec<DirKey> = m.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !dirs.contains(k)) {
+        let _ = m.remove(k);
+    }
+    for k in dirs {
+        m.insert(k, 1, 0).map_err(|source| ProbeError::Map {
+            map: WATCHED_DIRS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Replaces the watched ports.
+pub fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
+    let mut m = map::<u16, u8>(ebpf, WATCHED_PORTS)?;
+    let old: Vec<u16> = m.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !ports.contains(k)) {
+        let _ = m.remove(k);
+    }
+    for p in ports {
+        m.insert(p, 1, 0).map_err(|source| ProbeError::Map {
+            map: WATCHED_PORTS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Replaces the watched program names.
+pub fn set_comms(ebpf: &mut Ebpf, comms: &[[u8; 16]]) -> Result<(), ProbeError> {
+    let mut m = map::<[u8; 16], u8>(ebpf, WATCHED_COMMS)?;
+    let old: Vec<[u8; 16]> = m.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !comms.contains(k)) {
+        let _ = m.remove(k);
+    }
+    for c in comms {
+        m.insert(c, 1, 0).map_err(|source| ProbeError::Map {
+            map: WATCHED_COMMS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Adds and removes watched processes; returns how many could not be added (full).
+pub fn update_pids(ebpf: &mut Ebpf, add: &[u32], remove: &[u32]) -> Result<u64, ProbeError> {
+    let mut m = map::<u32, u8>(ebpf, WATCHED_PIDS)?;
+    for p in remove {
+        let _ = m.remove(p);
+    }
+    let mut failed = 0;
+    for p in add {
+        if m.insert(p, 1, 0).is_err() {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}

