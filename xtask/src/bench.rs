@@ -599,8 +599,36 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
     let labels = [
         "no tracer",
         "vigil trace processes --exec",
+        "vigil agent (rule match on every exec)",
         "libbpf-tools execsnoop",
     ];
+    // The agent with a rule that matches every exec of /bin/true (deduplicated into one
+    // finding; its match count is what we read back).
+    let dir = std::env::temp_dir().join(format!("vigil-bench-exec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules.d"))?;
+    std::fs::write(
+        dir.join("rules.d/bench.yaml"),
+        "rules:\n  - id: bench-true\n    description: /bin/true ran\n    severity: info\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: /bin/true\n    dedup: 1h\n",
+    )?;
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "[detect]\nrules_dir = \"{}\"\n",
+            dir.join("rules.d").display()
+        ),
+    )?;
+    let socket = dir.join("agent.sock");
+    let matches = |socket: &std::path::Path| -> u64 {
+        Command::new(vigil)
+            .args(["stats", "--json", "--socket"])
+            .arg(socket)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v["agent"]["detect"]["rule_matches"]["bench-true"].as_u64())
+            .unwrap_or(0)
+    };
     // Per config: storm seconds, tracer CPU seconds, execs reported (per round).
     let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); labels.len()];
     for _ in 0..rounds {
@@ -612,6 +640,20 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                     "vigil: tracing",
                     "\"filename\":\"/bin/true\"",
                 )?),
+                2 => {
+                    let _ = std::fs::remove_dir_all(dir.join("data"));
+                    Some(start_tracer(
+                        Command::new(vigil)
+                            .args(["agent", "--interval", "1s", "--config"])
+                            .arg(dir.join("agent.toml"))
+                            .arg("--socket")
+                            .arg(&socket)
+                            .arg("--data-dir")
+                            .arg(dir.join("data")),
+                        "vigil: tracing",
+                        "\u{0}never",
+                    )?)
+                }
                 _ => Some(start_tracer(
                     Command::new("stdbuf").args(["-oL", "execsnoop"]),
                     "PCOMM",
@@ -627,14 +669,29 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
             // Let the tracer catch up with its output before reading its CPU time.
             std::thread::sleep(Duration::from_secs(1));
             let cpu = pid.map(cpu_seconds).transpose()?.unwrap_or(0.0) - cpu0;
-            let seen = tracer
-                .as_ref()
-                .map_or(0, |t| t.matched.load(std::sync::atomic::Ordering::Relaxed));
+            let seen = if i == 2 {
+                // Two more intervals for the agent to drain and count.
+                std::thread::sleep(Duration::from_secs(2));
+                matches(&socket)
+            } else {
+                tracer
+                    .as_ref()
+                    .map_or(0, |t| t.matched.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            if i == 2 {
+                // SIGTERM, so the agent exits cleanly before the next config.
+                if let Some(p) = pid {
+                    let _ = Command::new("kill").arg(p.to_string()).status();
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
             drop(tracer);
             results[i].push((wall.as_secs_f64(), cpu, seen));
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     println!("bench exec: {execs} execs of /bin/true (two at a time), {rounds} rounds interleaved, medians");
+    println!("(the agent row: every exec goes through the process table and the rules; \"reported\" = rule matches)");
     println!();
     println!(
         "| tracer | execs/s | storm slowdown | tracer CPU ms per 1000 execs | execs reported |"
