@@ -150,8 +150,8 @@ impl Drop for Agent {
     }
 }
 
-/// Writes an agent config: 1 s batches, no API unless asked, probes off unless the
-/// extra TOML turns them on.
+/// Writes an agent config: 1 s batches, no API unless asked, probes and detection off
+/// unless the extra TOML turns them on.
 fn agent_config(
     dir: &Path,
     collector: &str,
@@ -169,6 +169,12 @@ fn agent_config(
         text
     } else {
         format!("{text}\n[probes]\nsyscalls = false\nretransmits = false\n")
+    };
+    // Detection is tested in detect.rs; here it would only add probes to load.
+    let text = if extra_sections.contains("[detect]") {
+        text
+    } else {
+        format!("{text}\n[detect]\nenabled = false\n")
     };
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).expect("writing the agent config");

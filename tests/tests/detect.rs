@@ -28,6 +28,10 @@ struct Agent {
 
 impl Agent {
     fn start(extra_rules: Option<&str>) -> Self {
+        Self::start_with(extra_rules, None)
+    }
+
+    fn start_with(extra_rules: Option<&str>, collector: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.d");
         fs::create_dir(&rules).unwrap();
@@ -37,7 +41,11 @@ impl Agent {
         let config = dir.path().join("agent.toml");
         fs::write(
             &config,
-            format!("[detect]\nrules_dir = \"{}\"\n", rules.display()),
+            format!(
+                "{}[detect]\nrules_dir = \"{}\"\n",
+                collector.map_or(String::new(), |c| format!("collector = \"{c}\"\n")),
+                rules.display()
+            ),
         )
         .unwrap();
         let socket = dir.path().join("agent.sock");
@@ -821,4 +829,76 @@ fn an_exec_storm_through_the_agent_is_accounted_for() {
         rss_kib < 96 * 1024,
         "agent RSS {rss_kib} KiB after the storm"
     );
+}
+
+#[test]
+fn findings_reach_the_collector() {
+    root!("findings_reach_the_collector");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cdir = tempfile::tempdir().unwrap();
+    let mut collector = KillOnDrop(
+        Command::new(vigil_bin())
+            .args(["collector", "--listen", &addr, "--data-dir"])
+            .arg(cdir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = std::io::BufReader::new(collector.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0
+        && !line.contains("listening")
+    {
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let agent = Agent::start_with(None, Some(&addr));
+    let d = tmp_dir();
+    let prog = d.path().join("payload");
+    copy_exec("/bin/true", &prog);
+    let since = now_ms();
+    let child = Command::new(&prog).spawn().unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    agent.expect("exec-from-temp-dir", "T1204", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    // The batch of that interval is stored and acked a second or two later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = rt().block_on(async {
+            let mut fleet =
+                vigil_proto::v1::fleet_client::FleetClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("fleet");
+            fleet
+                .events(vigil_proto::v1::EventsRequest {
+                    since_unix_ms: since,
+                    limit: 1000,
+                })
+                .await
+                .expect("events")
+                .into_inner()
+                .events
+        });
+        let stored = events.iter().any(|e| {
+            matches!(&e.event, Some(vigil_proto::v1::fleet_event::Event::Finding(f))
+                if f.rule == "exec-from-temp-dir" && pid_of(f) == pid && f.mitre.contains(&"T1204".to_string()))
+        });
+        if stored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the finding never reached the collector: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

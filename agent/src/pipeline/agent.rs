@@ -557,8 +557,13 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         detector.as_mut(),
     );
     drop(reader);
-    drop(probes);
-    eprintln!("vigil: stopping: probes detached");
+    // Detaching takes the kernel an RCU grace period per tracepoint (a few hundred ms
+    // for all of them): done on the side, so the last batch goes out meanwhile.
+    let detach = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        drop(probes);
+        t.elapsed()
+    });
     match last {
         Ok(batch) => spool_batch(
             batch,
@@ -582,6 +587,20 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         {
             task.abort();
         }
+    }
+    // Within the deadline only: past it, exit and let the kernel finish the detach.
+    while !detach.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if detach.is_finished() {
+        match detach.join() {
+            Ok(took) => eprintln!("vigil: stopping: probes detached ({} ms)", took.as_millis()),
+            Err(_) => eprintln!("vigil: stopping: detaching the probes failed"),
+        }
+    } else {
+        eprintln!(
+            "vigil: stopping: the kernel is still detaching the probes at the deadline; exiting"
+        );
     }
     let st = spool.lock().stats();
     let _ = spool.lock().checkpoint();

@@ -242,52 +242,37 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
     BpfHashMap::try_from(m).map_err(|source| ProbeError::Map { map: name, source })
 }
 
-/// Replaces the watched directories.
-pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[DirKey]) -> Result<(), ProbeError> {
-    let mut m = map::<DirKey, u8>(ebpf, WATCHED_DIRS)?;
-    let old: Vec<DirKey> = m.keys().filter_map(Result::ok).collect();
-    for k in old.iter().filter(|k| !dirs.contains(k)) {
+/// Makes the keys of hash map `name` exactly `keys` (value 1).
+fn replace_keys<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), ProbeError> {
+    let mut m = map::<K, u8>(ebpf, name)?;
+    let old: Vec<K> = m.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !keys.contains(k)) {
         let _ = m.remove(k);
     }
-    for k in dirs {
-        m.insert(k, 1, 0).map_err(|source| ProbeError::Map {
-            map: WATCHED_DIRS,
-            source,
-        })?;
+    for k in keys {
+        m.insert(k, 1, 0)
+            .map_err(|source| ProbeError::Map { map: name, source })?;
     }
     Ok(())
+}
+
+/// Replaces the watched directories.
+pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[DirKey]) -> Result<(), ProbeError> {
+    replace_keys(ebpf, WATCHED_DIRS, dirs)
 }
 
 /// Replaces the watched ports.
 pub fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
-    let mut m = map::<u16, u8>(ebpf, WATCHED_PORTS)?;
-    let old: Vec<u16> = m.keys().filter_map(Result::ok).collect();
-    for k in old.iter().filter(|k| !ports.contains(k)) {
-        let _ = m.remove(k);
-    }
-    for p in ports {
-        m.insert(p, 1, 0).map_err(|source| ProbeError::Map {
-            map: WATCHED_PORTS,
-            source,
-        })?;
-    }
-    Ok(())
+    replace_keys(ebpf, WATCHED_PORTS, ports)
 }
 
 /// Replaces the watched program names.
 pub fn set_comms(ebpf: &mut Ebpf, comms: &[[u8; 16]]) -> Result<(), ProbeError> {
-    let mut m = map::<[u8; 16], u8>(ebpf, WATCHED_COMMS)?;
-    let old: Vec<[u8; 16]> = m.keys().filter_map(Result::ok).collect();
-    for k in old.iter().filter(|k| !comms.contains(k)) {
-        let _ = m.remove(k);
-    }
-    for c in comms {
-        m.insert(c, 1, 0).map_err(|source| ProbeError::Map {
-            map: WATCHED_COMMS,
-            source,
-        })?;
-    }
-    Ok(())
+    replace_keys(ebpf, WATCHED_COMMS, comms)
 }
 
 /// Adds and removes watched processes; returns how many could not be added (full).
