@@ -571,6 +571,8 @@ pub mod globals {
     pub const SLOW_EVENTS_PER_SEC: &str = "SLOW_EVENTS_PER_SEC";
     /// `u64`: wake the ring-buffer reader only once this many bytes wait (0 = per event).
     pub const RINGBUF_WAKE_AT_BYTES: &str = "RINGBUF_WAKE_AT_BYTES";
+    /// `u64`: with the above, also wake when the last wake-up is this many ns old.
+    pub const RINGBUF_WAKE_AFTER_NS: &str = "RINGBUF_WAKE_AFTER_NS";
     /// [`super::RetransmitLayout`].
     pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
     /// [`super::TaskLayout`].

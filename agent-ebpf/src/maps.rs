@@ -2,7 +2,7 @@
 //! names (see `vigil_common::globals` and `agent/src/probes/`).
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use vigil_common::{Counter, COUNTERS};
 
@@ -20,6 +20,16 @@ pub static SLOW_EVENTS_PER_SEC: u64 = 1000;
 /// own clock): a quiet host then costs the agent no wake-up at all.
 #[no_mangle]
 pub static RINGBUF_WAKE_AT_BYTES: u64 = 0;
+/// With RINGBUF_WAKE_AT_BYTES: also wake the reader for an event when it was last
+/// woken at least this long ago (0 = never for that reason). A quiet host then costs no
+/// wake-up, and an event on it is seen at once instead of at the next drain.
+#[no_mangle]
+pub static RINGBUF_WAKE_AFTER_NS: u64 = 0;
+
+/// When the reader was last woken (CLOCK_MONOTONIC ns); one slot for all CPUs (a race
+/// only costs an extra wake-up).
+#[map]
+pub static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn setting<T: Copy>(s: &'static T) -> T {
@@ -40,13 +50,29 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Flags for a ring-buffer submit, following `RINGBUF_WAKE_AT_BYTES`.
+/// Flags for a ring-buffer submit, following `RINGBUF_WAKE_AT_BYTES`, and for events
+/// someone waits on (`prompt`: execs, security events) `RINGBUF_WAKE_AFTER_NS`.
 #[inline(always)]
-pub fn submit_flags() -> u64 {
+pub fn submit_flags(prompt: bool) -> u64 {
     let at = setting(&RINGBUF_WAKE_AT_BYTES);
     if at == 0 {
-        0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= at {
+        return 0;
+    }
+    let after = setting(&RINGBUF_WAKE_AFTER_NS);
+    let mut wake = EVENTS.query(BPF_RB_AVAIL_DATA) >= at;
+    if after != 0 && prompt {
+        if let Some(last) = LAST_WAKE.get_ptr_mut(0) {
+            // SAFETY: helper without arguments; the slot is a plain u64.
+            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+            unsafe {
+                if wake || now.saturating_sub(*last) >= after {
+                    *last = now;
+                    wake = true;
+                }
+            }
+        }
+    }
+    if wake {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

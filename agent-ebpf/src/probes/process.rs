@@ -163,7 +163,7 @@ fn emit(op: ProcessOp, task: *const u8, filename: *const u8, bprm: *const u8) {
             read_args(&layout, task, ev);
         }
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(op == ProcessOp::Exec));
     count(Counter::ProcessSent);
 }
 

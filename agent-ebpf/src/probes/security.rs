@@ -88,7 +88,7 @@ fn emit(op: SecurityOp, fill: impl FnOnce(*mut SecurityEvent)) {
         (*ev).name = [0; NAME_LEN];
     }
     fill(ev);
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(true));
     count(Counter::SecuritySent);
 }
 

@@ -142,7 +142,7 @@ fn send_slow(nr: u32, latency_ns: u64, now: u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(false));
     count(Counter::SlowSyscallSent);
 }
 

@@ -61,7 +61,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), ()> {
         saddr,
         daddr,
     });
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(false));
     count(Counter::RetransmitSent);
     Ok(())
 }

@@ -172,6 +172,13 @@ impl Detector {
         d
     }
 
+    /// Whether something should not wait for the next interval: kernel filter changes
+    /// to hand over. (Exited processes are swept and dedup windows closed at any
+    /// later call of `tick`, at the latest at the interval's end.)
+    pub fn has_pending_work(&self) -> bool {
+        !self.watch.add_pids.is_empty() || !self.watch.remove_pids.is_empty()
+    }
+
     pub fn process_count(&self) -> usize {
         self.table.len()
     }

@@ -66,6 +66,8 @@ pub struct ProcessTable {
     pipe_readers: HashMap<u64, u32>,
     /// Processes not tracked because the table was full.
     pub untracked: u64,
+    /// Exited processes still in the table (swept after EXITED_GRACE).
+    exited: usize,
     empty: Arc<str>,
 }
 
@@ -107,6 +109,7 @@ impl ProcessTable {
             pipe_writers: HashMap::new(),
             pipe_readers: HashMap::new(),
             untracked: 0,
+            exited: 0,
             empty: Arc::from(""),
         }
     }
@@ -162,8 +165,15 @@ impl ProcessTable {
         added
     }
 
+    pub fn exited_pending(&self) -> bool {
+        self.exited > 0
+    }
+
     /// Drops processes that exited more than EXITED_GRACE ago.
     pub fn sweep(&mut self) {
+        if self.exited == 0 {
+            return;
+        }
         let now = Instant::now();
         let gone: Vec<u32> = self
             .procs
@@ -181,6 +191,9 @@ impl ProcessTable {
 
     fn remove(&mut self, pid: u32) {
         if let Some(p) = self.procs.remove(&pid) {
+            if p.exited.is_some() {
+                self.exited = self.exited.saturating_sub(1);
+            }
             if p.stdout.0 == FdKind::Pipe && self.pipe_writers.get(&p.stdout.1) == Some(&pid) {
                 self.pipe_writers.remove(&p.stdout.1);
             }
@@ -198,7 +211,11 @@ impl ProcessTable {
                 return false;
             }
         }
-        self.procs.insert(p.pid, p);
+        if let Some(old) = self.procs.insert(p.pid, p) {
+            if old.exited.is_some() {
+                self.exited = self.exited.saturating_sub(1);
+            }
+        }
         true
     }
 
@@ -365,6 +382,9 @@ impl ProcessTable {
             }
             ProcessOp::Exit => {
                 if let Some(p) = self.procs.get_mut(&e.pid) {
+                    if p.exited.is_none() {
+                        self.exited += 1;
+                    }
                     p.exited = Some(Instant::now());
                 }
             }

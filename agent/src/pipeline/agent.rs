@@ -43,12 +43,14 @@ const FINDINGS_PER_BATCH: usize = 1_000;
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 /// Processes the table tracks at most.
 const MAX_PROCESSES: usize = 65_536;
-/// The kernel doesn't wake the agent per event: it wakes it once the ring buffer is
-/// a quarter full, and the agent drains it at the end of each interval, so a quiet host
-/// costs no wake-up between intervals. While someone follows live events
-/// (`vigil events --follow`), the agent also drains every DRAIN_EVERY so they see
-/// events promptly. When the buffer fills faster than the agent drains it, events are
-/// dropped and counted in the kernel (raise probes.ring_buffer_bytes).
+/// The kernel doesn't wake the agent per event: it wakes it once the ring buffer is a
+/// quarter full, or for an event when the last wake-up is DRAIN_EVERY old; after a
+/// wake-up the agent drains every DRAIN_EVERY until a look finds nothing new, and it
+/// drains at the end of each interval. So a quiet host costs no wake-up between
+/// intervals, and an event (a finding) is handled within DRAIN_EVERY. While someone
+/// follows live events (`vigil events --follow`) the short clock runs all along. When
+/// the buffer fills faster than the agent drains it, events are dropped and counted in
+/// the kernel (raise probes.ring_buffer_bytes).
 const DRAIN_EVERY: Duration = Duration::from_millis(500);
 
 /// Re-reads the configuration (file and flags) on SIGHUP.
@@ -293,6 +295,8 @@ fn probe_settings(config: &AgentConfig) -> ProbeSettings {
         ring_buffer_bytes: config.probes.ring_buffer_bytes,
         // Woken when a quarter full instead of per event (see DRAIN_EVERY).
         wake_at_bytes: Some(u64::from(config.probes.ring_buffer_bytes) / 4),
+        // ... and for the first event after DRAIN_EVERY of quiet (findings at once).
+        wake_after: Some(DRAIN_EVERY),
         processes: config.detect.enabled,
         security: config.detect.enabled,
         ..defaults
@@ -496,10 +500,11 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
     let mut reader_waits = true;
+    let mut drain_armed = false;
     let stop_requested = loop {
-        // Detection drains on the short clock too, so findings are out within a second.
-        let following =
-            detector.is_some() || state.read().is_ok_and(|s| s.live.receiver_count() > 0);
+        // The short drain clock runs while someone follows live events, and for one
+        // period after the kernel woke us (for what came after the wake-up).
+        let following = drain_armed || state.read().is_ok_and(|s| s.live.receiver_count() > 0);
         tokio::select! {
             _ = sigterm.recv() => break tokio::time::Instant::now(),
             _ = sigint.recv() => break tokio::time::Instant::now(),
@@ -515,7 +520,12 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
                     tracing::warn!("the event ring buffer cannot be waited on; draining it each interval only");
                     reader_waits = false;
                 }
+                let woke_with_events = events.iter().any(is_prompt);
                 iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
+                if woke_with_events && !drain_armed {
+                    drain_armed = true;
+                    drain.reset();
+                }
             }
             _ = async { follower_joined.as_ref()?.notified().await; Some(()) }, if !following => {
                 // Loop again: `following` is now true and the drain clock runs.
@@ -525,9 +535,17 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
                 if let Some(r) = reader.as_mut() {
                     r.drain(&mut events);
                 }
+                // Nothing since the last look: stop the short clock until the next wake-up.
+                let rescan = last_rescan.elapsed() >= RESCAN_EVERY;
+                let pending = detector.as_ref().is_some_and(Detector::has_pending_work);
+                if !events.iter().any(is_prompt) {
+                    drain_armed = pending;
+                }
+                if events.is_empty() && !rescan && !pending {
+                    continue;
+                }
                 iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
                 if let (Some(d), Some(p)) = (detector.as_mut(), probes.as_mut()) {
-                    let rescan = last_rescan.elapsed() >= RESCAN_EVERY;
                     if rescan {
                         last_rescan = tokio::time::Instant::now();
                         let mut f = Vec::new();
@@ -620,6 +638,17 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     }
     eprintln!("vigil: stopped");
     Ok(())
+}
+
+/// Events someone is waiting on (they keep the short drain clock going): execs and
+/// security events. Slow syscalls and retransmits are always about, and can wait for
+/// the interval's end.
+fn is_prompt(e: &Event) -> bool {
+    match e {
+        Event::Process(p) => p.op == vigil_common::ProcessOp::Exec,
+        Event::Security(_) => true,
+        Event::SlowSyscall(_) | Event::Retransmit(_) => false,
+    }
 }
 
 /// Writes the detector's kernel filters: watched processes always, the watched

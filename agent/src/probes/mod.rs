@@ -43,6 +43,9 @@ pub struct ProbeSettings {
     /// wakes it only once n bytes are waiting, and the reader also drains on its own
     /// clock (`EventReader::drain`); this saves a wake-up per event.
     pub wake_at_bytes: Option<u64>,
+    /// With `wake_at_bytes`: also wake the reader for an event when the last wake-up is
+    /// at least this old, so a lone event is seen at once.
+    pub wake_after: Option<Duration>,
     /// Process exec, fork and exit events.
     pub processes: bool,
     /// Security events (ptrace, setuid family, module loads, writes in watched
@@ -61,6 +64,7 @@ impl Default for ProbeSettings {
             retransmits: Some((tcp::CATEGORY.to_string(), tcp::TRACEPOINT.to_string())),
             ring_buffer_bytes: 256 * 1024,
             wake_at_bytes: None,
+            wake_after: None,
             processes: false,
             security: false,
         }
@@ -218,6 +222,9 @@ impl Probes {
         } else {
             vigil_common::SecuritySyscalls::OFF
         };
+        let wake_after: u64 = settings
+            .wake_after
+            .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
@@ -232,6 +239,7 @@ impl Probes {
             .override_global(globals::TASK_LAYOUT, &task, true)
             .override_global(globals::SECURITY_SYSCALLS, &security_syscalls, true)
             .override_global(globals::RINGBUF_WAKE_AT_BYTES, &wake_at, true)
+            .override_global(globals::RINGBUF_WAKE_AFTER_NS, &wake_after, true)
             .map_max_entries(EVENTS_MAP, rb);
         if !(settings.syscalls && settings.syscall_variant.uses_tid_hash()) {
             // The tid hash preallocates; don't pay for it unless it is used.
