@@ -39,7 +39,8 @@ fn start_agent(
     let probes = if i == 0 { "true" } else { "false" };
     let config = format!(
         "interval = \"{interval}s\"\ncollector = \"{addr}\"\nagent_id = \"soak-{i:03}\"\napi = false\n\
-         data_dir = \"{}\"\nshutdown_timeout = \"20s\"\n[probes]\nsyscalls = {probes}\nretransmits = {probes}\n",
+         data_dir = \"{}\"\nshutdown_timeout = \"20s\"\n[probes]\nsyscalls = {probes}\nretransmits = {probes}\n\
+         [detect]\nenabled = {probes}\n",
         home.display()
     );
     let path = home.join("agent.toml");

@@ -125,8 +125,6 @@ pub struct DetectStats {
     /// Matches per rule id (repeats within a dedup window included).
     pub matches: BTreeMap<String, u64>,
     pub findings: u64,
-    /// Repeats folded into an open dedup window.
-    pub folded: u64,
     pub table_size: u64,
     /// Processes not tracked because the table was full.
     pub untracked: u64,
@@ -538,7 +536,6 @@ impl Detector {
             if let Some(w) = self.windows.get_mut(&key) {
                 w.count += 1;
                 w.last_ms = time_ms;
-                self.stats.folded += 1;
                 continue;
             }
             let mut details = subject.details.clone();

@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use vigil_common::FdKind;
@@ -69,12 +69,6 @@ pub struct ProcessTable {
     /// Exited processes still in the table (swept after EXITED_GRACE).
     exited: usize,
     empty: Arc<str>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The container id in a cgroup path: the first 64-hex-digit name part
@@ -163,10 +157,6 @@ impl ProcessTable {
             self.remove(pid);
         }
         added
-    }
-
-    pub fn exited_pending(&self) -> bool {
-        self.exited > 0
     }
 
     /// Drops processes that exited more than EXITED_GRACE ago.
@@ -469,10 +459,6 @@ impl ProcessTable {
             p.uid = uid;
             p.euid = uid;
         }
-    }
-
-    pub fn now_ms() -> i64 {
-        now_ms()
     }
 }
 

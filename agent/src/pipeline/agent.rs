@@ -123,6 +123,7 @@ fn absorb(
             a.findings = d.stats.findings;
             a.processes_tracked = d.stats.table_size;
             a.processes_untracked = d.stats.untracked;
+            a.connect_watch_full = d.stats.watch_failed;
             if a.rule_matches.len() != d.stats.matches.len()
                 || d.stats
                     .matches

@@ -87,6 +87,7 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
             "process_events": a.process_events, "security_events": a.security_events,
             "findings": a.findings, "rule_matches": a.rule_matches,
             "processes_tracked": a.processes_tracked, "processes_untracked": a.processes_untracked,
+            "connect_watch_full": a.connect_watch_full,
         },
     })
 }
