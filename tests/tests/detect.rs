@@ -202,6 +202,68 @@ fn exec_from_temp_dir() {
     let p = f.process.unwrap();
     assert_eq!(p.exe, prog.to_str().unwrap());
     assert_eq!(f.parent.unwrap().pid, std::process::id());
+    // The CLI: `vigil events --since --json` prints it as one JSON object per line with
+    // the fields the issue names, and `--follow` streams the next one live.
+    let socket = agent.socket.to_str().unwrap();
+    let out =
+        run(Command::new(vigil_bin())
+            .args(["events", "--since", "5m", "--json", "--socket", socket]));
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|v| v["rule"] == "exec-from-temp-dir" && v["process"]["pid"] == pid)
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(line["severity"], "high");
+    assert!(line["mitre"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "T1204"));
+    assert_eq!(line["process"]["exe"], prog.to_str().unwrap());
+    assert_eq!(line["process"]["uid"], 0);
+    assert!(line["process"]["cmdline"].is_string());
+    assert_eq!(line["parent"]["pid"], std::process::id());
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    let mut follow = KillOnDrop(
+        Command::new(vigil_bin())
+            .args([
+                "events", "--since", "0s", "--follow", "--json", "--socket", socket,
+            ])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = follow.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second = d.path().join("payload2");
+    copy_exec("/bin/true", &second);
+    let mut child2 = Command::new(&second).spawn().unwrap();
+    let pid2 = child2.id();
+    child2.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the live finding on --follow");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if v["type"] == "finding"
+            && v["rule"] == "exec-from-temp-dir"
+            && v["process"]["pid"] == pid2
+        {
+            break;
+        }
+    }
 }
 
 #[test]
