@@ -467,8 +467,17 @@ pub struct SecuritySyscalls {
     pub setregid: u32,
     pub setresuid: u32,
     pub setresgid: u32,
-    /// Byte offset of the first syscall argument (`di`) in `struct pt_regs`.
-    pub regs_arg0: u32,
+    pub ptrace: u32,
+    pub connect: u32,
+    pub rename: u32,
+    pub renameat: u32,
+    pub renameat2: u32,
+    pub open: u32,
+    pub openat: u32,
+    pub openat2: u32,
+    pub creat: u32,
+    /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
+    pub regs_args: [u32; 4],
 }
 
 impl SecuritySyscalls {
@@ -482,7 +491,16 @@ impl SecuritySyscalls {
         setregid: u32::MAX,
         setresuid: u32::MAX,
         setresgid: u32::MAX,
-        regs_arg0: u32::MAX,
+        ptrace: u32::MAX,
+        connect: u32::MAX,
+        rename: u32::MAX,
+        renameat: u32::MAX,
+        renameat2: u32::MAX,
+        open: u32::MAX,
+        openat: u32::MAX,
+        openat2: u32::MAX,
+        creat: u32::MAX,
+        regs_args: [u32::MAX; 4],
     };
 }
 
@@ -565,6 +583,8 @@ impl TaskLayout {
 pub mod globals {
     /// `u32`: only record syscalls of this thread group (0 = every process).
     pub const FILTER_TGID: &str = "FILTER_TGID";
+    /// `u32`: 0 = the syscall pair runs for the security checks only (no histograms).
+    pub const SYSCALL_LATENCY_ON: &str = "SYSCALL_LATENCY_ON";
     /// `u64`: syscalls at least this slow are sent as events (u64::MAX = never).
     pub const SLOW_THRESHOLD_NS: &str = "SLOW_THRESHOLD_NS";
     /// `u64`: slow-syscall events allowed per CPU per second.

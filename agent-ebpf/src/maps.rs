@@ -11,6 +11,9 @@ use vigil_common::{Counter, COUNTERS};
 // compiler would otherwise fold in the default.
 #[no_mangle]
 pub static FILTER_TGID: u32 = 0;
+/// 0: the sys_enter/sys_exit pair runs for the security checks only (no histograms).
+#[no_mangle]
+pub static SYSCALL_LATENCY_ON: u32 = 1;
 #[no_mangle]
 pub static SLOW_THRESHOLD_NS: u64 = u64::MAX;
 #[no_mangle]

@@ -410,7 +410,12 @@ async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Re
         return Ok(());
     }
     let settings = match variant {
-        None => ProbeSettings::default(),
+        // As the agent runs by default: every probe, detection's included.
+        None => ProbeSettings {
+            processes: true,
+            security: true,
+            ..ProbeSettings::default()
+        },
         Some(name) => {
             let v = SyscallVariant::from_name(&name)
                 .ok_or_else(|| anyhow::anyhow!("unknown variant `{name}` (see --list-variants)"))?;

@@ -1,8 +1,11 @@
 //! Security-relevant actions, filtered in the kernel so ordinary work pays close to
-//! nothing: each program sits on a syscall or hook that is rare (ptrace, the setuid
-//! family, module loading, listen) or exits after one compare (file opens that are not
-//! for writing, writes outside the watched directories, connects to ports and by
-//! processes nobody asked about).
+//! nothing. The syscall ones ride the syscall probe's tp_btf sys_enter/sys_exit pair
+//! (`on_sys_enter`, `on_sys_exit`): a few compares of the syscall number for every other
+//! syscall. Classic `syscalls:` tracepoints would cost every syscall on the host ~50 ns
+//! more (the kernel's per-syscall dispatch runs once any of them is enabled). Then each
+//! check exits early: ptrace other than attach/seize, setuid-family calls not to root by
+//! non-root, opens not for writing or outside watched directories, renames outside
+//! watched prefixes, connects to ports and by programs nobody asked about.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -51,10 +54,6 @@ const FMODE_WRITE: u32 = 0x2;
 const TCP_LISTEN: i32 = 10;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-/// Syscall tracepoint records: `__syscall_nr` at 8, then the arguments (or `ret`) as
-/// 8-byte slots from 16.
-const SYSCALL_NR: usize = 8;
-const SYSCALL_ARG0: usize = 16;
 
 /// Reserves, fills the common part, lets `fill` write the rest, submits.
 #[inline(always)]
@@ -97,36 +96,90 @@ fn on() -> bool {
     setting(&SECURITY_SYSCALLS).enabled != 0
 }
 
+/// Argument `i` (0-based) of the syscall being entered, from `struct pt_regs`.
 #[inline(always)]
-fn tp_u64(ctx: &TracePointContext, offset: usize) -> u64 {
-    // SAFETY: offsets inside the syscall tracepoint record (see SYSCALL_ARG0).
-    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+fn sys_arg(regs: *const u8, s: &SecuritySyscalls, i: usize) -> u64 {
+    let off = match i {
+        0 => s.regs_args[0],
+        1 => s.regs_args[1],
+        2 => s.regs_args[2],
+        _ => s.regs_args[3],
+    };
+    read_at(regs, off)
+}
+
+/// Called by the syscall probe's sys_enter (tp_btf) for every syscall.
+#[inline(always)]
+pub fn on_sys_enter(nr: i64, regs: *const u8) {
+    let s = setting(&SECURITY_SYSCALLS);
+    if s.enabled == 0 {
+        return;
+    }
+    let nr = nr as u32;
+    if nr == s.ptrace {
+        ptrace(regs, &s);
+    } else if nr == s.connect {
+        connect(sys_arg(regs, &s, 1) as *const SockAddr);
+    } else if nr == s.rename {
+        rename_to(sys_arg(regs, &s, 1) as *const u8);
+    } else if nr == s.renameat || nr == s.renameat2 {
+        rename_to(sys_arg(regs, &s, 3) as *const u8);
+    } else if nr == s.init_module || nr == s.finit_module {
+        module_load(nr == s.finit_module, regs, &s);
+    } else if nr == s.setuid
+        || nr == s.setgid
+        || nr == s.setreuid
+        || nr == s.setregid
+        || nr == s.setresuid
+        || nr == s.setresgid
+    {
+        setid_enter(nr, regs, &s);
+    }
+}
+
+/// Called by the syscall probe's sys_exit with the number sys_enter saw.
+#[inline(always)]
+pub fn on_sys_exit(nr: u32, ret: i64) {
+    let s = setting(&SECURITY_SYSCALLS);
+    if s.enabled == 0 {
+        return;
+    }
+    if nr == s.open || nr == s.openat || nr == s.openat2 || nr == s.creat {
+        if ret >= 0 {
+            opened(ret);
+        }
+    } else if nr == s.setuid
+        || nr == s.setgid
+        || nr == s.setreuid
+        || nr == s.setregid
+        || nr == s.setresuid
+        || nr == s.setresgid
+    {
+        setid_exit(ret);
+    }
 }
 
 // ---- ptrace ------------------------------------------------------------------------
 
-#[tracepoint(category = "syscalls", name = "sys_enter_ptrace")]
-pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
-    let request = tp_u64(&ctx, SYSCALL_ARG0);
+#[inline(never)]
+fn ptrace(regs: *const u8, s: &SecuritySyscalls) {
+    let request = sys_arg(regs, s, 0);
     if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
-        return 0;
+        return;
     }
-    let target = tp_u64(&ctx, SYSCALL_ARG0 + 8);
+    let target = sys_arg(regs, s, 1);
     emit(SecurityOp::Ptrace, |ev| unsafe {
         (*ev).target = target;
         (*ev).detail = request;
     });
-    0
 }
 
 // ---- setuid / setgid family --------------------------------------------------------
 
-/// Enter of any setuid/setgid-family syscall: remembered when a non-root caller asks
-/// for id 0 in any position (-1 means "unchanged").
-#[tracepoint(category = "syscalls", name = "sys_enter_setuid")]
-pub fn sys_enter_setid(ctx: TracePointContext) -> u32 {
-    let nr = tp_u64(&ctx, SYSCALL_NR) as u32;
-    let s = setting(&SECURITY_SYSCALLS);
+/// Remembered when a non-root caller asks for id 0 in any position (-1 means
+/// "unchanged").
+#[inline(never)]
+fn setid_enter(nr: u32, regs: *const u8, s: &SecuritySyscalls) {
     let (op, args) = if nr == s.setuid {
         (SecurityOp::SetUid, 1)
     } else if nr == s.setreuid {
@@ -137,10 +190,8 @@ pub fn sys_enter_setid(ctx: TracePointContext) -> u32 {
         (SecurityOp::SetGid, 1)
     } else if nr == s.setregid {
         (SecurityOp::SetGid, 2)
-    } else if nr == s.setresgid {
-        (SecurityOp::SetGid, 3)
     } else {
-        return 0;
+        (SecurityOp::SetGid, 3)
     };
     let uid_gid = bpf_get_current_uid_gid();
     let old = if op == SecurityOp::SetUid {
@@ -149,39 +200,37 @@ pub fn sys_enter_setid(ctx: TracePointContext) -> u32 {
         (uid_gid >> 32) as u32
     };
     if old == 0 {
-        return 0;
+        return;
     }
     let mut to_root = false;
     let mut i = 0;
     while i < 3 {
-        if i < args && tp_u64(&ctx, SYSCALL_ARG0 + 8 * i) as u32 == 0 {
+        if i < args && sys_arg(regs, s, i) as u32 == 0 {
             to_root = true;
         }
         i += 1;
     }
     if !to_root {
-        return 0;
+        return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let value = (op as u64) << 32 | old as u64;
     if SETID_PENDING.insert(&tid, &value, 0).is_err() {
         count(Counter::SecurityPendingFull);
     }
-    0
 }
 
-/// Exit of the same calls: reported when one was remembered and it succeeded.
-#[tracepoint(category = "syscalls", name = "sys_exit_setuid")]
-pub fn sys_exit_setid(ctx: TracePointContext) -> u32 {
+/// Reported when one was remembered and it succeeded.
+#[inline(never)]
+fn setid_exit(ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: a plain map lookup; the value is copied out.
     let Some(value) = (unsafe { SETID_PENDING.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let _ = SETID_PENDING.remove(&tid);
-    let ret = tp_u64(&ctx, SYSCALL_ARG0) as i64;
     if ret != 0 {
-        return 0;
+        return;
     }
     let op = if (value >> 32) as u8 == SecurityOp::SetGid as u8 {
         SecurityOp::SetGid
@@ -198,30 +247,15 @@ pub fn sys_exit_setid(ctx: TracePointContext) -> u32 {
         (*ev).detail = value & 0xffff_ffff;
         (*ev).target = new as u64;
     });
-    0
 }
 
-// ---- module loading (from the syscall probe's sys_enter) ---------------------------
-
-/// Called by the syscall latency probe's sys_enter with the syscall number and
-/// `struct pt_regs *`: kernels without module support have no module tracepoints,
-/// and this costs one compare on every syscall.
-#[inline(always)]
-pub fn on_sys_enter(nr: i64, regs: *const u8) {
-    let s = setting(&SECURITY_SYSCALLS);
-    if s.enabled == 0 {
-        return;
-    }
-    let nr = nr as u32;
-    if nr != s.init_module && nr != s.finit_module {
-        return;
-    }
-    module_load(nr == s.finit_module, regs, s.regs_arg0);
-}
+// ---- module loading ----------------------------------------------------------------
+// Seen at the syscall itself: kernels without module support have no module
+// tracepoints, and the attempt is what matters.
 
 #[inline(never)]
-fn module_load(finit: bool, regs: *const u8, arg0: u32) {
-    let fd: u64 = if finit { read_at(regs, arg0) } else { u64::MAX };
+fn module_load(finit: bool, regs: *const u8, s: &SecuritySyscalls) {
+    let fd: u64 = if finit { sys_arg(regs, s, 0) } else { u64::MAX };
     // finit_module: the module file's name, from the fd (the caller may be gone by
     // the time userspace could look at /proc).
     let layout = setting(&TASK_LAYOUT);
@@ -284,22 +318,18 @@ fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout:
     });
 }
 
-/// Exit of open/openat/openat2/creat: the new fd's file, when opened for writing in a
-/// watched directory. Read-only opens (most of them) end after reading f_mode.
-#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    if !on() {
-        return 0;
-    }
-    let fd = tp_u64(&ctx, SYSCALL_ARG0) as i64;
-    if !(0..=1 << 20).contains(&fd) {
-        return 0;
+/// Exit of open/openat/openat2/creat with a new fd: reported when the file is open for
+/// writing in a watched directory. Read-only opens (most of them) end after f_mode.
+#[inline(never)]
+fn opened(fd: i64) {
+    if fd > 1 << 20 {
+        return;
     }
     let layout = setting(&TASK_LAYOUT);
     let file = fd_file(&layout, fd as u32);
     let mode: u32 = read_at(file, layout.file_mode);
     if mode & FMODE_WRITE == 0 {
-        return 0;
+        return;
     }
     let dentry = read_ptr(file, layout.file_dentry);
     let parent = read_ptr(dentry, layout.dentry_parent);
@@ -308,7 +338,6 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     if watched(&key) {
         file_event(SecurityOp::FileWrite, key, dentry, mode, &layout);
     }
-    0
 }
 
 /// Where a rename's new path is compared (per CPU: too big for the BPF stack).
@@ -338,7 +367,7 @@ fn prefix_matches(path: &[u8; NAME_LEN], p: &PathPrefix) -> bool {
 
 /// A rename (any of rename, renameat, renameat2) whose new path, as given, starts
 /// with a watched prefix. Relative new paths are not resolved (not reported).
-#[inline(always)]
+#[inline(never)]
 fn rename_to(newname: *const u8) {
     let Some(buf) = RENAME_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -370,24 +399,6 @@ fn rename_to(newname: *const u8) {
     }
 }
 
-/// rename(oldname, newname)
-#[tracepoint(category = "syscalls", name = "sys_enter_rename")]
-pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    if on() {
-        rename_to(tp_u64(&ctx, SYSCALL_ARG0 + 8) as *const u8);
-    }
-    0
-}
-
-/// renameat(olddfd, oldname, newdfd, newname) and renameat2(..., flags)
-#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
-pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    if on() {
-        rename_to(tp_u64(&ctx, SYSCALL_ARG0 + 24) as *const u8);
-    }
-    0
-}
-
 // ---- network -----------------------------------------------------------------------
 
 #[inline(always)]
@@ -410,19 +421,15 @@ struct SockAddr {
     v4: [u8; 4],
 }
 
-/// connect(fd, uservaddr, addrlen): reported for watched ports and watched processes.
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if !on() {
-        return 0;
-    }
-    let uaddr = tp_u64(&ctx, SYSCALL_ARG0 + 8) as *const SockAddr;
+/// connect(fd, uservaddr, addrlen): reported for watched ports, programs and processes.
+#[inline(never)]
+fn connect(uaddr: *const SockAddr) {
     // SAFETY: user memory read through the helper, which checks it.
     let Ok(sa) = (unsafe { bpf_probe_read_user(uaddr) }) else {
-        return 0;
+        return;
     };
     if sa.family != AF_INET && sa.family != AF_INET6 {
-        return 0;
+        return;
     }
     let port = u16::from_be(sa.port_be);
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -435,7 +442,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
                 .is_some()
     };
     if !wanted {
-        return 0;
+        return;
     }
     let v6: [u8; 16] = if sa.family == AF_INET6 {
         // SAFETY: as above; sockaddr_in6 has the address at byte 8.
@@ -453,7 +460,6 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
             v6
         };
     });
-    0
 }
 
 /// sock:inet_sock_set_state; offsets checked against tracefs by userspace at load.

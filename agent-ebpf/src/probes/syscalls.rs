@@ -19,6 +19,7 @@ use vigil_common::{
 use crate::{
     maps::{
         count, setting, submit_flags, EVENTS, FILTER_TGID, SLOW_EVENTS_PER_SEC, SLOW_THRESHOLD_NS,
+        SYSCALL_LATENCY_ON,
     },
     task_storage::TaskStorage,
 };
@@ -166,13 +167,20 @@ fn enter_task(nr: i64) {
     }
 }
 
+/// `ret`: the syscall's return value, for the security checks at exit (shipped
+/// variant only).
 #[inline(always)]
-fn exit_task() {
+fn exit_task(ret: Option<i64>) {
     if let Some(slot) = SYSCALL_START_TASK.current() {
         if slot.start_ns != 0 {
             let (nr, start_ns) = (slot.nr, slot.start_ns);
             slot.start_ns = 0;
-            record(nr, start_ns);
+            if let Some(ret) = ret {
+                super::security::on_sys_exit(nr, ret);
+            }
+            if setting(&SYSCALL_LATENCY_ON) != 0 {
+                record(nr, start_ns);
+            }
         }
     }
 }
@@ -186,9 +194,10 @@ pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// sys_exit(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit_btf(_ctx: BtfTracePointContext) -> i32 {
-    exit_task();
+pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    exit_task(Some(ctx.arg::<i64>(1)));
     0
 }
 
@@ -200,7 +209,7 @@ pub fn sys_enter_task(ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_task(_ctx: RawTracePointContext) -> i32 {
-    exit_task();
+    exit_task(None);
     0
 }
 
@@ -252,7 +261,7 @@ pub fn sys_exit_pcpu(_ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
     }
-    exit_task();
+    exit_task(None);
     0
 }
 

@@ -216,8 +216,12 @@ impl Probes {
             .ok()
             .copied()
             .unwrap_or(vigil_common::TaskLayout::UNSET);
-        // Security needs the struct offsets too (files, dentries, inodes).
-        let security_syscalls = if settings.security && task_layout.is_ok() {
+        // Security needs the struct offsets too (files, dentries, inodes), and the
+        // shipped syscall pair.
+        let security_syscalls = if settings.security
+            && task_layout.is_ok()
+            && settings.syscall_variant == SyscallVariant::SHIPPED
+        {
             security::syscalls()
         } else {
             vigil_common::SecuritySyscalls::OFF
@@ -225,10 +229,12 @@ impl Probes {
         let wake_after: u64 = settings
             .wake_after
             .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
+        let latency_on = u32::from(settings.syscalls);
         let mut loader = EbpfLoader::new();
         loader
             .allow_unsupported_maps()
             .override_global(globals::FILTER_TGID, &filter, true)
+            .override_global(globals::SYSCALL_LATENCY_ON, &latency_on, true)
             .override_global(globals::SLOW_THRESHOLD_NS, &threshold, true)
             .override_global(
                 globals::SLOW_EVENTS_PER_SEC,
@@ -248,13 +254,20 @@ impl Probes {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
 
         let mut states = BTreeMap::new();
-        let syscalls = if settings.syscalls {
-            match syscalls::attach(&mut ebpf, settings.syscall_variant) {
-                Ok(()) => ProbeState::On,
-                Err(e) => ProbeState::Off(e),
-            }
+        // The sys_enter/sys_exit pair serves the latency histograms and the security
+        // checks; it runs when either is asked for (the shipped variant only).
+        let wants_pair = settings.syscalls
+            || (settings.security && settings.syscall_variant == SyscallVariant::SHIPPED);
+        let pair = if wants_pair {
+            syscalls::attach(&mut ebpf, settings.syscall_variant)
         } else {
-            ProbeState::Disabled
+            Ok(())
+        };
+        let syscall_pair_on = wants_pair && pair.is_ok();
+        let syscalls = match (settings.syscalls, pair) {
+            (false, _) => ProbeState::Disabled,
+            (true, Ok(())) => ProbeState::On,
+            (true, Err(e)) => ProbeState::Off(e),
         };
         states.insert(Probe::SyscallLatency, syscalls);
         let retransmits = match &settings.retransmits {
@@ -283,33 +296,30 @@ impl Probes {
             ProbeState::Disabled
         };
         states.insert(Probe::ProcessLifecycle, processes);
-        let mut security_off = Vec::new();
         let security = if !settings.security {
             ProbeState::Disabled
+        } else if let Err(e) = &task_layout {
+            ProbeState::Off(ProbeError::Layout {
+                tracepoint: "kernel BTF".into(),
+                reason: error_chain(e),
+            })
+        } else if !syscall_pair_on {
+            ProbeState::Off(ProbeError::Layout {
+                tracepoint: "raw_syscalls".into(),
+                reason: "the sys_enter/sys_exit pair it rides is not attached".into(),
+            })
         } else {
-            match &task_layout {
-                Err(e) => ProbeState::Off(ProbeError::Layout {
-                    tracepoint: "kernel BTF".into(),
-                    reason: error_chain(e),
-                }),
-                Ok(_) => {
-                    let root = tracefs::tracefs_root().ok();
-                    security_off = security::attach(&mut ebpf, root.as_deref());
-                    if security_off.len() >= security::PARTS {
-                        ProbeState::Off(security_off.remove(0).1)
-                    } else {
-                        ProbeState::On
-                    }
-                }
+            // The syscall checks are on with the pair; listen is extra.
+            let root = tracefs::tracefs_root().ok();
+            if let Err(e) = security::attach(&mut ebpf, root.as_deref()) {
+                tracing::warn!(reason = %error_chain(&e), "security: new-listener events off");
+                eprintln!(
+                    "vigil: probe security: listen events OFF: {}",
+                    error_chain(&e)
+                );
             }
+            ProbeState::On
         };
-        if settings.security && !settings.syscalls {
-            tracing::warn!("module loads are seen by the syscall probe's sys_enter, which is off: no module_load events");
-        }
-        for (part, e) in &security_off {
-            tracing::warn!(part, reason = %error_chain(e), "security probe part off");
-            eprintln!("vigil: probe security: {part} OFF: {}", error_chain(e));
-        }
         states.insert(Probe::Security, security);
         for (probe, state) in &states {
             match state {

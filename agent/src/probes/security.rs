@@ -1,8 +1,10 @@
-//! Security probes: ptrace, the setuid family, module loading (seen by the syscall
-//! probe's sys_enter), opens for writing in watched directories (at the open's exit,
-//! from the new fd's file), renames to watched paths, connects to watched ports or by
-//! watched processes, and new TCP listeners. All on tracepoints: fentry and BPF LSM
-//! need ftrace trampolines, which not every kernel lets us use.
+//! Security probes: ptrace, the setuid family, module loading, opens for writing in
+//! watched directories (at the open's exit, from the new fd's file), renames to watched
+//! paths and connects to watched ports or by watched programs/processes are checked in
+//! the syscall probe's tp_btf sys_enter/sys_exit pair; new TCP listeners come from
+//! sock:inet_sock_set_state. No classic syscall tracepoints (enabling any costs every
+//! syscall ~50 ns), no fentry/BPF LSM (they need ftrace trampolines, which not every
+//! kernel allows).
 use std::path::Path;
 
 use aya::{
@@ -27,8 +29,18 @@ pub fn syscalls() -> SecuritySyscalls {
         setregid: 114,
         setresuid: 117,
         setresgid: 119,
-        // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di -> di at 14 * 8.
-        regs_arg0: 112,
+        ptrace: 101,
+        connect: 42,
+        rename: 82,
+        renameat: 264,
+        renameat2: 316,
+        open: 2,
+        openat: 257,
+        openat2: 437,
+        creat: 85,
+        // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
+        // arguments are di, si, dx, r10.
+        regs_args: [112, 104, 96, 56],
     }
 }
 
@@ -44,19 +56,19 @@ pub fn syscalls() -> SecuritySyscalls {
         setregid: 143,
         setresuid: 147,
         setresgid: 149,
-        // user_pt_regs: regs[0] first.
-        regs_arg0: 0,
+        ptrace: 117,
+        connect: 203,
+        rename: u32::MAX,
+        renameat: 38,
+        renameat2: 276,
+        open: u32::MAX,
+        openat: 56,
+        openat2: 437,
+        creat: u32::MAX,
+        // user_pt_regs: regs[0..] first.
+        regs_args: [0, 8, 16, 24],
     }
 }
-
-const SETID: [&str; 6] = [
-    "setuid",
-    "setgid",
-    "setreuid",
-    "setregid",
-    "setresuid",
-    "setresgid",
-];
 
 /// The map names (agent-ebpf/src/probes/security.rs).
 pub const WATCHED_DIRS: &str = "WATCHED_DIRS";
@@ -118,86 +130,14 @@ pub fn set_prefixes(ebpf: &mut Ebpf, dirs: &[String]) -> Result<usize, ProbeErro
     Ok(skipped)
 }
 
-/// Programs `attach` loads (when all fail, the probe is off).
-pub const PARTS: usize = 8;
-
-/// Attaches every security program; the first failure is returned (the others that
-/// attached stay attached). Returns what is off and why, per part.
-pub fn attach(ebpf: &mut Ebpf, tracefs: Option<&Path>) -> Vec<(&'static str, ProbeError)> {
-    let mut off = Vec::new();
-    if let Err(e) = load_and_attach(ebpf, "sys_enter_ptrace", |p: &mut TracePoint| {
+/// Attaches the listen program (the syscall checks ride the syscall probe's
+/// sys_enter/sys_exit pair, see `super::syscalls`).
+pub fn attach(ebpf: &mut Ebpf, tracefs: Option<&Path>) -> Result<(), ProbeError> {
+    listen_layout_ok(tracefs)?;
+    load_and_attach(ebpf, "inet_sock_set_state", |p: &mut TracePoint| {
         p.load()?;
-        p.attach("syscalls", "sys_enter_ptrace").map(drop)
-    }) {
-        off.push(("ptrace", e));
-    }
-    for (prog, dir) in [("sys_enter_setid", "enter"), ("sys_exit_setid", "exit")] {
-        if let Err(e) = load_and_attach(ebpf, prog, |p: &mut TracePoint| {
-            p.load()?;
-            for name in SETID {
-                p.attach("syscalls", &format!("sys_{dir}_{name}"))?;
-            }
-            Ok(())
-        }) {
-            off.push(("setuid", e));
-        }
-    }
-    if let Err(e) = load_and_attach(ebpf, "sys_exit_open", |p: &mut TracePoint| {
-        p.load()?;
-        for name in [
-            "sys_exit_open",
-            "sys_exit_openat",
-            "sys_exit_openat2",
-            "sys_exit_creat",
-        ] {
-            // open and creat are absent on some architectures (arm64): skip those.
-            if tracefs.is_some_and(|t| !t.join("events/syscalls").join(name).exists()) {
-                continue;
-            }
-            p.attach("syscalls", name)?;
-        }
-        Ok(())
-    }) {
-        off.push(("file-write", e));
-    }
-    for (prog, names) in [
-        ("sys_enter_rename", &["sys_enter_rename"][..]),
-        (
-            "sys_enter_renameat",
-            &["sys_enter_renameat", "sys_enter_renameat2"][..],
-        ),
-    ] {
-        if let Err(e) = load_and_attach(ebpf, prog, |p: &mut TracePoint| {
-            p.load()?;
-            for name in names {
-                if tracefs.is_some_and(|t| !t.join("events/syscalls").join(name).exists()) {
-                    continue;
-                }
-                p.attach("syscalls", name)?;
-            }
-            Ok(())
-        }) {
-            off.push(("rename", e));
-        }
-    }
-    if let Err(e) = load_and_attach(ebpf, "sys_enter_connect", |p: &mut TracePoint| {
-        p.load()?;
-        p.attach("syscalls", "sys_enter_connect").map(drop)
-    }) {
-        off.push(("connect", e));
-    }
-    match listen_layout_ok(tracefs) {
-        Ok(()) => {
-            if let Err(e) = load_and_attach(ebpf, "inet_sock_set_state", |p: &mut TracePoint| {
-                p.load()?;
-                p.attach("sock", "inet_sock_set_state").map(drop)
-            }) {
-                off.push(("listen", e));
-            }
-        }
-        Err(e) => off.push(("listen", e)),
-    }
-    off
+        p.attach("sock", "inet_sock_set_state").map(drop)
+    })
 }
 
 /// The listen program reads sock:inet_sock_set_state at fixed offsets (stable since
