@@ -10,6 +10,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
 
@@ -20,10 +21,22 @@ const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 /// The bound for a finding to arrive.
 const WITHIN: Duration = Duration::from_secs(2);
 
+/// Tests run side by side under plain `cargo test`, and threads of one test process
+/// share its pid, so a finding cannot tell which test caused it. Each test holds this
+/// shared while its agent runs; the benign-workload test holds it alone.
+static HOST: RwLock<()> = RwLock::new(());
+
+#[allow(dead_code)] // the guards are held, not read
+enum Turn {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
 struct Agent {
     vigil: Vigil,
     socket: PathBuf,
     dir: tempfile::TempDir,
+    _turn: Turn,
 }
 
 impl Agent {
@@ -31,7 +44,18 @@ impl Agent {
         Self::start_with(extra_rules, None)
     }
 
+    /// An agent while no other test in this process is doing anything.
+    fn start_alone() -> Self {
+        let turn = Turn::Alone(HOST.write().unwrap_or_else(|e| e.into_inner()));
+        Self::launch(None, None, turn)
+    }
+
     fn start_with(extra_rules: Option<&str>, collector: Option<&str>) -> Self {
+        let turn = Turn::Shared(HOST.read().unwrap_or_else(|e| e.into_inner()));
+        Self::launch(extra_rules, collector, turn)
+    }
+
+    fn launch(extra_rules: Option<&str>, collector: Option<&str>, turn: Turn) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.d");
         fs::create_dir(&rules).unwrap();
@@ -61,7 +85,12 @@ impl Agent {
             "--data-dir",
             data.to_str().unwrap(),
         ]);
-        Self { vigil, socket, dir }
+        Self {
+            vigil,
+            socket,
+            dir,
+            _turn: turn,
+        }
     }
 
     fn findings(&self, since_ms: i64) -> Vec<Finding> {
@@ -172,6 +201,16 @@ fn pid_of(f: &Finding) -> u32 {
     f.process.as_ref().map_or(0, |p| p.pid)
 }
 
+/// Runs the test workload with `args`; its pid and its output.
+fn workload(args: &[&str]) -> (u32, std::process::Output) {
+    let child = Command::new(WORKLOAD)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child.id(), child.wait_with_output().unwrap())
+}
+
 /// Runs `script` (sh) in a new network namespace with loopback up.
 fn in_own_netns(script: &str) -> std::process::Output {
     run(Command::new("unshare").args(["-n", "sh", "-c", &format!("ip link set lo up && {script}")]))
@@ -272,13 +311,7 @@ fn fileless_exec_from_memfd_and_deleted_file() {
     let agent = Agent::start(None);
     for mode in ["memfd-exec", "unlinked-exec"] {
         let since = now_ms();
-        let child = Command::new(WORKLOAD)
-            .args([mode, "/bin/true"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
+        let (pid, out) = workload(&[mode, "/bin/true"]);
         assert!(out.status.success(), "{mode}: {out:?}");
         let f = agent.expect("fileless-exec", "T1620", since, Instant::now(), |f| {
             pid_of(f) == pid
@@ -383,13 +416,7 @@ fn ptrace_attach_to_another_process() {
     root!("ptrace_attach_to_another_process");
     let agent = Agent::start(None);
     let since = now_ms();
-    let child = Command::new(WORKLOAD)
-        .arg("ptrace-attach")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = workload(&["ptrace-attach"]);
     assert!(out.status.success(), "{out:?}");
     let f = agent.expect("ptrace-attach", "T1055.008", since, Instant::now(), |f| {
         pid_of(f) == pid
@@ -453,13 +480,8 @@ fn kernel_module_load() {
     root!("kernel_module_load");
     let agent = Agent::start(None);
     let since = now_ms();
-    let child = Command::new(WORKLOAD)
-        .arg("finit-module")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let _ = child.wait_with_output();
+    // The call fails (/dev/null is no module, or the kernel has none): the attempt is what counts.
+    let (pid, _) = workload(&["finit-module"]);
     let f = agent.expect(
         "kernel-module-load",
         "T1547.006",
@@ -752,7 +774,7 @@ fn a_bad_rule_file_is_refused_and_the_last_good_rules_stay() {
 #[test]
 fn a_benign_workload_raises_no_finding() {
     root!("a_benign_workload_raises_no_finding");
-    let agent = Agent::start(None);
+    let agent = Agent::start_alone();
     let me = std::process::id();
     // Not under /tmp (a checkout can live there): running what one just compiled from a
     // temporary directory is exactly what exec-from-temp-dir reports.

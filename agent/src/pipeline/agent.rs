@@ -182,44 +182,29 @@ fn kernel_losses(c: &crate::probes::KernelCounters) -> pb::Losses {
     }
 }
 
+/// What was lost between two cumulative counts. Every field is listed, so a new loss stage
+/// that is not carried here does not compile.
 fn losses_since(now: &pb::Losses, before: &pb::Losses) -> pb::Losses {
-    pb::Losses {
-        slow_syscall_ringbuf_full: now
-            .slow_syscall_ringbuf_full
-            .saturating_sub(before.slow_syscall_ringbuf_full),
-        slow_syscall_rate_limited: now
-            .slow_syscall_rate_limited
-            .saturating_sub(before.slow_syscall_rate_limited),
-        retransmit_ringbuf_full: now
-            .retransmit_ringbuf_full
-            .saturating_sub(before.retransmit_ringbuf_full),
-        syscall_start_store_failed: now
-            .syscall_start_store_failed
-            .saturating_sub(before.syscall_start_store_failed),
-        syscall_out_of_range: now
-            .syscall_out_of_range
-            .saturating_sub(before.syscall_out_of_range),
-        undecodable_events: now
-            .undecodable_events
-            .saturating_sub(before.undecodable_events),
-        pipeline_dropped: now.pipeline_dropped.saturating_sub(before.pipeline_dropped),
-        spool_dropped_batches: now
-            .spool_dropped_batches
-            .saturating_sub(before.spool_dropped_batches),
-        spool_corrupt_records: now
-            .spool_corrupt_records
-            .saturating_sub(before.spool_corrupt_records),
-        process_ringbuf_full: now
-            .process_ringbuf_full
-            .saturating_sub(before.process_ringbuf_full),
-        security_ringbuf_full: now
-            .security_ringbuf_full
-            .saturating_sub(before.security_ringbuf_full),
-        security_untracked: now
-            .security_untracked
-            .saturating_sub(before.security_untracked),
-        findings_dropped: now.findings_dropped.saturating_sub(before.findings_dropped),
+    macro_rules! delta {
+        ($($field:ident),* $(,)?) => {
+            pb::Losses { $($field: now.$field.saturating_sub(before.$field)),* }
+        };
     }
+    delta!(
+        slow_syscall_ringbuf_full,
+        slow_syscall_rate_limited,
+        retransmit_ringbuf_full,
+        syscall_start_store_failed,
+        syscall_out_of_range,
+        undecodable_events,
+        pipeline_dropped,
+        spool_dropped_batches,
+        spool_corrupt_records,
+        process_ringbuf_full,
+        security_ringbuf_full,
+        security_untracked,
+        findings_dropped,
+    )
 }
 
 /// The exporter task and its stop request.
