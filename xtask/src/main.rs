@@ -127,7 +127,9 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 /// `cargo xtask run`: a collector with its store under target/vigil-run, an agent
 /// streaming to it (log in target/vigil-run/agent.log), and `vigil top` in the
 /// foreground. Ctrl-C reaches all three (same process group); xtask itself only
-/// waits, then makes sure the agent and collector are gone.
+/// waits, then makes sure the agent and collector are gone. Should xtask itself die
+/// instead (a closed terminal's SIGHUP, which the agent takes as "reload"), the kernel
+/// sends both children SIGTERM.
 fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::Result<()> {
     use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let data_dir = workspace_root().join("target/vigil-run/collector");
@@ -141,7 +143,7 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     );
     // SAFETY: the handler does nothing, so it is async-signal-safe.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
-    let mut collector = Command::new(bin)
+    let mut collector = with_parent(Command::new(bin))
         .args(["collector", "--listen", addr, "--data-dir"])
         .arg(&data_dir)
         .spawn()
@@ -158,7 +160,7 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     std::fs::create_dir_all(&run_dir).context("creating target/vigil-run")?;
     let log = std::fs::File::create(run_dir.join("agent.log"))
         .context("creating target/vigil-run/agent.log")?;
-    let mut agent = Command::new(bin)
+    let mut agent = with_parent(Command::new(bin))
         .args(["agent", "--collector", addr, "--top", "0", "--socket"])
         .arg(&socket)
         .arg("--data-dir")
@@ -198,6 +200,21 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     }
     top?;
     Ok(())
+}
+
+/// `cmd`, made to receive SIGTERM when this process dies.
+fn with_parent(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 fn test() -> anyhow::Result<()> {
