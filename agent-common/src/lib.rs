@@ -376,8 +376,10 @@ pub enum SecurityOp {
     /// A file opened for writing in a watched directory: `target` = the directory's
     /// inode, `dev` its device, `detail` = the file's f_mode, `name` = the file's name.
     FileWrite = 5,
-    /// A rename whose new (absolute) path starts with a watched prefix: `name` = the
-    /// new path.
+    /// A rename whose new path, if absolute, starts with a watched prefix: `name` = the
+    /// new path, `target` = 0. If relative, whose base directory (the working directory
+    /// or the dirfd) is in `WATCHED_DIRS` with [`DIR_BASE`]: `target` = its inode, `dev`
+    /// its device, `name` = the new path as given.
     Rename = 6,
     /// `connect()` to a watched port, or by a watched process: `port`, `family`, `addr`.
     Connect = 7,
@@ -443,6 +445,12 @@ pub struct SecurityEvent {
     pub addr: [u8; 16],
     pub name: [u8; NAME_LEN],
 }
+
+/// `WATCHED_DIRS` value bit: the directory's files are watched for opens for writing.
+pub const DIR_FILES: u8 = 1;
+/// `WATCHED_DIRS` value bit: a relative rename based here is reported (a watched
+/// directory, or one above it, so `cd /etc && mv x cron.d/y` is seen).
+pub const DIR_BASE: u8 = 2;
 
 /// A directory whose files are watched for writes (key of `WATCHED_DIRS`): the
 /// kernel's device number (`MKDEV(major, minor)` = major << 20 | minor) and inode.
@@ -546,6 +554,9 @@ pub struct TaskLayout {
     pub dentry_parent: u32,
     pub dentry_inode: u32,
     pub dentry_name: u32,
+    /// `task_struct.fs`, `fs_struct.pwd` + `path.dentry` (the working directory)
+    pub fs: u32,
+    pub fs_pwd_dentry: u32,
 }
 
 impl TaskLayout {
@@ -576,6 +587,8 @@ impl TaskLayout {
         dentry_parent: Self::ABSENT,
         dentry_inode: Self::ABSENT,
         dentry_name: Self::ABSENT,
+        fs: Self::ABSENT,
+        fs_pwd_dentry: Self::ABSENT,
     };
 }
 

@@ -571,9 +571,6 @@ fn crontab_and_systemd_unit_tampering() {
     let out = run(Command::new("mv").arg(&staged).arg(&target));
     assert!(out.status.success(), "{out:?}");
     let _ = fs::remove_file(&target);
-    if made_cron_d {
-        let _ = fs::remove_dir("/etc/cron.d");
-    }
     let f = agent.expect(
         "persistence-cron-or-systemd",
         "T1053.003",
@@ -583,6 +580,48 @@ fn crontab_and_systemd_unit_tampering() {
     );
     assert_eq!(f.details["operation"], "rename");
     assert_eq!(f.process.unwrap().name, "mv");
+    // The same with relative paths: from inside the watched directory, from a directory
+    // above it, and through directory fds (renameat).
+    let me = std::process::id();
+    let cases = [
+        (
+            "/etc/cron.d",
+            format!("mv ../.vigil-test-cron-{me} vigil-test-rel-{me}"),
+            format!("/etc/cron.d/vigil-test-rel-{me}"),
+        ),
+        (
+            "/",
+            format!("mv etc/.vigil-test-cron-{me} ./etc/cron.d/../cron.d/vigil-test-up-{me}"),
+            format!("/etc/cron.d/vigil-test-up-{me}"),
+        ),
+        (
+            "/tmp",
+            format!(
+                "python3 -c \"import os; e = os.open('/etc', os.O_RDONLY); \
+                 c = os.open('/etc/cron.d', os.O_RDONLY); \
+                 os.rename('.vigil-test-cron-{me}', 'vigil-test-fd-{me}', src_dir_fd=e, dst_dir_fd=c)\""
+            ),
+            format!("/etc/cron.d/vigil-test-fd-{me}"),
+        ),
+    ];
+    for (cwd, script, target) in cases {
+        fs::write(&staged, "# test\n").unwrap();
+        let since = now_ms();
+        let out = run(Command::new("sh").arg("-c").arg(&script).current_dir(cwd));
+        assert!(out.status.success(), "{script}: {out:?}");
+        let _ = fs::remove_file(&target);
+        let f = agent.expect(
+            "persistence-cron-or-systemd",
+            "T1053.003",
+            since,
+            Instant::now(),
+            |f| f.details.get("path") == Some(&target),
+        );
+        assert_eq!(f.details["operation"], "rename", "{script}");
+    }
+    if made_cron_d {
+        let _ = fs::remove_dir("/etc/cron.d");
+    }
 }
 
 #[test]

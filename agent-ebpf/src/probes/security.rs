@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use vigil_common::{
     Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls,
-    TaskLayout, MAX_PREFIXES, NAME_LEN,
+    TaskLayout, DIR_BASE, DIR_FILES, MAX_PREFIXES, NAME_LEN,
 };
 
 use super::process::{read_at, read_ptr, TASK_LAYOUT};
@@ -27,7 +27,8 @@ use crate::maps::{count, setting, submit_flags, EVENTS};
 #[no_mangle]
 pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
 
-/// Directories whose files are watched for writes and renames (value: unused flags).
+/// Directories whose files are watched for writes (value: `DIR_FILES`) and bases of
+/// relative renames (value: `DIR_BASE`).
 #[map]
 static WATCHED_DIRS: HashMap<DirKey, u8> = HashMap::with_max_entries(256, 0);
 
@@ -51,6 +52,7 @@ static SETID_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
 const FMODE_WRITE: u32 = 0x2;
+const AT_FDCWD: i32 = -100;
 const TCP_LISTEN: i32 = 10;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -121,9 +123,10 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
     } else if nr == s.connect {
         connect(sys_arg(regs, &s, 1) as *const SockAddr);
     } else if nr == s.rename {
-        rename_to(sys_arg(regs, &s, 1) as *const u8);
+        rename_to(AT_FDCWD, sys_arg(regs, &s, 1) as *const u8);
     } else if nr == s.renameat || nr == s.renameat2 {
-        rename_to(sys_arg(regs, &s, 3) as *const u8);
+        let dirfd = sys_arg(regs, &s, 2) as i32;
+        rename_to(dirfd, sys_arg(regs, &s, 3) as *const u8);
     } else if nr == s.init_module || nr == s.finit_module {
         module_load(nr == s.finit_module, regs, &s);
     } else if nr == s.setuid
@@ -299,10 +302,11 @@ fn dir_key(layout: &TaskLayout, inode: *const u8) -> DirKey {
     }
 }
 
+/// The directory's `WATCHED_DIRS` flags (0 = not there).
 #[inline(always)]
-fn watched(key: &DirKey) -> bool {
+fn dir_flags(key: &DirKey) -> u8 {
     // SAFETY: plain lookup.
-    unsafe { WATCHED_DIRS.get(key) }.is_some()
+    unsafe { WATCHED_DIRS.get(key) }.copied().unwrap_or(0)
 }
 
 #[inline(always)]
@@ -335,7 +339,7 @@ fn opened(fd: i64) {
     let parent = read_ptr(dentry, layout.dentry_parent);
     let dir = read_ptr(parent, layout.dentry_inode);
     let key = dir_key(&layout, dir);
-    if watched(&key) {
+    if dir_flags(&key) & DIR_FILES != 0 {
         file_event(SecurityOp::FileWrite, key, dentry, mode, &layout);
     }
 }
@@ -365,10 +369,13 @@ fn prefix_matches(path: &[u8; NAME_LEN], p: &PathPrefix) -> bool {
     true
 }
 
-/// A rename (any of rename, renameat, renameat2) whose new path, as given, starts
-/// with a watched prefix. Relative new paths are not resolved (not reported).
+/// A rename (any of rename, renameat, renameat2): an absolute new path is compared with
+/// the watched prefixes; a relative one is reported when its base directory (the
+/// working directory, or `dirfd`'s) is a watched directory or one above it, and userspace
+/// resolves it. A relative name without a slash, based in a directory that is only above
+/// watched ones, cannot land in one and ends here.
 #[inline(never)]
-fn rename_to(newname: *const u8) {
+fn rename_to(dirfd: i32, newname: *const u8) {
     let Some(buf) = RENAME_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -378,6 +385,7 @@ fn rename_to(newname: *const u8) {
         return;
     }
     if buf[0] != b'/' {
+        relative_rename(dirfd, buf);
         return;
     }
     let mut i = 0;
@@ -397,6 +405,49 @@ fn rename_to(newname: *const u8) {
         }
         i += 1;
     }
+}
+
+#[inline(always)]
+fn relative_rename(dirfd: i32, name: &[u8; NAME_LEN]) {
+    let layout = setting(&TASK_LAYOUT);
+    let base = if dirfd == AT_FDCWD {
+        // SAFETY: helper without arguments; the current task.
+        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+        read_ptr(read_ptr(task, layout.fs), layout.fs_pwd_dentry)
+    } else if (0..1 << 20).contains(&dirfd) {
+        // A bad dirfd (the rename then fails) reads a null or foreign file: no match.
+        read_ptr(fd_file(&layout, dirfd as u32), layout.file_dentry)
+    } else {
+        return;
+    };
+    let key = dir_key(&layout, read_ptr(base, layout.dentry_inode));
+    let flags = dir_flags(&key);
+    if flags & DIR_BASE == 0 {
+        return;
+    }
+    if flags & DIR_FILES == 0 && !has_slash(name) {
+        return;
+    }
+    let path = *name;
+    emit(SecurityOp::Rename, |ev| unsafe {
+        (*ev).target = key.ino;
+        (*ev).dev = key.dev;
+        (*ev).name = path;
+    });
+}
+
+#[inline(always)]
+fn has_slash(name: &[u8; NAME_LEN]) -> bool {
+    let mut i = 0;
+    while i < NAME_LEN {
+        match name[i] {
+            0 => return false,
+            b'/' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 // ---- network -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vigil_common::{DirKey, SecurityOp};
+use vigil_common::{DirKey, SecurityOp, DIR_BASE, DIR_FILES};
 use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
@@ -145,8 +145,8 @@ pub struct Detector {
     /// Rule indexes by event type.
     by_event: HashMap<&'static str, Vec<usize>>,
     windows: HashMap<(String, String), Window>,
-    /// Watched directories: kernel key -> path.
-    dirs: HashMap<DirKey, PathBuf>,
+    /// Watched directories and the ones above them: kernel key -> (path, `DIR_*` flags).
+    dirs: HashMap<DirKey, (PathBuf, u8)>,
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     pub stats: DetectStats,
@@ -292,9 +292,11 @@ impl Detector {
         ports
     }
 
-    /// Directories of the paths file_write rules name (kernel filter), as kernel keys.
+    /// Directories of the paths file_write rules name (kernel filter), as kernel keys
+    /// with `DIR_FILES`, and the directories above them with `DIR_BASE` (watched ones
+    /// have both): a relative rename based in one of them may land in a watched one.
     /// Directories that don't exist (yet) are skipped; call again to pick them up.
-    pub fn watched_dirs(&mut self) -> Vec<DirKey> {
+    pub fn watched_dirs(&mut self) -> Vec<(DirKey, u8)> {
         let mut lits = Vec::new();
         for r in self
             .rules
@@ -303,7 +305,7 @@ impl Detector {
         {
             r.condition.literals("path", &mut lits);
         }
-        let mut dirs = BTreeSet::new();
+        let mut dirs = BTreeMap::new();
         for (prefix, v) in lits {
             let dir = if prefix && v.ends_with('/') && !v.contains('*') {
                 PathBuf::from(v.trim_end_matches('/'))
@@ -314,11 +316,14 @@ impl Detector {
                 }
             };
             for d in expand(&dir) {
-                dirs.insert(d);
+                for above in d.ancestors().skip(1) {
+                    *dirs.entry(above.to_path_buf()).or_insert(0) |= DIR_BASE;
+                }
+                *dirs.entry(d).or_insert(0) |= DIR_FILES | DIR_BASE;
             }
         }
         self.dirs.clear();
-        for d in dirs {
+        for (d, flags) in dirs {
             if let Ok(m) = std::fs::metadata(&d) {
                 if m.is_dir() {
                     let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
@@ -326,11 +331,12 @@ impl Detector {
                         dev: (major << 20) | minor,
                         ino: m.ino(),
                     };
-                    self.dirs.insert(key, d);
+                    let e = self.dirs.entry(key).or_insert((d, 0));
+                    e.1 |= flags;
                 }
             }
         }
-        self.dirs.keys().copied().collect()
+        self.dirs.iter().map(|(k, (_, f))| (*k, *f)).collect()
     }
 
     /// The watched directories' paths (for rename prefixes), after `watched_dirs`.
@@ -338,7 +344,8 @@ impl Detector {
         let mut v: Vec<String> = self
             .dirs
             .values()
-            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|(_, f)| f & DIR_FILES != 0)
+            .map(|(p, _)| p.to_string_lossy().into_owned())
             .collect();
         v.sort();
         v
@@ -427,17 +434,18 @@ impl Detector {
                 "module_load"
             }
             SecurityOp::FileWrite | SecurityOp::Rename => {
-                let path = if e.op == SecurityOp::Rename {
+                // Absolute rename paths come whole; the rest relative to a directory.
+                let path = if e.op == SecurityOp::Rename && e.target == 0 {
                     e.name.clone()
                 } else {
                     let key = DirKey {
                         dev: e.dev,
                         ino: e.target,
                     };
-                    let Some(dir) = self.dirs.get(&key) else {
+                    let Some((dir, _)) = self.dirs.get(&key) else {
                         return;
                     };
-                    dir.join(&e.name).to_string_lossy().into_owned()
+                    lexical_join(dir, &e.name)
                 };
                 details.insert("path".into(), path);
                 details.insert(
@@ -590,6 +598,27 @@ impl Detector {
 }
 
 /// Expands `*` path components against the filesystem (`/home/*/.ssh`).
+/// `base` joined with the relative `name`, with `.` and `..` resolved by name (as the
+/// kernel would without symlinks on the way).
+fn lexical_join(base: &Path, name: &str) -> String {
+    let mut parts: Vec<&str> = base
+        .to_str()
+        .unwrap_or("/")
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 fn expand(dir: &Path) -> Vec<PathBuf> {
     let mut acc = vec![PathBuf::from("/")];
     for comp in dir.components().skip(1) {
@@ -614,4 +643,19 @@ fn expand(dir: &Path) -> Vec<PathBuf> {
         }
     }
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_rename_paths_resolve_by_name() {
+        let etc = Path::new("/etc");
+        assert_eq!(lexical_join(etc, "passwd"), "/etc/passwd");
+        assert_eq!(lexical_join(etc, "./cron.d//x"), "/etc/cron.d/x");
+        assert_eq!(lexical_join(etc, "sudoers.d/../shadow"), "/etc/shadow");
+        assert_eq!(lexical_join(Path::new("/"), "etc/passwd"), "/etc/passwd");
+        assert_eq!(lexical_join(Path::new("/"), "../../etc"), "/etc");
+    }
 }

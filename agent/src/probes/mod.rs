@@ -376,10 +376,11 @@ impl Probes {
         })
     }
 
-    /// Kernel filter: the directories whose files' writes are reported.
+    /// Kernel filter: the directories whose files' writes are reported, the bases of
+    /// relative renames, and the rename prefixes.
     pub fn watch_dirs(
         &mut self,
-        dirs: &[vigil_common::DirKey],
+        dirs: &[(vigil_common::DirKey, u8)],
         paths: &[String],
     ) -> Result<usize, ProbeError> {
         security::set_dirs(&mut self.ebpf, dirs)?;

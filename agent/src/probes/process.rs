@@ -45,6 +45,9 @@ pub fn layout(btf: &KernelBtf) -> Result<TaskLayout, BtfError> {
         dentry_parent: btf.field_offset("dentry", "d_parent")?,
         dentry_inode: btf.field_offset("dentry", "d_inode")?,
         dentry_name: btf.field_offset("dentry", "d_name")? + btf.field_offset("qstr", "name")?,
+        fs: btf.field_offset("task_struct", "fs")?,
+        fs_pwd_dentry: btf.field_offset("fs_struct", "pwd")?
+            + btf.field_offset("path", "dentry")?,
     })
 }
 

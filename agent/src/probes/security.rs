@@ -182,27 +182,37 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
     BpfHashMap::try_from(m).map_err(|source| ProbeError::Map { map: name, source })
 }
 
+/// Makes hash map `name` exactly `entries`.
+fn replace_entries<K: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[(K, u8)],
+) -> Result<(), ProbeError> {
+    let mut m = map::<K, u8>(ebpf, name)?;
+    let old: Vec<K> = m.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !entries.iter().any(|(e, _)| e == *k)) {
+        let _ = m.remove(k);
+    }
+    for (k, v) in entries {
+        m.insert(k, v, 0)
+            .map_err(|source| ProbeError::Map { map: name, source })?;
+    }
+    Ok(())
+}
+
 /// Makes the keys of hash map `name` exactly `keys` (value 1).
 fn replace_keys<K: aya::Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &'static str,
     keys: &[K],
 ) -> Result<(), ProbeError> {
-    let mut m = map::<K, u8>(ebpf, name)?;
-    let old: Vec<K> = m.keys().filter_map(Result::ok).collect();
-    for k in old.iter().filter(|k| !keys.contains(k)) {
-        let _ = m.remove(k);
-    }
-    for k in keys {
-        m.insert(k, 1, 0)
-            .map_err(|source| ProbeError::Map { map: name, source })?;
-    }
-    Ok(())
+    let entries: Vec<(K, u8)> = keys.iter().map(|k| (*k, 1)).collect();
+    replace_entries(ebpf, name, &entries)
 }
 
-/// Replaces the watched directories.
-pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[DirKey]) -> Result<(), ProbeError> {
-    replace_keys(ebpf, WATCHED_DIRS, dirs)
+/// Replaces the watched directories (with their `DIR_FILES` / `DIR_BASE` flags).
+pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[(DirKey, u8)]) -> Result<(), ProbeError> {
+    replace_entries(ebpf, WATCHED_DIRS, dirs)
 }
 
 /// Replaces the watched ports.
