@@ -385,6 +385,9 @@ pub enum SecurityOp {
     Connect = 7,
     /// A TCP socket started listening: `port`, `family`, `addr` (local).
     Listen = 8,
+    /// A watched file opened for writing through another of its hard links: `target` =
+    /// the file's inode, `dev` its device, `detail` = f_mode, `name` = the link's name.
+    LinkWrite = 9,
 }
 
 impl SecurityOp {
@@ -398,6 +401,7 @@ impl SecurityOp {
             6 => Self::Rename,
             7 => Self::Connect,
             8 => Self::Listen,
+            9 => Self::LinkWrite,
             _ => return None,
         })
     }
@@ -452,7 +456,7 @@ pub const DIR_FILES: u8 = 1;
 /// directory, or one above it, so `cd /etc && mv x cron.d/y` is seen).
 pub const DIR_BASE: u8 = 2;
 
-/// A directory whose files are watched for writes (key of `WATCHED_DIRS`): the
+/// A watched directory or file (key of `WATCHED_DIRS` and `WATCHED_FILES`): the
 /// kernel's device number (`MKDEV(major, minor)` = major << 20 | minor) and inode.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,10 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{
+        fs::{MetadataExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
@@ -497,11 +500,39 @@ fn kernel_module_load() {
     );
 }
 
+/// A file removed when the test ends, even by a panic.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A directory outside /etc on the same filesystem as `path` (for hard links to it).
+fn dir_on_device_of(path: &str) -> PathBuf {
+    let dev = fs::metadata(path).unwrap().dev();
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    [
+        home.join(".cache/vigil-tests"),
+        "/var/tmp".into(),
+        "/var/lib".into(),
+    ]
+    .into_iter()
+    .find(|d| fs::create_dir_all(d).is_ok() && fs::metadata(d).is_ok_and(|m| m.dev() == dev))
+    .unwrap_or_else(|| panic!("no directory on {path}'s filesystem to make a hard link in"))
+}
+
 /// Opens `path` for appending (creating it), writes nothing, and removes it again if it
 /// did not exist before.
 fn touch_for_write(path: &str) -> u32 {
+    touch_for_write_by("sh", path)
+}
+
+/// The same by another shell (another program: not folded into an earlier finding).
+fn touch_for_write_by(shell: &str, path: &str) -> u32 {
     let existed = Path::new(path).exists();
-    let child = Command::new("sh")
+    let child = Command::new(shell)
         .args(["-c", &format!(": >> {path}")])
         .spawn()
         .unwrap();
@@ -528,6 +559,26 @@ fn writes_to_account_files() {
     );
     assert_eq!(f.details["path"], "/etc/shadow");
     assert_eq!(f.details["operation"], "open_for_write");
+    // The same file through a second hard link made outside the watched directories.
+    let link = RemoveOnDrop(
+        dir_on_device_of("/etc").join(format!("vigil-test-link-{}", std::process::id())),
+    );
+    fs::hard_link("/etc/shadow", &link.0).unwrap();
+    let since = now_ms();
+    let pid = touch_for_write_by("bash", link.0.to_str().unwrap());
+    drop(link);
+    let f = agent.expect(
+        "account-or-sudoers-write",
+        "T1098",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], "/etc/shadow");
+    assert!(
+        f.details["opened_as"].starts_with("vigil-test-link-"),
+        "{f:?}"
+    );
     // Reading it is not writing it.
     let since = now_ms();
     let _ = fs::read("/etc/shadow");
@@ -773,6 +824,49 @@ fn a_repeating_finding_is_one_alert_with_a_count() {
             .count(),
         2
     );
+}
+
+#[test]
+fn a_watched_file_is_followed_through_replacement_and_hard_links() {
+    root!("a_watched_file_is_followed_through_replacement_and_hard_links");
+    // A file a rule names, in a directory of its own; links are made next to it.
+    let base = dir_on_device_of("/etc");
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let watched_dir = work.path().join("conf");
+    fs::create_dir(&watched_dir).unwrap();
+    let file = watched_dir.join("watched.conf");
+    fs::write(&file, "a\n").unwrap();
+    let agent = Agent::start(Some(&format!(
+        "rules:\n  - id: test-file\n    description: the test file was written\n    severity: low\n    mitre: [T1098]\n    events: [file_write]\n    condition:\n      path: {}\n    dedup: 0s\n",
+        file.display()
+    )));
+    let path = file.to_str().unwrap().to_string();
+    // Replaced by rename, as editors and package managers do: a new inode.
+    let staged = watched_dir.join("watched.conf.new");
+    fs::write(&staged, "b\n").unwrap();
+    let since = now_ms();
+    assert!(run(Command::new("mv").arg(&staged).arg(&file))
+        .status
+        .success());
+    let f = agent.expect("test-file", "T1098", since, Instant::now(), |f| {
+        f.details.get("path") == Some(&path)
+    });
+    assert_eq!(f.details["operation"], "rename");
+    // The new inode, through a hard link outside the watched directory.
+    let link = RemoveOnDrop(work.path().join("second-name"));
+    fs::hard_link(&file, &link.0).unwrap();
+    let since = now_ms();
+    let pid = touch_for_write_by("bash", link.0.to_str().unwrap());
+    let f = agent.expect("test-file", "T1098", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.details["path"], path);
+    assert_eq!(f.details["opened_as"], "second-name");
+    // Reading through the link is not writing.
+    let since = now_ms();
+    let _ = fs::read(&link.0);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(agent.findings(since).iter().all(|f| f.rule != "test-file"));
 }
 
 #[test]

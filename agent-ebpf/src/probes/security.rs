@@ -32,6 +32,10 @@ pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
 #[map]
 static WATCHED_DIRS: HashMap<DirKey, u8> = HashMap::with_max_entries(256, 0);
 
+/// Watched files (device + inode), for opens through another hard link.
+#[map]
+static WATCHED_FILES: HashMap<DirKey, u8> = HashMap::with_max_entries(1024, 0);
+
 /// Remote ports whose connects are reported (host byte order).
 #[map]
 static WATCHED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
@@ -323,7 +327,8 @@ fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout:
 }
 
 /// Exit of open/openat/openat2/creat with a new fd: reported when the file is open for
-/// writing in a watched directory. Read-only opens (most of them) end after f_mode.
+/// writing in a watched directory, or is a watched file opened by another of its hard
+/// links. Read-only opens (most of them) end after f_mode.
 #[inline(never)]
 fn opened(fd: i64) {
     if fd > 1 << 20 {
@@ -341,6 +346,16 @@ fn opened(fd: i64) {
     let key = dir_key(&layout, dir);
     if dir_flags(&key) & DIR_FILES != 0 {
         file_event(SecurityOp::FileWrite, key, dentry, mode, &layout);
+        return;
+    }
+    // Elsewhere, only a file with more than one name can be a watched file.
+    let inode = read_ptr(file, layout.file_inode);
+    if read_at::<u32>(inode, layout.inode_nlink) > 1 {
+        let key = dir_key(&layout, inode);
+        // SAFETY: plain lookup.
+        if unsafe { WATCHED_FILES.get(&key) }.is_some() {
+            file_event(SecurityOp::LinkWrite, key, dentry, mode, &layout);
+        }
     }
 }
 

@@ -137,6 +137,8 @@ pub struct DetectStats {
 pub struct WatchChanges {
     pub add_pids: Vec<u32>,
     pub remove_pids: Vec<u32>,
+    /// A watched directory changed: look the watched files' inodes up again.
+    pub files: bool,
 }
 
 pub struct Detector {
@@ -147,6 +149,9 @@ pub struct Detector {
     windows: HashMap<(String, String), Window>,
     /// Watched directories and the ones above them: kernel key -> (path, `DIR_*` flags).
     dirs: HashMap<DirKey, (PathBuf, u8)>,
+    /// The files file_write rules name (exact paths and globs), and those found.
+    file_patterns: Vec<PathBuf>,
+    files: HashMap<DirKey, PathBuf>,
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     pub stats: DetectStats,
@@ -161,6 +166,8 @@ impl Detector {
             by_event: HashMap::new(),
             windows: HashMap::new(),
             dirs: HashMap::new(),
+            file_patterns: Vec::new(),
+            files: HashMap::new(),
             watched_pids: BTreeSet::new(),
             watch: WatchChanges::default(),
             stats: DetectStats::default(),
@@ -174,7 +181,7 @@ impl Detector {
     /// to hand over. (Exited processes are swept and dedup windows closed at any
     /// later call of `tick`, at the latest at the interval's end.)
     pub fn has_pending_work(&self) -> bool {
-        !self.watch.add_pids.is_empty() || !self.watch.remove_pids.is_empty()
+        !self.watch.add_pids.is_empty() || !self.watch.remove_pids.is_empty() || self.watch.files
     }
 
     pub fn process_count(&self) -> usize {
@@ -306,7 +313,11 @@ impl Detector {
             r.condition.literals("path", &mut lits);
         }
         let mut dirs = BTreeMap::new();
+        self.file_patterns.clear();
         for (prefix, v) in lits {
+            if !prefix || v.contains('*') || v.contains('?') {
+                self.file_patterns.push(PathBuf::from(&v));
+            }
             let dir = if prefix && v.ends_with('/') && !v.contains('*') {
                 PathBuf::from(v.trim_end_matches('/'))
             } else {
@@ -326,17 +337,29 @@ impl Detector {
         for (d, flags) in dirs {
             if let Ok(m) = std::fs::metadata(&d) {
                 if m.is_dir() {
-                    let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
-                    let key = DirKey {
-                        dev: (major << 20) | minor,
-                        ino: m.ino(),
-                    };
-                    let e = self.dirs.entry(key).or_insert((d, 0));
+                    let e = self.dirs.entry(dev_key(&m)).or_insert((d, 0));
                     e.1 |= flags;
                 }
             }
         }
         self.dirs.iter().map(|(k, (_, f))| (*k, *f)).collect()
+    }
+
+    /// The files file_write rules name, as kernel keys (after `watched_dirs`): an open
+    /// for writing by another hard link is reported too. Looked up again after every
+    /// write or rename in a watched directory (replacing a file gives it a new inode).
+    pub fn watched_files(&mut self) -> Vec<DirKey> {
+        self.files.clear();
+        for pattern in &self.file_patterns {
+            for f in expand(pattern) {
+                if let Ok(m) = std::fs::metadata(&f) {
+                    if m.is_file() {
+                        self.files.insert(dev_key(&m), f);
+                    }
+                }
+            }
+        }
+        self.files.keys().copied().collect()
     }
 
     /// The watched directories' paths (for rename prefixes), after `watched_dirs`.
@@ -433,20 +456,28 @@ impl Detector {
                 }
                 "module_load"
             }
-            SecurityOp::FileWrite | SecurityOp::Rename => {
-                // Absolute rename paths come whole; the rest relative to a directory.
+            SecurityOp::FileWrite | SecurityOp::Rename | SecurityOp::LinkWrite => {
+                let key = DirKey {
+                    dev: e.dev,
+                    ino: e.target,
+                };
+                // Absolute rename paths come whole; the rest relative to a directory, or
+                // as the watched file another link leads to.
                 let path = if e.op == SecurityOp::Rename && e.target == 0 {
                     e.name.clone()
-                } else {
-                    let key = DirKey {
-                        dev: e.dev,
-                        ino: e.target,
+                } else if e.op == SecurityOp::LinkWrite {
+                    let Some(file) = self.files.get(&key) else {
+                        return;
                     };
+                    details.insert("opened_as".into(), e.name.clone());
+                    file.to_string_lossy().into_owned()
+                } else {
                     let Some((dir, _)) = self.dirs.get(&key) else {
                         return;
                     };
                     lexical_join(dir, &e.name)
                 };
+                self.watch.files = true;
                 details.insert("path".into(), path);
                 details.insert(
                     "operation".into(),
@@ -597,7 +628,15 @@ impl Detector {
     }
 }
 
-/// Expands `*` path components against the filesystem (`/home/*/.ssh`).
+/// The kernel's key for a file or directory: `MKDEV(major, minor)` and the inode.
+fn dev_key(m: &std::fs::Metadata) -> DirKey {
+    let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+    DirKey {
+        dev: (major << 20) | minor,
+        ino: m.ino(),
+    }
+}
+
 /// `base` joined with the relative `name`, with `.` and `..` resolved by name (as the
 /// kernel would without symlinks on the way).
 fn lexical_join(base: &Path, name: &str) -> String {
@@ -619,6 +658,7 @@ fn lexical_join(base: &Path, name: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Expands `*` path components against the filesystem (`/home/*/.ssh`).
 fn expand(dir: &Path) -> Vec<PathBuf> {
     let mut acc = vec![PathBuf::from("/")];
     for comp in dir.components().skip(1) {

@@ -640,6 +640,7 @@ fn is_prompt(e: &Event) -> bool {
 /// Writes the detector's kernel filters: watched processes always, the watched
 /// directories and ports when `all` (start, rescan, reload).
 fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool) {
+    let w = d.take_watch_changes();
     if all {
         let dirs = d.watched_dirs();
         let paths = d.watched_dir_paths();
@@ -652,7 +653,11 @@ fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool) {
             tracing::warn!(error = %error_chain(&e), "cannot set the watched ports");
         }
     }
-    let w = d.take_watch_changes();
+    if all || w.files {
+        if let Err(e) = p.watch_files(&d.watched_files()) {
+            tracing::warn!(error = %error_chain(&e), "cannot set the watched files");
+        }
+    }
     if !w.add_pids.is_empty() || !w.remove_pids.is_empty() {
         match p.watch_pids(&w.add_pids, &w.remove_pids) {
             Ok(failed) => d.stats.watch_failed += failed,

@@ -387,6 +387,11 @@ impl Probes {
         security::set_prefixes(&mut self.ebpf, paths)
     }
 
+    /// Kernel filter: the files whose writes through another hard link are reported.
+    pub fn watch_files(&mut self, files: &[vigil_common::DirKey]) -> Result<(), ProbeError> {
+        security::set_files(&mut self.ebpf, files)
+    }
+
     /// Kernel filter: connects to these ports are reported.
     pub fn watch_ports(&mut self, ports: &[u16], comms: &[[u8; 16]]) -> Result<(), ProbeError> {
         security::set_ports(&mut self.ebpf, ports)?;

@@ -72,6 +72,7 @@ pub fn syscalls() -> SecuritySyscalls {
 
 /// The map names (agent-ebpf/src/probes/security.rs).
 pub const WATCHED_DIRS: &str = "WATCHED_DIRS";
+pub const WATCHED_FILES: &str = "WATCHED_FILES";
 pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
 pub const WATCHED_PIDS: &str = "WATCHED_PIDS";
 pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
@@ -213,6 +214,11 @@ fn replace_keys<K: aya::Pod + PartialEq>(
 /// Replaces the watched directories (with their `DIR_FILES` / `DIR_BASE` flags).
 pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[(DirKey, u8)]) -> Result<(), ProbeError> {
     replace_entries(ebpf, WATCHED_DIRS, dirs)
+}
+
+/// Replaces the watched files.
+pub fn set_files(ebpf: &mut Ebpf, files: &[DirKey]) -> Result<(), ProbeError> {
+    replace_keys(ebpf, WATCHED_FILES, files)
 }
 
 /// Replaces the watched ports.
