@@ -133,15 +133,20 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
         rename_to(dirfd, sys_arg(regs, &s, 3) as *const u8);
     } else if nr == s.init_module || nr == s.finit_module {
         module_load(nr == s.finit_module, regs, &s);
-    } else if nr == s.setuid
+    } else if is_setid(nr, &s) {
+        setid_enter(nr, regs, &s);
+    }
+}
+
+/// One of the setuid/setgid family (checked at enter and at exit).
+#[inline(always)]
+fn is_setid(nr: u32, s: &SecuritySyscalls) -> bool {
+    nr == s.setuid
         || nr == s.setgid
         || nr == s.setreuid
         || nr == s.setregid
         || nr == s.setresuid
         || nr == s.setresgid
-    {
-        setid_enter(nr, regs, &s);
-    }
 }
 
 /// Called by the syscall probe's sys_exit with the number sys_enter saw.
@@ -155,13 +160,7 @@ pub fn on_sys_exit(nr: u32, ret: i64) {
         if ret >= 0 {
             opened(ret);
         }
-    } else if nr == s.setuid
-        || nr == s.setgid
-        || nr == s.setreuid
-        || nr == s.setregid
-        || nr == s.setresuid
-        || nr == s.setresgid
-    {
+    } else if is_setid(nr, &s) {
         setid_exit(ret);
     }
 }
