@@ -3,6 +3,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=vigil/v1/vigil.proto");
     tonic_prost_build::configure()
+        // Maps as BTreeMap: a message always encodes to the same bytes, so the
+        // collector can tell a resent batch (same bytes) from a conflicting one.
+        .btree_map(".")
         .compile_protos(&["vigil/v1/vigil.proto"], &["."])
         .map_err(|e| format!("compiling vigil/v1/vigil.proto failed (is protoc installed? `cargo xtask setup`): {e}").into())
 }

@@ -126,6 +126,29 @@ pub enum Command {
         /// Samples and events older than this are deleted.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: Duration,
+        /// A batch (gRPC message) larger than this is refused (RESOURCE_EXHAUSTED).
+        #[arg(long, default_value = "8MiB", value_parser = crate::config::parse_size)]
+        max_message_size: u64,
+        /// Connections at once; more are closed at accept (also held under the open
+        /// files limit, which the collector raises to its hard limit).
+        #[arg(long, default_value_t = 16_384)]
+        max_connections: usize,
+        /// Connections at once from one IP address.
+        #[arg(long, default_value_t = 256)]
+        max_connections_per_peer: usize,
+        /// Concurrent streams per connection (an agent uses one).
+        #[arg(long, default_value_t = 16)]
+        max_streams_per_connection: u32,
+        /// Bytes of messages still arriving, all streams together; a stream whose
+        /// message would pass it is refused and retried.
+        #[arg(long, default_value = "256MiB", value_parser = crate::config::parse_size)]
+        decode_budget: u64,
+        /// A message must arrive whole within this long.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        message_timeout: Duration,
+        /// A connection silent this long is closed (agents ping every 5 s).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        idle_timeout: Duration,
     },
     /// Hosts known to a collector, with their last-seen time.
     Hosts {
@@ -249,6 +272,18 @@ pub enum Trace {
     },
 }
 
+impl Command {
+    /// Daemons run for long and write to sockets whose peers can vanish at any time:
+    /// for them a write to a closed peer is an error to handle (EPIPE), never a signal
+    /// that kills the process silently.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Agent { .. } | Command::Collector { .. } | Command::HoldProbes { .. }
+        )
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(Trace::Syscalls {
@@ -314,7 +349,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data_dir,
             retention,
-        } => run_collector(&listen, data_dir, retention).await,
+            max_message_size,
+            max_connections,
+            max_connections_per_peer,
+            max_streams_per_connection,
+            decode_budget,
+            message_timeout,
+            idle_timeout,
+        } => {
+            let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+            let limits = vigil_collector::Limits {
+                max_message_bytes: clamp(max_message_size).min(u32::MAX as usize),
+                max_connections: max_connections.max(1),
+                max_connections_per_peer: max_connections_per_peer.max(1),
+                max_streams_per_connection: max_streams_per_connection.max(1),
+                decode_budget_bytes: clamp(decode_budget),
+                message_timeout,
+                idle_timeout,
+                ..Default::default()
+            };
+            run_collector(&listen, data_dir, retention, limits).await
+        }
         Command::Hosts { collector, json } => crate::query::fleet::hosts(&collector, json).await,
         Command::Host {
             host,
@@ -435,6 +490,7 @@ async fn run_collector(
     listen: &str,
     data_dir: std::path::PathBuf,
     retention: Duration,
+    limits: vigil_collector::Limits,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -448,6 +504,7 @@ async fn run_collector(
     let config = vigil_collector::CollectorConfig {
         data_dir,
         retention,
+        limits,
     };
     let shutdown = async {
         if let Err(e) = crate::trace::wait_for_stop(None).await {

@@ -11,6 +11,25 @@ use serde::Deserialize;
 
 use crate::trace::parse_duration;
 
+/// Parses a size: `4096`, `64KiB`, `8MiB`, `1GiB` (K, M, G mean the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 4096, 64KiB, 8MiB, 1GiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 /// Where `vigil agent` looks for its config when `--config` isn't given. A missing
 /// file there means all defaults; a missing file named by `--config` is an error.
 pub const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";

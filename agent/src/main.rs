@@ -2,11 +2,22 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    // Like other command-line tools, end quietly when the reader of stdout goes away
-    // (`vigil events --follow | head`) instead of panicking on EPIPE.
-    // SAFETY: setting a signal disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = vigil::cli::Cli::parse();
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`vigil events --follow | head`) instead of panicking on EPIPE. The daemons keep
+    // Rust's SIGPIPE = ignored: a client hanging up mid-answer must cost it an EPIPE
+    // on that one connection, not the process. They also create every file private
+    // (umask 077); the few meant for others (the API socket) get their mode set.
+    if cli.command.is_daemon() {
+        // SAFETY: setting the umask and a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::umask(0o077);
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -1,9 +1,12 @@
 //! The collector: agents stream batches in (`Collector`), they are stored in an
 //! embedded SQLite database and acknowledged once committed, and the fleet is served
 //! back out (`Fleet`).
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod validate;
 
+pub use limits::Limits;
 pub use server::{serve, CollectorConfig, ServeError};
 pub use store::{Store, StoreError};

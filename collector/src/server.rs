@@ -2,36 +2,57 @@
 //! writer thread, which commits whatever has queued up in one transaction and only
 //! then acks: the queue bounds memory, and a full queue slows the agents' streams
 //! (backpressure) rather than dropping anything.
-use std::{net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::{wrappers::TcpListenerStream, Stream, StreamExt as _};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 use vigil_proto::v1::{
     collector_server::{Collector, CollectorServer},
     fleet_server::{Fleet, FleetServer},
-    Ack, Batch, EventsRequest, EventsResponse, HostRequest, LatestStatsResponse, ListHostsRequest,
-    ListHostsResponse, MetricHistoryRequest, MetricHistoryResponse,
+    Ack, Batch, CollectorStatsRequest, CollectorStatsResponse, EventsRequest, EventsResponse,
+    HostRequest, LatestStatsResponse, ListHostsRequest, ListHostsResponse, MetricHistoryRequest,
+    MetricHistoryResponse,
 };
 
-use crate::{metrics::SCALARS, store::Store, StoreError};
+use crate::{
+    limits::{Counters, Limits, Refusal},
+    metrics::SCALARS,
+    store::{Incoming, Outcome, Store},
+    StoreError,
+};
 
 /// Batches waiting for the writer; when full, agents' streams wait.
 const WRITE_QUEUE: usize = 4096;
 /// Batches committed together at most.
 const GROUP_COMMIT: usize = 512;
+pub use vigil_proto::REFUSED_SEQUENCE;
 
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
     pub data_dir: PathBuf,
     /// Samples and events older than this are deleted (checked every minute).
     pub retention: Duration,
+    pub limits: Limits,
 }
 
-type Reply = oneshot::Sender<Result<bool, String>>;
+type Reply = oneshot::Sender<Result<Outcome, String>>;
+
+/// A batch for the writer, holding its share of the queue budget until it is done.
+struct Queued {
+    incoming: Incoming,
+    reply: Reply,
+    _budget: OwnedSemaphorePermit,
+}
 
 /// Runs the writer until every sender is gone.
-fn writer(mut store: Store, mut rx: mpsc::Receiver<(Batch, Reply)>, retention: Duration) {
+fn writer(mut store: Store, mut rx: mpsc::Receiver<Queued>, retention: Duration) {
     let mut last_prune = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut pending = vec![first];
@@ -41,19 +62,16 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<(Batch, Reply)>, retention: D
                 Err(_) => break,
             }
         }
-        let (batches, replies): (Vec<Batch>, Vec<Reply>) = pending.into_iter().unzip();
-        match store.store(&batches) {
-            Ok(dups) => {
-                for (reply, dup) in replies.into_iter().zip(dups) {
-                    let _ = reply.send(Ok(dup));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "storing batches failed; they are not acked and the agents will resend");
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            }
+        let (incoming, rest): (Vec<Incoming>, Vec<_>) = pending
+            .into_iter()
+            .map(|q| (q.incoming, (q.reply, q._budget)))
+            .unzip();
+        let results = store.store(&incoming);
+        for ((reply, _budget), result) in rest.into_iter().zip(results) {
+            let _ = reply.send(result.map_err(|e| {
+                tracing::error!(error = %e, "storing a batch failed; it is not acked and the agent will resend it");
+                e.to_string()
+            }));
         }
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = std::time::Instant::now();
@@ -85,22 +103,126 @@ async fn until_stopping(stopping: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 struct CollectorService {
-    queue: mpsc::Sender<(Batch, Reply)>,
+    queue: mpsc::Sender<Queued>,
+    /// Bytes of decoded batches waiting for the writer (Limits::queue_budget_bytes).
+    queue_budget: Arc<Semaphore>,
+    counters: Arc<Counters>,
     /// True once the collector is stopping: streams end (agents resend what's unacked).
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// INVALID_ARGUMENT naming the batch, with its sequence in the metadata.
+fn refused(sequence: u64, reason: String) -> Status {
+    let mut meta = tonic::metadata::MetadataMap::new();
+    if let Ok(v) = sequence.to_string().parse() {
+        meta.insert(REFUSED_SEQUENCE, v);
+    }
+    Status::with_metadata(
+        tonic::Code::InvalidArgument,
+        format!("batch {sequence} refused: {reason}"),
+        meta,
+    )
+}
+
+impl CollectorService {
+    /// Checks, queues and stores one batch; the ack, or the status that ends the
+    /// stream.
+    async fn take(&self, mut batch: Batch, peer: &str) -> Result<Ack, Status> {
+        let sequence = batch.sequence;
+        if let Err(e) = crate::validate::check(&mut batch, now_ms()) {
+            self.counters.refuse(Refusal::InvalidBatch);
+            tracing::warn!(%peer, agent_id = %batch.agent_id.chars().take(128).collect::<String>(), sequence, error = %e, "batch refused");
+            return Err(refused(sequence, e.to_string()));
+        }
+        let size = prost::Message::encoded_len(&batch).clamp(1, u32::MAX as usize) as u32;
+        let budget = self
+            .queue_budget
+            .clone()
+            .acquire_many_owned(size.min(self.queue_budget_max()))
+            .await
+            .map_err(|_| Status::unavailable("collector shutting down"))?;
+        let (agent_id, epoch) = (batch.agent_id.clone(), batch.spool_epoch());
+        let (reply, stored) = oneshot::channel();
+        let queued = Queued {
+            incoming: Incoming {
+                batch,
+                peer: peer.to_string(),
+            },
+            reply,
+            _budget: budget,
+        };
+        if self.queue.send(queued).await.is_err() {
+            return Err(Status::unavailable("collector shutting down"));
+        }
+        let ack = |duplicate, conflict| Ack {
+            agent_id: agent_id.clone(),
+            epoch: epoch.high(),
+            epoch_low: epoch.low(),
+            sequence,
+            duplicate,
+            conflict,
+        };
+        match stored.await {
+            Ok(Ok(Outcome::Stored)) => Ok(ack(false, false)),
+            Ok(Ok(Outcome::Duplicate)) => Ok(ack(true, false)),
+            Ok(Ok(Outcome::Conflict)) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%peer, %agent_id, %epoch, sequence,
+                    "CONFLICT: a different batch is already stored under this agent, epoch and sequence; \
+                     someone else is writing as this agent (not stored, not acked as delivered)");
+                Ok(ack(false, true))
+            }
+            Ok(Ok(Outcome::TooFarAhead { newest })) => {
+                self.counters.refuse(Refusal::SequenceTooFarAhead);
+                tracing::warn!(%peer, %agent_id, sequence, newest, "batch refused: sequence too far ahead");
+                Err(refused(
+                    sequence,
+                    format!(
+                        "sequence is more than {} past the newest stored for this agent and epoch ({newest})",
+                        crate::store::MAX_SEQUENCE_AHEAD
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                self.counters.refuse(Refusal::StoreFailed);
+                Err(Status::internal(format!("storing batch {sequence}: {e}")))
+            }
+            Err(_) => Err(Status::unavailable("collector shutting down")),
+        }
+    }
+
+    fn queue_budget_max(&self) -> u32 {
+        // A batch larger than the whole budget still goes (alone): never wait forever.
+        self.queue_budget
+            .available_permits()
+            .max(1)
+            .min(u32::MAX as usize) as u32
+    }
+}
+
+/// The service as tonic holds it (each stream's task holds the service too).
+struct CollectorHandle(Arc<CollectorService>);
+
 #[tonic::async_trait]
-impl Collector for CollectorService {
+impl Collector for CollectorHandle {
     type StreamStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static>>;
 
     async fn stream(
         &self,
         request: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let mut incoming = request.into_inner();
-        let queue = self.queue.clone();
-        let mut stopping = self.stopping.clone();
+        let service = self.0.clone();
+        let mut stopping = self.0.stopping.clone();
         // Acks go back in order; a few in flight keep the writer's groups full.
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -116,35 +238,14 @@ impl Collector for CollectorService {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(status) => {
-                        tracing::debug!(%status, "agent stream ended");
+                        // Say why (a message too large, a broken frame, a timeout):
+                        // a stream never ends OK with a batch unanswered.
+                        tracing::debug!(%peer, %status, "agent stream failed");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
-                if batch.agent_id.is_empty() {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument("batch without agent_id")))
-                        .await;
-                    break;
-                }
-                let (agent_id, epoch, sequence) =
-                    (batch.agent_id.clone(), batch.epoch, batch.sequence);
-                let (reply, stored) = oneshot::channel();
-                if queue.send((batch, reply)).await.is_err() {
-                    let _ = tx
-                        .send(Err(Status::unavailable("collector shutting down")))
-                        .await;
-                    break;
-                }
-                let ack = match stored.await {
-                    Ok(Ok(duplicate)) => Ok(Ack {
-                        agent_id,
-                        epoch,
-                        sequence,
-                        duplicate,
-                    }),
-                    Ok(Err(e)) => Err(Status::internal(format!("storing batch {sequence}: {e}"))),
-                    Err(_) => Err(Status::unavailable("collector shutting down")),
-                };
+                let ack = service.take(batch, &peer).await;
                 let failed = ack.is_err();
                 if tx.send(ack).await.is_err() || failed {
                     break;
@@ -159,6 +260,7 @@ impl Collector for CollectorService {
 
 struct FleetService {
     data_dir: PathBuf,
+    counters: Arc<Counters>,
 }
 
 impl FleetService {
@@ -173,6 +275,7 @@ impl FleetService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| match e {
                 StoreError::UnknownHost(h) => Status::not_found(format!("unknown host `{h}`")),
+                e @ StoreError::PageToken(_) => Status::invalid_argument(e.to_string()),
                 other => Status::internal(other.to_string()),
             })
     }
@@ -182,10 +285,32 @@ impl FleetService {
 impl Fleet for FleetService {
     async fn list_hosts(
         &self,
-        _: Request<ListHostsRequest>,
+        request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        let hosts = self.read(|s| s.hosts()).await?;
-        Ok(Response::new(ListHostsResponse { hosts }))
+        let r = request.into_inner();
+        let size = match r.page_size {
+            0 => 500,
+            n => n.min(5000) as usize,
+        };
+        let (hosts, next_page_token) = self
+            .read(move |s| s.hosts_page(&r.page_token, size))
+            .await?;
+        Ok(Response::new(ListHostsResponse {
+            hosts,
+            next_page_token,
+        }))
+    }
+
+    async fn collector_stats(
+        &self,
+        _: Request<CollectorStatsRequest>,
+    ) -> Result<Response<CollectorStatsResponse>, Status> {
+        let c = &self.counters;
+        Ok(Response::new(CollectorStatsResponse {
+            refused: c.refused().map(|(k, v)| (k.to_string(), v)).collect(),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            connections_open: c.connections_open.load(Ordering::Relaxed) as u64,
+        }))
     }
 
     async fn latest_stats(
@@ -240,10 +365,15 @@ impl Fleet for FleetService {
         let limit = if r.limit == 0 {
             1000
         } else {
-            r.limit.min(100_000)
+            r.limit.min(10_000)
         };
-        let events = self.read(move |s| s.events(r.since_unix_ms, limit)).await?;
-        Ok(Response::new(EventsResponse { events }))
+        let (events, next_page_token) = self
+            .read(move |s| s.events_page(r.since_unix_ms, limit, &r.page_token))
+            .await?;
+        Ok(Response::new(EventsResponse {
+            events,
+            next_page_token,
+        }))
     }
 }
 
@@ -274,8 +404,11 @@ pub async fn serve(
         .name("vigil-store".into())
         .spawn(move || writer(store, rx, retention))
         .map_err(ServeError::Listener)?;
+    let mut limits = config.limits.clone();
+    limits.max_connections = crate::limits::raise_nofile(limits.max_connections);
+    let counters = Arc::new(Counters::default());
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?local, data_dir = %config.data_dir.display(), "collector serving");
+    tracing::info!(?local, data_dir = %config.data_dir.display(), ?limits, "collector serving");
     // On shutdown, open streams get SHUTDOWN_GRACE to end by themselves; then they are
     // cut. That loses nothing: a batch is acked only after its commit, and agents send
     // whatever was not acked again.
@@ -285,15 +418,35 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    let service = Arc::new(CollectorService {
+        queue,
+        queue_budget: Arc::new(Semaphore::new(limits.queue_budget_bytes.max(1))),
+        counters: counters.clone(),
+        stopping,
+    });
+    let budget_limits = Arc::new(limits.clone());
+    let budget_counters = counters.clone();
+    let budget = tower::util::MapRequestLayer::new(move |req: http::Request<tonic::body::Body>| {
+        let (l, c) = (budget_limits.clone(), budget_counters.clone());
+        req.map(|b| tonic::body::Body::new(crate::limits::Budgeted::new(b, l, c)))
+    });
+    let incoming = crate::limits::accept_loop(listener, limits.clone(), counters.clone());
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .layer(budget)
         .add_service(
-            CollectorServer::new(CollectorService { queue, stopping })
-                .max_decoding_message_size(64 << 20),
+            CollectorServer::new(CollectorHandle(service))
+                .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(FleetServer::new(FleetService {
             data_dir: config.data_dir.clone(),
+            counters,
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            shutdown,
+        );
     let result = tokio::select! {
         r = server => r,
         () = async { until_stopping(&mut stopped).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

@@ -14,7 +14,9 @@ use vigil_proto::v1::{
 
 use crate::metrics::scalars;
 
-const SCHEMA: &str = "
+/// The first schema (version 0); later versions are migrations on top of it, keyed on
+/// SQLite's `user_version`, so a database written by an older collector opens.
+const SCHEMA_V0: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
     agent_id TEXT PRIMARY KEY, identity BLOB NOT NULL, hostname TEXT NOT NULL,
     last_seen_ms INTEGER NOT NULL, batches INTEGER NOT NULL DEFAULT 0,
@@ -35,6 +37,27 @@ CREATE TABLE IF NOT EXISTS losses (
     PRIMARY KEY (agent_id, stage)) WITHOUT ROWID;
 ";
 
+/// Migrations, in order: entry i takes the database from version i to i + 1.
+/// Version 1: epochs are 128-bit (stored as 16-byte blobs in the same columns), a
+/// digest per stored batch tells a resend from a conflict, conflicts are counted per
+/// host and kept (bounded) for a postmortem.
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE batches ADD COLUMN digest BLOB;
+ALTER TABLE hosts ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS conflicts (
+    agent_id TEXT NOT NULL, epoch BLOB NOT NULL, sequence INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, peer TEXT NOT NULL);
+"];
+
+/// Conflicting batches remembered at most (the newest; their count is exact).
+const CONFLICTS_KEPT: i64 = 10_000;
+/// A batch whose sequence is this far past the newest stored for its agent and epoch
+/// is refused: no agent's spool skips that many (a million 10 s intervals is 115
+/// days), while a client claiming a host's future sequences would.
+pub const MAX_SEQUENCE_AHEAD: u64 = 1_000_000;
+/// A page of a fleet answer stops growing at about this many encoded bytes.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 const EVENT_RETRANSMIT: i64 = 1;
 const EVENT_SLOW_SYSCALL: i64 = 2;
 const EVENT_FINDING: i64 = 3;
@@ -53,6 +76,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("database {path} has schema version {found}, newer than this collector's {known}: run the newer collector")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    /// The group's transaction itself failed (disk full, I/O error): no batch of it
+    /// is stored, and every one is resent.
+    #[error("database {path}: {reason}")]
+    GroupFailed { path: PathBuf, reason: String },
     #[error("stored {what} is corrupt: {source}")]
     Decode {
         what: &'static str,
@@ -61,8 +94,27 @@ pub enum StoreError {
     },
     #[error("unknown host `{0}`")]
     UnknownHost(String),
-    #[error("batch without an agent id")]
-    NoAgentId,
+    #[error("bad page token `{0}`")]
+    PageToken(String),
+}
+
+/// What became of one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    /// Stored before with the same content: acked, not stored again.
+    Duplicate,
+    /// Stored before with other content: not stored, not acked as delivered.
+    Conflict,
+    /// Its sequence is more than MAX_SEQUENCE_AHEAD past the newest stored one.
+    TooFarAhead { newest: u64 },
+}
+
+/// A batch on its way to the store, with who sent it.
+pub struct Incoming {
+    pub batch: Batch,
+    /// The client's address (kept with a conflict).
+    pub peer: String,
 }
 
 pub struct Store {
@@ -76,14 +128,112 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// An integer column that may hold anything (an older version's REAL overflow, a
+/// NULL): read as the nearest u64, so one odd row never fails a listing.
+fn lenient_u64(v: rusqlite::types::Value) -> u64 {
+    use rusqlite::types::Value;
+    match v {
+        Value::Integer(i) => i.max(0) as u64,
+        // `as` saturates, and NaN becomes 0.
+        Value::Real(f) => f.max(0.0) as u64,
+        _ => 0,
+    }
+}
+
+fn lenient_i64(v: rusqlite::types::Value) -> i64 {
+    use rusqlite::types::Value;
+    match v {
+        Value::Integer(i) => i,
+        Value::Real(f) => f as i64,
+        _ => 0,
+    }
+}
+
+/// A stored hostname or agent id as a listing shows it: never longer than the bound
+/// at ingest, whatever an older version let in.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub(crate::validate::TRUNCATED.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(crate::validate::TRUNCATED);
+    }
+    s
+}
+
+fn sanitize_identity(mut id: HostIdentity) -> HostIdentity {
+    id.hostname = bounded(id.hostname, crate::validate::MAX_HOSTNAME);
+    id.agent_id = bounded(id.agent_id, crate::validate::MAX_AGENT_ID);
+    for s in [&mut id.kernel, &mut id.os, &mut id.agent_version] {
+        crate::validate::bound(s);
+    }
+    id
+}
+
+/// The identity stored for a host, or a placeholder naming the damage.
+fn stored_identity(agent_id: &str, blob: &[u8]) -> HostIdentity {
+    match HostIdentity::decode(blob) {
+        Ok(id) => sanitize_identity(id),
+        Err(e) => {
+            tracing::warn!(agent_id, error = %e, "stored host identity does not decode; listed without it");
+            sanitize_identity(HostIdentity {
+                agent_id: agent_id.to_string(),
+                hostname: "(damaged identity)".into(),
+                ..Default::default()
+            })
+        }
+    }
+}
+
+/// The digest that tells a resent batch from a different one under the same name.
+fn digest(b: &Batch) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b.encode_to_vec()).to_vec()
+}
+
+/// `before + n`, saturating at i64::MAX, in SQL (n is clamped on the way in).
+const SATURATING_ADD: &str =
+    "CASE WHEN total > 9223372036854775807 - ?3 THEN 9223372036854775807 ELSE total + ?3 END";
+
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens (creating if needed) the database in `data_dir`: the directory 0700, the
+    /// database file 0600 (SQLite gives its WAL and index files the same mode).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+        let dir_err = |source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(dir_err)?;
         let path = data_dir.join("vigil.db");
+        let file_err = |source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file_err)?;
+        for p in [
+            path.clone(),
+            data_dir.join("vigil.db-wal"),
+            data_dir.join("vigil.db-shm"),
+        ] {
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_err(e)),
+                _ => {}
+            }
+        }
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
@@ -96,8 +246,40 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Self { conn, path })
+        let mut store = Self { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        if version == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch(SCHEMA_V0).map_err(err)?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            tx.execute_batch(m).map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
     }
 
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -107,120 +289,51 @@ impl Store {
         }
     }
 
-    /// Stores batches in one transaction. Returns, per batch, whether it was a
-    /// duplicate (already stored: counted, not stored again).
-    pub fn store(&mut self, batches: &[Batch]) -> Result<Vec<bool>, StoreError> {
+    /// Stores batches in one transaction, each in a savepoint of its own: a batch
+    /// that fails (however it fails) is rolled back alone and reported, and never
+    /// fails another. Returns each batch's outcome, in order.
+    pub fn store(&mut self, batches: &[Incoming]) -> Vec<Result<Outcome, StoreError>> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut out = Vec::with_capacity(batches.len());
+        let group_failed = |what: &str, e: rusqlite::Error| {
+            let reason = format!("{what}: {e}");
+            batches
+                .iter()
+                .map(|_| {
+                    Err(StoreError::GroupFailed {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    })
+                })
+                .collect()
+        };
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return group_failed("beginning the transaction", e),
+        };
         let now = now_ms();
+        let mut out = Vec::with_capacity(batches.len());
         for b in batches {
-            if b.agent_id.is_empty() {
-                return Err(StoreError::NoAgentId);
-            }
-            let fresh = tx
-                .execute(
-                    "INSERT OR IGNORE INTO batches (agent_id, epoch, sequence, received_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![b.agent_id, b.epoch as i64, b.sequence as i64, now],
-                )
-                .map_err(err)?
-                == 1;
-            let identity = b.host.clone().unwrap_or_else(|| HostIdentity {
-                agent_id: b.agent_id.clone(),
-                ..Default::default()
-            });
-            tx.execute(
-                "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (agent_id) DO UPDATE SET identity = ?2, hostname = ?3, last_seen_ms = ?4",
-                params![b.agent_id, identity.encode_to_vec(), identity.hostname, now],
-            )
-            .map_err(err)?;
-            if !fresh {
-                tx.execute(
-                    "UPDATE hosts SET duplicates = duplicates + 1 WHERE agent_id = ?1",
-                    params![b.agent_id],
-                )
-                .map_err(err)?;
-                out.push(true);
-                continue;
-            }
-            tx.execute(
-                "UPDATE hosts SET batches = batches + 1, last_sequence = max(last_sequence, ?2) WHERE agent_id = ?1",
-                params![b.agent_id, b.sequence as i64],
-            )
-            .map_err(err)?;
-            tx.execute(
-                "INSERT INTO streams (agent_id, epoch, stored, max_sequence) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT (agent_id, epoch) DO UPDATE SET stored = stored + 1, max_sequence = max(max_sequence, ?3)",
-                params![b.agent_id, b.epoch as i64, b.sequence as i64],
-            )
-            .map_err(err)?;
-            for (stage, n) in b.losses.as_ref().map(Losses::stages).into_iter().flatten() {
-                if n > 0 {
-                    tx.execute(
-                        "INSERT INTO losses (agent_id, stage, total) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (agent_id, stage) DO UPDATE SET total = total + ?3",
-                        params![b.agent_id, stage, n as i64],
-                    )
-                    .map_err(err)?;
-                }
-            }
-            for m in &b.metrics {
-                for (name, value) in scalars(m) {
-                    tx.execute(
-                        "INSERT INTO points (agent_id, metric, time_ms, value) VALUES (?1, ?2, ?3, ?4)",
-                        params![b.agent_id, name, m.time_unix_ms, value],
-                    )
-                    .map_err(err)?;
-                }
-            }
-            if let Some(m) = b.metrics.iter().max_by_key(|m| m.time_unix_ms) {
-                tx.execute(
-                    "INSERT INTO latest (agent_id, time_ms, metrics) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (agent_id) DO UPDATE SET time_ms = ?2, metrics = ?3 WHERE ?2 >= latest.time_ms",
-                    params![b.agent_id, m.time_unix_ms, m.encode_to_vec()],
-                )
-                .map_err(err)?;
-            }
-            for r in &b.retransmits {
-                tx.execute(
-                    "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        b.agent_id,
-                        r.time_unix_ns / 1_000_000,
-                        EVENT_RETRANSMIT,
-                        r.encode_to_vec()
-                    ],
-                )
-                .map_err(err)?;
-            }
-            for s in &b.slow_syscalls {
-                tx.execute(
-                    "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        b.agent_id,
-                        s.time_unix_ns / 1_000_000,
-                        EVENT_SLOW_SYSCALL,
-                        s.encode_to_vec()
-                    ],
-                )
-                .map_err(err)?;
-            }
-            for f in &b.findings {
-                tx.execute(
-                    "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![b.agent_id, f.time_unix_ms, EVENT_FINDING, f.encode_to_vec()],
-                )
-                .map_err(err)?;
-            }
-            out.push(false);
+            let result = match tx.savepoint() {
+                Ok(mut sp) => match store_one(&sp, b, now) {
+                    Ok(outcome) => sp.commit().map(|()| outcome).map_err(err),
+                    Err(e) => {
+                        let _ = sp.rollback();
+                        Err(err(e))
+                    }
+                },
+                Err(e) => Err(err(e)),
+            };
+            out.push(result);
         }
-        tx.commit().map_err(err)?;
-        Ok(out)
+        if let Err(e) = tx.commit() {
+            // Nothing of this group is stored: every batch fails (and is resent).
+            return group_failed("committing", e);
+        }
+        out
     }
 
     /// Deletes samples and events older than `before_ms` (retention).
@@ -237,64 +350,111 @@ impl Store {
         Ok(n + m)
     }
 
-    pub fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+    /// A page of hosts in agent-id order, after `page_token` (an agent id; "" for the
+    /// first page). Returns the hosts and the next token ("" at the end).
+    pub fn hosts_page(
+        &self,
+        page_token: &str,
+        page_size: usize,
+    ) -> Result<(Vec<HostSummary>, String), StoreError> {
+        use rusqlite::types::Value;
         let err = self.sqlite();
         let mut stmt = self
             .conn
-            .prepare("SELECT identity, last_seen_ms, batches, last_sequence, duplicates, agent_id FROM hosts ORDER BY hostname, agent_id")
+            .prepare_cached(
+                "SELECT agent_id, identity, last_seen_ms, batches, last_sequence, duplicates, conflicts
+                 FROM hosts WHERE agent_id > ?1 ORDER BY agent_id LIMIT ?2",
+            )
             .map_err(&err)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![page_token, page_size as i64 + 1], |r| {
                 Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Value>(1)?,
+                    r.get::<_, Value>(2)?,
+                    r.get::<_, Value>(3)?,
+                    r.get::<_, Value>(4)?,
+                    r.get::<_, Value>(5)?,
+                    r.get::<_, Value>(6)?,
                 ))
             })
             .map_err(&err)?;
-        let mut out = Vec::new();
         let mut gaps = self
             .conn
-            .prepare(
-                "SELECT coalesce(sum(max_sequence - stored), 0) FROM streams WHERE agent_id = ?1",
-            )
+            .prepare_cached("SELECT max_sequence, stored FROM streams WHERE agent_id = ?1")
             .map_err(&err)?;
         let mut losses = self
             .conn
-            .prepare("SELECT stage, total FROM losses WHERE agent_id = ?1")
+            .prepare_cached("SELECT stage, total FROM losses WHERE agent_id = ?1")
             .map_err(&err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut last_id = String::new();
+        let mut more = false;
         for row in rows {
-            let (identity, last_seen, batches, last_sequence, duplicates, agent_id) =
-                row.map_err(&err)?;
-            let identity =
-                HostIdentity::decode(identity.as_slice()).map_err(|source| StoreError::Decode {
-                    what: "host identity",
-                    source,
-                })?;
-            let gaps: i64 = gaps
-                .query_row(params![agent_id], |r| r.get(0))
-                .map_err(&err)?;
-            let dropped_events = losses
+            let (agent_id, identity, last_seen, batches, last_sequence, duplicates, conflicts) =
+                match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a hosts row does not read; skipped");
+                        continue;
+                    }
+                };
+            if out.len() >= page_size || bytes > PAGE_BYTES {
+                more = true;
+                break;
+            }
+            let identity = match identity {
+                Value::Blob(b) => stored_identity(&agent_id, &b),
+                _ => stored_identity(&agent_id, &[0xff]),
+            };
+            // Per epoch: newest sequence minus batches stored, in u64 and saturating,
+            // so no stored value can overflow the sum.
+            let gaps: u64 = gaps
                 .query_map(params![agent_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    Ok((r.get::<_, Value>(0)?, r.get::<_, Value>(1)?))
                 })
                 .map_err(&err)?
-                .collect::<Result<_, _>>()
-                .map_err(&err)?;
-            out.push(HostSummary {
-                gaps: gaps.max(0) as u64,
+                .filter_map(Result::ok)
+                .map(|(max, stored)| lenient_u64(max).saturating_sub(lenient_u64(stored)))
+                .fold(0u64, u64::saturating_add);
+            let dropped_events = losses
+                .query_map(params![agent_id], |r| {
+                    Ok((r.get::<_, String>(0)?, lenient_u64(r.get::<_, Value>(1)?)))
+                })
+                .map_err(&err)?
+                .filter_map(Result::ok)
+                .collect();
+            let host = HostSummary {
+                gaps,
                 dropped_events,
                 host: Some(identity),
-                last_seen_unix_ms: last_seen,
-                batches: batches as u64,
-                last_sequence: last_sequence as u64,
-                duplicates: duplicates as u64,
-            });
+                last_seen_unix_ms: lenient_i64(last_seen),
+                batches: lenient_u64(batches),
+                last_sequence: lenient_u64(last_sequence),
+                duplicates: lenient_u64(duplicates),
+                conflicts: lenient_u64(conflicts),
+            };
+            bytes += host.encoded_len();
+            out.push(host);
+            // The next page starts after the stored id, even where the shown one is cut.
+            last_id = agent_id;
         }
-        Ok(out)
+        Ok((out, if more { last_id } else { String::new() }))
+    }
+
+    /// Every host (all pages).
+    pub fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = self.hosts_page(&token, 1000)?;
+            all.extend(page);
+            if next.is_empty() {
+                return Ok(all);
+            }
+            token = next;
+        }
     }
 
     /// The agent id for a host named by agent id or hostname.
@@ -321,10 +481,7 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?
             .ok_or_else(|| StoreError::UnknownHost(agent_id.to_string()))?;
-        HostIdentity::decode(blob.as_slice()).map_err(|source| StoreError::Decode {
-            what: "host identity",
-            source,
-        })
+        Ok(stored_identity(agent_id, &blob))
     }
 
     pub fn latest(&self, agent_id: &str) -> Result<Option<HostMetrics>, StoreError> {
@@ -356,7 +513,7 @@ impl Store {
         let err = self.sqlite();
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT time_ms, value FROM points WHERE agent_id = ?1 AND metric = ?2 AND time_ms >= ?3 AND time_ms <= ?4 ORDER BY time_ms",
             )
             .map_err(&err)?;
@@ -371,55 +528,221 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    pub fn events(&self, since_ms: i64, limit: u32) -> Result<Vec<FleetEvent>, StoreError> {
+    /// A page of events from `since_ms` on, oldest first: at most `limit`, and about
+    /// PAGE_BYTES. `page_token` ("time:rowid" of the last event of the previous page)
+    /// continues; the returned token is "" at the end. A stored event that doesn't
+    /// decode is skipped (and logged), never fails the page.
+    pub fn events_page(
+        &self,
+        since_ms: i64,
+        limit: u32,
+        page_token: &str,
+    ) -> Result<(Vec<FleetEvent>, String), StoreError> {
+        use rusqlite::types::Value;
         let err = self.sqlite();
+        let (after_t, after_row) = if page_token.is_empty() {
+            (since_ms, i64::MIN)
+        } else {
+            page_token
+                .split_once(':')
+                .and_then(|(t, r)| Some((t.parse::<i64>().ok()?, r.parse::<i64>().ok()?)))
+                .ok_or_else(|| StoreError::PageToken(page_token.chars().take(64).collect()))?
+        };
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT h.identity, e.kind, e.body FROM events e JOIN hosts h USING (agent_id)
-                 WHERE e.time_ms >= ?1 ORDER BY e.time_ms LIMIT ?2",
+            .prepare_cached(
+                "SELECT e.rowid, e.time_ms, e.agent_id, h.identity, e.kind, e.body FROM events e JOIN hosts h USING (agent_id)
+                 WHERE e.time_ms >= ?1 AND (e.time_ms, e.rowid) > (?2, ?3) ORDER BY e.time_ms, e.rowid LIMIT ?4",
             )
             .map_err(&err)?;
         let rows = stmt
-            .query_map(params![since_ms, limit], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })
+            .query_map(
+                params![since_ms, after_t, after_row, i64::from(limit) + 1],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Value>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Value>(5)?,
+                    ))
+                },
+            )
             .map_err(&err)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = None;
+        let mut more = false;
         for row in rows {
-            let (identity, kind, body) = row.map_err(&err)?;
-            let decode = |source| StoreError::Decode {
-                what: "event",
-                source,
+            let Ok((rowid, time, agent_id, identity, kind, body)) = row else {
+                continue;
             };
+            if out.len() >= limit as usize || bytes > PAGE_BYTES {
+                more = true;
+                break;
+            }
+            last = Some((time, rowid));
+            let Value::Blob(body) = body else { continue };
             let event = match kind {
-                EVENT_RETRANSMIT => fleet_event::Event::Retransmit(
-                    TcpRetransmit::decode(body.as_slice()).map_err(decode)?,
-                ),
-                EVENT_SLOW_SYSCALL => fleet_event::Event::SlowSyscall(
-                    SlowSyscall::decode(body.as_slice()).map_err(decode)?,
-                ),
-                EVENT_FINDING => fleet_event::Event::Finding(
-                    vigil_proto::v1::Finding::decode(body.as_slice()).map_err(decode)?,
-                ),
+                EVENT_RETRANSMIT => TcpRetransmit::decode(body.as_slice())
+                    .map(fleet_event::Event::Retransmit),
+                EVENT_SLOW_SYSCALL => {
+                    SlowSyscall::decode(body.as_slice()).map(fleet_event::Event::SlowSyscall)
+                }
+                EVENT_FINDING => vigil_proto::v1::Finding::decode(body.as_slice())
+                    .map(fleet_event::Event::Finding),
                 _ => continue,
             };
-            out.push(FleetEvent {
-                host: Some(HostIdentity::decode(identity.as_slice()).map_err(|source| {
-                    StoreError::Decode {
-                        what: "host identity",
-                        source,
-                    }
-                })?),
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(rowid, error = %e, "stored event does not decode; skipped");
+                    continue;
+                }
+            };
+            let identity = match identity {
+                Value::Blob(b) => stored_identity(&agent_id, &b),
+                _ => stored_identity(&agent_id, &[0xff]),
+            };
+            let e = FleetEvent {
+                host: Some(identity),
                 event: Some(event),
-            });
+            };
+            bytes += e.encoded_len();
+            out.push(e);
         }
-        Ok(out)
+        let next = match (more, last) {
+            (true, Some((t, r))) => format!("{t}:{r}"),
+            _ => String::new(),
+        };
+        Ok((out, next))
     }
+
+    /// Events from `since_ms` on, at most `limit` (one page's worth; for tests).
+    pub fn events(&self, since_ms: i64, limit: u32) -> Result<Vec<FleetEvent>, StoreError> {
+        self.events_page(since_ms, limit, "").map(|(e, _)| e)
+    }
+}
+
+/// One batch, inside its savepoint.
+fn store_one(
+    tx: &Connection,
+    incoming: &Incoming,
+    now: i64,
+) -> Result<Outcome, rusqlite::Error> {
+    let b = &incoming.batch;
+    let epoch = b.spool_epoch().to_bytes().to_vec();
+    let seq = b.sequence.min(i64::MAX as u64) as i64;
+    let digest = digest(b);
+    let stored: Option<Option<Vec<u8>>> = tx
+        .prepare_cached(
+            "SELECT digest FROM batches WHERE agent_id = ?1 AND epoch = ?2 AND sequence = ?3",
+        )?
+        .query_row(params![b.agent_id, epoch, seq], |r| r.get(0))
+        .optional()?;
+    if let Some(stored) = stored {
+        // An older version stored no digest: a duplicate, as it would have said.
+        if stored.is_none_or(|d| d == digest) {
+            tx.prepare_cached("UPDATE hosts SET duplicates = duplicates + 1 WHERE agent_id = ?1")?
+                .execute(params![b.agent_id])?;
+            return Ok(Outcome::Duplicate);
+        }
+        tx.prepare_cached("UPDATE hosts SET conflicts = conflicts + 1 WHERE agent_id = ?1")?
+            .execute(params![b.agent_id])?;
+        tx.prepare_cached(
+            "INSERT INTO conflicts (agent_id, epoch, sequence, received_ms, peer) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![b.agent_id, epoch, seq, now, incoming.peer])?;
+        tx.prepare_cached(
+            "DELETE FROM conflicts WHERE rowid <= (SELECT max(rowid) FROM conflicts) - ?1",
+        )?
+        .execute(params![CONFLICTS_KEPT])?;
+        return Ok(Outcome::Conflict);
+    }
+    let newest: Option<rusqlite::types::Value> = tx
+        .prepare_cached("SELECT max_sequence FROM streams WHERE agent_id = ?1 AND epoch = ?2")?
+        .query_row(params![b.agent_id, epoch], |r| r.get(0))
+        .optional()?;
+    if let Some(newest) = newest.map(lenient_u64) {
+        if b.sequence > newest.saturating_add(MAX_SEQUENCE_AHEAD) {
+            return Ok(Outcome::TooFarAhead { newest });
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO batches (agent_id, epoch, sequence, received_ms, digest) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![b.agent_id, epoch, seq, now, digest])?;
+    let identity = b.host.clone().unwrap_or_else(|| HostIdentity {
+        agent_id: b.agent_id.clone(),
+        ..Default::default()
+    });
+    // Only a batch stored for the first time speaks for the host: a duplicate or a
+    // conflict never changes its identity, last-seen time or latest sample.
+    tx.prepare_cached(
+        "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence) VALUES (?1, ?2, ?3, ?4, 1, ?5)
+         ON CONFLICT (agent_id) DO UPDATE SET identity = ?2, hostname = ?3, last_seen_ms = ?4,
+             batches = batches + 1, last_sequence = max(last_sequence, ?5)",
+    )?
+    .execute(params![b.agent_id, identity.encode_to_vec(), identity.hostname, now, seq])?;
+    tx.prepare_cached(
+        "INSERT INTO streams (agent_id, epoch, stored, max_sequence) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (agent_id, epoch) DO UPDATE SET stored = stored + 1, max_sequence = max(max_sequence, ?3)",
+    )?
+    .execute(params![b.agent_id, epoch, seq])?;
+    for (stage, n) in b.losses.as_ref().map(Losses::stages).into_iter().flatten() {
+        if n > 0 {
+            let n = n.min(i64::MAX as u64) as i64;
+            tx.prepare_cached(&format!(
+                "INSERT INTO losses (agent_id, stage, total) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent_id, stage) DO UPDATE SET total = {SATURATING_ADD}"
+            ))?
+            .execute(params![b.agent_id, stage, n])?;
+        }
+    }
+    let mut point = tx.prepare_cached(
+        "INSERT INTO points (agent_id, metric, time_ms, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for m in &b.metrics {
+        for (name, value) in scalars(m) {
+            point.execute(params![b.agent_id, name, m.time_unix_ms, value])?;
+        }
+    }
+    if let Some(m) = b.metrics.iter().max_by_key(|m| m.time_unix_ms) {
+        tx.prepare_cached(
+            "INSERT INTO latest (agent_id, time_ms, metrics) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent_id) DO UPDATE SET time_ms = ?2, metrics = ?3 WHERE ?2 >= latest.time_ms",
+        )?
+        .execute(params![b.agent_id, m.time_unix_ms, m.encode_to_vec()])?;
+    }
+    let mut event = tx.prepare_cached(
+        "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for r in &b.retransmits {
+        event.execute(params![
+            b.agent_id,
+            r.time_unix_ns / 1_000_000,
+            EVENT_RETRANSMIT,
+            r.encode_to_vec()
+        ])?;
+    }
+    for s in &b.slow_syscalls {
+        event.execute(params![
+            b.agent_id,
+            s.time_unix_ns / 1_000_000,
+            EVENT_SLOW_SYSCALL,
+            s.encode_to_vec()
+        ])?;
+    }
+    for f in &b.findings {
+        event.execute(params![
+            b.agent_id,
+            f.time_unix_ms,
+            EVENT_FINDING,
+            f.encode_to_vec()
+        ])?;
+    }
+    Ok(Outcome::Stored)
 }
 
 #[cfg(test)]
@@ -437,13 +760,13 @@ mod tests {
                 ..Default::default()
             }),
             metrics: vec![HostMetrics {
-                time_unix_ms: 1000 * seq as i64,
+                time_unix_ms: 1000 * (seq % 1_000_000) as i64,
                 cpu_usage_percent: cpu,
                 cpu_count: 4,
                 ..Default::default()
             }],
             retransmits: vec![TcpRetransmit {
-                time_unix_ns: 1_000_000_000 * seq as i64,
+                time_unix_ns: 1_000_000_000 * (seq % 1_000_000) as i64,
                 sport: 1,
                 dport: 2,
                 ..Default::default()
@@ -452,19 +775,32 @@ mod tests {
         }
     }
 
+    fn inc(b: Batch) -> Incoming {
+        Incoming {
+            batch: b,
+            peer: "127.0.0.1:1".into(),
+        }
+    }
+
+    fn store(s: &mut Store, batches: Vec<Batch>) -> Vec<Outcome> {
+        s.store(&batches.into_iter().map(inc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|r| r.expect("stored"))
+            .collect()
+    }
+
     #[test]
     fn stores_once_and_counts_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
+        use Outcome::*;
         assert_eq!(
-            s.store(&[batch("a", 1, 10.0), batch("a", 2, 20.0)])
-                .unwrap(),
-            vec![false, false]
+            store(&mut s, vec![batch("a", 1, 10.0), batch("a", 2, 20.0)]),
+            vec![Stored, Stored]
         );
         assert_eq!(
-            s.store(&[batch("a", 2, 20.0), batch("a", 3, 30.0)])
-                .unwrap(),
-            vec![true, false]
+            store(&mut s, vec![batch("a", 2, 20.0), batch("a", 3, 30.0)]),
+            vec![Duplicate, Stored]
         );
         let hosts = s.hosts().unwrap();
         assert_eq!(hosts.len(), 1);
@@ -488,16 +824,135 @@ mod tests {
     }
 
     #[test]
+    fn a_different_batch_under_a_stored_name_is_a_conflict_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        store(&mut s, vec![batch("a", 1, 10.0)]);
+        let mut forged = batch("a", 1, 99.0);
+        forged.host.as_mut().unwrap().hostname = "forged".into();
+        assert_eq!(store(&mut s, vec![forged]), vec![Outcome::Conflict]);
+        let h = &s.hosts().unwrap()[0];
+        assert_eq!((h.batches, h.duplicates, h.conflicts), (1, 0, 1));
+        assert_eq!(h.host.as_ref().unwrap().hostname, "host-a");
+        assert_eq!(s.latest("a").unwrap().unwrap().cpu_usage_percent, 10.0);
+        // A duplicate (same content) never rewrites the identity either.
+        let mut dup = batch("a", 1, 10.0);
+        assert_eq!(store(&mut s, vec![dup.clone()]), vec![Outcome::Duplicate]);
+        dup.sequence = 2;
+        dup.host.as_mut().unwrap().hostname = "renamed".into();
+        store(&mut s, vec![dup]);
+        assert_eq!(s.hosts().unwrap()[0].host.as_ref().unwrap().hostname, "renamed");
+    }
+
+    #[test]
+    fn sequences_far_ahead_of_a_known_stream_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        // A stream nobody has seen may start anywhere (a collector rebuilt empty).
+        store(&mut s, vec![batch("a", 5_000_000, 1.0)]);
+        assert_eq!(
+            store(&mut s, vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD + 1, 1.0)]),
+            vec![Outcome::TooFarAhead { newest: 5_000_000 }]
+        );
+        assert_eq!(
+            store(&mut s, vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD, 1.0)]),
+            vec![Outcome::Stored]
+        );
+    }
+
+    #[test]
+    fn one_failing_batch_fails_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        // NaN reaches SQLite as NULL: `points.value NOT NULL` fails this batch alone
+        // (validation refuses it before the store; this is the store's own guard).
+        let results = s.store(&[
+            inc(batch("a", 1, 1.0)),
+            inc(batch("b", 1, f64::NAN)),
+            inc(batch("c", 1, 3.0)),
+        ]);
+        assert!(matches!(results[0], Ok(Outcome::Stored)));
+        assert!(results[1].is_err(), "{:?}", results[1]);
+        assert!(matches!(results[2], Ok(Outcome::Stored)));
+        let ids: Vec<_> = s
+            .hosts()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.host.unwrap().agent_id)
+            .collect();
+        assert_eq!(ids, vec!["a", "c"], "nothing of b's batch was kept");
+    }
+
+    #[test]
+    fn extreme_stored_values_never_fail_a_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let mut b1 = batch("a", i64::MAX as u64, 1.0);
+        b1.losses = Some(Losses {
+            pipeline_dropped: u64::MAX,
+            ..Default::default()
+        });
+        let mut b2 = b1.clone();
+        b2.epoch = 2;
+        store(&mut s, vec![b1, b2]);
+        // An older version could store a REAL or a huge hostname; list it anyway.
+        s.conn
+            .execute("INSERT INTO losses VALUES ('a', 'legacy', 1e300)", [])
+            .unwrap();
+        let hosts = s.hosts().unwrap();
+        // Two epochs at 2^63-1 with one batch each: 2 x (2^63-2), summed in u64
+        // (in SQL it overflowed and failed the listing).
+        assert_eq!(hosts[0].gaps, u64::MAX - 3);
+        assert_eq!(hosts[0].dropped_events["agent_dropped"], i64::MAX as u64);
+        assert_eq!(hosts[0].dropped_events["legacy"], u64::MAX);
+    }
+
+    #[test]
+    fn hosts_and_events_come_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let batches: Vec<_> = (0..25).map(|i| batch(&format!("h{i:02}"), 1, 1.0)).collect();
+        store(&mut s, batches);
+        let (mut all, mut token) = (Vec::new(), String::new());
+        let mut pages = 0;
+        loop {
+            let (page, next) = s.hosts_page(&token, 10).unwrap();
+            assert!(page.len() <= 10);
+            all.extend(page.into_iter().map(|h| h.host.unwrap().agent_id));
+            pages += 1;
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!((all.len(), pages), (25, 3));
+        let (mut n, mut token) = (0, String::new());
+        loop {
+            let (page, next) = s.events_page(0, 7, &token).unwrap();
+            n += page.len();
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(n, 25, "every event once across pages");
+        assert!(matches!(
+            s.events_page(0, 7, "garbage"),
+            Err(StoreError::PageToken(_))
+        ));
+    }
+
+    #[test]
     fn survives_reopen_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        Store::open(dir.path())
-            .unwrap()
-            .store(&[batch("a", 1, 1.0), batch("a", 5, 5.0)])
-            .unwrap();
+        store(
+            &mut Store::open(dir.path()).unwrap(),
+            vec![batch("a", 1, 1.0), batch("a", 5, 5.0)],
+        );
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(
-            s.store(&[batch("a", 5, 5.0)]).unwrap(),
-            vec![true],
+            store(&mut s, vec![batch("a", 5, 5.0)]),
+            vec![Outcome::Duplicate],
             "dedup survives a restart"
         );
         assert_eq!(
@@ -512,5 +967,18 @@ mod tests {
             1
         );
         assert!(matches!(s.resolve("nope"), Err(StoreError::UnknownHost(_))));
+    }
+
+    #[test]
+    fn modes_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut s = Store::open(&data).unwrap();
+        store(&mut s, vec![batch("a", 1, 1.0)]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("vigil.db")), 0o600);
+        assert_eq!(mode(&data.join("vigil.db-wal")), 0o600);
     }
 }

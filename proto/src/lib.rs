@@ -50,6 +50,84 @@ impl v1::Losses {
     }
 }
 
+/// A spool's epoch: 128 random bits, made when the agent's spool is created. With
+/// `(agent_id, epoch, sequence)` naming a batch, an epoch nobody can guess means
+/// nobody can claim a host's future sequence numbers. On the wire it is two halves
+/// (`epoch` high, `epoch_low` low); shown as 32 hex digits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u128);
+
+impl Epoch {
+    pub fn from_halves(high: u64, low: u64) -> Self {
+        Self((u128::from(high) << 64) | u128::from(low))
+    }
+
+    pub fn high(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+
+    pub fn low(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// 32 hex digits (what file names, logs and JSON show).
+    pub fn hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// 32 hex digits; or, as written by earlier versions, a decimal number (the old
+    /// 64-bit epoch, which the wire carried in `epoch`: the high half).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return u128::from_str_radix(s, 16).ok().map(Self);
+        }
+        if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse::<u64>().ok().map(|v| Self::from_halves(v, 0));
+        }
+        None
+    }
+
+    /// Big-endian bytes: the collector's key.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl v1::Batch {
+    pub fn spool_epoch(&self) -> Epoch {
+        Epoch::from_halves(self.epoch, self.epoch_low)
+    }
+
+    pub fn set_spool_epoch(&mut self, e: Epoch) {
+        self.epoch = e.high();
+        self.epoch_low = e.low();
+    }
+}
+
+impl v1::Ack {
+    pub fn spool_epoch(&self) -> Epoch {
+        Epoch::from_halves(self.epoch, self.epoch_low)
+    }
+}
+
+impl v1::AgentSelf {
+    pub fn spool_epoch(&self) -> Epoch {
+        Epoch::from_halves(self.epoch, self.epoch_low)
+    }
+}
+
+/// The metadata key naming the refused batch's sequence in the collector's
+/// INVALID_ARGUMENT status, so an agent can set that one batch aside (and count it)
+/// rather than resend it forever.
+pub const REFUSED_SEQUENCE: &str = "vigil-refused-sequence";
+
 /// The schema, as protobuf source.
 pub const PROTO: &str = include_str!("../vigil/v1/vigil.proto");
 
@@ -58,6 +136,20 @@ mod tests {
     use prost::Message as _;
 
     use super::v1;
+
+    #[test]
+    fn epochs_take_both_halves_and_parse_old_and_new_forms() {
+        let e = super::Epoch(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        let mut b = v1::Batch::default();
+        b.set_spool_epoch(e);
+        assert_eq!((b.epoch, b.epoch_low), (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210));
+        assert_eq!(b.spool_epoch(), e);
+        assert_eq!(super::Epoch::parse(&e.hex()), Some(e));
+        assert_eq!(super::Epoch::parse("1700000000000"), Some(super::Epoch::from_halves(1_700_000_000_000, 0)));
+        for bad in ["", "x", "99999999999999999999999", "0123456789abcdef0123456789abcdeg"] {
+            assert_eq!(super::Epoch::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_batch_round_trips() {

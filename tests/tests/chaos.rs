@@ -635,6 +635,7 @@ fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
             .events(vigil_proto::v1::EventsRequest {
                 since_unix_ms: 0,
                 limit: 100_000,
+                page_token: String::new(),
             })
             .await
             .expect("events")

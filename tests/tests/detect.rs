@@ -101,13 +101,23 @@ impl Agent {
             let mut c = vigil::query::api::connect(&self.socket)
                 .await
                 .expect("agent API");
-            c.findings(FindingsRequest {
-                since_unix_ms: since_ms,
-            })
-            .await
-            .expect("findings")
-            .into_inner()
-            .findings
+            let (mut all, mut page_token) = (Vec::new(), String::new());
+            loop {
+                let page = c
+                    .findings(FindingsRequest {
+                        since_unix_ms: since_ms,
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .expect("findings")
+                    .into_inner();
+                all.extend(page.findings);
+                if page.next_page_token.is_empty() {
+                    return all;
+                }
+                page_token = page.next_page_token;
+            }
         })
     }
 
@@ -1104,6 +1114,7 @@ fn findings_reach_the_collector() {
                 .events(vigil_proto::v1::EventsRequest {
                     since_unix_ms: since,
                     limit: 1000,
+                    page_token: String::new(),
                 })
                 .await
                 .expect("events")

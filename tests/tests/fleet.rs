@@ -175,6 +175,10 @@ fn two_hundred_agents_stream_at_once_and_everything_is_stored() {
             tasks.push(tokio::spawn(async move {
                 let mut client = CollectorClient::connect(url).await.expect("connect");
                 let agent_id = format!("sim-{a:03}");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_millis() as i64;
                 let batches: Vec<Batch> = (1..=BATCHES)
                     .map(|seq| Batch {
                         agent_id: agent_id.clone(),
@@ -186,7 +190,7 @@ fn two_hundred_agents_stream_at_once_and_everything_is_stored() {
                             ..Default::default()
                         }),
                         metrics: vec![HostMetrics {
-                            time_unix_ms: seq as i64 * 1000,
+                            time_unix_ms: now - (BATCHES - seq) as i64 * 1000,
                             cpu_count: 2,
                             memory_total_bytes: 1 << 30,
                             ..Default::default()
@@ -219,7 +223,10 @@ fn two_hundred_agents_stream_at_once_and_everything_is_stored() {
         let hosts = FleetClient::connect(url)
             .await
             .expect("fleet")
-            .list_hosts(ListHostsRequest {})
+            .list_hosts(ListHostsRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            })
             .await
             .expect("hosts")
             .into_inner()

@@ -56,6 +56,10 @@ pub struct ExportStats {
     /// Acks that said the collector already had the batch.
     pub duplicates: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Batches the collector refused (invalid, or too far ahead): set aside.
+    pub refused: AtomicU64,
+    /// Batches the collector holds a different one of under the same name: set aside.
+    pub conflicts: AtomicU64,
 }
 
 /// Backoff between reconnects: doubling from 200 ms to 10 s, with jitter so that a
@@ -165,6 +169,30 @@ pub async fn run(
     }
 }
 
+/// A batch the collector refused for what it is (INVALID_ARGUMENT naming its
+/// sequence) will be refused again: it is set aside and counted rather than resent
+/// forever, which would stop everything behind it.
+fn set_aside_refused(status: &tonic::Status, shared: &SharedSpool, stats: &ExportStats) {
+    if status.code() != tonic::Code::InvalidArgument {
+        return;
+    }
+    let Some(sequence) = status
+        .metadata()
+        .get(vigil_proto::REFUSED_SEQUENCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    stats.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(sequence, reason = %status.message(), "the collector refused a batch; set aside and counted");
+    let mut spool = shared.lock();
+    let epoch = spool.epoch();
+    if let Err(e) = spool.ack(epoch, sequence) {
+        tracing::warn!(error = %e, "spool: setting a refused batch aside failed");
+    }
+}
+
 /// One stream: sends from the oldest unacked batch on, with a window of IN_FLIGHT.
 /// Ok when stopped, Err (with the reason) when the stream broke.
 async fn session(
@@ -224,8 +252,17 @@ async fn session(
                     if ack.duplicate {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
+                    if ack.conflict {
+                        // Not delivered, and resending cannot deliver it: the
+                        // collector has another batch under this name. Set aside,
+                        // counted, said loudly.
+                        stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(sequence = ack.sequence,
+                            "the collector holds a different batch under this agent id, epoch and sequence \
+                             (someone else is writing as this agent?): this batch is not delivered");
+                    }
                     let mut spool = shared.lock();
-                    if let Err(e) = spool.ack(ack.epoch, ack.sequence) {
+                    if let Err(e) = spool.ack(ack.spool_epoch(), ack.sequence) {
                         tracing::warn!(error = %e, "spool: recording an ack failed");
                     }
                     if checkpointed.elapsed() > Duration::from_secs(1) {
@@ -234,7 +271,10 @@ async fn session(
                     }
                 }
                 Ok(None) => return Err("the collector closed the stream".into()),
-                Err(status) => return Err(format!("stream failed: {status}")),
+                Err(status) => {
+                    set_aside_refused(&status, shared, stats);
+                    return Err(format!("stream failed: {status}"));
+                }
             },
             () = shared.appended.notified() => {}
             w = stop_wake(stop) => if let Wake::Deadline = w {

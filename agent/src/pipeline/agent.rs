@@ -817,7 +817,8 @@ fn spool_batch(
     let st = sp.stats();
     if let Ok(mut s) = state.write() {
         s.agent = pb::AgentSelf {
-            epoch: sp.epoch(),
+            epoch: sp.epoch().high(),
+            epoch_low: sp.epoch().low(),
             last_sequence: sp.last_sequence(),
             spool_bytes: st.bytes,
             spool_unacked: st.unacked,
@@ -827,6 +828,8 @@ fn spool_batch(
             batches_acked: export.acked.load(Ordering::Relaxed),
             duplicates_acked: export.duplicates.load(Ordering::Relaxed),
             reconnects: export.reconnects.load(Ordering::Relaxed),
+            batches_refused: export.refused.load(Ordering::Relaxed),
+            batches_conflicting: export.conflicts.load(Ordering::Relaxed),
             losses: Some(*total),
             ..std::mem::take(&mut s.agent)
         };

@@ -20,6 +20,10 @@ use vigil_proto::v1::{
 use super::state::AgentState;
 use crate::export::convert;
 
+/// Findings per page by default; a page also stops at about PAGE_BYTES.
+const FINDINGS_PAGE: usize = 500;
+const PAGE_BYTES: usize = 1 << 20;
+
 /// Where the agent serves its API unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/vigil/agent.sock";
 
@@ -83,16 +87,52 @@ impl Agent for AgentApi {
         &self,
         request: Request<FindingsRequest>,
     ) -> Result<Response<FindingsResponse>, Status> {
-        let since = request.into_inner().since_unix_ms;
+        let r = request.into_inner();
+        let size = match r.page_size {
+            0 => FINDINGS_PAGE,
+            n => (n as usize).min(5 * FINDINGS_PAGE),
+        };
+        // The token is how many findings of the answer came before (findings are
+        // kept oldest first; a finding pushed out meanwhile shifts them by its count,
+        // which `forgotten` says).
+        let (skip, forgotten_then) = match r.page_token.split_once(':') {
+            None if r.page_token.is_empty() => (0usize, None),
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<u64>()) {
+                (Ok(a), Ok(b)) => (a, Some(b)),
+                _ => return Err(Status::invalid_argument("bad page token")),
+            },
+            None => return Err(Status::invalid_argument("bad page token")),
+        };
         let st = self.state.read().map_err(|_| poisoned())?;
+        // Findings forgotten since the previous page moved everything up.
+        let shift = forgotten_then.map_or(0, |f| st.findings_forgotten.saturating_sub(f)) as usize;
+        let mut findings = Vec::new();
+        let mut bytes = 0usize;
+        let mut taken = 0usize;
+        let mut more = false;
+        for f in st
+            .findings
+            .iter()
+            .filter(|f| f.time_unix_ms >= r.since_unix_ms)
+            .skip(skip.saturating_sub(shift))
+        {
+            if findings.len() >= size || bytes > PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += prost::Message::encoded_len(f);
+            findings.push(f.clone());
+            taken += 1;
+        }
+        let next_page_token = if more {
+            format!("{}:{}", skip.saturating_sub(shift) + taken, st.findings_forgotten)
+        } else {
+            String::new()
+        };
         Ok(Response::new(FindingsResponse {
-            findings: st
-                .findings
-                .iter()
-                .filter(|f| f.time_unix_ms >= since)
-                .cloned()
-                .collect(),
+            findings,
             forgotten: st.findings_forgotten,
+            next_page_token,
         }))
     }
 

@@ -4,8 +4,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde_json::json;
 use vigil_proto::v1::{
-    fleet_client::FleetClient, HostMetrics, HostRequest, ListHostsRequest, MetricHistoryRequest,
+    fleet_client::FleetClient, CollectorStatsRequest, HostMetrics, HostRequest, ListHostsRequest,
+    MetricHistoryRequest,
 };
+
+use super::display::clean;
 
 async fn connect(addr: &str) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
     let url = if addr.contains("://") {
@@ -25,12 +28,38 @@ fn now_ms() -> i64 {
 }
 
 pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
-    let hosts = connect(addr)
-        .await?
-        .list_hosts(ListHostsRequest {})
-        .await?
-        .into_inner()
-        .hosts;
+    let mut client = connect(addr).await?;
+    // Every page: the collector answers at most a page (and about 1 MiB) at a time.
+    let mut hosts = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_hosts(ListHostsRequest {
+                page_size: 0,
+                page_token: std::mem::take(&mut page_token),
+            })
+            .await?
+            .into_inner();
+        hosts.extend(page.hosts);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    hosts.sort_by(|a, b| {
+        let key = |h: &vigil_proto::v1::HostSummary| {
+            h.host
+                .as_ref()
+                .map(|i| (i.hostname.clone(), i.agent_id.clone()))
+        };
+        key(a).cmp(&key(b))
+    });
+    // Older collectors don't have it; the listing stands without.
+    let collector = client
+        .collector_stats(CollectorStatsRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner());
     if json {
         let list: Vec<_> = hosts
             .iter()
@@ -40,32 +69,54 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
                     "agent_id": id.agent_id, "hostname": id.hostname, "kernel": id.kernel, "os": id.os,
                     "last_seen_unix_ms": h.last_seen_unix_ms, "batches": h.batches,
                     "last_seq": h.last_sequence, "duplicates": h.duplicates, "gaps": h.gaps,
-                    "dropped_events": h.dropped_events.iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "conflicts": h.conflicts,
+                    "dropped_events": h.dropped_events,
                 })
             })
             .collect();
-        println!("{}", json!({ "hosts": list }));
+        let collector = collector.map(|c| {
+            json!({"refused": c.refused, "conflicts": c.conflicts, "connections_open": c.connections_open})
+        });
+        println!("{}", json!({ "hosts": list, "collector": collector }));
         return Ok(());
     }
     println!(
-        "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>10} {:>12}",
-        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "DROPPED", "LAST SEEN"
+        "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:>12}",
+        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "CONFLICTS", "DROPPED", "LAST SEEN"
     );
-    for h in hosts {
-        let id = h.host.unwrap_or_default();
-        let ago = (now_ms() - h.last_seen_unix_ms).max(0) as f64 / 1000.0;
-        let dropped: u64 = h.dropped_events.values().sum();
+    for h in &hosts {
+        let id = h.host.clone().unwrap_or_default();
+        let ago = now_ms().saturating_sub(h.last_seen_unix_ms).max(0) as f64 / 1000.0;
+        let dropped = h
+            .dropped_events
+            .values()
+            .fold(0u64, |a, b| a.saturating_add(*b));
         println!(
-            "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>10} {:>10.0}s ago",
-            id.hostname,
-            id.agent_id,
+            "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:>10.0}s ago",
+            clean(&id.hostname),
+            clean(&id.agent_id),
             h.batches,
             h.last_sequence,
             h.gaps,
             h.duplicates,
+            h.conflicts,
             dropped,
             ago
         );
+    }
+    if hosts.iter().any(|h| h.conflicts > 0) {
+        println!("CONFLICTS: batches that another client sent first under that host's agent id, epoch and sequence (impersonation?); see the collector's log");
+    }
+    if let Some(c) = collector {
+        let refused: Vec<String> = c
+            .refused
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if !refused.is_empty() {
+            println!("collector refused: {}", refused.join(", "));
+        }
     }
     Ok(())
 }
@@ -75,19 +126,21 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
     let l = a.losses.unwrap_or_default();
     let stages: std::collections::BTreeMap<_, _> = l.stages().into_iter().collect();
     json!({
-        "epoch": a.epoch, "last_seq": a.last_sequence,
+        "epoch": a.spool_epoch().hex(), "last_seq": a.last_sequence,
         "spool": {
             "bytes": a.spool_bytes, "unacked": a.spool_unacked,
             "dropped_batches": a.spool_dropped_batches, "corrupt_records": a.spool_corrupt_records,
         },
         "batches_sent": a.batches_sent, "batches_acked": a.batches_acked,
         "duplicates_acked": a.duplicates_acked, "reconnects": a.reconnects,
+        "batches_refused": a.batches_refused, "batches_conflicting": a.batches_conflicting,
         "dropped_events": stages,
         "detect": {
             "process_events": a.process_events, "security_events": a.security_events,
             "findings": a.findings, "rule_matches": a.rule_matches,
             "processes_tracked": a.processes_tracked, "processes_untracked": a.processes_untracked,
             "connect_watch_full": a.connect_watch_full,
+            "findings_rate_limited": a.findings_rate_limited,
         },
     })
 }
@@ -113,7 +166,10 @@ pub fn metrics_json(hostname: &str, m: &HostMetrics) -> serde_json::Value {
 pub fn print_metrics(id: &vigil_proto::v1::HostIdentity, m: &HostMetrics) {
     println!(
         "{} ({}) | {} | kernel {}",
-        id.hostname, id.agent_id, id.os, id.kernel
+        clean(&id.hostname),
+        clean(&id.agent_id),
+        clean(&id.os),
+        clean(&id.kernel)
     );
     println!(
         "cpu   {} cores, {:.1} % busy",
@@ -208,6 +264,7 @@ pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Re
         tasks.push(tokio::spawn(async move {
             let mut client = CollectorClient::connect(url).await?;
             let id = format!("bench-{a:04}");
+            let now = now_ms();
             let stream = tokio_stream::iter((1..=batches).map(move |seq| Batch {
                 agent_id: id.clone(),
                 epoch: 1,
@@ -218,7 +275,7 @@ pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Re
                     ..Default::default()
                 }),
                 metrics: vec![HostMetrics {
-                    time_unix_ms: seq as i64,
+                    time_unix_ms: now - (batches - seq) as i64,
                     ..metrics.clone()
                 }],
                 ..Default::default()

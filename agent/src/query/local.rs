@@ -8,6 +8,7 @@ use vigil_proto::v1::{
     TcpRetransmit,
 };
 
+use super::display::clean;
 use super::api::connect;
 use crate::{
     export::convert,
@@ -89,7 +90,12 @@ fn print_retransmit(r: &TcpRetransmit, json: bool) {
     } else {
         println!(
             "retransmit {}:{} -> {}:{} {} err={}",
-            r.saddr, r.sport, r.daddr, r.dport, r.state, r.err
+            clean(&r.saddr),
+            r.sport,
+            clean(&r.daddr),
+            r.dport,
+            clean(&r.state),
+            r.err
         );
     }
 }
@@ -174,19 +180,19 @@ fn print_finding(f: &vigil_proto::v1::Finding, json: bool) {
     println!(
         "{} {:<8} {:<30} [{}] pid {} {} ({}) uid {} <- {} {}{}",
         rfc3339_ms(f.time_unix_ms),
-        f.severity.to_uppercase(),
-        f.rule,
-        f.mitre.join(","),
+        clean(&f.severity.to_uppercase()),
+        clean(&f.rule),
+        clean(&f.mitre.join(",")),
         p.pid,
-        p.exe,
-        p.cmdline,
+        clean(&p.exe),
+        clean(&p.cmdline),
         p.uid,
         parent.pid,
-        parent.exe,
+        clean(&parent.exe),
         count
     );
     for (k, v) in &f.details {
-        println!("    {k}: {v}");
+        println!("    {}: {}", clean(k), clean(v));
     }
 }
 
@@ -203,23 +209,42 @@ pub async fn events(
     } else {
         None
     };
-    let since_ms = crate::export::convert::unix_ms(std::time::SystemTime::now() - since);
-    let recent = agent
-        .findings(vigil_proto::v1::FindingsRequest {
-            since_unix_ms: since_ms,
-        })
-        .await?
-        .into_inner();
+    let since_ms = crate::export::convert::unix_ms(
+        std::time::SystemTime::now()
+            .checked_sub(since)
+            .unwrap_or(std::time::UNIX_EPOCH),
+    );
     let mut seen = std::collections::HashSet::new();
-    for f in &recent.findings {
-        seen.insert((
-            f.rule.clone(),
-            f.time_unix_ms,
-            f.process.as_ref().map(|p| p.pid),
-        ));
-        print_finding(f, json);
+    // Page by page: however many findings the agent keeps, no answer is too large
+    // for the socket's message limit.
+    let mut page_token = String::new();
+    let mut printed = 0usize;
+    loop {
+        let page = agent
+            .findings(vigil_proto::v1::FindingsRequest {
+                since_unix_ms: since_ms,
+                page_size: 0,
+                page_token: std::mem::take(&mut page_token),
+            })
+            .await?
+            .into_inner();
+        for f in &page.findings {
+            if follow {
+                seen.insert((
+                    f.rule.clone(),
+                    f.time_unix_ms,
+                    f.process.as_ref().map(|p| p.pid),
+                ));
+            }
+            print_finding(f, json);
+        }
+        printed += page.findings.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
     }
-    if !json && recent.findings.is_empty() && !follow {
+    if !json && printed == 0 && !follow {
         println!("no findings in the last {since:?}");
     }
     let Some(mut stream) = stream else {
@@ -258,7 +283,9 @@ pub async fn events(
                 } else {
                     println!(
                         "slow syscall {name} {} ns pid {} ({})",
-                        s.latency_ns, s.pid, s.comm
+                        s.latency_ns,
+                        s.pid,
+                        clean(&s.comm)
                     );
                 }
             }

@@ -1,5 +1,6 @@
 //! Read-only commands against a collector (`--collector ADDR`).
 pub mod api;
+pub mod display;
 pub mod fleet;
 pub mod local;
 pub mod state;

@@ -2,7 +2,8 @@
 //! the collector acks it, so a dead collector, a restart or a SIGKILL loses nothing.
 //!
 //! Layout (`data_dir/spool/`):
-//! - `state`: `epoch <n>` and `acked <seq>` (every sequence up to it is acked).
+//! - `state`: `epoch <32 hex digits>` and `acked <seq>` (every sequence up to it is
+//!   acked). The epoch is 128 random bits, made when the spool is new.
 //! - `<epoch>-<first seq, 20 digits>.seg`: append-only segments of records
 //!   `magic u32 | len u32 | sequence u64 | crc32 u32 | payload (a prost Batch)`,
 //!   little-endian, the CRC over sequence and payload.
@@ -12,11 +13,16 @@
 //! reader resynchronises on the next valid record. When the spool would exceed its
 //! bound, the oldest segment is deleted, acked or not, and its unacked batches are
 //! counted as dropped (with the losses they carried, so those are still reported).
+//!
+//! The directory is 0700 and its files 0600 (batches carry command lines). A state
+//! file that is damaged or disagrees with the segments (an `acked` past anything ever
+//! written) is set aside as `state.damaged-<unix ms>` for a postmortem, counted, and
+//! rebuilt from the segments: the spool never refuses to open over its own files.
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
     io::Write as _,
-    os::unix::fs::FileExt as _,
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -24,12 +30,17 @@ use std::{
 use prost::Message as _;
 use vigil_proto::v1 as pb;
 
+use vigil_proto::Epoch;
+
 use crate::config::{Fsync, SpoolConfig};
 
 const MAGIC: u32 = 0x5647_4c31; // "VGL1"
 const HEADER: usize = 20;
 /// A record larger than this is taken as damage, not as data.
 const MAX_RECORD: u32 = 64 << 20;
+/// More records than a segment can hold (each has a 20-byte header; segments are at
+/// most a few MiB): how far past a segment's first sequence its last can be.
+const MAX_RECORDS_PER_SEGMENT: u64 = 1 << 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -80,12 +91,14 @@ pub struct SpoolStats {
     pub dropped_batches: u64,
     /// Damaged records skipped, since the agent started.
     pub corrupt_records: u64,
+    /// State files found damaged or inconsistent, set aside and rebuilt.
+    pub state_rebuilt: u64,
 }
 
 pub struct Spool {
     dir: PathBuf,
     config: SpoolConfig,
-    epoch: u64,
+    epoch: Epoch,
     next_sequence: u64,
     /// Every sequence up to this one is acked.
     acked: u64,
@@ -103,10 +116,57 @@ pub struct Spool {
     unreported: pb::Losses,
 }
 
-fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+fn parse_segment_name(name: &str) -> Option<(Epoch, u64)> {
     let stem = name.strip_suffix(".seg")?;
     let (epoch, first) = stem.split_once('-')?;
-    Some((epoch.parse().ok()?, first.parse().ok()?))
+    let first: u64 = first.parse().ok()?;
+    // A name no writer could have made is not a segment of ours.
+    (first >= 1 && first <= MAX_SEQUENCE).then_some(())?;
+    Some((Epoch::parse(epoch)?, first))
+}
+
+/// Sequences stay below this (the collector takes at most 2^63-1).
+const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
+/// A new epoch: 128 bits from the kernel's random source.
+fn random_epoch() -> Epoch {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: writes at most the remaining length into the buffer.
+        let n = unsafe {
+            libc::getrandom(
+                bytes[filled..].as_mut_ptr().cast(),
+                bytes.len() - filled,
+                0,
+            )
+        };
+        if n <= 0 {
+            // getrandom(2) cannot fail on a buffer this small once the pool is ready;
+            // should it, fall back to the clock and the pid rather than refuse to run.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            return Epoch(t ^ (u128::from(std::process::id()) << 96));
+        }
+        filled += n as usize;
+    }
+    Epoch(u128::from_be_bytes(bytes))
+}
+
+/// What the state file says, if it says it clearly.
+fn parse_state(data: &[u8]) -> Option<(Epoch, u64)> {
+    let text = std::str::from_utf8(data).ok()?;
+    let (mut epoch, mut acked) = (None, None);
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("epoch", v)) => epoch = Some(Epoch::parse(v)?),
+            Some(("acked", v)) => acked = Some(v.trim().parse::<u64>().ok()?),
+            _ => return None,
+        }
+    }
+    let acked = acked?;
+    (acked < MAX_SEQUENCE).then_some((epoch?, acked))
 }
 
 /// Reads a segment's records; damaged stretches are skipped. Returns the records, the
@@ -182,23 +242,21 @@ fn encode_record(sequence: u64, payload: &[u8]) -> Vec<u8> {
 impl Spool {
     /// Opens the spool in `dir` (creating it), reading what a previous run left.
     pub fn open(dir: &Path, config: SpoolConfig) -> Result<Self, SpoolError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         let state_path = dir.join("state");
-        let (mut epoch, mut acked) = (None, 0u64);
-        match fs::read_to_string(&state_path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    match line.split_once(' ') {
-                        Some(("epoch", v)) => epoch = v.trim().parse().ok(),
-                        Some(("acked", v)) => acked = v.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&state_path)(e)),
-        }
-        let mut names: Vec<(u64, u64, PathBuf)> = Vec::new();
+        let state = match fs::read(&state_path) {
+            Ok(data) => Some(parse_state(&data).ok_or(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Unreadable (a chmod, an I/O error): the same as damaged.
+            Err(e) => Some(Err(e.to_string().into_bytes())),
+        };
+        let mut names: Vec<(Epoch, u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name();
@@ -207,15 +265,47 @@ impl Spool {
             };
             names.push((e, first, entry.path()));
         }
-        // Segments of another epoch can only be from a lost state file: adopt the newest.
-        let epoch = match epoch.or_else(|| names.iter().map(|n| n.0).max()) {
-            Some(e) => e,
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64),
+        let mut state_rebuilt = 0;
+        let mut set_aside = |why: &str| {
+            let kept = dir.join(format!("state.damaged-{}", crate::export::convert::unix_ms(std::time::SystemTime::now())));
+            match fs::rename(&state_path, &kept) {
+                Ok(()) => tracing::warn!(state = %state_path.display(), kept = %kept.display(), why, "spool state set aside; rebuilt from the segments"),
+                Err(e) => tracing::warn!(state = %state_path.display(), error = %e, why, "spool state damaged and could not be set aside; rebuilt from the segments"),
+            }
+            state_rebuilt += 1;
         };
+        let (mut epoch, mut acked) = match state {
+            Some(Ok((e, a))) => (Some(e), a),
+            Some(Err(_)) => {
+                set_aside("damaged (not `epoch <hex>` and `acked <n>` lines)");
+                (None, 0)
+            }
+            None => (None, 0),
+        };
+        // An `acked` past every sequence a segment could hold was never written by us.
+        // (Segments are named by their first sequence, so even an empty one bounds it.)
+        if let Some(e) = epoch {
+            let written = names
+                .iter()
+                .filter(|n| n.0 == e)
+                .map(|n| n.1.saturating_sub(1))
+                .max();
+            if written.is_some_and(|w| acked > w.saturating_add(MAX_RECORDS_PER_SEGMENT)) {
+                set_aside("acked is past every segment");
+                (epoch, acked) = (None, 0);
+            }
+        }
         names.sort_by_key(|n| n.1);
-        let mut stats = SpoolStats::default();
+        // Segments of another epoch can only be from a lost state file: adopt the one
+        // with the newest segment; with none, the spool is new and so is its epoch.
+        let epoch = match epoch.or_else(|| names.last().map(|n| n.0)) {
+            Some(e) => e,
+            None => random_epoch(),
+        };
+        let mut stats = SpoolStats {
+            state_rebuilt,
+            ..SpoolStats::default()
+        };
         let mut segments = VecDeque::new();
         let mut max_seq = acked;
         let mut torn_tail = 0usize;
@@ -224,7 +314,24 @@ impl Spool {
                 tracing::warn!(segment = %path.display(), "spool segment of another epoch; ignored");
                 continue;
             }
-            let data = fs::read(&path).map_err(io(&path))?;
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+            let data = match fs::read(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Unreadable (chmod 000, an I/O error): set aside, counted as one
+                    // damaged stretch; its sequences are never reused.
+                    let kept = path.with_extension("unreadable");
+                    tracing::warn!(segment = %path.display(), error = %e, "spool segment unreadable; set aside");
+                    let _ = fs::rename(&path, &kept);
+                    stats.corrupt_records += 1;
+                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                        if let Some((_, first)) = parse_segment_name(name) {
+                            max_seq = max_seq.max(first.saturating_add(MAX_RECORDS_PER_SEGMENT));
+                        }
+                    }
+                    continue;
+                }
+            };
             let (records, corrupt, tail) = scan(&data);
             torn_tail = tail;
             if corrupt > 0 {
@@ -256,11 +363,17 @@ impl Spool {
             spool_corrupt_records: stats.corrupt_records,
             ..Default::default()
         };
+        let next_sequence = max_seq.saturating_add(1).saturating_add(skip);
+        if next_sequence >= MAX_SEQUENCE {
+            // Only damage gets here; a new epoch starts at 1 rather than wrap.
+            tracing::warn!("spool sequences exhausted; starting a new epoch");
+            return Self::fresh(dir, config, stats);
+        }
         let mut spool = Self {
             dir: dir.to_path_buf(),
             config,
             epoch,
-            next_sequence: max_seq + 1 + skip,
+            next_sequence,
             acked,
             acked_above: Default::default(),
             segments,
@@ -277,7 +390,31 @@ impl Spool {
         Ok(spool)
     }
 
-    pub fn epoch(&self) -> u64 {
+    /// A spool with a new epoch, its old state and segments already set aside.
+    fn fresh(dir: &Path, config: SpoolConfig, stats: SpoolStats) -> Result<Self, SpoolError> {
+        let mut spool = Self {
+            dir: dir.to_path_buf(),
+            config,
+            epoch: random_epoch(),
+            next_sequence: 1,
+            acked: 0,
+            acked_above: Default::default(),
+            segments: VecDeque::new(),
+            active: None,
+            last_fsync: Instant::now(),
+            dirty: false,
+            state_written: u64::MAX,
+            unreported: pb::Losses {
+                spool_corrupt_records: stats.corrupt_records,
+                ..Default::default()
+            },
+            stats,
+        };
+        spool.write_state(true)?;
+        Ok(spool)
+    }
+
+    pub fn epoch(&self) -> Epoch {
         self.epoch
     }
 
@@ -317,7 +454,7 @@ impl Spool {
     /// Gives `batch` the spool's epoch and the next sequence, and appends it. Returns
     /// the sequence.
     pub fn append(&mut self, batch: &mut pb::Batch) -> Result<u64, SpoolError> {
-        batch.epoch = self.epoch;
+        batch.set_spool_epoch(self.epoch);
         batch.sequence = self.next_sequence;
         let record = encode_record(batch.sequence, &batch.encode_to_vec());
         let need_new = match (self.active.as_ref(), self.segments.back()) {
@@ -374,10 +511,11 @@ impl Spool {
         }
         let path = self
             .dir
-            .join(format!("{}-{:020}.seg", self.epoch, self.next_sequence));
+            .join(format!("{}-{:020}.seg", self.epoch.hex(), self.next_sequence));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
         // The new name must survive a crash too.
@@ -455,7 +593,7 @@ impl Spool {
     }
 
     /// Records the collector's ack of `sequence` (of this spool's epoch).
-    pub fn ack(&mut self, epoch: u64, sequence: u64) -> Result<(), SpoolError> {
+    pub fn ack(&mut self, epoch: Epoch, sequence: u64) -> Result<(), SpoolError> {
         if epoch != self.epoch || self.is_acked(sequence) || sequence >= self.next_sequence {
             return Ok(());
         }
@@ -496,8 +634,14 @@ impl Spool {
         }
         let path = self.dir.join("state");
         let tmp = self.dir.join("state.tmp");
-        let text = format!("epoch {}\nacked {}\n", self.epoch, self.acked);
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        let text = format!("epoch {}\nacked {}\n", self.epoch.hex(), self.acked);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         f.write_all(text.as_bytes()).map_err(io(&tmp))?;
         if sync {
             f.sync_all().map_err(io(&tmp))?;
@@ -609,7 +753,7 @@ mod tests {
         assert_eq!(all_unacked(&s), vec![5, 6, 7, 8, 9, 10]);
         let mut b = batch(1);
         assert_eq!(s.append(&mut b).unwrap(), 11);
-        assert_eq!((b.epoch, b.sequence), (epoch, 11));
+        assert_eq!((b.spool_epoch(), b.sequence), (epoch, 11));
     }
 
     #[test]
@@ -697,6 +841,67 @@ mod tests {
             next > 10,
             "never reuses a sequence that may have been sent: {next}"
         );
+    }
+
+    #[test]
+    fn a_damaged_or_inconsistent_state_is_set_aside_and_rebuilt() {
+        for (name, state) in [
+            ("empty", &b""[..]),
+            ("garbage", &b"\xff\xfe\x00 not utf-8"[..]),
+            ("truncated", &b"epoch 0123"[..]),
+            ("acked at u64::MAX", &b"epoch 1\nacked 18446744073709551615\n"[..]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let epoch;
+            {
+                let mut s = Spool::open(dir.path(), config(1 << 20, 4096)).unwrap();
+                epoch = s.epoch();
+                for _ in 0..3 {
+                    s.append(&mut batch(1)).unwrap();
+                }
+                s.ack(epoch, 1).unwrap();
+            }
+            let state = if name.starts_with("acked") {
+                format!("epoch {}\nacked 18446744073709551615\n", epoch.hex()).into_bytes()
+            } else {
+                state.to_vec()
+            };
+            fs::write(dir.path().join("state"), &state).unwrap();
+            let mut s = Spool::open(dir.path(), config(1 << 20, 4096)).unwrap();
+            assert_eq!(s.stats().state_rebuilt, 1, "{name}");
+            assert_eq!(s.epoch(), epoch, "{name}: the segments' epoch is kept");
+            // Rebuilt with nothing acked: sent again (the collector takes resends).
+            assert_eq!(all_unacked(&s), vec![1, 2, 3], "{name}");
+            assert_eq!(s.append(&mut batch(1)).unwrap(), 4, "{name}: never wraps");
+            let kept = fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("state.damaged-")
+                })
+                .count();
+            assert_eq!(kept, 1, "{name}: the damaged state is kept for a postmortem");
+        }
+    }
+
+    #[test]
+    fn epochs_are_random_and_files_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sa = Spool::open(&a.path().join("spool"), config(1 << 20, 4096)).unwrap();
+        let sb = Spool::open(b.path(), config(1 << 20, 4096)).unwrap();
+        assert_ne!(sa.epoch(), sb.epoch());
+        assert!(sa.epoch().high() != 0 && sa.epoch().low() != 0);
+        sa.append(&mut batch(1)).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&a.path().join("spool")), 0o700);
+        for e in fs::read_dir(a.path().join("spool")).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
     }
 
     #[test]

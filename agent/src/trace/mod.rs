@@ -40,8 +40,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Anything longer is a typo, and would overflow the clocks it is added to.
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("`{s}` is too long (at most 100 years)"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
+
+/// The longest duration Vigil takes anywhere (flags, config and rule files).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Waits for `duration` (forever when `None`), Ctrl-C or SIGTERM.
 pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
@@ -131,6 +138,10 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("5 parsecs").is_err());
+        for huge in ["20000000000000000000s", "99999999999999999999999d", "36501d"] {
+            assert!(parse_duration(huge).unwrap_err().contains("too long"), "{huge}");
+        }
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
         assert!(parse_duration("").is_err());
     }
 }
