@@ -561,8 +561,10 @@ async fn slow_collector(delay: Duration) -> (String, Arc<Mutex<Vec<u64>>>) {
                     let ack = Ack {
                         agent_id: b.agent_id,
                         epoch: b.epoch,
+                        epoch_low: b.epoch_low,
                         sequence: b.sequence,
                         duplicate: false,
+                        conflict: false,
                     };
                     if tx.send(Ok(ack)).await.is_err() {
                         break;
