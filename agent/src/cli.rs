@@ -490,9 +490,11 @@ async fn run_collector(
     listen: &str,
     data_dir: std::path::PathBuf,
     retention: Duration,
-    limits: vigil_collector::Limits,
+    mut limits: vigil_collector::Limits,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // Before anything listens: a socket per agent needs more than the usual 1024.
+    limits.max_connections = vigil_collector::limits::raise_nofile(limits.max_connections);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

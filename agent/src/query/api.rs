@@ -180,6 +180,7 @@ pub async fn serve_unix(
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
+    restrict_socket(path)?;
     eprintln!("vigil: agent API on {}", path.display());
     let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentApi { state }))
@@ -189,6 +190,31 @@ pub async fn serve_unix(
             tracing::error!(error = %e, "agent API stopped");
         }
     }))
+}
+
+/// The group whose members may use the API (`vigil stats`, `vigil events`) without
+/// root, if it exists.
+pub const API_GROUP: &str = "vigil";
+
+/// The socket is 0660, owned by root and the `vigil` group when there is one: the API
+/// shows every process's command line, so it is not for every local user. Its
+/// directory, if the agent made it, is 0750 (daemons run with umask 077).
+fn restrict_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(API_GROUP) {
+        std::os::unix::fs::chown(path, None, Some(group.gid.as_raw()))
+            .with_context(|| format!("giving {} to group {API_GROUP}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            let _ = std::os::unix::fs::chown(dir, None, Some(group.gid.as_raw()));
+            if let Ok(m) = std::fs::metadata(dir) {
+                // Let the group reach the socket (search), nothing more.
+                let mode = m.permissions().mode() | 0o010;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+            }
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 /// A client for the agent at `path`.

@@ -1,0 +1,918 @@
+//! Hostile clients against a real collector and agent (issue #19). Each test does the
+//! attack for real, with a gRPC client of its own (tonic, or raw HTTP/2 frames with
+//! h2) or as an unprivileged user the test creates, while a real `vigil agent`
+//! streams to the same collector; the collector must keep acking it throughout.
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio_stream::StreamExt as _;
+use vigil_proto::v1::{
+    collector_client::CollectorClient, Batch, Finding, HostIdentity, HostMetrics, Losses,
+};
+use vigil_tests::{vigil_bin, vigil_json, KillOnDrop};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// Waits until `cond` holds (checked every 100 ms), panicking with `what` after `max`.
+fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + max;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Collector {
+    child: KillOnDrop,
+    addr: String,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    fn start_with(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("VIGIL_LOG", "warn")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("starting vigil collector");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("collector exited before listening")
+                .expect("stderr line");
+            if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
+                break rest.split(',').next().expect("address").to_string();
+            }
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Self {
+            child: KillOnDrop(child),
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
+    }
+
+    fn hosts(&self) -> serde_json::Value {
+        vigil_json(&["hosts", "--collector", &self.addr, "--json"])
+    }
+
+    fn host(&self, agent_id: &str) -> Option<serde_json::Value> {
+        self.hosts()["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["agent_id"] == agent_id)
+            .cloned()
+    }
+
+    fn refused(&self, reason: &str) -> u64 {
+        self.hosts()["collector"]["refused"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    fn batches_of(&self, agent_id: &str) -> u64 {
+        self.host(agent_id).map_or(0, |h| h["batches"].as_u64().unwrap_or(0))
+    }
+}
+
+/// A real `vigil agent` streaming to the collector once a second: host metrics only
+/// (probes and detection off), its own data dir and API socket.
+struct RealAgent {
+    child: Child,
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+impl RealAgent {
+    fn start(collector: &Collector, id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(collector, id, dir)
+    }
+
+    fn start_in(collector: &Collector, id: &str, dir: tempfile::TempDir) -> Self {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n",
+        )
+        .expect("config");
+        let child = Command::new(vigil_bin())
+            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+            .args(["--agent-id", id, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting vigil agent");
+        Self {
+            child,
+            id: id.to_string(),
+            dir,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("data/spool")
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        vigil_json(&[
+            "stats",
+            "--json",
+            "--socket",
+            self.socket().to_str().expect("utf-8 path"),
+        ])
+    }
+
+    /// Its spool's epoch, as its state file says.
+    fn epoch(&self) -> vigil_proto::Epoch {
+        let state = std::fs::read_to_string(self.spool().join("state")).expect("spool state");
+        let line = state
+            .lines()
+            .find_map(|l| l.strip_prefix("epoch "))
+            .expect("epoch line");
+        vigil_proto::Epoch::parse(line).expect("an epoch")
+    }
+
+    /// Waits until the collector has stored `more` further batches of this agent:
+    /// the collector is still serving it.
+    fn keeps_being_acked(&self, collector: &Collector, more: u64) {
+        let start = collector.batches_of(&self.id);
+        wait_until(
+            &format!("{more} more batches of {} stored", self.id),
+            Duration::from_secs(30),
+            || collector.batches_of(&self.id) >= start + more,
+        );
+    }
+
+    /// SIGKILLs the agent and hands back its directory (spool, config) for a restart.
+    fn kill_keeping_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "agent exited with {status}");
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A valid batch of one sample for `agent_id`.
+fn batch(agent_id: &str, epoch: vigil_proto::Epoch, sequence: u64) -> Batch {
+    let mut b = Batch {
+        agent_id: agent_id.into(),
+        sequence,
+        start_unix_ms: now_ms() - 1000,
+        end_unix_ms: now_ms(),
+        host: Some(HostIdentity {
+            agent_id: agent_id.into(),
+            hostname: format!("forged-{agent_id}"),
+            ..Default::default()
+        }),
+        metrics: vec![HostMetrics {
+            time_unix_ms: now_ms(),
+            cpu_count: 64,
+            cpu_usage_percent: 99.0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    b.set_spool_epoch(epoch);
+    b
+}
+
+/// Sends `batches` on one stream; returns the acks and the status that ended it.
+async fn send(url: &str, batches: Vec<Batch>) -> (Vec<vigil_proto::v1::Ack>, tonic::Status) {
+    let mut client = CollectorClient::connect(url.to_string())
+        .await
+        .expect("connect")
+        .max_encoding_message_size(64 << 20);
+    let mut acks = Vec::new();
+    let mut stream = match client.stream(tokio_stream::iter(batches)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (acks, s),
+    };
+    loop {
+        match stream.next().await {
+            Some(Ok(a)) => acks.push(a),
+            Some(Err(s)) => return (acks, s),
+            None => return (acks, tonic::Status::ok("")),
+        }
+    }
+}
+
+fn proc_status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc/PID/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// True if SIGPIPE (13) is in the process's ignored set.
+fn ignores_sigpipe(pid: u32) -> bool {
+    let mask = u64::from_str_radix(&proc_status_field(pid, "SigIgn"), 16).expect("hex mask");
+    mask & (1 << (libc::SIGPIPE - 1)) != 0
+}
+
+/// A raw HTTP/2 connection (h2) to the collector, so a test can send frames that no
+/// well-behaved gRPC client would: a message header with no body, a hang-up with a
+/// reset in the middle of an answer.
+async fn raw_h2(
+    addr: &str,
+    reset_on_close: bool,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    if reset_on_close {
+        use std::os::fd::AsRawFd as _;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a valid linger struct of the right size.
+        unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+    }
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake(tcp)
+        .await
+        .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client, task)
+}
+
+fn grpc_request(addr: &str, method: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+/// The gRPC status (code, message) an h2 response ends with.
+async fn grpc_status(resp: h2::client::ResponseFuture) -> (String, String) {
+    let resp = resp.await.expect("response");
+    let from = |h: &http::HeaderMap| {
+        (
+            h.get("grpc-status")
+                .map(|v| v.to_str().unwrap_or("?").to_string()),
+            h.get("grpc-message")
+                .map(|v| v.to_str().unwrap_or("?").to_string()),
+        )
+    };
+    if let (Some(code), msg) = from(resp.headers()) {
+        return (code, msg.unwrap_or_default());
+    }
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        if chunk.is_err() {
+            break;
+        }
+    }
+    let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+    let (code, msg) = from(&trailers);
+    (code.unwrap_or_else(|| "none".into()), msg.unwrap_or_default())
+}
+
+#[test]
+fn clients_hanging_up_mid_answer_cannot_kill_the_daemons() {
+    let mut collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "sigpipe-victim");
+    agent.keeps_being_acked(&collector, 1);
+    assert!(
+        ignores_sigpipe(collector.pid()),
+        "the collector must ignore SIGPIPE"
+    );
+    assert!(
+        ignores_sigpipe(agent.child.id()),
+        "the agent must ignore SIGPIPE"
+    );
+    // Plenty to answer: events of 3,000 findings with long command lines.
+    let url = collector.url();
+    let addr = collector.addr.clone();
+    rt().block_on(async {
+        let mut b = batch("sigpipe-filler", vigil_proto::Epoch(7), 1);
+        b.findings = (0..3000)
+            .map(|i| Finding {
+                rule: "filler".into(),
+                time_unix_ms: now_ms(),
+                description: format!("{i} {}", "x".repeat(2000)),
+                ..Default::default()
+            })
+            .collect();
+        let (acks, status) = send(&url, vec![b]).await;
+        assert_eq!(acks.len(), 1, "filler stored: {status:?}");
+        // Ask for pages of events and hang up with a reset while they are written.
+        for i in 0..60 {
+            let (mut client, conn) = raw_h2(&addr, true).await;
+            let req = grpc_request(&addr, "vigil.v1.Fleet/Events");
+            let (resp, mut body) = client.send_request(req, false).expect("request");
+            // EventsRequest { limit: 10000 }: field 2, varint.
+            let msg = [0x10u8, 0x90, 0x4e];
+            let mut frame = vec![0u8, 0, 0, 0, msg.len() as u8];
+            frame.extend_from_slice(&msg);
+            body.send_data(bytes::Bytes::from(frame), true)
+                .expect("send");
+            if i % 2 == 0 {
+                // Wait for the answer to start, then reset.
+                let _ = resp.await;
+            }
+            drop(client);
+            conn.abort();
+            let _ = conn.await;
+        }
+    });
+    assert!(collector.alive(), "the collector survived clients hanging up");
+    // The agent's API, too: hang up on `vigil stats` answers.
+    for _ in 0..20 {
+        let mut c = Command::new(vigil_bin())
+            .args(["stats", "--json", "--socket"])
+            .arg(agent.socket())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("vigil stats");
+        drop(c.stdout.take());
+        let _ = c.wait();
+    }
+    agent.keeps_being_acked(&collector, 2);
+    assert!(collector.alive());
+    agent.stop();
+}
+
+#[test]
+fn an_impersonator_cannot_erase_a_hosts_data_unseen() {
+    let collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "victim");
+    agent.keeps_being_acked(&collector, 2);
+    let epoch = agent.epoch();
+    assert_ne!(epoch.high(), 0, "the epoch is 128 random bits: {epoch}");
+    assert_ne!(epoch.low(), 0, "the epoch is 128 random bits: {epoch}");
+    let url = collector.url();
+    let addr = collector.addr.clone();
+    let real_hostname = collector.host("victim").expect("victim")["hostname"].clone();
+    let last = collector.host("victim").expect("victim")["last_seq"]
+        .as_u64()
+        .expect("last_seq");
+    rt().block_on(async {
+        // 1. With the epoch leaked: a forged copy of a stored batch is a conflict,
+        //    never a duplicate, and changes nothing.
+        let (acks, _) = send(&url, vec![batch("victim", epoch, 1)]).await;
+        assert!(acks[0].conflict && !acks[0].duplicate, "{:?}", acks[0]);
+        let h = vigil_json(&["hosts", "--collector", &addr, "--json"]);
+        let victim = h["hosts"].as_array().unwrap().iter().find(|h| h["agent_id"] == "victim").unwrap().clone();
+        assert_eq!(victim["hostname"], real_hostname, "a conflict rewrote the identity: {victim}");
+        assert_eq!(victim["conflicts"], 1, "{victim}");
+        // 2. Guessing the epoch, as the old millisecond epoch allowed: nothing comes
+        //    back as a duplicate (no oracle), whatever is tried.
+        let t0 = now_ms() as u64;
+        let guesses: Vec<Batch> = (0..2000)
+            .map(|i| batch("victim", vigil_proto::Epoch::from_halves(t0 - i, 0), 1))
+            .collect();
+        let (acks, status) = send(&url, guesses).await;
+        assert_eq!(acks.len(), 2000, "{status:?}");
+        assert!(acks.iter().all(|a| !a.duplicate && !a.conflict));
+        // 3. Pre-claiming the victim's next sequences: stored (no identity check
+        //    until mTLS) ...
+        let claims: Vec<Batch> = (last + 3..last + 13)
+            .map(|q| batch("victim", epoch, q))
+            .collect();
+        let (acks, status) = send(&url, claims).await;
+        assert_eq!(acks.len(), 10, "{status:?}");
+        // ... but not a million ahead.
+        let (acks, status) = send(
+            &url,
+            vec![batch("victim", epoch, last + 13 + 1_000_000 + 10)],
+        )
+        .await;
+        assert!(acks.is_empty());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("past the newest"), "{status:?}");
+    });
+    // ... and when the real agent reaches them, each is a counted conflict at both
+    // ends, not a silent duplicate that deletes the real batch from its spool.
+    wait_until("the agent's conflicts", Duration::from_secs(60), || {
+        agent.stats()["agent"]["batches_conflicting"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5
+    });
+    let h = collector.host("victim").expect("victim");
+    assert!(h["conflicts"].as_u64().unwrap() >= 6, "{h}");
+    assert_eq!(h["duplicates"], 0, "{h}");
+    // Fresh batches speak for the host (the guesses above did, as the real agent's
+    // do again now): only binding identities (mTLS) stops that.
+    assert!(collector
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("CONFLICT")));
+    // Past the claimed range the real agent is stored again.
+    wait_until("the victim past the claims", Duration::from_secs(90), || {
+        collector.host("victim").expect("victim")["last_seq"]
+            .as_u64()
+            .unwrap_or(0)
+            > last + 13
+    });
+    wait_until("the real hostname back", Duration::from_secs(10), || {
+        collector.host("victim").expect("victim")["hostname"] == real_hostname
+    });
+    agent.stop();
+}
+
+#[test]
+fn bad_batches_are_refused_alone_and_never_hold_up_another_agent() {
+    let collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "bystander");
+    agent.keeps_being_acked(&collector, 1);
+    let url = collector.url();
+    type Spoil = fn(&mut Batch);
+    let spoils: &[(&str, Spoil)] = &[
+        ("cpu_usage_percent", |b| {
+            b.metrics[0].cpu_usage_percent = f64::NAN
+        }),
+        ("load_one", |b| b.metrics[0].load_one = f64::INFINITY),
+        ("sequence", |b| b.sequence = u64::MAX),
+        ("time_unix_ms", |b| {
+            b.metrics[0].time_unix_ms = now_ms() + 10 * 86_400_000
+        }),
+        ("time_unix_ms", |b| b.metrics[0].time_unix_ms = 5),
+        ("metrics", |b| {
+            b.metrics.extend(std::iter::repeat_n(HostMetrics::default(), 20_000))
+        }),
+        ("metrics[1].time_unix_ms", |b| b.metrics.push(HostMetrics::default())),
+        ("agent_id", |b| b.agent_id = "a".repeat(200)),
+    ];
+    rt().block_on(async {
+        for (field, spoil) in spoils {
+            let mut b = batch("poison", vigil_proto::Epoch(1), 1);
+            spoil(&mut b);
+            let (acks, status) = send(&url, vec![b]).await;
+            assert!(acks.is_empty(), "{field}");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+            assert!(status.message().contains(field), "{field}: {status:?}");
+        }
+        // 8 streams of NaN batches for a while: the bystander keeps being stored.
+        let mut tasks = Vec::new();
+        for s in 0..8u64 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(4);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let mut b = batch(&format!("poison-{s}"), vigil_proto::Epoch(1), n + 1);
+                    b.metrics[0].cpu_usage_percent = f64::NAN;
+                    let (_, status) = send(&url, vec![b]).await;
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let before = collector.batches_of("bystander");
+        let mut poisoned = 0;
+        for t in tasks {
+            poisoned += t.await.expect("poisoner");
+        }
+        assert!(collector.batches_of("bystander") >= before + 2, "the bystander was stored while {poisoned} poisoned batches came in");
+        assert!(collector.refused("invalid_batch") >= poisoned);
+    });
+    agent.keeps_being_acked(&collector, 1);
+    agent.stop();
+}
+
+#[test]
+fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
+    let collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "fleet-bystander");
+    agent.keeps_being_acked(&collector, 1);
+    let url = collector.url();
+    rt().block_on(async {
+        // seq = 2^63-1 in two epochs, and losses of 2^63-1 twice: valid, and summed
+        // without overflow.
+        for e in [1u128, 2] {
+            let mut b = batch("extreme", vigil_proto::Epoch(e), i64::MAX as u64);
+            b.losses = Some(Losses {
+                pipeline_dropped: i64::MAX as u64,
+                ..Default::default()
+            });
+            let (acks, status) = send(&url, vec![b]).await;
+            assert_eq!(acks.len(), 1, "{status:?}");
+        }
+        // A 25 MB hostname: refused for its size, with a status.
+        let mut b = batch("huge", vigil_proto::Epoch(1), 1);
+        b.host.as_mut().unwrap().hostname = "h".repeat(25 << 20);
+        let (acks, status) = send(&url, vec![b]).await;
+        assert!(acks.is_empty());
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        // 300 hosts with 12 KiB of identity each: over 4 MiB in all, listed in pages.
+        let many: Vec<Batch> = (0..300)
+            .map(|i| {
+                let mut b = batch(&format!("wide-{i:03}"), vigil_proto::Epoch(1), 1);
+                let h = b.host.as_mut().unwrap();
+                h.os = "o".repeat(4000);
+                h.kernel = "k".repeat(4000);
+                h.agent_version = "v".repeat(4000);
+                b.agent_id = format!("wide-{i:03}");
+                h.agent_id = b.agent_id.clone();
+                b
+            })
+            .collect();
+        for chunk in many.chunks(50) {
+            let mut tasks = Vec::new();
+            for b in chunk.iter().cloned() {
+                let url = url.clone();
+                tasks.push(tokio::spawn(async move { send(&url, vec![b]).await }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.expect("send").0.len(), 1);
+            }
+        }
+        // Terminal escapes in a hostname and an agent id.
+        let mut b = batch("evil\x1b[2J", vigil_proto::Epoch(1), 1);
+        b.host.as_mut().unwrap().hostname = "\x1b]52;c;aGk=\x07\x1b[2Jroot-login-ok\n".into();
+        let (acks, status) = send(&url, vec![b]).await;
+        assert_eq!(acks.len(), 1, "{status:?}");
+    });
+    let hosts = collector.hosts();
+    let list = hosts["hosts"].as_array().expect("hosts");
+    assert!(list.len() >= 302, "every host listed across pages: {}", list.len());
+    let extreme = list.iter().find(|h| h["agent_id"] == "extreme").expect("extreme");
+    assert_eq!(extreme["gaps"].as_u64(), Some(u64::MAX - 3), "{extreme}");
+    assert_eq!(
+        extreme["dropped_events"]["agent_dropped"].as_u64(),
+        Some(i64::MAX as u64),
+        "saturated: {extreme}"
+    );
+    assert!(list.iter().all(|h| h["agent_id"] != "huge"));
+    // The human listing escapes control characters.
+    let out = Command::new(vigil_bin())
+        .args(["hosts", "--collector", &collector.addr])
+        .output()
+        .expect("vigil hosts");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "raw control characters printed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\\x1b]52;c;aGk=\\x07"), "{text}");
+    agent.keeps_being_acked(&collector, 1);
+    agent.stop();
+}
+
+#[test]
+fn memory_amplification_is_bounded_and_refused_with_a_status() {
+    let collector = Collector::start(&[
+        "--message-timeout",
+        "3s",
+        "--decode-budget",
+        "64MiB",
+        "--max-message-size",
+        "8MiB",
+    ]);
+    let agent = RealAgent::start(&collector, "memory-bystander");
+    agent.keeps_being_acked(&collector, 1);
+    let addr = collector.addr.clone();
+    let url = collector.url();
+    let rss = |pid: u32| -> u64 {
+        proc_status_field(pid, "VmRSS")
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .expect("VmRSS")
+    };
+    let base = rss(collector.pid());
+    rt().block_on(async {
+        // A 5 MB batch of empty samples: refused, named.
+        let mut b = batch("amplifier", vigil_proto::Epoch(1), 1);
+        b.metrics = vec![HostMetrics::default(); 1_000_000];
+        let (acks, status) = send(&url, vec![b]).await;
+        assert!(acks.is_empty());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        // 100 streams (on 10 connections) each declaring an 8 MiB message and then
+        // sending nothing: past the 64 MiB budget they are refused at once; the rest
+        // end after the message timeout. Never OK without an ack.
+        let mut conns = Vec::new();
+        let mut pending = Vec::new();
+        for _ in 0..10 {
+            let (mut client, conn) = raw_h2(&addr, false).await;
+            for _ in 0..10 {
+                let mut c = client.clone().ready().await.expect("ready");
+                let (resp, mut body) = c
+                    .send_request(grpc_request(&addr, "vigil.v1.Collector/Stream"), false)
+                    .expect("request");
+                let header = [0u8, 0x00, 0x80, 0x00, 0x00]; // 8 MiB follows
+                body.send_data(bytes::Bytes::copy_from_slice(&header), false)
+                    .expect("header");
+                pending.push((resp, body));
+            }
+            client = client.ready().await.expect("ready");
+            conns.push((client, conn));
+        }
+        let mut codes = std::collections::BTreeMap::<String, usize>::new();
+        for (resp, _body) in pending {
+            let (code, _msg) = grpc_status(resp).await;
+            *codes.entry(code).or_default() += 1;
+        }
+        // 8 = RESOURCE_EXHAUSTED, 4 = DEADLINE_EXCEEDED.
+        assert!(codes.get("8").copied().unwrap_or(0) >= 90, "{codes:?}");
+        assert!(codes.keys().all(|c| c == "8" || c == "4"), "{codes:?}");
+        drop(conns);
+    });
+    assert!(collector.refused("decode_budget") >= 90);
+    assert!(collector.refused("message_timeout") >= 1);
+    let grown = rss(collector.pid()).saturating_sub(base);
+    assert!(grown < 256 << 10, "collector RSS grew by {grown} kB");
+    agent.keeps_being_acked(&collector, 1);
+    agent.stop();
+}
+
+#[test]
+fn idle_connections_cannot_exhaust_file_descriptors() {
+    // The usual soft limit of 1024: the collector raises it to the hard limit.
+    let collector = Collector::start_with(&["--idle-timeout", "5s"], |cmd| {
+        // SAFETY: setrlimit only changes this child's limits before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 8192,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", collector.pid()))
+        .expect("limits");
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    assert!(nofile.split_whitespace().nth(3) == Some("8192"), "{nofile}");
+    let agent = RealAgent::start(&collector, "fd-bystander");
+    agent.keeps_being_acked(&collector, 1);
+    // 1,100 idle connections from another address.
+    let port: u16 = collector.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        let s = socket2_connect("127.0.0.2", port);
+        idle.push(s);
+    }
+    wait_until("per-peer refusals", Duration::from_secs(10), || {
+        collector.refused("peer_connection_limit") >= 800
+    });
+    // New clients are still served: the agent, and the CLI.
+    agent.keeps_being_acked(&collector, 2);
+    assert!(collector.host("fd-bystander").is_some());
+    wait_until("idle connections closed", Duration::from_secs(30), || {
+        collector.refused("idle_connections_closed") >= 200
+    });
+    drop(idle);
+    agent.stop();
+}
+
+/// A TCP connection to 127.0.0.1:port from `source`, left idle.
+fn socket2_connect(source: &str, port: u16) -> std::net::TcpStream {
+    // SAFETY: plain socket calls on a socket this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let mut src: libc::sockaddr_in = std::mem::zeroed();
+        src.sin_family = libc::AF_INET as u16;
+        src.sin_addr.s_addr = u32::from_ne_bytes(
+            source
+                .parse::<std::net::Ipv4Addr>()
+                .expect("address")
+                .octets(),
+        );
+        assert_eq!(
+            libc::bind(
+                fd,
+                std::ptr::addr_of!(src).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0,
+            "bind {source}"
+        );
+        let mut dst: libc::sockaddr_in = std::mem::zeroed();
+        dst.sin_family = libc::AF_INET as u16;
+        dst.sin_port = port.to_be();
+        dst.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert_eq!(
+            libc::connect(
+                fd,
+                std::ptr::addr_of!(dst).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0,
+            "connect: {}",
+            std::io::Error::last_os_error()
+        );
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_wrapped_ack_counter_in_the_spool_state_is_set_aside_and_sending_goes_on() {
+    let collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "state-victim");
+    agent.keeps_being_acked(&collector, 2);
+    let epoch = agent.epoch();
+    let spool = agent.spool();
+    let dir = agent.kill_keeping_dir();
+    std::fs::write(
+        spool.join("state"),
+        format!("epoch {}\nacked 18446744073709551615\n", epoch.hex()),
+    )
+    .expect("state");
+    let before = collector.batches_of("state-victim");
+    let agent = RealAgent::start_in(&collector, "state-victim", dir);
+    wait_until("new batches after the damaged state", Duration::from_secs(30), || {
+        collector.batches_of("state-victim") >= before + 2
+    });
+    assert_eq!(agent.epoch(), epoch, "same epoch: sequences continue");
+    let set_aside = std::fs::read_dir(&spool)
+        .expect("spool dir")
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("state.damaged-"));
+    assert!(set_aside, "the damaged state is kept for a postmortem");
+    let h = collector.host("state-victim").expect("host");
+    assert_eq!(h["gaps"], 0, "{h}");
+    agent.stop();
+}
+
+const HOSTILE_USER: &str = "vigil-hostile";
+
+/// The unprivileged user these tests act as, created if missing.
+fn hostile_user() -> (u32, u32) {
+    if nix::unistd::User::from_name(HOSTILE_USER)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", HOSTILE_USER])
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let u = nix::unistd::User::from_name(HOSTILE_USER)
+        .expect("user lookup")
+        .expect("user exists");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Runs `program args` as the hostile user; true if it succeeded.
+fn as_hostile(program: &str, args: &[&str]) -> bool {
+    let (uid, gid) = hostile_user();
+    Command::new(program)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running as the hostile user")
+        .success()
+}
+
+#[test]
+fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
+    if !vigil_tests::require_root("other_users_cannot_read_the_spool_the_database_or_use_the_api") {
+        return;
+    }
+    let collector = Collector::start(&[]);
+    let agent = RealAgent::start(&collector, "modes");
+    agent.keeps_being_acked(&collector, 1);
+    wait_until("the API socket", Duration::from_secs(10), || agent.socket().exists());
+    // The test's temp dirs are 0700 root: open them so that only Vigil's own modes
+    // stand between the user and the files.
+    use std::os::unix::fs::PermissionsExt as _;
+    for d in [agent.dir.path(), collector.dir.path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let data = collector.dir.path().join("data");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("vigil.db")), 0o600);
+    assert_eq!(mode(&agent.spool()), 0o700);
+    assert_eq!(mode(&agent.dir.path().join("data")), 0o700);
+    assert_eq!(mode(&agent.spool().join("state")), 0o600);
+    assert_eq!(mode(&agent.socket()), 0o660);
+    let segment = std::fs::read_dir(agent.spool())
+        .expect("spool")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    assert_eq!(mode(&segment), 0o600);
+    for file in [data.join("vigil.db"), segment.clone(), agent.spool().join("state")] {
+        assert!(
+            !as_hostile("cat", &[file.to_str().unwrap()]),
+            "{} readable by another user",
+            file.display()
+        );
+    }
+    assert!(as_hostile("true", &[]), "the user can run programs at all");
+    let sock = agent.socket();
+    assert!(
+        !as_hostile(
+            vigil_bin().to_str().unwrap(),
+            &["events", "--since", "1h", "--socket", sock.to_str().unwrap()]
+        ),
+        "another user reached the agent API"
+    );
+    agent.stop();
+}
