@@ -916,3 +916,81 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
     );
     agent.stop();
 }
+
+#[test]
+fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
+    if !vigil_tests::require_root("a_rule_file_with_an_absurd_duration_never_takes_the_agent_down") {
+        return;
+    }
+    let collector = Collector::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.d");
+    std::fs::create_dir(&rules).expect("rules dir");
+    let bad = "rules:\n  - id: forever\n    description: d\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.name: {equals: nothing-runs-this}\n    dedup: 99999999999999999999d\n";
+    std::fs::write(rules.join("bad.yaml"), bad).expect("rule file");
+    // `vigil rules check` names the problem, exit 1, no panic.
+    let out = Command::new(vigil_bin())
+        .args(["rules", "check", "--dir"])
+        .arg(&rules)
+        .output()
+        .expect("vigil rules check");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml") && err.contains("too long"), "{err}");
+    // The agent starts with the file present (built-in rules), survives SIGHUP with
+    // it, and keeps streaming.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = true\nrules_dir = \"{}\"\n",
+            rules.display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(vigil_bin())
+        .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+        .args(["--agent-id", "rules-victim", "--no-api", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vigil agent");
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut child = KillOnDrop(child);
+    let wait_line = |needle: &str| loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("agent never said {needle:?}"));
+        if l.contains(needle) {
+            return l;
+        }
+    };
+    let refused = wait_line("running the built-in rules only");
+    assert!(refused.contains("too long"), "{refused}");
+    wait_line("vigil: tracing the host");
+    let before = collector.batches_of("rules-victim");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    );
+    wait_line("SIGHUP: rules refused");
+    wait_until("batches after SIGHUP", Duration::from_secs(30), || {
+        collector.batches_of("rules-victim") >= before + 2
+    });
+    assert!(matches!(child.0.try_wait(), Ok(None)), "the agent is still running");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -146,6 +146,12 @@ fn publish_findings(
     mut st: Option<&mut AgentState>,
 ) {
     for f in findings {
+        if let Some(st) = st.as_deref_mut() {
+            if !st.finding_rate.admit(&f) {
+                st.agent.findings_rate_limited = st.finding_rate.limited;
+                continue;
+            }
+        }
         let p = f.process.as_ref();
         tracing::warn!(
             rule = %f.rule,

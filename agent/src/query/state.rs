@@ -40,6 +40,58 @@ pub struct AgentState {
     pub agent: pb::AgentSelf,
     /// Signalled when someone starts following live events.
     pub follower_joined: std::sync::Arc<tokio::sync::Notify>,
+    /// Findings per user and rule per minute (a local user flooding one rule cannot
+    /// push everyone else's findings out of the recent list or the batches).
+    pub finding_rate: FindingRate,
+}
+
+/// At most this many findings of one rule for one user per minute; more are counted
+/// (`findings_rate_limited`), logged once a minute, and not kept.
+pub const FINDINGS_PER_USER_RULE_PER_MINUTE: u32 = 100;
+
+#[derive(Debug, Default)]
+pub struct FindingRate {
+    window_start: Option<std::time::Instant>,
+    counts: std::collections::HashMap<(u32, String), u32>,
+    /// Findings not kept since the agent started.
+    pub limited: u64,
+    limited_in_window: u64,
+}
+
+impl FindingRate {
+    /// Whether `f` may be kept (and counts it).
+    pub fn admit(&mut self, f: &pb::Finding) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .window_start
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60))
+        {
+            if self.limited_in_window > 0 {
+                tracing::warn!(
+                    limited = self.limited_in_window,
+                    "findings over the per-user rate were counted and not kept"
+                );
+            }
+            self.window_start = Some(now);
+            self.counts.clear();
+            self.limited_in_window = 0;
+        }
+        let uid = f.process.as_ref().map_or(u32::MAX, |p| p.uid);
+        // A bounded map: one key per user and rule seen this minute.
+        if self.counts.len() >= 65_536 && !self.counts.contains_key(&(uid, f.rule.clone())) {
+            self.limited += 1;
+            self.limited_in_window += 1;
+            return false;
+        }
+        let n = self.counts.entry((uid, f.rule.clone())).or_insert(0);
+        if *n >= FINDINGS_PER_USER_RULE_PER_MINUTE {
+            self.limited += 1;
+            self.limited_in_window += 1;
+            return false;
+        }
+        *n += 1;
+        true
+    }
 }
 
 impl AgentState {
@@ -56,6 +108,7 @@ impl AgentState {
             live: broadcast::channel(FOLLOW_BUFFER).0,
             agent: Default::default(),
             follower_joined: Default::default(),
+            finding_rate: Default::default(),
         }
     }
 
@@ -125,6 +178,24 @@ mod tests {
         };
         h.buckets[vigil_common::latency_bucket(1000) as usize] = 1;
         BTreeMap::from([(nr, h)])
+    }
+
+    #[test]
+    fn one_user_flooding_one_rule_leaves_room_for_the_rest() {
+        let mut r = FindingRate::default();
+        let f = |uid, rule: &str| pb::Finding {
+            rule: rule.into(),
+            process: Some(pb::Process {
+                uid,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let kept = (0..1000).filter(|_| r.admit(&f(1000, "exec-from-temp-dir"))).count();
+        assert_eq!(kept as u32, FINDINGS_PER_USER_RULE_PER_MINUTE);
+        assert_eq!(r.limited, 1000 - kept as u64);
+        assert!(r.admit(&f(0, "exec-from-temp-dir")), "another user");
+        assert!(r.admit(&f(1000, "ptrace-attach")), "another rule");
     }
 
     #[test]
