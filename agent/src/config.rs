@@ -24,7 +24,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use B, KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("`{s}` is too large"))

@@ -124,9 +124,12 @@ impl Counters {
     }
 
     pub fn refused(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Refusal::ALL
-            .iter()
-            .map(|r| (r.as_str(), self.refused[*r as usize].load(Ordering::Relaxed)))
+        Refusal::ALL.iter().map(|r| {
+            (
+                r.as_str(),
+                self.refused[*r as usize].load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn refused_count(&self, r: Refusal) -> u64 {
@@ -273,10 +276,7 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }

@@ -107,7 +107,9 @@ pub enum Outcome {
     /// Stored before with other content: not stored, not acked as delivered.
     Conflict,
     /// Its sequence is more than MAX_SEQUENCE_AHEAD past the newest stored one.
-    TooFarAhead { newest: u64 },
+    TooFarAhead {
+        newest: u64,
+    },
 }
 
 /// A batch on its way to the store, with who sent it.
@@ -585,8 +587,9 @@ impl Store {
             last = Some((time, rowid));
             let Value::Blob(body) = body else { continue };
             let event = match kind {
-                EVENT_RETRANSMIT => TcpRetransmit::decode(body.as_slice())
-                    .map(fleet_event::Event::Retransmit),
+                EVENT_RETRANSMIT => {
+                    TcpRetransmit::decode(body.as_slice()).map(fleet_event::Event::Retransmit)
+                }
                 EVENT_SLOW_SYSCALL => {
                     SlowSyscall::decode(body.as_slice()).map(fleet_event::Event::SlowSyscall)
                 }
@@ -626,11 +629,7 @@ impl Store {
 }
 
 /// One batch, inside its savepoint.
-fn store_one(
-    tx: &Connection,
-    incoming: &Incoming,
-    now: i64,
-) -> Result<Outcome, rusqlite::Error> {
+fn store_one(tx: &Connection, incoming: &Incoming, now: i64) -> Result<Outcome, rusqlite::Error> {
     let b = &incoming.batch;
     let epoch = b.spool_epoch().to_bytes().to_vec();
     let seq = b.sequence.min(i64::MAX as u64) as i64;
@@ -841,7 +840,10 @@ mod tests {
         dup.sequence = 2;
         dup.host.as_mut().unwrap().hostname = "renamed".into();
         store(&mut s, vec![dup]);
-        assert_eq!(s.hosts().unwrap()[0].host.as_ref().unwrap().hostname, "renamed");
+        assert_eq!(
+            s.hosts().unwrap()[0].host.as_ref().unwrap().hostname,
+            "renamed"
+        );
     }
 
     #[test]
@@ -851,11 +853,17 @@ mod tests {
         // A stream nobody has seen may start anywhere (a collector rebuilt empty).
         store(&mut s, vec![batch("a", 5_000_000, 1.0)]);
         assert_eq!(
-            store(&mut s, vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD + 1, 1.0)]),
+            store(
+                &mut s,
+                vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD + 1, 1.0)]
+            ),
             vec![Outcome::TooFarAhead { newest: 5_000_000 }]
         );
         assert_eq!(
-            store(&mut s, vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD, 1.0)]),
+            store(
+                &mut s,
+                vec![batch("a", 5_000_000 + MAX_SEQUENCE_AHEAD, 1.0)]
+            ),
             vec![Outcome::Stored]
         );
     }
@@ -911,7 +919,9 @@ mod tests {
     fn hosts_and_events_come_in_pages() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
-        let batches: Vec<_> = (0..25).map(|i| batch(&format!("h{i:02}"), 1, 1.0)).collect();
+        let batches: Vec<_> = (0..25)
+            .map(|i| batch(&format!("h{i:02}"), 1, 1.0))
+            .collect();
         store(&mut s, batches);
         let (mut all, mut token) = (Vec::new(), String::new());
         let mut pages = 0;

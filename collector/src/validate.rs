@@ -288,7 +288,11 @@ pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
         if s.count == 0 && s.buckets.is_empty() {
             return Err(invalid(format!("syscalls[{i}]"), "empty"));
         }
-        count(&format!("syscalls[{i}].buckets"), s.buckets.len(), MAX_BUCKETS)?;
+        count(
+            &format!("syscalls[{i}].buckets"),
+            s.buckets.len(),
+            MAX_BUCKETS,
+        )?;
         bound(&mut s.name);
     }
     for (i, r) in b.retransmits.iter_mut().enumerate() {
@@ -344,7 +348,9 @@ mod tests {
             ("metrics[0].cpu_usage_percent", |b| {
                 b.metrics[0].cpu_usage_percent = f64::NAN
             }),
-            ("metrics[0].load_one", |b| b.metrics[0].load_one = f64::INFINITY),
+            ("metrics[0].load_one", |b| {
+                b.metrics[0].load_one = f64::INFINITY
+            }),
             ("sequence", |b| b.sequence = i64::MAX as u64 + 1),
             ("sequence", |b| b.sequence = 0),
             ("metrics[0].time_unix_ms", |b| b.metrics[0].time_unix_ms = 0),
@@ -383,6 +389,10 @@ mod tests {
         });
         check(&mut b, NOW).unwrap();
         let c = &b.metrics[0].top_cpu[0].cmdline;
-        assert!(c.len() <= MAX_STRING && c.ends_with(TRUNCATED), "{}", c.len());
+        assert!(
+            c.len() <= MAX_STRING && c.ends_with(TRUNCATED),
+            "{}",
+            c.len()
+        );
     }
 }

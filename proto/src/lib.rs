@@ -142,11 +142,22 @@ mod tests {
         let e = super::Epoch(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
         let mut b = v1::Batch::default();
         b.set_spool_epoch(e);
-        assert_eq!((b.epoch, b.epoch_low), (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210));
+        assert_eq!(
+            (b.epoch, b.epoch_low),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210)
+        );
         assert_eq!(b.spool_epoch(), e);
         assert_eq!(super::Epoch::parse(&e.hex()), Some(e));
-        assert_eq!(super::Epoch::parse("1700000000000"), Some(super::Epoch::from_halves(1_700_000_000_000, 0)));
-        for bad in ["", "x", "99999999999999999999999", "0123456789abcdef0123456789abcdeg"] {
+        assert_eq!(
+            super::Epoch::parse("1700000000000"),
+            Some(super::Epoch::from_halves(1_700_000_000_000, 0))
+        );
+        for bad in [
+            "",
+            "x",
+            "99999999999999999999999",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
             assert_eq!(super::Epoch::parse(bad), None, "{bad}");
         }
     }

@@ -121,7 +121,8 @@ impl Collector {
     }
 
     fn batches_of(&self, agent_id: &str) -> u64 {
-        self.host(agent_id).map_or(0, |h| h["batches"].as_u64().unwrap_or(0))
+        self.host(agent_id)
+            .map_or(0, |h| h["batches"].as_u64().unwrap_or(0))
     }
 }
 
@@ -277,7 +278,10 @@ fn proc_status_field(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("/proc/PID/status")
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
@@ -359,7 +363,10 @@ async fn grpc_status(resp: h2::client::ResponseFuture) -> (String, String) {
     }
     let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
     let (code, msg) = from(&trailers);
-    (code.unwrap_or_else(|| "none".into()), msg.unwrap_or_default())
+    (
+        code.unwrap_or_else(|| "none".into()),
+        msg.unwrap_or_default(),
+    )
 }
 
 #[test]
@@ -410,7 +417,10 @@ fn clients_hanging_up_mid_answer_cannot_kill_the_daemons() {
             let _ = conn.await;
         }
     });
-    assert!(collector.alive(), "the collector survived clients hanging up");
+    assert!(
+        collector.alive(),
+        "the collector survived clients hanging up"
+    );
     // The agent's API, too: hang up on `vigil stats` answers.
     for _ in 0..20 {
         let mut c = Command::new(vigil_bin())
@@ -447,8 +457,17 @@ fn an_impersonator_cannot_erase_a_hosts_data_unseen() {
         let (acks, _) = send(&url, vec![batch("victim", epoch, 1)]).await;
         assert!(acks[0].conflict && !acks[0].duplicate, "{:?}", acks[0]);
         let h = vigil_json(&["hosts", "--collector", &addr, "--json"]);
-        let victim = h["hosts"].as_array().unwrap().iter().find(|h| h["agent_id"] == "victim").unwrap().clone();
-        assert_eq!(victim["hostname"], real_hostname, "a conflict rewrote the identity: {victim}");
+        let victim = h["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["agent_id"] == "victim")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            victim["hostname"], real_hostname,
+            "a conflict rewrote the identity: {victim}"
+        );
         assert_eq!(victim["conflicts"], 1, "{victim}");
         // 2. Guessing the epoch, as the old millisecond epoch allowed: nothing comes
         //    back as a duplicate (no oracle), whatever is tried.
@@ -496,12 +515,16 @@ fn an_impersonator_cannot_erase_a_hosts_data_unseen() {
         .iter()
         .any(|l| l.contains("CONFLICT")));
     // Past the claimed range the real agent is stored again.
-    wait_until("the victim past the claims", Duration::from_secs(90), || {
-        collector.host("victim").expect("victim")["last_seq"]
-            .as_u64()
-            .unwrap_or(0)
-            > last + 13
-    });
+    wait_until(
+        "the victim past the claims",
+        Duration::from_secs(90),
+        || {
+            collector.host("victim").expect("victim")["last_seq"]
+                .as_u64()
+                .unwrap_or(0)
+                > last + 13
+        },
+    );
     wait_until("the real hostname back", Duration::from_secs(10), || {
         collector.host("victim").expect("victim")["hostname"] == real_hostname
     });
@@ -526,9 +549,12 @@ fn bad_batches_are_refused_alone_and_never_hold_up_another_agent() {
         }),
         ("time_unix_ms", |b| b.metrics[0].time_unix_ms = 5),
         ("metrics", |b| {
-            b.metrics.extend(std::iter::repeat_n(HostMetrics::default(), 20_000))
+            b.metrics
+                .extend(std::iter::repeat_n(HostMetrics::default(), 20_000))
         }),
-        ("metrics[1].time_unix_ms", |b| b.metrics.push(HostMetrics::default())),
+        ("metrics[1].time_unix_ms", |b| {
+            b.metrics.push(HostMetrics::default())
+        }),
         ("agent_id", |b| b.agent_id = "a".repeat(200)),
     ];
     rt().block_on(async {
@@ -537,7 +563,11 @@ fn bad_batches_are_refused_alone_and_never_hold_up_another_agent() {
             spoil(&mut b);
             let (acks, status) = send(&url, vec![b]).await;
             assert!(acks.is_empty(), "{field}");
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{field}: {status:?}"
+            );
             assert!(status.message().contains(field), "{field}: {status:?}");
         }
         // 8 streams of NaN batches for a while: the bystander keeps being stored.
@@ -562,7 +592,10 @@ fn bad_batches_are_refused_alone_and_never_hold_up_another_agent() {
         for t in tasks {
             poisoned += t.await.expect("poisoner");
         }
-        assert!(collector.batches_of("bystander") >= before + 2, "the bystander was stored while {poisoned} poisoned batches came in");
+        assert!(
+            collector.batches_of("bystander") >= before + 2,
+            "the bystander was stored while {poisoned} poisoned batches came in"
+        );
         assert!(collector.refused("invalid_batch") >= poisoned);
     });
     agent.keeps_being_acked(&collector, 1);
@@ -624,8 +657,15 @@ fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
     });
     let hosts = collector.hosts();
     let list = hosts["hosts"].as_array().expect("hosts");
-    assert!(list.len() >= 302, "every host listed across pages: {}", list.len());
-    let extreme = list.iter().find(|h| h["agent_id"] == "extreme").expect("extreme");
+    assert!(
+        list.len() >= 302,
+        "every host listed across pages: {}",
+        list.len()
+    );
+    let extreme = list
+        .iter()
+        .find(|h| h["agent_id"] == "extreme")
+        .expect("extreme");
     assert_eq!(extreme["gaps"].as_u64(), Some(u64::MAX - 3), "{extreme}");
     assert_eq!(
         extreme["dropped_events"]["agent_dropped"].as_u64(),
@@ -638,8 +678,15 @@ fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
         .args(["hosts", "--collector", &collector.addr])
         .output()
         .expect("vigil hosts");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "raw control characters printed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+        "raw control characters printed"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\\x1b]52;c;aGk=\\x07"), "{text}");
     agent.keeps_being_acked(&collector, 1);
@@ -730,8 +777,8 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
             });
         }
     });
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", collector.pid()))
-        .expect("limits");
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", collector.pid())).expect("limits");
     let nofile = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -815,14 +862,20 @@ fn a_wrapped_ack_counter_in_the_spool_state_is_set_aside_and_sending_goes_on() {
     .expect("state");
     let before = collector.batches_of("state-victim");
     let agent = RealAgent::start_in(&collector, "state-victim", dir);
-    wait_until("new batches after the damaged state", Duration::from_secs(30), || {
-        collector.batches_of("state-victim") >= before + 2
-    });
+    wait_until(
+        "new batches after the damaged state",
+        Duration::from_secs(30),
+        || collector.batches_of("state-victim") >= before + 2,
+    );
     assert_eq!(agent.epoch(), epoch, "same epoch: sequences continue");
     let set_aside = std::fs::read_dir(&spool)
         .expect("spool dir")
         .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().starts_with("state.damaged-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.damaged-")
+        });
     assert!(set_aside, "the damaged state is kept for a postmortem");
     let h = collector.host("state-victim").expect("host");
     assert_eq!(h["gaps"], 0, "{h}");
@@ -839,7 +892,13 @@ fn hostile_user() -> (u32, u32) {
         .is_none()
     {
         let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", HOSTILE_USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                HOSTILE_USER,
+            ])
             .output()
             .expect("useradd");
         assert!(
@@ -876,7 +935,9 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
     let collector = Collector::start(&[]);
     let agent = RealAgent::start(&collector, "modes");
     agent.keeps_being_acked(&collector, 1);
-    wait_until("the API socket", Duration::from_secs(10), || agent.socket().exists());
+    wait_until("the API socket", Duration::from_secs(10), || {
+        agent.socket().exists()
+    });
     // The test's temp dirs are 0700 root: open them so that only Vigil's own modes
     // stand between the user and the files.
     use std::os::unix::fs::PermissionsExt as _;
@@ -898,7 +959,11 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("a segment");
     assert_eq!(mode(&segment), 0o600);
-    for file in [data.join("vigil.db"), segment.clone(), agent.spool().join("state")] {
+    for file in [
+        data.join("vigil.db"),
+        segment.clone(),
+        agent.spool().join("state"),
+    ] {
         assert!(
             !as_hostile("cat", &[file.to_str().unwrap()]),
             "{} readable by another user",
@@ -910,7 +975,13 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
     assert!(
         !as_hostile(
             vigil_bin().to_str().unwrap(),
-            &["events", "--since", "1h", "--socket", sock.to_str().unwrap()]
+            &[
+                "events",
+                "--since",
+                "1h",
+                "--socket",
+                sock.to_str().unwrap()
+            ]
         ),
         "another user reached the agent API"
     );
@@ -919,7 +990,8 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
 
 #[test]
 fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
-    if !vigil_tests::require_root("a_rule_file_with_an_absurd_duration_never_takes_the_agent_down") {
+    if !vigil_tests::require_root("a_rule_file_with_an_absurd_duration_never_takes_the_agent_down")
+    {
         return;
     }
     let collector = Collector::start(&[]);
@@ -936,7 +1008,10 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
         .expect("vigil rules check");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml") && err.contains("too long"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("too long"),
+        "{err}"
+    );
     // The agent starts with the file present (built-in rules), survives SIGHUP with
     // it, and keeps streaming.
     let config = dir.path().join("agent.toml");
@@ -986,7 +1061,10 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     wait_until("batches after SIGHUP", Duration::from_secs(30), || {
         collector.batches_of("rules-victim") >= before + 2
     });
-    assert!(matches!(child.0.try_wait(), Ok(None)), "the agent is still running");
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)),
+        "the agent is still running"
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -125,7 +125,11 @@ impl Agent for AgentApi {
             taken += 1;
         }
         let next_page_token = if more {
-            format!("{}:{}", skip.saturating_sub(shift) + taken, st.findings_forgotten)
+            format!(
+                "{}:{}",
+                skip.saturating_sub(shift) + taken,
+                st.findings_forgotten
+            )
         } else {
             String::new()
         };

@@ -8,8 +8,8 @@ use vigil_proto::v1::{
     TcpRetransmit,
 };
 
-use super::display::clean;
 use super::api::connect;
+use super::display::clean;
 use crate::{
     export::convert,
     histogram::LatencyHistogram,

@@ -191,7 +191,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let kept = (0..1000).filter(|_| r.admit(&f(1000, "exec-from-temp-dir"))).count();
+        let kept = (0..1000)
+            .filter(|_| r.admit(&f(1000, "exec-from-temp-dir")))
+            .count();
         assert_eq!(kept as u32, FINDINGS_PER_USER_RULE_PER_MINUTE);
         assert_eq!(r.limited, 1000 - kept as u64);
         assert!(r.admit(&f(0, "exec-from-temp-dir")), "another user");

@@ -135,11 +135,7 @@ fn random_epoch() -> Epoch {
     while filled < bytes.len() {
         // SAFETY: writes at most the remaining length into the buffer.
         let n = unsafe {
-            libc::getrandom(
-                bytes[filled..].as_mut_ptr().cast(),
-                bytes.len() - filled,
-                0,
-            )
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
         };
         if n <= 0 {
             // getrandom(2) cannot fail on a buffer this small once the pool is ready;
@@ -267,10 +263,17 @@ impl Spool {
         }
         let mut state_rebuilt = 0;
         let mut set_aside = |why: &str| {
-            let kept = dir.join(format!("state.damaged-{}", crate::export::convert::unix_ms(std::time::SystemTime::now())));
+            let kept = dir.join(format!(
+                "state.damaged-{}",
+                crate::export::convert::unix_ms(std::time::SystemTime::now())
+            ));
             match fs::rename(&state_path, &kept) {
-                Ok(()) => tracing::warn!(state = %state_path.display(), kept = %kept.display(), why, "spool state set aside; rebuilt from the segments"),
-                Err(e) => tracing::warn!(state = %state_path.display(), error = %e, why, "spool state damaged and could not be set aside; rebuilt from the segments"),
+                Ok(()) => {
+                    tracing::warn!(state = %state_path.display(), kept = %kept.display(), why, "spool state set aside; rebuilt from the segments")
+                }
+                Err(e) => {
+                    tracing::warn!(state = %state_path.display(), error = %e, why, "spool state damaged and could not be set aside; rebuilt from the segments")
+                }
             }
             state_rebuilt += 1;
         };
@@ -509,9 +512,11 @@ impl Spool {
                 file.sync_data().map_err(io(&seg.path))?;
             }
         }
-        let path = self
-            .dir
-            .join(format!("{}-{:020}.seg", self.epoch.hex(), self.next_sequence));
+        let path = self.dir.join(format!(
+            "{}-{:020}.seg",
+            self.epoch.hex(),
+            self.next_sequence
+        ));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -849,7 +854,10 @@ mod tests {
             ("empty", &b""[..]),
             ("garbage", &b"\xff\xfe\x00 not utf-8"[..]),
             ("truncated", &b"epoch 0123"[..]),
-            ("acked at u64::MAX", &b"epoch 1\nacked 18446744073709551615\n"[..]),
+            (
+                "acked at u64::MAX",
+                &b"epoch 1\nacked 18446744073709551615\n"[..],
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let epoch;
@@ -883,7 +891,10 @@ mod tests {
                         .starts_with("state.damaged-")
                 })
                 .count();
-            assert_eq!(kept, 1, "{name}: the damaged state is kept for a postmortem");
+            assert_eq!(
+                kept, 1,
+                "{name}: the damaged state is kept for a postmortem"
+            );
         }
     }
 

@@ -138,8 +138,15 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("5 parsecs").is_err());
-        for huge in ["20000000000000000000s", "99999999999999999999999d", "36501d"] {
-            assert!(parse_duration(huge).unwrap_err().contains("too long"), "{huge}");
+        for huge in [
+            "20000000000000000000s",
+            "99999999999999999999999d",
+            "36501d",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too long"),
+                "{huge}"
+            );
         }
         assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
         assert!(parse_duration("").is_err());
