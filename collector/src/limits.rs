@@ -18,7 +18,6 @@ use std::{
 
 use std::future::Future as _;
 
-use bytes::Buf as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::{transport::server::Connected, Status};
 
@@ -487,8 +486,7 @@ where
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let chunk = data.chunk().to_vec();
-                    if let Err(status) = self.account(&chunk) {
+                    if let Err(status) = self.account(data) {
                         return Poll::Ready(Some(Err(status)));
                     }
                 }

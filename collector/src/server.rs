@@ -106,6 +106,8 @@ struct CollectorService {
     queue: mpsc::Sender<Queued>,
     /// Bytes of decoded batches waiting for the writer (Limits::queue_budget_bytes).
     queue_budget: Arc<Semaphore>,
+    /// The whole budget: a batch larger than it takes all of it (and goes alone).
+    queue_budget_total: u32,
     counters: Arc<Counters>,
     /// True once the collector is stopping: streams end (agents resend what's unacked).
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -144,7 +146,7 @@ impl CollectorService {
         let budget = self
             .queue_budget
             .clone()
-            .acquire_many_owned(size.min(self.queue_budget_max()))
+            .acquire_many_owned(size.min(self.queue_budget_total))
             .await
             .map_err(|_| Status::unavailable("collector shutting down"))?;
         let (agent_id, epoch) = (batch.agent_id.clone(), batch.spool_epoch());
@@ -195,14 +197,6 @@ impl CollectorService {
             }
             Err(_) => Err(Status::unavailable("collector shutting down")),
         }
-    }
-
-    fn queue_budget_max(&self) -> u32 {
-        // A batch larger than the whole budget still goes (alone): never wait forever.
-        self.queue_budget
-            .available_permits()
-            .max(1)
-            .min(u32::MAX as usize) as u32
     }
 }
 
@@ -418,9 +412,11 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    let queue_budget_total = limits.queue_budget_bytes.clamp(1, u32::MAX as usize) as u32;
     let service = Arc::new(CollectorService {
         queue,
-        queue_budget: Arc::new(Semaphore::new(limits.queue_budget_bytes.max(1))),
+        queue_budget: Arc::new(Semaphore::new(queue_budget_total as usize)),
+        queue_budget_total,
         counters: counters.clone(),
         stopping,
     });

@@ -174,12 +174,19 @@ fn sanitize_identity(mut id: HostIdentity) -> HostIdentity {
     id
 }
 
-/// The identity stored for a host, or a placeholder naming the damage.
-fn stored_identity(agent_id: &str, blob: &[u8]) -> HostIdentity {
-    match HostIdentity::decode(blob) {
+/// The identity stored for a host (any column value), or a placeholder naming the
+/// damage.
+fn stored_identity(agent_id: &str, stored: &rusqlite::types::Value) -> HostIdentity {
+    let decoded = match stored {
+        rusqlite::types::Value::Blob(b) => {
+            HostIdentity::decode(b.as_slice()).map_err(|e| e.to_string())
+        }
+        other => Err(format!("a {:?} value, not a blob", other.data_type())),
+    };
+    match decoded {
         Ok(id) => sanitize_identity(id),
-        Err(e) => {
-            tracing::warn!(agent_id, error = %e, "stored host identity does not decode; listed without it");
+        Err(error) => {
+            tracing::warn!(agent_id, %error, "stored host identity does not decode; listed without it");
             sanitize_identity(HostIdentity {
                 agent_id: agent_id.to_string(),
                 hostname: "(damaged identity)".into(),
@@ -406,10 +413,7 @@ impl Store {
                 more = true;
                 break;
             }
-            let identity = match identity {
-                Value::Blob(b) => stored_identity(&agent_id, &b),
-                _ => stored_identity(&agent_id, &[0xff]),
-            };
+            let identity = stored_identity(&agent_id, &identity);
             // Per epoch: newest sequence minus batches stored, in u64 and saturating,
             // so no stored value can overflow the sum.
             let gaps: u64 = gaps
@@ -473,7 +477,7 @@ impl Store {
     }
 
     pub fn identity(&self, agent_id: &str) -> Result<HostIdentity, StoreError> {
-        let blob: Vec<u8> = self
+        let stored: rusqlite::types::Value = self
             .conn
             .query_row(
                 "SELECT identity FROM hosts WHERE agent_id = ?1",
@@ -483,7 +487,7 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?
             .ok_or_else(|| StoreError::UnknownHost(agent_id.to_string()))?;
-        Ok(stored_identity(agent_id, &blob))
+        Ok(stored_identity(agent_id, &stored))
     }
 
     pub fn latest(&self, agent_id: &str) -> Result<Option<HostMetrics>, StoreError> {
@@ -604,10 +608,7 @@ impl Store {
                     continue;
                 }
             };
-            let identity = match identity {
-                Value::Blob(b) => stored_identity(&agent_id, &b),
-                _ => stored_identity(&agent_id, &[0xff]),
-            };
+            let identity = stored_identity(&agent_id, &identity);
             let e = FleetEvent {
                 host: Some(identity),
                 event: Some(event),

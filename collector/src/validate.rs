@@ -55,6 +55,10 @@ fn finite(field: &str, v: f64) -> Result<(), Invalid> {
     }
 }
 
+fn all_finite(field: &str, values: &[f64]) -> Result<(), Invalid> {
+    values.iter().try_for_each(|v| finite(field, *v))
+}
+
 fn count(field: &str, n: usize, max: usize) -> Result<(), Invalid> {
     if n > max {
         Err(invalid(field, format!("{n} items, at most {max} allowed")))
@@ -132,11 +136,12 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
     }
     count(&f("cpu_per_core"), m.cpu_per_core.len(), MAX_CPUS)?;
     for (j, c) in m.cpu_total.iter().chain(&m.cpu_per_core).enumerate() {
-        for v in [
-            c.user, c.nice, c.system, c.idle, c.iowait, c.irq, c.softirq, c.steal,
-        ] {
-            finite(&f(&format!("cpu[{j}]")), v)?;
-        }
+        all_finite(
+            &f(&format!("cpu[{j}]")),
+            &[
+                c.user, c.nice, c.system, c.idle, c.iowait, c.irq, c.softirq, c.steal,
+            ],
+        )?;
     }
     for (name, p) in [
         ("pressure_cpu", &m.pressure_cpu),
@@ -144,9 +149,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
         ("pressure_io", &m.pressure_io),
     ] {
         for line in p.iter().flat_map(|p| p.some.iter().chain(&p.full)) {
-            for v in [line.avg10, line.avg60, line.avg300] {
-                finite(&f(name), v)?;
-            }
+            all_finite(&f(name), &[line.avg10, line.avg60, line.avg300])?;
         }
     }
     count(&f("filesystems"), m.filesystems.len(), MAX_DEVICES)?;
@@ -155,19 +158,18 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
     count(&f("top_cpu"), m.top_cpu.len(), MAX_TOP)?;
     count(&f("top_memory"), m.top_memory.len(), MAX_TOP)?;
     for d in &mut m.disks {
-        for v in [
+        let rates = [
             d.reads_per_sec,
             d.writes_per_sec,
             d.read_bytes_per_sec,
             d.write_bytes_per_sec,
             d.io_time_ms_per_sec,
-        ] {
-            finite(&f("disks"), v)?;
-        }
+        ];
+        all_finite(&f("disks"), &rates)?;
         bound(&mut d.device);
     }
     for n in &mut m.network {
-        for v in [
+        let rates = [
             n.rx_bytes_per_sec,
             n.tx_bytes_per_sec,
             n.rx_packets_per_sec,
@@ -176,9 +178,8 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             n.tx_errors_per_sec,
             n.rx_drops_per_sec,
             n.tx_drops_per_sec,
-        ] {
-            finite(&f("network"), v)?;
-        }
+        ];
+        all_finite(&f("network"), &rates)?;
         bound(&mut n.interface);
     }
     for fs in &mut m.filesystems {

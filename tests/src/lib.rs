@@ -153,6 +153,25 @@ impl Drop for Vigil {
     }
 }
 
+/// Waits until a starting `vigil collector` (stderr piped) says where it listens.
+/// Returns the address and the rest of its stderr, which the caller must keep reading
+/// (or drain) so the collector never blocks on a full pipe.
+pub fn collector_address(
+    child: &mut Child,
+) -> (String, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut lines = BufReader::new(child.stderr.take().expect("collector stderr piped")).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("collector exited before listening")
+            .expect("stderr line");
+        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
+            let addr = rest.split(',').next().expect("address").to_string();
+            return (addr, lines);
+        }
+    }
+}
+
 /// Kills a helper process (bpftrace, ...) when a test ends early.
 pub struct KillOnDrop(pub Child);
 

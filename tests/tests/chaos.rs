@@ -43,16 +43,7 @@ fn start_collector(addr: &str, dir: &Path, netns: Option<&str>) -> KillOnDrop {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting vigil collector");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("collector on {addr} exited before listening"))
-            .expect("stderr");
-        if line.starts_with("vigil: collector listening on ") {
-            break;
-        }
-    }
+    let (_, lines) = vigil_tests::collector_address(&mut child);
     std::thread::spawn(move || for _ in lines {});
     KillOnDrop(child)
 }

@@ -2,7 +2,6 @@
 //! against both, and 200 simulated agents streaming at once. Values are checked
 //! against the kernel (sysinfo, sysconf, getloadavg), not against the agent.
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -12,7 +11,7 @@ use vigil_proto::v1::{
     collector_client::CollectorClient, fleet_client::FleetClient, Batch, HostIdentity, HostMetrics,
     ListHostsRequest,
 };
-use vigil_tests::{sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop};
+use vigil_tests::{collector_address, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop};
 
 /// A `vigil collector` on an ephemeral loopback port, with its own data directory.
 struct Collector {
@@ -31,16 +30,7 @@ fn start_collector() -> Collector {
         .stdout(Stdio::null())
         .spawn()
         .expect("starting vigil collector");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("collector exited before listening")
-            .expect("stderr line");
-        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
-            break rest.split(',').next().expect("address").to_string();
-        }
-    };
+    let (addr, lines) = collector_address(&mut child);
     // Keep draining stderr so the collector never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Collector {

@@ -64,16 +64,7 @@ impl Collector {
             .stdout(Stdio::null());
         setup(&mut cmd);
         let mut child = cmd.spawn().expect("starting vigil collector");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("collector exited before listening")
-                .expect("stderr line");
-            if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
-                break rest.split(',').next().expect("address").to_string();
-            }
-        };
+        let (addr, lines) = vigil_tests::collector_address(&mut child);
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
