@@ -9,6 +9,7 @@ pub mod export;
 pub mod histogram;
 pub mod metrics;
 pub mod pipeline;
+pub mod privileges;
 pub mod probes;
 pub mod query;
 pub mod spool;

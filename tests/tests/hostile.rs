@@ -1063,3 +1063,128 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     let status = child.0.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// The capability masks and no_new_privs of each of `pid`'s threads.
+fn thread_privileges(pid: u32) -> Vec<(String, String, String, String, String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(Result::ok)
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).expect("status");
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                field("CapEff"),
+                field("CapPrm"),
+                field("CapInh"),
+                field("CapBnd"),
+                field("CapAmb"),
+                field("NoNewPrivs"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
+    if !vigil_tests::require_root(
+        "the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached",
+    ) {
+        return;
+    }
+    let collector = Collector::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    // Every probe and detection on: all of it must keep working without root's powers.
+    std::fs::write(&config, "[detect]\nenabled = true\n").expect("config");
+    let socket = dir.path().join("agent.sock");
+    let mut child = Command::new(vigil_bin())
+        .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+        .args(["--agent-id", "least-privilege", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vigil agent");
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let child = KillOnDrop(child);
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the agent never said it is tracing");
+        assert!(!l.contains("could not drop privileges"), "{l}");
+        if l.contains("vigil: tracing the host") {
+            break;
+        }
+    }
+    // Each thread: CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19) only, nothing to
+    // inherit or regain, no_new_privs.
+    let kept = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
+    let zero = "0".repeat(16);
+    let threads = thread_privileges(child.0.id());
+    for t in &threads {
+        assert_eq!(
+            t,
+            &(
+                kept.clone(),
+                kept.clone(),
+                zero.clone(),
+                kept.clone(),
+                zero.clone(),
+                "1".to_string()
+            ),
+            "a thread's (CapEff, CapPrm, CapInh, CapBnd, CapAmb, NoNewPrivs); all: {threads:?}"
+        );
+    }
+    // And it still does its job: another user's program run from a temp directory is
+    // a finding (process table, /proc of another uid, rules), and batches are stored.
+    let (uid, gid) = hostile_user();
+    let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let program = tmp.path().join("dropper");
+    std::fs::copy("/bin/sleep", &program).expect("copy /bin/sleep");
+    let status = Command::new(&program)
+        .arg("1")
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .expect("running the program as another user");
+    assert!(status.success());
+    let path = program.to_str().expect("utf-8").to_string();
+    wait_until("the finding", Duration::from_secs(20), || {
+        let out = Command::new(vigil_bin())
+            .args(["events", "--since", "5m", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("vigil events");
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            v["rule"] == "exec-from-temp-dir"
+                && v["process"]["exe"] == path.as_str()
+                && v["process"]["uid"] == uid
+        })
+    });
+    wait_until("batches stored", Duration::from_secs(30), || {
+        collector.batches_of("least-privilege") >= 2
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}

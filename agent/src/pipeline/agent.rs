@@ -461,6 +461,23 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
         None => None,
     };
+    // Everything that needed root is done (probes attached, socket bound): keep only
+    // what reading /proc and watched directories needs, before any other thread
+    // exists (the exporter's connection may resolve names on one).
+    match crate::privileges::drop_to_kept() {
+        Ok(Some(kept)) => {
+            let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+            names.sort();
+            eprintln!(
+                "vigil: privileges dropped: keeping {}, no_new_privs set",
+                names.join(", ")
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not drop privileges; running with those it started with")
+        }
+    }
     let export_stats = Arc::new(stream::ExportStats::default());
     let mut running = Running {
         exporter: config
