@@ -979,6 +979,98 @@ fn other_users_cannot_read_the_spool_the_database_or_use_the_api() {
     agent.stop();
 }
 
+/// A real `vigil agent` with root's probes and detection on (config in `config`), its
+/// stderr read line by line: tests wait on what it says.
+struct DetectingAgent {
+    child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DetectingAgent {
+    fn start(collector: &Collector, id: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).expect("config");
+        let socket = dir.path().join("agent.sock");
+        let mut child = Command::new(vigil_bin())
+            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+            .args(["--agent-id", id, "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vigil agent");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in stderr.map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self {
+            child: KillOnDrop(child),
+            lines,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// The first line (from now) containing `needle`; a line containing `never` on
+    /// the way fails the test.
+    fn wait_line(&self, needle: &str, never: Option<&str>) -> String {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the agent never said {needle:?}"));
+            if let Some(bad) = never {
+                assert!(!l.contains(bad), "{l}");
+            }
+            if l.contains(needle) {
+                return l;
+            }
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
+    }
+
+    /// The findings `vigil events --json` lists.
+    fn findings(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(vigil_bin())
+            .args(["events", "--since", "1h", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("vigil events");
+        assert!(
+            out.status.success(),
+            "vigil events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    fn stop(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.0.wait().expect("wait");
+        assert!(status.success(), "{status}");
+    }
+}
+
 #[test]
 fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     if !vigil_tests::require_root("a_rule_file_with_an_absurd_duration_never_takes_the_agent_down")
@@ -1005,63 +1097,24 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     );
     // The agent starts with the file present (built-in rules), survives SIGHUP with
     // it, and keeps streaming.
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let agent = DetectingAgent::start(
+        &collector,
+        "rules-victim",
+        &format!(
             "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = true\nrules_dir = \"{}\"\n",
             rules.display()
         ),
-    )
-    .expect("config");
-    let mut child = Command::new(vigil_bin())
-        .args(["agent", "--interval", "1s", "--collector", &collector.addr])
-        .args(["--agent-id", "rules-victim", "--no-api", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vigil agent");
-    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut child = KillOnDrop(child);
-    let wait_line = |needle: &str| loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("agent never said {needle:?}"));
-        if l.contains(needle) {
-            return l;
-        }
-    };
-    let refused = wait_line("running the built-in rules only");
-    assert!(refused.contains("too long"), "{refused}");
-    wait_line("vigil: tracing the host");
-    let before = collector.batches_of("rules-victim");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
-        nix::sys::signal::Signal::SIGHUP,
     );
-    wait_line("SIGHUP: rules refused");
+    let refused = agent.wait_line("running the built-in rules only", None);
+    assert!(refused.contains("too long"), "{refused}");
+    agent.wait_line("vigil: tracing the host", None);
+    let before = collector.batches_of("rules-victim");
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_line("SIGHUP: rules refused", None);
     wait_until("batches after SIGHUP", Duration::from_secs(30), || {
         collector.batches_of("rules-victim") >= before + 2
     });
-    assert!(
-        matches!(child.0.try_wait(), Ok(None)),
-        "the agent is still running"
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = child.0.wait().expect("wait");
-    assert!(status.success(), "{status}");
+    agent.stop();
 }
 
 /// The capability masks and no_new_privs of each of `pid`'s threads.
@@ -1098,45 +1151,14 @@ fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
         return;
     }
     let collector = Collector::start(&[]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("agent.toml");
     // Every probe and detection on: all of it must keep working without root's powers.
-    std::fs::write(&config, "[detect]\nenabled = true\n").expect("config");
-    let socket = dir.path().join("agent.sock");
-    let mut child = Command::new(vigil_bin())
-        .args(["agent", "--interval", "1s", "--collector", &collector.addr])
-        .args(["--agent-id", "least-privilege", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--socket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vigil agent");
-    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let child = KillOnDrop(child);
-    loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the agent never said it is tracing");
-        assert!(!l.contains("could not drop privileges"), "{l}");
-        if l.contains("vigil: tracing the host") {
-            break;
-        }
-    }
+    let agent = DetectingAgent::start(&collector, "least-privilege", "");
+    agent.wait_line("vigil: tracing the host", Some("could not drop privileges"));
     // Each thread: CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19) only, nothing to
     // inherit or regain, no_new_privs.
     let kept = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
     let zero = "0".repeat(16);
-    let threads = thread_privileges(child.0.id());
+    let threads = thread_privileges(agent.pid());
     for t in &threads {
         assert_eq!(
             t,
@@ -1168,13 +1190,7 @@ fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
     assert!(status.success());
     let path = program.to_str().expect("utf-8").to_string();
     wait_until("the finding", Duration::from_secs(20), || {
-        let out = Command::new(vigil_bin())
-            .args(["events", "--since", "5m", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .expect("vigil events");
-        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        agent.findings().iter().any(|v| {
             v["rule"] == "exec-from-temp-dir"
                 && v["process"]["exe"] == path.as_str()
                 && v["process"]["uid"] == uid
@@ -1183,8 +1199,76 @@ fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
     wait_until("batches stored", Duration::from_secs(30), || {
         collector.batches_of("least-privilege") >= 2
     });
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    agent.stop();
+}
+
+#[test]
+fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones() {
+    if !vigil_tests::require_root(
+        "a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones",
+    ) {
+        return;
+    }
+    let collector = Collector::start(&[]);
+    let agent = DetectingAgent::start(&collector, "flooded", "");
+    agent.wait_line("vigil: tracing the host", None);
+    // 8,000 differently named programs run from /var/tmp by an unprivileged user: each
+    // is its own finding (the dedup key has the program), enough to pass 4 MiB.
+    let (uid, gid) = hostile_user();
+    let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::copy("/bin/true", tmp.path().join("p0")).expect("copy /bin/true");
+    const N: usize = 8000;
+    for i in 1..N {
+        std::fs::hard_link(tmp.path().join("p0"), tmp.path().join(format!("p{i}"))).expect("link");
+    }
+    let script = format!(
+        "for i in $(seq 0 {}); do {}/p$i; done",
+        N - 1,
+        tmp.path().display()
     );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .expect("the flood");
+    assert!(status.success());
+    // A real finding by someone else afterwards.
+    let real = tmp.path().join("real-one");
+    std::fs::copy("/bin/true", &real).expect("copy");
+    assert!(Command::new(&real).status().expect("run").success());
+    let real = real.to_str().expect("utf-8").to_string();
+    let mut findings = Vec::new();
+    wait_until("the real finding", Duration::from_secs(30), || {
+        findings = agent.findings();
+        findings
+            .iter()
+            .any(|v| v["process"]["exe"] == real.as_str())
+    });
+    let flood = findings
+        .iter()
+        .filter(|v| v["process"]["uid"] == uid && v["rule"] == "exec-from-temp-dir")
+        .count();
+    assert!(flood <= 100, "{flood} of the user's findings kept");
+    let stats = vigil_json(&[
+        "stats",
+        "--json",
+        "--socket",
+        agent.socket.to_str().unwrap(),
+    ]);
+    let limited = stats["agent"]["detect"]["findings_rate_limited"]
+        .as_u64()
+        .expect("findings_rate_limited");
+    let matched = stats["agent"]["detect"]["rule_matches"]["exec-from-temp-dir"]
+        .as_u64()
+        .unwrap_or(0);
+    // Every exec matched, and those not kept are counted.
+    assert!(matched >= N as u64, "{stats}");
+    assert!(
+        limited + flood as u64 >= N as u64 - 1,
+        "limited {limited}, kept {flood}"
+    );
+    agent.stop();
 }

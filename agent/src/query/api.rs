@@ -92,47 +92,30 @@ impl Agent for AgentApi {
             0 => FINDINGS_PAGE,
             n => (n as usize).min(5 * FINDINGS_PAGE),
         };
-        // The token is how many findings of the answer came before (findings are
-        // kept oldest first; a finding pushed out meanwhile shifts them by its count,
-        // which `forgotten` says).
-        let (skip, forgotten_then) = match r.page_token.split_once(':') {
-            None if r.page_token.is_empty() => (0usize, None),
-            Some((a, b)) => match (a.parse::<usize>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) => (a, Some(b)),
-                _ => return Err(Status::invalid_argument("bad page token")),
-            },
-            None => return Err(Status::invalid_argument("bad page token")),
+        // The token is the absolute number (since the agent started) of the next
+        // finding to look at: findings pushed out meanwhile don't shift the pages.
+        let from: u64 = match r.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page token"))?,
         };
         let st = self.state.read().map_err(|_| poisoned())?;
-        // Findings forgotten since the previous page moved everything up.
-        let shift = forgotten_then.map_or(0, |f| st.findings_forgotten.saturating_sub(f)) as usize;
+        let start = from.saturating_sub(st.findings_forgotten) as usize;
         let mut findings = Vec::new();
         let mut bytes = 0usize;
-        let mut taken = 0usize;
-        let mut more = false;
-        for f in st
-            .findings
-            .iter()
-            .filter(|f| f.time_unix_ms >= r.since_unix_ms)
-            .skip(skip.saturating_sub(shift))
-        {
+        let mut next_page_token = String::new();
+        for (pos, f) in st.findings.iter().enumerate().skip(start) {
+            if f.time_unix_ms < r.since_unix_ms {
+                continue;
+            }
             if findings.len() >= size || bytes > PAGE_BYTES {
-                more = true;
+                next_page_token = (st.findings_forgotten + pos as u64).to_string();
                 break;
             }
             bytes += prost::Message::encoded_len(f);
             findings.push(f.clone());
-            taken += 1;
         }
-        let next_page_token = if more {
-            format!(
-                "{}:{}",
-                skip.saturating_sub(shift) + taken,
-                st.findings_forgotten
-            )
-        } else {
-            String::new()
-        };
         Ok(Response::new(FindingsResponse {
             findings,
             forgotten: st.findings_forgotten,
@@ -240,4 +223,68 @@ pub async fn connect(path: &Path) -> anyhow::Result<AgentClient<Channel>> {
             format!("no agent answering on {shown} (is `vigil agent` running? see --socket)")
         })?;
     Ok(AgentClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_proto::v1::{live_event::Event, Finding};
+
+    use super::*;
+
+    fn page(api: &AgentApi, token: String) -> FindingsResponse {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(api.findings(Request::new(FindingsRequest {
+            since_unix_ms: 0,
+            page_size: 0,
+            page_token: token,
+        })))
+        .unwrap()
+        .into_inner()
+    }
+
+    #[test]
+    fn findings_come_in_pages_that_survive_findings_being_forgotten() {
+        let state = Arc::new(RwLock::new(AgentState::new(Default::default(), 10.0)));
+        let push = |n: usize, from: usize| {
+            let mut st = state.write().unwrap();
+            for i in from..from + n {
+                st.push_event(Event::Finding(Finding {
+                    rule: format!("r{i}"),
+                    time_unix_ms: 1,
+                    ..Default::default()
+                }));
+            }
+        };
+        push(1200, 0);
+        let api = AgentApi {
+            state: state.clone(),
+        };
+        let first = page(&api, String::new());
+        assert_eq!(first.findings.len(), FINDINGS_PAGE);
+        // 10,000 more arrive: everything of the first answer is forgotten.
+        push(super::super::state::RECENT_FINDINGS, 1200);
+        let second = page(&api, first.next_page_token);
+        // The next page starts at the oldest finding still kept, not 500 past it.
+        assert_eq!(second.findings[0].rule, "r1200");
+        assert_eq!(second.forgotten, 1200);
+        let mut seen = FINDINGS_PAGE + second.findings.len();
+        let mut token = second.next_page_token;
+        while !token.is_empty() {
+            let p = page(&api, token);
+            seen += p.findings.len();
+            token = p.next_page_token;
+        }
+        assert_eq!(seen, FINDINGS_PAGE + super::super::state::RECENT_FINDINGS);
+        let bad = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(api.findings(Request::new(FindingsRequest {
+                since_unix_ms: 0,
+                page_size: 0,
+                page_token: "nonsense".into(),
+            })));
+        assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
 }
