@@ -202,9 +202,10 @@ fn digest(b: &Batch) -> Vec<u8> {
     sha2::Sha256::digest(b.encode_to_vec()).to_vec()
 }
 
-/// `before + n`, saturating at i64::MAX, in SQL (n is clamped on the way in).
-const SATURATING_ADD: &str =
-    "CASE WHEN total > 9223372036854775807 - ?3 THEN 9223372036854775807 ELSE total + ?3 END";
+/// Adds a loss count, saturating at i64::MAX (the count is clamped on the way in).
+const ADD_LOSS: &str = "INSERT INTO losses (agent_id, stage, total) VALUES (?1, ?2, ?3)
+     ON CONFLICT (agent_id, stage) DO UPDATE SET total =
+         CASE WHEN total > 9223372036854775807 - ?3 THEN 9223372036854775807 ELSE total + ?3 END";
 
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`: the directory 0700, the
@@ -693,11 +694,8 @@ fn store_one(tx: &Connection, incoming: &Incoming, now: i64) -> Result<Outcome, 
     for (stage, n) in b.losses.as_ref().map(Losses::stages).into_iter().flatten() {
         if n > 0 {
             let n = n.min(i64::MAX as u64) as i64;
-            tx.prepare_cached(&format!(
-                "INSERT INTO losses (agent_id, stage, total) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (agent_id, stage) DO UPDATE SET total = {SATURATING_ADD}"
-            ))?
-            .execute(params![b.agent_id, stage, n])?;
+            tx.prepare_cached(ADD_LOSS)?
+                .execute(params![b.agent_id, stage, n])?;
         }
     }
     let mut point = tx.prepare_cached(
