@@ -33,6 +33,10 @@ pub enum Bench {
         agents: usize,
         #[arg(long, default_value_t = 200)]
         batches: u64,
+        /// Another `vigil` binary (an earlier version) whose collector takes the same
+        /// load in the same run, for a before/after row and ratios.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Exec events: a storm of short-lived processes with nothing attached, with
     /// `vigil trace processes --exec`, and with libbpf-tools execsnoop; storm rate,
@@ -234,7 +238,11 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             rounds,
             cpu,
         } => (iterations, rounds, cpu),
-        Bench::Collector { agents, batches } => return collector(vigil, agents, batches),
+        Bench::Collector {
+            agents,
+            batches,
+            baseline,
+        } => return collector(vigil, agents, batches, baseline.as_deref()),
         Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
         Bench::Exec { execs, rounds } => return exec(vigil, execs, rounds),
     };
@@ -377,16 +385,31 @@ pub(crate) fn start_collector(
     Ok((Attached(Some(child)), addr))
 }
 
-fn collector(vigil: &std::path::Path, agents: usize, batches: u64) -> anyhow::Result<()> {
-    let dir = crate::workspace_root().join("target/bench-collector");
-    let (collector, addr) = start_collector(vigil, &dir)?;
+/// One collector's ingest under the load generator of `load` (this build).
+struct Ingest {
+    secs: f64,
+    batches_per_sec: f64,
+    points_per_sec: f64,
+    cpu_secs: f64,
+    rss_mib: f64,
+    peak_mib: f64,
+}
+
+fn ingest(
+    collector_bin: &std::path::Path,
+    load: &std::path::Path,
+    dir: &std::path::Path,
+    agents: usize,
+    batches: u64,
+) -> anyhow::Result<Ingest> {
+    let (collector, addr) = start_collector(collector_bin, dir)?;
     let pid = collector
         .0
         .as_ref()
         .map(|c| c.id())
         .context("collector pid")?;
     let cpu_before = cpu_seconds(pid)?;
-    let out = Command::new(vigil)
+    let out = Command::new(load)
         .args([
             "bench-ingest",
             "--collector",
@@ -404,8 +427,8 @@ fn collector(vigil: &std::path::Path, agents: usize, batches: u64) -> anyhow::Re
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let cpu = cpu_seconds(pid)? - cpu_before;
-    let (rss, peak) = rss_mib(pid);
+    let cpu_secs = cpu_seconds(pid)? - cpu_before;
+    let (rss_mib, peak_mib) = rss_mib(pid);
     drop(collector);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| -> f64 {
@@ -415,20 +438,55 @@ fn collector(vigil: &std::path::Path, agents: usize, batches: u64) -> anyhow::Re
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
     };
-    let (secs, bps, pps) = (
-        field("seconds"),
-        field("batches_per_sec"),
-        field("points_per_sec"),
-    );
+    Ok(Ingest {
+        secs: field("seconds"),
+        batches_per_sec: field("batches_per_sec"),
+        points_per_sec: field("points_per_sec"),
+        cpu_secs,
+        rss_mib,
+        peak_mib,
+    })
+}
+
+fn collector(
+    vigil: &std::path::Path,
+    agents: usize,
+    batches: u64,
+    baseline: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let dir = crate::workspace_root().join("target/bench-collector");
+    let total = agents as u64 * batches;
+    let mut rows = vec![("this build".to_string(), ingest(vigil, vigil, &dir, agents, batches)?)];
+    if let Some(b) = baseline {
+        rows.push((
+            format!("baseline {}", b.display()),
+            ingest(b, vigil, &dir, agents, batches)?,
+        ));
+    }
     println!("bench collector: {agents} concurrent agents x {batches} batches (one host sample each) on loopback, SQLite store in {}", dir.display());
     println!();
-    println!("| agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | collector RSS MiB (peak) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {agents} | {} | {secs:.2} | {bps:.0} | {pps:.0} | {cpu:.2} | {:.1} | {rss:.0} ({peak:.0}) |",
-        agents as u64 * batches,
-        cpu * 1000.0 / (agents as u64 * batches) as f64 * 1000.0
-    );
+    println!("| collector | agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | collector RSS MiB (peak) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &rows {
+        println!(
+            "| {name} | {agents} | {total} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} ({:.0}) |",
+            r.secs,
+            r.batches_per_sec,
+            r.points_per_sec,
+            r.cpu_secs,
+            r.cpu_secs * 1e6 / total as f64,
+            r.rss_mib,
+            r.peak_mib
+        );
+    }
+    if let [(_, now), (_, before)] = rows.as_slice() {
+        println!();
+        println!(
+            "this build / baseline: batches/s {:.2}x, CPU per batch {:.2}x",
+            now.batches_per_sec / before.batches_per_sec,
+            now.cpu_secs / before.cpu_secs
+        );
+    }
     Ok(())
 }
 
