@@ -1117,6 +1117,15 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     agent.stop();
 }
 
+/// A directory in /var/tmp (a temp dir the detection rules watch) that the hostile
+/// user can run programs from.
+fn temp_program_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tmp
+}
+
 /// The capability masks and no_new_privs of each of `pid`'s threads.
 fn thread_privileges(pid: u32) -> Vec<(String, String, String, String, String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -1176,9 +1185,7 @@ fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
     // And it still does its job: another user's program run from a temp directory is
     // a finding (process table, /proc of another uid, rules), and batches are stored.
     let (uid, gid) = hostile_user();
-    let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tmp = temp_program_dir();
     let program = tmp.path().join("dropper");
     std::fs::copy("/bin/sleep", &program).expect("copy /bin/sleep");
     let status = Command::new(&program)
@@ -1215,9 +1222,7 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     // 8,000 differently named programs run from /var/tmp by an unprivileged user: each
     // is its own finding (the dedup key has the program), enough to pass 4 MiB.
     let (uid, gid) = hostile_user();
-    let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tmp = temp_program_dir();
     std::fs::copy("/bin/true", tmp.path().join("p0")).expect("copy /bin/true");
     const N: usize = 8000;
     for i in 1..N {
@@ -1264,11 +1269,15 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     let matched = stats["agent"]["detect"]["rule_matches"]["exec-from-temp-dir"]
         .as_u64()
         .unwrap_or(0);
-    // Every exec matched, and those not kept are counted.
-    assert!(matched >= N as u64, "{stats}");
+    // Every exec matched or was counted lost in the kernel (a busy machine can fill
+    // the ring buffer), and of the user's matches all but the 100 kept are counted.
+    let lost = stats["agent"]["dropped_events"]["kernel_ringbuf_full"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(matched + lost >= N as u64 + 1, "{stats}");
     assert!(
-        limited + flood as u64 >= N as u64 - 1,
-        "limited {limited}, kept {flood}"
+        limited + flood as u64 + lost >= N as u64,
+        "limited {limited}, kept {flood}: {stats}"
     );
     agent.stop();
 }

@@ -456,7 +456,10 @@ fn collector(
 ) -> anyhow::Result<()> {
     let dir = crate::workspace_root().join("target/bench-collector");
     let total = agents as u64 * batches;
-    let mut rows = vec![("this build".to_string(), ingest(vigil, vigil, &dir, agents, batches)?)];
+    let mut rows = vec![(
+        "this build".to_string(),
+        ingest(vigil, vigil, &dir, agents, batches)?,
+    )];
     if let Some(b) = baseline {
         rows.push((
             format!("baseline {}", b.display()),
