@@ -680,6 +680,20 @@ fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\\x1b]52;c;aGk=\\x07"), "{text}");
+    let out = Command::new(vigil_bin())
+        .args(["host", "evil\x1b[2J", "--collector", &collector.addr])
+        .output()
+        .expect("vigil host");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+        "raw control characters printed"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evil\\x1b[2J"));
     agent.keeps_being_acked(&collector, 1);
     agent.stop();
 }
@@ -1243,7 +1257,12 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     // A real finding by someone else afterwards.
     let real = tmp.path().join("real-one");
     std::fs::copy("/bin/true", &real).expect("copy");
-    assert!(Command::new(&real).status().expect("run").success());
+    // Its command line tries to retitle and clear the terminal of whoever reads it.
+    assert!(Command::new(&real)
+        .arg("\x1b]0;pwned\x07\x1b[2J")
+        .status()
+        .expect("run")
+        .success());
     let real = real.to_str().expect("utf-8").to_string();
     let mut findings = Vec::new();
     wait_until("the real finding", Duration::from_secs(30), || {
@@ -1257,6 +1276,18 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
         .filter(|v| v["process"]["uid"] == uid && v["rule"] == "exec-from-temp-dir")
         .count();
     assert!(flood <= 100, "{flood} of the user's findings kept");
+    // The human listing prints that command line escaped.
+    let out = Command::new(vigil_bin())
+        .args(["events", "--since", "1h", "--socket"])
+        .arg(&agent.socket)
+        .output()
+        .expect("vigil events");
+    assert!(out.status.success());
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+        "raw control characters printed"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\\x1b]0;pwned\\x07"));
     let stats = vigil_json(&[
         "stats",
         "--json",
