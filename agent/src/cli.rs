@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::trace::parse_duration;
+use crate::units::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,7 +105,7 @@ pub enum Command {
     /// line; with `--follow`, then every finding, slow syscall and retransmit as it comes.
     Events {
         /// Print the findings of this past window first ("5m", "1h"; default 1h).
-        #[arg(long, value_parser = crate::trace::parse_duration, default_value = "1h")]
+        #[arg(long, value_parser = crate::units::parse_duration, default_value = "1h")]
         since: std::time::Duration,
         /// Keep streaming.
         #[arg(long)]
@@ -127,7 +127,7 @@ pub enum Command {
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: Duration,
         /// A batch (gRPC message) larger than this is refused (RESOURCE_EXHAUSTED).
-        #[arg(long, default_value = "8MiB", value_parser = crate::config::parse_size)]
+        #[arg(long, default_value = "8MiB", value_parser = crate::units::parse_size)]
         max_message_size: u64,
         /// Connections at once; more are closed at accept (also held under the open
         /// files limit, which the collector raises to its hard limit).
@@ -141,7 +141,7 @@ pub enum Command {
         max_streams_per_connection: u32,
         /// Bytes of messages still arriving, all streams together; a stream whose
         /// message would pass it is refused and retried.
-        #[arg(long, default_value = "256MiB", value_parser = crate::config::parse_size)]
+        #[arg(long, default_value = "256MiB", value_parser = crate::units::parse_size)]
         decode_budget: u64,
         /// A message must arrive whole within this long.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]

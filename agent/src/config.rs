@@ -9,30 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::trace::parse_duration;
-
-/// Parses a size: `4096`, `64KiB`, `8MiB`, `1GiB` (K, M, G mean the same).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (try 4096, 64KiB, 8MiB, 1GiB)"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}` (use B, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
+use crate::units::parse_duration;
 
 /// Where `vigil agent` looks for its config when `--config` isn't given. A missing
 /// file there means all defaults; a missing file named by `--config` is an error.
@@ -212,7 +189,16 @@ impl AgentConfig {
             }
             Err(e) => return Err(err(format!("cannot read: {e}"))),
         };
-        let config: Self = toml::from_str(&text).map_err(|e| {
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks the text of the file at `path` (named in the errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |p: String| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![p],
+        };
+        let config: Self = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
                 .map(|s| {
@@ -359,5 +345,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot read"));
+    }
+
+    // Error or value, never a panic: arbitrary text, and known keys with arbitrary values.
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_an_error(text in "\\PC*") {
+            let _ = AgentConfig::parse(Path::new("agent.toml"), &text);
+        }
+
+        #[test]
+        fn known_keys_with_any_value_are_a_config_or_an_error(
+            section in "(|\\[probes\\]|\\[spool\\]|\\[detect\\])",
+            key in "(interval|shutdown_timeout|summary_rows|slow_threshold|slow_events_per_sec|ring_buffer_bytes|max_bytes|segment_bytes|fsync|fsync_interval|rules_dir|enabled|socket|collector)",
+            value in "(\"[0-9]{0,25}(\\.[0-9]{0,5})?(ns|us|ms|s|m|h|d|KiB|MiB|GiB|x)?\"|-?[0-9]{0,25}|true|\"\\PC{0,20}\"|[0-9]e[0-9]{1,4})",
+        ) {
+            let text = format!("{section}\n{key} = {value}\n");
+            if let Ok(c) = AgentConfig::parse(Path::new("agent.toml"), &text) {
+                proptest::prop_assert!(c.interval.0 <= crate::units::MAX_DURATION);
+                proptest::prop_assert!(c.probes.slow_threshold.0 <= crate::units::MAX_DURATION);
+            }
+        }
     }
 }

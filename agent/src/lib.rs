@@ -15,3 +15,4 @@ pub mod query;
 pub mod spool;
 pub mod syscall_table;
 pub mod trace;
+pub mod units;

@@ -770,3 +770,158 @@ fn sigterm_spools_the_partial_batch_and_exits_by_the_deadline() {
     assert_complete(&h);
     assert_eq!(n(&h, "last_seq"), 2, "the partial batch of each run: {h}");
 }
+
+/// What a test does to the data dir of a stopped agent before starting it again.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    EmptyState,
+    GarbageState,
+    TruncatedState,
+    SegmentTruncatedToZero,
+    GarbageSegment,
+    SegmentChmod000,
+    SegmentIsADirectory,
+}
+
+/// The agent's newest spool segment.
+fn newest_segment(spool: &Path) -> PathBuf {
+    std::fs::read_dir(spool)
+        .expect("spool dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.rsplit_once('-'))
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .expect("a spool segment")
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn damage_under_the_data_dir_is_set_aside_counted_and_the_agent_starts() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use vigil_tests::daemons::{Collector, RealAgent};
+    if !require_root("damage_under_the_data_dir_is_set_aside_counted_and_the_agent_starts") {
+        return;
+    }
+    let collector = Collector::start(&[]);
+    for damage in [
+        Damage::EmptyState,
+        Damage::GarbageState,
+        Damage::TruncatedState,
+        Damage::SegmentTruncatedToZero,
+        Damage::GarbageSegment,
+        Damage::SegmentChmod000,
+        Damage::SegmentIsADirectory,
+    ] {
+        let id = format!("chaos-damage-{damage:?}");
+        let agent = RealAgent::start(&collector, &id);
+        agent.keeps_being_acked(&collector, 2);
+        let epoch = agent.epoch();
+        let spool = agent.spool();
+        let dir = agent.kill_keeping_dir();
+        let state = spool.join("state");
+        let segment = newest_segment(&spool);
+        match damage {
+            Damage::EmptyState => std::fs::write(&state, b"").expect("state"),
+            Damage::GarbageState => {
+                std::fs::write(&state, b"\xff\xfe\x00garbage\x80\n\x01").expect("state");
+            }
+            Damage::TruncatedState => {
+                let text = std::fs::read(&state).expect("state");
+                std::fs::write(&state, &text[..text.len() / 2]).expect("state");
+            }
+            Damage::SegmentTruncatedToZero => {
+                std::fs::File::create(&segment).expect("truncate");
+            }
+            Damage::GarbageSegment => {
+                let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+                std::fs::write(&segment, garbage).expect("segment");
+            }
+            Damage::SegmentChmod000 => {
+                std::fs::set_permissions(&segment, std::fs::Permissions::from_mode(0o000))
+                    .expect("chmod");
+            }
+            Damage::SegmentIsADirectory => {
+                std::fs::remove_file(&segment).expect("rm");
+                std::fs::create_dir(&segment).expect("mkdir");
+            }
+        }
+        let before = collector.batches_of(&id);
+        let agent = RealAgent::start_in(&collector, &id, dir);
+        // It starts and streams: new batches are stored.
+        vigil_tests::daemons::wait_until(
+            &format!("{damage:?}: new batches after the damage"),
+            Duration::from_secs(30),
+            || collector.batches_of(&id) >= before + 2,
+        );
+        let spool_stats = agent.stats()["agent"]["spool"].clone();
+        let names = names_in(&spool);
+        match damage {
+            Damage::EmptyState | Damage::GarbageState | Damage::TruncatedState => {
+                assert_eq!(spool_stats["state_rebuilt"], 1, "{damage:?}: {spool_stats}");
+                assert!(
+                    names.iter().any(|n| n.starts_with("state.damaged-")),
+                    "{damage:?}: the damaged state is kept for a postmortem: {names:?}"
+                );
+                assert_eq!(
+                    agent.epoch(),
+                    epoch,
+                    "{damage:?}: the epoch is rebuilt from the segments"
+                );
+            }
+            Damage::SegmentTruncatedToZero => {
+                // The records it held are gone, so the agent cannot know the last
+                // sequences it sent: the few it reuses (past the last checkpointed
+                // ack) are conflicts, counted the same at both ends, not stored.
+                assert_eq!(spool_stats["state_rebuilt"], 0, "{damage:?}: {spool_stats}");
+                let h = collector.host(&id).expect("host");
+                assert_eq!(
+                    h["conflicts"],
+                    agent.stats()["agent"]["batches_conflicting"],
+                    "{damage:?}: {h}"
+                );
+            }
+            Damage::GarbageSegment => {
+                assert!(
+                    spool_stats["corrupt_records"].as_u64() >= Some(1),
+                    "{damage:?}: the damage is counted: {spool_stats}"
+                );
+            }
+            Damage::SegmentChmod000 => {
+                // Root reads it anyway; the agent puts its mode back.
+                assert_eq!(
+                    spool_stats["corrupt_records"], 0,
+                    "{damage:?}: {spool_stats}"
+                );
+                if let Ok(m) = std::fs::metadata(&segment) {
+                    assert_eq!(m.permissions().mode() & 0o777, 0o600, "{damage:?}");
+                }
+            }
+            Damage::SegmentIsADirectory => {
+                assert!(
+                    spool_stats["corrupt_records"].as_u64() >= Some(1),
+                    "{damage:?}: the unreadable segment is counted: {spool_stats}"
+                );
+                assert!(
+                    names.iter().any(|n| n.ends_with(".unreadable")),
+                    "{damage:?}: set aside: {names:?}"
+                );
+            }
+        }
+        if !matches!(damage, Damage::SegmentTruncatedToZero) {
+            let h = collector.host(&id).expect("host");
+            assert_eq!(h["conflicts"], 0, "{damage:?}: no sequence reused: {h}");
+        }
+        agent.stop();
+    }
+}

@@ -29,7 +29,7 @@ const WITHIN: Duration = Duration::from_secs(2);
 /// shared while its agent runs; the benign-workload test holds it alone.
 static HOST: RwLock<()> = RwLock::new(());
 
-#[allow(dead_code)] // the guards are held, not read
+#[expect(dead_code, reason = "the guards are held, not read")]
 enum Turn {
     Shared(RwLockReadGuard<'static, ()>),
     Alone(RwLockWriteGuard<'static, ()>),

@@ -6,8 +6,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -15,7 +14,10 @@ use tokio_stream::StreamExt as _;
 use vigil_proto::v1::{
     collector_client::CollectorClient, Batch, Finding, HostIdentity, HostMetrics, Losses,
 };
-use vigil_tests::{vigil_bin, vigil_json, KillOnDrop};
+use vigil_tests::{
+    daemons::{wait_until, Collector, RealAgent},
+    vigil_bin, vigil_json, KillOnDrop,
+};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -30,195 +32,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64
-}
-
-/// Waits until `cond` holds (checked every 100 ms), panicking with `what` after `max`.
-fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + max;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Collector {
-    child: KillOnDrop,
-    addr: String,
-    dir: tempfile::TempDir,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Collector {
-    fn start(extra: &[&str]) -> Self {
-        Self::start_with(extra, |_| {})
-    }
-
-    fn start_with(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(vigil_bin());
-        cmd.args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .env("VIGIL_LOG", "warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
-        setup(&mut cmd);
-        let mut child = cmd.spawn().expect("starting vigil collector");
-        let (addr, lines) = vigil_tests::collector_address(&mut child);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Self {
-            child: KillOnDrop(child),
-            addr,
-            dir,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.0.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.0.try_wait(), Ok(None))
-    }
-
-    fn hosts(&self) -> serde_json::Value {
-        vigil_json(&["hosts", "--collector", &self.addr, "--json"])
-    }
-
-    fn host(&self, agent_id: &str) -> Option<serde_json::Value> {
-        self.hosts()["hosts"]
-            .as_array()
-            .expect("hosts")
-            .iter()
-            .find(|h| h["agent_id"] == agent_id)
-            .cloned()
-    }
-
-    fn refused(&self, reason: &str) -> u64 {
-        self.hosts()["collector"]["refused"][reason]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    fn batches_of(&self, agent_id: &str) -> u64 {
-        self.host(agent_id)
-            .map_or(0, |h| h["batches"].as_u64().unwrap_or(0))
-    }
-}
-
-/// A real `vigil agent` streaming to the collector once a second: host metrics only
-/// (probes and detection off), its own data dir and API socket.
-struct RealAgent {
-    child: Child,
-    id: String,
-    dir: tempfile::TempDir,
-}
-
-impl RealAgent {
-    fn start(collector: &Collector, id: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(collector, id, dir)
-    }
-
-    fn start_in(collector: &Collector, id: &str, dir: tempfile::TempDir) -> Self {
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n",
-        )
-        .expect("config");
-        let child = Command::new(vigil_bin())
-            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
-            .args(["--agent-id", id, "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--socket")
-            .arg(dir.path().join("agent.sock"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting vigil agent");
-        Self {
-            child,
-            id: id.to_string(),
-            dir,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("data/spool")
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        vigil_json(&[
-            "stats",
-            "--json",
-            "--socket",
-            self.socket().to_str().expect("utf-8 path"),
-        ])
-    }
-
-    /// Its spool's epoch, as its state file says.
-    fn epoch(&self) -> vigil_proto::Epoch {
-        let state = std::fs::read_to_string(self.spool().join("state")).expect("spool state");
-        let line = state
-            .lines()
-            .find_map(|l| l.strip_prefix("epoch "))
-            .expect("epoch line");
-        vigil_proto::Epoch::parse(line).expect("an epoch")
-    }
-
-    /// Waits until the collector has stored `more` further batches of this agent:
-    /// the collector is still serving it.
-    fn keeps_being_acked(&self, collector: &Collector, more: u64) {
-        let start = collector.batches_of(&self.id);
-        wait_until(
-            &format!("{more} more batches of {} stored", self.id),
-            Duration::from_secs(30),
-            || collector.batches_of(&self.id) >= start + more,
-        );
-    }
-
-    /// SIGKILLs the agent and hands back its directory (spool, config) for a restart.
-    fn kill_keeping_dir(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
-    }
-
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "agent exited with {status}");
-    }
-}
-
-impl Drop for RealAgent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// A valid batch of one sample for `agent_id`.
@@ -1305,7 +1118,7 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     let lost = stats["agent"]["dropped_events"]["kernel_ringbuf_full"]
         .as_u64()
         .unwrap_or(0);
-    assert!(matched + lost >= N as u64 + 1, "{stats}");
+    assert!(matched + lost > N as u64, "{stats}");
     assert!(
         limited + flood as u64 + lost >= N as u64,
         "limited {limited}, kept {flood}: {stats}"

@@ -365,7 +365,7 @@ fn compile(r: &Value, source: &str) -> Result<Rule, String> {
     };
     let dedup = match m.get("dedup").and_then(scalar) {
         None => DEFAULT_DEDUP,
-        Some(s) => crate::trace::parse_duration(&s).map_err(|e| format!("dedup `{s}`: {e}"))?,
+        Some(s) => crate::units::parse_duration(&s).map_err(|e| format!("dedup `{s}`: {e}"))?,
     };
     Ok(Rule {
         id,
@@ -654,5 +654,33 @@ rules:
         assert!(!glob_match(b"a?c", b"ac"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"/etc/*", b"/tmp/x"));
+    }
+
+    // Error or rules, never a panic: arbitrary text, and a rule whose every value is
+    // arbitrary (durations, operators, regexes, nesting).
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_rules_or_an_error(text in "\\PC*") {
+            let _ = parse("t.yaml", &text);
+        }
+
+        #[test]
+        fn a_rule_with_any_values_is_rules_or_an_error(
+            dedup in "[0-9]{0,30}(\\.[0-9]{0,4})?(ns|us|ms|s|m|h|d|y)?",
+            severity in "(info|low|medium|high|critical|\\PC{0,8})",
+            event in "(exec|ptrace|setuid|module_load|file_write|connect|listen|\\PC{0,8})",
+            field in "(process\\.exe|process\\.uid|port|path|ancestor\\.name|\\PC{0,12})",
+            op in "(equals|prefix|contains|glob|regex|in|not|any|all|\\PC{0,6})",
+            value in "(\"\\PC{0,16}\"|\\[\\]|\\{\\}|[0-9]{0,25}|~|\\[a, \\[b\\]\\])",
+        ) {
+            let text = format!(
+                "rules:\n- id: r\n  description: d\n  severity: {severity}\n  mitre: [T1059]\n  events: [{event}]\n  dedup: {dedup}\n  condition:\n    {field}: {{{op}: {value}}}\n"
+            );
+            if let Ok(rules) = parse("t.yaml", &text) {
+                for r in &rules {
+                    proptest::prop_assert!(r.dedup <= crate::units::MAX_DURATION);
+                }
+            }
+        }
     }
 }

@@ -31,7 +31,8 @@ use crate::{
     probes::{error_chain, events::Event, ProbeSettings, ProbeState, Probes},
     query::state::AgentState,
     spool::Spool,
-    trace::{human_ns, syscalls::rows},
+    trace::syscalls::rows,
+    units::human_ns,
 };
 
 /// Events kept per interval for the batch; more are counted as dropped.
@@ -713,7 +714,10 @@ fn reload_rules(d: Option<&mut Detector>, p: Option<&mut Probes>, config: &Agent
 
 /// Ends the interval: drains events, reads the probes and the host, prints the
 /// summary if asked, and returns the interval's batch (not yet spooled).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "until the Agent struct owns this state (issue #11)"
+)]
 fn close_interval(
     iv: &mut Interval,
     host: &mut Sampler,
@@ -847,6 +851,7 @@ fn spool_batch(
             spool_unacked: st.unacked,
             spool_dropped_batches: st.dropped_batches,
             spool_corrupt_records: st.corrupt_records,
+            spool_state_rebuilt: st.state_rebuilt,
             batches_sent: export.sent.load(Ordering::Relaxed),
             batches_acked: export.acked.load(Ordering::Relaxed),
             duplicates_acked: export.duplicates.load(Ordering::Relaxed),

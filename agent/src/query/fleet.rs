@@ -130,6 +130,7 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "spool": {
             "bytes": a.spool_bytes, "unacked": a.spool_unacked,
             "dropped_batches": a.spool_dropped_batches, "corrupt_records": a.spool_corrupt_records,
+            "state_rebuilt": a.spool_state_rebuilt,
         },
         "batches_sent": a.batches_sent, "batches_acked": a.batches_acked,
         "duplicates_acked": a.duplicates_acked, "reconnects": a.reconnects,

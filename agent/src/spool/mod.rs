@@ -121,7 +121,7 @@ fn parse_segment_name(name: &str) -> Option<(Epoch, u64)> {
     let (epoch, first) = stem.split_once('-')?;
     let first: u64 = first.parse().ok()?;
     // A name no writer could have made is not a segment of ours.
-    (first >= 1 && first <= MAX_SEQUENCE).then_some(())?;
+    (1..=MAX_SEQUENCE).contains(&first).then_some(())?;
     Some((Epoch::parse(epoch)?, first))
 }
 
@@ -312,7 +312,11 @@ impl Spool {
         let mut segments = VecDeque::new();
         let mut max_seq = acked;
         let mut torn_tail = 0usize;
-        for (e, _, path) in names {
+        // The first sequence of each segment after this one (names are sorted).
+        let next_firsts: Vec<Option<u64>> = (0..names.len())
+            .map(|i| names[i + 1..].iter().find(|n| n.0 == epoch).map(|n| n.1))
+            .collect();
+        for (i, (e, first, path)) in names.into_iter().enumerate() {
             if e != epoch {
                 tracing::warn!(segment = %path.display(), "spool segment of another epoch; ignored");
                 continue;
@@ -327,11 +331,14 @@ impl Spool {
                     tracing::warn!(segment = %path.display(), error = %e, "spool segment unreadable; set aside");
                     let _ = fs::rename(&path, &kept);
                     stats.corrupt_records += 1;
-                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                        if let Some((_, first)) = parse_segment_name(name) {
-                            max_seq = max_seq.max(first.saturating_add(MAX_RECORDS_PER_SEGMENT));
-                        }
-                    }
+                    // Its sequences end before the next segment's first; the newest can
+                    // hold at most one record per header's worth of bytes. (A guess past
+                    // that would leave the collector a jump it refuses as too far ahead.)
+                    let last = match next_firsts[i] {
+                        Some(next) => next.saturating_sub(1),
+                        None => first.saturating_add(config.segment_bytes / HEADER as u64),
+                    };
+                    max_seq = max_seq.max(last.min(MAX_SEQUENCE - 1));
                     continue;
                 }
             };

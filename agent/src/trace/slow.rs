@@ -6,7 +6,8 @@ use serde::Serialize;
 use crate::{
     probes::{events::Event, Probe, ProbeSettings},
     syscall_table::syscall_name,
-    trace::{announce, human_ns, load_probes, retransmits::unix_seconds, watch_events},
+    trace::{announce, load_probes, retransmits::unix_seconds, watch_events},
+    units::human_ns,
 };
 
 #[derive(Serialize)]

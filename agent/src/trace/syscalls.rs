@@ -7,7 +7,8 @@ use crate::{
     histogram::LatencyHistogram,
     probes::{Probe, ProbeSettings},
     syscall_table::syscall_name,
-    trace::{announce, human_ns, load_probes, wait_for_stop},
+    trace::{announce, load_probes, wait_for_stop},
+    units::human_ns,
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

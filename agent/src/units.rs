@@ -1,0 +1,178 @@
+//! Leaf helpers every stage uses: durations and sizes as people write them, and
+//! nanoseconds as people read them. Depends on nothing else in the crate.
+use std::time::Duration;
+
+/// The longest duration Vigil takes anywhere (flags, config and rule files). Anything
+/// longer is a typo, and would overflow the clocks it is added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Why a duration or a size was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{input}` is not a duration (try 5s, 500ms, 2m)")]
+    NotADuration { input: String },
+    #[error("unknown unit `{unit}` in `{input}` (use ns, us, ms, s, m, h, d)")]
+    UnknownDurationUnit { input: String, unit: String },
+    #[error("`{input}` is too long (at most 100 years)")]
+    TooLong { input: String },
+    #[error("`{input}` is not a size (try 4096, 64KiB, 8MiB, 1GiB)")]
+    NotASize { input: String },
+    #[error("unknown unit `{unit}` in `{input}` (use B, KiB, MiB, GiB)")]
+    UnknownSizeUnit { input: String, unit: String },
+    #[error("`{input}` is too large")]
+    TooLarge { input: String },
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, `7d`, `250us`, `100ns` (a bare number is
+/// seconds); never more than [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let input = || s.to_string();
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| UnitError::NotADuration { input: input() })?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        other => {
+            return Err(UnitError::UnknownDurationUnit {
+                input: input(),
+                unit: other.to_string(),
+            })
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(UnitError::NotADuration { input: input() });
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(UnitError::TooLong { input: input() });
+    }
+    // In range by the check above, so this cannot fail; the error is kept anyway.
+    Duration::try_from_secs_f64(secs).map_err(|_| UnitError::TooLong { input: input() })
+}
+
+/// Parses `4096`, `64KiB`, `8MiB`, `1GiB` (also `K`, `M`, `G`) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let input = || s.to_string();
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UnitError::NotASize { input: input() })?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(UnitError::UnknownSizeUnit {
+                input: input(),
+                unit: other.to_string(),
+            })
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or(UnitError::TooLarge { input: input() })
+}
+
+/// Nanoseconds as a short human string: 950ns, 12.3us, 4.56ms, 1.20s.
+pub fn human_ns(ns: u64) -> String {
+    let n = ns as f64;
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", n / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2}ms", n / 1e6)
+    } else {
+        format!("{:.2}s", n / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        for huge in [
+            "20000000000000000000s",
+            "99999999999999999999999d",
+            "36501d",
+        ] {
+            assert!(
+                matches!(parse_duration(huge), Err(UnitError::TooLong { .. })),
+                "{huge}"
+            );
+        }
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert!(matches!(
+            parse_size("99999999999GiB"),
+            Err(UnitError::TooLarge { .. })
+        ));
+        assert!(parse_size("1TiB").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    proptest! {
+        // Error or value, never a panic; a value is always within the bound.
+        #[test]
+        fn any_text_is_a_duration_or_an_error(s in "\\PC*") {
+            if let Ok(d) = parse_duration(&s) {
+                prop_assert!(d <= MAX_DURATION);
+            }
+        }
+
+        #[test]
+        fn number_and_unit_is_a_duration_or_an_error(
+            n in "[0-9]{0,40}(\\.[0-9]{0,20})?",
+            unit in "(ns|us|µs|ms|s|m|h|d|)",
+        ) {
+            if let Ok(d) = parse_duration(&format!("{n}{unit}")) {
+                prop_assert!(d <= MAX_DURATION);
+                // Whatever was accepted can be added to the clocks without overflow.
+                prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+            }
+        }
+
+        #[test]
+        fn any_text_is_a_size_or_an_error(s in "\\PC*") {
+            let _ = parse_size(&s);
+        }
+
+        #[test]
+        fn number_and_unit_is_a_size_or_an_error(
+            n in "[0-9]{0,30}",
+            unit in "(B|K|KiB|k|M|MiB|G|GiB|)",
+        ) {
+            let _ = parse_size(&format!("{n}{unit}"));
+        }
+    }
+}

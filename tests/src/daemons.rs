@@ -1,0 +1,201 @@
+//! The daemons as the tests run them: a collector on a loopback port and a real agent
+//! streaming to it, each in its own directory.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{collector_address, vigil_bin, vigil_json, KillOnDrop};
+
+/// Waits until `cond` holds (checked every 100 ms), panicking with `what` after `max`.
+pub fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + max;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `vigil collector` on 127.0.0.1 (address from its output), its own data dir,
+/// its log lines kept.
+pub struct Collector {
+    pub child: KillOnDrop,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    pub fn start_with(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("VIGIL_LOG", "warn")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("starting vigil collector");
+        let (addr, lines) = collector_address(&mut child);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Self {
+            child: KillOnDrop(child),
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
+    }
+
+    pub fn hosts(&self) -> serde_json::Value {
+        vigil_json(&["hosts", "--collector", &self.addr, "--json"])
+    }
+
+    pub fn host(&self, agent_id: &str) -> Option<serde_json::Value> {
+        self.hosts()["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["agent_id"] == agent_id)
+            .cloned()
+    }
+
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.hosts()["collector"]["refused"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub fn batches_of(&self, agent_id: &str) -> u64 {
+        self.host(agent_id)
+            .map_or(0, |h| h["batches"].as_u64().unwrap_or(0))
+    }
+}
+
+/// A real `vigil agent` streaming to the collector once a second: host metrics only
+/// (probes and detection off), its own data dir and API socket.
+pub struct RealAgent {
+    pub child: Child,
+    pub id: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl RealAgent {
+    pub fn start(collector: &Collector, id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(collector, id, dir)
+    }
+
+    pub fn start_in(collector: &Collector, id: &str, dir: tempfile::TempDir) -> Self {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n",
+        )
+        .expect("config");
+        let child = Command::new(vigil_bin())
+            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+            .args(["--agent-id", id, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting vigil agent");
+        Self {
+            child,
+            id: id.to_string(),
+            dir,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("data/spool")
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        vigil_json(&[
+            "stats",
+            "--json",
+            "--socket",
+            self.socket().to_str().expect("utf-8 path"),
+        ])
+    }
+
+    /// Its spool's epoch, as its state file says.
+    pub fn epoch(&self) -> vigil_proto::Epoch {
+        let state = std::fs::read_to_string(self.spool().join("state")).expect("spool state");
+        let line = state
+            .lines()
+            .find_map(|l| l.strip_prefix("epoch "))
+            .expect("epoch line");
+        vigil_proto::Epoch::parse(line).expect("an epoch")
+    }
+
+    /// Waits until the collector has stored `more` further batches of this agent:
+    /// the collector is still serving it.
+    pub fn keeps_being_acked(&self, collector: &Collector, more: u64) {
+        let start = collector.batches_of(&self.id);
+        wait_until(
+            &format!("{more} more batches of {} stored", self.id),
+            Duration::from_secs(30),
+            || collector.batches_of(&self.id) >= start + more,
+        );
+    }
+
+    /// SIGKILLs the agent and hands back its directory (spool, config) for a restart.
+    pub fn kill_keeping_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "agent exited with {status}");
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
