@@ -32,6 +32,9 @@ use crate::{
 const WRITE_QUEUE: usize = 4096;
 /// Batches committed together at most.
 const GROUP_COMMIT: usize = 512;
+/// Batches of one stream queued or committing before its reader waits (an agent keeps
+/// 32 unacked).
+const IN_FLIGHT: usize = 64;
 pub use vigil_proto::REFUSED_SEQUENCE;
 
 #[derive(Clone, Debug)]
@@ -132,10 +135,26 @@ fn refused(sequence: u64, reason: String) -> Status {
     )
 }
 
+/// A batch queued for the writer: what its ack needs once the commit is done.
+struct Waiting {
+    agent_id: String,
+    epoch: vigil_proto::Epoch,
+    sequence: u64,
+    peer: Arc<str>,
+    stored: oneshot::Receiver<Result<Outcome, String>>,
+}
+
+/// A stream's next answer, in the order its batches came.
+enum Answer {
+    Waiting(Waiting),
+    /// Refused before queueing, or the stream failed: the status that ends it.
+    Failed(Status),
+}
+
 impl CollectorService {
-    /// Checks, queues and stores one batch; the ack, or the status that ends the
-    /// stream.
-    async fn take(&self, mut batch: Batch, peer: &str) -> Result<Ack, Status> {
+    /// Checks and queues one batch (waiting while the queue budget is spent). The
+    /// stream goes on reading while it commits.
+    async fn submit(&self, mut batch: Batch, peer: &Arc<str>) -> Result<Waiting, Status> {
         let sequence = batch.sequence;
         if let Err(e) = crate::validate::check(&mut batch, now_ms()) {
             self.counters.refuse(Refusal::InvalidBatch);
@@ -154,7 +173,7 @@ impl CollectorService {
         let queued = Queued {
             incoming: Incoming {
                 batch,
-                peer: peer.to_string(),
+                peer: peer.clone(),
             },
             reply,
             _budget: budget,
@@ -162,6 +181,24 @@ impl CollectorService {
         if self.queue.send(queued).await.is_err() {
             return Err(Status::unavailable("collector shutting down"));
         }
+        Ok(Waiting {
+            agent_id,
+            epoch,
+            sequence,
+            peer: peer.clone(),
+            stored,
+        })
+    }
+
+    /// Waits for a queued batch's commit: its ack, or the status that ends the stream.
+    async fn answer(&self, w: Waiting) -> Result<Ack, Status> {
+        let Waiting {
+            agent_id,
+            epoch,
+            sequence,
+            peer,
+            stored,
+        } = w;
         let ack = |duplicate, conflict| Ack {
             agent_id: agent_id.clone(),
             epoch: epoch.high(),
@@ -211,35 +248,52 @@ impl Collector for CollectorHandle {
         &self,
         request: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request
+        let peer: Arc<str> = request
             .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            .map_or_else(|| "unknown".into(), |a| a.to_string().into());
         let mut incoming = request.into_inner();
-        let service = self.0.clone();
         let mut stopping = self.0.stopping.clone();
-        // Acks go back in order; a few in flight keep the writer's groups full.
-        let (tx, rx) = mpsc::channel(64);
+        // Pipelined: the reader goes on reading and queueing while earlier batches
+        // commit; the answerer acks them in order, each after its commit. At most
+        // IN_FLIGHT answers wait per stream (then the reader waits: backpressure).
+        let (answers, mut pending) = mpsc::channel::<Answer>(IN_FLIGHT);
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let service = self.0.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     b = incoming.next() => b,
                     () = until_stopping(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        let _ = answers.send(Answer::Failed(Status::unavailable("collector shutting down"))).await;
                         break;
                     }
                 };
                 let Some(batch) = next else { break };
-                let batch = match batch {
-                    Ok(b) => b,
+                let answer = match batch {
+                    Ok(b) => match service.submit(b, &peer).await {
+                        Ok(w) => Answer::Waiting(w),
+                        Err(status) => Answer::Failed(status),
+                    },
                     Err(status) => {
                         // Say why (a message too large, a broken frame, a timeout):
                         // a stream never ends OK with a batch unanswered.
                         tracing::debug!(%peer, %status, "agent stream failed");
-                        let _ = tx.send(Err(status)).await;
-                        break;
+                        Answer::Failed(status)
                     }
                 };
-                let ack = service.take(batch, &peer).await;
+                let failed = matches!(answer, Answer::Failed(_));
+                if answers.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let service = self.0.clone();
+        tokio::spawn(async move {
+            while let Some(answer) = pending.recv().await {
+                let ack = match answer {
+                    Answer::Waiting(w) => service.answer(w).await,
+                    Answer::Failed(status) => Err(status),
+                };
                 let failed = ack.is_err();
                 if tx.send(ack).await.is_err() || failed {
                     break;
@@ -252,19 +306,47 @@ impl Collector for CollectorHandle {
     }
 }
 
-struct FleetService {
+/// Read connections kept open between fleet requests (opening one per request cost a
+/// file open, the pragmas and a schema check each time; their prepared statements are
+/// cached per connection).
+const READ_POOL: usize = 4;
+
+/// Idle read connections; a request takes one (or opens one) and gives it back.
+struct ReadPool {
     data_dir: PathBuf,
+    idle: std::sync::Mutex<Vec<Store>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let store = match taken {
+            Some(s) => s,
+            None => Store::open(&self.data_dir)?,
+        };
+        let result = f(&store);
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READ_POOL {
+                idle.push(store);
+            }
+        }
+        result
+    }
+}
+
+struct FleetService {
+    pool: Arc<ReadPool>,
     counters: Arc<Counters>,
 }
 
 impl FleetService {
-    /// Runs a read on its own connection, off the async threads.
+    /// Runs a read on a pooled connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir).and_then(|s| f(&s)))
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| match e {
@@ -436,7 +518,10 @@ pub async fn serve(
                 .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(FleetServer::new(FleetService {
-            data_dir: config.data_dir.clone(),
+            pool: Arc::new(ReadPool {
+                data_dir: config.data_dir.clone(),
+                idle: std::sync::Mutex::new(Vec::new()),
+            }),
             counters,
         }))
         .serve_with_incoming_shutdown(

@@ -41,12 +41,18 @@ CREATE TABLE IF NOT EXISTS losses (
 /// Version 1: epochs are 128-bit (stored as 16-byte blobs in the same columns), a
 /// digest per stored batch tells a resend from a conflict, conflicts are counted per
 /// host and kept (bounded) for a postmortem.
+/// Version 2: a sample's scalars are one row (`samples`: the SCALARS as little-endian
+/// f64s, in order) instead of a row per metric; `points` written by earlier versions
+/// is still read.
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE batches ADD COLUMN digest BLOB;
 ALTER TABLE hosts ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS conflicts (
     agent_id TEXT NOT NULL, epoch BLOB NOT NULL, sequence INTEGER NOT NULL,
     received_ms INTEGER NOT NULL, peer TEXT NOT NULL);
+", "
+CREATE TABLE IF NOT EXISTS samples (agent_id TEXT NOT NULL, time_ms INTEGER NOT NULL, scalars BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_by_host ON samples (agent_id, time_ms);
 "];
 
 /// Conflicting batches remembered at most (the newest; their count is exact).
@@ -116,12 +122,35 @@ pub enum Outcome {
 pub struct Incoming {
     pub batch: Batch,
     /// The client's address (kept with a conflict).
-    pub peer: String,
+    pub peer: std::sync::Arc<str>,
 }
 
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The newest sequence stored per (agent id, epoch), as the writer knows it: a
+    /// batch past it cannot be a resend, so its digest is not looked up. Filled
+    /// from `streams` on first sight; cleared when a group fails.
+    newest: std::collections::HashMap<(String, [u8; 16]), u64>,
+}
+
+/// What a group of batches changes per host, written once per group (borrowing from
+/// the group's batches: nothing is encoded until it is written).
+#[derive(Default)]
+struct HostDelta<'a> {
+    identity: Option<&'a HostIdentity>,
+    batches: i64,
+    last_sequence: i64,
+    losses: std::collections::BTreeMap<&'static str, i64>,
+    latest: Option<&'a HostMetrics>,
+}
+
+/// A sample's scalars as stored: little-endian f64s in the order of SCALARS.
+fn scalars_blob(m: &HostMetrics) -> Vec<u8> {
+    scalars(m)
+        .iter()
+        .flat_map(|(_, v)| v.to_le_bytes())
+        .collect()
 }
 
 fn now_ms() -> i64 {
@@ -256,7 +285,11 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        let mut store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            newest: std::collections::HashMap::new(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -303,6 +336,23 @@ impl Store {
     /// that fails (however it fails) is rolled back alone and reported, and never
     /// fails another. Returns each batch's outcome, in order.
     pub fn store(&mut self, batches: &[Incoming]) -> Vec<Result<Outcome, StoreError>> {
+        // Optimistic: the whole group without a savepoint per batch; should one batch
+        // fail (validation makes that rare), the group is redone with each batch in a
+        // savepoint of its own.
+        if let Some(out) = self.store_group(batches, false) {
+            return out;
+        }
+        self.newest.clear();
+        self.store_group(batches, true).unwrap_or_default()
+    }
+
+    /// One attempt at a group. Without `isolate`, returns None as soon as a batch
+    /// fails (nothing is committed); with it, never None.
+    fn store_group(
+        &mut self,
+        batches: &[Incoming],
+        isolate: bool,
+    ) -> Option<Vec<Result<Outcome, StoreError>>> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -322,28 +372,97 @@ impl Store {
         };
         let mut tx = match self.conn.transaction() {
             Ok(tx) => tx,
-            Err(e) => return group_failed("beginning the transaction", e),
+            Err(e) => return Some(group_failed("beginning the transaction", e)),
         };
         let now = now_ms();
         let mut out = Vec::with_capacity(batches.len());
+        let mut hosts: std::collections::BTreeMap<&str, HostDelta> = Default::default();
+        let mut streams: std::collections::BTreeMap<(&str, [u8; 16]), (i64, i64)> =
+            Default::default();
         for b in batches {
-            let result = match tx.savepoint() {
-                Ok(mut sp) => match store_one(&sp, b, now) {
-                    Ok(outcome) => sp.commit().map(|()| outcome).map_err(err),
+            let key = (b.batch.agent_id.clone(), b.batch.spool_epoch().to_bytes());
+            let newest = match self.newest.get(&key) {
+                Some(n) => Some(*n),
+                None => match stream_newest(&tx, &key.0, &key.1) {
+                    Ok(n) => n,
+                    Err(_) if !isolate => return None,
                     Err(e) => {
-                        let _ = sp.rollback();
-                        Err(err(e))
+                        out.push(Err(err(e)));
+                        continue;
                     }
                 },
-                Err(e) => Err(err(e)),
             };
+            let result = if isolate {
+                match tx.savepoint() {
+                    Ok(mut sp) => match store_one(&sp, b, newest, now) {
+                        Ok(outcome) => sp.commit().map(|()| outcome).map_err(err),
+                        Err(e) => {
+                            let _ = sp.rollback();
+                            Err(err(e))
+                        }
+                    },
+                    Err(e) => Err(err(e)),
+                }
+            } else {
+                match store_one(&tx, b, newest, now) {
+                    Ok(outcome) => Ok(outcome),
+                    // Dropping the transaction rolls the group back.
+                    Err(_) => return None,
+                }
+            };
+            if let Ok(Outcome::Stored) = result {
+                let batch = &b.batch;
+                let seq = batch.sequence.min(i64::MAX as u64) as i64;
+                self.newest
+                    .insert(key, newest.unwrap_or(0).max(batch.sequence));
+                let h = hosts.entry(batch.agent_id.as_str()).or_default();
+                h.identity = batch.host.as_ref();
+                h.batches += 1;
+                h.last_sequence = h.last_sequence.max(seq);
+                for (stage, n) in batch
+                    .losses
+                    .as_ref()
+                    .map(Losses::stages)
+                    .into_iter()
+                    .flatten()
+                {
+                    if n > 0 {
+                        let total = h.losses.entry(stage).or_default();
+                        *total = total.saturating_add(n.min(i64::MAX as u64) as i64);
+                    }
+                }
+                if let Some(m) = batch.metrics.iter().max_by_key(|m| m.time_unix_ms) {
+                    if h.latest.is_none_or(|l| m.time_unix_ms >= l.time_unix_ms) {
+                        h.latest = Some(m);
+                    }
+                }
+                let st = streams
+                    .entry((batch.agent_id.as_str(), batch.spool_epoch().to_bytes()))
+                    .or_default();
+                st.0 += 1;
+                st.1 = st.1.max(seq);
+            } else if let Ok(Outcome::Duplicate | Outcome::Conflict | Outcome::TooFarAhead { .. }) =
+                result
+            {
+                // Known already: keep what the cache says.
+                if let Some(n) = newest {
+                    self.newest.insert(key, n);
+                }
+            }
             out.push(result);
+        }
+        // Per host and per stream, once per group: a duplicate or a conflict never
+        // changes a host's identity, last-seen time or latest sample.
+        if let Err(e) = write_deltas(&tx, &hosts, &streams, now) {
+            self.newest.clear();
+            return Some(group_failed("updating hosts and streams", e));
         }
         if let Err(e) = tx.commit() {
             // Nothing of this group is stored: every batch fails (and is resent).
-            return group_failed("committing", e);
+            self.newest.clear();
+            return Some(group_failed("committing", e));
         }
-        out
+        Some(out)
     }
 
     /// Deletes samples and events older than `before_ms` (retention).
@@ -357,7 +476,11 @@ impl Store {
             .conn
             .execute("DELETE FROM events WHERE time_ms < ?1", params![before_ms])
             .map_err(&err)?;
-        Ok(n + m)
+        let k = self
+            .conn
+            .execute("DELETE FROM samples WHERE time_ms < ?1", params![before_ms])
+            .map_err(&err)?;
+        Ok(n + m + k)
     }
 
     /// A page of hosts in agent-id order, after `page_token` (an agent id; "" for the
@@ -532,7 +655,35 @@ impl Store {
                 })
             })
             .map_err(&err)?;
-        rows.collect::<Result<_, _>>().map_err(err)
+        // Written by versions before 2 (a row per metric), then by this one.
+        let mut points: Vec<MetricPoint> = rows.collect::<Result<_, _>>().map_err(&err)?;
+        if let Some(index) = crate::metrics::SCALARS.iter().position(|m| *m == metric) {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT time_ms, scalars FROM samples WHERE agent_id = ?1 AND time_ms >= ?2 AND time_ms <= ?3 ORDER BY time_ms",
+                )
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map(params![agent_id, since_ms, until_ms], |r| {
+                    let blob: Vec<u8> = r.get(1)?;
+                    Ok((r.get::<_, i64>(0)?, blob))
+                })
+                .map_err(&err)?;
+            for row in rows {
+                let (time_unix_ms, blob) = row.map_err(&err)?;
+                // A short blob (damage) has no value for this metric: skipped.
+                if let Some(b) = blob.get(index * 8..index * 8 + 8) {
+                    let value = f64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                    points.push(MetricPoint {
+                        time_unix_ms,
+                        value,
+                    });
+                }
+            }
+            points.sort_by_key(|p| p.time_unix_ms);
+        }
+        Ok(points)
     }
 
     /// A page of events from `since_ms` on, oldest first: at most `limit`, and about
@@ -631,17 +782,84 @@ impl Store {
 }
 
 /// One batch, inside its savepoint.
-fn store_one(tx: &Connection, incoming: &Incoming, now: i64) -> Result<Outcome, rusqlite::Error> {
+/// The newest sequence stored for (agent id, epoch), if the stream is known.
+fn stream_newest(
+    tx: &Connection,
+    agent_id: &str,
+    epoch: &[u8; 16],
+) -> Result<Option<u64>, rusqlite::Error> {
+    let newest: Option<rusqlite::types::Value> = tx
+        .prepare_cached("SELECT max_sequence FROM streams WHERE agent_id = ?1 AND epoch = ?2")?
+        .query_row(params![agent_id, epoch.as_slice()], |r| r.get(0))
+        .optional()?;
+    Ok(newest.map(lenient_u64))
+}
+
+/// Writes a group's per-host and per-stream changes.
+fn write_deltas(
+    tx: &Connection,
+    hosts: &std::collections::BTreeMap<&str, HostDelta<'_>>,
+    streams: &std::collections::BTreeMap<(&str, [u8; 16]), (i64, i64)>,
+    now: i64,
+) -> Result<(), rusqlite::Error> {
+    for (agent_id, h) in hosts {
+        let identity = h.identity.cloned().unwrap_or_else(|| HostIdentity {
+            agent_id: agent_id.to_string(),
+            ..Default::default()
+        });
+        tx.prepare_cached(
+            "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (agent_id) DO UPDATE SET identity = ?2, hostname = ?3, last_seen_ms = ?4,
+                 batches = batches + ?5, last_sequence = max(last_sequence, ?6)",
+        )?
+        .execute(params![agent_id, identity.encode_to_vec(), identity.hostname, now, h.batches, h.last_sequence])?;
+        for (stage, n) in &h.losses {
+            tx.prepare_cached(ADD_LOSS)?
+                .execute(params![agent_id, stage, n])?;
+        }
+        if let Some(m) = h.latest {
+            let (time_ms, metrics) = (m.time_unix_ms, m.encode_to_vec());
+            tx.prepare_cached(
+                "INSERT INTO latest (agent_id, time_ms, metrics) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent_id) DO UPDATE SET time_ms = ?2, metrics = ?3 WHERE ?2 >= latest.time_ms",
+            )?
+            .execute(params![agent_id, time_ms, metrics])?;
+        }
+    }
+    for ((agent_id, epoch), (stored, max_sequence)) in streams {
+        tx.prepare_cached(
+            "INSERT INTO streams (agent_id, epoch, stored, max_sequence) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (agent_id, epoch) DO UPDATE SET stored = stored + ?3, max_sequence = max(max_sequence, ?4)",
+        )?
+        .execute(params![agent_id, epoch.as_slice(), stored, max_sequence])?;
+    }
+    Ok(())
+}
+
+/// Stores one batch's own rows (the batch, its samples, its events) in the caller's
+/// savepoint; its host and stream totals are the caller's (written once per group).
+/// `newest`: the newest sequence stored for its stream, if the stream is known.
+fn store_one(
+    tx: &Connection,
+    incoming: &Incoming,
+    newest: Option<u64>,
+    now: i64,
+) -> Result<Outcome, rusqlite::Error> {
     let b = &incoming.batch;
     let epoch = b.spool_epoch().to_bytes().to_vec();
     let seq = b.sequence.min(i64::MAX as u64) as i64;
     let digest = digest(b);
-    let stored: Option<Option<Vec<u8>>> = tx
-        .prepare_cached(
+    // Past the newest stored it cannot be a resend: no lookup.
+    let maybe_resend = newest.is_some_and(|n| b.sequence <= n);
+    let stored: Option<Option<Vec<u8>>> = if maybe_resend {
+        tx.prepare_cached(
             "SELECT digest FROM batches WHERE agent_id = ?1 AND epoch = ?2 AND sequence = ?3",
         )?
         .query_row(params![b.agent_id, epoch, seq], |r| r.get(0))
-        .optional()?;
+        .optional()?
+    } else {
+        None
+    };
     if let Some(stored) = stored {
         // An older version stored no digest: a duplicate, as it would have said.
         if stored.is_none_or(|d| d == digest) {
@@ -654,18 +872,14 @@ fn store_one(tx: &Connection, incoming: &Incoming, now: i64) -> Result<Outcome, 
         tx.prepare_cached(
             "INSERT INTO conflicts (agent_id, epoch, sequence, received_ms, peer) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![b.agent_id, epoch, seq, now, incoming.peer])?;
+        .execute(params![b.agent_id, epoch, seq, now, &*incoming.peer])?;
         tx.prepare_cached(
             "DELETE FROM conflicts WHERE rowid <= (SELECT max(rowid) FROM conflicts) - ?1",
         )?
         .execute(params![CONFLICTS_KEPT])?;
         return Ok(Outcome::Conflict);
     }
-    let newest: Option<rusqlite::types::Value> = tx
-        .prepare_cached("SELECT max_sequence FROM streams WHERE agent_id = ?1 AND epoch = ?2")?
-        .query_row(params![b.agent_id, epoch], |r| r.get(0))
-        .optional()?;
-    if let Some(newest) = newest.map(lenient_u64) {
+    if let Some(newest) = newest {
         if b.sequence > newest.saturating_add(MAX_SEQUENCE_AHEAD) {
             return Ok(Outcome::TooFarAhead { newest });
         }
@@ -674,44 +888,10 @@ fn store_one(tx: &Connection, incoming: &Incoming, now: i64) -> Result<Outcome, 
         "INSERT INTO batches (agent_id, epoch, sequence, received_ms, digest) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![b.agent_id, epoch, seq, now, digest])?;
-    let identity = b.host.clone().unwrap_or_else(|| HostIdentity {
-        agent_id: b.agent_id.clone(),
-        ..Default::default()
-    });
-    // Only a batch stored for the first time speaks for the host: a duplicate or a
-    // conflict never changes its identity, last-seen time or latest sample.
-    tx.prepare_cached(
-        "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence) VALUES (?1, ?2, ?3, ?4, 1, ?5)
-         ON CONFLICT (agent_id) DO UPDATE SET identity = ?2, hostname = ?3, last_seen_ms = ?4,
-             batches = batches + 1, last_sequence = max(last_sequence, ?5)",
-    )?
-    .execute(params![b.agent_id, identity.encode_to_vec(), identity.hostname, now, seq])?;
-    tx.prepare_cached(
-        "INSERT INTO streams (agent_id, epoch, stored, max_sequence) VALUES (?1, ?2, 1, ?3)
-         ON CONFLICT (agent_id, epoch) DO UPDATE SET stored = stored + 1, max_sequence = max(max_sequence, ?3)",
-    )?
-    .execute(params![b.agent_id, epoch, seq])?;
-    for (stage, n) in b.losses.as_ref().map(Losses::stages).into_iter().flatten() {
-        if n > 0 {
-            let n = n.min(i64::MAX as u64) as i64;
-            tx.prepare_cached(ADD_LOSS)?
-                .execute(params![b.agent_id, stage, n])?;
-        }
-    }
-    let mut point = tx.prepare_cached(
-        "INSERT INTO points (agent_id, metric, time_ms, value) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut sample =
+        tx.prepare_cached("INSERT INTO samples (agent_id, time_ms, scalars) VALUES (?1, ?2, ?3)")?;
     for m in &b.metrics {
-        for (name, value) in scalars(m) {
-            point.execute(params![b.agent_id, name, m.time_unix_ms, value])?;
-        }
-    }
-    if let Some(m) = b.metrics.iter().max_by_key(|m| m.time_unix_ms) {
-        tx.prepare_cached(
-            "INSERT INTO latest (agent_id, time_ms, metrics) VALUES (?1, ?2, ?3)
-             ON CONFLICT (agent_id) DO UPDATE SET time_ms = ?2, metrics = ?3 WHERE ?2 >= latest.time_ms",
-        )?
-        .execute(params![b.agent_id, m.time_unix_ms, m.encode_to_vec()])?;
+        sample.execute(params![b.agent_id, m.time_unix_ms, scalars_blob(m)])?;
     }
     let mut event = tx.prepare_cached(
         "INSERT INTO events (agent_id, time_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
@@ -871,11 +1051,17 @@ mod tests {
     fn one_failing_batch_fails_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
-        // NaN reaches SQLite as NULL: `points.value NOT NULL` fails this batch alone
-        // (validation refuses it before the store; this is the store's own guard).
+        // A statement that fails midway through b's batch (after its batch row)
+        // fails b alone, and leaves nothing of it.
+        s.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail_b BEFORE INSERT ON samples WHEN NEW.agent_id = 'b'
+                 BEGIN SELECT RAISE(ABORT, 'b fails'); END;",
+            )
+            .unwrap();
         let results = s.store(&[
             inc(batch("a", 1, 1.0)),
-            inc(batch("b", 1, f64::NAN)),
+            inc(batch("b", 1, 2.0)),
             inc(batch("c", 1, 3.0)),
         ]);
         assert!(matches!(results[0], Ok(Outcome::Stored)));
@@ -966,8 +1152,8 @@ mod tests {
         );
         assert_eq!(
             s.prune(2000).unwrap(),
-            12 + 1,
-            "one sample's 12 series and its event"
+            1 + 1,
+            "one sample (its 12 series in one row) and its event"
         );
         assert_eq!(
             s.history("a", "cpu.usage_percent", 0, i64::MAX)
@@ -989,5 +1175,48 @@ mod tests {
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("vigil.db")), 0o600);
         assert_eq!(mode(&data.join("vigil.db-wal")), 0o600);
+    }
+
+    /// A database written by the collector of 4d8a4fb (schema version 1: two bench
+    /// agents, five batches each, a row per metric in `points`) opens under this one:
+    /// migrated, its hosts and history still read, its streams continue.
+    #[test]
+    fn a_database_of_the_previous_version_opens_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("vigil.db"),
+            include_bytes!("../tests/fixtures/vigil-v1.db"),
+        )
+        .unwrap();
+        let mut s = Store::open(dir.path()).expect("the old database opens");
+        let version: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let hosts = s.hosts().unwrap();
+        let ids: Vec<_> = hosts
+            .iter()
+            .map(|h| (h.host.clone().unwrap().agent_id, h.batches, h.last_sequence))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("bench-0000".to_string(), 5, 5),
+                ("bench-0001".to_string(), 5, 5)
+            ]
+        );
+        let old = s.history("bench-0000", "load.one", 0, i64::MAX).unwrap();
+        assert_eq!(old.len(), 5, "the old rows per metric are read");
+        let mut next = batch("bench-0000", 6, 1.0);
+        next.metrics[0].time_unix_ms = old[4].time_unix_ms + 1;
+        next.metrics[0].load_one = 0.25;
+        assert_eq!(store(&mut s, vec![next]), vec![Outcome::Stored]);
+        let now = s.history("bench-0000", "load.one", 0, i64::MAX).unwrap();
+        assert_eq!(now.len(), 6, "old and new rows, in time order");
+        assert_eq!(now[5].value, 0.25);
+        assert_eq!(now[..5], old[..]);
+        let h = s.hosts().unwrap().remove(0);
+        assert_eq!((h.batches, h.last_sequence, h.gaps), (6, 6, 0), "{h:?}");
     }
 }

@@ -40,14 +40,23 @@ pub struct Invalid {
     pub reason: String,
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
+/// A field's name, built only when a batch is refused (a check costs no allocation).
+struct At<'a>(&'static str, usize, &'a str);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}].{}", self.0, self.1, self.2)
+    }
+}
+
+fn invalid(field: impl std::fmt::Display, reason: impl Into<String>) -> Invalid {
     Invalid {
-        field: field.into(),
+        field: field.to_string(),
         reason: reason.into(),
     }
 }
 
-fn finite(field: &str, v: f64) -> Result<(), Invalid> {
+fn finite(field: impl std::fmt::Display, v: f64) -> Result<(), Invalid> {
     if v.is_finite() {
         Ok(())
     } else {
@@ -55,11 +64,11 @@ fn finite(field: &str, v: f64) -> Result<(), Invalid> {
     }
 }
 
-fn all_finite(field: &str, values: &[f64]) -> Result<(), Invalid> {
-    values.iter().try_for_each(|v| finite(field, *v))
+fn all_finite(field: impl std::fmt::Display, values: &[f64]) -> Result<(), Invalid> {
+    values.iter().try_for_each(|v| finite(&field, *v))
 }
 
-fn count(field: &str, n: usize, max: usize) -> Result<(), Invalid> {
+fn count(field: impl std::fmt::Display, n: usize, max: usize) -> Result<(), Invalid> {
     if n > max {
         Err(invalid(field, format!("{n} items, at most {max} allowed")))
     } else {
@@ -72,7 +81,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn ms(&self, field: &str, t: i64) -> Result<(), Invalid> {
+    fn ms(&self, field: impl std::fmt::Display, t: i64) -> Result<(), Invalid> {
         if t < EARLIEST_MS {
             return Err(invalid(
                 field,
@@ -91,7 +100,7 @@ impl Clock {
         Ok(())
     }
 
-    fn ns(&self, field: &str, t: i64) -> Result<(), Invalid> {
+    fn ns(&self, field: impl std::fmt::Display, t: i64) -> Result<(), Invalid> {
         self.ms(field, t.div_euclid(1_000_000))
     }
 }
@@ -122,7 +131,7 @@ fn bound_info(p: &mut ProcessInfo) {
 }
 
 fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Invalid> {
-    let f = |name: &str| format!("metrics[{i}].{name}");
+    let f = |name| At("metrics", i, name);
     clock.ms(&f("time_unix_ms"), m.time_unix_ms)?;
     for (name, v) in [
         ("interval_secs", m.interval_secs),
@@ -137,7 +146,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
     count(&f("cpu_per_core"), m.cpu_per_core.len(), MAX_CPUS)?;
     for (j, c) in m.cpu_total.iter().chain(&m.cpu_per_core).enumerate() {
         all_finite(
-            &f(&format!("cpu[{j}]")),
+            format_args!("metrics[{i}].cpu[{j}]"),
             &[
                 c.user, c.nice, c.system, c.idle, c.iowait, c.irq, c.softirq, c.steal,
             ],
@@ -195,7 +204,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
 }
 
 fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid> {
-    let f = |name: &str| format!("findings[{i}].{name}");
+    let f = |name| At("findings", i, name);
     if x.rule.is_empty() {
         return Err(invalid(f("rule"), "empty (an empty finding)"));
     }
@@ -290,20 +299,26 @@ pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
             return Err(invalid(format!("syscalls[{i}]"), "empty"));
         }
         count(
-            &format!("syscalls[{i}].buckets"),
+            format_args!("syscalls[{i}].buckets"),
             s.buckets.len(),
             MAX_BUCKETS,
         )?;
         bound(&mut s.name);
     }
     for (i, r) in b.retransmits.iter_mut().enumerate() {
-        clock.ns(&format!("retransmits[{i}].time_unix_ns"), r.time_unix_ns)?;
+        clock.ns(
+            format_args!("retransmits[{i}].time_unix_ns"),
+            r.time_unix_ns,
+        )?;
         for s in [&mut r.saddr, &mut r.daddr, &mut r.state] {
             bound(s);
         }
     }
     for (i, s) in b.slow_syscalls.iter_mut().enumerate() {
-        clock.ns(&format!("slow_syscalls[{i}].time_unix_ns"), s.time_unix_ns)?;
+        clock.ns(
+            format_args!("slow_syscalls[{i}].time_unix_ns"),
+            s.time_unix_ns,
+        )?;
         bound(&mut s.comm);
     }
     for (i, f) in b.findings.iter_mut().enumerate() {

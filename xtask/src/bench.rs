@@ -29,9 +29,11 @@ pub enum Bench {
     /// Collector ingest: batches/s and metric points/s from concurrent simulated
     /// agents on loopback, and the collector's CPU time.
     Collector {
-        #[arg(long, default_value_t = 50)]
-        agents: usize,
-        #[arg(long, default_value_t = 200)]
+        /// Concurrent agents, one case each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,50")]
+        agents: Vec<usize>,
+        /// Batches per case, shared among its agents.
+        #[arg(long, default_value_t = 10_000)]
         batches: u64,
         /// Another `vigil` binary (an earlier version) whose collector takes the same
         /// load in the same run, for a before/after row and ratios.
@@ -393,6 +395,7 @@ struct Ingest {
     cpu_secs: f64,
     rss_mib: f64,
     peak_mib: f64,
+    bytes_per_batch: f64,
 }
 
 fn ingest(
@@ -445,50 +448,64 @@ fn ingest(
         cpu_secs,
         rss_mib,
         peak_mib,
+        bytes_per_batch: field("bytes_per_batch"),
     })
 }
 
 fn collector(
     vigil: &std::path::Path,
-    agents: usize,
+    agents: Vec<usize>,
     batches: u64,
     baseline: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let dir = crate::workspace_root().join("target/bench-collector");
-    let total = agents as u64 * batches;
-    let mut rows = vec![(
-        "this build".to_string(),
-        ingest(vigil, vigil, &dir, agents, batches)?,
-    )];
-    if let Some(b) = baseline {
+    let mut rows = Vec::new();
+    for &n in &agents {
+        let n = n.max(1);
+        let per_agent = (batches / n as u64).max(1);
         rows.push((
-            format!("baseline {}", b.display()),
-            ingest(b, vigil, &dir, agents, batches)?,
+            "this build".to_string(),
+            n,
+            per_agent * n as u64,
+            ingest(vigil, vigil, &dir, n, per_agent)?,
         ));
+        if let Some(b) = baseline {
+            rows.push((
+                format!("baseline {}", b.display()),
+                n,
+                per_agent * n as u64,
+                ingest(b, vigil, &dir, n, per_agent)?,
+            ));
+        }
     }
-    println!("bench collector: {agents} concurrent agents x {batches} batches (one host sample each) on loopback, SQLite store in {}", dir.display());
+    println!("bench collector: {batches} batches per case from concurrent simulated agents (one host sample of this machine each, {} bytes; 12 history points) on loopback, SQLite store (WAL, synchronous=FULL) in {}", rows.first().map_or(0.0, |r| r.3.bytes_per_batch), dir.display());
     println!();
-    println!("| collector | agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | collector RSS MiB (peak) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, r) in &rows {
+    println!("| collector | agents | batches | seconds | batches/s | metric points/s | collector CPU s | CPU ms per 1000 batches | metric points per CPU second | collector RSS MiB (peak) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, n, total, r) in &rows {
         println!(
-            "| {name} | {agents} | {total} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} ({:.0}) |",
+            "| {name} | {n} | {total} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} ({:.0}) |",
             r.secs,
             r.batches_per_sec,
             r.points_per_sec,
             r.cpu_secs,
-            r.cpu_secs * 1e6 / total as f64,
+            r.cpu_secs * 1e6 / *total as f64,
+            r.points_per_sec * r.secs / r.cpu_secs,
             r.rss_mib,
             r.peak_mib
         );
     }
-    if let [(_, now), (_, before)] = rows.as_slice() {
+    if baseline.is_some() {
         println!();
-        println!(
-            "this build / baseline: batches/s {:.2}x, CPU per batch {:.2}x",
-            now.batches_per_sec / before.batches_per_sec,
-            now.cpu_secs / before.cpu_secs
-        );
+        for pair in rows.chunks(2) {
+            if let [(_, n, _, now), (_, _, _, before)] = pair {
+                println!(
+                    "{n} agent(s): this build / baseline: batches/s {:.2}x, CPU per batch {:.2}x",
+                    now.batches_per_sec / before.batches_per_sec,
+                    now.cpu_secs / before.cpu_secs
+                );
+            }
+        }
     }
     Ok(())
 }

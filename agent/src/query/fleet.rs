@@ -258,6 +258,18 @@ pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Re
     };
     let sample = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 5).sample()?;
     let metrics = crate::export::convert::host_metrics(&sample);
+    let bytes_per_batch = prost::Message::encoded_len(&Batch {
+        agent_id: "bench-0000".into(),
+        epoch: 1,
+        sequence: batches,
+        host: Some(HostIdentity {
+            agent_id: "bench-0000".into(),
+            hostname: "bench-0000".into(),
+            ..Default::default()
+        }),
+        metrics: vec![metrics.clone()],
+        ..Default::default()
+    });
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for a in 0..agents {
@@ -298,7 +310,7 @@ pub async fn bench_ingest(addr: &str, agents: usize, batches: u64) -> anyhow::Re
     let points = total * vigil_collector::metrics::SCALARS.len() as u64;
     println!(
         "{}",
-        json!({"batches": total, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
+        json!({"batches": total, "bytes_per_batch": bytes_per_batch, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
     );
     Ok(())
 }
