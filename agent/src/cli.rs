@@ -14,6 +14,28 @@ use crate::units::parse_duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: human or json (one object per line). For `vigil agent`
+    /// the config file's `log.format` applies when this is not given.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+}
+
+impl Cli {
+    /// The log format: the flag, else (for `vigil agent`) the config file's.
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        if let Some(f) = self.log_format {
+            return f;
+        }
+        if let Command::Agent { config, .. } = &self.command {
+            let path = config
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
+            if let Some(f) = crate::config::AgentConfig::log_format_of(&path) {
+                return f;
+            }
+        }
+        crate::config::LogFormat::Human
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -499,9 +521,16 @@ async fn run_collector(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr().context("listener address")?;
-    eprintln!(
-        "vigil: collector listening on {local}, data in {}",
+    tracing::info!(
+        listen = %local,
+        data_dir = %data_dir.display(),
+        "collector listening on {local}, data in {}",
         data_dir.display()
+    );
+    // The socket is bound (connections queue until the server polls it): ready.
+    crate::notify::ready_listening(
+        &format!("collector listening on {local}"),
+        &local.to_string(),
     );
     let config = vigil_collector::CollectorConfig {
         data_dir,
@@ -513,7 +542,11 @@ async fn run_collector(
             tracing::warn!(error = %e, "signal handling failed; stopping");
         }
     };
+    let shutdown = async {
+        shutdown.await;
+        crate::notify::stopping();
+    };
     vigil_collector::serve(listener, config, shutdown).await?;
-    eprintln!("vigil: collector stopped");
+    tracing::info!("collector stopped");
     Ok(())
 }

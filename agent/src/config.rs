@@ -51,6 +51,34 @@ pub struct AgentConfig {
     pub probes: ProbesConfig,
     pub spool: SpoolConfig,
     pub detect: DetectConfig,
+    pub log: LogConfig,
+}
+
+/// How the daemon writes its log (stderr; journald adds the time under systemd).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "human" (default) or "json" (one object per line, for log shippers). The
+    /// `--log-format` flag overrides it. The level comes from `VIGIL_LOG` (default
+    /// "info" for the daemons).
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl AgentConfig {
+    /// The log format a config file asks for, read before logging starts; any
+    /// problem with the file is left to the real load, which reports it.
+    pub fn log_format_of(path: &Path) -> Option<LogFormat> {
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(Self::parse(path, &text).ok()?.log.format)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -140,6 +168,7 @@ impl Default for AgentConfig {
             probes: ProbesConfig::default(),
             spool: SpoolConfig::default(),
             detect: DetectConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod detect;
 pub mod export;
 pub mod histogram;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod privileges;
 pub mod probes;

@@ -18,13 +18,23 @@ fn main() -> std::process::ExitCode {
         // SAFETY: as above.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    tracing_subscriber::fmt()
+    // The daemons say what they do (info); the CLI speaks only when something is wrong.
+    let level = if cli.command.is_daemon() {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format() {
+        vigil::config::LogFormat::Json => logs.json().flatten_event(true).init(),
+        vigil::config::LogFormat::Human => logs.init(),
+    }
     // The collector (and the load generator that simulates agents for it) serves many
     // streams at once and gets a worker per core. Everything
     // else (the agent included) runs on one thread: its work is a few milliseconds per

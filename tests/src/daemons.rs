@@ -42,8 +42,7 @@ impl Collector {
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
         setup(&mut cmd);
-        let mut child = cmd.spawn().expect("starting vigil collector");
-        let (addr, lines) = collector_address(&mut child);
+        let (child, addr, lines) = collector_address(&mut cmd);
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         std::thread::spawn(move || {

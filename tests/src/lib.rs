@@ -47,15 +47,21 @@ pub struct Vigil {
 }
 
 impl Vigil {
-    /// Starts `vigil ARGS` and waits until it says its probes are attached.
+    /// Starts `vigil ARGS` and waits until its probes are attached: `vigil agent`
+    /// says so with READY=1 (sd_notify), `vigil trace` on stderr.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(vigil_bin())
-            .args(args)
+        let daemon = args.first() == Some(&"agent");
+        let mut cmd = Command::new(vigil_bin());
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting vigil {args:?}: {e}"));
+            .stderr(Stdio::piped());
+        let mut child = if daemon {
+            spawn_ready(&mut cmd, Duration::from_secs(60)).0
+        } else {
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("starting vigil {args:?}: {e}"))
+        };
         let mut out = child.stdout.take().expect("piped stdout");
         let stdout = std::thread::spawn(move || {
             let mut s = String::new();
@@ -75,7 +81,9 @@ impl Vigil {
             stderr: rx,
             stderr_seen: Vec::new(),
         };
-        v.wait_for_stderr("vigil: tracing", Duration::from_secs(60));
+        if !daemon {
+            v.wait_for_stderr("vigil: tracing", Duration::from_secs(60));
+        }
         v
     }
 
@@ -155,23 +163,103 @@ impl Drop for Vigil {
     }
 }
 
-/// Waits until a starting `vigil collector` (stderr piped) says where it listens.
-/// Returns the address and the rest of its stderr, which the caller must keep reading
-/// (or drain) so the collector never blocks on a full pipe.
-pub fn collector_address(
-    child: &mut Child,
-) -> (String, std::io::Lines<BufReader<std::process::ChildStderr>>) {
-    let mut lines = BufReader::new(child.stderr.take().expect("collector stderr piped")).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("collector exited before listening")
-            .expect("stderr line");
-        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
-            let addr = rest.split(',').next().expect("address").to_string();
-            return (addr, lines);
+/// What a daemon told the service manager when it became ready (sd_notify(3)
+/// variables: READY, STATUS, and VIGIL_LISTEN for the collector's bound address).
+pub type Ready = std::collections::HashMap<String, String>;
+
+/// A socket standing in for systemd's NOTIFY_SOCKET: a daemon spawned with it armed
+/// reports READY=1, RELOADING=1, STOPPING=1 and its STATUS here.
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        Self {
+            sock,
+            path,
+            _dir: dir,
         }
     }
+
+    /// Points `cmd`'s NOTIFY_SOCKET here.
+    pub fn arm<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("NOTIFY_SOCKET", &self.path)
+    }
+
+    /// Waits (at most `timeout`) for a message with `var=value`; returns its
+    /// variables. Panics, with the exit status, if `child` exits first.
+    pub fn wait_for(&self, var: &str, value: &str, child: &mut Child, timeout: Duration) -> Ready {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let vars: Ready = text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                if vars.get(var).is_some_and(|v| v == value) {
+                    return vars;
+                }
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon exited ({status}) before it said {var}={value}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not say {var}={value} within {timeout:?}");
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` with a NOTIFY_SOCKET of the test's own, as systemd would for a
+/// `Type=notify` unit, and waits (at most `timeout`) for READY=1. Panics, with the
+/// exit status, if the daemon exits first. Stderr, if piped, stays for the caller to
+/// read (or drain: a daemon must never block on a full pipe).
+pub fn spawn_ready(cmd: &mut Command, timeout: Duration) -> (Child, Ready) {
+    let notify = Notify::new();
+    let mut child = notify
+        .arm(cmd)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let ready = notify.wait_for("READY", "1", &mut child, timeout);
+    (child, ready)
+}
+
+/// Starts a `vigil collector` command (stderr piped) and waits until it is ready.
+/// Returns it, its bound address (from its readiness message) and the rest of its
+/// stderr, which the caller must keep reading (or drain).
+pub fn collector_address(
+    cmd: &mut Command,
+) -> (
+    Child,
+    String,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let (mut child, ready) = spawn_ready(cmd, Duration::from_secs(60));
+    let addr = ready
+        .get("VIGIL_LISTEN")
+        .unwrap_or_else(|| panic!("no VIGIL_LISTEN in the collector's READY: {ready:?}"))
+        .clone();
+    let lines = BufReader::new(child.stderr.take().expect("collector stderr piped")).lines();
+    (child, addr, lines)
 }
 
 /// Kills a helper process (bpftrace, ...) when a test ends early.

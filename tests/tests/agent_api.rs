@@ -232,3 +232,69 @@ fn top_draws_host_syscalls_and_retransmits() {
         "{screen}"
     );
 }
+
+/// Attached eBPF links among `pid`'s descriptors, from the kernel's fdinfo.
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("link_id:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_agent_reports_ready_reloading_and_stopping_the_systemd_way() {
+    if !require_root("the_agent_reports_ready_reloading_and_stopping_the_systemd_way") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let notify = vigil_tests::Notify::new();
+    let mut child = notify
+        .arm(
+            Command::new(vigil_bin())
+                .args(["agent", "--interval", "1s", "--socket", &socket])
+                .arg("--data-dir")
+                .arg(dir.path().join("state"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .spawn()
+        .expect("starting vigil agent");
+    let ready = notify.wait_for("READY", "1", &mut child, Duration::from_secs(60));
+    // At READY=1, with no retry: the probes are attached and the API answers.
+    assert!(
+        bpf_links(child.id()) >= 2,
+        "probes attached at READY: {} links",
+        bpf_links(child.id())
+    );
+    let stats = Command::new(vigil_bin())
+        .args(["stats", "--socket", &socket, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        stats.status.success(),
+        "the API answers at READY: {}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    assert!(
+        ready
+            .get("STATUS")
+            .is_some_and(|s| s.contains("tracing the host")),
+        "{ready:?}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    notify.wait_for("RELOADING", "1", &mut child, Duration::from_secs(30));
+    let again = notify.wait_for("READY", "1", &mut child, Duration::from_secs(30));
+    assert!(
+        again.get("STATUS").is_some_and(|s| s.contains("reloaded")),
+        "{again:?}"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    notify.wait_for("STOPPING", "1", &mut child, Duration::from_secs(30));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -36,14 +36,13 @@ fn command(netns: Option<&str>) -> Command {
 
 /// A `vigil collector` on `addr` with its data in `dir`; returns once it listens.
 fn start_collector(addr: &str, dir: &Path, netns: Option<&str>) -> KillOnDrop {
-    let mut child = command(netns)
-        .args(["collector", "--listen", addr, "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vigil collector");
-    let (_, lines) = vigil_tests::collector_address(&mut child);
+    let (child, _, lines) = vigil_tests::collector_address(
+        command(netns)
+            .args(["collector", "--listen", addr, "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     std::thread::spawn(move || for _ in lines {});
     KillOnDrop(child)
 }
@@ -56,13 +55,15 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path, netns: Option<&str>) -> Self {
-        let mut child = command(netns)
-            .args(["agent", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting vigil agent");
+        // Ready (READY=1: probes attached, API listening) before the test goes on.
+        let (mut child, _) = vigil_tests::spawn_ready(
+            command(netns)
+                .args(["agent", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+            Duration::from_secs(60),
+        );
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let pipe = child.stderr.take().expect("stderr");
@@ -73,9 +74,7 @@ impl Agent {
                 s.push('\n');
             }
         });
-        let mut agent = Self { child, stderr };
-        agent.wait_for("vigil: tracing the host", Duration::from_secs(60));
-        agent
+        Self { child, stderr }
     }
 
     fn wait_for(&mut self, text: &str, timeout: Duration) {

@@ -23,14 +23,13 @@ struct Collector {
 
 fn start_collector() -> Collector {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(vigil_bin())
-        .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting vigil collector");
-    let (addr, lines) = collector_address(&mut child);
+    let (child, addr, lines) = collector_address(
+        Command::new(vigil_bin())
+            .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
     // Keep draining stderr so the collector never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Collector {
@@ -54,26 +53,35 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
     let collector = start_collector();
     let agent_id = format!("e2e-{}", std::process::id());
     let state = tempfile::tempdir().expect("tempdir");
-    let agent = Command::new(vigil_bin())
-        .args([
-            "agent",
-            "--interval",
-            "1s",
-            "--top",
-            "0",
-            "--collector",
-            &collector.addr,
-            "--agent-id",
-            &agent_id,
-            "--no-api",
-        ])
-        .arg("--data-dir")
-        .arg(state.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting vigil agent");
-    std::thread::sleep(Duration::from_millis(4500));
+    let (agent, _) = vigil_tests::spawn_ready(
+        Command::new(vigil_bin())
+            .args([
+                "agent",
+                "--interval",
+                "1s",
+                "--top",
+                "0",
+                "--collector",
+                &collector.addr,
+                "--agent-id",
+                &agent_id,
+                "--no-api",
+            ])
+            .arg("--data-dir")
+            .arg(state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        Duration::from_secs(60),
+    );
+    // Ready: a batch a second from now on; wait for three to be stored.
+    vigil_tests::daemons::wait_until("three batches stored", Duration::from_secs(30), || {
+        vigil_json(&["hosts", "--collector", &collector.addr, "--json"])["hosts"]
+            .as_array()
+            .is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h["agent_id"] == agent_id.as_str() && h["batches"].as_u64() >= Some(3))
+            })
+    });
     stop(agent);
 
     let hosts = vigil_json(&["hosts", "--collector", &collector.addr, "--json"]);

@@ -821,18 +821,21 @@ impl DetectingAgent {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config).expect("config");
         let socket = dir.path().join("agent.sock");
-        let mut child = Command::new(vigil_bin())
-            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
-            .args(["--agent-id", id, "--config"])
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting vigil agent");
+        // Ready (READY=1) before the test goes on; what it logged on the way stays
+        // in the pipe for wait_line.
+        let (mut child, _) = vigil_tests::spawn_ready(
+            Command::new(vigil_bin())
+                .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+                .args(["--agent-id", id, "--config"])
+                .arg(&path)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .arg("--socket")
+                .arg(&socket)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+            Duration::from_secs(60),
+        );
         let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -934,7 +937,7 @@ fn a_rule_file_with_an_absurd_duration_never_takes_the_agent_down() {
     );
     let refused = agent.wait_line("running the built-in rules only", None);
     assert!(refused.contains("too long"), "{refused}");
-    agent.wait_line("vigil: tracing the host", None);
+    agent.wait_line("tracing the host every", None);
     let before = collector.batches_of("rules-victim");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     agent.wait_line("SIGHUP: rules refused", None);
@@ -989,7 +992,7 @@ fn the_agent_keeps_only_the_privileges_it_needs_once_its_probes_are_attached() {
     let collector = Collector::start(&[]);
     // Every probe and detection on: all of it must keep working without root's powers.
     let agent = DetectingAgent::start(&collector, "least-privilege", "");
-    agent.wait_line("vigil: tracing the host", Some("could not drop privileges"));
+    agent.wait_line("tracing the host every", Some("could not drop privileges"));
     // Each thread: CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19) only, nothing to
     // inherit or regain, no_new_privs.
     let kept = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
@@ -1045,7 +1048,7 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     }
     let collector = Collector::start(&[]);
     let agent = DetectingAgent::start(&collector, "flooded", "");
-    agent.wait_line("vigil: tracing the host", None);
+    agent.wait_line("tracing the host every", None);
     // 8,000 differently named programs run from /var/tmp by an unprivileged user: each
     // is its own finding (the dedup key has the program), enough to pass 4 MiB.
     let (uid, gid) = hostile_user();

@@ -379,7 +379,8 @@ pub(crate) fn start_collector(
         let line = lines
             .next()
             .context("collector exited before listening")??;
-        if let Some(rest) = line.strip_prefix("vigil: collector listening on ") {
+        // This build logs through tracing; a baseline build may print `vigil: ...`.
+        if let Some((_, rest)) = line.split_once("collector listening on ") {
             break rest.split(',').next().unwrap_or_default().to_string();
         }
     };
@@ -728,7 +729,7 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                             .arg(&socket)
                             .arg("--data-dir")
                             .arg(dir.join("data")),
-                        "vigil: tracing",
+                        "tracing the host every",
                         "\u{0}never",
                     )?)
                 }

@@ -234,7 +234,7 @@ fn start_exporter(
         stats.clone(),
         stop_rx,
     ));
-    eprintln!("vigil: streaming to collector {addr} as agent {agent_id}");
+    tracing::info!(collector = %addr, %agent_id, "streaming to collector {addr} as agent {agent_id}");
     Exporter {
         addr: addr.to_string(),
         task,
@@ -323,8 +323,8 @@ fn apply_reload(
         restart_needed.push("agent_id");
     }
     if !restart_needed.is_empty() {
-        eprintln!(
-            "vigil: SIGHUP: {} changed; that takes effect at the next restart",
+        tracing::warn!(
+            "SIGHUP: {} changed; that takes effect at the next restart",
             restart_needed.join(", ")
         );
     }
@@ -341,7 +341,7 @@ fn apply_reload(
             // Safe at any point: acks are recorded in the spool as they arrive, and
             // whatever is unacked is sent again by the next exporter.
             e.task.abort();
-            eprintln!("vigil: stopped streaming to {}", e.addr);
+            tracing::info!(collector = %e.addr, "stopped streaming to {}", e.addr);
         }
         running.exporter = new
             .collector
@@ -356,8 +356,8 @@ fn apply_reload(
     applied.api = old.api;
     applied.data_dir = old.data_dir.clone();
     applied.agent_id = old.agent_id.clone();
-    eprintln!(
-        "vigil: SIGHUP: configuration reloaded (interval {:?}, collector {})",
+    tracing::info!(
+        "SIGHUP: configuration reloaded (interval {:?}, collector {})",
         applied.interval.0,
         applied.collector.as_deref().unwrap_or("none")
     );
@@ -374,8 +374,15 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     {
         let st = spool.stats();
         if st.unacked > 0 || st.corrupt_records > 0 {
-            eprintln!(
-                "vigil: spool {}: {} unacked batches to send first, {} damaged records skipped",
+            let level_warn = st.corrupt_records > 0;
+            if level_warn {
+                tracing::warn!(spool = %spool_dir.display(), damaged = st.corrupt_records, "damaged spool records skipped");
+            }
+            tracing::info!(
+                spool = %spool_dir.display(),
+                unacked = st.unacked,
+                damaged = st.corrupt_records,
+                "spool {}: {} unacked batches to send first, {} damaged records skipped",
                 spool_dir.display(),
                 st.unacked,
                 st.corrupt_records
@@ -393,15 +400,15 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         match Probes::load(&settings) {
             Ok(p) => Some(p),
             Err(e) => {
-                eprintln!(
-                    "vigil: probes unavailable, running on host metrics alone: {}",
+                tracing::error!(
+                    "probes unavailable, running on host metrics alone: {}",
                     error_chain(&e)
                 );
                 None
             }
         }
     } else {
-        eprintln!("vigil: probes turned off in the config; host metrics only");
+        tracing::info!("probes turned off in the config; host metrics only");
         None
     };
     // Loading parsed the kernel's BTF (megabytes, now freed): give that memory back
@@ -410,15 +417,17 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     unsafe { libc::malloc_trim(0) };
     for (probe, state) in probes.iter().flat_map(|p| p.states()) {
         match state {
-            ProbeState::On => eprintln!("vigil: probe {probe}: on"),
-            ProbeState::Off(e) => eprintln!("vigil: probe {probe}: OFF: {}", error_chain(e)),
-            ProbeState::Disabled => eprintln!("vigil: probe {probe}: not requested"),
+            ProbeState::On => tracing::info!(%probe, "probe {probe}: on"),
+            ProbeState::Off(e) => {
+                tracing::warn!(%probe, "probe {probe}: OFF: {}", error_chain(e))
+            }
+            ProbeState::Disabled => tracing::info!(%probe, "probe {probe}: not requested"),
         }
     }
     let mut reader = match probes.as_mut().map(Probes::event_reader) {
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
-            eprintln!("vigil: no event stream: {}", error_chain(&e));
+            tracing::error!("no event stream: {}", error_chain(&e));
             None
         }
         None => None,
@@ -427,7 +436,9 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         let rules = match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("vigil: rules: {e}; running the built-in rules only until a reload (SIGHUP) succeeds");
+                tracing::error!(
+                    "rules: {e}; running the built-in rules only until a reload (SIGHUP) succeeds"
+                );
                 crate::detect::rules::load(None).context("the built-in rules")?
             }
         };
@@ -437,8 +448,8 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         if let Some(p) = probes.as_mut() {
             apply_watches(&mut d, p, true);
         }
-        eprintln!(
-            "vigil: detection on: {n} rules, {} processes in the table",
+        tracing::info!(
+            "detection on: {n} rules, {} processes in the table",
             d.stats.table_size.max(d.process_count() as u64)
         );
         Some(d)
@@ -469,8 +480,8 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         Ok(Some(kept)) => {
             let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
             names.sort();
-            eprintln!(
-                "vigil: privileges dropped: keeping {}, no_new_privs set",
+            tracing::info!(
+                "privileges dropped: keeping {}, no_new_privs set",
                 names.join(", ")
             );
         }
@@ -487,10 +498,15 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
             .map(|a| start_exporter(a, &spool, &export_stats, &agent_id)),
         config,
     };
-    eprintln!(
-        "vigil: tracing the host every {:?}, spool epoch {epoch} (SIGTERM or Ctrl-C to stop, SIGHUP to reload)",
+    tracing::info!(
+        %epoch,
+        "tracing the host every {:?}, spool epoch {epoch} (SIGTERM or Ctrl-C to stop, SIGHUP to reload)",
         running.config.interval.0
     );
+    crate::notify::ready(&format!(
+        "tracing the host every {:?}, spool epoch {epoch}",
+        running.config.interval.0
+    ));
 
     let mut tick = tokio::time::interval(running.config.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -518,12 +534,19 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break tokio::time::Instant::now(),
             _ = sigint.recv() => break tokio::time::Instant::now(),
-            _ = sighup.recv() => match reload() {
+            _ = sighup.recv() => match { crate::notify::reloading(); reload() } {
                 Ok(new) => {
                     reload_rules(detector.as_mut(), probes.as_mut(), &new);
-                    apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick)
+                    apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick);
+                    crate::notify::ready(&format!(
+                        "tracing the host every {:?} (configuration reloaded)",
+                        running.config.interval.0
+                    ));
                 }
-                Err(e) => eprintln!("vigil: SIGHUP: new configuration refused, keeping the running one: {e}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: new configuration refused, keeping the running one: {e}");
+                    crate::notify::ready("new configuration refused; running the previous one");
+                }
             },
             r = async { reader.as_mut()?.read(&mut events).await.ok() }, if reader.is_some() && reader_waits => {
                 if r.is_none() {
@@ -572,6 +595,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
         }
     };
     // Stop: detach the probes after a last read, then spool the partial interval.
+    crate::notify::stopping();
     let deadline = stop_requested + running.config.shutdown_timeout.0;
     let last = close_interval(
         &mut iv,
@@ -601,10 +625,10 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
             &state,
             &export_stats,
         ),
-        Err(e) => eprintln!("vigil: the last partial batch could not be made: {e:#}"),
+        Err(e) => tracing::error!("the last partial batch could not be made: {e:#}"),
     }
     if let Err(e) = spool.lock().maybe_fsync(true) {
-        eprintln!("vigil: spool fsync at exit failed: {e}");
+        tracing::error!("spool fsync at exit failed: {e}");
     }
     if let Some(e) = running.exporter.take() {
         let _ = e.stop.send(Some(deadline));
@@ -622,18 +646,18 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     }
     if detach.is_finished() {
         match detach.join() {
-            Ok(took) => eprintln!("vigil: stopping: probes detached ({} ms)", took.as_millis()),
-            Err(_) => eprintln!("vigil: stopping: detaching the probes failed"),
+            Ok(took) => tracing::info!("stopping: probes detached ({} ms)", took.as_millis()),
+            Err(_) => tracing::error!("stopping: detaching the probes failed"),
         }
     } else {
-        eprintln!(
-            "vigil: stopping: the kernel is still detaching the probes at the deadline; exiting"
+        tracing::warn!(
+            "stopping: the kernel is still detaching the probes at the deadline; exiting"
         );
     }
     let st = spool.lock().stats();
     let _ = spool.lock().checkpoint();
-    eprintln!(
-        "vigil: exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",
+    tracing::info!(
+        "exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",
         export_stats.sent.load(Ordering::Relaxed),
         export_stats.acked.load(Ordering::Relaxed),
         export_stats.duplicates.load(Ordering::Relaxed),
@@ -646,7 +670,7 @@ pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
     }
-    eprintln!("vigil: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -699,14 +723,14 @@ fn reload_rules(d: Option<&mut Detector>, p: Option<&mut Probes>, config: &Agent
     };
     match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
         Ok(rules) => {
-            eprintln!("vigil: SIGHUP: {} rules loaded", rules.len());
+            tracing::info!("SIGHUP: {} rules loaded", rules.len());
             d.set_rules(rules);
             if let Some(p) = p {
                 apply_watches(d, p, true);
             }
         }
-        Err(e) => eprintln!(
-            "vigil: SIGHUP: rules refused, keeping the {} running: {e}",
+        Err(e) => tracing::error!(
+            "SIGHUP: rules refused, keeping the {} running: {e}",
             d.rules().len()
         ),
     }

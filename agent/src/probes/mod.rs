@@ -312,11 +312,7 @@ impl Probes {
             // The syscall checks are on with the pair; listen is extra.
             let root = tracefs::tracefs_root().ok();
             if let Err(e) = security::attach(&mut ebpf, root.as_deref()) {
-                tracing::warn!(reason = %error_chain(&e), "security: new-listener events off");
-                eprintln!(
-                    "vigil: probe security: listen events OFF: {}",
-                    error_chain(&e)
-                );
+                tracing::warn!("probe security: listen events OFF: {}", error_chain(&e));
             }
             ProbeState::On
         };

@@ -168,7 +168,7 @@ pub async fn serve_unix(
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
     restrict_socket(path)?;
-    eprintln!("vigil: agent API on {}", path.display());
+    tracing::info!(socket = %path.display(), "agent API on {}", path.display());
     let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentApi { state }))
         .serve_with_incoming(UnixListenerStream::new(listener));

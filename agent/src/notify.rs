@@ -1,0 +1,42 @@
+//! Readiness the systemd way (sd_notify(3)): `READY=1` once a daemon serves, `RELOADING=1`
+//! around a SIGHUP reload, `STOPPING=1` at shutdown, with a `STATUS=` line for
+//! `systemctl status`. A no-op unless the service manager (or a test) set
+//! `NOTIFY_SOCKET`; a failure to notify is logged, never fatal.
+use sd_notify::NotifyState;
+
+/// The variable carrying the collector's bound address next to `READY=1` (the service
+/// manager ignores variables it does not know; tests and tools read it).
+pub const LISTEN_VAR: &str = "VIGIL_LISTEN";
+
+fn send(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The daemon serves: probes attached, sockets listening.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// The collector serves on `addr`.
+pub fn ready_listening(status: &str, addr: &str) {
+    let listen = format!("{LISTEN_VAR}={addr}");
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status(status),
+        NotifyState::Custom(&listen),
+    ]);
+}
+
+/// A reload (SIGHUP) has begun; `ready` follows when it is done.
+pub fn reloading() {
+    send(&[NotifyState::Reloading]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping]);
+}
