@@ -132,7 +132,7 @@ fn bound_info(p: &mut ProcessInfo) {
 
 fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Invalid> {
     let f = |name| At("metrics", i, name);
-    clock.ms(&f("time_unix_ms"), m.time_unix_ms)?;
+    clock.ms(f("time_unix_ms"), m.time_unix_ms)?;
     for (name, v) in [
         ("interval_secs", m.interval_secs),
         ("uptime_secs", m.uptime_secs),
@@ -141,9 +141,9 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
         ("load_five", m.load_five),
         ("load_fifteen", m.load_fifteen),
     ] {
-        finite(&f(name), v)?;
+        finite(f(name), v)?;
     }
-    count(&f("cpu_per_core"), m.cpu_per_core.len(), MAX_CPUS)?;
+    count(f("cpu_per_core"), m.cpu_per_core.len(), MAX_CPUS)?;
     for (j, c) in m.cpu_total.iter().chain(&m.cpu_per_core).enumerate() {
         all_finite(
             format_args!("metrics[{i}].cpu[{j}]"),
@@ -158,14 +158,14 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
         ("pressure_io", &m.pressure_io),
     ] {
         for line in p.iter().flat_map(|p| p.some.iter().chain(&p.full)) {
-            all_finite(&f(name), &[line.avg10, line.avg60, line.avg300])?;
+            all_finite(f(name), &[line.avg10, line.avg60, line.avg300])?;
         }
     }
-    count(&f("filesystems"), m.filesystems.len(), MAX_DEVICES)?;
-    count(&f("disks"), m.disks.len(), MAX_DEVICES)?;
-    count(&f("network"), m.network.len(), MAX_DEVICES)?;
-    count(&f("top_cpu"), m.top_cpu.len(), MAX_TOP)?;
-    count(&f("top_memory"), m.top_memory.len(), MAX_TOP)?;
+    count(f("filesystems"), m.filesystems.len(), MAX_DEVICES)?;
+    count(f("disks"), m.disks.len(), MAX_DEVICES)?;
+    count(f("network"), m.network.len(), MAX_DEVICES)?;
+    count(f("top_cpu"), m.top_cpu.len(), MAX_TOP)?;
+    count(f("top_memory"), m.top_memory.len(), MAX_TOP)?;
     for d in &mut m.disks {
         let rates = [
             d.reads_per_sec,
@@ -174,7 +174,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             d.write_bytes_per_sec,
             d.io_time_ms_per_sec,
         ];
-        all_finite(&f("disks"), &rates)?;
+        all_finite(f("disks"), &rates)?;
         bound(&mut d.device);
     }
     for n in &mut m.network {
@@ -188,7 +188,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             n.rx_drops_per_sec,
             n.tx_drops_per_sec,
         ];
-        all_finite(&f("network"), &rates)?;
+        all_finite(f("network"), &rates)?;
         bound(&mut n.interface);
     }
     for fs in &mut m.filesystems {
@@ -197,7 +197,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
         }
     }
     for p in m.top_cpu.iter_mut().chain(&mut m.top_memory) {
-        finite(&f("top.cpu_percent"), p.cpu_percent)?;
+        finite(f("top.cpu_percent"), p.cpu_percent)?;
         bound_info(p);
     }
     Ok(())
@@ -208,10 +208,10 @@ fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid
     if x.rule.is_empty() {
         return Err(invalid(f("rule"), "empty (an empty finding)"));
     }
-    clock.ms(&f("time_unix_ms"), x.time_unix_ms)?;
-    count(&f("mitre"), x.mitre.len(), MAX_LIST)?;
-    count(&f("ancestors"), x.ancestors.len(), MAX_LIST)?;
-    count(&f("details"), x.details.len(), MAX_DETAILS)?;
+    clock.ms(f("time_unix_ms"), x.time_unix_ms)?;
+    count(f("mitre"), x.mitre.len(), MAX_LIST)?;
+    count(f("ancestors"), x.ancestors.len(), MAX_LIST)?;
+    count(f("details"), x.details.len(), MAX_DETAILS)?;
     for s in [
         &mut x.rule,
         &mut x.description,

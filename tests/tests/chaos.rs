@@ -74,7 +74,11 @@ impl Agent {
                 s.push('\n');
             }
         });
-        Self { child, stderr }
+        let mut agent = Self { child, stderr };
+        // What it logged up to READY (the spool's state, the probes) read in before
+        // the test looks at it.
+        agent.wait_for("tracing the host every", Duration::from_secs(10));
+        agent
     }
 
     fn wait_for(&mut self, text: &str, timeout: Duration) {

@@ -60,6 +60,27 @@ pub struct ExportStats {
     pub refused: AtomicU64,
     /// Batches the collector holds a different one of under the same name: set aside.
     pub conflicts: AtomicU64,
+    /// Acks that could not be recorded in the spool (the batch is sent again later).
+    pub ack_record_failed: AtomicU64,
+    /// Spool state checkpoints that failed (acks since the last one are resent after a
+    /// restart, and the collector counts them as duplicates).
+    pub checkpoint_failed: AtomicU64,
+}
+
+impl ExportStats {
+    fn checkpoint(&self, spool: &mut Spool) {
+        if let Err(e) = spool.checkpoint() {
+            self.checkpoint_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "spool: writing the ack checkpoint failed");
+        }
+    }
+
+    fn record_ack(&self, spool: &mut Spool, epoch: vigil_proto::Epoch, sequence: u64) {
+        if let Err(e) = spool.ack(epoch, sequence) {
+            self.ack_record_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, sequence, "spool: recording an ack failed");
+        }
+    }
 }
 
 /// Backoff between reconnects: doubling from 200 ms to 10 s, with jitter so that a
@@ -232,7 +253,7 @@ async fn session(
                     if let SpoolError::Decode { sequence, .. } = e {
                         let mut spool = shared.lock();
                         let epoch = spool.epoch();
-                        let _ = spool.ack(epoch, sequence);
+                        stats.record_ack(&mut spool, epoch, sequence);
                         cursor = sequence;
                     }
                 }
@@ -240,7 +261,7 @@ async fn session(
             }
         }
         if finished(shared, stop) {
-            let _ = shared.lock().checkpoint();
+            stats.checkpoint(&mut shared.lock());
             return Ok(());
         }
         tokio::select! {
@@ -262,11 +283,9 @@ async fn session(
                              (someone else is writing as this agent?): this batch is not delivered");
                     }
                     let mut spool = shared.lock();
-                    if let Err(e) = spool.ack(ack.spool_epoch(), ack.sequence) {
-                        tracing::warn!(error = %e, "spool: recording an ack failed");
-                    }
+                    stats.record_ack(&mut spool, ack.spool_epoch(), ack.sequence);
                     if checkpointed.elapsed() > Duration::from_secs(1) {
-                        let _ = spool.checkpoint();
+                        stats.checkpoint(&mut spool);
                         checkpointed = Instant::now();
                     }
                 }
@@ -278,7 +297,7 @@ async fn session(
             },
             () = shared.appended.notified() => {}
             w = stop_wake(stop) => if let Wake::Deadline = w {
-                let _ = shared.lock().checkpoint();
+                stats.checkpoint(&mut shared.lock());
                 return Ok(());
             },
         }

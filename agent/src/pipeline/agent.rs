@@ -7,18 +7,22 @@
 //! re-reads the config; a bad one is refused (the old one stays), and fields that need
 //! new probes or a new socket are reported as needing a restart.
 use std::{
-    collections::BTreeMap,
+    path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::watch,
 };
 use vigil_proto::v1 as pb;
 
+mod batch;
+mod reload;
+
+use super::interval::Interval;
 use crate::{
     config::{AgentConfig, ConfigError},
     detect::Detector,
@@ -26,19 +30,12 @@ use crate::{
         convert,
         stream::{self, SharedSpool},
     },
-    histogram::LatencyHistogram,
     metrics::{Roots, Sampler},
-    probes::{error_chain, events::Event, ProbeSettings, ProbeState, Probes},
+    probes::{error_chain, events::Event, EventReader, ProbeSettings, ProbeState, Probes},
     query::state::AgentState,
     spool::Spool,
-    trace::syscalls::rows,
-    units::human_ns,
 };
 
-/// Events kept per interval for the batch; more are counted as dropped.
-const EVENTS_PER_BATCH: usize = 10_000;
-/// Findings kept per interval for the batch; more are counted (findings_dropped).
-const FINDINGS_PER_BATCH: usize = 1_000;
 /// How often the process table is checked against /proc and the watched directories
 /// are looked up again (new home directories, a cron directory created later).
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
@@ -72,148 +69,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Moves drained events into the batch (bounded) and to live followers; process and
-/// security events go through the detector, and its findings likewise. Returns how
-/// many events the full batch had to drop.
-fn absorb(
-    events: &mut Vec<Event>,
-    iv: &mut Interval,
-    state: &std::sync::RwLock<AgentState>,
-    mut detector: Option<&mut Detector>,
-) -> u64 {
-    let batch = &mut iv.batch;
-    let mut dropped = 0;
-    let mut st = state.write().ok();
-    let mut findings = Vec::new();
-    for e in events.drain(..) {
-        let live = match &e {
-            Event::Retransmit(r) => pb::live_event::Event::Retransmit(convert::retransmit(r)),
-            Event::SlowSyscall(s) => pb::live_event::Event::SlowSyscall(convert::slow_syscall(s)),
-            Event::Process(p) => {
-                if let Some(d) = detector.as_deref_mut() {
-                    d.on_process(p, &mut findings);
-                }
-                continue;
-            }
-            Event::Security(s) => {
-                if let Some(d) = detector.as_deref_mut() {
-                    d.on_security(s, &mut findings);
-                }
-                continue;
-            }
-        };
-        if batch.retransmits.len() + batch.slow_syscalls.len() < EVENTS_PER_BATCH {
-            match &live {
-                pb::live_event::Event::Retransmit(r) => batch.retransmits.push(r.clone()),
-                pb::live_event::Event::SlowSyscall(s) => batch.slow_syscalls.push(s.clone()),
-                pb::live_event::Event::Missed(_) | pb::live_event::Event::Finding(_) => {}
-            }
-        } else {
-            dropped += 1;
-        }
-        if let Some(st) = st.as_mut() {
-            st.push_event(live);
-        }
-    }
-    if let Some(d) = detector {
-        d.tick(false, &mut findings);
-        if let Some(st) = st.as_deref_mut() {
-            let a = &mut st.agent;
-            a.process_events = d.stats.process_events;
-            a.security_events = d.stats.security_events;
-            a.findings = d.stats.findings;
-            a.processes_tracked = d.stats.table_size;
-            a.processes_untracked = d.stats.untracked;
-            a.connect_watch_full = d.stats.watch_failed;
-            if a.rule_matches.len() != d.stats.matches.len()
-                || d.stats
-                    .matches
-                    .iter()
-                    .any(|(k, v)| a.rule_matches.get(k) != Some(v))
-            {
-                a.rule_matches = d.stats.matches.clone().into_iter().collect();
-            }
-        }
-    }
-    publish_findings(findings, iv, st.as_deref_mut());
-    dropped
-}
-
-/// Puts findings into the batch (bounded, the rest counted), the recent list and the
-/// live stream, and logs them.
-fn publish_findings(
-    findings: Vec<pb::Finding>,
-    iv: &mut Interval,
-    mut st: Option<&mut AgentState>,
-) {
-    for f in findings {
-        if let Some(st) = st.as_deref_mut() {
-            if !st.finding_rate.admit(&f) {
-                st.agent.findings_rate_limited = st.finding_rate.limited;
-                continue;
-            }
-        }
-        let p = f.process.as_ref();
-        tracing::warn!(
-            rule = %f.rule,
-            severity = %f.severity,
-            mitre = %f.mitre.join(","),
-            pid = p.map_or(0, |p| p.pid),
-            exe = p.map_or("", |p| p.exe.as_str()),
-            count = f.count,
-            "finding"
-        );
-        if iv.batch.findings.len() < FINDINGS_PER_BATCH {
-            iv.batch.findings.push(f.clone());
-        } else {
-            iv.findings_dropped += 1;
-        }
-        if let Some(st) = st.as_deref_mut() {
-            st.push_event(pb::live_event::Event::Finding(f));
-        }
-    }
-}
-
-/// Kernel counters as loss counts (cumulative since the probes loaded).
-fn kernel_losses(c: &crate::probes::KernelCounters) -> pb::Losses {
-    pb::Losses {
-        slow_syscall_ringbuf_full: c.slow_syscall_ringbuf_full,
-        slow_syscall_rate_limited: c.slow_syscall_rate_limited,
-        retransmit_ringbuf_full: c.retransmit_ringbuf_full,
-        syscall_start_store_failed: c.syscall_start_store_failed,
-        syscall_out_of_range: c.syscall_out_of_range,
-        process_ringbuf_full: c.process_ringbuf_full,
-        security_ringbuf_full: c.security_ringbuf_full,
-        security_untracked: c.security_pending_full,
-        ..Default::default()
-    }
-}
-
-/// What was lost between two cumulative counts. Every field is listed, so a new loss stage
-/// that is not carried here does not compile.
-fn losses_since(now: &pb::Losses, before: &pb::Losses) -> pb::Losses {
-    macro_rules! delta {
-        ($($field:ident),* $(,)?) => {
-            pb::Losses { $($field: now.$field.saturating_sub(before.$field)),* }
-        };
-    }
-    delta!(
-        slow_syscall_ringbuf_full,
-        slow_syscall_rate_limited,
-        retransmit_ringbuf_full,
-        syscall_start_store_failed,
-        syscall_out_of_range,
-        undecodable_events,
-        pipeline_dropped,
-        spool_dropped_batches,
-        spool_corrupt_records,
-        process_ringbuf_full,
-        security_ringbuf_full,
-        security_untracked,
-        findings_dropped,
-    )
-}
-
 /// The exporter task and its stop request.
 struct Exporter {
     addr: String,
@@ -239,32 +94,6 @@ fn start_exporter(
         addr: addr.to_string(),
         task,
         stop,
-    }
-}
-
-/// One interval's worth of data, turned into a batch at its end.
-struct Interval {
-    batch: pb::Batch,
-    window_start: i64,
-    previous: BTreeMap<u32, LatencyHistogram>,
-    /// Cumulative losses at the end of the previous batch (kernel and agent).
-    reported: pb::Losses,
-    /// Agent-side drops since start (events over a batch's limit, unwritable batches).
-    pipeline_dropped: u64,
-    /// Losses of a batch that could not be spooled, for the next batch to report.
-    carried: pb::Losses,
-    /// Findings over a batch's limit, since start.
-    findings_dropped: u64,
-}
-
-impl Interval {
-    /// Cumulative losses now: kernel counters plus the agent's own.
-    fn cumulative(&self, kernel: &pb::Losses, undecodable: u64) -> pb::Losses {
-        let mut l = *kernel;
-        l.undecodable_events = undecodable;
-        l.pipeline_dropped = self.pipeline_dropped;
-        l.findings_dropped = self.findings_dropped;
-        l
     }
 }
 
@@ -296,382 +125,463 @@ fn probe_settings(config: &AgentConfig) -> ProbeSettings {
     }
 }
 
-/// Applies a reloaded config; says what changed and what needs a restart.
-fn apply_reload(
-    running: &mut Running,
-    new: AgentConfig,
-    spool: &Arc<SharedSpool>,
-    stats: &Arc<stream::ExportStats>,
-    agent_id: &str,
-    tick: &mut tokio::time::Interval,
-) {
-    let old = &running.config;
-    let mut restart_needed = Vec::new();
-    if new.probes != old.probes {
-        restart_needed.push("probes");
-    }
-    if new.detect.enabled != old.detect.enabled {
-        restart_needed.push("detect.enabled");
-    }
-    if new.socket != old.socket || new.api != old.api {
-        restart_needed.push("socket/api");
-    }
-    if new.data_dir != old.data_dir {
-        restart_needed.push("data_dir");
-    }
-    if new.agent_id != old.agent_id {
-        restart_needed.push("agent_id");
-    }
-    if !restart_needed.is_empty() {
-        tracing::warn!(
-            "SIGHUP: {} changed; that takes effect at the next restart",
-            restart_needed.join(", ")
-        );
-    }
-    if new.interval != old.interval {
-        *tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + new.interval.0, new.interval.0);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
-    if new.spool != old.spool {
-        spool.lock().reconfigure(new.spool.clone());
-    }
-    if new.collector != old.collector {
-        if let Some(e) = running.exporter.take() {
-            // Safe at any point: acks are recorded in the spool as they arrive, and
-            // whatever is unacked is sent again by the next exporter.
-            e.task.abort();
-            tracing::info!(collector = %e.addr, "stopped streaming to {}", e.addr);
-        }
-        running.exporter = new
-            .collector
-            .as_deref()
-            .map(|a| start_exporter(a, spool, stats, agent_id));
-    }
-    // The probes keep the settings they were loaded with.
-    let mut applied = new;
-    applied.probes = old.probes.clone();
-    applied.detect.enabled = old.detect.enabled;
-    applied.socket = old.socket.clone();
-    applied.api = old.api;
-    applied.data_dir = old.data_dir.clone();
-    applied.agent_id = old.agent_id.clone();
-    tracing::info!(
-        "SIGHUP: configuration reloaded (interval {:?}, collector {})",
-        applied.interval.0,
-        applied.collector.as_deref().unwrap_or("none")
-    );
-    running.config = applied;
+/// Internal errors that would otherwise only be logged: counted, and shown under
+/// `internal_errors` in `vigil stats --json`.
+#[derive(Debug, Default)]
+struct InternalErrors {
+    /// Kernel filter map updates (watched directories, files, ports, processes) that failed.
+    kernel_filter_update: u64,
+    /// Batches the spool could not take (also counted as pipeline_dropped).
+    spool_write: u64,
+    spool_fsync: u64,
+    /// The ring buffer could not be waited on (it is drained each interval only).
+    event_reader_wait: u64,
 }
 
+/// The signals the agent reacts to, installed before the probes load (a SIGTERM during
+/// the load must not kill the agent unflushed).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+/// What woke the loop.
+enum Wake {
+    Stop,
+    Reload,
+    /// The kernel signalled the ring buffer; false if it cannot be waited on.
+    EventsReady(bool),
+    FollowerJoined,
+    Drain,
+    Tick,
+}
+
+/// The agent: every stage's handle and the loop's state, one method per thing the loop
+/// reacts to (a tick, the ring buffer, a signal, a follower, the drain clock).
+pub struct Agent {
+    running: Running,
+    reload: Reload,
+    signals: Signals,
+    probes: Option<Probes>,
+    reader: Option<EventReader>,
+    detector: Option<Detector>,
+    host: Sampler,
+    spool: Arc<SharedSpool>,
+    state: Arc<std::sync::RwLock<AgentState>>,
+    export_stats: Arc<stream::ExportStats>,
+    agent_id: String,
+    api: Option<tokio::task::JoinHandle<()>>,
+    socket: Option<PathBuf>,
+    iv: Interval,
+    total_losses: pb::Losses,
+    /// Events drained from the ring buffer, not yet absorbed.
+    events: Vec<Event>,
+    tick: tokio::time::Interval,
+    drain: tokio::time::Interval,
+    follower_joined: Option<Arc<tokio::sync::Notify>>,
+    /// False once the ring buffer cannot be waited on: drained each interval only.
+    reader_waits: bool,
+    /// The short drain clock runs for one period after the kernel woke the agent.
+    drain_armed: bool,
+    last_rescan: tokio::time::Instant,
+    errors: InternalErrors,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then stops it within `shutdown_timeout`.
 pub async fn run(config: AgentConfig, reload: Reload) -> anyhow::Result<()> {
-    let settings = probe_settings(&config);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let spool_dir = config.data_dir.join("spool");
-    let spool = Spool::open(&spool_dir, config.spool.clone())
-        .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
-    {
-        let st = spool.stats();
-        if st.unacked > 0 || st.corrupt_records > 0 {
-            let level_warn = st.corrupt_records > 0;
-            if level_warn {
+    let mut agent = Agent::start(config, reload).await?;
+    let stop_requested = agent.serve().await?;
+    agent.stop(stop_requested).await;
+    Ok(())
+}
+
+impl Agent {
+    /// Opens the spool, loads the probes and the rules, binds the API, drops what
+    /// privileges it no longer needs and starts the exporter; then says READY=1.
+    pub async fn start(config: AgentConfig, reload: Reload) -> anyhow::Result<Self> {
+        let settings = probe_settings(&config);
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        let spool_dir = config.data_dir.join("spool");
+        let spool = Spool::open(&spool_dir, config.spool.clone())
+            .with_context(|| format!("opening the spool in {}", spool_dir.display()))?;
+        {
+            let st = spool.stats();
+            if st.corrupt_records > 0 {
                 tracing::warn!(spool = %spool_dir.display(), damaged = st.corrupt_records, "damaged spool records skipped");
             }
-            tracing::info!(
-                spool = %spool_dir.display(),
-                unacked = st.unacked,
-                damaged = st.corrupt_records,
-                "spool {}: {} unacked batches to send first, {} damaged records skipped",
-                spool_dir.display(),
-                st.unacked,
-                st.corrupt_records
-            );
-        }
-    }
-    let epoch = spool.epoch();
-    let spool = Arc::new(SharedSpool::new(spool));
-    // Signals first: a SIGTERM during the probe load must not kill the agent unflushed.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
-    let mut probes = if settings.syscalls || settings.retransmits.is_some() || settings.processes {
-        match Probes::load(&settings) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::error!(
-                    "probes unavailable, running on host metrics alone: {}",
-                    error_chain(&e)
+            if st.unacked > 0 || st.corrupt_records > 0 {
+                tracing::info!(
+                    spool = %spool_dir.display(),
+                    unacked = st.unacked,
+                    damaged = st.corrupt_records,
+                    "spool {}: {} unacked batches to send first, {} damaged records skipped",
+                    spool_dir.display(),
+                    st.unacked,
+                    st.corrupt_records
                 );
+            }
+        }
+        let epoch = spool.epoch();
+        let spool = Arc::new(SharedSpool::new(spool));
+        let signals = Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        };
+        let mut probes =
+            if settings.syscalls || settings.retransmits.is_some() || settings.processes {
+                match Probes::load(&settings) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::error!(
+                            "probes unavailable, running on host metrics alone: {}",
+                            error_chain(&e)
+                        );
+                        None
+                    }
+                }
+            } else {
+                tracing::info!("probes turned off in the config; host metrics only");
+                None
+            };
+        // Loading parsed the kernel's BTF (megabytes, now freed): give that memory back
+        // to the system instead of keeping it as the agent's resident size.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+        for (probe, state) in probes.iter().flat_map(|p| p.states()) {
+            match state {
+                ProbeState::On => tracing::info!(%probe, "probe {probe}: on"),
+                ProbeState::Off(e) => {
+                    tracing::warn!(%probe, "probe {probe}: OFF: {}", error_chain(e))
+                }
+                ProbeState::Disabled => tracing::info!(%probe, "probe {probe}: not requested"),
+            }
+        }
+        let reader = match probes.as_mut().map(Probes::event_reader) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                tracing::error!("no event stream: {}", error_chain(&e));
                 None
             }
-        }
-    } else {
-        tracing::info!("probes turned off in the config; host metrics only");
-        None
-    };
-    // Loading parsed the kernel's BTF (megabytes, now freed): give that memory back
-    // to the system instead of keeping it as the agent's resident size.
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
-    for (probe, state) in probes.iter().flat_map(|p| p.states()) {
-        match state {
-            ProbeState::On => tracing::info!(%probe, "probe {probe}: on"),
-            ProbeState::Off(e) => {
-                tracing::warn!(%probe, "probe {probe}: OFF: {}", error_chain(e))
-            }
-            ProbeState::Disabled => tracing::info!(%probe, "probe {probe}: not requested"),
-        }
-    }
-    let mut reader = match probes.as_mut().map(Probes::event_reader) {
-        Some(Ok(r)) => Some(r),
-        Some(Err(e)) => {
-            tracing::error!("no event stream: {}", error_chain(&e));
-            None
-        }
-        None => None,
-    };
-    let mut detector = if config.detect.enabled {
-        let rules = match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(
-                    "rules: {e}; running the built-in rules only until a reload (SIGHUP) succeeds"
-                );
-                crate::detect::rules::load(None).context("the built-in rules")?
-            }
+            None => None,
         };
-        let n = rules.len();
-        let mut d = Detector::new(std::path::Path::new("/proc"), rules, MAX_PROCESSES);
-        d.seed();
-        if let Some(p) = probes.as_mut() {
-            apply_watches(&mut d, p, true);
-        }
-        tracing::info!(
-            "detection on: {n} rules, {} processes in the table",
-            d.stats.table_size.max(d.process_count() as u64)
-        );
-        Some(d)
-    } else {
-        None
-    };
-    let mut last_rescan = tokio::time::Instant::now();
-    let mut host = Sampler::new(Roots::default(), 5);
-    let first = host.sample().context("reading host metrics")?;
-    let agent_id = config
-        .agent_id
-        .clone()
-        .unwrap_or_else(|| default_agent_id(&first.host.hostname));
-
-    let state = Arc::new(std::sync::RwLock::new(AgentState::new(
-        convert::host_identity(&first, &agent_id),
-        config.interval.0.as_secs_f64(),
-    )));
-    let socket = config.api.then(|| config.socket.clone());
-    let api = match &socket {
-        Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
-        None => None,
-    };
-    // Everything that needed root is done (probes attached, socket bound): keep only
-    // what reading /proc and watched directories needs, before any other thread
-    // exists (the exporter's connection may resolve names on one).
-    match crate::privileges::drop_to_kept() {
-        Ok(Some(kept)) => {
-            let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
-            names.sort();
+        let mut errors = InternalErrors::default();
+        let detector = if config.detect.enabled {
+            let rules = match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("rules: {e}; running the built-in rules only until a reload (SIGHUP) succeeds");
+                    crate::detect::rules::load(None).context("the built-in rules")?
+                }
+            };
+            let n = rules.len();
+            let mut d = Detector::new(std::path::Path::new("/proc"), rules, MAX_PROCESSES);
+            d.seed();
+            if let Some(p) = probes.as_mut() {
+                apply_watches(&mut d, p, true, &mut errors);
+            }
             tracing::info!(
-                "privileges dropped: keeping {}, no_new_privs set",
-                names.join(", ")
+                "detection on: {n} rules, {} processes in the table",
+                d.stats.table_size.max(d.process_count() as u64)
             );
+            Some(d)
+        } else {
+            None
+        };
+        let mut host = Sampler::new(Roots::default(), 5);
+        let first = host.sample().context("reading host metrics")?;
+        let agent_id = config
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| default_agent_id(&first.host.hostname));
+        let state = Arc::new(std::sync::RwLock::new(AgentState::new(
+            convert::host_identity(&first, &agent_id),
+            config.interval.0.as_secs_f64(),
+        )));
+        let socket = config.api.then(|| config.socket.clone());
+        let api = match &socket {
+            Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
+            None => None,
+        };
+        // Everything that needed root is done (probes attached, socket bound): keep
+        // only what reading /proc and watched directories needs, before any other
+        // thread exists (the exporter's connection may resolve names on one).
+        match crate::privileges::drop_to_kept() {
+            Ok(Some(kept)) => {
+                let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+                names.sort();
+                tracing::info!(
+                    "privileges dropped: keeping {}, no_new_privs set",
+                    names.join(", ")
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not drop privileges; running with those it started with")
+            }
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "could not drop privileges; running with those it started with")
-        }
+        let export_stats = Arc::new(stream::ExportStats::default());
+        let running = Running {
+            exporter: config
+                .collector
+                .as_deref()
+                .map(|a| start_exporter(a, &spool, &export_stats, &agent_id)),
+            config,
+        };
+        let interval = running.config.interval.0;
+        tracing::info!(
+            %epoch,
+            "tracing the host every {interval:?}, spool epoch {epoch} (SIGTERM or Ctrl-C to stop, SIGHUP to reload)"
+        );
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
+        crate::notify::ready(&format!(
+            "tracing the host every {interval:?}, spool epoch {epoch}"
+        ));
+        Ok(Self {
+            running,
+            reload,
+            signals,
+            probes,
+            reader,
+            detector,
+            host,
+            spool,
+            state,
+            export_stats,
+            agent_id,
+            api,
+            socket,
+            iv: Interval::new(now_ms()),
+            total_losses: pb::Losses::default(),
+            events: Vec::new(),
+            tick,
+            drain,
+            follower_joined,
+            reader_waits: true,
+            drain_armed: false,
+            last_rescan: tokio::time::Instant::now(),
+            errors,
+        })
     }
-    let export_stats = Arc::new(stream::ExportStats::default());
-    let mut running = Running {
-        exporter: config
-            .collector
-            .as_deref()
-            .map(|a| start_exporter(a, &spool, &export_stats, &agent_id)),
-        config,
-    };
-    tracing::info!(
-        %epoch,
-        "tracing the host every {:?}, spool epoch {epoch} (SIGTERM or Ctrl-C to stop, SIGHUP to reload)",
-        running.config.interval.0
-    );
-    crate::notify::ready(&format!(
-        "tracing the host every {:?}, spool epoch {epoch}",
-        running.config.interval.0
-    ));
 
-    let mut tick = tokio::time::interval(running.config.interval.0);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut iv = Interval {
-        batch: pb::Batch::default(),
-        window_start: now_ms(),
-        previous: BTreeMap::new(),
-        reported: pb::Losses::default(),
-        pipeline_dropped: 0,
-        carried: pb::Losses::default(),
-        findings_dropped: 0,
-    };
-    let mut total_losses = pb::Losses::default();
-    let mut events = Vec::new();
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
-    let mut reader_waits = true;
-    let mut drain_armed = false;
-    let stop_requested = loop {
+    /// Waits for the next thing to react to.
+    async fn wake(&mut self) -> Wake {
         // The short drain clock runs while someone follows live events, and for one
         // period after the kernel woke us (for what came after the wake-up).
-        let following = drain_armed || state.read().is_ok_and(|s| s.live.receiver_count() > 0);
+        let following =
+            self.drain_armed || self.state.read().is_ok_and(|s| s.live.receiver_count() > 0);
+        let waits = self.reader.is_some() && self.reader_waits;
+        let (reader, events) = (&mut self.reader, &mut self.events);
+        let follower = self.follower_joined.as_ref();
         tokio::select! {
-            _ = sigterm.recv() => break tokio::time::Instant::now(),
-            _ = sigint.recv() => break tokio::time::Instant::now(),
-            _ = sighup.recv() => match { crate::notify::reloading(); reload() } {
-                Ok(new) => {
-                    reload_rules(detector.as_mut(), probes.as_mut(), &new);
-                    apply_reload(&mut running, new, &spool, &export_stats, &agent_id, &mut tick);
-                    crate::notify::ready(&format!(
-                        "tracing the host every {:?} (configuration reloaded)",
-                        running.config.interval.0
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!("SIGHUP: new configuration refused, keeping the running one: {e}");
-                    crate::notify::ready("new configuration refused; running the previous one");
-                }
-            },
-            r = async { reader.as_mut()?.read(&mut events).await.ok() }, if reader.is_some() && reader_waits => {
-                if r.is_none() {
-                    tracing::warn!("the event ring buffer cannot be waited on; draining it each interval only");
-                    reader_waits = false;
-                }
-                let woke_with_events = events.iter().any(is_prompt);
-                iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
-                if woke_with_events && !drain_armed {
-                    drain_armed = true;
-                    drain.reset();
-                }
-            }
-            _ = async { follower_joined.as_ref()?.notified().await; Some(()) }, if !following => {
-                // Loop again: `following` is now true and the drain clock runs.
-                drain.reset_immediately();
-            }
-            _ = drain.tick(), if following => {
-                if let Some(r) = reader.as_mut() {
-                    r.drain(&mut events);
-                }
-                // Nothing since the last look: stop the short clock until the next wake-up.
-                let rescan = last_rescan.elapsed() >= RESCAN_EVERY;
-                let pending = detector.as_ref().is_some_and(Detector::has_pending_work);
-                if !events.iter().any(is_prompt) {
-                    drain_armed = pending;
-                }
-                if events.is_empty() && !rescan && !pending {
-                    continue;
-                }
-                iv.pipeline_dropped += absorb(&mut events, &mut iv, &state, detector.as_mut());
-                if let (Some(d), Some(p)) = (detector.as_mut(), probes.as_mut()) {
-                    if rescan {
-                        last_rescan = tokio::time::Instant::now();
-                        let mut f = Vec::new();
-                        d.tick(true, &mut f);
-                        publish_findings(f, &mut iv, state.write().ok().as_deref_mut());
-                    }
-                    apply_watches(d, p, rescan);
-                }
-            }
-            _ = tick.tick() => {
-                let batch = close_interval(&mut iv, &mut host, probes.as_ref(), reader.as_mut(), &mut events, &state, &running.config, &agent_id, detector.as_mut())?;
-                spool_batch(batch, &spool, &mut iv, &mut total_losses, &state, &export_stats);
-            }
-        }
-    };
-    // Stop: detach the probes after a last read, then spool the partial interval.
-    crate::notify::stopping();
-    let deadline = stop_requested + running.config.shutdown_timeout.0;
-    let last = close_interval(
-        &mut iv,
-        &mut host,
-        probes.as_ref(),
-        reader.as_mut(),
-        &mut events,
-        &state,
-        &running.config,
-        &agent_id,
-        detector.as_mut(),
-    );
-    drop(reader);
-    // Detaching takes the kernel an RCU grace period per tracepoint (a few hundred ms
-    // for all of them): done on the side, so the last batch goes out meanwhile.
-    let detach = std::thread::spawn(move || {
-        let t = std::time::Instant::now();
-        drop(probes);
-        t.elapsed()
-    });
-    match last {
-        Ok(batch) => spool_batch(
-            batch,
-            &spool,
-            &mut iv,
-            &mut total_losses,
-            &state,
-            &export_stats,
-        ),
-        Err(e) => tracing::error!("the last partial batch could not be made: {e:#}"),
-    }
-    if let Err(e) = spool.lock().maybe_fsync(true) {
-        tracing::error!("spool fsync at exit failed: {e}");
-    }
-    if let Some(e) = running.exporter.take() {
-        let _ = e.stop.send(Some(deadline));
-        let mut task = e.task;
-        if tokio::time::timeout_at(deadline + Duration::from_millis(500), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
+            _ = self.signals.term.recv() => Wake::Stop,
+            _ = self.signals.int.recv() => Wake::Stop,
+            _ = self.signals.hup.recv() => Wake::Reload,
+            r = async { reader.as_mut()?.read(events).await.ok() }, if waits => Wake::EventsReady(r.is_some()),
+            _ = async { follower?.notified().await; Some(()) }, if !following => Wake::FollowerJoined,
+            _ = self.drain.tick(), if following => Wake::Drain,
+            _ = self.tick.tick() => Wake::Tick,
         }
     }
-    // Within the deadline only: past it, exit and let the kernel finish the detach.
-    while !detach.is_finished() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if detach.is_finished() {
-        match detach.join() {
-            Ok(took) => tracing::info!("stopping: probes detached ({} ms)", took.as_millis()),
-            Err(_) => tracing::error!("stopping: detaching the probes failed"),
+
+    /// Reacts until a stop signal; returns when it came.
+    pub async fn serve(&mut self) -> anyhow::Result<tokio::time::Instant> {
+        loop {
+            match self.wake().await {
+                Wake::Stop => return Ok(tokio::time::Instant::now()),
+                Wake::Reload => self.on_reload(),
+                Wake::EventsReady(ok) => self.on_events_ready(ok),
+                // Loop again: someone follows now, and the drain clock runs.
+                Wake::FollowerJoined => self.drain.reset_immediately(),
+                Wake::Drain => self.on_drain(),
+                Wake::Tick => self.on_tick()?,
+            }
         }
-    } else {
-        tracing::warn!(
-            "stopping: the kernel is still detaching the probes at the deadline; exiting"
+    }
+
+    /// SIGHUP: the config and the rules again; a bad one keeps what runs.
+    fn on_reload(&mut self) {
+        crate::notify::reloading();
+        match (self.reload)() {
+            Ok(new) => {
+                self.reload_rules(&new);
+                self.apply_reload(new);
+                crate::notify::ready(&format!(
+                    "tracing the host every {:?} (configuration reloaded)",
+                    self.running.config.interval.0
+                ));
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: new configuration refused, keeping the running one: {e}");
+                crate::notify::ready("new configuration refused; running the previous one");
+            }
+        }
+    }
+
+    /// The kernel woke the agent: what it read goes through detection and out.
+    fn on_events_ready(&mut self, ok: bool) {
+        if !ok {
+            tracing::warn!(
+                "the event ring buffer cannot be waited on; draining it each interval only"
+            );
+            self.reader_waits = false;
+            self.errors.event_reader_wait += 1;
+        }
+        let woke_with_events = self.events.iter().any(is_prompt);
+        self.absorb();
+        if woke_with_events && !self.drain_armed {
+            self.drain_armed = true;
+            self.drain.reset();
+        }
+    }
+
+    /// The short drain clock: read what came since, rescan /proc once a minute.
+    fn on_drain(&mut self) {
+        if let Some(r) = self.reader.as_mut() {
+            r.drain(&mut self.events);
+        }
+        // Nothing since the last look: stop the short clock until the next wake-up.
+        let rescan = self.last_rescan.elapsed() >= RESCAN_EVERY;
+        let pending = self
+            .detector
+            .as_ref()
+            .is_some_and(Detector::has_pending_work);
+        if !self.events.iter().any(is_prompt) {
+            self.drain_armed = pending;
+        }
+        if self.events.is_empty() && !rescan && !pending {
+            return;
+        }
+        self.absorb();
+        if let (Some(d), Some(p)) = (self.detector.as_mut(), self.probes.as_mut()) {
+            if rescan {
+                self.last_rescan = tokio::time::Instant::now();
+                let mut f = Vec::new();
+                d.tick(true, &mut f);
+                self.iv
+                    .publish_findings(f, self.state.write().ok().as_deref_mut());
+            }
+            apply_watches(d, p, rescan, &mut self.errors);
+        }
+    }
+
+    /// The interval's end: its batch to the spool.
+    fn on_tick(&mut self) -> anyhow::Result<()> {
+        let batch = self.close_interval()?;
+        self.spool_batch(batch);
+        Ok(())
+    }
+
+    /// Stop: detach the probes after a last read, spool the partial interval, and give
+    /// the exporter until the deadline to get it acked.
+    pub async fn stop(mut self, stop_requested: tokio::time::Instant) {
+        crate::notify::stopping();
+        let deadline = stop_requested + self.running.config.shutdown_timeout.0;
+        let last = self.close_interval();
+        drop(self.reader.take());
+        // Detaching takes the kernel an RCU grace period per tracepoint (a few hundred
+        // ms for all of them): done on the side, so the last batch goes out meanwhile.
+        let probes = self.probes.take();
+        let detach = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            drop(probes);
+            t.elapsed()
+        });
+        match last {
+            Ok(batch) => self.spool_batch(batch),
+            Err(e) => tracing::error!("the last partial batch could not be made: {e:#}"),
+        }
+        if let Err(e) = self.spool.lock().maybe_fsync(true) {
+            self.errors.spool_fsync += 1;
+            tracing::error!("spool fsync at exit failed: {e}");
+        }
+        if let Some(e) = self.running.exporter.take() {
+            let _ = e.stop.send(Some(deadline));
+            let mut task = e.task;
+            if tokio::time::timeout_at(deadline + Duration::from_millis(500), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        // Within the deadline only: past it, exit and let the kernel finish the detach.
+        while !detach.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if detach.is_finished() {
+            match detach.join() {
+                Ok(took) => tracing::info!("stopping: probes detached ({} ms)", took.as_millis()),
+                Err(_) => tracing::error!("stopping: detaching the probes failed"),
+            }
+        } else {
+            tracing::warn!(
+                "stopping: the kernel is still detaching the probes at the deadline; exiting"
+            );
+        }
+        let st = self.spool.lock().stats();
+        if let Err(e) = self.spool.lock().checkpoint() {
+            tracing::warn!(error = %e, "spool: writing the ack checkpoint at exit failed");
+        }
+        let export_stats = &self.export_stats;
+        tracing::info!(
+            "exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",
+            export_stats.sent.load(Ordering::Relaxed),
+            export_stats.acked.load(Ordering::Relaxed),
+            export_stats.duplicates.load(Ordering::Relaxed),
+            export_stats.reconnects.load(Ordering::Relaxed),
+            st.unacked, st.dropped_batches, st.corrupt_records,
         );
+        if let Some(api) = self.api.take() {
+            api.abort();
+        }
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped");
     }
-    let st = spool.lock().stats();
-    let _ = spool.lock().checkpoint();
-    tracing::info!(
-        "exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",
-        export_stats.sent.load(Ordering::Relaxed),
-        export_stats.acked.load(Ordering::Relaxed),
-        export_stats.duplicates.load(Ordering::Relaxed),
-        export_stats.reconnects.load(Ordering::Relaxed),
-        st.unacked, st.dropped_batches, st.corrupt_records,
-    );
-    if let Some(api) = api {
-        api.abort();
+}
+
+/// Writes the detector's kernel filters: watched processes always, the watched
+/// directories and ports when `all` (start, rescan, reload). A failed update is
+/// logged and counted (`internal_errors.kernel_filter_update`).
+fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool, errors: &mut InternalErrors) {
+    let w = d.take_watch_changes();
+    let mut failed = |what: &str, e: &dyn std::error::Error| {
+        errors.kernel_filter_update += 1;
+        tracing::warn!(error = %e, "cannot set the {what}");
+    };
+    if all {
+        let dirs = d.watched_dirs();
+        let paths = d.watched_dir_paths();
+        match p.watch_dirs(&dirs, &paths) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(skipped = n, "watched directories beyond the kernel's prefix list: renames into them are not seen"),
+            Err(e) => failed("watched directories", &e),
+        }
+        if let Err(e) = p.watch_ports(&d.watched_ports(), &d.watched_comms()) {
+            failed("watched ports", &e);
+        }
     }
-    if let Some(path) = &socket {
-        let _ = std::fs::remove_file(path);
+    if all || w.files {
+        if let Err(e) = p.watch_files(&d.watched_files()) {
+            failed("watched files", &e);
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+    if !w.add_pids.is_empty() || !w.remove_pids.is_empty() {
+        match p.watch_pids(&w.add_pids, &w.remove_pids) {
+            Ok(failed) => d.stats.watch_failed += failed,
+            Err(e) => failed("watched processes", &e),
+        }
+    }
 }
 
 /// Events someone is waiting on (they keep the short drain clock going): execs and
@@ -682,208 +592,5 @@ fn is_prompt(e: &Event) -> bool {
         Event::Process(p) => p.op == vigil_common::ProcessOp::Exec,
         Event::Security(_) => true,
         Event::SlowSyscall(_) | Event::Retransmit(_) => false,
-    }
-}
-
-/// Writes the detector's kernel filters: watched processes always, the watched
-/// directories and ports when `all` (start, rescan, reload).
-fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool) {
-    let w = d.take_watch_changes();
-    if all {
-        let dirs = d.watched_dirs();
-        let paths = d.watched_dir_paths();
-        match p.watch_dirs(&dirs, &paths) {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(skipped = n, "watched directories beyond the kernel's prefix list: renames into them are not seen"),
-            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot set the watched directories"),
-        }
-        if let Err(e) = p.watch_ports(&d.watched_ports(), &d.watched_comms()) {
-            tracing::warn!(error = %error_chain(&e), "cannot set the watched ports");
-        }
-    }
-    if all || w.files {
-        if let Err(e) = p.watch_files(&d.watched_files()) {
-            tracing::warn!(error = %error_chain(&e), "cannot set the watched files");
-        }
-    }
-    if !w.add_pids.is_empty() || !w.remove_pids.is_empty() {
-        match p.watch_pids(&w.add_pids, &w.remove_pids) {
-            Ok(failed) => d.stats.watch_failed += failed,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot update the watched processes")
-            }
-        }
-    }
-}
-
-/// SIGHUP: loads the rules again; a bad file keeps the rules that run.
-fn reload_rules(d: Option<&mut Detector>, p: Option<&mut Probes>, config: &AgentConfig) {
-    let Some(d) = d else {
-        return;
-    };
-    match crate::detect::rules::load(Some(&config.detect.rules_dir)) {
-        Ok(rules) => {
-            tracing::info!("SIGHUP: {} rules loaded", rules.len());
-            d.set_rules(rules);
-            if let Some(p) = p {
-                apply_watches(d, p, true);
-            }
-        }
-        Err(e) => tracing::error!(
-            "SIGHUP: rules refused, keeping the {} running: {e}",
-            d.rules().len()
-        ),
-    }
-}
-
-/// Ends the interval: drains events, reads the probes and the host, prints the
-/// summary if asked, and returns the interval's batch (not yet spooled).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "until the Agent struct owns this state (issue #11)"
-)]
-fn close_interval(
-    iv: &mut Interval,
-    host: &mut Sampler,
-    probes: Option<&Probes>,
-    reader: Option<&mut crate::probes::events::EventReader>,
-    events: &mut Vec<Event>,
-    state: &std::sync::RwLock<AgentState>,
-    config: &AgentConfig,
-    agent_id: &str,
-    detector: Option<&mut Detector>,
-) -> anyhow::Result<pb::Batch> {
-    let undecodable = match reader {
-        Some(r) => {
-            r.drain(events);
-            r.decode_errors
-        }
-        None => 0,
-    };
-    iv.pipeline_dropped += absorb(events, iv, state, detector);
-    let sample = host.sample().context("reading host metrics")?;
-    let (delta, kernel) = match probes {
-        Some(p) => {
-            let now = p.syscall_latency()?;
-            let delta: BTreeMap<u32, LatencyHistogram> = now
-                .iter()
-                .map(|(nr, h)| {
-                    (
-                        *nr,
-                        iv.previous
-                            .get(nr)
-                            .map_or_else(|| h.clone(), |p| h.since(p)),
-                    )
-                })
-                .filter(|(_, h)| h.count > 0)
-                .collect();
-            iv.previous = now;
-            (delta, kernel_losses(&p.counters()?))
-        }
-        None => (BTreeMap::new(), pb::Losses::default()),
-    };
-    if let Ok(mut st) = state.write() {
-        st.identity = convert::host_identity(&sample, agent_id);
-        st.latest = Some(convert::host_metrics(&sample));
-        st.push_latency(&delta);
-    }
-    let cumulative = iv.cumulative(&kernel, undecodable);
-    let mut losses = losses_since(&cumulative, &iv.reported);
-    losses.add(&std::mem::take(&mut iv.carried));
-    iv.reported = cumulative;
-    if config.summary_rows > 0 {
-        let r = rows(&delta);
-        let calls: u64 = r.iter().map(|r| r.count).sum();
-        let lost: u64 = losses.stages().iter().map(|(_, n)| n).sum();
-        println!(
-            "--- {:?}: {} syscalls, {} slow (> {}), {} retransmits | lost {} ({})",
-            config.interval.0,
-            calls,
-            iv.batch.slow_syscalls.len(),
-            human_ns(config.probes.slow_threshold.0.as_nanos() as u64),
-            iv.batch.retransmits.len(),
-            lost,
-            losses
-                .stages()
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(s, n)| format!("{s} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "host: cpu {:.1} % of {} | load {:.2} | memory {:.2} of {:.2} GiB available | {} processes",
-            sample.cpu.usage_percent, sample.cpu.count, sample.load.one,
-            sample.memory.available_bytes as f64 / (1u64 << 30) as f64,
-            sample.memory.total_bytes as f64 / (1u64 << 30) as f64,
-            sample.processes.total
-        );
-        crate::trace::syscalls::print_table(&r, config.summary_rows);
-    }
-    let end = now_ms();
-    let mut batch = std::mem::take(&mut iv.batch);
-    batch.agent_id = agent_id.to_string();
-    batch.start_unix_ms = iv.window_start;
-    batch.end_unix_ms = end;
-    batch.host = Some(convert::host_identity(&sample, agent_id));
-    batch.metrics = vec![convert::host_metrics(&sample)];
-    batch.syscalls = delta
-        .iter()
-        .map(|(nr, h)| convert::syscall_latency(*nr, h))
-        .collect();
-    batch.losses = Some(losses);
-    iv.window_start = end;
-    Ok(batch)
-}
-
-/// Writes the batch to the spool (which numbers it) and wakes the exporter. A batch
-/// the spool cannot take (disk error) is dropped and counted in the next one.
-fn spool_batch(
-    mut batch: pb::Batch,
-    spool: &SharedSpool,
-    iv: &mut Interval,
-    total: &mut pb::Losses,
-    state: &std::sync::RwLock<AgentState>,
-    export: &stream::ExportStats,
-) {
-    let mut sp = spool.lock();
-    // The spool's own losses (drops for its bound, damaged records) ride along.
-    let spooled = sp.take_losses();
-    if let Some(l) = batch.losses.as_mut() {
-        l.add(&spooled);
-    }
-    let losses = batch.losses.unwrap_or_default();
-    match sp.append(&mut batch) {
-        Ok(_) => {
-            total.add(&losses);
-            spool.appended.notify_one();
-        }
-        Err(e) => {
-            iv.pipeline_dropped += 1;
-            // The losses it reported are not lost with it: the next batch carries them.
-            iv.carried.add(&losses);
-            tracing::error!(error = %e, sequence = batch.sequence, "spool write failed; batch dropped and counted");
-        }
-    }
-    let st = sp.stats();
-    if let Ok(mut s) = state.write() {
-        s.agent = pb::AgentSelf {
-            epoch: sp.epoch().high(),
-            epoch_low: sp.epoch().low(),
-            last_sequence: sp.last_sequence(),
-            spool_bytes: st.bytes,
-            spool_unacked: st.unacked,
-            spool_dropped_batches: st.dropped_batches,
-            spool_corrupt_records: st.corrupt_records,
-            spool_state_rebuilt: st.state_rebuilt,
-            batches_sent: export.sent.load(Ordering::Relaxed),
-            batches_acked: export.acked.load(Ordering::Relaxed),
-            duplicates_acked: export.duplicates.load(Ordering::Relaxed),
-            reconnects: export.reconnects.load(Ordering::Relaxed),
-            batches_refused: export.refused.load(Ordering::Relaxed),
-            batches_conflicting: export.conflicts.load(Ordering::Relaxed),
-            losses: Some(*total),
-            ..std::mem::take(&mut s.agent)
-        };
     }
 }
