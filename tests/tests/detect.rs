@@ -557,46 +557,65 @@ fn touch_for_write_by(shell: &str, path: &str) -> u32 {
 #[test]
 fn writes_to_account_files() {
     root!("writes_to_account_files");
-    let agent = Agent::start(None);
+    // A scratch account file, named by a test rule shaped like the built-in one (whose
+    // paths a unit test checks): the host's real /etc/shadow is never opened for writing.
+    let scratch_dir =
+        dir_on_device_of("/etc").join(format!("vigil-accounts-{}", std::process::id()));
+    fs::create_dir_all(&scratch_dir).unwrap();
+    let shadow = RemoveOnDrop(scratch_dir.join("shadow"));
+    fs::write(&shadow.0, "root:*:19000:0:99999:7:::\n").unwrap();
+    let shadow_path = shadow.0.to_str().unwrap().to_string();
+    let agent = Agent::start(Some(&format!(
+        "rules:
+  - id: test-account-write
+    description: the test's scratch account file was opened for writing or replaced
+    severity: high
+    mitre: [T1098]
+    events: [file_write]
+    condition:
+      path: {{in: [{shadow_path}]}}
+"
+    )));
     let since = now_ms();
-    let pid = touch_for_write("/etc/shadow");
-    let f = agent.expect(
-        "account-or-sudoers-write",
-        "T1098",
-        since,
-        Instant::now(),
-        |f| pid_of(f) == pid,
-    );
-    assert_eq!(f.details["path"], "/etc/shadow");
+    let pid = touch_for_write(&shadow_path);
+    let f = agent.expect("test-account-write", "T1098", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.details["path"], shadow_path);
     assert_eq!(f.details["operation"], "open_for_write");
-    // The same file through a second hard link made outside the watched directories.
+    // The same file through a second hard link made outside the watched directory.
     let link = RemoveOnDrop(
         dir_on_device_of("/etc").join(format!("vigil-test-link-{}", std::process::id())),
     );
-    fs::hard_link("/etc/shadow", &link.0).unwrap();
+    fs::hard_link(&shadow.0, &link.0).unwrap();
     let since = now_ms();
     let pid = touch_for_write_by("bash", link.0.to_str().unwrap());
     drop(link);
-    let f = agent.expect(
-        "account-or-sudoers-write",
-        "T1098",
-        since,
-        Instant::now(),
-        |f| pid_of(f) == pid,
-    );
-    assert_eq!(f.details["path"], "/etc/shadow");
+    let f = agent.expect("test-account-write", "T1098", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.details["path"], shadow_path);
     assert!(
         f.details["opened_as"].starts_with("vigil-test-link-"),
         "{f:?}"
     );
-    // Reading it is not writing it.
+    // Reading it is not writing it: a read, then a write whose finding must be the
+    // only one since (the agent has seen the read by the time the write's finding
+    // arrives).
     let since = now_ms();
-    let _ = fs::read("/etc/shadow");
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(agent
+    let _ = fs::read(&shadow.0);
+    let pid = touch_for_write_by("dash", &shadow_path);
+    agent.expect("test-account-write", "T1098", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    let all: Vec<_> = agent
         .findings(since)
-        .iter()
-        .all(|f| f.rule != "account-or-sudoers-write"));
+        .into_iter()
+        .filter(|f| f.rule == "test-account-write")
+        .collect();
+    assert_eq!(all.len(), 1, "the read made no finding: {all:?}");
+    drop(shadow);
+    let _ = fs::remove_dir(&scratch_dir);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
 
@@ -36,6 +36,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 10_000)]
         batches: u64,
         /// Another `vigil` binary (an earlier version) whose collector takes the same
+        /// load in the same run, for a before/after row and ratios.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+    },
+    /// Agent API latency under load: `vigil stats` p50/p99 against the agent's local
+    /// API during an exec storm, with the spool's `fsync = "batch"` on a disk whose
+    /// fsyncs a large dirty page cache makes slow (ext4, data=ordered).
+    Api {
+        #[arg(long, default_value_t = 20_000)]
+        execs: u64,
+        /// Another `vigil` binary (an earlier version) as the agent under the same
         /// load in the same run, for a before/after row and ratios.
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
@@ -247,6 +258,7 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
         } => return collector(vigil, agents, batches, baseline.as_deref()),
         Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
         Bench::Exec { execs, rounds } => return exec(vigil, execs, rounds),
+        Bench::Api { execs, baseline } => return api(vigil, execs, baseline.as_deref()),
     };
     if !crate::is_root() {
         bail!("the syscall benchmark attaches eBPF programs and needs root: `sudo -E cargo xtask bench syscalls`");
@@ -800,6 +812,179 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
             } else {
                 format!("{seen} (fewest in a round)")
             },
+        );
+    }
+    Ok(())
+}
+
+/// One agent's API latency under the storm.
+struct ApiLatency {
+    queries: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    storm_secs: f64,
+    /// Dirty page cache when the storm began.
+    dirty_mib: f64,
+}
+
+/// Writes (and rewrites) 256 MiB files in `dir` without syncing until `stop`: the
+/// dirty page cache an fsync on the same filesystem must wait behind.
+fn dirty_pages(
+    dir: std::path::PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let path = dir.join(format!("dirt-{}", n % 4));
+            if let Ok(mut f) = std::fs::File::create(&path) {
+                for _ in 0..256 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = std::io::Write::write_all(&mut f, &chunk);
+                }
+            }
+            n += 1;
+        }
+        for i in 0..4 {
+            let _ = std::fs::remove_file(dir.join(format!("dirt-{i}")));
+        }
+    })
+}
+
+fn dirty_mib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Dirty:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn api_case(
+    agent_bin: &std::path::Path,
+    cli: &std::path::Path,
+    dir: &std::path::Path,
+    execs: u64,
+) -> anyhow::Result<ApiLatency> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "interval = \"1s\"\n[spool]\nfsync = \"batch\"\n[detect]\nenabled = true\n",
+    )?;
+    let socket = dir.join("agent.sock");
+    let agent = Attached(Some(
+        Command::new(agent_bin)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the agent")?,
+    ));
+    let query = || -> anyhow::Result<(bool, Duration)> {
+        let t = Instant::now();
+        let out = Command::new(cli)
+            .args(["stats", "--json", "--socket"])
+            .arg(&socket)
+            .output()?;
+        let from_agent = out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("\"source\":\"agent\"");
+        Ok((from_agent, t.elapsed()))
+    };
+    // Ready once the agent itself answers (a baseline may predate READY=1).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !query()?.0 {
+        if Instant::now() > deadline {
+            bail!("the agent's API never answered on {}", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dirt = dirty_pages(dir.to_path_buf(), stop.clone());
+    // Let the dirty cache build up before the storm.
+    std::thread::sleep(Duration::from_secs(3));
+    let dirty = dirty_mib();
+    let storm = std::thread::spawn(move || exec_storm(execs));
+    let mut latencies = Vec::new();
+    while !storm.is_finished() {
+        let (ok, took) = query()?;
+        if ok {
+            latencies.push(took.as_secs_f64() * 1e3);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let storm_secs = storm
+        .join()
+        .map_err(|_| anyhow::anyhow!("storm panicked"))??
+        .as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = dirt.join();
+    drop(agent);
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+    };
+    Ok(ApiLatency {
+        queries: latencies.len(),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        storm_secs,
+        dirty_mib: dirty,
+    })
+}
+
+fn api(
+    vigil: &std::path::Path,
+    execs: u64,
+    baseline: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!("the api benchmark runs the agent's eBPF probes and needs root");
+    }
+    let dir = crate::workspace_root().join("target/bench-api");
+    let mut rows = vec![(
+        "this build".to_string(),
+        api_case(vigil, vigil, &dir, execs)?,
+    )];
+    if let Some(b) = baseline {
+        rows.push((
+            format!("baseline {}", b.display()),
+            api_case(b, vigil, &dir, execs)?,
+        ));
+    }
+    println!("bench api: `vigil stats --json` against the agent's local API, every 20 ms during a storm of {execs} execs of /bin/true (detection on, interval 1s, spool fsync = \"batch\"), with a writer keeping the page cache dirty on the same ext4 filesystem");
+    println!();
+    println!("| agent | queries | p50 ms | p99 ms | max ms | storm s | dirty MiB at start |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &rows {
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            r.queries, r.p50_ms, r.p99_ms, r.max_ms, r.storm_secs, r.dirty_mib
+        );
+    }
+    if let [(_, now), (_, before)] = rows.as_slice() {
+        println!();
+        println!(
+            "this build / baseline: p50 {:.2}x, p99 {:.2}x, max {:.2}x",
+            now.p50_ms / before.p50_ms,
+            now.p99_ms / before.p99_ms,
+            now.max_ms / before.max_ms
         );
     }
     Ok(())

@@ -573,6 +573,41 @@ mod tests {
         }
     }
 
+    /// The built-in account-file rule on the host's real files (the privileged test
+    /// drives the kernel path with a scratch file a test rule names instead).
+    #[test]
+    fn the_account_file_rule_names_the_real_account_files() {
+        let rules = parse("builtin", BUILTIN).unwrap();
+        let r = rules
+            .iter()
+            .find(|r| r.id == "account-or-sudoers-write")
+            .expect("the rule");
+        let event = |path: &'static str, exe: &'static str| {
+            let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+            m.insert("event", vec!["file_write"]);
+            m.insert("path", vec![path]);
+            m.insert("process.exe", vec![exe]);
+            Map(m)
+        };
+        let mut scratch = Vec::new();
+        for path in [
+            "/etc/shadow",
+            "/etc/passwd",
+            "/etc/sudoers.d/x",
+            "/root/.ssh/authorized_keys",
+        ] {
+            assert!(
+                r.matches(&event(path, "/usr/bin/sh"), &mut scratch),
+                "{path}"
+            );
+        }
+        assert!(!r.matches(&event("/etc/hostname", "/usr/bin/sh"), &mut scratch));
+        assert!(
+            !r.matches(&event("/etc/shadow", "/usr/sbin/useradd"), &mut scratch),
+            "useradd is the exception"
+        );
+    }
+
     #[test]
     fn operators_and_logic() {
         let r = one(r#"

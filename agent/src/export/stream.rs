@@ -8,45 +8,24 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
 use tokio::{
-    sync::{mpsc, watch, Notify},
+    sync::{mpsc, watch},
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use vigil_proto::v1::{collector_client::CollectorClient, Batch};
 
+pub use crate::spool::writer::SharedSpool;
 use crate::spool::{Spool, SpoolError};
 
 /// Batches sent and not yet acked, at most. The rest wait in the spool.
 pub const IN_FLIGHT: usize = 32;
-
-/// The spool as the agent loop (appending) and the exporter (sending, acking) share it.
-pub struct SharedSpool {
-    pub spool: Mutex<Spool>,
-    /// Signalled after each append.
-    pub appended: Notify,
-}
-
-impl SharedSpool {
-    pub fn new(spool: Spool) -> Self {
-        Self {
-            spool: Mutex::new(spool),
-            appended: Notify::new(),
-        }
-    }
-
-    /// The spool, even if a panic elsewhere poisoned the lock (its state stays valid:
-    /// every method leaves it consistent before returning).
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Counters the agent reports about its own export.
 #[derive(Debug, Default)]
@@ -119,7 +98,7 @@ async fn stop_wake(stop: &mut StopAt) -> Wake {
 
 fn finished(shared: &SharedSpool, stop: &StopAt) -> bool {
     match *stop.borrow() {
-        Some(t) => Instant::now() >= t || shared.lock().stats().unacked == 0,
+        Some(t) => Instant::now() >= t || shared.snapshot().stats.unacked == 0,
         None => false,
     }
 }
@@ -193,7 +172,7 @@ pub async fn run(
 /// A batch the collector refused for what it is (INVALID_ARGUMENT naming its
 /// sequence) will be refused again: it is set aside and counted rather than resent
 /// forever, which would stop everything behind it.
-fn set_aside_refused(status: &tonic::Status, shared: &SharedSpool, stats: &ExportStats) {
+async fn set_aside_refused(status: &tonic::Status, shared: &Arc<SharedSpool>, stats: &ExportStats) {
     if status.code() != tonic::Code::InvalidArgument {
         return;
     }
@@ -207,19 +186,42 @@ fn set_aside_refused(status: &tonic::Status, shared: &SharedSpool, stats: &Expor
     };
     stats.refused.fetch_add(1, Ordering::Relaxed);
     tracing::error!(sequence, reason = %status.message(), "the collector refused a batch; set aside and counted");
-    let mut spool = shared.lock();
-    let epoch = spool.epoch();
-    if let Err(e) = spool.ack(epoch, sequence) {
-        tracing::warn!(error = %e, "spool: setting a refused batch aside failed");
-    }
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut spool = shared.lock();
+        let epoch = spool.epoch();
+        if let Err(e) = spool.ack(epoch, sequence) {
+            tracing::warn!(error = %e, "spool: setting a refused batch aside failed");
+        }
+        shared.publish(&spool);
+    })
+    .await;
 }
 
 /// One stream: sends from the oldest unacked batch on, with a window of IN_FLIGHT.
 /// Ok when stopped, Err (with the reason) when the stream broke.
+/// Runs `f` on the spool off the event loop (it may wait on the disk, or on the
+/// writer thread's fsync), and publishes the spool's state after.
+async fn on_spool<T: Send + 'static>(
+    shared: &Arc<SharedSpool>,
+    stats: &Arc<ExportStats>,
+    f: impl FnOnce(&mut Spool, &ExportStats) -> T + Send + 'static,
+) -> Result<T, String> {
+    let (shared, stats) = (shared.clone(), stats.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut spool = shared.lock();
+        let out = f(&mut spool, &stats);
+        shared.publish(&spool);
+        out
+    })
+    .await
+    .map_err(|e| format!("spool task failed: {e}"))
+}
+
 async fn session(
     channel: Channel,
-    shared: &SharedSpool,
-    stats: &ExportStats,
+    shared: &Arc<SharedSpool>,
+    stats: &Arc<ExportStats>,
     stop: &mut StopAt,
     attempt: &mut u32,
 ) -> Result<(), String> {
@@ -235,7 +237,7 @@ async fn session(
     let mut checkpointed = Instant::now();
     loop {
         while in_flight < IN_FLIGHT {
-            let next = shared.lock().next_unacked(cursor);
+            let next = on_spool(shared, stats, move |sp, _| sp.next_unacked(cursor)).await?;
             match next {
                 Ok(Some(b)) => {
                     cursor = b.sequence;
@@ -251,9 +253,11 @@ async fn session(
                     // skip it rather than resend it forever (it shows as a gap).
                     tracing::error!(error = %e, "unsendable spool record skipped");
                     if let SpoolError::Decode { sequence, .. } = e {
-                        let mut spool = shared.lock();
-                        let epoch = spool.epoch();
-                        stats.record_ack(&mut spool, epoch, sequence);
+                        on_spool(shared, stats, move |sp, stats| {
+                            let epoch = sp.epoch();
+                            stats.record_ack(sp, epoch, sequence);
+                        })
+                        .await?;
                         cursor = sequence;
                     }
                 }
@@ -261,7 +265,7 @@ async fn session(
             }
         }
         if finished(shared, stop) {
-            stats.checkpoint(&mut shared.lock());
+            on_spool(shared, stats, |sp, stats| stats.checkpoint(sp)).await?;
             return Ok(());
         }
         tokio::select! {
@@ -282,24 +286,136 @@ async fn session(
                             "the collector holds a different batch under this agent id, epoch and sequence \
                              (someone else is writing as this agent?): this batch is not delivered");
                     }
-                    let mut spool = shared.lock();
-                    stats.record_ack(&mut spool, ack.spool_epoch(), ack.sequence);
-                    if checkpointed.elapsed() > Duration::from_secs(1) {
-                        stats.checkpoint(&mut spool);
+                    let checkpoint = checkpointed.elapsed() > Duration::from_secs(1);
+                    if checkpoint {
                         checkpointed = Instant::now();
                     }
+                    let (epoch, sequence) = (ack.spool_epoch(), ack.sequence);
+                    on_spool(shared, stats, move |sp, stats| {
+                        stats.record_ack(sp, epoch, sequence);
+                        if checkpoint {
+                            stats.checkpoint(sp);
+                        }
+                    })
+                    .await?;
                 }
                 Ok(None) => return Err("the collector closed the stream".into()),
                 Err(status) => {
-                    set_aside_refused(&status, shared, stats);
+                    set_aside_refused(&status, shared, stats).await;
                     return Err(format!("stream failed: {status}"));
                 }
             },
             () = shared.appended.notified() => {}
             w = stop_wake(stop) => if let Wake::Deadline = w {
-                stats.checkpoint(&mut shared.lock());
+                on_spool(shared, stats, |sp, stats| stats.checkpoint(sp)).await?;
                 return Ok(());
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exporter against a real collector in-process (`collector::serve` on
+    //! 127.0.0.1:0, its store in a temp dir): no root, no probes.
+    use super::*;
+    use crate::{config::SpoolConfig, spool::writer::SpoolWriter};
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    fn batch(i: u64) -> Batch {
+        use vigil_proto::v1::{HostIdentity, HostMetrics};
+        Batch {
+            agent_id: "unit".into(),
+            host: Some(HostIdentity {
+                agent_id: "unit".into(),
+                hostname: "unit-host".into(),
+                ..Default::default()
+            }),
+            metrics: vec![HostMetrics {
+                time_unix_ms: now_ms() - 1000 + i as i64,
+                cpu_usage_percent: i as f64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn batches_spooled_by_the_writer_thread_are_streamed_acked_and_stored_once() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store_dir = dir.path().join("collector");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let (stop_collector, stopped) = tokio::sync::oneshot::channel::<()>();
+            let collector = tokio::spawn(vigil_collector::serve(
+                listener,
+                vigil_collector::CollectorConfig {
+                    data_dir: store_dir.clone(),
+                    retention: Duration::from_secs(86_400),
+                    limits: vigil_collector::Limits::default(),
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let spool = Spool::open(&dir.path().join("spool"), SpoolConfig::default()).unwrap();
+            let shared = SharedSpool::new(spool);
+            let writer = SpoolWriter::start(shared.clone()).unwrap();
+            let stats = Arc::new(ExportStats::default());
+            let (stop, stop_rx) = watch::channel(None);
+            let exporter = tokio::spawn(run(addr, shared.clone(), stats.clone(), stop_rx));
+            const N: u64 = 300;
+            for i in 0..N {
+                // The queue holds WRITE_QUEUE; wait for room rather than count drops.
+                let mut b = batch(i);
+                while let Err(back) = writer.append(b) {
+                    b = *back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            writer.flush().await;
+            assert_eq!(shared.snapshot().last_sequence, N);
+            wait_for("every batch acked", || {
+                stats.acked.load(Ordering::Relaxed) >= N && shared.snapshot().stats.unacked == 0
+            })
+            .await;
+            let _ = stop.send(Some(Instant::now() + Duration::from_secs(5)));
+            exporter.await.unwrap();
+            let _ = stop_collector.send(());
+            collector.await.unwrap().unwrap();
+            let store = vigil_collector::Store::open(&store_dir).unwrap();
+            let hosts = store.hosts().unwrap();
+            assert_eq!(hosts.len(), 1);
+            let h = &hosts[0];
+            assert_eq!(
+                (h.batches, h.last_sequence, h.gaps, h.duplicates),
+                (N, N, 0, 0),
+                "{h:?}"
+            );
+            assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
+            let history = store
+                .history("unit", "cpu.usage_percent", 0, i64::MAX)
+                .unwrap();
+            assert_eq!(history.len(), N as usize);
+        });
     }
 }

@@ -17,7 +17,6 @@ use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     sync::watch,
 };
-use vigil_proto::v1 as pb;
 
 mod batch;
 mod reload;
@@ -33,7 +32,7 @@ use crate::{
     metrics::{Roots, Sampler},
     probes::{error_chain, events::Event, EventReader, ProbeSettings, ProbeState, Probes},
     query::state::AgentState,
-    spool::Spool,
+    spool::{writer::SpoolWriter, Spool},
 };
 
 /// How often the process table is checked against /proc and the watched directories
@@ -131,9 +130,9 @@ fn probe_settings(config: &AgentConfig) -> ProbeSettings {
 struct InternalErrors {
     /// Kernel filter map updates (watched directories, files, ports, processes) that failed.
     kernel_filter_update: u64,
-    /// Batches the spool could not take (also counted as pipeline_dropped).
-    spool_write: u64,
-    spool_fsync: u64,
+    /// Batches the spool writer's queue had no room for (also counted as
+    /// pipeline_dropped).
+    spool_queue_full: u64,
     /// The ring buffer could not be waited on (it is drained each interval only).
     event_reader_wait: u64,
 }
@@ -168,13 +167,13 @@ pub struct Agent {
     detector: Option<Detector>,
     host: Sampler,
     spool: Arc<SharedSpool>,
+    spool_writer: SpoolWriter,
     state: Arc<std::sync::RwLock<AgentState>>,
     export_stats: Arc<stream::ExportStats>,
     agent_id: String,
     api: Option<tokio::task::JoinHandle<()>>,
     socket: Option<PathBuf>,
     iv: Interval,
-    total_losses: pb::Losses,
     /// Events drained from the ring buffer, not yet absorbed.
     events: Vec<Event>,
     tick: tokio::time::Interval,
@@ -225,7 +224,9 @@ impl Agent {
             }
         }
         let epoch = spool.epoch();
-        let spool = Arc::new(SharedSpool::new(spool));
+        let spool = SharedSpool::new(spool);
+        let spool_writer =
+            SpoolWriter::start(spool.clone()).context("starting the spool writer thread")?;
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
@@ -323,6 +324,22 @@ impl Agent {
                 tracing::error!(error = %e, "could not drop privileges; running with those it started with")
             }
         }
+        // The API shows the spool as the writer thread leaves it.
+        let view = state.clone();
+        spool.on_publish(move |snap| {
+            if let Ok(mut s) = view.write() {
+                let a = &mut s.agent;
+                a.epoch = snap.epoch.high();
+                a.epoch_low = snap.epoch.low();
+                a.last_sequence = snap.last_sequence;
+                a.spool_bytes = snap.stats.bytes;
+                a.spool_unacked = snap.stats.unacked;
+                a.spool_dropped_batches = snap.stats.dropped_batches;
+                a.spool_corrupt_records = snap.stats.corrupt_records;
+                a.spool_state_rebuilt = snap.stats.state_rebuilt;
+                a.losses = Some(snap.total_losses);
+            }
+        });
         let export_stats = Arc::new(stream::ExportStats::default());
         let running = Running {
             exporter: config
@@ -354,13 +371,13 @@ impl Agent {
             detector,
             host,
             spool,
+            spool_writer,
             state,
             export_stats,
             agent_id,
             api,
             socket,
             iv: Interval::new(now_ms()),
-            total_losses: pb::Losses::default(),
             events: Vec::new(),
             tick,
             drain,
@@ -499,10 +516,8 @@ impl Agent {
             Ok(batch) => self.spool_batch(batch),
             Err(e) => tracing::error!("the last partial batch could not be made: {e:#}"),
         }
-        if let Err(e) = self.spool.lock().maybe_fsync(true) {
-            self.errors.spool_fsync += 1;
-            tracing::error!("spool fsync at exit failed: {e}");
-        }
+        // Written and on disk before the exporter's last chance to send it.
+        self.spool_writer.flush().await;
         if let Some(e) = self.running.exporter.take() {
             let _ = e.stop.send(Some(deadline));
             let mut task = e.task;
@@ -527,10 +542,16 @@ impl Agent {
                 "stopping: the kernel is still detaching the probes at the deadline; exiting"
             );
         }
-        let st = self.spool.lock().stats();
-        if let Err(e) = self.spool.lock().checkpoint() {
-            tracing::warn!(error = %e, "spool: writing the ack checkpoint at exit failed");
-        }
+        let spool = self.spool.clone();
+        let st = tokio::task::spawn_blocking(move || {
+            let mut sp = spool.lock();
+            if let Err(e) = sp.checkpoint() {
+                tracing::warn!(error = %e, "spool: writing the ack checkpoint at exit failed");
+            }
+            sp.stats()
+        })
+        .await
+        .unwrap_or_default();
         let export_stats = &self.export_stats;
         tracing::info!(
             "exported {} batches, {} acked ({} duplicates), {} reconnects; spool: {} unacked (kept for the next start), {} dropped, {} damaged",

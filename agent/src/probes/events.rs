@@ -127,7 +127,7 @@ pub enum DecodeError {
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
-    /// realtime - monotonic, in ns, measured once.
+    /// realtime - monotonic, in ns, when measured (the reader measures it per read).
     offset_ns: i128,
 }
 
@@ -328,6 +328,9 @@ impl EventReader {
     /// Waits until events are available, then appends every available one to `out`.
     pub async fn read(&mut self, out: &mut Vec<Event>) -> std::io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
+        // Measured again for every read (two vDSO calls): event times follow a step
+        // of the wall clock (NTP, an operator) instead of keeping the offset at start.
+        self.clock = Clock::new();
         let inner = guard.get_inner_mut();
         while let Some(item) = inner.next() {
             match decode(&item, self.clock) {
@@ -344,6 +347,7 @@ impl EventReader {
 
     /// Appends whatever is available now without waiting.
     pub fn drain(&mut self, out: &mut Vec<Event>) {
+        self.clock = Clock::new();
         let inner = self.ring.get_mut();
         while let Some(item) = inner.next() {
             match decode(&item, self.clock) {

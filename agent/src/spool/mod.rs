@@ -18,6 +18,8 @@
 //! file that is damaged or disagrees with the segments (an `acked` past anything ever
 //! written) is set aside as `state.damaged-<unix ms>` for a postmortem, counted, and
 //! rebuilt from the segments: the spool never refuses to open over its own files.
+pub mod writer;
+
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},

@@ -161,37 +161,40 @@ impl Agent {
         Ok(batch)
     }
 
-    /// Writes the batch to the spool (which numbers it) and wakes the exporter. A batch
-    /// the spool cannot take (disk error) is dropped and counted in the next one.
-    pub(super) fn spool_batch(&mut self, mut batch: pb::Batch) {
-        let mut sp = self.spool.lock();
-        // The spool's own losses (drops for its bound, damaged records) ride along.
-        let spooled = sp.take_losses();
-        if let Some(l) = batch.losses.as_mut() {
-            l.add(&spooled);
+    /// Hands the batch to the spool's writer thread (which numbers it, writes it and
+    /// wakes the exporter). If the writer is WRITE_QUEUE batches behind (the disk is
+    /// that slow), the batch is dropped and counted in the next one, and the loop goes
+    /// on. Then publishes the agent's delivery state.
+    pub(super) fn spool_batch(&mut self, batch: pb::Batch) {
+        if let Err(batch) = self.spool_writer.append(batch) {
+            self.iv.pipeline_dropped += 1;
+            self.errors.spool_queue_full += 1;
+            // The losses it reported are not lost with it: the next batch carries them.
+            self.iv.carried.add(&batch.losses.unwrap_or_default());
+            tracing::error!(
+                "the spool writer is {} batches behind; batch dropped and counted",
+                crate::spool::writer::WRITE_QUEUE
+            );
         }
-        let losses = batch.losses.unwrap_or_default();
-        match sp.append(&mut batch) {
-            Ok(_) => {
-                self.total_losses.add(&losses);
-                self.spool.appended.notify_one();
-            }
-            Err(e) => {
-                self.iv.pipeline_dropped += 1;
-                self.errors.spool_write += 1;
-                // The losses it reported are not lost with it: the next batch carries them.
-                self.iv.carried.add(&losses);
-                tracing::error!(error = %e, sequence = batch.sequence, "spool write failed; batch dropped and counted");
-            }
-        }
-        let st = sp.stats();
+        self.publish_delivery();
+    }
+
+    /// `vigil stats --json` `agent`: the spool's last published state and the
+    /// exporter's counters.
+    pub(super) fn publish_delivery(&mut self) {
         let export = &self.export_stats;
         let e = &self.errors;
+        let spool_write = self.spool.write_failed.load(Ordering::Relaxed);
+        let spool_fsync = self.spool.fsync_failed.load(Ordering::Relaxed);
         if let Ok(mut s) = self.state.write() {
+            // Read under the state's lock: the writer thread's own update of the spool
+            // fields (after the lock) is never older than this one.
+            let snap = self.spool.snapshot();
+            let st = &snap.stats;
             s.agent = pb::AgentSelf {
-                epoch: sp.epoch().high(),
-                epoch_low: sp.epoch().low(),
-                last_sequence: sp.last_sequence(),
+                epoch: snap.epoch.high(),
+                epoch_low: snap.epoch.low(),
+                last_sequence: snap.last_sequence,
                 spool_bytes: st.bytes,
                 spool_unacked: st.unacked,
                 spool_dropped_batches: st.dropped_batches,
@@ -203,11 +206,12 @@ impl Agent {
                 reconnects: export.reconnects.load(Ordering::Relaxed),
                 batches_refused: export.refused.load(Ordering::Relaxed),
                 batches_conflicting: export.conflicts.load(Ordering::Relaxed),
-                losses: Some(self.total_losses),
+                losses: Some(snap.total_losses),
                 internal_errors: [
                     ("kernel_filter_update", e.kernel_filter_update),
-                    ("spool_write", e.spool_write),
-                    ("spool_fsync", e.spool_fsync),
+                    ("spool_write", spool_write),
+                    ("spool_queue_full", e.spool_queue_full),
+                    ("spool_fsync", spool_fsync),
                     ("event_reader_wait", e.event_reader_wait),
                     (
                         "spool_ack_record",

@@ -61,7 +61,7 @@ impl Agent {
                 .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         if new.spool != old.spool {
-            self.spool.lock().reconfigure(new.spool.clone());
+            self.spool_writer.reconfigure(new.spool.clone());
         }
         if new.collector != old.collector {
             if let Some(e) = self.running.exporter.take() {
