@@ -10,47 +10,78 @@ pub mod v1 {
     tonic::include_proto!("vigil.v1");
 }
 
-impl v1::Losses {
-    /// The stages of `dropped_events` (`vigil hosts --json`, `vigil stats --json`).
-    pub fn stages(&self) -> [(&'static str, u64); 8] {
-        [
-            (
-                "kernel_ringbuf_full",
-                self.slow_syscall_ringbuf_full
-                    + self.retransmit_ringbuf_full
-                    + self.process_ringbuf_full
-                    + self.security_ringbuf_full,
-            ),
-            ("kernel_rate_limited", self.slow_syscall_rate_limited),
-            (
-                "kernel_unmeasured",
-                self.syscall_start_store_failed
-                    + self.syscall_out_of_range
-                    + self.security_untracked,
-            ),
-            ("agent_undecodable", self.undecodable_events),
-            ("agent_dropped", self.pipeline_dropped),
-            ("spool_dropped_batches", self.spool_dropped_batches),
-            ("spool_corrupt_records", self.spool_corrupt_records),
-            ("findings_dropped", self.findings_dropped),
-        ]
-    }
+/// The one table of loss stages. Each counter of `Losses` (the wire) is listed once,
+/// with the stage it is reported under (`dropped_events` in `vigil hosts --json` and
+/// `vigil stats --json`) and what it counts; adding a counter is one line here, and
+/// leaving one out does not compile (`add` destructures every field). The README's
+/// table of stages is checked against it by a test.
+macro_rules! loss_table {
+    (
+        stages { $($stage:literal : $stage_what:literal),* $(,)? }
+        counters { $($field:ident => $in_stage:literal),* $(,)? }
+    ) => {
+        impl v1::Losses {
+            /// Every stage, in the order listings show them, with what it means.
+            pub const STAGES: &'static [(&'static str, &'static str)] = &[$(($stage, $stage_what)),*];
+            /// Every counter: (wire field, the stage it counts under).
+            pub const COUNTERS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), $in_stage)),*];
 
-    /// Adds every counter of `other`.
-    pub fn add(&mut self, other: &Self) {
-        self.slow_syscall_ringbuf_full += other.slow_syscall_ringbuf_full;
-        self.slow_syscall_rate_limited += other.slow_syscall_rate_limited;
-        self.retransmit_ringbuf_full += other.retransmit_ringbuf_full;
-        self.syscall_start_store_failed += other.syscall_start_store_failed;
-        self.syscall_out_of_range += other.syscall_out_of_range;
-        self.undecodable_events += other.undecodable_events;
-        self.pipeline_dropped += other.pipeline_dropped;
-        self.spool_dropped_batches += other.spool_dropped_batches;
-        self.spool_corrupt_records += other.spool_corrupt_records;
-        self.process_ringbuf_full += other.process_ringbuf_full;
-        self.security_ringbuf_full += other.security_ringbuf_full;
-        self.security_untracked += other.security_untracked;
-        self.findings_dropped += other.findings_dropped;
+            /// Adds every counter of `other` (saturating).
+            pub fn add(&mut self, other: &Self) {
+                let v1::Losses { $($field),* } = *other;
+                $(self.$field = self.$field.saturating_add($field);)*
+            }
+
+            /// What was lost between `before` and `self` (cumulative counts).
+            pub fn since(&self, before: &Self) -> Self {
+                Self { $($field: self.$field.saturating_sub(before.$field)),* }
+            }
+
+            /// The counts by stage, in STAGES order.
+            pub fn stages(&self) -> Vec<(&'static str, u64)> {
+                let counters: [(&'static str, u64); Self::COUNTERS.len()] =
+                    [$(($in_stage, self.$field)),*];
+                Self::STAGES
+                    .iter()
+                    .map(|(stage, _)| {
+                        let n = counters
+                            .iter()
+                            .filter(|(s, _)| s == stage)
+                            .fold(0u64, |a, (_, n)| a.saturating_add(*n));
+                        (*stage, n)
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+loss_table! {
+    stages {
+        "kernel_ringbuf_full": "events the kernel's ring buffer had no room for (the agent fell behind; raise probes.ring_buffer_bytes)",
+        "kernel_rate_limited": "slow-syscall events over the per-CPU rate limit, shed on purpose",
+        "kernel_unmeasured": "syscalls whose latency could not be measured, numbers outside the table, setuid-family calls not followed to their return",
+        "agent_undecodable": "ring buffer records the agent could not decode",
+        "agent_dropped": "events over a batch's 10,000 limit, and batches the spool or its writer queue could not take",
+        "spool_dropped_batches": "unacked batches deleted, oldest first, to keep the spool under spool.max_bytes (gaps at the collector)",
+        "spool_corrupt_records": "damaged spool records (checksum, length, truncation, unreadable segment) skipped at start",
+        "findings_dropped": "findings over a batch's 1,000 limit",
+    }
+    counters {
+        slow_syscall_ringbuf_full => "kernel_ringbuf_full",
+        slow_syscall_rate_limited => "kernel_rate_limited",
+        retransmit_ringbuf_full => "kernel_ringbuf_full",
+        syscall_start_store_failed => "kernel_unmeasured",
+        syscall_out_of_range => "kernel_unmeasured",
+        undecodable_events => "agent_undecodable",
+        pipeline_dropped => "agent_dropped",
+        spool_dropped_batches => "spool_dropped_batches",
+        spool_corrupt_records => "spool_corrupt_records",
+        process_ringbuf_full => "kernel_ringbuf_full",
+        security_ringbuf_full => "kernel_ringbuf_full",
+        security_untracked => "kernel_unmeasured",
+        findings_dropped => "findings_dropped",
     }
 }
 
@@ -181,5 +212,59 @@ mod tests {
         };
         let bytes = b.encode_to_vec();
         assert_eq!(v1::Batch::decode(bytes.as_slice()).unwrap(), b);
+    }
+
+    /// Every counter names a stage of the table, every stage has a counter, and the
+    /// README's table of loss stages lists each stage with its counters.
+    #[test]
+    fn the_loss_table_is_whole_and_the_readme_follows_it() {
+        let stages: Vec<&str> = v1::Losses::STAGES.iter().map(|(s, _)| *s).collect();
+        for (field, stage) in v1::Losses::COUNTERS {
+            assert!(
+                stages.contains(stage),
+                "{field} counts under unknown stage {stage}"
+            );
+        }
+        for stage in &stages {
+            assert!(
+                v1::Losses::COUNTERS.iter().any(|(_, s)| s == stage),
+                "stage {stage} has no counter"
+            );
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        for (stage, _) in v1::Losses::STAGES {
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{stage}` |")))
+                .unwrap_or_else(|| panic!("README's loss table has no row for `{stage}`"));
+            for (field, _) in v1::Losses::COUNTERS.iter().filter(|(_, s)| s == stage) {
+                assert!(
+                    line.contains(&format!("`{field}`")),
+                    "README row for {stage} misses {field}"
+                );
+            }
+        }
+        // A count in every field shows in exactly one stage.
+        let mut all = v1::Losses::default();
+        let one = v1::Losses {
+            slow_syscall_ringbuf_full: 1,
+            slow_syscall_rate_limited: 1,
+            retransmit_ringbuf_full: 1,
+            syscall_start_store_failed: 1,
+            syscall_out_of_range: 1,
+            undecodable_events: 1,
+            pipeline_dropped: 1,
+            spool_dropped_batches: 1,
+            spool_corrupt_records: 1,
+            process_ringbuf_full: 1,
+            security_ringbuf_full: 1,
+            security_untracked: 1,
+            findings_dropped: 1,
+        };
+        all.add(&one);
+        let total: u64 = all.stages().iter().map(|(_, n)| n).sum();
+        assert_eq!(total as usize, v1::Losses::COUNTERS.len());
+        assert_eq!(all.since(&one), v1::Losses::default());
     }
 }

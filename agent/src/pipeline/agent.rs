@@ -225,8 +225,6 @@ impl Agent {
         }
         let epoch = spool.epoch();
         let spool = SharedSpool::new(spool);
-        let spool_writer =
-            SpoolWriter::start(spool.clone()).context("starting the spool writer thread")?;
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
@@ -324,6 +322,9 @@ impl Agent {
                 tracing::error!(error = %e, "could not drop privileges; running with those it started with")
             }
         }
+        // After the privileges are dropped: the thread is born with the reduced set.
+        let spool_writer =
+            SpoolWriter::start(spool.clone()).context("starting the spool writer thread")?;
         // The API shows the spool as the writer thread leaves it.
         let view = state.clone();
         spool.on_publish(move |snap| {

@@ -114,27 +114,7 @@ pub fn kernel_losses(c: &crate::probes::KernelCounters) -> pb::Losses {
     }
 }
 
-/// What was lost between two cumulative counts. Every field is listed, so a new loss stage
-/// that is not carried here does not compile.
+/// What was lost between two cumulative counts (the loss table's `since`).
 pub fn losses_since(now: &pb::Losses, before: &pb::Losses) -> pb::Losses {
-    macro_rules! delta {
-        ($($field:ident),* $(,)?) => {
-            pb::Losses { $($field: now.$field.saturating_sub(before.$field)),* }
-        };
-    }
-    delta!(
-        slow_syscall_ringbuf_full,
-        slow_syscall_rate_limited,
-        retransmit_ringbuf_full,
-        syscall_start_store_failed,
-        syscall_out_of_range,
-        undecodable_events,
-        pipeline_dropped,
-        spool_dropped_batches,
-        spool_corrupt_records,
-        process_ringbuf_full,
-        security_ringbuf_full,
-        security_untracked,
-        findings_dropped,
-    )
+    now.since(before)
 }
