@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vigil_common::{DirKey, SecurityOp, DIR_BASE, DIR_FILES};
+use vigil_common::{DirKey, DIR_BASE, DIR_FILES};
 use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
@@ -25,7 +25,7 @@ use self::{
 };
 use crate::{
     export::convert::unix_ms,
-    probes::events::{ProcessEvent, SecurityEvent},
+    probes::events::{IdKind, ProcessEvent, SecurityAction, SecurityEvent},
 };
 
 /// Dedup windows kept open at once; past this, findings are sent without dedup.
@@ -216,7 +216,25 @@ impl Detector {
     /// dedup windows (returning the findings that repeated).
     pub fn tick(&mut self, rescan: bool, out: &mut Vec<pb::Finding>) {
         if rescan {
-            let added = self.table.scan();
+            let scan = self.table.scan_request().read();
+            self.apply_rescan(scan, out);
+            return;
+        }
+        self.table.sweep();
+        self.close_windows(out);
+    }
+
+    /// What the periodic rescan must read from /proc; read it off the event loop
+    /// (`ScanRequest::read`) and hand the result to `apply_rescan`.
+    pub fn rescan_request(&self) -> table::ScanRequest {
+        self.table.scan_request()
+    }
+
+    /// Applies a rescan of /proc (lost exits, processes started before the probes),
+    /// and closes due dedup windows (returning the findings that repeated).
+    pub fn apply_rescan(&mut self, scan: table::ProcScan, out: &mut Vec<pb::Finding>) {
+        {
+            let added = self.table.apply_scan(scan);
             for pid in added {
                 self.consider_watch(pid);
             }
@@ -230,9 +248,11 @@ impl Detector {
                 self.watched_pids.remove(&p);
                 self.watch.remove_pids.push(p);
             }
-        } else {
-            self.table.sweep();
         }
+        self.close_windows(out);
+    }
+
+    fn close_windows(&mut self, out: &mut Vec<pb::Finding>) {
         let now = Instant::now();
         let closed: Vec<(String, String)> = self
             .windows
@@ -427,96 +447,88 @@ impl Detector {
         self.stats.security_events += 1;
         let mut details = BTreeMap::new();
         let mut target = None;
-        let event = match e.op {
-            SecurityOp::Ptrace => {
-                details.insert("target_pid".to_string(), e.target.to_string());
-                let mut t = self.table.lookup_or_read(e.target as u32);
+        let event = match &e.action {
+            SecurityAction::Ptrace { target_pid, .. } => {
+                details.insert("target_pid".to_string(), target_pid.to_string());
+                let mut t = self.table.lookup_or_read(*target_pid);
                 // The target may have exec'd an instant ago (its exec event can follow
                 // the attach): what /proc says now wins.
-                if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", e.target)) {
+                if let Ok(exe) = std::fs::read_link(format!("/proc/{target_pid}/exe")) {
                     t.exe = exe.to_string_lossy().into_owned().into();
                 }
                 target = Some(t);
                 "ptrace"
             }
-            SecurityOp::SetUid | SecurityOp::SetGid => {
-                details.insert("old_uid".into(), e.detail.to_string());
-                details.insert("new_uid".into(), e.target.to_string());
-                "setuid"
-            }
-            SecurityOp::ModuleLoad => {
-                if !e.name.is_empty() {
-                    details.insert("file".into(), e.name.clone());
+            SecurityAction::SetId { id, old, new } => {
+                details.insert("old_uid".into(), old.to_string());
+                details.insert("new_uid".into(), new.to_string());
+                match id {
+                    IdKind::Uid => {
+                        // Keep the table current: the process now runs as the new uid
+                        // (the finding shows the uid it had before in `old_uid`).
+                        self.table.set_uid(e.pid, *new);
+                        "setuid"
+                    }
+                    IdKind::Gid => "setgid",
                 }
-                if e.target != u64::MAX {
-                    let link = format!("/proc/{}/fd/{}", e.pid, e.target);
-                    if let Ok(p) = std::fs::read_link(link) {
+            }
+            SecurityAction::ModuleLoad { fd, file } => {
+                if !file.is_empty() {
+                    details.insert("file".into(), file.clone());
+                }
+                if let Some(fd) = fd {
+                    if let Ok(p) = std::fs::read_link(format!("/proc/{}/fd/{fd}", e.pid)) {
                         details.insert("path".into(), p.to_string_lossy().into_owned());
                     }
                 }
                 "module_load"
             }
-            SecurityOp::FileWrite | SecurityOp::Rename | SecurityOp::LinkWrite => {
-                let key = DirKey {
-                    dev: e.dev,
-                    ino: e.target,
+            SecurityAction::FileWrite { dir, name, .. } => {
+                let Some((dir, _)) = self.dirs.get(dir) else {
+                    return;
                 };
-                // Absolute rename paths come whole; the rest relative to a directory, or
-                // as the watched file another link leads to.
-                let path = if e.op == SecurityOp::Rename && e.target == 0 {
-                    e.name.clone()
-                } else if e.op == SecurityOp::LinkWrite {
-                    let Some(file) = self.files.get(&key) else {
-                        return;
-                    };
-                    details.insert("opened_as".into(), e.name.clone());
-                    file.to_string_lossy().into_owned()
-                } else {
-                    let Some((dir, _)) = self.dirs.get(&key) else {
-                        return;
-                    };
-                    lexical_join(dir, &e.name)
-                };
+                details.insert("path".into(), lexical_join(dir, name));
+                details.insert("operation".into(), "open_for_write".into());
                 self.watch.files = true;
-                details.insert("path".into(), path);
-                details.insert(
-                    "operation".into(),
-                    if e.op == SecurityOp::Rename {
-                        "rename"
-                    } else {
-                        "open_for_write"
-                    }
-                    .into(),
-                );
                 "file_write"
             }
-            SecurityOp::Connect | SecurityOp::Listen => {
-                details.insert("port".into(), e.port.to_string());
-                if let Some(a) = e.addr {
-                    let key = if e.op == SecurityOp::Connect {
-                        "remote_addr"
-                    } else {
-                        "local_addr"
-                    };
-                    details.insert(key.into(), a.to_string());
-                }
-                if e.op == SecurityOp::Connect {
-                    "connect"
-                } else {
-                    "listen"
-                }
+            SecurityAction::LinkWrite { file, opened_as } => {
+                let Some(file) = self.files.get(file) else {
+                    return;
+                };
+                details.insert("path".into(), file.to_string_lossy().into_owned());
+                details.insert("opened_as".into(), opened_as.clone());
+                details.insert("operation".into(), "open_for_write".into());
+                self.watch.files = true;
+                "file_write"
+            }
+            SecurityAction::Rename { dir, name } => {
+                // Absolute rename paths come whole; the rest relative to a directory.
+                let path = match dir {
+                    None => name.clone(),
+                    Some(key) => {
+                        let Some((dir, _)) = self.dirs.get(key) else {
+                            return;
+                        };
+                        lexical_join(dir, name)
+                    }
+                };
+                details.insert("path".into(), path);
+                details.insert("operation".into(), "rename".into());
+                self.watch.files = true;
+                "file_write"
+            }
+            SecurityAction::Connect { remote, port } => {
+                details.insert("port".into(), port.to_string());
+                details.insert("remote_addr".into(), remote.to_string());
+                "connect"
+            }
+            SecurityAction::Listen { local, port } => {
+                details.insert("port".into(), port.to_string());
+                details.insert("local_addr".into(), local.to_string());
+                "listen"
             }
         };
-        let event = if e.op == SecurityOp::SetGid {
-            "setgid"
-        } else {
-            event
-        };
-        if matches!(e.op, SecurityOp::SetUid) {
-            // Keep the table current: the process now runs as the new uid (the
-            // finding shows the uid it had before in `old_uid`).
-            self.table.set_uid(e.pid, e.target as u32);
-        }
         self.evaluate(event, e.pid, details, target, unix_ms(e.time), out);
     }
 

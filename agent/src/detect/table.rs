@@ -120,26 +120,35 @@ impl ProcessTable {
         self.procs.get(&pid)
     }
 
-    /// Reads every process in /proc (start, and the periodic sweep): adds the ones
-    /// not known, forgets the ones gone. Returns the pids added.
+    /// Reads every process in /proc (at start): adds the ones not known, forgets the
+    /// ones gone. Returns the pids added.
     pub fn scan(&mut self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
-            return Vec::new();
-        };
-        let mut alive = std::collections::HashSet::new();
+        let scan = self.scan_request().read();
+        self.apply_scan(scan)
+    }
+
+    /// What a rescan needs to read /proc on another thread (the periodic rescan runs
+    /// off the event loop).
+    pub fn scan_request(&self) -> ScanRequest {
+        ScanRequest {
+            proc_root: self.proc_root.clone(),
+            boot_unix_ms: self.boot_unix_ms,
+            known: self.procs.keys().copied().collect(),
+        }
+    }
+
+    /// Applies what a rescan read: adds the processes it read that are still unknown
+    /// (an exec event since is fresher, and wins), forgets the ones known when it was
+    /// asked and gone from /proc. Returns the pids added.
+    pub fn apply_scan(&mut self, scan: ProcScan) -> Vec<u32> {
         let mut added = Vec::new();
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            alive.insert(pid);
-            if self.procs.contains_key(&pid) {
+        for p in scan.read {
+            if self.procs.contains_key(&p.pid) {
                 continue;
             }
-            if let Some(p) = self.read_proc(pid) {
-                if self.insert(p) {
-                    added.push(pid);
-                }
+            let pid = p.pid;
+            if self.insert(p) {
+                added.push(pid);
             }
         }
         let now = Instant::now();
@@ -147,7 +156,8 @@ impl ProcessTable {
             .procs
             .iter()
             .filter(|(pid, p)| {
-                !alive.contains(pid)
+                scan.known_before.contains(pid)
+                    && !scan.alive.contains(pid)
                     && p.exited
                         .is_none_or(|t| now.duration_since(t) > EXITED_GRACE)
             })
@@ -207,61 +217,6 @@ impl ProcessTable {
             }
         }
         true
-    }
-
-    fn read_proc(&mut self, pid: u32) -> Option<Proc> {
-        let dir = self.proc_root.join(pid.to_string());
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // comm is in parentheses and may itself hold spaces and parentheses.
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let name = &stat[open + 1..close];
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // Fields after comm: state(3) ppid(4) ... starttime(22) -> rest[0] is field 3.
-        let ppid = rest.get(1)?.parse().ok()?;
-        let start_ticks: i64 = rest.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
-        // SAFETY: sysconf has no memory side effects.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let ids = |key: &str| -> (u32, u32) {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| {
-                    let mut w = v.split_whitespace().filter_map(|x| x.parse().ok());
-                    (w.next().unwrap_or(0), w.next().unwrap_or(0))
-                })
-                .unwrap_or((0, 0))
-        };
-        let (uid, euid) = ids("Uid:");
-        let cmdline = std::fs::read(dir.join("cmdline"))
-            .map(|b| join_args(&b))
-            .unwrap_or_default();
-        let exe = std::fs::read_link(dir.join("exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let container = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|c| container_id(&c))
-            .unwrap_or_default();
-        let fd = |n: u32| -> (FdKind, u64) { fd_of(&dir, n) };
-        Some(Proc {
-            pid,
-            ppid,
-            fileless: exe.starts_with("/memfd:") || exe.ends_with(" (deleted)"),
-            exe: exe.into(),
-            name: name.into(),
-            cmdline: cmdline.into(),
-            uid,
-            euid,
-            start_unix_ms: self.boot_unix_ms + start_ticks * 1000 / hz,
-            container: container.into(),
-            cgroup_id: 0,
-            stdin: fd(0),
-            stdout: fd(1),
-            stdin_from: None,
-            exited: None,
-        })
     }
 
     /// The container of a cgroup id, learned from `pid`'s /proc/PID/cgroup the first
@@ -439,7 +394,7 @@ impl ProcessTable {
         if let Some(p) = self.procs.get(&pid) {
             return p.clone();
         }
-        if let Some(p) = self.read_proc(pid) {
+        if let Some(p) = read_proc(&self.proc_root, self.boot_unix_ms, pid) {
             self.insert(p.clone());
             return p;
         }
@@ -491,6 +446,102 @@ fn fd_of(dir: &Path, n: u32) -> (FdKind, u64) {
     }
 }
 
+/// A rescan's question: where /proc is, and the pids the table knew when asked.
+pub struct ScanRequest {
+    proc_root: PathBuf,
+    boot_unix_ms: i64,
+    known: std::collections::HashSet<u32>,
+}
+
+/// What a rescan read from /proc: every pid alive then, and the processes the table
+/// did not know.
+pub struct ProcScan {
+    alive: std::collections::HashSet<u32>,
+    known_before: std::collections::HashSet<u32>,
+    read: Vec<Proc>,
+}
+
+impl ScanRequest {
+    /// Reads /proc (blocking: run it off the event loop).
+    pub fn read(self) -> ProcScan {
+        let mut alive = std::collections::HashSet::new();
+        let mut read = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(&self.proc_root) {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                alive.insert(pid);
+                if !self.known.contains(&pid) {
+                    if let Some(p) = read_proc(&self.proc_root, self.boot_unix_ms, pid) {
+                        read.push(p);
+                    }
+                }
+            }
+        }
+        ProcScan {
+            alive,
+            known_before: self.known,
+            read,
+        }
+    }
+}
+
+fn read_proc(proc_root: &Path, boot_unix_ms: i64, pid: u32) -> Option<Proc> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // comm is in parentheses and may itself hold spaces and parentheses.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = &stat[open + 1..close];
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields after comm: state(3) ppid(4) ... starttime(22) -> rest[0] is field 3.
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start_ticks: i64 = rest.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no memory side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let ids = |key: &str| -> (u32, u32) {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| {
+                let mut w = v.split_whitespace().filter_map(|x| x.parse().ok());
+                (w.next().unwrap_or(0), w.next().unwrap_or(0))
+            })
+            .unwrap_or((0, 0))
+    };
+    let (uid, euid) = ids("Uid:");
+    let cmdline = std::fs::read(dir.join("cmdline"))
+        .map(|b| join_args(&b))
+        .unwrap_or_default();
+    let exe = std::fs::read_link(dir.join("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let container = std::fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|c| container_id(&c))
+        .unwrap_or_default();
+    let fd = |n: u32| -> (FdKind, u64) { fd_of(&dir, n) };
+    Some(Proc {
+        pid,
+        ppid,
+        fileless: exe.starts_with("/memfd:") || exe.ends_with(" (deleted)"),
+        exe: exe.into(),
+        name: name.into(),
+        cmdline: cmdline.into(),
+        uid,
+        euid,
+        start_unix_ms: boot_unix_ms + start_ticks * 1000 / hz,
+        container: container.into(),
+        cgroup_id: 0,
+        stdin: fd(0),
+        stdout: fd(1),
+        stdin_from: None,
+        exited: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +582,30 @@ mod tests {
             .lineage(std::process::id())
             .first()
             .is_some_and(|p| p.pid == me.ppid));
+    }
+
+    /// The periodic rescan reads /proc off the loop while exec events go on updating
+    /// the table: a process the table learned of after the read was asked for is not
+    /// forgotten by it; the next rescan, which knew it, forgets it once /proc does not
+    /// have it.
+    #[test]
+    fn a_rescan_read_off_the_loop_keeps_what_events_added_meanwhile() {
+        let mut t = ProcessTable::new(Path::new("/proc"), 100_000);
+        t.scan();
+        let request = t.scan_request();
+        // An exec seen while the rescan reads /proc: a pid /proc does not have.
+        let mut p = read_proc(Path::new("/proc"), 0, std::process::id()).expect("this process");
+        p.pid = 4_000_000;
+        assert!(t.insert(p));
+        let scan = request.read();
+        t.apply_scan(scan);
+        assert!(t.get(4_000_000).is_some(), "added after the request: kept");
+        assert!(t.get(std::process::id()).is_some());
+        let scan = t.scan_request().read();
+        t.apply_scan(scan);
+        assert!(
+            t.get(4_000_000).is_none(),
+            "known to this rescan and gone: forgotten"
+        );
     }
 }

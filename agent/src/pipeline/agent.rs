@@ -154,6 +154,8 @@ enum Wake {
     FollowerJoined,
     Drain,
     Tick,
+    /// The periodic /proc rescan, read off the loop, is back.
+    Rescanned(Option<crate::detect::table::ProcScan>),
 }
 
 /// The agent: every stage's handle and the loop's state, one method per thing the loop
@@ -184,6 +186,8 @@ pub struct Agent {
     /// The short drain clock runs for one period after the kernel woke the agent.
     drain_armed: bool,
     last_rescan: tokio::time::Instant,
+    /// The /proc rescan being read on the blocking pool.
+    rescan: Option<tokio::task::JoinHandle<crate::detect::table::ProcScan>>,
     errors: InternalErrors,
 }
 
@@ -386,6 +390,7 @@ impl Agent {
             reader_waits: true,
             drain_armed: false,
             last_rescan: tokio::time::Instant::now(),
+            rescan: None,
             errors,
         })
     }
@@ -399,6 +404,8 @@ impl Agent {
         let waits = self.reader.is_some() && self.reader_waits;
         let (reader, events) = (&mut self.reader, &mut self.events);
         let follower = self.follower_joined.as_ref();
+        let rescanning = self.rescan.is_some();
+        let rescan = &mut self.rescan;
         tokio::select! {
             _ = self.signals.term.recv() => Wake::Stop,
             _ = self.signals.int.recv() => Wake::Stop,
@@ -407,6 +414,7 @@ impl Agent {
             _ = async { follower?.notified().await; Some(()) }, if !following => Wake::FollowerJoined,
             _ = self.drain.tick(), if following => Wake::Drain,
             _ = self.tick.tick() => Wake::Tick,
+            r = async { rescan.as_mut()?.await.ok() }, if rescanning => Wake::Rescanned(r),
         }
     }
 
@@ -421,6 +429,7 @@ impl Agent {
                 Wake::FollowerJoined => self.drain.reset_immediately(),
                 Wake::Drain => self.on_drain(),
                 Wake::Tick => self.on_tick()?,
+                Wake::Rescanned(scan) => self.on_rescanned(scan),
             }
         }
     }
@@ -479,15 +488,33 @@ impl Agent {
             return;
         }
         self.absorb();
-        if let (Some(d), Some(p)) = (self.detector.as_mut(), self.probes.as_mut()) {
-            if rescan {
+        if rescan && self.rescan.is_none() {
+            if let Some(d) = self.detector.as_ref() {
+                // Reading /proc is thousands of file reads: on the blocking pool, the
+                // result applied on the loop when it is back (Wake::Rescanned).
                 self.last_rescan = tokio::time::Instant::now();
-                let mut f = Vec::new();
-                d.tick(true, &mut f);
-                self.iv
-                    .publish_findings(f, self.state.write().ok().as_deref_mut());
+                let request = d.rescan_request();
+                self.rescan = Some(tokio::task::spawn_blocking(move || request.read()));
             }
-            apply_watches(d, p, rescan, &mut self.errors);
+        }
+        if let (Some(d), Some(p)) = (self.detector.as_mut(), self.probes.as_mut()) {
+            apply_watches(d, p, false, &mut self.errors);
+        }
+    }
+
+    /// The /proc rescan is back: the table learns what it missed, and the kernel's
+    /// filters (watched directories looked up again) follow.
+    fn on_rescanned(&mut self, scan: Option<crate::detect::table::ProcScan>) {
+        self.rescan = None;
+        let (Some(d), Some(scan)) = (self.detector.as_mut(), scan) else {
+            return;
+        };
+        let mut f = Vec::new();
+        d.apply_rescan(scan, &mut f);
+        self.iv
+            .publish_findings(f, self.state.write().ok().as_deref_mut());
+        if let Some(p) = self.probes.as_mut() {
+            apply_watches(d, p, true, &mut self.errors);
         }
     }
 

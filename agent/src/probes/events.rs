@@ -7,11 +7,11 @@ use std::{
 
 use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
+pub use vigil_common::{DirKey, FdKind, SecurityOp};
 use vigil_common::{
     EventKind, ProcessEvent as RawProcessEvent, ProcessOp, SecurityEvent as RawSecurityEvent,
     SlowSyscall, TcpRetransmit, EXE_MEMFD, EXE_UNLINKED,
 };
-pub use vigil_common::{FdKind, SecurityOp};
 
 use super::ProbeError;
 
@@ -70,29 +70,71 @@ pub struct ProcessEvent {
     pub exe_name: String,
 }
 
-/// A security-relevant action the kernel filtered for us (see `SecurityOp`).
+/// A security-relevant action the kernel filtered for us: who did it, and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecurityEvent {
     pub time: SystemTime,
-    pub op: SecurityOp,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
     pub cgroup_id: u64,
-    /// Ptrace: target pid; SetUid/SetGid: new id; ModuleLoad: fd (u64::MAX: none);
-    /// FileWrite/Rename: directory inode.
-    pub target: u64,
-    /// Ptrace: request; SetUid/SetGid: old id; FileWrite: f_mode.
-    pub detail: u64,
-    /// FileWrite/Rename: the directory's device (kernel encoding).
-    pub dev: u64,
-    /// Connect: remote; Listen: local.
-    pub addr: Option<IpAddr>,
-    pub port: u16,
-    /// FileWrite/Rename: the file name.
-    pub name: String,
+    pub action: SecurityAction,
+}
+
+/// Which id a set-id call changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    Uid,
+    Gid,
+}
+
+/// What the process did, decoded once from the kernel's record (whose `target`,
+/// `detail` and `dev` mean something different for each operation): nothing past the
+/// decoder reads the raw record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecurityAction {
+    /// ptrace(2) attach/seize of another process.
+    Ptrace {
+        target_pid: u32,
+        request: u64,
+    },
+    /// A set-id call to root (setuid, setresuid, ... and the gid family).
+    SetId {
+        id: IdKind,
+        old: u32,
+        new: u32,
+    },
+    /// init_module/finit_module; the fd finit_module was given, if any.
+    ModuleLoad {
+        fd: Option<u32>,
+        file: String,
+    },
+    /// A file opened for writing in a watched directory.
+    FileWrite {
+        dir: DirKey,
+        name: String,
+        f_mode: u64,
+    },
+    /// A watched file opened for writing through another link to it.
+    LinkWrite {
+        file: DirKey,
+        opened_as: String,
+    },
+    /// A rename into a watched directory: relative to `dir`, or an absolute `name`.
+    Rename {
+        dir: Option<DirKey>,
+        name: String,
+    },
+    Connect {
+        remote: IpAddr,
+        port: u16,
+    },
+    Listen {
+        local: IpAddr,
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,22 +280,60 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
         kind @ EventKind::Security => {
             let e: RawSecurityEvent = read(bytes, kind)?;
             let op = SecurityOp::from_u8(e.op).ok_or(DecodeError::UnknownOp(e.op))?;
-            let net = matches!(op, SecurityOp::Connect | SecurityOp::Listen);
+            let key = DirKey {
+                dev: e.dev,
+                ino: e.target,
+            };
+            let id = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+            let action = match op {
+                SecurityOp::Ptrace => SecurityAction::Ptrace {
+                    target_pid: id(e.target),
+                    request: e.detail,
+                },
+                SecurityOp::SetUid | SecurityOp::SetGid => SecurityAction::SetId {
+                    id: if op == SecurityOp::SetUid {
+                        IdKind::Uid
+                    } else {
+                        IdKind::Gid
+                    },
+                    old: id(e.detail),
+                    new: id(e.target),
+                },
+                SecurityOp::ModuleLoad => SecurityAction::ModuleLoad {
+                    fd: u32::try_from(e.target).ok(),
+                    file: c_string(&e.name),
+                },
+                SecurityOp::FileWrite => SecurityAction::FileWrite {
+                    dir: key,
+                    name: c_string(&e.name),
+                    f_mode: e.detail,
+                },
+                SecurityOp::LinkWrite => SecurityAction::LinkWrite {
+                    file: key,
+                    opened_as: c_string(&e.name),
+                },
+                SecurityOp::Rename => SecurityAction::Rename {
+                    dir: (e.target != 0).then_some(key),
+                    name: c_string(&e.name),
+                },
+                SecurityOp::Connect => SecurityAction::Connect {
+                    remote: ip(e.family, e.addr),
+                    port: e.port,
+                },
+                SecurityOp::Listen => SecurityAction::Listen {
+                    local: ip(e.family, e.addr),
+                    port: e.port,
+                },
+            };
             Ok(Event::Security(SecurityEvent {
                 time: clock.to_wall(e.timestamp_ns),
-                op,
                 pid: e.pid,
                 tid: e.tid,
                 uid: e.uid,
                 gid: e.gid,
                 comm: c_string(&e.comm),
                 cgroup_id: e.cgroup_id,
-                target: e.target,
-                detail: e.detail,
-                dev: e.dev,
-                addr: net.then(|| ip(e.family, e.addr)),
-                port: e.port,
-                name: c_string(&e.name),
+                action,
             }))
         }
     }
@@ -407,5 +487,112 @@ mod tests {
             decode(&[1, 0, 0], Clock::new()),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    /// Each operation's raw record becomes its own action, with the union fields
+    /// (`target`, `detail`, `dev`) read the way that operation means them.
+    #[test]
+    fn security_records_decode_into_one_action_each() {
+        let raw = |op: SecurityOp, target: u64, detail: u64| {
+            let mut e = RawSecurityEvent {
+                kind: EventKind::Security as u8,
+                op: op as u8,
+                family: 10,
+                pid: 42,
+                tid: 43,
+                uid: 1000,
+                gid: 1000,
+                port: 4444,
+                _pad: 0,
+                target,
+                detail,
+                dev: 7,
+                timestamp_ns: 0,
+                cgroup_id: 9,
+                comm: [0; vigil_common::TASK_COMM_LEN],
+                addr: [0; 16],
+                name: [0; vigil_common::NAME_LEN],
+            };
+            e.addr[15] = 1;
+            e.name[..4].copy_from_slice(b"evil");
+            let Event::Security(s) = decode(&bytes_of(&e), Clock { offset_ns: 0 }).unwrap() else {
+                panic!("not a security event");
+            };
+            assert_eq!((s.pid, s.tid, s.uid, s.cgroup_id), (42, 43, 1000, 9));
+            s.action
+        };
+        let key = DirKey { dev: 7, ino: 5 };
+        assert_eq!(
+            raw(SecurityOp::Ptrace, 77, 16),
+            SecurityAction::Ptrace {
+                target_pid: 77,
+                request: 16
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::SetGid, 0, 1000),
+            SecurityAction::SetId {
+                id: IdKind::Gid,
+                old: 1000,
+                new: 0
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::ModuleLoad, u64::MAX, 0),
+            SecurityAction::ModuleLoad {
+                fd: None,
+                file: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::ModuleLoad, 3, 0),
+            SecurityAction::ModuleLoad {
+                fd: Some(3),
+                file: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::FileWrite, 5, 2),
+            SecurityAction::FileWrite {
+                dir: key,
+                name: "evil".into(),
+                f_mode: 2
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::LinkWrite, 5, 0),
+            SecurityAction::LinkWrite {
+                file: key,
+                opened_as: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::Rename, 0, 0),
+            SecurityAction::Rename {
+                dir: None,
+                name: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::Rename, 5, 0),
+            SecurityAction::Rename {
+                dir: Some(key),
+                name: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::Connect, 0, 0),
+            SecurityAction::Connect {
+                remote: "::1".parse().unwrap(),
+                port: 4444
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::Listen, 0, 0),
+            SecurityAction::Listen {
+                local: "::1".parse().unwrap(),
+                port: 4444
+            }
+        );
     }
 }
