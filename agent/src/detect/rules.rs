@@ -21,7 +21,7 @@
 use std::{collections::BTreeSet, fmt, path::Path, time::Duration};
 
 use regex::Regex;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 /// The kinds of event a rule can ask about.
 pub const EVENTS: [&str; 8] = [
@@ -204,14 +204,26 @@ impl Rule {
     }
 }
 
-/// A rule file that could not be used: where, and why.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{file}:{line}: {reason}")]
+/// A rule file that could not be used: where (line and, for YAML syntax, the column
+/// the parser stopped at; 0 when unknown), and why.
+#[derive(Debug, PartialEq, Eq)]
 pub struct RuleError {
     pub file: String,
     pub line: usize,
+    pub column: usize,
     pub reason: String,
 }
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.column {
+            0 => write!(f, "{}:{}: {}", self.file, self.line, self.reason),
+            c => write!(f, "{}:{}:{c}: {}", self.file, self.line, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for RuleError {}
 
 pub const DEFAULT_DEDUP: Duration = Duration::from_secs(60);
 
@@ -220,13 +232,14 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     let err = |line: usize, reason: String| RuleError {
         file: name.to_string(),
         line,
+        column: 0,
         reason,
     };
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| {
-        err(
-            e.location().map_or(0, |l| l.line()),
-            format!("not valid YAML: {e}"),
-        )
+    let doc: Value = yaml_serde::from_str(text).map_err(|e| RuleError {
+        file: name.to_string(),
+        line: e.location().map_or(0, |l| l.line()),
+        column: e.location().map_or(0, |l| l.column()),
+        reason: format!("not valid YAML: {e}"),
     })?;
     let list = match &doc {
         Value::Mapping(m) => match m.get("rules") {
@@ -503,6 +516,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
             return Err(RuleError {
                 file: dir.display().to_string(),
                 line: 0,
+                column: 0,
                 reason: format!("cannot read the rules directory: {e}"),
             })
         }
@@ -518,6 +532,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
         let text = std::fs::read_to_string(&f).map_err(|e| RuleError {
             file: name.clone(),
             line: 0,
+            column: 0,
             reason: format!("cannot read: {e}"),
         })?;
         let disabled = disabled_ids(&text);
@@ -533,7 +548,7 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
 
 /// Ids of rules marked `enabled: false` in a file.
 fn disabled_ids(text: &str) -> BTreeSet<String> {
-    let Ok(doc) = serde_yaml::from_str::<Value>(text) else {
+    let Ok(doc) = yaml_serde::from_str::<Value>(text) else {
         return BTreeSet::new();
     };
     doc.get("rules")
@@ -677,6 +692,12 @@ rules:
         assert!(e.reason.contains("bad regex"), "{e}");
         let e = parse("bad.yaml", "rules:\n  - id: a\n   bad indent: [\n").unwrap_err();
         assert!(e.line >= 2 && e.reason.contains("not valid YAML"), "{e}");
+        assert!(e.column > 0, "the parser's column: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("bad.yaml:{}:{}: ", e.line, e.column)),
+            "{e}"
+        );
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [X1]\n    events: [exec]\n    condition: {process.exe: x}\n").unwrap_err();
         assert!(e.reason.contains("ATT&CK"), "{e}");
     }
