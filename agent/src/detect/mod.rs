@@ -20,7 +20,7 @@ use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
 use self::{
-    rules::{Fields, CONNECT_FIELDS},
+    rules::{decimal, Field, Fields, CONNECT_FIELDS},
     table::{fd_kind_name, Proc, ProcessTable},
 };
 use crate::{
@@ -40,58 +40,54 @@ struct Subject {
     details: BTreeMap<String, String>,
     target: Option<Proc>,
     /// Fields absent on purpose (deciding which processes to watch).
-    absent: &'static [&'static str],
+    absent: &'static [Field],
 }
 
 impl Fields for Subject {
-    fn values(&self, field: &str, out: &mut Vec<String>) {
+    fn any(&self, field: Field, pred: &mut dyn FnMut(&str) -> bool) -> bool {
         if self.absent.contains(&field) {
-            return;
+            return false;
         }
+        let mut buf = [0u8; 20];
+        let mut num =
+            |n: u32, pred: &mut dyn FnMut(&str) -> bool| pred(decimal(n.into(), &mut buf));
         let p = &self.process;
-        let proc_field = |p: &Proc, f: &str, out: &mut Vec<String>| match f {
-            "exe" => out.push(p.exe.to_string()),
-            "name" => out.push(p.name.to_string()),
-            "cmdline" => out.push(p.cmdline.to_string()),
-            "uid" => out.push(p.uid.to_string()),
-            "euid" => out.push(p.euid.to_string()),
-            "pid" => out.push(p.pid.to_string()),
-            "container" => out.push(p.container.to_string()),
-            _ => {}
+        let detail = |key: &str, pred: &mut dyn FnMut(&str) -> bool| {
+            self.details.get(key).is_some_and(|v| pred(v))
         };
         match field {
-            "event" => out.push(self.event.to_string()),
-            "container" => out.push(p.container.to_string()),
-            "process.stdin" => out.push(fd_kind_name(p.stdin.0).to_string()),
-            "process.stdout" => out.push(fd_kind_name(p.stdout.0).to_string()),
-            "process.fileless" => out.push(p.fileless.to_string()),
-            "process.stdin_from.name" => {
-                out.extend(p.stdin_from.as_ref().map(|(n, _)| n.to_string()));
-            }
-            "process.stdin_from.exe" => {
-                out.extend(p.stdin_from.as_ref().map(|(_, e)| e.to_string()));
-            }
-            "target.pid" | "target.exe" => {
-                if let Some(t) = &self.target {
-                    proc_field(t, &field[7..], out);
-                }
-            }
-            "path" | "port" | "remote_addr" | "old_uid" | "new_uid" => {
-                out.extend(self.details.get(field).cloned());
-            }
-            f => {
-                if let Some(rest) = f.strip_prefix("process.") {
-                    proc_field(p, rest, out);
-                } else if let Some(rest) = f.strip_prefix("parent.") {
-                    if let Some(pp) = self.lineage.first() {
-                        proc_field(pp, rest, out);
-                    }
-                } else if let Some(rest) = f.strip_prefix("ancestor.") {
-                    for a in &self.lineage {
-                        proc_field(a, rest, out);
-                    }
-                }
-            }
+            Field::Event => pred(self.event),
+            Field::ProcessExe => pred(&p.exe),
+            Field::ProcessName => pred(&p.name),
+            Field::ProcessCmdline => pred(&p.cmdline),
+            Field::ProcessUid => num(p.uid, pred),
+            Field::ProcessEuid => num(p.euid, pred),
+            Field::ProcessPid => num(p.pid, pred),
+            Field::ProcessContainer | Field::Container => pred(&p.container),
+            Field::ProcessStdin => pred(fd_kind_name(p.stdin.0)),
+            Field::ProcessStdout => pred(fd_kind_name(p.stdout.0)),
+            Field::ProcessFileless => pred(if p.fileless { "true" } else { "false" }),
+            Field::StdinFromName => p.stdin_from.as_ref().is_some_and(|(n, _)| pred(n)),
+            Field::StdinFromExe => p.stdin_from.as_ref().is_some_and(|(_, e)| pred(e)),
+            Field::ParentExe => self.lineage.first().is_some_and(|pp| pred(&pp.exe)),
+            Field::ParentName => self.lineage.first().is_some_and(|pp| pred(&pp.name)),
+            Field::ParentCmdline => self.lineage.first().is_some_and(|pp| pred(&pp.cmdline)),
+            Field::ParentUid => match self.lineage.first() {
+                Some(pp) => num(pp.uid, pred),
+                None => false,
+            },
+            Field::AncestorExe => self.lineage.iter().any(|a| pred(&a.exe)),
+            Field::AncestorName => self.lineage.iter().any(|a| pred(&a.name)),
+            Field::TargetPid => match &self.target {
+                Some(t) => num(t.pid, pred),
+                None => false,
+            },
+            Field::TargetExe => self.target.as_ref().is_some_and(|t| pred(&t.exe)),
+            Field::Path => detail("path", pred),
+            Field::Port => detail("port", pred),
+            Field::RemoteAddr => detail("remote_addr", pred),
+            Field::OldUid => detail("old_uid", pred),
+            Field::NewUid => detail("new_uid", pred),
         }
     }
 }
@@ -155,7 +151,6 @@ pub struct Detector {
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     pub stats: DetectStats,
-    scratch: Vec<String>,
 }
 
 impl Detector {
@@ -171,7 +166,6 @@ impl Detector {
             watched_pids: BTreeSet::new(),
             watch: WatchChanges::default(),
             stats: DetectStats::default(),
-            scratch: Vec::new(),
         };
         d.set_rules(rules);
         d
@@ -285,7 +279,7 @@ impl Detector {
     pub fn watched_comms(&self) -> Vec<[u8; 16]> {
         let mut lits = Vec::new();
         for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
-            r.condition.literals("process.name", &mut lits);
+            r.condition.literals(Field::ProcessName, &mut lits);
         }
         let mut out: Vec<[u8; 16]> = lits
             .iter()
@@ -307,7 +301,7 @@ impl Detector {
     pub fn watched_ports(&self) -> Vec<u16> {
         let mut lits = Vec::new();
         for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
-            r.condition.literals("port", &mut lits);
+            r.condition.literals(Field::Port, &mut lits);
         }
         let mut ports: Vec<u16> = lits
             .iter()
@@ -330,7 +324,7 @@ impl Detector {
             .iter()
             .filter(|r| r.events.contains("file_write"))
         {
-            r.condition.literals("path", &mut lits);
+            r.condition.literals(Field::Path, &mut lits);
         }
         let mut dirs = BTreeMap::new();
         self.file_patterns.clear();
@@ -412,7 +406,7 @@ impl Detector {
         };
         let wanted = connect_rules
             .iter()
-            .any(|&i| self.rules[i].condition.eval(&subject, &mut self.scratch));
+            .any(|&i| self.rules[i].condition.eval(&subject));
         if wanted && self.watched_pids.insert(pid) {
             self.watch.add_pids.push(pid);
         } else if !wanted && self.watched_pids.remove(&pid) {
@@ -562,7 +556,7 @@ impl Detector {
         };
         for i in idx {
             let rule = &self.rules[i];
-            if !rule.matches(&subject, &mut self.scratch) {
+            if !rule.matches(&subject) {
                 continue;
             }
             match self.stats.matches.get_mut(&rule.id) {

@@ -35,51 +35,68 @@ pub const EVENTS: [&str; 8] = [
     "listen",
 ];
 
-/// Every field a rule may test, with what it holds.
-pub const FIELDS: [(&str, &str); 27] = [
-    ("event", "the event type (see EVENTS)"),
-    ("process.exe", "path of the program"),
-    ("process.name", "the kernel's short name (comm)"),
-    ("process.cmdline", "arguments joined by spaces"),
-    ("process.uid", "real uid"),
-    ("process.euid", "effective uid"),
-    ("process.pid", "process id"),
-    ("process.container", "container id, empty on the host"),
-    (
-        "process.stdin",
-        "what fd 0 is: socket, pipe, chardev (a terminal, /dev/null), file, none, other",
-    ),
-    ("process.stdout", "what fd 1 is"),
-    (
-        "process.fileless",
-        "true when the program runs from a memfd or a deleted file",
-    ),
-    (
-        "process.stdin_from.name",
-        "the process writing into this one's stdin pipe",
-    ),
-    ("process.stdin_from.exe", "its program"),
-    ("parent.exe", "the parent's program"),
-    ("parent.name", "the parent's short name"),
-    ("parent.cmdline", "the parent's arguments"),
-    ("parent.uid", "the parent's real uid"),
-    (
-        "ancestor.exe",
-        "matches when any ancestor (parent and up) matches",
-    ),
-    ("ancestor.name", "likewise, by short name"),
-    ("path", "file_write: the file written or renamed into place"),
-    ("port", "connect: remote port; listen: local port"),
-    ("remote_addr", "connect: remote address"),
-    ("target.pid", "ptrace: the traced process"),
-    ("target.exe", "ptrace: its program"),
-    ("old_uid", "setuid/setgid: the real id before"),
-    ("new_uid", "setuid/setgid: the id after"),
-    ("container", "same as process.container"),
-];
+/// Declares `Field`, one variant per field a rule may test, with its name in rule
+/// files and what it holds: a rule's field names are turned into these at load, and
+/// the detector's match over them is exhaustive, so a field no code handles does not
+/// compile.
+macro_rules! fields {
+    ($($variant:ident = $name:literal : $doc:literal),* $(,)?) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Field { $($variant),* }
+
+        impl Field {
+            /// Every field: (field, its name in rule files, what it holds).
+            pub const ALL: &'static [(Field, &'static str, &'static str)] =
+                &[$((Field::$variant, $name, $doc)),*];
+
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Field::$variant),)*
+                    _ => None,
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $name),*
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    Event = "event": "the event type (see EVENTS)",
+    ProcessExe = "process.exe": "path of the program",
+    ProcessName = "process.name": "the kernel's short name (comm)",
+    ProcessCmdline = "process.cmdline": "arguments joined by spaces",
+    ProcessUid = "process.uid": "real uid",
+    ProcessEuid = "process.euid": "effective uid",
+    ProcessPid = "process.pid": "process id",
+    ProcessContainer = "process.container": "container id, empty on the host",
+    ProcessStdin = "process.stdin": "what fd 0 is: socket, pipe, chardev (a terminal, /dev/null), file, none, other",
+    ProcessStdout = "process.stdout": "what fd 1 is",
+    ProcessFileless = "process.fileless": "true when the program runs from a memfd or a deleted file",
+    StdinFromName = "process.stdin_from.name": "the process writing into this one's stdin pipe",
+    StdinFromExe = "process.stdin_from.exe": "its program",
+    ParentExe = "parent.exe": "the parent's program",
+    ParentName = "parent.name": "the parent's short name",
+    ParentCmdline = "parent.cmdline": "the parent's arguments",
+    ParentUid = "parent.uid": "the parent's real uid",
+    AncestorExe = "ancestor.exe": "matches when any ancestor (parent and up) matches",
+    AncestorName = "ancestor.name": "likewise, by short name",
+    Path = "path": "file_write: the file written or renamed into place",
+    Port = "port": "connect: remote port; listen: local port",
+    RemoteAddr = "remote_addr": "connect: remote address",
+    TargetPid = "target.pid": "ptrace: the traced process",
+    TargetExe = "target.exe": "ptrace: its program",
+    OldUid = "old_uid": "setuid/setgid: the real id before",
+    NewUid = "new_uid": "setuid/setgid: the id after",
+    Container = "container": "same as process.container",
+}
 
 /// Fields only a connect event has (absent when deciding which processes to watch).
-pub const CONNECT_FIELDS: [&str; 2] = ["port", "remote_addr"];
+pub const CONNECT_FIELDS: [Field; 2] = [Field::Port, Field::RemoteAddr];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -138,38 +155,49 @@ pub enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
     Not(Box<Cond>),
-    Leaf { field: String, op: Op },
+    Leaf { field: Field, op: Op },
 }
 
 /// What a condition is evaluated against: each field's values (a field can have
 /// several, e.g. `ancestor.exe`; the leaf holds when any value matches). A field the
-/// event doesn't have makes its leaf false.
+/// event doesn't have makes its leaf false. `any` hands each value to `pred` as it
+/// is (numbers written into a stack buffer): matching allocates nothing.
 pub trait Fields {
-    fn values(&self, field: &str, out: &mut Vec<String>);
+    fn any(&self, field: Field, pred: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+/// `n` in decimal, written into `buf` (for matching numbers as text without an
+/// allocation).
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
 impl Cond {
-    pub fn eval(&self, s: &dyn Fields, scratch: &mut Vec<String>) -> bool {
+    pub fn eval(&self, s: &dyn Fields) -> bool {
         match self {
-            Self::All(cs) => cs.iter().all(|c| c.eval(s, scratch)),
-            Self::Any(cs) => cs.iter().any(|c| c.eval(s, scratch)),
-            Self::Not(c) => !c.eval(s, scratch),
-            Self::Leaf { field, op } => {
-                scratch.clear();
-                s.values(field, scratch);
-                let r = scratch.iter().any(|v| op.matches(v));
-                scratch.clear();
-                r
-            }
+            Self::All(cs) => cs.iter().all(|c| c.eval(s)),
+            Self::Any(cs) => cs.iter().any(|c| c.eval(s)),
+            Self::Not(c) => !c.eval(s),
+            Self::Leaf { field, op } => s.any(*field, &mut |v| op.matches(v)),
         }
     }
 
     /// Literal values tested against `field` with equals/in/prefix (for kernel filters).
-    pub fn literals(&self, field: &str, out: &mut Vec<(bool, String)>) {
+    pub fn literals(&self, field: Field, out: &mut Vec<(bool, String)>) {
         match self {
             Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.literals(field, out)),
             Self::Not(_) => {}
-            Self::Leaf { field: f, op } if f == field => match op {
+            Self::Leaf { field: f, op } if *f == field => match op {
                 Op::Equals(xs) => out.extend(xs.iter().map(|x| (false, x.clone()))),
                 Op::Prefix(xs) | Op::Glob(xs) => out.extend(xs.iter().map(|x| (true, x.clone()))),
                 _ => {}
@@ -199,8 +227,8 @@ impl fmt::Debug for Rule {
 }
 
 impl Rule {
-    pub fn matches(&self, s: &dyn Fields, scratch: &mut Vec<String>) -> bool {
-        self.condition.eval(s, scratch) && !self.exceptions.iter().any(|e| e.eval(s, scratch))
+    pub fn matches(&self, s: &dyn Fields) -> bool {
+        self.condition.eval(s) && !self.exceptions.iter().any(|e| e.eval(s))
     }
 }
 
@@ -424,16 +452,16 @@ fn cond(v: &Value) -> Result<Cond, String> {
 }
 
 fn leaf(field: &str, v: &Value) -> Result<Cond, String> {
-    if !FIELDS.iter().any(|(f, _)| *f == field) {
+    let Some(typed) = Field::parse(field) else {
         return Err(format!(
             "unknown field `{field}` (known: {})",
-            FIELDS
+            Field::ALL
                 .iter()
-                .map(|(f, _)| *f)
+                .map(|(_, f, _)| *f)
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-    }
+    };
     let what = |op: &str| format!("{field}.{op}");
     let op = match v {
         Value::Mapping(m) => {
@@ -466,10 +494,7 @@ fn leaf(field: &str, v: &Value) -> Result<Cond, String> {
         }
         other => Op::Equals(strings(other, field)?),
     };
-    Ok(Cond::Leaf {
-        field: field.to_string(),
-        op,
-    })
+    Ok(Cond::Leaf { field: typed, op })
 }
 
 /// `*` matches any run of characters (slashes included), `?` one character.
@@ -568,11 +593,23 @@ mod tests {
 
     struct Map(HashMap<&'static str, Vec<&'static str>>);
     impl Fields for Map {
-        fn values(&self, f: &str, out: &mut Vec<String>) {
-            if let Some(v) = self.0.get(f) {
-                out.extend(v.iter().map(|s| s.to_string()));
-            }
+        fn any(&self, f: Field, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+            self.0
+                .get(f.name())
+                .is_some_and(|v| v.iter().any(|s| pred(s)))
         }
+    }
+
+    #[test]
+    fn every_field_has_a_name_that_parses_back_and_numbers_print_without_allocating() {
+        for (f, name, _) in Field::ALL {
+            assert_eq!(Field::parse(name), Some(*f));
+            assert_eq!(f.name(), *name);
+        }
+        let mut buf = [0u8; 20];
+        assert_eq!(decimal(0, &mut buf), "0");
+        assert_eq!(decimal(u64::MAX, &mut buf), "18446744073709551615");
+        assert_eq!(decimal(1000, &mut buf), "1000");
     }
 
     fn one(yaml: &str) -> Rule {
@@ -604,21 +641,17 @@ mod tests {
             m.insert("process.exe", vec![exe]);
             Map(m)
         };
-        let mut scratch = Vec::new();
         for path in [
             "/etc/shadow",
             "/etc/passwd",
             "/etc/sudoers.d/x",
             "/root/.ssh/authorized_keys",
         ] {
-            assert!(
-                r.matches(&event(path, "/usr/bin/sh"), &mut scratch),
-                "{path}"
-            );
+            assert!(r.matches(&event(path, "/usr/bin/sh")), "{path}");
         }
-        assert!(!r.matches(&event("/etc/hostname", "/usr/bin/sh"), &mut scratch));
+        assert!(!r.matches(&event("/etc/hostname", "/usr/bin/sh")));
         assert!(
-            !r.matches(&event("/etc/shadow", "/usr/sbin/useradd"), &mut scratch),
+            !r.matches(&event("/etc/shadow", "/usr/sbin/useradd")),
             "useradd is the exception"
         );
     }
@@ -649,36 +682,23 @@ rules:
             }
             Map(m)
         };
-        let mut scratch = Vec::new();
-        assert!(r.matches(
-            &s(&[
-                ("process.name", "sh"),
-                ("parent.name", "nginx"),
-                ("process.uid", "0")
-            ]),
-            &mut scratch
-        ));
-        assert!(!r.matches(
-            &s(&[
-                ("process.name", "sh"),
-                ("parent.name", "nginx"),
-                ("process.uid", "1000")
-            ]),
-            &mut scratch
-        ));
-        assert!(!r.matches(
-            &s(&[("process.name", "zsh"), ("parent.name", "nginx")]),
-            &mut scratch
-        ));
-        assert!(r.matches(&s(&[("process.exe", "/tmp/abc")]), &mut scratch));
-        assert!(!r.matches(&s(&[("process.exe", "/tmp/abc/d")]), &mut scratch));
-        assert!(!r.matches(
-            &s(&[
-                ("process.exe", "/tmp/abc"),
-                ("process.cmdline", "x allowed")
-            ]),
-            &mut scratch
-        ));
+        assert!(r.matches(&s(&[
+            ("process.name", "sh"),
+            ("parent.name", "nginx"),
+            ("process.uid", "0")
+        ]),));
+        assert!(!r.matches(&s(&[
+            ("process.name", "sh"),
+            ("parent.name", "nginx"),
+            ("process.uid", "1000")
+        ]),));
+        assert!(!r.matches(&s(&[("process.name", "zsh"), ("parent.name", "nginx")]),));
+        assert!(r.matches(&s(&[("process.exe", "/tmp/abc")])));
+        assert!(!r.matches(&s(&[("process.exe", "/tmp/abc/d")])));
+        assert!(!r.matches(&s(&[
+            ("process.exe", "/tmp/abc"),
+            ("process.cmdline", "x allowed")
+        ]),));
     }
 
     #[test]
