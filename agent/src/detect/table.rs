@@ -68,6 +68,9 @@ pub struct ProcessTable {
     pub untracked: u64,
     /// Exited processes still in the table (swept after EXITED_GRACE).
     exited: usize,
+    /// Exits in the order they came (when, pid): the sweep looks at the expired ones
+    /// only, not at the whole table (it runs at every drain of the ring buffer).
+    exit_queue: std::collections::VecDeque<(Instant, u32)>,
     empty: Arc<str>,
 }
 
@@ -104,6 +107,7 @@ impl ProcessTable {
             pipe_readers: HashMap::new(),
             untracked: 0,
             exited: 0,
+            exit_queue: std::collections::VecDeque::new(),
             empty: Arc::from(""),
         }
     }
@@ -171,21 +175,16 @@ impl ProcessTable {
 
     /// Drops processes that exited more than EXITED_GRACE ago.
     pub fn sweep(&mut self) {
-        if self.exited == 0 {
-            return;
-        }
         let now = Instant::now();
-        let gone: Vec<u32> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| {
-                p.exited
-                    .is_some_and(|t| now.duration_since(t) > EXITED_GRACE)
-            })
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.remove(pid);
+        while let Some(&(at, pid)) = self.exit_queue.front() {
+            if now.duration_since(at) <= EXITED_GRACE {
+                break;
+            }
+            self.exit_queue.pop_front();
+            // Still that exit (not a new process under the pid since, nor removed).
+            if self.procs.get(&pid).is_some_and(|p| p.exited == Some(at)) {
+                self.remove(pid);
+            }
         }
     }
 
@@ -327,10 +326,14 @@ impl ProcessTable {
             }
             ProcessOp::Exit => {
                 if let Some(p) = self.procs.get_mut(&e.pid) {
+                    // Queued once per exit of a tracked process: the queue is never
+                    // longer than the table (MAX_PROCESSES).
                     if p.exited.is_none() {
                         self.exited += 1;
+                        let now = Instant::now();
+                        p.exited = Some(now);
+                        self.exit_queue.push_back((now, e.pid));
                     }
-                    p.exited = Some(Instant::now());
                 }
             }
         }
