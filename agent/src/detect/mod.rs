@@ -25,7 +25,10 @@ use self::{
 };
 use crate::{
     export::convert::unix_ms,
-    probes::events::{IdKind, ProcessEvent, SecurityAction, SecurityEvent},
+    probes::{
+        events::{IdKind, ProcessEvent, SecurityAction, SecurityEvent},
+        KernelFilters,
+    },
 };
 
 /// Dedup windows kept open at once; past this, findings are sent without dedup.
@@ -270,8 +273,31 @@ impl Detector {
         self.stats.untracked = self.table.untracked;
     }
 
-    pub fn take_watch_changes(&mut self) -> WatchChanges {
-        std::mem::take(&mut self.watch)
+    /// The kernel filters the rules need, as one value: the watched processes that
+    /// changed always; with `all` (start, rescan, reload) the directories, rename
+    /// prefixes and connect filters too; the watched files when `all` or a watched
+    /// directory changed.
+    pub fn kernel_filters(&mut self, all: bool) -> KernelFilters {
+        let w = std::mem::take(&mut self.watch);
+        let mut f = KernelFilters {
+            add_pids: w.add_pids,
+            remove_pids: w.remove_pids,
+            ..KernelFilters::default()
+        };
+        if all {
+            let dirs = self.watched_dirs();
+            f.dirs = Some((dirs, self.watched_dir_paths()));
+            f.connects = Some((self.watched_ports(), self.watched_comms()));
+        }
+        if all || w.files {
+            f.files = Some(self.watched_files());
+        }
+        f
+    }
+
+    /// Processes the kernel's watched-process map had no room for (counted).
+    pub fn record_watch_failures(&mut self, n: u64) {
+        self.stats.watch_failed += n;
     }
 
     /// Program names (comm, at most 15 bytes) that connect rules ask about (kernel

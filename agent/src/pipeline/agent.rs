@@ -599,37 +599,24 @@ impl Agent {
     }
 }
 
-/// Writes the detector's kernel filters: watched processes always, the watched
-/// directories and ports when `all` (start, rescan, reload). A failed update is
-/// logged and counted (`internal_errors.kernel_filter_update`).
+/// Writes the detector's kernel filters (one value) to the probes in one call. A part
+/// that fails is logged and counted (`internal_errors.kernel_filter_update`).
 fn apply_watches(d: &mut Detector, p: &mut Probes, all: bool, errors: &mut InternalErrors) {
-    let w = d.take_watch_changes();
-    let mut failed = |what: &str, e: &dyn std::error::Error| {
+    let filters = d.kernel_filters(all);
+    if filters.is_empty() {
+        return;
+    }
+    let applied = p.apply_filters(&filters);
+    d.record_watch_failures(applied.pids_not_added);
+    if applied.prefixes_skipped > 0 {
+        tracing::warn!(
+            skipped = applied.prefixes_skipped,
+            "watched directories beyond the kernel's prefix list: renames into them are not seen"
+        );
+    }
+    for (what, e) in applied.failed {
         errors.kernel_filter_update += 1;
-        tracing::warn!(error = %e, "cannot set the {what}");
-    };
-    if all {
-        let dirs = d.watched_dirs();
-        let paths = d.watched_dir_paths();
-        match p.watch_dirs(&dirs, &paths) {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(skipped = n, "watched directories beyond the kernel's prefix list: renames into them are not seen"),
-            Err(e) => failed("watched directories", &e),
-        }
-        if let Err(e) = p.watch_ports(&d.watched_ports(), &d.watched_comms()) {
-            failed("watched ports", &e);
-        }
-    }
-    if all || w.files {
-        if let Err(e) = p.watch_files(&d.watched_files()) {
-            failed("watched files", &e);
-        }
-    }
-    if !w.add_pids.is_empty() || !w.remove_pids.is_empty() {
-        match p.watch_pids(&w.add_pids, &w.remove_pids) {
-            Ok(failed) => d.stats.watch_failed += failed,
-            Err(e) => failed("watched processes", &e),
-        }
+        tracing::warn!(error = %error_chain(&e), "cannot set the {what}");
     }
 }
 

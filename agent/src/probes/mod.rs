@@ -1,6 +1,47 @@
 //! Loading Vigil's eBPF programs and attaching each probe on its own, so a probe that
 //! can't attach (missing tracepoint, old kernel, no BTF) is reported as off with its
 //! reason while the others keep working.
+/// The rules' kernel filters, as one value: the detector computes it when something
+/// changed, the probes apply it in one call (`Probes::apply_filters`). A part that is
+/// `None` is unchanged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelFilters {
+    /// Directories whose files' writes are reported (with their DIR_* bits), and the
+    /// absolute rename prefixes.
+    pub dirs: Option<(Vec<WatchedDir>, Vec<String>)>,
+    /// Files whose writes through another hard link are reported.
+    pub files: Option<Vec<vigil_common::DirKey>>,
+    /// Connects to these ports, or by programs of these names, are reported.
+    pub connects: Option<(Vec<u16>, Vec<[u8; 16]>)>,
+    /// Processes whose connects are reported: added, removed.
+    pub add_pids: Vec<u32>,
+    pub remove_pids: Vec<u32>,
+}
+
+impl KernelFilters {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_none()
+            && self.files.is_none()
+            && self.connects.is_none()
+            && self.add_pids.is_empty()
+            && self.remove_pids.is_empty()
+    }
+}
+
+/// A watched directory and its DIR_* bits.
+pub type WatchedDir = (vigil_common::DirKey, u8);
+
+/// What applying the filters did.
+#[derive(Debug, Default)]
+pub struct FiltersApplied {
+    /// Parts whose maps could not be written.
+    pub failed: Vec<(&'static str, ProbeError)>,
+    /// Watched directories beyond the kernel's prefix list (renames into them unseen).
+    pub prefixes_skipped: usize,
+    /// Processes the watched-process map had no room for.
+    pub pids_not_added: u64,
+}
+
 pub mod btf;
 pub mod events;
 pub mod process;
@@ -372,32 +413,37 @@ impl Probes {
         })
     }
 
-    /// Kernel filter: the directories whose files' writes are reported, the bases of
-    /// relative renames, and the rename prefixes.
-    pub fn watch_dirs(
-        &mut self,
-        dirs: &[(vigil_common::DirKey, u8)],
-        paths: &[String],
-    ) -> Result<usize, ProbeError> {
-        security::set_dirs(&mut self.ebpf, dirs)?;
-        security::set_prefixes(&mut self.ebpf, paths)
-    }
-
-    /// Kernel filter: the files whose writes through another hard link are reported.
-    pub fn watch_files(&mut self, files: &[vigil_common::DirKey]) -> Result<(), ProbeError> {
-        security::set_files(&mut self.ebpf, files)
-    }
-
-    /// Kernel filter: connects to these ports are reported.
-    pub fn watch_ports(&mut self, ports: &[u16], comms: &[[u8; 16]]) -> Result<(), ProbeError> {
-        security::set_ports(&mut self.ebpf, ports)?;
-        security::set_comms(&mut self.ebpf, comms)
-    }
-
-    /// Kernel filter: connects by these processes are reported. Returns how many
-    /// could not be added (map full).
-    pub fn watch_pids(&mut self, add: &[u32], remove: &[u32]) -> Result<u64, ProbeError> {
-        security::update_pids(&mut self.ebpf, add, remove)
+    /// Writes the rules' kernel filters (one value from the detector) to the probes'
+    /// maps in one call; each part that fails is reported and the others still go.
+    pub fn apply_filters(&mut self, f: &KernelFilters) -> FiltersApplied {
+        let mut out = FiltersApplied::default();
+        if let Some((dirs, prefixes)) = &f.dirs {
+            let r = security::set_dirs(&mut self.ebpf, dirs)
+                .and_then(|()| security::set_prefixes(&mut self.ebpf, prefixes));
+            match r {
+                Ok(skipped) => out.prefixes_skipped = skipped,
+                Err(e) => out.failed.push(("watched directories", e)),
+            }
+        }
+        if let Some(files) = &f.files {
+            if let Err(e) = security::set_files(&mut self.ebpf, files) {
+                out.failed.push(("watched files", e));
+            }
+        }
+        if let Some((ports, comms)) = &f.connects {
+            let r = security::set_ports(&mut self.ebpf, ports)
+                .and_then(|()| security::set_comms(&mut self.ebpf, comms));
+            if let Err(e) = r {
+                out.failed.push(("watched ports and programs", e));
+            }
+        }
+        if !f.add_pids.is_empty() || !f.remove_pids.is_empty() {
+            match security::update_pids(&mut self.ebpf, &f.add_pids, &f.remove_pids) {
+                Ok(n) => out.pids_not_added = n,
+                Err(e) => out.failed.push(("watched processes", e)),
+            }
+        }
+        out
     }
 
     /// Takes the event ring buffer (once) for an async reader. Must be called within
