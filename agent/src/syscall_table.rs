@@ -1,12 +1,22 @@
-//! x86_64 syscall names by number (from the kernel's unistd_64.h, through Linux 6.18).
+//! The one syscall table: x86_64 syscall names by number (from the kernel's
+//! unistd_64.h, through Linux 6.18). Every view names syscalls from it, and the
+//! security checks take their numbers from it. Other architectures have no table yet:
+//! their syscalls show as `syscall_<nr>` and the security checks are off.
 
-/// Name of x86_64 syscall `nr`, if known.
+/// Name of syscall `nr` of this architecture, if known.
 pub fn syscall_name(nr: u32) -> Option<&'static str> {
-    NAMES.get(nr as usize).copied().flatten()
+    if cfg!(target_arch = "x86_64") {
+        NAMES.get(nr as usize).copied().flatten()
+    } else {
+        None
+    }
 }
 
-/// Number of the x86_64 syscall called `name`.
+/// Number of the syscall called `name` on this architecture.
 pub fn syscall_number(name: &str) -> Option<u32> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
     NAMES
         .iter()
         .position(|n| *n == Some(name))
