@@ -255,48 +255,105 @@ impl std::error::Error for RuleError {}
 
 pub const DEFAULT_DEDUP: Duration = Duration::from_secs(60);
 
+/// A rule file as serde reads it: unknown keys are refused, and a value of the wrong
+/// shape is reported with the parser's line and column. The condition grammar
+/// (`field: {operator: value}`, `all`, `any`, `not`) stays a YAML value here and is
+/// compiled, typed, by `cond`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rules: Option<Vec<RawRule>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Scalar,
+    description: Scalar,
+    severity: Scalar,
+    mitre: Option<OneOrMany>,
+    events: Option<OneOrMany>,
+    condition: Option<Value>,
+    #[serde(default)]
+    exceptions: Option<Vec<Value>>,
+    #[serde(default)]
+    dedup: Option<Scalar>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// A value written as text, a number or a boolean (`process.uid: 0`, `dedup: 300`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Int(n) => n.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+impl OneOrMany {
+    fn texts(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.text()],
+            Self::Many(v) => v.iter().map(Scalar::text).collect(),
+        }
+    }
+}
+
 /// Parses one YAML rule file. `name` is how errors name the file.
 pub fn parse(name: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    Ok(parse_with_switches(name, text)?
+        .into_iter()
+        .map(|(rule, _)| rule)
+        .collect())
+}
+
+/// The rules of a file, each with its `enabled` switch.
+fn parse_with_switches(name: &str, text: &str) -> Result<Vec<(Rule, bool)>, RuleError> {
     let err = |line: usize, reason: String| RuleError {
         file: name.to_string(),
         line,
         column: 0,
         reason,
     };
-    let doc: Value = yaml_serde::from_str(text).map_err(|e| RuleError {
+    let doc: Option<RuleFile> = yaml_serde::from_str(text).map_err(|e| RuleError {
         file: name.to_string(),
         line: e.location().map_or(0, |l| l.line()),
         column: e.location().map_or(0, |l| l.column()),
-        reason: format!("not valid YAML: {e}"),
+        reason: format!("not a valid rule file: {e}"),
     })?;
-    let list = match &doc {
-        Value::Mapping(m) => match m.get("rules") {
-            Some(Value::Sequence(s)) => s.clone(),
-            Some(Value::Null) | None if m.len() <= 1 => Vec::new(),
-            Some(_) => return Err(err(1, "`rules` must be a list".into())),
-            None => return Err(err(1, "expected a top-level `rules:` list".into())),
-        },
-        Value::Null => Vec::new(),
-        _ => return Err(err(1, "expected a top-level `rules:` list".into())),
-    };
+    let list = doc.and_then(|d| d.rules).unwrap_or_default();
     let mut rules = Vec::new();
     let mut ids = BTreeSet::new();
-    for (i, r) in list.iter().enumerate() {
-        let id = r.get("id").and_then(Value::as_str).map(str::to_string);
-        let line = id.as_deref().and_then(|id| line_of(text, id)).unwrap_or(0);
-        let rule = compile(r, name).map_err(|reason| {
-            err(
-                line,
-                match &id {
-                    Some(id) => format!("rule `{id}`: {reason}"),
-                    None => format!("rule #{}: {reason}", i + 1),
-                },
-            )
-        })?;
+    for r in &list {
+        let id = r.id.text();
+        let line = line_of(text, &id).unwrap_or(0);
+        let rule =
+            compile(r, name).map_err(|reason| err(line, format!("rule `{id}`: {reason}")))?;
         if !ids.insert(rule.id.clone()) {
             return Err(err(line, format!("rule `{}` is defined twice", rule.id)));
         }
-        rules.push(rule);
+        rules.push((rule, r.enabled.unwrap_or(true)));
     }
     Ok(rules)
 }
@@ -334,30 +391,18 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn compile(r: &Value, source: &str) -> Result<Rule, String> {
-    let m = r.as_mapping().ok_or("a rule must be a map")?;
-    const KEYS: [&str; 9] = [
-        "id",
-        "description",
-        "severity",
-        "mitre",
-        "events",
-        "condition",
-        "exceptions",
-        "dedup",
-        "enabled",
-    ];
-    for k in m.keys() {
-        let k = k.as_str().unwrap_or("?");
-        if !KEYS.contains(&k) {
-            return Err(format!("unknown key `{k}` (known: {})", KEYS.join(", ")));
-        }
-    }
-    let text = |k: &str| -> Result<String, String> {
-        m.get(k)
-            .and_then(scalar)
+fn compile(r: &RawRule, source: &str) -> Result<Rule, String> {
+    let nonempty = |k: &str, v: &Scalar| -> Result<String, String> {
+        Some(v.text())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("`{k}` is missing"))
+            .ok_or_else(|| format!("`{k}` is empty"))
+    };
+    let text = |k: &str| -> Result<String, String> {
+        match k {
+            "id" => nonempty(k, &r.id),
+            "description" => nonempty(k, &r.description),
+            _ => nonempty(k, &r.severity),
+        }
     };
     let id = text("id")?;
     if !id
@@ -371,8 +416,8 @@ fn compile(r: &Value, source: &str) -> Result<Rule, String> {
     let severity = Severity::parse(&sev).ok_or_else(|| {
         format!("severity `{sev}` is not one of info, low, medium, high, critical")
     })?;
-    let mitre = match m.get("mitre") {
-        Some(v) => strings(v, "mitre")?,
+    let mitre = match &r.mitre {
+        Some(v) => v.texts(),
         None => return Err("`mitre` is missing (a list of ATT&CK technique ids)".into()),
     };
     for t in &mitre {
@@ -386,8 +431,8 @@ fn compile(r: &Value, source: &str) -> Result<Rule, String> {
             ));
         }
     }
-    let events: BTreeSet<String> = match m.get("events") {
-        Some(v) => strings(v, "events")?.into_iter().collect(),
+    let events: BTreeSet<String> = match &r.events {
+        Some(v) => v.texts().into_iter().collect(),
         None => return Err("`events` is missing".into()),
     };
     for e in &events {
@@ -398,13 +443,12 @@ fn compile(r: &Value, source: &str) -> Result<Rule, String> {
             ));
         }
     }
-    let condition = cond(m.get("condition").ok_or("`condition` is missing")?)?;
-    let exceptions = match m.get("exceptions") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Sequence(s)) => s.iter().map(cond).collect::<Result<_, _>>()?,
-        Some(_) => return Err("`exceptions` must be a list of conditions".into()),
+    let condition = cond(r.condition.as_ref().ok_or("`condition` is missing")?)?;
+    let exceptions = match &r.exceptions {
+        None => Vec::new(),
+        Some(list) => list.iter().map(cond).collect::<Result<_, _>>()?,
     };
-    let dedup = match m.get("dedup").and_then(scalar) {
+    let dedup = match r.dedup.as_ref().map(Scalar::text) {
         None => DEFAULT_DEDUP,
         Some(s) => crate::units::parse_duration(&s).map_err(|e| format!("dedup `{s}`: {e}"))?,
     };
@@ -560,29 +604,14 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
             column: 0,
             reason: format!("cannot read: {e}"),
         })?;
-        let disabled = disabled_ids(&text);
-        for r in parse(&name, &text)? {
+        for (r, enabled) in parse_with_switches(&name, &text)? {
             rules.retain(|x| x.id != r.id);
-            if !disabled.contains(&r.id) {
+            if enabled {
                 rules.push(r);
             }
         }
     }
     Ok(rules)
-}
-
-/// Ids of rules marked `enabled: false` in a file.
-fn disabled_ids(text: &str) -> BTreeSet<String> {
-    let Ok(doc) = yaml_serde::from_str::<Value>(text) else {
-        return BTreeSet::new();
-    };
-    doc.get("rules")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-        .filter(|r| r.get("enabled").and_then(Value::as_bool) == Some(false))
-        .filter_map(|r| r.get("id").and_then(scalar))
-        .collect()
 }
 
 #[cfg(test)]
@@ -711,7 +740,7 @@ rules:
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: {regex: '('}}\n").unwrap_err();
         assert!(e.reason.contains("bad regex"), "{e}");
         let e = parse("bad.yaml", "rules:\n  - id: a\n   bad indent: [\n").unwrap_err();
-        assert!(e.line >= 2 && e.reason.contains("not valid YAML"), "{e}");
+        assert!(e.line >= 2 && e.reason.contains("not a valid rule file"), "{e}");
         assert!(e.column > 0, "the parser's column: {e}");
         assert!(
             e.to_string()
@@ -720,6 +749,17 @@ rules:
         );
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [X1]\n    events: [exec]\n    condition: {process.exe: x}\n").unwrap_err();
         assert!(e.reason.contains("ATT&CK"), "{e}");
+        // Unknown keys, at either level, with the parser's line and column.
+        let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: x}\n    dedupe: 5m\n").unwrap_err();
+        assert!(e.reason.contains("unknown field `dedupe`"), "{e}");
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.column > 0, "{e}");
+        let e = parse("bad.yaml", "rule:\n  - id: a\n").unwrap_err();
+        assert!(e.reason.contains("unknown field `rule`"), "{e}");
+        // Nothing, comments only, or an empty list: no rules, no error.
+        for empty in ["", "# nothing yet\n", "rules:\n", "rules: []\n"] {
+            assert!(parse("empty.yaml", empty).unwrap().is_empty(), "{empty:?}");
+        }
     }
 
     #[test]
