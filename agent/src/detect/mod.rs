@@ -20,7 +20,7 @@ use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
 use self::{
-    rules::{decimal, Field, Fields, CONNECT_FIELDS},
+    rules::{decimal, EventType, Field, Fields, CONNECT_FIELDS},
     table::{fd_kind_name, Proc, ProcessTable},
 };
 use crate::{
@@ -36,7 +36,7 @@ const MAX_OPEN_WINDOWS: usize = 10_000;
 
 /// Everything a rule can look at for one event.
 struct Subject {
-    event: &'static str,
+    event: EventType,
     process: Proc,
     /// Parent first.
     lineage: Vec<Proc>,
@@ -59,7 +59,7 @@ impl Fields for Subject {
             self.details.get(key).is_some_and(|v| pred(v))
         };
         match field {
-            Field::Event => pred(self.event),
+            Field::Event => pred(self.event.name()),
             Field::ProcessExe => pred(&p.exe),
             Field::ProcessName => pred(&p.name),
             Field::ProcessCmdline => pred(&p.cmdline),
@@ -144,7 +144,7 @@ pub struct Detector {
     table: ProcessTable,
     rules: Vec<Rule>,
     /// Rule indexes by event type.
-    by_event: HashMap<&'static str, Vec<usize>>,
+    by_event: HashMap<EventType, Vec<usize>>,
     windows: HashMap<(String, String), Window>,
     /// Watched directories and the ones above them: kernel key -> (path, `DIR_*` flags).
     dirs: HashMap<DirKey, (PathBuf, u8)>,
@@ -193,9 +193,7 @@ impl Detector {
         self.by_event.clear();
         for (i, r) in rules.iter().enumerate() {
             for e in &r.events {
-                if let Some(name) = rules::EVENTS.iter().find(|n| **n == e.as_str()) {
-                    self.by_event.entry(name).or_default().push(i);
-                }
+                self.by_event.entry(*e).or_default().push(i);
             }
         }
         self.rules = rules;
@@ -304,7 +302,11 @@ impl Detector {
     /// filter: decided at the connect itself).
     pub fn watched_comms(&self) -> Vec<[u8; 16]> {
         let mut lits = Vec::new();
-        for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.events.contains(&EventType::Connect))
+        {
             r.condition.literals(Field::ProcessName, &mut lits);
         }
         let mut out: Vec<[u8; 16]> = lits
@@ -326,7 +328,11 @@ impl Detector {
     /// Ports that connect rules ask about (kernel filter).
     pub fn watched_ports(&self) -> Vec<u16> {
         let mut lits = Vec::new();
-        for r in self.rules.iter().filter(|r| r.events.contains("connect")) {
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.events.contains(&EventType::Connect))
+        {
             r.condition.literals(Field::Port, &mut lits);
         }
         let mut ports: Vec<u16> = lits
@@ -348,7 +354,7 @@ impl Detector {
         for r in self
             .rules
             .iter()
-            .filter(|r| r.events.contains("file_write"))
+            .filter(|r| r.events.contains(&EventType::FileWrite))
         {
             r.condition.literals(Field::Path, &mut lits);
         }
@@ -415,7 +421,7 @@ impl Detector {
     }
 
     fn consider_watch(&mut self, pid: u32) {
-        let connect_rules = match self.by_event.get("connect") {
+        let connect_rules = match self.by_event.get(&EventType::Connect) {
             Some(r) if !r.is_empty() => r.clone(),
             _ => return,
         };
@@ -423,7 +429,7 @@ impl Detector {
             return;
         };
         let subject = Subject {
-            event: "connect",
+            event: EventType::Connect,
             lineage: self.table.lineage(pid).into_iter().cloned().collect(),
             process: p,
             details: BTreeMap::new(),
@@ -448,9 +454,23 @@ impl Detector {
         match e.op {
             ProcessOp::Exec => {
                 self.consider_watch(e.pid);
-                self.evaluate("exec", e.pid, BTreeMap::new(), None, unix_ms(e.time), out);
+                self.evaluate(
+                    EventType::Exec,
+                    e.pid,
+                    BTreeMap::new(),
+                    None,
+                    unix_ms(e.time),
+                    out,
+                );
                 for pid in relinked {
-                    self.evaluate("exec", pid, BTreeMap::new(), None, unix_ms(e.time), out);
+                    self.evaluate(
+                        EventType::Exec,
+                        pid,
+                        BTreeMap::new(),
+                        None,
+                        unix_ms(e.time),
+                        out,
+                    );
                 }
             }
             ProcessOp::Exit => {
@@ -477,7 +497,7 @@ impl Detector {
                     t.exe = exe.to_string_lossy().into_owned().into();
                 }
                 target = Some(t);
-                "ptrace"
+                EventType::Ptrace
             }
             SecurityAction::SetId { id, old, new } => {
                 details.insert("old_uid".into(), old.to_string());
@@ -487,9 +507,9 @@ impl Detector {
                         // Keep the table current: the process now runs as the new uid
                         // (the finding shows the uid it had before in `old_uid`).
                         self.table.set_uid(e.pid, *new);
-                        "setuid"
+                        EventType::SetUid
                     }
-                    IdKind::Gid => "setgid",
+                    IdKind::Gid => EventType::SetGid,
                 }
             }
             SecurityAction::ModuleLoad { fd, file } => {
@@ -501,7 +521,7 @@ impl Detector {
                         details.insert("path".into(), p.to_string_lossy().into_owned());
                     }
                 }
-                "module_load"
+                EventType::ModuleLoad
             }
             SecurityAction::FileWrite { dir, name, .. } => {
                 let Some((dir, _)) = self.dirs.get(dir) else {
@@ -510,7 +530,7 @@ impl Detector {
                 details.insert("path".into(), lexical_join(dir, name));
                 details.insert("operation".into(), "open_for_write".into());
                 self.watch.files = true;
-                "file_write"
+                EventType::FileWrite
             }
             SecurityAction::LinkWrite { file, opened_as } => {
                 let Some(file) = self.files.get(file) else {
@@ -520,7 +540,7 @@ impl Detector {
                 details.insert("opened_as".into(), opened_as.clone());
                 details.insert("operation".into(), "open_for_write".into());
                 self.watch.files = true;
-                "file_write"
+                EventType::FileWrite
             }
             SecurityAction::Rename { dir, name } => {
                 // Absolute rename paths come whole; the rest relative to a directory.
@@ -536,17 +556,17 @@ impl Detector {
                 details.insert("path".into(), path);
                 details.insert("operation".into(), "rename".into());
                 self.watch.files = true;
-                "file_write"
+                EventType::FileWrite
             }
             SecurityAction::Connect { remote, port } => {
                 details.insert("port".into(), port.to_string());
                 details.insert("remote_addr".into(), remote.to_string());
-                "connect"
+                EventType::Connect
             }
             SecurityAction::Listen { local, port } => {
                 details.insert("port".into(), port.to_string());
                 details.insert("local_addr".into(), local.to_string());
-                "listen"
+                EventType::Listen
             }
         };
         self.evaluate(event, e.pid, details, target, unix_ms(e.time), out);
@@ -554,14 +574,14 @@ impl Detector {
 
     fn evaluate(
         &mut self,
-        event: &'static str,
+        event: EventType,
         pid: u32,
         details: BTreeMap<String, String>,
         target: Option<Proc>,
         time_ms: i64,
         out: &mut Vec<pb::Finding>,
     ) {
-        let Some(idx) = self.by_event.get(event) else {
+        let Some(idx) = self.by_event.get(&event) else {
             return;
         };
         if idx.is_empty() {
@@ -633,7 +653,7 @@ impl Detector {
                 severity: rule.severity.as_str().to_string(),
                 mitre: rule.mitre.clone(),
                 time_unix_ms: time_ms,
-                event: event.to_string(),
+                event: event.name().to_string(),
                 process: Some(pb_process(&subject.process)),
                 parent: subject.lineage.first().map(pb_process),
                 ancestors: subject.lineage.iter().skip(1).map(pb_process).collect(),

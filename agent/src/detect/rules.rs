@@ -23,17 +23,54 @@ use std::{collections::BTreeSet, fmt, path::Path, time::Duration};
 use regex::Regex;
 use yaml_serde::Value;
 
-/// The kinds of event a rule can ask about.
-pub const EVENTS: [&str; 8] = [
-    "exec",
-    "ptrace",
-    "setuid",
-    "setgid",
-    "module_load",
-    "file_write",
-    "connect",
-    "listen",
-];
+/// The kinds of event a rule can ask about, as rule files name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    Exec,
+    Ptrace,
+    SetUid,
+    SetGid,
+    ModuleLoad,
+    FileWrite,
+    Connect,
+    Listen,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        Self::Exec,
+        Self::Ptrace,
+        Self::SetUid,
+        Self::SetGid,
+        Self::ModuleLoad,
+        Self::FileWrite,
+        Self::Connect,
+        Self::Listen,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Ptrace => "ptrace",
+            Self::SetUid => "setuid",
+            Self::SetGid => "setgid",
+            Self::ModuleLoad => "module_load",
+            Self::FileWrite => "file_write",
+            Self::Connect => "connect",
+            Self::Listen => "listen",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+impl serde::Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
 
 /// Declares `Field`, one variant per field a rule may test, with its name in rule
 /// files and what it holds: a rule's field names are turned into these at load, and
@@ -66,7 +103,7 @@ macro_rules! fields {
 }
 
 fields! {
-    Event = "event": "the event type (see EVENTS)",
+    Event = "event": "the event type (see EventType)",
     ProcessExe = "process.exe": "path of the program",
     ProcessName = "process.name": "the kernel's short name (comm)",
     ProcessCmdline = "process.cmdline": "arguments joined by spaces",
@@ -212,7 +249,7 @@ pub struct Rule {
     pub description: String,
     pub severity: Severity,
     pub mitre: Vec<String>,
-    pub events: BTreeSet<String>,
+    pub events: BTreeSet<EventType>,
     pub condition: Cond,
     pub exceptions: Vec<Cond>,
     pub dedup: Duration,
@@ -431,17 +468,19 @@ fn compile(r: &RawRule, source: &str) -> Result<Rule, String> {
             ));
         }
     }
-    let events: BTreeSet<String> = match &r.events {
-        Some(v) => v.texts().into_iter().collect(),
+    let names = match &r.events {
+        Some(v) => v.texts(),
         None => return Err("`events` is missing".into()),
     };
-    for e in &events {
-        if !EVENTS.contains(&e.as_str()) {
+    let mut events = BTreeSet::new();
+    for e in &names {
+        let Some(t) = EventType::parse(e) else {
             return Err(format!(
                 "unknown event `{e}` (known: {})",
-                EVENTS.join(", ")
+                EventType::ALL.map(EventType::name).join(", ")
             ));
-        }
+        };
+        events.insert(t);
     }
     let condition = cond(r.condition.as_ref().ok_or("`condition` is missing")?)?;
     let exceptions = match &r.exceptions {
@@ -740,7 +779,10 @@ rules:
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: {regex: '('}}\n").unwrap_err();
         assert!(e.reason.contains("bad regex"), "{e}");
         let e = parse("bad.yaml", "rules:\n  - id: a\n   bad indent: [\n").unwrap_err();
-        assert!(e.line >= 2 && e.reason.contains("not a valid rule file"), "{e}");
+        assert!(
+            e.line >= 2 && e.reason.contains("not a valid rule file"),
+            "{e}"
+        );
         assert!(e.column > 0, "the parser's column: {e}");
         assert!(
             e.to_string()
