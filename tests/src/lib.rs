@@ -469,8 +469,8 @@ pub fn cgroup_id(pid: u32) -> u64 {
         .ino()
 }
 
-/// Runs `vigil ARGS`, insists it succeeded, and parses its stdout as one JSON value.
-pub fn vigil_json(args: &[&str]) -> serde_json::Value {
+/// Runs `vigil ARGS`, insists it succeeded, and returns its stdout.
+pub fn vigil_stdout(args: &[&str]) -> Vec<u8> {
     let out = Command::new(vigil_bin())
         .args(args)
         .output()
@@ -480,10 +480,16 @@ pub fn vigil_json(args: &[&str]) -> serde_json::Value {
         "vigil {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    out.stdout
+}
+
+/// Runs `vigil ARGS`, insists it succeeded, and parses its stdout as one JSON value.
+pub fn vigil_json(args: &[&str]) -> serde_json::Value {
+    let stdout = vigil_stdout(args);
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| {
         panic!(
             "vigil {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     })
 }

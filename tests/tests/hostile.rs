@@ -477,36 +477,19 @@ fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
         "saturated: {extreme}"
     );
     assert!(list.iter().all(|h| h["agent_id"] != "huge"));
-    // The human listing escapes control characters.
-    let out = Command::new(vigil_bin())
-        .args(["hosts", "--collector", &collector.addr])
-        .output()
-        .expect("vigil hosts");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
-        "raw control characters printed"
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    // The human listings escape control characters.
+    let escaped = |args: &[&str]| -> String {
+        let out = vigil_tests::vigil_stdout(args);
+        assert!(
+            !out.contains(&0x1b) && !out.contains(&0x07),
+            "raw control characters printed by vigil {args:?}"
+        );
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let text = escaped(&["hosts", "--collector", &collector.addr]);
     assert!(text.contains("\\x1b]52;c;aGk=\\x07"), "{text}");
-    let out = Command::new(vigil_bin())
-        .args(["host", "evil\x1b[2J", "--collector", &collector.addr])
-        .output()
-        .expect("vigil host");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
-        "raw control characters printed"
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("evil\\x1b[2J"));
+    let text = escaped(&["host", "evil\x1b[2J", "--collector", &collector.addr]);
+    assert!(text.contains("evil\\x1b[2J"), "{text}");
     agent.keeps_being_acked(&collector, 1);
     agent.stop();
 }
