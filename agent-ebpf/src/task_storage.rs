@@ -58,10 +58,7 @@ impl<T> TaskStorage<T> {
     #[inline(always)]
     pub fn current_or_create(&self) -> Option<&mut T> {
         // SAFETY: helper without arguments.
-        self.get(
-            unsafe { bpf_get_current_task_btf() },
-            BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
-        )
+        self.of_task_or_create(unsafe { bpf_get_current_task_btf() })
     }
 
     /// `task`'s value, created zeroed if it doesn't exist yet.

@@ -2,8 +2,8 @@
 //!
 //! Data path: `probes` (kernel programs, ring buffer reader) → `trace` (one-shot
 //! views for the CLI) and, in later stages, pipeline/export/query.
-pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod export;
 pub mod histogram;
@@ -14,6 +14,8 @@ pub mod privileges;
 pub mod probes;
 pub mod query;
 pub mod spool;
+pub mod startup;
 pub mod syscall_table;
 pub mod trace;
-pub mod units;
+/// Durations and sizes (one grammar with the collector's): the `vigil-units` crate.
+pub use vigil_units as units;

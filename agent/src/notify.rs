@@ -4,10 +4,6 @@
 //! `NOTIFY_SOCKET`; a failure to notify is logged, never fatal.
 use sd_notify::NotifyState;
 
-/// The variable carrying the collector's bound address next to `READY=1` (the service
-/// manager ignores variables it does not know; tests and tools read it).
-pub const LISTEN_VAR: &str = "VIGIL_LISTEN";
-
 fn send(states: &[NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
@@ -20,16 +16,6 @@ fn send(states: &[NotifyState<'_>]) {
 /// The daemon serves: probes attached, sockets listening.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
-}
-
-/// The collector serves on `addr`.
-pub fn ready_listening(status: &str, addr: &str) {
-    let listen = format!("{LISTEN_VAR}={addr}");
-    send(&[
-        NotifyState::Ready,
-        NotifyState::Status(status),
-        NotifyState::Custom(&listen),
-    ]);
 }
 
 /// A reload (SIGHUP) has begun; `ready` follows when it is done.

@@ -1,6 +1,7 @@
 //! The collector: agents stream batches in (`Collector`), they are stored in an
 //! embedded SQLite database and acknowledged once committed, and the fleet is served
 //! back out (`Fleet`).
+pub mod daemon;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{collector_address, vigil_bin, vigil_json, KillOnDrop};
+use crate::{agent_command, collector_address, vigil_json, KillOnDrop};
 
 /// Waits until `cond` holds (checked every 100 ms), panicking with `what` after `max`.
 pub fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
@@ -34,8 +34,8 @@ impl Collector {
 
     pub fn start_with(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(vigil_bin());
-        cmd.args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = crate::collector_command();
+        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
             .env("VIGIL_LOG", "warn")
@@ -116,8 +116,8 @@ impl RealAgent {
             "[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n",
         )
         .expect("config");
-        let child = Command::new(vigil_bin())
-            .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+        let child = agent_command()
+            .args(["--interval", "1s", "--collector", &collector.addr])
             .args(["--agent-id", id, "--config"])
             .arg(&config)
             .arg("--data-dir")

@@ -38,6 +38,29 @@ pub fn vigil_bin() -> PathBuf {
     path
 }
 
+/// A daemon's own binary, next to the `vigil` CLI under test: `vigil-agent` or
+/// `vigil-collector`, what the packages run (the CLI's `vigil agent` and `vigil
+/// collector` run the same code).
+pub fn daemon_bin(which: &str) -> PathBuf {
+    let path = vigil_bin().with_file_name(format!("vigil-{which}"));
+    assert!(
+        path.exists(),
+        "{} not found next to the vigil CLI: `cargo xtask test` builds it",
+        path.display()
+    );
+    path
+}
+
+/// `vigil-agent`, to be given its flags.
+pub fn agent_command() -> Command {
+    Command::new(daemon_bin("agent"))
+}
+
+/// `vigil-collector`, to be given its flags.
+pub fn collector_command() -> Command {
+    Command::new(daemon_bin("collector"))
+}
+
 /// A running `vigil` command: stdout collected, stderr watched for readiness.
 pub struct Vigil {
     child: Child,
@@ -47,11 +70,16 @@ pub struct Vigil {
 }
 
 impl Vigil {
-    /// Starts `vigil ARGS` and waits until its probes are attached: `vigil agent`
-    /// says so with READY=1 (sd_notify), `vigil trace` on stderr.
+    /// Starts `vigil ARGS` and waits until its probes are attached: the agent (`agent
+    /// ...` runs the `vigil-agent` daemon) says so with READY=1 (sd_notify), `vigil
+    /// trace` on stderr.
     pub fn start(args: &[&str]) -> Self {
         let daemon = args.first() == Some(&"agent");
-        let mut cmd = Command::new(vigil_bin());
+        let (mut cmd, args) = if daemon {
+            (agent_command(), &args[1..])
+        } else {
+            (Command::new(vigil_bin()), args)
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -6,7 +6,9 @@ use std::{
 };
 
 use serde_json::Value;
-use vigil_tests::{require_root, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop, Workload};
+use vigil_tests::{
+    agent_command, require_root, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop, Workload,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -14,9 +16,8 @@ const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 /// its first sample is in.
 fn start_agent(dir: &std::path::Path) -> (KillOnDrop, String) {
     let socket = dir.join("agent.sock").display().to_string();
-    let child = Command::new(vigil_bin())
+    let child = agent_command()
         .args([
-            "agent",
             "--interval",
             "1s",
             "--top",
@@ -254,8 +255,8 @@ fn the_agent_reports_ready_reloading_and_stopping_the_systemd_way() {
     let notify = vigil_tests::Notify::new();
     let mut child = notify
         .arm(
-            Command::new(vigil_bin())
-                .args(["agent", "--interval", "1s", "--socket", &socket])
+            agent_command()
+                .args(["--interval", "1s", "--socket", &socket])
                 .arg("--data-dir")
                 .arg(dir.path().join("state"))
                 .stdout(Stdio::null())

@@ -11,7 +11,9 @@ use std::{
 };
 
 use serde_json::Value;
-use vigil_tests::{require_root, vigil_bin, vigil_json, KillOnDrop, NetnsPair, Workload};
+use vigil_tests::{
+    daemon_bin, require_root, vigil_bin, vigil_json, KillOnDrop, NetnsPair, Workload,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -22,23 +24,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `cmd` run inside network namespace `netns` when given.
-fn command(netns: Option<&str>) -> Command {
+/// `bin` (the CLI, `vigil-agent`, `vigil-collector`) run inside network namespace
+/// `netns` when given.
+fn command(bin: std::path::PathBuf, netns: Option<&str>) -> Command {
     match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(vigil_bin());
+            c.args(["netns", "exec", ns]).arg(bin);
             c
         }
-        None => Command::new(vigil_bin()),
+        None => Command::new(bin),
     }
 }
 
 /// A `vigil collector` on `addr` with its data in `dir`; returns once it listens.
 fn start_collector(addr: &str, dir: &Path, netns: Option<&str>) -> KillOnDrop {
     let (child, _, lines) = vigil_tests::collector_address(
-        command(netns)
-            .args(["collector", "--listen", addr, "--data-dir"])
+        command(daemon_bin("collector"), netns)
+            .args(["--listen", addr, "--data-dir"])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -57,8 +60,8 @@ impl Agent {
     fn start(config: &Path, netns: Option<&str>) -> Self {
         // Ready (READY=1: probes attached, API listening) before the test goes on.
         let (mut child, _) = vigil_tests::spawn_ready(
-            command(netns)
-                .args(["agent", "--config"])
+            command(daemon_bin("agent"), netns)
+                .arg("--config")
                 .arg(config)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped()),
@@ -177,7 +180,7 @@ fn agent_config(
 
 /// This agent's row in `vigil hosts --json`.
 fn host_row(addr: &str, agent_id: &str, netns: Option<&str>) -> Option<Value> {
-    let out = command(netns)
+    let out = command(vigil_bin(), netns)
         .args(["hosts", "--collector", addr, "--json"])
         .output()
         .expect("vigil hosts");
@@ -446,9 +449,9 @@ fn a_slowly_acking_collector_does_not_grow_agent_memory() {
     let id = format!("chaos-slow-{}", std::process::id());
     // 1,500 batches of ~40 KB already waiting in the spool: 60 MB on disk.
     {
-        let mut spool = vigil::spool::Spool::open(
+        let mut spool = vigil_agent::spool::Spool::open(
             &dir.path().join("agent/spool"),
-            vigil::config::SpoolConfig::default(),
+            vigil_agent::config::SpoolConfig::default(),
         )
         .expect("spool");
         for i in 0..1500u32 {

@@ -18,7 +18,7 @@ use std::{
 };
 
 use vigil_proto::v1::{Finding, FindingsRequest, StatsRequest};
-use vigil_tests::{require_root, vigil_bin, KillOnDrop, Vigil};
+use vigil_tests::{collector_command, require_root, vigil_bin, KillOnDrop, Vigil};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 /// The bound for a finding to arrive.
@@ -98,7 +98,7 @@ impl Agent {
 
     fn findings(&self, since_ms: i64) -> Vec<Finding> {
         rt().block_on(async {
-            let mut c = vigil::query::api::connect(&self.socket)
+            let mut c = vigil_agent::query::api::connect(&self.socket)
                 .await
                 .expect("agent API");
             let (mut all, mut page_token) = (Vec::new(), String::new());
@@ -123,7 +123,7 @@ impl Agent {
 
     fn stats(&self) -> vigil_proto::v1::AgentSelf {
         rt().block_on(async {
-            let mut c = vigil::query::api::connect(&self.socket)
+            let mut c = vigil_agent::query::api::connect(&self.socket)
                 .await
                 .expect("agent API");
             loop {
@@ -184,7 +184,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn now_ms() -> i64 {
-    vigil::export::convert::unix_ms(std::time::SystemTime::now())
+    vigil_agent::export::convert::unix_ms(std::time::SystemTime::now())
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
@@ -1093,8 +1093,8 @@ fn findings_reach_the_collector() {
     let addr = format!("127.0.0.1:{port}");
     let cdir = tempfile::tempdir().unwrap();
     let mut collector = KillOnDrop(
-        Command::new(vigil_bin())
-            .args(["collector", "--listen", &addr, "--data-dir"])
+        collector_command()
+            .args(["--listen", &addr, "--data-dir"])
             .arg(cdir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

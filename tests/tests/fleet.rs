@@ -11,7 +11,10 @@ use vigil_proto::v1::{
     collector_client::CollectorClient, fleet_client::FleetClient, Batch, HostIdentity, HostMetrics,
     ListHostsRequest,
 };
-use vigil_tests::{collector_address, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop};
+use vigil_tests::{
+    agent_command, collector_address, collector_command, sysinfo_mem_total, vigil_bin, vigil_json,
+    KillOnDrop,
+};
 
 /// A `vigil collector` on an ephemeral loopback port, with its own data directory.
 struct Collector {
@@ -24,8 +27,8 @@ struct Collector {
 fn start_collector() -> Collector {
     let dir = tempfile::tempdir().expect("tempdir");
     let (child, addr, lines) = collector_address(
-        Command::new(vigil_bin())
-            .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+        collector_command()
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .stderr(Stdio::piped())
             .stdout(Stdio::null()),
@@ -54,9 +57,8 @@ fn an_agent_streams_to_a_collector_and_the_cli_reads_it_back() {
     let agent_id = format!("e2e-{}", std::process::id());
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, _) = vigil_tests::spawn_ready(
-        Command::new(vigil_bin())
+        agent_command()
             .args([
-                "agent",
                 "--interval",
                 "1s",
                 "--top",

@@ -15,6 +15,7 @@ use vigil_proto::v1::{
     collector_client::CollectorClient, Batch, Finding, HostIdentity, HostMetrics, Losses,
 };
 use vigil_tests::{
+    agent_command,
     daemons::{wait_until, Collector, RealAgent},
     vigil_bin, vigil_json, KillOnDrop,
 };
@@ -807,8 +808,8 @@ impl DetectingAgent {
         // Ready (READY=1) before the test goes on; what it logged on the way stays
         // in the pipe for wait_line.
         let (mut child, _) = vigil_tests::spawn_ready(
-            Command::new(vigil_bin())
-                .args(["agent", "--interval", "1s", "--collector", &collector.addr])
+            agent_command()
+                .args(["--interval", "1s", "--collector", &collector.addr])
                 .args(["--agent-id", id, "--config"])
                 .arg(&path)
                 .arg("--data-dir")

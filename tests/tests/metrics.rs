@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use vigil::metrics::{Roots, Sampler};
+use vigil_agent::metrics::{Roots, Sampler};
 use vigil_tests::{sysinfo_mem_total, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");

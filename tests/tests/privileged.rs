@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
-use vigil::probes::{Probe, ProbeSettings, ProbeState, Probes};
+use vigil_agent::probes::{Probe, ProbeSettings, ProbeState, Probes};
 use vigil_tests::{
     cgroup_id, in_netns, require_root, tcp_retrans_segs, KillOnDrop, NetnsPair, Vigil, Workload,
 };
@@ -215,7 +215,7 @@ fn check_retransmits(tag: &str, addr_a: &'static str, addr_b: &'static str) {
     ));
 
     // bpftrace, like vigil, needs tracefs; vigil mounts it when missing, bpftrace doesn't.
-    vigil::probes::tracefs::tracefs_root().expect("tracefs");
+    vigil_agent::probes::tracefs::tracefs_root().expect("tracefs");
     // An independent witness on the same tracepoint.
     let script = format!(
         "tracepoint:tcp:tcp_retransmit_skb /args->dport == {PORT} || args->sport == {PORT}/ {{ @n = count(); }} \
@@ -364,7 +364,7 @@ fn a_probe_that_cannot_attach_leaves_the_others_working() {
         Probes::load(&settings).expect("the object loads even though one probe can't attach");
     match probes.state(Probe::TcpRetransmit) {
         ProbeState::Off(e) => {
-            let why = vigil::probes::error_chain(e);
+            let why = vigil_agent::probes::error_chain(e);
             assert!(
                 why.contains("vigil_no_such_tracepoint"),
                 "the reason names the tracepoint: {why}"

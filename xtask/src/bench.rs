@@ -69,6 +69,10 @@ pub enum Bench {
         /// Agent interval and scrape interval, in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
+        /// Another build's `vigil` binary (an earlier version) whose agent runs side by
+        /// side with this build's, streaming to the same collector.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
 }
 
@@ -169,15 +173,16 @@ fn spawn_peer(cmd: &mut Command, ready: &str, settle: Duration) -> anyhow::Resul
 
 fn attach(config: &Config, vigil: &std::path::Path) -> anyhow::Result<Attached> {
     let ready = "vigil: tracing";
+    let bench = crate::sibling(vigil, "vigil-bench");
     Ok(match config {
         Config::None => Attached(None),
         Config::Variant(name, _) => spawn_peer(
-            Command::new(vigil).args(["hold-probes", "--variant", name]),
+            Command::new(&bench).args(["hold-probes", "--variant", name]),
             ready,
             Duration::ZERO,
         )?,
         Config::Shipped => spawn_peer(
-            Command::new(vigil).arg("hold-probes"),
+            Command::new(&bench).arg("hold-probes"),
             ready,
             Duration::ZERO,
         )?,
@@ -196,8 +201,9 @@ fn attach(config: &Config, vigil: &std::path::Path) -> anyhow::Result<Attached> 
     })
 }
 
-/// The variants the vigil binary carries, as (name, description).
+/// The variants the benchmark's eBPF object carries, as (name, description).
 fn variants(vigil: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let vigil = &crate::sibling(vigil, "vigil-bench");
     let out = Command::new(vigil)
         .args(["hold-probes", "--list-variants"])
         .output()
@@ -256,7 +262,11 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             batches,
             baseline,
         } => return collector(vigil, agents, batches, baseline.as_deref()),
-        Bench::Footprint { seconds, interval } => return footprint(vigil, seconds, interval),
+        Bench::Footprint {
+            seconds,
+            interval,
+            baseline,
+        } => return footprint(vigil, seconds, interval, baseline.as_deref()),
         Bench::Exec { execs, rounds } => return exec(vigil, execs, rounds),
         Bench::Api { execs, baseline } => return api(vigil, execs, baseline.as_deref()),
     };
@@ -373,14 +383,29 @@ pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:"), kib("VmHWM:"))
 }
 
-/// Starts `vigil collector` on an ephemeral port with a fresh store; returns it and its address.
+/// A daemon (`agent` or `collector`) of the build whose `vigil` CLI is at `vigil`: its
+/// own binary (`vigil-agent`) when the build has one, else `vigil agent` (a baseline
+/// from before the daemons had their own binaries).
+pub(crate) fn daemon(vigil: &std::path::Path, which: &str) -> Command {
+    let own = crate::sibling(vigil, &format!("vigil-{which}"));
+    if own.exists() {
+        Command::new(own)
+    } else {
+        let mut cmd = Command::new(vigil);
+        cmd.arg(which);
+        cmd
+    }
+}
+
+/// Starts the collector of `vigil`'s build on an ephemeral port with a fresh store;
+/// returns it and its address.
 pub(crate) fn start_collector(
     vigil: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(Attached, String)> {
     let _ = std::fs::remove_dir_all(data_dir);
-    let mut child = Command::new(vigil)
-        .args(["collector", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut child = daemon(vigil, "collector")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -425,9 +450,9 @@ fn ingest(
         .map(|c| c.id())
         .context("collector pid")?;
     let cpu_before = cpu_seconds(pid)?;
-    let out = Command::new(load)
+    let out = Command::new(crate::sibling(load, "vigil-bench"))
         .args([
-            "bench-ingest",
+            "ingest",
             "--collector",
             &addr,
             "--agents",
@@ -523,31 +548,71 @@ fn collector(
     Ok(())
 }
 
-fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Result<()> {
-    crate::setup::bench_packages()?;
-    let dir = crate::workspace_root().join("target/bench-footprint");
-    let (collector, addr) = start_collector(vigil, &dir)?;
-    let agent = Attached(Some(
-        Command::new(vigil)
+/// An agent of `vigil`'s build streaming to `addr` with id `id`, as the footprint
+/// benchmark runs it.
+fn footprint_agent(
+    vigil: &std::path::Path,
+    interval: u64,
+    addr: &str,
+    id: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Attached> {
+    Ok(Attached(Some(
+        daemon(vigil, "agent")
             .args([
-                "agent",
                 "--interval",
                 &format!("{interval}s"),
                 "--top",
                 "0",
                 "--no-api",
                 "--collector",
-                &addr,
+                addr,
                 "--agent-id",
-                "footprint",
+                id,
             ])
             .arg("--data-dir")
-            .arg(dir.join("agent"))
+            .arg(dir.join(id))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting the agent")?,
-    ));
+            .with_context(|| format!("starting the agent {id}"))?,
+    )))
+}
+
+/// The binary an agent of `vigil`'s build runs from, and its size in MiB.
+fn agent_binary(vigil: &std::path::Path) -> (String, f64) {
+    let own = crate::sibling(vigil, "vigil-agent");
+    let bin = if own.exists() {
+        own
+    } else {
+        vigil.to_path_buf()
+    };
+    let size = std::fs::metadata(&bin).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
+    (bin.display().to_string(), size)
+}
+
+fn footprint(
+    vigil: &std::path::Path,
+    seconds: u64,
+    interval: u64,
+    baseline: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    crate::setup::bench_packages()?;
+    let dir = crate::workspace_root().join("target/bench-footprint");
+    let (collector, addr) = start_collector(vigil, &dir)?;
+    // This build's agent and (side by side, same host, same time) a baseline's.
+    let mut agents = vec![(
+        "this build".to_string(),
+        agent_binary(vigil),
+        footprint_agent(vigil, interval, &addr, "footprint", &dir)?,
+    )];
+    if let Some(b) = baseline {
+        agents.push((
+            "baseline".to_string(),
+            agent_binary(b),
+            footprint_agent(b, interval, &addr, "footprint-baseline", &dir)?,
+        ));
+    }
     let listen = "127.0.0.1:19100";
     let exporter = Attached(Some(
         Command::new("prometheus-node-exporter")
@@ -557,10 +622,9 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
             .spawn()
             .context("starting prometheus-node-exporter")?,
     ));
-    let (agent_pid, exporter_pid) = (
-        agent.0.as_ref().map(|c| c.id()).unwrap_or(0),
-        exporter.0.as_ref().map(|c| c.id()).unwrap_or(0),
-    );
+    let pid_of = |a: &Attached| a.0.as_ref().map(|c| c.id()).unwrap_or(0);
+    let exporter_pid = pid_of(&exporter);
+    let agent_pids: Vec<u32> = agents.iter().map(|(_, _, a)| pid_of(a)).collect();
     let scrape = || -> anyhow::Result<usize> {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect(listen)?;
@@ -571,7 +635,14 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
     };
     std::thread::sleep(Duration::from_secs(5));
     scrape().context("scraping node_exporter")?;
-    let (a0, e0) = (cpu_seconds(agent_pid)?, cpu_seconds(exporter_pid)?);
+    let cpu_all = || -> anyhow::Result<Vec<f64>> {
+        agent_pids
+            .iter()
+            .chain([&exporter_pid])
+            .map(|&p| cpu_seconds(p))
+            .collect()
+    };
+    let before = cpu_all()?;
     let start = Instant::now();
     let mut scraped = 0usize;
     while start.elapsed() < Duration::from_secs(seconds) {
@@ -582,31 +653,47 @@ fn footprint(vigil: &std::path::Path, seconds: u64, interval: u64) -> anyhow::Re
         scraped += scrape().context("scraping node_exporter")?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (a1, e1) = (cpu_seconds(agent_pid)?, cpu_seconds(exporter_pid)?);
-    let (arss, apeak) = rss_mib(agent_pid);
-    let (erss, epeak) = rss_mib(exporter_pid);
-    drop((agent, exporter, collector));
+    let after = cpu_all()?;
+    let cpu: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let rss: Vec<(f64, f64)> = agent_pids
+        .iter()
+        .chain([&exporter_pid])
+        .map(|&p| rss_mib(p))
+        .collect();
+    drop((exporter, collector));
     let per_hour = |cpu: f64| cpu / elapsed * 3600.0;
     println!("bench footprint: {elapsed:.0} s after a 5 s warm-up, interval {interval} s; the agent runs its eBPF probes{} and streams to a local collector; node_exporter is scraped every {interval} s ({scraped} bytes in all)",
         if crate::is_root() { "" } else { " (NOT: not root)" });
     println!();
-    println!("| process | CPU s per hour | RSS MiB | peak RSS MiB |");
-    println!("|---|---:|---:|---:|");
+    println!("| process | binary | binary MiB | CPU s per hour | RSS MiB | peak RSS MiB |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (i, (name, (bin, size), _)) in agents.iter().enumerate() {
+        println!(
+            "| agent, {name} | {bin} | {size:.1} | {:.1} | {:.1} | {:.1} |",
+            per_hour(cpu[i]),
+            rss[i].0,
+            rss[i].1
+        );
+    }
+    let e = agents.len();
     println!(
-        "| vigil agent | {:.1} | {arss:.1} | {apeak:.1} |",
-        per_hour(a1 - a0)
+        "| prometheus-node-exporter | | | {:.1} | {:.1} | {:.1} |",
+        per_hour(cpu[e]),
+        rss[e].0,
+        rss[e].1
     );
-    println!(
-        "| prometheus-node-exporter | {:.1} | {erss:.1} | {epeak:.1} |",
-        per_hour(e1 - e0)
-    );
+    drop(agents);
     println!();
     println!(
         "target: the agent at or below node_exporter on both: CPU {} ({:.2}x), RSS {} ({:.2}x)",
-        if a1 - a0 <= e1 - e0 { "met" } else { "NOT met" },
-        (a1 - a0) / (e1 - e0),
-        if arss <= erss { "met" } else { "NOT met" },
-        arss / erss
+        if cpu[0] <= cpu[e] { "met" } else { "NOT met" },
+        cpu[0] / cpu[e],
+        if rss[0].0 <= rss[e].0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        rss[0].0 / rss[e].0
     );
     Ok(())
 }
@@ -734,8 +821,8 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                 2 => {
                     let _ = std::fs::remove_dir_all(dir.join("data"));
                     Some(start_tracer(
-                        Command::new(vigil)
-                            .args(["agent", "--interval", "1s", "--config"])
+                        daemon(vigil, "agent")
+                            .args(["--interval", "1s", "--config"])
                             .arg(dir.join("agent.toml"))
                             .arg("--socket")
                             .arg(&socket)
@@ -881,8 +968,8 @@ fn api_case(
     )?;
     let socket = dir.join("agent.sock");
     let agent = Attached(Some(
-        Command::new(agent_bin)
-            .args(["agent", "--config"])
+        daemon(agent_bin, "agent")
+            .arg("--config")
             .arg(&config)
             .arg("--socket")
             .arg(&socket)

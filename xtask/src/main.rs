@@ -77,9 +77,30 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The binaries: the `vigil` CLI, the two daemons and the benchmark's programs, side by
+/// side in one directory (see `sibling`).
+const PACKAGES: [&str; 8] = [
+    "--package",
+    "vigil",
+    "--package",
+    "vigil-agent",
+    "--package",
+    "vigil-collector",
+    "--package",
+    "vigil-bench",
+];
+
+/// Builds every binary in release; returns the `vigil` CLI's path.
 fn build_release() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--package", "vigil", "--bin", "vigil"]))?;
+    run(cargo()
+        .args(["build", "--release", "--bins"])
+        .args(PACKAGES))?;
     Ok(workspace_root().join("target/release/vigil"))
+}
+
+/// Another binary of the same build, next to the `vigil` CLI at `vigil`.
+pub(crate) fn sibling(vigil: &std::path::Path, name: &str) -> PathBuf {
+    vigil.with_file_name(name)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -143,8 +164,8 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     );
     // SAFETY: the handler does nothing, so it is async-signal-safe.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
-    let mut collector = with_parent(Command::new(bin))
-        .args(["collector", "--listen", addr, "--data-dir"])
+    let mut collector = with_parent(bench::daemon(bin, "collector"))
+        .args(["--listen", addr, "--data-dir"])
         .arg(&data_dir)
         .spawn()
         .context("starting the collector")?;
@@ -160,8 +181,8 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     std::fs::create_dir_all(&run_dir).context("creating target/vigil-run")?;
     let log = std::fs::File::create(run_dir.join("agent.log"))
         .context("creating target/vigil-run/agent.log")?;
-    let mut agent = with_parent(Command::new(bin))
-        .args(["agent", "--collector", addr, "--top", "0", "--socket"])
+    let mut agent = with_parent(bench::daemon(bin, "agent"))
+        .args(["--collector", addr, "--top", "0", "--socket"])
         .arg(&socket)
         .arg("--data-dir")
         .arg(run_dir.join("agent"))
@@ -227,8 +248,9 @@ fn test() -> anyhow::Result<()> {
         "--exclude",
         "vigil-tests",
     ]))?;
-    // Privileged tests run the real `vigil` binary against the kernel.
-    run(cargo().args(["build", "--package", "vigil", "--bin", "vigil"]))?;
+    // Privileged tests run the real binaries (the `vigil` CLI, the `vigil-agent` and
+    // `vigil-collector` daemons) against the kernel.
+    run(cargo().args(["build", "--bins"]).args(PACKAGES))?;
     let vigil = workspace_root().join("target/debug/vigil");
     if !is_root() {
         if std::env::var_os("CI").is_some() {

@@ -46,8 +46,8 @@ fn start_agent(
     let path = home.join("agent.toml");
     std::fs::write(&path, config)?;
     let log = home.join("agent.log");
-    let child = Command::new(vigil)
-        .args(["agent", "--config"])
+    let child = crate::bench::daemon(vigil, "agent")
+        .arg("--config")
         .arg(&path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)

@@ -58,7 +58,8 @@ use vigil_common::{globals, Counter, COUNTERS};
 pub use self::{events::EventReader, syscalls::SyscallVariant};
 use crate::histogram::LatencyHistogram;
 
-/// The compiled eBPF object, embedded at build time by agent/build.rs.
+/// The compiled eBPF object, embedded at build time by agent/build.rs: the shipped
+/// programs only (the benchmark's variants are in a separate object, `vigil-bench`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil"));
 
 const EVENTS_MAP: &str = "EVENTS";
@@ -220,6 +221,12 @@ impl Probes {
     /// Loads the eBPF object and attaches each requested probe independently.
     /// Fails only when nothing at all can be loaded.
     pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
+        Self::load_object(EBPF_OBJECT, settings)
+    }
+
+    /// As [`Probes::load`], from another build of the programs (the benchmark's object,
+    /// which also carries the syscall variants that the shipped one leaves out).
+    pub fn load_object(object: &[u8], settings: &ProbeSettings) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let rb = settings.ring_buffer_bytes;
         if rb < 4096 || !rb.is_power_of_two() {
@@ -292,7 +299,7 @@ impl Probes {
             // The tid hash preallocates; don't pay for it unless it is used.
             loader.map_max_entries(syscalls::START_HASH_MAP, 1);
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        let mut ebpf = loader.load(object).map_err(ProbeError::Load)?;
 
         let mut states = BTreeMap::new();
         // The sys_enter/sys_exit pair serves the latency histograms and the security
@@ -523,5 +530,36 @@ fn raise_memlock_limit() {
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SyscallVariant, EBPF_OBJECT};
+
+    fn carries(program: &str) -> bool {
+        EBPF_OBJECT
+            .windows(program.len() + 1)
+            .any(|w| &w[..program.len()] == program.as_bytes() && w[program.len()] == 0)
+    }
+
+    /// The benchmark's syscall variants are in `vigil-bench`'s object only: the agent
+    /// ships the programs it attaches and no other.
+    #[test]
+    fn the_shipped_object_carries_the_shipped_pair_and_no_benchmark_variant() {
+        let (enter, exit) = SyscallVariant::SHIPPED.programs();
+        assert!(carries(enter) && carries(exit), "{enter}/{exit} missing");
+        for v in SyscallVariant::ALL {
+            if v == SyscallVariant::SHIPPED {
+                continue;
+            }
+            let (enter, exit) = v.programs();
+            assert!(
+                !carries(enter) && !carries(exit),
+                "{} ({enter}/{exit}) is in the shipped object",
+                v.name()
+            );
+        }
+        assert!(!carries("sched_switch_spill"));
     }
 }

@@ -1,5 +1,6 @@
-//! Leaf helpers every stage uses: durations and sizes as people write them, and
-//! nanoseconds as people read them. Depends on nothing else in the crate.
+//! Durations and sizes as people write them ("90s", "7d", "8MiB"), and nanoseconds as
+//! people read them: one bounded grammar for every flag, config file and rule file of
+//! the agent, the collector and the CLI. A leaf: depends on nothing of Vigil's.
 use std::time::Duration;
 
 /// The longest duration Vigil takes anywhere (flags, config and rule files). Anything

@@ -1,0 +1,79 @@
+//! The agent daemon's command line and start, shared by the `vigil-agent` binary (what
+//! the package's unit runs) and `vigil agent` (the same daemon from the CLI).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{AgentConfig, ConfigError, Interval, LogFormat, DEFAULT_CONFIG};
+use crate::units::parse_duration;
+
+/// Run every probe in the foreground, printing a summary each interval (needs root).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Config file (TOML). Default /etc/vigil/agent.toml, if it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Sample and batch interval (overrides the file; default 10s, at least 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Syscalls at least this slow become events (overrides probes.slow_threshold).
+    #[arg(long, value_parser = parse_duration)]
+    pub slow_threshold: Option<Duration>,
+    /// Rows of the summary printed per interval; 0 prints none (overrides summary_rows).
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// Stream a batch per interval to this collector (overrides collector).
+    #[arg(long)]
+    pub collector: Option<String>,
+    /// This agent's id at the collector (overrides agent_id).
+    #[arg(long)]
+    pub agent_id: Option<String>,
+    /// Unix socket for the local query API (overrides socket).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Don't serve the local query API.
+    #[arg(long)]
+    pub no_api: bool,
+    /// The agent's state directory (overrides data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into())
+    }
+
+    /// The config file's `log.format`, if the file says (read before logging starts).
+    pub fn log_format(&self) -> Option<LogFormat> {
+        AgentConfig::log_format_of(&self.config_path())
+    }
+
+    /// The file with the flags over it, checked: what the agent runs with.
+    pub fn load(&self) -> Result<AgentConfig, ConfigError> {
+        let mut c = AgentConfig::load(&self.config_path(), self.config.is_some())?;
+        if let Some(i) = self.interval {
+            c.interval = Interval(i);
+        }
+        if let Some(t) = self.slow_threshold {
+            c.probes.slow_threshold = Interval(t);
+        }
+        c.summary_rows = self.top.unwrap_or(c.summary_rows);
+        c.collector = self.collector.clone().or(c.collector);
+        c.agent_id = self.agent_id.clone().or(c.agent_id);
+        c.socket = self.socket.clone().unwrap_or(c.socket);
+        c.api &= !self.no_api;
+        c.data_dir = self.data_dir.clone().unwrap_or(c.data_dir);
+        c.validate().map_err(|problems| ConfigError {
+            file: "(command line)".into(),
+            problems,
+        })?;
+        Ok(c)
+    }
+
+    /// Runs the agent until SIGINT/SIGTERM. The file is read at start and again on
+    /// SIGHUP; the flags override it both times.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let c = self.load()?;
+        crate::pipeline::agent::run(c, Box::new(move || self.load())).await
+    }
+}

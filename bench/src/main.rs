@@ -1,0 +1,157 @@
+//! `vigil-bench`: the programs `cargo xtask bench` runs against the product and that
+//! the product does not ship: probes held for a measurement (from the benchmark's eBPF
+//! object, which adds the syscall variants to the shipped programs) and the collector's
+//! load generator.
+use clap::Parser as _;
+use vigil_agent::startup::{self, Role, Threads};
+
+/// The benchmark's eBPF object (agent-ebpf's `vigil-bench` binary).
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VIGIL_BENCH_OBJECT"));
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "vigil-bench")]
+enum Cli {
+    /// Attach probes and hold them until SIGINT/SIGTERM.
+    HoldProbes {
+        /// A syscall probe variant (see --list-variants); default: the agent as shipped.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Print `name<TAB>description` for each variant and exit.
+        #[arg(long)]
+        list_variants: bool,
+    },
+    /// Load generator for `cargo xtask bench collector`.
+    Ingest {
+        #[arg(long)]
+        collector: String,
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        #[arg(long, default_value_t = 200)]
+        batches: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    startup::init(Role::Daemon, vigil_agent::config::LogFormat::Human);
+    match cli {
+        Cli::HoldProbes {
+            variant,
+            list_variants,
+        } => startup::run(
+            Threads::One,
+            "vigil-bench",
+            hold_probes(variant, list_variants),
+        ),
+        Cli::Ingest {
+            collector,
+            agents,
+            batches,
+        } => startup::run(
+            Threads::PerCore,
+            "vigil-bench",
+            ingest(collector, agents, batches),
+        ),
+    }
+}
+
+async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Result<()> {
+    use vigil_agent::probes::{error_chain, ProbeSettings, Probes, SyscallVariant};
+    if list_variants {
+        for v in SyscallVariant::ALL {
+            println!("{}\t{}", v.name(), v.describe());
+        }
+        return Ok(());
+    }
+    let settings = match variant {
+        // As the agent runs by default: every probe, detection's included.
+        None => ProbeSettings {
+            processes: true,
+            security: true,
+            ..ProbeSettings::default()
+        },
+        Some(name) => {
+            let v = SyscallVariant::from_name(&name)
+                .ok_or_else(|| anyhow::anyhow!("unknown variant `{name}` (see --list-variants)"))?;
+            ProbeSettings {
+                syscall_variant: v,
+                retransmits: None,
+                ..Default::default()
+            }
+        }
+    };
+    let _probes = Probes::load_object(BENCH_OBJECT, &settings)
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    vigil_agent::trace::announce("nothing: holding probes for a benchmark", None);
+    vigil_agent::trace::wait_for_stop(None).await
+}
+
+/// Load generator for `cargo xtask bench collector`: `agents` concurrent streams, each
+/// sending `batches` batches of one host sample, waiting for every ack. Prints one
+/// JSON line: batches, seconds, batches_per_sec, points_per_sec.
+async fn ingest(addr: String, agents: usize, batches: u64) -> anyhow::Result<()> {
+    use vigil_proto::v1::{collector_client::CollectorClient, Batch, HostIdentity};
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let sample =
+        vigil_agent::metrics::Sampler::new(vigil_agent::metrics::Roots::default(), 5).sample()?;
+    let metrics = vigil_agent::export::convert::host_metrics(&sample);
+    let bytes_per_batch = prost::Message::encoded_len(&Batch {
+        agent_id: "bench-0000".into(),
+        epoch: 1,
+        sequence: batches,
+        host: Some(HostIdentity {
+            agent_id: "bench-0000".into(),
+            hostname: "bench-0000".into(),
+            ..Default::default()
+        }),
+        metrics: vec![metrics.clone()],
+        ..Default::default()
+    });
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..agents {
+        let (url, metrics) = (url.clone(), metrics.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CollectorClient::connect(url).await?;
+            let id = format!("bench-{a:04}");
+            let now = vigil_agent::export::convert::unix_ms(std::time::SystemTime::now());
+            let stream = tokio_stream::iter((1..=batches).map(move |seq| Batch {
+                agent_id: id.clone(),
+                epoch: 1,
+                sequence: seq,
+                host: Some(HostIdentity {
+                    agent_id: id.clone(),
+                    hostname: id.clone(),
+                    ..Default::default()
+                }),
+                metrics: vec![vigil_proto::v1::HostMetrics {
+                    time_unix_ms: now - (batches - seq) as i64,
+                    ..metrics.clone()
+                }],
+                ..Default::default()
+            }));
+            let mut acks = client.stream(stream).await?.into_inner();
+            let mut n = 0u64;
+            while acks.message().await?.is_some() {
+                n += 1;
+            }
+            anyhow::ensure!(n == batches, "{n} of {batches} acked");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = agents as u64 * batches;
+    let points = total * vigil_collector::metrics::SCALARS.len() as u64;
+    println!(
+        "{}",
+        serde_json::json!({"batches": total, "bytes_per_batch": bytes_per_batch, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
+    );
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The `vigil` command line: its subcommands and what each runs.
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use vigil_agent::units::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Vigil host agent: eBPF syscall latency and TCP retransmits"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr: human or json (one object per line). For `vigil agent`
+    /// the config file's `log.format` applies when this is not given.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<vigil_agent::config::LogFormat>,
+}
+
+impl Cli {
+    /// The log format: the flag, else (for `vigil agent`) the config file's.
+    pub fn log_format(&self) -> vigil_agent::config::LogFormat {
+        if let Some(f) = self.log_format {
+            return f;
+        }
+        if let Command::Agent(agent) = &self.command {
+            if let Some(f) = agent.log_format() {
+                return f;
+            }
+        }
+        vigil_agent::config::LogFormat::Human
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One-shot tracing from the command line (needs root).
+    #[command(subcommand)]
+    Trace(Trace),
+    /// Run the agent in the foreground (needs root): every probe, host metrics, rules,
+    /// spool, stream, local API. The package runs the same daemon as `vigil-agent`.
+    Agent(vigil_agent::daemon::AgentArgs),
+    /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
+    /// short window, read from /proc and /sys (no root needed).
+    Stats {
+        /// Window over which rates are measured (when reading the host directly).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        window: Duration,
+        /// Processes in each top list (when reading the host directly).
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// The agent's API socket; without an agent there, the host is read directly.
+        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        /// Read the host directly even if an agent is running.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Syscall latency over a recent window, from the local agent.
+    Syscalls {
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        window: Duration,
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent TCP retransmits, from the local agent.
+    Retrans {
+        /// At most this many, newest last (0: all kept, up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Full-screen live view: host stats each second, slowest syscalls and retransmits
+    /// from the local agent. Ctrl-C quits.
+    Top {
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+    },
+    /// Findings (rule matches) from the local agent: those of the last `--since`, one per
+    /// line; with `--follow`, then every finding, slow syscall and retransmit as it comes.
+    Events {
+        /// Print the findings of this past window first ("5m", "1h"; default 1h).
+        #[arg(long, value_parser = vigil_agent::units::parse_duration, default_value = "1h")]
+        since: std::time::Duration,
+        /// Keep streaming.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the collector: agents stream to it, it stores (SQLite) and serves the fleet.
+    /// The package runs the same daemon as `vigil-collector`.
+    Collector(vigil_collector::daemon::CollectorArgs),
+    /// Hosts known to a collector, with their last-seen time.
+    Hosts {
+        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A host's latest stats, from a collector.
+    Host {
+        /// Hostname or agent id.
+        host: String,
+        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A metric's history for a host, from a collector.
+    History {
+        host: String,
+        /// cpu.usage_percent, load.one, memory.available_bytes, ...
+        #[arg(long)]
+        metric: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detection rules: check rule files, or list the rules the agent would run.
+    #[command(subcommand)]
+    Rules(Rules),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Rules {
+    /// Check the built-in rules and every rule file in DIR (file, line and reason for
+    /// each problem); exits 1 on a bad file. Run it before sending the agent SIGHUP.
+    Check {
+        #[arg(long, default_value = "/etc/vigil/rules.d")]
+        dir: std::path::PathBuf,
+    },
+    /// The rules the agent would run: built-in plus DIR.
+    List {
+        #[arg(long, default_value = "/etc/vigil/rules.d")]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Trace {
+    /// Syscalls by total time with count, p50, p90, p99 and max latency (like `syscount -L`).
+    Syscalls {
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Only this process (thread group id).
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+        /// Rows in the table (JSON output has every syscall).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Each TCP retransmit as it happens, then a summary.
+    Retransmits {
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Process exec, fork and exit events, as they happen (like execsnoop).
+    Processes {
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Show only execs (forks and exits are still counted in the summary).
+        #[arg(long)]
+        exec: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Syscalls slower than a threshold, as they return.
+    SlowSyscalls {
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        threshold: Duration,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Events allowed per CPU per second; more are counted, not sent.
+        #[arg(long, default_value_t = 1000)]
+        rate_limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Daemons run for long and write to sockets whose peers can vanish at any time:
+    /// for them a write to a closed peer is an error to handle (EPIPE), never a signal
+    /// that kills the process silently.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Agent(_) | Command::Collector(_))
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(Trace::Syscalls {
+            duration,
+            pid,
+            json,
+            top,
+        }) => vigil_agent::trace::syscalls::run(duration, pid, json, top).await,
+        Command::Trace(Trace::Retransmits { duration, json }) => {
+            vigil_agent::trace::retransmits::run(duration, json).await
+        }
+        Command::Trace(Trace::Processes {
+            duration,
+            exec,
+            json,
+        }) => vigil_agent::trace::processes::run(duration, exec, json).await,
+        Command::Trace(Trace::SlowSyscalls {
+            threshold,
+            duration,
+            pid,
+            rate_limit,
+            json,
+        }) => vigil_agent::trace::slow::run(threshold, duration, pid, rate_limit, json).await,
+        Command::Agent(agent) => agent.run().await,
+        Command::Collector(collector) => collector.run().await,
+        Command::Hosts { collector, json } => {
+            vigil_agent::query::fleet::hosts(&collector, json).await
+        }
+        Command::Host {
+            host,
+            collector,
+            json,
+        } => vigil_agent::query::fleet::host(&collector, &host, json).await,
+        Command::History {
+            host,
+            metric,
+            since,
+            collector,
+            json,
+        } => vigil_agent::query::fleet::history(&collector, &host, &metric, since, json).await,
+        Command::Stats {
+            window,
+            top,
+            socket,
+            local,
+            json,
+        } => vigil_agent::query::local::stats(&socket, local, window, top, json).await,
+        Command::Top {
+            refresh,
+            count,
+            socket,
+        } => vigil_agent::query::top::run(&socket, refresh, count).await,
+        Command::Syscalls {
+            window,
+            top,
+            socket,
+            json,
+        } => vigil_agent::query::local::syscalls(&socket, window, top, json).await,
+        Command::Retrans {
+            limit,
+            socket,
+            json,
+        } => vigil_agent::query::local::retrans(&socket, limit, json).await,
+        Command::Events {
+            since,
+            follow,
+            socket,
+            json,
+        } => vigil_agent::query::local::events(&socket, since, follow, json).await,
+        Command::Rules(Rules::Check { dir }) => {
+            match vigil_agent::detect::rules::load(Some(&dir)) {
+                Ok(rules) => {
+                    println!("{} rules OK (built-in + {})", rules.len(), dir.display());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("vigil: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Rules(Rules::List { dir, json }) => {
+            let rules = vigil_agent::detect::rules::load(Some(&dir)).map_err(anyhow::Error::new)?;
+            for r in &rules {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": r.id, "severity": r.severity.as_str(), "mitre": r.mitre,
+                            "events": r.events, "description": r.description, "source": r.source,
+                            "dedup_secs": r.dedup.as_secs()})
+                    );
+                } else {
+                    println!(
+                        "{:<32} {:<8} {:<22} {}",
+                        r.id,
+                        r.severity.as_str(),
+                        r.mitre.join(","),
+                        r.description
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! `vigil-collector`: the collector daemon, as the package's unit runs it
+//! (`Type=notify`). The same daemon runs as `vigil collector`.
+use clap::Parser as _;
+
+/// Vigil's collector: agents stream batches to it, it stores them (SQLite) exactly
+/// once and serves the fleet.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vigil-collector", version)]
+struct Cli {
+    #[command(flatten)]
+    collector: vigil_collector::daemon::CollectorArgs,
+    /// Log format on stderr: human or json (one object per line).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A daemon: a peer hanging up costs an EPIPE on that connection, never the
+    // process (SIGPIPE ignored); its files are private (umask 077).
+    // SAFETY: a signal disposition and the umask, set before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::umask(0o077);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Human => logs.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-collector: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.collector.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-collector: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
