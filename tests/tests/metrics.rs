@@ -224,10 +224,18 @@ fn missing_files_leave_gaps_not_errors() {
     std::fs::create_dir_all(&proc).expect("mkdir");
     std::fs::write(
         proc.join("stat"),
-        "cpu  1 0 1 10 0 0 0 0 0 0\ncpu0 1 0 1 10 0 0 0 0 0 0\nbtime 100\n",
+        "cpu  1 0 1 10 0 0 0 0 0 0\ncpu0 1 0 1 10 0 0 0 0 0 0\nctxt 5\nbtime 100\nprocesses 3\n",
     )
     .unwrap();
-    std::fs::write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemFree: 500 kB\n").unwrap();
+    // The fields every kernel since 2.6 prints (no MemAvailable: that is 3.14's).
+    std::fs::write(
+        proc.join("meminfo"),
+        "MemTotal: 1000 kB\nMemFree: 500 kB\nBuffers: 0 kB\nCached: 0 kB\nSwapCached: 0 kB\n\
+         Active: 0 kB\nInactive: 0 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\n\
+         Writeback: 0 kB\nMapped: 0 kB\nSlab: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\n\
+         VmallocUsed: 0 kB\nVmallocChunk: 0 kB\n",
+    )
+    .unwrap();
     let roots = Roots {
         proc: proc.clone(),
         sys: dir.join("sys"),

@@ -90,13 +90,8 @@ impl ProcessTable {
     pub fn new(proc_root: &Path, max: usize) -> Self {
         let boot = std::fs::read_to_string(proc_root.join("stat"))
             .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("btime ")
-                        .and_then(|v| v.trim().parse::<i64>().ok())
-                })
-            })
-            .unwrap_or(0);
+            .and_then(|s| crate::metrics::parse::proc_stat(&s))
+            .map_or(0, |s| i64::try_from(s.boot_time_unix).unwrap_or(0));
         Self {
             procs: HashMap::new(),
             max,
@@ -492,29 +487,18 @@ impl ScanRequest {
 
 fn read_proc(proc_root: &Path, boot_unix_ms: i64, pid: u32) -> Option<Proc> {
     let dir = proc_root.join(pid.to_string());
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    // comm is in parentheses and may itself hold spaces and parentheses.
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = &stat[open + 1..close];
-    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // Fields after comm: state(3) ppid(4) ... starttime(22) -> rest[0] is field 3.
-    let ppid = rest.get(1)?.parse().ok()?;
-    let start_ticks: i64 = rest.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let stat = crate::metrics::parse::pid_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let (name, ppid) = (stat.comm, stat.ppid);
+    let start_ticks = i64::try_from(stat.start_ticks).unwrap_or(0);
     // SAFETY: sysconf has no memory side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-    let ids = |key: &str| -> (u32, u32) {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(|v| {
-                let mut w = v.split_whitespace().filter_map(|x| x.parse().ok());
-                (w.next().unwrap_or(0), w.next().unwrap_or(0))
-            })
-            .unwrap_or((0, 0))
+    let (uid, euid) = {
+        use procfs_core::FromRead as _;
+        std::fs::read(dir.join("status"))
+            .ok()
+            .and_then(|b| procfs_core::process::Status::from_read(&b[..]).ok())
+            .map_or((0, 0), |s| (s.ruid, s.euid))
     };
-    let (uid, euid) = ids("Uid:");
     let cmdline = std::fs::read(dir.join("cmdline"))
         .map(|b| join_args(&b))
         .unwrap_or_default();

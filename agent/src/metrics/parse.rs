@@ -1,6 +1,16 @@
 //! Parsers for procfs text, pure functions over `&str` so they can be tested on
-//! fixtures. Lines they don't understand are skipped, not fatal: kernels add fields.
+//! fixtures and read from any root (`Roots`). The parsing is procfs-core's (the
+//! reading half of the `procfs` crate, without its fixed `/proc` paths) wherever it
+//! covers what Vigil reads: /proc/stat, meminfo, loadavg, diskstats, net/dev, mounts and
+//! PID/stat. Hand-written, and why: pressure (procfs-core requires a `full` line for cpu,
+//! which kernels before 5.13 lack), the `Tcp:`/`TcpExt:` pairs of net/snmp and
+//! net/netstat (procfs-core has no netstat), mounts (procfs-core 0.18 leaves `\040`,
+//! a space, escaped in mount points: `mounts_unescape_spaces` fails on it), passwd (not procfs;
+//! the OS name comes from sysinfo).
+//! A file procfs-core cannot parse is a gap (nothing from it), never a panic.
 use std::collections::HashMap;
+
+use procfs_core::{FromBufRead as _, FromBufReadSI as _, FromRead as _};
 
 use super::{PressureLine, PressureResource};
 
@@ -15,44 +25,44 @@ pub struct ProcStat {
     pub boot_time_unix: u64,
 }
 
-pub fn proc_stat(text: &str) -> ProcStat {
-    let mut out = ProcStat::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(key) = words.next() else { continue };
-        if let Some(rest) = key.strip_prefix("cpu") {
-            let mut c = [0u64; 8];
-            for (slot, w) in c.iter_mut().zip(words) {
-                *slot = w.parse().unwrap_or(0);
-            }
-            if rest.is_empty() {
-                out.total = c;
-            } else if rest.parse::<u32>().is_ok() {
-                out.per_cpu.push(c);
-            }
-        } else if key == "btime" {
-            out.boot_time_unix = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-        }
-    }
-    out
+/// /proc/stat; `None` when procfs-core cannot parse it (every kernel prints `cpu`,
+/// `ctxt`, `btime` and `processes`).
+pub fn proc_stat(text: &str) -> Option<ProcStat> {
+    // The parse needs no clock rate or page size: CPU times stay in ticks.
+    let system = procfs_core::ExplicitSystemInfo {
+        boot_time_secs: 0,
+        ticks_per_second: 100,
+        page_size: 4096,
+        is_little_endian: cfg!(target_endian = "little"),
+    };
+    let k = procfs_core::KernelStats::from_buf_read(text.as_bytes(), &system).ok()?;
+    let counters = |c: &procfs_core::CpuTime| -> CpuCounters {
+        [
+            c.user,
+            c.nice,
+            c.system,
+            c.idle,
+            c.iowait.unwrap_or(0),
+            c.irq.unwrap_or(0),
+            c.softirq.unwrap_or(0),
+            c.steal.unwrap_or(0),
+        ]
+    };
+    Some(ProcStat {
+        total: counters(&k.total),
+        per_cpu: k.cpu_time.iter().map(counters).collect(),
+        boot_time_unix: k.btime,
+    })
 }
 
-/// /proc/meminfo as field → bytes (the kernel prints kB).
-pub fn meminfo(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, rest) = line.split_once(':')?;
-            let mut words = rest.split_whitespace();
-            let value: u64 = words.next()?.parse().ok()?;
-            let scale = if words.next() == Some("kB") { 1024 } else { 1 };
-            Some((key.trim().to_string(), value * scale))
-        })
-        .collect()
+/// /proc/meminfo (values in bytes); `None` when procfs-core cannot parse it.
+pub fn meminfo(text: &str) -> Option<procfs_core::Meminfo> {
+    procfs_core::Meminfo::from_buf_read(text.as_bytes()).ok()
 }
 
 pub fn loadavg(text: &str) -> Option<(f64, f64, f64)> {
-    let mut w = text.split_whitespace().map(str::parse::<f64>);
-    Some((w.next()?.ok()?, w.next()?.ok()?, w.next()?.ok()?))
+    let l = procfs_core::LoadAverage::from_read(text.as_bytes()).ok()?;
+    Some((l.one.into(), l.five.into(), l.fifteen.into()))
 }
 
 /// One /proc/pressure/{cpu,memory,io} file.
@@ -95,32 +105,34 @@ pub struct NetCounters {
     pub tx_drops: u64,
 }
 
+/// /proc/net/dev: interface name → counters, sorted by name; empty when procfs-core
+/// cannot parse it.
 pub fn net_dev(text: &str) -> Vec<(String, NetCounters)> {
-    text.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(':')?;
-            let v: Vec<u64> = rest
-                .split_whitespace()
-                .map(|w| w.parse().unwrap_or(0))
-                .collect();
-            if v.len() < 12 {
-                return None;
-            }
-            Some((
-                name.trim().to_string(),
+    let Ok(devices) = procfs_core::net::InterfaceDeviceStatus::from_buf_read(text.as_bytes())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, NetCounters)> = devices
+        .0
+        .into_values()
+        .map(|d| {
+            (
+                d.name,
                 NetCounters {
-                    rx_bytes: v[0],
-                    rx_packets: v[1],
-                    rx_errors: v[2],
-                    rx_drops: v[3],
-                    tx_bytes: v[8],
-                    tx_packets: v[9],
-                    tx_errors: v[10],
-                    tx_drops: v[11],
+                    rx_bytes: d.recv_bytes,
+                    rx_packets: d.recv_packets,
+                    rx_errors: d.recv_errs,
+                    rx_drops: d.recv_drop,
+                    tx_bytes: d.sent_bytes,
+                    tx_packets: d.sent_packets,
+                    tx_errors: d.sent_errs,
+                    tx_drops: d.sent_drop,
                 },
-            ))
+            )
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,25 +144,22 @@ pub struct DiskCounters {
     pub io_ms: u64,
 }
 
-/// /proc/diskstats: device name → counters (sectors are 512 bytes, whatever the device).
+/// /proc/diskstats: device name → counters (sectors are 512 bytes, whatever the
+/// device). A line procfs-core cannot parse is skipped.
 pub fn diskstats(text: &str) -> Vec<(String, DiskCounters)> {
     text.lines()
-        .filter_map(|line| {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            if w.len() < 13 {
-                return None;
-            }
-            let n = |i: usize| w[i].parse::<u64>().unwrap_or(0);
-            Some((
-                w[2].to_string(),
+        .filter_map(|line| procfs_core::DiskStat::from_line(line).ok())
+        .map(|d| {
+            (
+                d.name,
                 DiskCounters {
-                    reads: n(3),
-                    read_sectors: n(5),
-                    writes: n(7),
-                    write_sectors: n(9),
-                    io_ms: n(12),
+                    reads: d.reads,
+                    read_sectors: d.sectors_read,
+                    writes: d.writes,
+                    write_sectors: d.sectors_written,
+                    io_ms: d.time_in_progress,
                 },
-            ))
+            )
         })
         .collect()
 }
@@ -217,34 +226,18 @@ pub struct PidStat {
     pub rss_pages: u64,
 }
 
-/// /proc/PID/stat. The command name is in parentheses and may itself contain spaces
-/// and parentheses, so the fields are counted from the last `)`.
+/// /proc/PID/stat (procfs-core counts the fields from the last `)`: the command name
+/// may itself hold spaces and parentheses).
 pub fn pid_stat(text: &str) -> Option<PidStat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    let f = |n: usize| {
-        rest.get(n - 3)
-            .and_then(|w| w.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let s = procfs_core::process::Stat::from_read(text.as_bytes()).ok()?;
     Some(PidStat {
-        comm,
-        state: rest.first()?.chars().next()?,
-        ppid: f(4) as u32,
-        cpu_ticks: f(14) + f(15),
-        start_ticks: f(22),
-        rss_pages: f(24),
+        comm: s.comm,
+        state: s.state,
+        ppid: u32::try_from(s.ppid).unwrap_or(0),
+        cpu_ticks: s.utime.saturating_add(s.stime),
+        start_ticks: s.starttime,
+        rss_pages: s.rss,
     })
-}
-
-/// `PRETTY_NAME` from os-release.
-pub fn os_release(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map(|v| v.trim_matches('"').to_string())
 }
 
 /// /etc/passwd as uid → name.
@@ -266,22 +259,26 @@ mod tests {
     #[test]
     fn proc_stat_reads_total_cores_and_boot_time() {
         let s = proc_stat(
-            "cpu  10 1 20 300 4 5 6 7 8 9\ncpu0 5 0 10 150 2 2 3 3 0 0\ncpu1 5 1 10 150 2 3 3 4 0 0\nintr 1 2\nbtime 1700000000\n",
-        );
+            "cpu  10 1 20 300 4 5 6 7 8 9\ncpu0 5 0 10 150 2 2 3 3 0 0\ncpu1 5 1 10 150 2 3 3 4 0 0\nintr 1 2\nctxt 99\nbtime 1700000000\nprocesses 7\n",
+        )
+        .unwrap();
         assert_eq!(s.total, [10, 1, 20, 300, 4, 5, 6, 7]);
         assert_eq!(s.per_cpu.len(), 2);
         assert_eq!(s.per_cpu[1][7], 4);
         assert_eq!(s.boot_time_unix, 1_700_000_000);
+        assert_eq!(proc_stat("garbage"), None);
     }
 
     #[test]
     fn meminfo_is_in_bytes() {
         let m = meminfo(
-            "MemTotal:       24576000 kB\nMemAvailable:   1000 kB\nHugePages_Total:       0\n",
-        );
-        assert_eq!(m["MemTotal"], 24_576_000 * 1024);
-        assert_eq!(m["MemAvailable"], 1_024_000);
-        assert_eq!(m["HugePages_Total"], 0);
+            "MemTotal:       24576000 kB\nMemFree: 10 kB\nMemAvailable:   1000 kB\nBuffers: 1 kB\nCached: 2 kB\nSwapCached: 0 kB\nActive: 3 kB\nInactive: 4 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\nWriteback: 0 kB\nMapped: 0 kB\nSlab: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\nVmallocUsed: 0 kB\nVmallocChunk: 0 kB\nHugePages_Total:       0\n",
+        )
+        .unwrap();
+        assert_eq!(m.mem_total, 24_576_000 * 1024);
+        assert_eq!(m.mem_available, Some(1_024_000));
+        assert_eq!(m.hugepages_total, Some(0));
+        assert!(meminfo("MemTotal: x kB\n").is_none());
     }
 
     #[test]
@@ -358,7 +355,7 @@ mod tests {
 
     #[test]
     fn pid_stat_survives_parentheses_in_comm() {
-        let s = pid_stat("42 (we(ir d)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 555 1000 25 18446744073709551615").unwrap();
+        let s = pid_stat("42 (we(ir d)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 555 1000 25 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n").unwrap();
         assert_eq!(s.comm, "we(ir d)");
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
@@ -369,11 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn os_release_and_passwd() {
-        assert_eq!(
-            os_release("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
-            Some("Debian GNU/Linux 12 (bookworm)")
-        );
+    fn passwd_names_uids() {
         let p =
             passwd("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n");
         assert_eq!(p[&0], "root");

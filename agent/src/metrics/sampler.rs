@@ -144,7 +144,7 @@ impl Sampler {
             .prev
             .at
             .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        let stat = parse::proc_stat(&read(&self.proc_path("stat"))?);
+        let stat = parse::proc_stat(&read(&self.proc_path("stat"))?).unwrap_or_default();
         if stat.per_cpu.is_empty() {
             return Err(MetricsError::Parse {
                 path: self.proc_path("stat"),
@@ -180,24 +180,27 @@ impl Sampler {
         Ok(sample)
     }
 
+    /// Who this host is: hostname, kernel and OS from sysinfo (uname and os-release),
+    /// boot time from /proc/stat, uptime from /proc/uptime (procfs-core; sysinfo rounds
+    /// it to whole seconds, too coarse for the CPU share of a process started mid-window).
     fn identity(&self, boot_time_unix: u64) -> HostIdentity {
-        let trimmed = |rel: &str| {
-            read_optional(&self.proc_path(rel))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default()
+        use procfs_core::FromRead as _;
+        let os = match (
+            sysinfo::System::name().ok(),
+            sysinfo::System::os_version().ok(),
+        ) {
+            (Some(name), Some(version)) => format!("{name} {version}"),
+            (Some(name), None) => name,
+            _ => "Linux".to_string(),
         };
-        let os = read_optional(&self.roots.etc.join("os-release"))
-            .or_else(|| read_optional(Path::new("/usr/lib/os-release")))
-            .and_then(|t| parse::os_release(&t))
-            .unwrap_or_else(|| "Linux".to_string());
         HostIdentity {
-            hostname: trimmed("sys/kernel/hostname"),
-            kernel: trimmed("sys/kernel/osrelease"),
+            hostname: sysinfo::System::host_name().unwrap_or_default(),
+            kernel: sysinfo::System::kernel_version().unwrap_or_default(),
             os,
             boot_time_unix,
             uptime_secs: read_optional(&self.proc_path("uptime"))
-                .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok()))
-                .unwrap_or(0.0),
+                .and_then(|t| procfs_core::Uptime::from_read(t.as_bytes()).ok())
+                .map_or(0.0, |u| u.uptime),
         }
     }
 
@@ -219,24 +222,21 @@ impl Sampler {
 
     fn memory(&self) -> Result<Memory, MetricsError> {
         let path = self.proc_path("meminfo");
-        let m = parse::meminfo(&read(&path)?);
-        let get = |k: &str| m.get(k).copied();
-        let total = get("MemTotal").ok_or_else(|| MetricsError::Parse {
+        let m = parse::meminfo(&read(&path)?).ok_or_else(|| MetricsError::Parse {
             path: path.clone(),
-            reason: "no MemTotal".into(),
+            reason: "not the meminfo format (MemTotal, MemFree, Buffers, Cached, ...)".into(),
         })?;
+        let total = m.mem_total;
         // MemAvailable exists since 3.14; estimate it on older kernels.
-        let available = get("MemAvailable").unwrap_or_else(|| {
-            get("MemFree").unwrap_or(0) + get("Cached").unwrap_or(0) + get("Buffers").unwrap_or(0)
-        });
+        let available = m.mem_available.unwrap_or(m.mem_free + m.cached + m.buffers);
         Ok(Memory {
             total_bytes: total,
             available_bytes: available,
             used_bytes: total.saturating_sub(available),
-            cached_bytes: get("Cached").unwrap_or(0),
-            buffers_bytes: get("Buffers").unwrap_or(0),
-            swap_total_bytes: get("SwapTotal").unwrap_or(0),
-            swap_free_bytes: get("SwapFree").unwrap_or(0),
+            cached_bytes: m.cached,
+            buffers_bytes: m.buffers,
+            swap_total_bytes: m.swap_total,
+            swap_free_bytes: m.swap_free,
         })
     }
 
