@@ -19,6 +19,10 @@ enum Cli {
         /// Print `name<TAB>description` for each variant and exit.
         #[arg(long)]
         list_variants: bool,
+        /// Attach the process probe without its task_struct offsets: the bad
+        /// configuration its programs report through aya-log (for the test of that path).
+        #[arg(long)]
+        unset_task_layout: bool,
     },
     /// Load generator for `cargo xtask bench collector`.
     Ingest {
@@ -38,10 +42,11 @@ fn main() -> std::process::ExitCode {
         Cli::HoldProbes {
             variant,
             list_variants,
+            unset_task_layout,
         } => startup::run(
             Threads::One,
             "vigil-bench",
-            hold_probes(variant, list_variants),
+            hold_probes(variant, list_variants, unset_task_layout),
         ),
         Cli::Ingest {
             collector,
@@ -55,7 +60,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Result<()> {
+async fn hold_probes(
+    variant: Option<String>,
+    list_variants: bool,
+    unset_task_layout: bool,
+) -> anyhow::Result<()> {
     use vigil_agent::probes::{error_chain, ProbeSettings, Probes, SyscallVariant};
     if list_variants {
         for v in SyscallVariant::ALL {
@@ -67,7 +76,8 @@ async fn hold_probes(variant: Option<String>, list_variants: bool) -> anyhow::Re
         // As the agent runs by default: every probe, detection's included.
         None => ProbeSettings {
             processes: true,
-            security: true,
+            security: !unset_task_layout,
+            unset_task_layout,
             ..ProbeSettings::default()
         },
         Some(name) => {

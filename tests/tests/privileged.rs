@@ -435,3 +435,46 @@ fn ring_buffer_overflow_is_counted() {
         "every timed syscall is either delivered or counted lost: {counters:?}"
     );
 }
+
+/// The eBPF programs report a bad configuration through aya-log, and the records arrive
+/// in the daemon's log (tracing, target `ebpf`). The process probe attached without its
+/// task_struct offsets is that configuration: each exec is dropped, said so by the
+/// kernel side, instead of being sent with every field zero.
+#[test]
+fn a_probe_with_a_bad_configuration_says_so_through_aya_log() {
+    if !require_root("a_probe_with_a_bad_configuration_says_so_through_aya_log") {
+        return;
+    }
+    let mut child = KillOnDrop(
+        Command::new(vigil_tests::daemon_bin("bench"))
+            .args(["hold-probes", "--unset-task-layout"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vigil-bench hold-probes"),
+    );
+    let lines = lines_of(child.0.stderr.take().expect("stderr"));
+    // Attached once it says what it traces.
+    while !lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("vigil-bench hold-probes says it is tracing")
+        .starts_with("vigil: tracing")
+    {}
+    // Execs until the kernel's record shows up (the first one suffices; a few more
+    // only cover a record still in flight).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        Command::new("/bin/true").status().expect("/bin/true");
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("TASK_LAYOUT unset") => break Some(line),
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+    };
+    let line = seen.expect("the process probe's aya-log record in the log");
+    assert!(line.contains("ERROR") && line.contains("ebpf:"), "{line}");
+}

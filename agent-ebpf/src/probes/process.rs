@@ -21,6 +21,22 @@ use crate::maps::{count, setting, submit_flags, EVENTS};
 #[no_mangle]
 pub static TASK_LAYOUT: TaskLayout = TaskLayout::UNSET;
 
+/// A bad configuration, reported through aya-log: userspace attaches these programs
+/// only with the task_struct offsets it read from BTF, so this branch is never taken
+/// unless something upstream is wrong. The event is dropped rather than sent with
+/// every field zero.
+#[inline(always)]
+fn layout_missing(ctx: &BtfTracePointContext, layout: &TaskLayout) -> bool {
+    if layout.tgid == TaskLayout::ABSENT {
+        aya_log_ebpf::error!(
+            ctx,
+            "process probe attached without task_struct offsets (TASK_LAYOUT unset): event dropped"
+        );
+        return true;
+    }
+    false
+}
+
 #[inline(always)]
 pub fn read_at<T: Default>(base: *const u8, offset: u32) -> T {
     if base.is_null() || offset == TaskLayout::ABSENT {
@@ -172,7 +188,11 @@ fn emit(op: ProcessOp, task: *const u8, filename: *const u8, bprm: *const u8) {
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
-    let filename = read_ptr(bprm, setting(&TASK_LAYOUT).binprm_filename);
+    let layout = setting(&TASK_LAYOUT);
+    if layout_missing(&ctx, &layout) {
+        return 0;
+    }
+    let filename = read_ptr(bprm, layout.binprm_filename);
     emit(ProcessOp::Exec, task, filename, bprm);
     0
 }
@@ -182,6 +202,9 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(1);
     let layout = setting(&TASK_LAYOUT);
+    if layout_missing(&ctx, &layout) {
+        return 0;
+    }
     // A new thread shares its creator's thread group: not a new process.
     if read_at::<u32>(child, layout.pid) != read_at::<u32>(child, layout.tgid) {
         return 0;
@@ -196,7 +219,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
     // Only the last thread of the group: the process is gone.
-    if group_dead & 0xff == 0 {
+    if group_dead & 0xff == 0 || layout_missing(&ctx, &setting(&TASK_LAYOUT)) {
         return 0;
     }
     emit(ProcessOp::Exit, task, core::ptr::null(), core::ptr::null());

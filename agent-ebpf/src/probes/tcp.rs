@@ -30,6 +30,15 @@ fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), ()> {
     let layout = setting(&RETRANSMIT_LAYOUT);
+    if layout.family == RetransmitLayout::ABSENT {
+        // A bad configuration (userspace attaches only with the offsets it read from
+        // the tracepoint's format), reported through aya-log; never per event otherwise.
+        aya_log_ebpf::error!(
+            ctx,
+            "retransmit probe attached without its record layout (RETRANSMIT_LAYOUT unset): event dropped"
+        );
+        return Err(());
+    }
     let Some(mut entry) = EVENTS.reserve::<TcpRetransmit>(0) else {
         count(Counter::RetransmitRingbufFull);
         return Err(());

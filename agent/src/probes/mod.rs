@@ -93,6 +93,11 @@ pub struct ProbeSettings {
     /// Security events (ptrace, setuid family, module loads, writes in watched
     /// directories, watched connects, listens).
     pub security: bool,
+    /// For the test of the eBPF log path only (`vigil-bench hold-probes
+    /// --unset-task-layout`): attach the process probe without its task_struct offsets,
+    /// the bad configuration its programs report through aya-log.
+    #[doc(hidden)]
+    pub unset_task_layout: bool,
 }
 
 impl Default for ProbeSettings {
@@ -109,6 +114,7 @@ impl Default for ProbeSettings {
             wake_after: None,
             processes: false,
             security: false,
+            unset_task_layout: false,
         }
     }
 }
@@ -217,6 +223,68 @@ pub struct Probes {
     states: BTreeMap<Probe, ProbeState>,
 }
 
+/// The eBPF programs' own diagnostics (aya-log), on rare paths only: a probe attached
+/// with a bad configuration. They arrive as `tracing` events with target `ebpf`.
+struct EbpfLogs;
+
+impl log::Log for EbpfLogs {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "ebpf", "ebpf: {message}"),
+            log::Level::Warn => tracing::warn!(target: "ebpf", "ebpf: {message}"),
+            log::Level::Info => tracing::info!(target: "ebpf", "ebpf: {message}"),
+            log::Level::Debug => tracing::debug!(target: "ebpf", "ebpf: {message}"),
+            log::Level::Trace => tracing::trace!(target: "ebpf", "ebpf: {message}"),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reads the programs' log records as they come, on the runtime `load` runs in (the
+/// records wait in the kernel's 128 KiB AYA_LOGS ring buffer until then; beyond that
+/// the kernel drops them). Without a runtime (or without the map) there is nothing to
+/// read.
+fn spawn_log_reader(ebpf: &mut Ebpf) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let logger = match aya_log::EbpfLogger::init_with_logger(ebpf, EbpfLogs) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "no eBPF log records to read");
+            return;
+        }
+    };
+    let _guard = runtime.enter();
+    // SAFETY: the fd is the logger's ring buffer map, which the logger owns and keeps
+    // open, unchanged, until the AsyncFd (which owns the logger) is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the eBPF log ring buffer");
+            return;
+        }
+    };
+    runtime.spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
 impl Probes {
     /// Loads the eBPF object and attaches each requested probe independently.
     /// Fails only when nothing at all can be loaded.
@@ -263,6 +331,7 @@ impl Probes {
             .as_ref()
             .ok()
             .copied()
+            .filter(|_| !settings.unset_task_layout)
             .unwrap_or(vigil_common::TaskLayout::UNSET);
         // Security needs the struct offsets too (files, dentries, inodes), and the
         // shipped syscall pair.
@@ -300,6 +369,7 @@ impl Probes {
             loader.map_max_entries(syscalls::START_HASH_MAP, 1);
         }
         let mut ebpf = loader.load(object).map_err(ProbeError::Load)?;
+        spawn_log_reader(&mut ebpf);
 
         let mut states = BTreeMap::new();
         // The sys_enter/sys_exit pair serves the latency histograms and the security
