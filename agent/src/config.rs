@@ -13,6 +13,9 @@ use crate::units::parse_duration;
 
 /// Where `vigil agent` looks for its config when `--config` isn't given. A missing
 /// file there means all defaults; a missing file named by `--config` is an error.
+/// Where the agent serves its API unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/vigil/agent.sock";
+
 pub const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";
 
 /// A duration written as in the CLI: "10s", "500ms", "2m".
@@ -160,7 +163,7 @@ impl Default for AgentConfig {
             interval: Interval(Duration::from_secs(10)),
             collector: None,
             agent_id: None,
-            socket: PathBuf::from(crate::query::api::DEFAULT_SOCKET),
+            socket: PathBuf::from(DEFAULT_SOCKET),
             api: true,
             data_dir: PathBuf::from("/var/lib/vigil/agent"),
             summary_rows: 0,

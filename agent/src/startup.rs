@@ -1,5 +1,9 @@
 //! What every Vigil binary does before its first line of work: signals, umask, logs
 //! and the async runtime. A daemon and a command-line tool differ in each.
+use std::time::Duration;
+
+use anyhow::Context as _;
+
 use crate::config::LogFormat;
 
 /// A long-running daemon, or a command that a person (or a script) runs and reads.
@@ -90,4 +94,22 @@ where
             }
         }
     }
+}
+
+/// Waits for `duration` (forever when `None`), Ctrl-C or SIGTERM.
+pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = sleep => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -93,7 +93,7 @@ async fn hold_probes(
     let _probes = Probes::load_object(BENCH_OBJECT, &settings)
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     vigil_agent::trace::announce("nothing: holding probes for a benchmark", None);
-    vigil_agent::trace::wait_for_stop(None).await
+    vigil_agent::startup::wait_for_stop(None).await
 }
 
 /// Load generator for `cargo xtask bench collector`: `agents` concurrent streams, each
@@ -128,7 +128,7 @@ async fn ingest(addr: String, agents: usize, batches: u64) -> anyhow::Result<()>
         tasks.push(tokio::spawn(async move {
             let mut client = CollectorClient::connect(url).await?;
             let id = format!("bench-{a:04}");
-            let now = vigil_agent::export::convert::unix_ms(std::time::SystemTime::now());
+            let now = vigil_agent::units::unix_ms(std::time::SystemTime::now());
             let stream = tokio_stream::iter((1..=batches).map(move |seq| Batch {
                 agent_id: id.clone(),
                 epoch: 1,

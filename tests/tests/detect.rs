@@ -184,7 +184,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn now_ms() -> i64 {
-    vigil_agent::export::convert::unix_ms(std::time::SystemTime::now())
+    vigil_agent::units::unix_ms(std::time::SystemTime::now())
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {

@@ -24,11 +24,11 @@ use self::{
     table::{fd_kind_name, Proc, ProcessTable},
 };
 use crate::{
-    export::convert::unix_ms,
     probes::{
         events::{IdKind, ProcessEvent, SecurityAction, SecurityEvent},
         KernelFilters,
     },
+    units::unix_ms,
 };
 
 /// Dedup windows kept open at once; past this, findings are sent without dedup.

@@ -250,7 +250,7 @@ impl ProcessTable {
                 });
                 p.pid = e.pid;
                 p.ppid = e.ppid;
-                p.start_unix_ms = crate::export::convert::unix_ms(e.time);
+                p.start_unix_ms = crate::units::unix_ms(e.time);
                 p.exited = None;
                 p.stdin_from = None;
                 self.insert(p);
@@ -273,10 +273,9 @@ impl ProcessTable {
                     cmdline: e.args.join(" ").into(),
                     uid: e.uid,
                     euid: e.euid,
-                    start_unix_ms: old.as_ref().map_or_else(
-                        || crate::export::convert::unix_ms(e.time),
-                        |o| o.start_unix_ms,
-                    ),
+                    start_unix_ms: old
+                        .as_ref()
+                        .map_or_else(|| crate::units::unix_ms(e.time), |o| o.start_unix_ms),
                     container,
                     cgroup_id: e.cgroup_id,
                     stdin: e.stdin,

@@ -196,9 +196,3 @@ pub fn histogram(s: &pb::SyscallLatency) -> crate::histogram::LatencyHistogram {
     }
     h
 }
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

@@ -24,8 +24,7 @@ use crate::export::convert;
 const FINDINGS_PAGE: usize = 500;
 const PAGE_BYTES: usize = 1 << 20;
 
-/// Where the agent serves its API unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/vigil/agent.sock";
+pub use crate::config::DEFAULT_SOCKET;
 
 struct AgentApi {
     state: Arc<RwLock<AgentState>>,

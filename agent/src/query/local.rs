@@ -209,7 +209,7 @@ pub async fn events(
     } else {
         None
     };
-    let since_ms = crate::export::convert::unix_ms(
+    let since_ms = crate::units::unix_ms(
         std::time::SystemTime::now()
             .checked_sub(since)
             .unwrap_or(std::time::UNIX_EPOCH),
@@ -250,7 +250,7 @@ pub async fn events(
     let Some(mut stream) = stream else {
         return Ok(());
     };
-    let stop = crate::trace::wait_for_stop(None);
+    let stop = crate::startup::wait_for_stop(None);
     tokio::pin!(stop);
     loop {
         let event = tokio::select! {

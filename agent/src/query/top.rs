@@ -20,7 +20,7 @@ pub async fn run(socket: &Path, refresh: Duration, count: Option<u64>) -> anyhow
     let mut sampler = Sampler::new(Roots::default(), 8);
     sampler.sample()?;
     let mut agent = connect(socket).await.ok();
-    let stop = crate::trace::wait_for_stop(None);
+    let stop = crate::startup::wait_for_stop(None);
     tokio::pin!(stop);
     let mut frames = 0u64;
     loop {

@@ -267,7 +267,7 @@ impl Spool {
         let mut set_aside = |why: &str| {
             let kept = dir.join(format!(
                 "state.damaged-{}",
-                crate::export::convert::unix_ms(std::time::SystemTime::now())
+                crate::units::unix_ms(std::time::SystemTime::now())
             ));
             match fs::rename(&state_path, &kept) {
                 Ok(()) => {

@@ -12,24 +12,6 @@ use anyhow::{bail, Context as _};
 
 use crate::probes::{error_chain, Probe, ProbeSettings, ProbeState, Probes};
 
-/// Waits for `duration` (forever when `None`), Ctrl-C or SIGTERM.
-pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let sleep = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = sleep => {}
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
 /// Loads the probes and insists that `needed` is on, saying why not otherwise.
 pub fn load_probes(settings: &ProbeSettings, needed: Probe) -> anyhow::Result<Probes> {
     let probes = Probes::load(settings).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
@@ -54,7 +36,7 @@ pub async fn watch_events(
     duration: Option<Duration>,
     mut on_event: impl FnMut(&crate::probes::events::Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let stop = wait_for_stop(duration);
+    let stop = crate::startup::wait_for_stop(duration);
     tokio::pin!(stop);
     let mut batch = Vec::new();
     loop {

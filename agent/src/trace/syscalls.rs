@@ -7,7 +7,7 @@ use crate::{
     histogram::LatencyHistogram,
     probes::{Probe, ProbeSettings},
     syscall_table::syscall_name,
-    trace::{announce, load_probes, wait_for_stop},
+    trace::{announce, load_probes},
     units::human_ns,
 };
 
@@ -89,7 +89,7 @@ pub async fn run(
         },
         Some(duration),
     );
-    wait_for_stop(Some(duration)).await?;
+    crate::startup::wait_for_stop(Some(duration)).await?;
     let report = SyscallReport {
         syscalls: rows(&probes.syscall_latency()?),
         lost_events: probes.counters()?.lost_events(),
