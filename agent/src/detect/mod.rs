@@ -153,10 +153,15 @@ pub struct Detector {
     files: HashMap<DirKey, PathBuf>,
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
-    pub stats: DetectStats,
+    stats: DetectStats,
 }
 
 impl Detector {
+    /// What the detector counted (it alone changes them).
+    pub fn stats(&self) -> &DetectStats {
+        &self.stats
+    }
+
     pub fn new(proc_root: &Path, rules: Vec<Rule>, max_processes: usize) -> Self {
         let mut d = Self {
             table: ProcessTable::new(proc_root, max_processes),

@@ -31,7 +31,7 @@ use crate::{
     },
     metrics::{Roots, Sampler},
     probes::{error_chain, events::Event, EventReader, ProbeSettings, ProbeState, Probes},
-    query::state::AgentState,
+    query::state::StateWriter,
     spool::{writer::SpoolWriter, Spool},
 };
 
@@ -170,7 +170,7 @@ pub struct Agent {
     host: Sampler,
     spool: Arc<SharedSpool>,
     spool_writer: SpoolWriter,
-    state: Arc<std::sync::RwLock<AgentState>>,
+    state: StateWriter,
     export_stats: Arc<stream::ExportStats>,
     agent_id: String,
     api: Option<tokio::task::JoinHandle<()>>,
@@ -288,7 +288,7 @@ impl Agent {
             }
             tracing::info!(
                 "detection on: {n} rules, {} processes in the table",
-                d.stats.table_size.max(d.process_count() as u64)
+                d.stats().table_size.max(d.process_count() as u64)
             );
             Some(d)
         } else {
@@ -300,13 +300,13 @@ impl Agent {
             .agent_id
             .clone()
             .unwrap_or_else(|| default_agent_id(&first.host.hostname));
-        let state = Arc::new(std::sync::RwLock::new(AgentState::new(
+        let state = StateWriter::new(
             convert::host_identity(&first, &agent_id),
             config.interval.0.as_secs_f64(),
-        )));
+        );
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
-            Some(path) => Some(crate::query::api::serve_unix(path, state.clone()).await?),
+            Some(path) => Some(crate::query::api::serve_unix(path, state.reader()).await?),
             None => None,
         };
         // Everything that needed root is done (probes attached, socket bound): keep
@@ -330,21 +330,8 @@ impl Agent {
         let spool_writer =
             SpoolWriter::start(spool.clone()).context("starting the spool writer thread")?;
         // The API shows the spool as the writer thread leaves it.
-        let view = state.clone();
-        spool.on_publish(move |snap| {
-            if let Ok(mut s) = view.write() {
-                let a = &mut s.agent;
-                a.epoch = snap.epoch.high();
-                a.epoch_low = snap.epoch.low();
-                a.last_sequence = snap.last_sequence;
-                a.spool_bytes = snap.stats.bytes;
-                a.spool_unacked = snap.stats.unacked;
-                a.spool_dropped_batches = snap.stats.dropped_batches;
-                a.spool_corrupt_records = snap.stats.corrupt_records;
-                a.spool_state_rebuilt = snap.stats.state_rebuilt;
-                a.losses = Some(snap.total_losses);
-            }
-        });
+        let view = state.spool_fields();
+        spool.on_publish(move |snap| view.publish(snap));
         let export_stats = Arc::new(stream::ExportStats::default());
         let running = Running {
             exporter: config
@@ -363,7 +350,7 @@ impl Agent {
         tick.tick().await;
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let follower_joined = state.read().map(|s| s.follower_joined.clone()).ok();
+        let follower_joined = Some(state.follower_joined());
         crate::notify::ready(&format!(
             "tracing the host every {interval:?}, spool epoch {epoch}"
         ));
@@ -399,8 +386,7 @@ impl Agent {
     async fn wake(&mut self) -> Wake {
         // The short drain clock runs while someone follows live events, and for one
         // period after the kernel woke us (for what came after the wake-up).
-        let following =
-            self.drain_armed || self.state.read().is_ok_and(|s| s.live.receiver_count() > 0);
+        let following = self.drain_armed || self.state.has_followers();
         let waits = self.reader.is_some() && self.reader_waits;
         let (reader, events) = (&mut self.reader, &mut self.events);
         let follower = self.follower_joined.as_ref();
@@ -511,8 +497,7 @@ impl Agent {
         };
         let mut f = Vec::new();
         d.apply_rescan(scan, &mut f);
-        self.iv
-            .publish_findings(f, self.state.write().ok().as_deref_mut());
+        self.iv.publish_findings(f, Some(&mut self.state.write()));
         if let Some(p) = self.probes.as_mut() {
             apply_watches(d, p, true, &mut self.errors);
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use vigil_proto::v1 as pb;
 
-use crate::{histogram::LatencyHistogram, query::state::AgentState};
+use crate::{histogram::LatencyHistogram, query::state::StateWrite};
 
 /// Events kept per interval for the batch; more are counted as dropped.
 pub const EVENTS_PER_BATCH: usize = 10_000;
@@ -68,12 +68,11 @@ impl Interval {
     pub fn publish_findings(
         &mut self,
         findings: Vec<pb::Finding>,
-        mut st: Option<&mut AgentState>,
+        mut st: Option<&mut StateWrite<'_>>,
     ) {
         for f in findings {
             if let Some(st) = st.as_deref_mut() {
-                if !st.finding_rate.admit(&f) {
-                    st.agent.findings_rate_limited = st.finding_rate.limited;
+                if !st.admit_finding(&f) {
                     continue;
                 }
             }

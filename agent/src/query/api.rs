@@ -3,7 +3,6 @@
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, RwLock},
 };
 
 use anyhow::Context as _;
@@ -17,7 +16,7 @@ use vigil_proto::v1::{
     SyscallLatencyResponse,
 };
 
-use super::state::AgentState;
+use super::state::StateReader;
 use crate::export::convert;
 
 /// Findings per page by default; a page also stops at about PAGE_BYTES.
@@ -27,11 +26,7 @@ const PAGE_BYTES: usize = 1 << 20;
 pub use crate::config::DEFAULT_SOCKET;
 
 struct AgentApi {
-    state: Arc<RwLock<AgentState>>,
-}
-
-fn poisoned() -> Status {
-    Status::internal("agent state unavailable")
+    state: StateReader,
 }
 
 #[tonic::async_trait]
@@ -40,16 +35,16 @@ impl Agent for AgentApi {
         &self,
         _: Request<StatsRequest>,
     ) -> Result<Response<LatestStatsResponse>, Status> {
-        let st = self.state.read().map_err(|_| poisoned())?;
-        if st.latest.is_none() {
+        let st = self.state.read();
+        let Some(latest) = st.latest() else {
             return Err(Status::unavailable(
                 "no sample yet: the first arrives one interval after start",
             ));
-        }
+        };
         Ok(Response::new(LatestStatsResponse {
-            host: Some(st.identity.clone()),
-            metrics: st.latest.clone(),
-            agent: Some(st.agent.clone()),
+            host: Some(st.identity().clone()),
+            metrics: Some(latest.clone()),
+            agent: Some(st.agent_self().clone()),
         }))
     }
 
@@ -58,7 +53,7 @@ impl Agent for AgentApi {
         request: Request<SyscallLatencyRequest>,
     ) -> Result<Response<SyscallLatencyResponse>, Status> {
         let window = f64::from(request.into_inner().window_secs.max(1));
-        let st = self.state.read().map_err(|_| poisoned())?;
+        let st = self.state.read();
         let syscalls = st
             .latency_over(window)
             .iter()
@@ -75,10 +70,9 @@ impl Agent for AgentApi {
             0 => usize::MAX,
             n => n as usize,
         };
-        let st = self.state.read().map_err(|_| poisoned())?;
-        let skip = st.retransmits.len().saturating_sub(limit);
+        let st = self.state.read();
         Ok(Response::new(RetransmitsResponse {
-            retransmits: st.retransmits.iter().skip(skip).cloned().collect(),
+            retransmits: st.retransmits(limit).cloned().collect(),
         }))
     }
 
@@ -99,17 +93,16 @@ impl Agent for AgentApi {
                 .parse()
                 .map_err(|_| Status::invalid_argument("bad page token"))?,
         };
-        let st = self.state.read().map_err(|_| poisoned())?;
-        let start = from.saturating_sub(st.findings_forgotten) as usize;
+        let st = self.state.read();
         let mut findings = Vec::new();
         let mut bytes = 0usize;
         let mut next_page_token = String::new();
-        for (pos, f) in st.findings.iter().enumerate().skip(start) {
+        for (number, f) in st.findings_from(from) {
             if f.time_unix_ms < r.since_unix_ms {
                 continue;
             }
             if findings.len() >= size || bytes > PAGE_BYTES {
-                next_page_token = (st.findings_forgotten + pos as u64).to_string();
+                next_page_token = number.to_string();
                 break;
             }
             bytes += prost::Message::encoded_len(f);
@@ -117,7 +110,7 @@ impl Agent for AgentApi {
         }
         Ok(Response::new(FindingsResponse {
             findings,
-            forgotten: st.findings_forgotten,
+            forgotten: st.findings_forgotten(),
             next_page_token,
         }))
     }
@@ -128,12 +121,8 @@ impl Agent for AgentApi {
         &self,
         _: Request<FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let rx = {
-            let st = self.state.read().map_err(|_| poisoned())?;
-            // Tells the agent loop to start draining events on its short clock.
-            st.follower_joined.notify_one();
-            st.live.subscribe()
-        };
+        // Also tells the agent loop to start draining events on its short clock.
+        let rx = self.state.read().subscribe();
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| {
             let event = match item {
                 Ok(e) => e,
@@ -151,7 +140,7 @@ impl Agent for AgentApi {
 /// Serves the API on `path` (replacing a stale socket file) until the task is aborted.
 pub async fn serve_unix(
     path: &Path,
-    state: Arc<RwLock<AgentState>>,
+    state: StateReader,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -245,9 +234,9 @@ mod tests {
 
     #[test]
     fn findings_come_in_pages_that_survive_findings_being_forgotten() {
-        let state = Arc::new(RwLock::new(AgentState::new(Default::default(), 10.0)));
+        let state = super::super::state::StateWriter::new(Default::default(), 10.0);
         let push = |n: usize, from: usize| {
-            let mut st = state.write().unwrap();
+            let mut st = state.write();
             for i in from..from + n {
                 st.push_event(Event::Finding(Finding {
                     rule: format!("r{i}"),
@@ -258,7 +247,7 @@ mod tests {
         };
         push(1200, 0);
         let api = AgentApi {
-            state: state.clone(),
+            state: state.reader(),
         };
         let first = page(&api, String::new());
         assert_eq!(first.findings.len(), FINDINGS_PAGE);

@@ -1,6 +1,13 @@
-//! What the agent knows right now, shared between its loop (writer) and the local
-//! query API (readers). Everything here is bounded.
+//! What the agent knows right now, shared between its loop (the one writer) and the
+//! local query API (readers). Everything here is bounded.
+//!
+//! The fields are private: the loop changes them through a [`StateWriter`] (it owns the
+//! only one), the spool's writer thread its own few through [`SpoolFields`], and the API
+//! reads them through [`StateReader`]. A panic while the lock is held cannot leave a
+//! value that breaks a reader (every change is a push or a whole-field store), so a
+//! poisoned lock is used as it is rather than failing every later request.
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::broadcast;
 use vigil_proto::v1 as pb;
@@ -23,26 +30,179 @@ pub const RECENT_FINDINGS: usize = 10_000;
 /// how many it missed.
 pub const FOLLOW_BUFFER: usize = 4096;
 
-pub struct AgentState {
-    pub identity: pb::HostIdentity,
-    pub latest: Option<pb::HostMetrics>,
-    pub interval_secs: f64,
+struct AgentState {
+    identity: pb::HostIdentity,
+    latest: Option<pb::HostMetrics>,
+    interval_secs: f64,
     /// Per-interval syscall latency, newest last.
-    pub latency: VecDeque<Vec<(u32, CompactHistogram)>>,
+    latency: VecDeque<Vec<(u32, CompactHistogram)>>,
     /// Older history, GROUP intervals per entry, newest last.
-    pub older_latency: VecDeque<Vec<(u32, CompactHistogram)>>,
-    pub retransmits: VecDeque<pb::TcpRetransmit>,
-    pub findings: VecDeque<pb::Finding>,
+    older_latency: VecDeque<Vec<(u32, CompactHistogram)>>,
+    retransmits: VecDeque<pb::TcpRetransmit>,
+    findings: VecDeque<pb::Finding>,
     /// Findings pushed out of `findings` by newer ones.
-    pub findings_forgotten: u64,
-    pub live: broadcast::Sender<pb::live_event::Event>,
+    findings_forgotten: u64,
+    live: broadcast::Sender<pb::live_event::Event>,
     /// The agent's own delivery state, as of the last interval.
-    pub agent: pb::AgentSelf,
+    agent: pb::AgentSelf,
     /// Signalled when someone starts following live events.
-    pub follower_joined: std::sync::Arc<tokio::sync::Notify>,
+    follower_joined: Arc<tokio::sync::Notify>,
     /// Findings per user and rule per minute (a local user flooding one rule cannot
     /// push everyone else's findings out of the recent list or the batches).
-    pub finding_rate: FindingRate,
+    finding_rate: FindingRate,
+}
+
+/// The loop's handle: the only one that changes the state (one lock per `write`).
+pub struct StateWriter(Arc<RwLock<AgentState>>);
+
+/// The API's handle: reads only.
+#[derive(Clone)]
+pub struct StateReader(Arc<RwLock<AgentState>>);
+
+/// The spool writer thread's handle: the spool's own fields of `AgentSelf`, nothing else.
+#[derive(Clone)]
+pub struct SpoolFields(Arc<RwLock<AgentState>>);
+
+/// The state locked for the loop's changes.
+pub struct StateWrite<'a>(RwLockWriteGuard<'a, AgentState>);
+
+/// The state locked for one API answer.
+pub struct StateRead<'a>(RwLockReadGuard<'a, AgentState>);
+
+impl StateWriter {
+    pub fn new(identity: pb::HostIdentity, interval_secs: f64) -> Self {
+        Self(Arc::new(RwLock::new(AgentState::new(
+            identity,
+            interval_secs,
+        ))))
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader(self.0.clone())
+    }
+
+    pub fn spool_fields(&self) -> SpoolFields {
+        SpoolFields(self.0.clone())
+    }
+
+    pub fn write(&self) -> StateWrite<'_> {
+        StateWrite(self.0.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Someone follows the live events (the loop then drains on its short clock).
+    pub fn has_followers(&self) -> bool {
+        self.reader().read().0.live.receiver_count() > 0
+    }
+
+    /// Signalled when someone starts following.
+    pub fn follower_joined(&self) -> Arc<tokio::sync::Notify> {
+        self.reader().read().0.follower_joined.clone()
+    }
+}
+
+impl StateWrite<'_> {
+    /// The interval's sample and its syscall latency.
+    pub fn publish_sample(
+        &mut self,
+        identity: pb::HostIdentity,
+        metrics: pb::HostMetrics,
+        latency: &BTreeMap<u32, LatencyHistogram>,
+    ) {
+        self.0.identity = identity;
+        self.0.latest = Some(metrics);
+        self.0.push_latency(latency);
+    }
+
+    /// A retransmit, slow syscall or finding: into the recent lists and to followers.
+    pub fn push_event(&mut self, event: pb::live_event::Event) {
+        self.0.push_event(event);
+    }
+
+    /// Whether finding `f` may be kept under the per-user, per-rule rate (counted in
+    /// `findings_rate_limited` when not).
+    pub fn admit_finding(&mut self, f: &pb::Finding) -> bool {
+        let st = &mut *self.0;
+        let admitted = st.finding_rate.admit(f);
+        st.agent.findings_rate_limited = st.finding_rate.limited;
+        admitted
+    }
+
+    /// The agent's own counters (`vigil stats --json` `agent`).
+    pub fn agent_self(&mut self) -> &mut pb::AgentSelf {
+        &mut self.0.agent
+    }
+}
+
+impl StateReader {
+    pub fn read(&self) -> StateRead<'_> {
+        StateRead(self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl StateRead<'_> {
+    pub fn identity(&self) -> &pb::HostIdentity {
+        &self.0.identity
+    }
+
+    /// The latest sample; `None` before the first interval ends.
+    pub fn latest(&self) -> Option<&pb::HostMetrics> {
+        self.0.latest.as_ref()
+    }
+
+    pub fn agent_self(&self) -> &pb::AgentSelf {
+        &self.0.agent
+    }
+
+    /// Syscall latency over the last `window_secs` (at least one interval), merged.
+    pub fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
+        self.0.latency_over(window_secs)
+    }
+
+    /// The newest `limit` retransmits, oldest first.
+    pub fn retransmits(&self, limit: usize) -> impl Iterator<Item = &pb::TcpRetransmit> {
+        let r = &self.0.retransmits;
+        r.iter().skip(r.len().saturating_sub(limit))
+    }
+
+    /// Findings kept, each with its number since the agent started, from number `from`.
+    pub fn findings_from(&self, from: u64) -> impl Iterator<Item = (u64, &pb::Finding)> {
+        let forgotten = self.0.findings_forgotten;
+        let skip = usize::try_from(from.saturating_sub(forgotten)).unwrap_or(usize::MAX);
+        self.0
+            .findings
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, f)| (forgotten + i as u64, f))
+    }
+
+    /// Findings pushed out of the recent list by newer ones.
+    pub fn findings_forgotten(&self) -> u64 {
+        self.0.findings_forgotten
+    }
+
+    /// Live events from now on (and tells the loop someone follows).
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::live_event::Event> {
+        self.0.follower_joined.notify_one();
+        self.0.live.subscribe()
+    }
+}
+
+impl SpoolFields {
+    /// The spool's state after the writer thread appended, acked or dropped.
+    pub fn publish(&self, snap: &crate::spool::writer::Snapshot) {
+        let mut st = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let a = &mut st.agent;
+        a.epoch = snap.epoch.high();
+        a.epoch_low = snap.epoch.low();
+        a.last_sequence = snap.last_sequence;
+        a.spool_bytes = snap.stats.bytes;
+        a.spool_unacked = snap.stats.unacked;
+        a.spool_dropped_batches = snap.stats.dropped_batches;
+        a.spool_corrupt_records = snap.stats.corrupt_records;
+        a.spool_state_rebuilt = snap.stats.state_rebuilt;
+        a.losses = Some(snap.total_losses);
+    }
 }
 
 /// At most this many findings of one rule for one user per minute; more are counted
@@ -95,7 +255,7 @@ impl FindingRate {
 }
 
 impl AgentState {
-    pub fn new(identity: pb::HostIdentity, interval_secs: f64) -> Self {
+    fn new(identity: pb::HostIdentity, interval_secs: f64) -> Self {
         Self {
             identity,
             latest: None,
@@ -112,7 +272,7 @@ impl AgentState {
         }
     }
 
-    pub fn push_latency(&mut self, delta: &BTreeMap<u32, LatencyHistogram>) {
+    fn push_latency(&mut self, delta: &BTreeMap<u32, LatencyHistogram>) {
         if self.latency.len() >= RECENT_INTERVALS + GROUP {
             let mut merged: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
             for interval in self.latency.drain(..GROUP) {
@@ -130,7 +290,7 @@ impl AgentState {
             .push_back(delta.iter().map(|(nr, h)| (*nr, h.into())).collect());
     }
 
-    pub fn push_event(&mut self, event: pb::live_event::Event) {
+    fn push_event(&mut self, event: pb::live_event::Event) {
         if let pb::live_event::Event::Retransmit(r) = &event {
             if self.retransmits.len() >= RECENT_RETRANSMITS {
                 self.retransmits.pop_front();
@@ -149,7 +309,7 @@ impl AgentState {
     }
 
     /// Syscall latency over the last `window_secs` (at least one interval), merged.
-    pub fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
+    fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
         let n = ((window_secs / self.interval_secs.max(0.001)).ceil() as usize).max(1);
         let mut out: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
         let recent = self.latency.iter().rev().take(n);

@@ -20,7 +20,7 @@ impl Agent {
     /// and security events go through the detector, and its findings likewise.
     pub(super) fn absorb(&mut self) {
         let mut dropped = 0;
-        let mut st = self.state.write().ok();
+        let mut st = Some(self.state.write());
         let mut findings = Vec::new();
         for e in self.events.drain(..) {
             let live = match &e {
@@ -50,25 +50,25 @@ impl Agent {
         }
         if let Some(d) = self.detector.as_mut() {
             d.tick(false, &mut findings);
-            if let Some(st) = st.as_deref_mut() {
-                let a = &mut st.agent;
-                a.process_events = d.stats.process_events;
-                a.security_events = d.stats.security_events;
-                a.findings = d.stats.findings;
-                a.processes_tracked = d.stats.table_size;
-                a.processes_untracked = d.stats.untracked;
-                a.connect_watch_full = d.stats.watch_failed;
-                if a.rule_matches.len() != d.stats.matches.len()
-                    || d.stats
+            if let Some(st) = st.as_mut() {
+                let a = st.agent_self();
+                a.process_events = d.stats().process_events;
+                a.security_events = d.stats().security_events;
+                a.findings = d.stats().findings;
+                a.processes_tracked = d.stats().table_size;
+                a.processes_untracked = d.stats().untracked;
+                a.connect_watch_full = d.stats().watch_failed;
+                if a.rule_matches.len() != d.stats().matches.len()
+                    || d.stats()
                         .matches
                         .iter()
                         .any(|(k, v)| a.rule_matches.get(k) != Some(v))
                 {
-                    a.rule_matches = d.stats.matches.clone().into_iter().collect();
+                    a.rule_matches = d.stats().matches.clone().into_iter().collect();
                 }
             }
         }
-        self.iv.publish_findings(findings, st.as_deref_mut());
+        self.iv.publish_findings(findings, st.as_mut());
         self.iv.pipeline_dropped += dropped;
     }
 
@@ -106,11 +106,11 @@ impl Agent {
             None => (BTreeMap::new(), pb::Losses::default()),
         };
         let agent_id = &self.agent_id;
-        if let Ok(mut st) = self.state.write() {
-            st.identity = convert::host_identity(&sample, agent_id);
-            st.latest = Some(convert::host_metrics(&sample));
-            st.push_latency(&delta);
-        }
+        self.state.write().publish_sample(
+            convert::host_identity(&sample, agent_id),
+            convert::host_metrics(&sample),
+            &delta,
+        );
         let cumulative = iv.cumulative(&kernel, undecodable);
         let mut losses = losses_since(&cumulative, &iv.reported);
         losses.add(&std::mem::take(&mut iv.carried));
@@ -186,12 +186,14 @@ impl Agent {
         let e = &self.errors;
         let spool_write = self.spool.write_failed.load(Ordering::Relaxed);
         let spool_fsync = self.spool.fsync_failed.load(Ordering::Relaxed);
-        if let Ok(mut s) = self.state.write() {
+        {
+            let mut s = self.state.write();
+            let s = s.agent_self();
             // Read under the state's lock: the writer thread's own update of the spool
             // fields (after the lock) is never older than this one.
             let snap = self.spool.snapshot();
             let st = &snap.stats;
-            s.agent = pb::AgentSelf {
+            *s = pb::AgentSelf {
                 epoch: snap.epoch.high(),
                 epoch_low: snap.epoch.low(),
                 last_sequence: snap.last_sequence,
@@ -225,7 +227,7 @@ impl Agent {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-                ..std::mem::take(&mut s.agent)
+                ..std::mem::take(s)
             };
         }
     }
