@@ -115,7 +115,8 @@ impl Vigil {
         v
     }
 
-    fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+    /// Waits for a stderr line containing `needle` (lines before it are kept).
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             match self

@@ -17,11 +17,9 @@ use vigil_tests::{
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// Waits up to `max` for `cond`, polling; a timeout fails the test with `what`.
+fn wait_until(what: &str, max: Duration, cond: impl FnMut() -> bool) {
+    vigil_tests::daemons::wait_until(what, max, cond);
 }
 
 /// `bin` (the CLI, `vigil-agent`, `vigil-collector`) run inside network namespace
@@ -37,17 +35,74 @@ fn command(bin: std::path::PathBuf, netns: Option<&str>) -> Command {
     }
 }
 
-/// A `vigil collector` on `addr` with its data in `dir`; returns once it listens.
-fn start_collector(addr: &str, dir: &Path, netns: Option<&str>) -> KillOnDrop {
-    let (child, _, lines) = vigil_tests::collector_address(
+/// A `vigil-collector` listening on `listen` (`127.0.0.1:0` for any port) with its
+/// data in `dir`; returns once it is ready, with the address it says it bound.
+fn start_collector(listen: &str, dir: &Path, netns: Option<&str>) -> (KillOnDrop, String) {
+    let (child, addr, lines) = vigil_tests::collector_address(
         command(daemon_bin("collector"), netns)
-            .args(["--listen", addr, "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     );
     std::thread::spawn(move || for _ in lines {});
-    KillOnDrop(child)
+    (KillOnDrop(child), addr)
+}
+
+/// An address for a collector that starts later: one a collector bound and named,
+/// then stopped; the later one binds it again (tokio sets SO_REUSEADDR).
+fn address_for_a_later_collector(dir: &Path) -> String {
+    let (collector, addr) = start_collector("127.0.0.1:0", dir, None);
+    drop(collector);
+    addr
+}
+
+/// The agent's own counters (`vigil stats --json` `agent`) from its API in `dir`
+/// (waiting out the first interval, before which the agent has no sample to show).
+fn agent_self(dir: &Path) -> Value {
+    let socket = dir.join("agent.sock");
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new(vigil_bin())
+            .args(["stats", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("vigil stats");
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+            return v["agent"].clone();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "the agent's API at {} never answered: {last}",
+        socket.display()
+    );
+}
+
+/// The highest sequence the collector holds from `agent_id` (0 before the first).
+fn stored_up_to(addr: &str, agent_id: &str, netns: Option<&str>) -> u64 {
+    host_row(addr, agent_id, netns).map_or(0, |h| n(&h, "last_seq"))
+}
+
+/// Waits until the collector holds `agent_id`'s batches up to at least `seq`.
+fn wait_stored(addr: &str, agent_id: &str, netns: Option<&str>, seq: u64) {
+    wait_until(
+        &format!("{agent_id}'s batches up to {seq} at the collector"),
+        Duration::from_secs(60),
+        || stored_up_to(addr, agent_id, netns) >= seq,
+    );
+}
+
+/// Waits until the agent's spool holds at least `n` batches the collector has not acked.
+fn wait_unacked(dir: &Path, n: u64) {
+    wait_until(
+        &format!("{n} unacked batches in the agent's spool"),
+        Duration::from_secs(60),
+        || agent_self(dir)["spool"]["unacked"].as_u64().unwrap_or(0) >= n,
+    );
 }
 
 /// A running `vigil agent`, its stderr collected.
@@ -147,8 +202,8 @@ impl Drop for Agent {
     }
 }
 
-/// Writes an agent config: 1 s batches, no API unless asked, probes and detection off
-/// unless the extra TOML turns them on.
+/// Writes an agent config: 1 s batches, the API at `dir/agent.sock` (the tests read the
+/// agent's counters there), probes and detection off unless the extra TOML turns them on.
 fn agent_config(
     dir: &Path,
     collector: &str,
@@ -158,8 +213,10 @@ fn agent_config(
 ) -> PathBuf {
     let data = dir.join("agent");
     let text = format!(
-        "interval = \"1s\"\ncollector = \"{collector}\"\nagent_id = \"{agent_id}\"\napi = false\n\
-         data_dir = \"{}\"\nshutdown_timeout = \"10s\"\n{extra_top}\n{extra_sections}\n",
+        "interval = \"1s\"\ncollector = \"{collector}\"\nagent_id = \"{agent_id}\"\n\
+         socket = \"{}\"\ndata_dir = \"{}\"\nshutdown_timeout = \"10s\"\n{extra_top}\n\
+         {extra_sections}\n",
+        dir.join("agent.sock").display(),
         data.display()
     );
     let text = if extra_sections.contains("[probes]") {
@@ -227,25 +284,26 @@ fn collector_killed_and_restarted_three_times() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let id = format!("chaos-restart-{}", std::process::id());
     let cdir = dir.path().join("collector");
-    let mut collector = start_collector(&addr, &cdir, None);
+    let (mut collector, addr) = start_collector("127.0.0.1:0", &cdir, None);
     let agent = Agent::start(&agent_config(dir.path(), &addr, &id, "", ""), None);
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_secs(12));
-        drop(collector); // SIGKILL
-        std::thread::sleep(Duration::from_secs(3));
-        collector = start_collector(&addr, &cdir, None);
+        // Ten batches stored, then the collector dies (SIGKILL) while the agent piles
+        // up at least two more, and comes back on the same address.
+        wait_stored(&addr, &id, None, stored_up_to(&addr, &id, None) + 10);
+        drop(collector);
+        wait_unacked(dir.path(), 2);
+        collector = start_collector(&addr, &cdir, None).0;
     }
-    std::thread::sleep(Duration::from_secs(12));
+    wait_stored(&addr, &id, None, stored_up_to(&addr, &id, None) + 10);
     let out = agent.stop();
     assert_all_acked(&out);
     let h = host_row(&addr, &id, None).expect("agent listed");
     assert_complete(&h);
     assert!(
-        n(&h, "last_seq") >= 45,
-        "about a minute of 1 s batches: {h}"
+        n(&h, "last_seq") >= 40,
+        "four rounds of at least 10 new batches each: {h}"
     );
     assert!(out.contains("reconnects"), "{out}");
 }
@@ -256,12 +314,11 @@ fn agent_killed_mid_stream_and_restarted() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let id = format!("chaos-sigkill-{}", std::process::id());
-    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let (_collector, addr) = start_collector("127.0.0.1:0", &dir.path().join("collector"), None);
     let config = agent_config(dir.path(), &addr, &id, "", "");
     let agent = Agent::start(&config, None);
-    std::thread::sleep(Duration::from_millis(6500));
+    wait_stored(&addr, &id, None, 5);
     let first_epoch = epoch_of(&agent.stderr.lock().unwrap());
     agent.kill();
     let before = host_row(&addr, &id, None).expect("agent listed");
@@ -271,7 +328,7 @@ fn agent_killed_mid_stream_and_restarted() {
         first_epoch,
         "the spool (and its sequence) survives a SIGKILL"
     );
-    std::thread::sleep(Duration::from_secs(5));
+    wait_stored(&addr, &id, None, n(&before, "last_seq") + 4);
     let out = agent.stop();
     assert_all_acked(&out);
     let h = host_row(&addr, &id, None).expect("agent listed");
@@ -301,25 +358,13 @@ fn link_down_for_twenty_seconds_then_catch_up() {
     let addr = format!("{}:7470", NetnsPair::ADDR_B);
     let id = format!("chaos-link-{}", std::process::id());
     let _collector = start_collector(&addr, &dir.path().join("collector"), Some(&net.b));
-    let socket = dir.path().join("agent.sock");
-    let config = agent_config(
-        dir.path(),
-        &addr,
-        &id,
-        &format!("api = true\nsocket = \"{}\"", socket.display()),
-        "",
-    );
-    // `api = false` comes first in the file; the later line would be a duplicate key.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("api = false\n", "", 1);
-    std::fs::write(&config, text).unwrap();
+    let config = agent_config(dir.path(), &addr, &id, "", "");
     let agent = Agent::start(&config, Some(&net.a));
-    std::thread::sleep(Duration::from_secs(5));
-    let socket_s = socket.to_str().unwrap();
-    let agent_self = || vigil_json(&["stats", "--socket", socket_s, "--json"])["agent"].clone();
+    wait_stored(&addr, &id, Some(&net.b), 3);
+    let agent_self = || agent_self(dir.path());
     vigil_tests::sh("ip", &["-n", &net.a, "link", "set", &net.dev_a, "down"]);
-    std::thread::sleep(Duration::from_secs(20));
+    // Down until the agent has spooled ten batches it could not send.
+    wait_unacked(dir.path(), 10);
     let during = agent_self();
     vigil_tests::sh("ip", &["-n", &net.a, "link", "set", &net.dev_a, "up"]);
     assert!(
@@ -347,7 +392,10 @@ fn link_down_for_twenty_seconds_then_catch_up() {
     assert_all_acked(&out);
     let h = host_row(&addr, &id, Some(&net.b)).expect("agent listed");
     assert_complete(&h);
-    assert!(n(&h, "last_seq") >= 25, "{h}");
+    assert!(
+        n(&h, "last_seq") >= n(&during, "last_seq"),
+        "{h} after {during}"
+    );
 }
 
 #[test]
@@ -356,7 +404,7 @@ fn spool_bound_drops_the_oldest_and_the_collector_sees_the_count() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = address_for_a_later_collector(&dir.path().join("collector"));
     let id = format!("chaos-bound-{}", std::process::id());
     let config = agent_config(
         dir.path(),
@@ -367,10 +415,20 @@ fn spool_bound_drops_the_oldest_and_the_collector_sees_the_count() {
     );
     // No collector yet: the spool fills past its bound.
     let mut agent = Agent::start(&config, None);
-    std::thread::sleep(Duration::from_secs(20));
+    wait_until(
+        "the agent dropping its oldest batches",
+        Duration::from_secs(60),
+        || {
+            agent_self(dir.path())["spool"]["dropped_batches"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        },
+    );
     assert!(agent.is_running(), "a full spool doesn't stop the agent");
     let _collector = start_collector(&addr, &dir.path().join("collector"), None);
-    std::thread::sleep(Duration::from_secs(12));
+    let sent = n(&agent_self(dir.path()), "last_seq");
+    wait_stored(&addr, &id, None, sent);
     let out = agent.stop();
     assert_all_acked(&out);
     let h = host_row(&addr, &id, None).expect("agent listed");
@@ -390,7 +448,7 @@ fn corrupted_spool_record_is_skipped_counted_and_the_agent_goes_on() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = address_for_a_later_collector(&dir.path().join("collector"));
     let id = format!("chaos-corrupt-{}", std::process::id());
     let config = agent_config(dir.path(), &addr, &id, "shutdown_timeout = \"1s\"", "");
     let text =
@@ -400,7 +458,7 @@ fn corrupted_spool_record_is_skipped_counted_and_the_agent_goes_on() {
     std::fs::write(&config, text).unwrap();
     // No collector: batches stay in the spool.
     let agent = Agent::start(&config, None);
-    std::thread::sleep(Duration::from_millis(4500));
+    wait_unacked(dir.path(), 3);
     agent.stop();
     let spool = dir.path().join("agent/spool");
     let seg = std::fs::read_dir(&spool)
@@ -427,7 +485,8 @@ fn corrupted_spool_record_is_skipped_counted_and_the_agent_goes_on() {
         "{}",
         agent.stderr.lock().unwrap()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    let sent = n(&agent_self(dir.path()), "last_seq");
+    wait_stored(&addr, &id, None, sent);
     let out = agent.stop();
     assert_all_acked(&out);
     let h = host_row(&addr, &id, None).expect("agent listed");
@@ -473,27 +532,20 @@ fn a_slowly_acking_collector_does_not_grow_agent_memory() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (addr, received) = rt.block_on(slow_collector(Duration::from_millis(100)));
-    let socket = dir.path().join("agent.sock");
-    let config = agent_config(
-        dir.path(),
-        &addr,
-        &id,
-        &format!("socket = \"{}\"", socket.display()),
-        "",
-    );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("api = false\n", "", 1);
-    std::fs::write(&config, text).unwrap();
+    let config = agent_config(dir.path(), &addr, &id, "", "");
     let agent = Agent::start(&config, None);
+    // Memory watched while the slow collector takes 100 batches (a 100 ms ack each:
+    // about 10 s of the exporter reading the backlog from disk).
     let mut peak_kib = 0u64;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(12) {
-        peak_kib = peak_kib.max(rss_kib(agent.child.id()));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let st =
-        vigil_json(&["stats", "--socket", socket.to_str().unwrap(), "--json"])["agent"].clone();
+    wait_until(
+        "100 batches at the slow collector",
+        Duration::from_secs(120),
+        || {
+            peak_kib = peak_kib.max(rss_kib(agent.child.id()));
+            received.lock().unwrap().len() >= 100
+        },
+    );
+    let st = agent_self(dir.path());
     let got = received.lock().unwrap().clone();
     agent.kill();
     eprintln!(
@@ -595,9 +647,8 @@ fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let id = format!("chaos-storm-{}", std::process::id());
-    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let (_collector, addr) = start_collector("127.0.0.1:0", &dir.path().join("collector"), None);
     // Every syscall is "slow", no rate limit, and a 4 KiB ring buffer (~60 events).
     let config = agent_config(
         dir.path(),
@@ -613,7 +664,9 @@ fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
     let pid = storm.pid();
     storm.go();
     storm.wait();
-    std::thread::sleep(Duration::from_secs(2));
+    // The interval that ends after the storm carries the rest of it (read and counted).
+    let after = n(&agent_self(dir.path()), "last_seq") + 1;
+    wait_stored(&addr, &id, None, after);
     let out = agent.stop();
     assert_all_acked(&out);
     let h = host_row(&addr, &id, None).expect("agent listed");
@@ -664,9 +717,8 @@ fn sighup_reloads_the_config_and_keeps_the_probes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let id = format!("chaos-hup-{}", std::process::id());
-    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let (_collector, addr) = start_collector("127.0.0.1:0", &dir.path().join("collector"), None);
     let socket = dir.path().join("agent.sock");
     let config = dir.path().join("agent.toml");
     let base = format!(
@@ -707,23 +759,28 @@ fn sighup_reloads_the_config_and_keeps_the_probes() {
     let mut w = Workload::spawn(WORKLOAD, &["getppid", "500"]);
     w.go();
     w.wait();
-    std::thread::sleep(Duration::from_millis(2500));
-    let rows = vigil_json(&[
-        "syscalls",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--window",
-        "5s",
-        "--json",
-    ]);
-    let getppid = rows["syscalls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "getppid")
-        .and_then(|r| r["count"].as_u64())
-        .unwrap_or(0);
-    assert!(getppid >= 500, "getppid after the reload: {rows}");
+    let getppid = || {
+        let rows = vigil_json(&[
+            "syscalls",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--window",
+            "1m",
+            "--json",
+        ]);
+        rows["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "getppid")
+            .and_then(|r| r["count"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the 500 getppid calls after the reload in the agent's latency table",
+        Duration::from_secs(30),
+        || getppid() >= 500,
+    );
     let out = agent.stop();
     assert_eq!(out.matches("probe syscall-latency: on").count(), 1, "{out}");
     assert_all_acked(&out);
@@ -747,15 +804,26 @@ fn sigterm_spools_the_partial_batch_and_exits_by_the_deadline() {
         .replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"2s\"");
     std::fs::write(&config, text).unwrap();
     let agent = Agent::start(&config, None);
-    std::thread::sleep(Duration::from_secs(2));
+    // The exporter has connected to the hole (and waits there for an answer).
+    blackhole.set_nonblocking(true).unwrap();
+    let mut held = Vec::new();
+    wait_until(
+        "the agent connecting to the silent collector",
+        Duration::from_secs(30),
+        || {
+            if let Ok((c, _)) = blackhole.accept() {
+                held.push(c);
+            }
+            !held.is_empty()
+        },
+    );
     let out = agent.stop();
     // The only batch is the partial interval, written at SIGTERM and unacked.
     assert!(out.contains("spool: 1 unacked"), "{out}");
     drop(blackhole);
 
     // Next start with a real collector: it is sent first, as sequence 1.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _collector = start_collector(&addr, &dir.path().join("collector"), None);
+    let (_collector, addr) = start_collector("127.0.0.1:0", &dir.path().join("collector"), None);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace(&hole, &addr);

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vigil_proto::v1::{Finding, FindingsRequest, StatsRequest};
+use vigil_proto::v1::{AgentSelf, Finding, FindingsRequest, StatsRequest};
 use vigil_tests::{collector_command, require_root, vigil_bin, KillOnDrop, Vigil};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
@@ -121,7 +121,7 @@ impl Agent {
         })
     }
 
-    fn stats(&self) -> vigil_proto::v1::AgentSelf {
+    fn stats(&self) -> AgentSelf {
         rt().block_on(async {
             let mut c = vigil_agent::query::api::connect(&self.socket)
                 .await
@@ -134,6 +134,22 @@ impl Agent {
                 }
             }
         })
+    }
+
+    /// Waits until the agent's count `what` (read by `count` from `vigil stats`) reaches
+    /// `target`: the detector has taken those events, so whatever they raise is listed.
+    fn wait_counted(&self, what: &str, count: impl Fn(&AgentSelf) -> u64, target: u64) {
+        vigil_tests::daemons::wait_until(what, Duration::from_secs(30), || {
+            count(&self.stats()) >= target
+        });
+    }
+
+    /// Runs a marker exec and waits until the detector has taken it: every event before
+    /// it has been decided on (the ring buffer is read in order).
+    fn settle(&self) {
+        let seen = self.stats().process_events;
+        run(&mut Command::new("/bin/true"));
+        self.wait_counted("the marker exec", |a| a.process_events, seen + 1);
     }
 
     /// Waits (at most WITHIN after `done`) for a finding of `rule` that `pred` accepts.
@@ -283,7 +299,7 @@ fn exec_from_temp_dir() {
     let mut follow = KillOnDrop(
         Command::new(vigil_bin())
             .args([
-                "events", "--since", "0s", "--follow", "--json", "--socket", socket,
+                "events", "--since", "5m", "--follow", "--json", "--socket", socket,
             ])
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -297,7 +313,18 @@ fn exec_from_temp_dir() {
             let _ = tx.send(l);
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // `--follow` subscribes before it prints the recent findings: once the first
+    // payload's finding is printed, the live stream is on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the recent finding on --follow");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if v["rule"] == "exec-from-temp-dir" && v["process"]["pid"] == pid {
+            break;
+        }
+    }
     let second = d.path().join("payload2");
     copy_exec("/bin/true", &second);
     let mut child2 = Command::new(&second).spawn().unwrap();
@@ -475,7 +502,7 @@ fn privilege_escalation_to_root_by_a_set_uid_program() {
     let since = now_ms();
     let out = run(Command::new(&prog).arg("setuid-root"));
     assert!(out.status.success());
-    std::thread::sleep(Duration::from_millis(1200));
+    agent.settle();
     let pids: Vec<u32> = agent
         .findings(since)
         .iter()
@@ -894,7 +921,7 @@ fn a_watched_file_is_followed_through_replacement_and_hard_links() {
     // Reading through the link is not writing.
     let since = now_ms();
     let _ = fs::read(&link.0);
-    std::thread::sleep(Duration::from_millis(1200));
+    agent.settle();
     assert!(agent.findings(since).iter().all(|f| f.rule != "test-file"));
 }
 
@@ -902,7 +929,7 @@ fn a_watched_file_is_followed_through_replacement_and_hard_links() {
 fn a_bad_rule_file_is_refused_and_the_last_good_rules_stay() {
     root!("a_bad_rule_file_is_refused_and_the_last_good_rules_stay");
     let good = "rules:\n  - id: test-marker\n    description: marker ran\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.name: vigil-marker\n    dedup: 0s\n";
-    let agent = Agent::start(Some(good));
+    let mut agent = Agent::start(Some(good));
     let rules = agent.dir.path().join("rules.d/test.yaml");
     fs::write(&rules, "rules:\n  - id: broken\n    description: x\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.nam: x\n").unwrap();
     // The CLI's own check says where and why.
@@ -924,7 +951,9 @@ fn a_bad_rule_file_is_refused_and_the_last_good_rules_stay() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    agent
+        .vigil
+        .wait_for_stderr("SIGHUP: rules refused", Duration::from_secs(30));
     let d = tmp_dir();
     let prog = d.path().join("vigil-marker");
     copy_exec("/bin/true", &prog);
@@ -1001,7 +1030,7 @@ fn a_benign_workload_raises_no_finding() {
     ]))
     .status
     .success());
-    std::thread::sleep(Duration::from_millis(1500));
+    agent.settle();
     // Findings caused by this workload: the test process or its descendants.
     let mine: Vec<Finding> = agent
         .findings(since)
@@ -1044,8 +1073,16 @@ fn an_exec_storm_through_the_agent_is_accounted_for() {
     );
     writeln!(w.0.stdin.take().unwrap()).unwrap();
     assert!(w.0.wait().unwrap().success());
-    // Until the agent has drained and counted everything (two intervals).
-    std::thread::sleep(Duration::from_secs(3));
+    // Until the agent has drained and counted everything: each exec matched or lost.
+    vigil_tests::daemons::wait_until(
+        "every exec matched or counted lost",
+        Duration::from_secs(60),
+        || {
+            let a = agent.stats();
+            let lost = a.losses.unwrap_or_default().process_ringbuf_full - lost_before;
+            a.rule_matches.get("test-storm").copied().unwrap_or(0) + lost >= EXECS
+        },
+    );
     let after = agent.stats();
     let matched = after.rule_matches.get("test-storm").copied().unwrap_or(0);
     let lost = after.losses.unwrap_or_default().process_ringbuf_full - lost_before;

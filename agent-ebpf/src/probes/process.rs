@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use vigil_common::{
     Counter, EventKind, FdKind, ProcessEvent, ProcessOp, TaskLayout, ARGS_LEN, EXE_MEMFD,
-    EXE_UNLINKED,
+    EXE_NAME_LEN, EXE_UNLINKED, FILENAME_LEN,
 };
 
 use crate::maps::{count, setting, submit_flags, EVENTS};
@@ -134,35 +134,39 @@ fn emit(op: ProcessOp, task: *const u8, filename: *const u8, bprm: *const u8) {
     let parent = read_ptr(task, layout.real_parent);
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: `ev` points into the reserved ring-buffer record, sized for a
-    // ProcessEvent; every field is written before submit. The event is too large for
-    // the BPF stack, so it is filled in place.
+    // ProcessEvent. The whole struct is written first (a field added to the ABI that is
+    // not named here does not compile, so no field can carry an earlier record's
+    // bytes), then the exec-only parts are filled in place.
     unsafe {
-        (*ev).kind = EventKind::Process as u8;
-        (*ev).op = op as u8;
-        (*ev)._pad = [0; 2];
-        (*ev).pid = read_at(task, layout.tgid);
-        (*ev).ppid = read_at(parent, layout.tgid);
-        (*ev).uid = uid_gid as u32;
-        (*ev).gid = (uid_gid >> 32) as u32;
-        (*ev).exit_code = if op == ProcessOp::Exit {
-            read_at(task, layout.exit_code)
-        } else {
-            0
-        };
-        (*ev).timestamp_ns = bpf_ktime_get_ns();
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ev).filename[0] = 0;
-        (*ev).args_len = 0;
-        (*ev).euid = 0;
-        (*ev).stdin_kind = 0;
-        (*ev).stdout_kind = 0;
-        (*ev).exe_flags = 0;
-        (*ev)._pad2 = 0;
-        (*ev)._pad3 = 0;
-        (*ev).stdin_ino = 0;
-        (*ev).stdout_ino = 0;
-        (*ev).exe_name[0] = 0;
+        ev.write(ProcessEvent {
+            kind: EventKind::Process as u8,
+            op: op as u8,
+            _pad: [0; 2],
+            pid: read_at(task, layout.tgid),
+            ppid: read_at(parent, layout.tgid),
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            exit_code: if op == ProcessOp::Exit {
+                read_at(task, layout.exit_code)
+            } else {
+                0
+            },
+            timestamp_ns: bpf_ktime_get_ns(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            filename: [0; FILENAME_LEN],
+            args: [0; ARGS_LEN],
+            args_len: 0,
+            euid: 0,
+            stdin_kind: 0,
+            stdout_kind: 0,
+            exe_flags: 0,
+            _pad2: 0,
+            _pad3: 0,
+            stdin_ino: 0,
+            stdout_ino: 0,
+            exe_name: [0; EXE_NAME_LEN],
+        });
         if !filename.is_null() {
             let _ = bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename);
         }

@@ -71,26 +71,29 @@ fn emit(op: SecurityOp, fill: impl FnOnce(*mut SecurityEvent)) {
     let ev = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: `ev` points into the reserved record; every field is written here or
-    // by `fill` before submit.
+    // SAFETY: `ev` points into the reserved record. The whole struct is written (a
+    // field added to the ABI that is not named here does not compile, so none can
+    // carry an earlier record's bytes); `fill` then sets what its action reports.
     unsafe {
-        (*ev).kind = EventKind::Security as u8;
-        (*ev).op = op as u8;
-        (*ev).family = 0;
-        (*ev).pid = (pid_tgid >> 32) as u32;
-        (*ev).tid = pid_tgid as u32;
-        (*ev).uid = uid_gid as u32;
-        (*ev).gid = (uid_gid >> 32) as u32;
-        (*ev).port = 0;
-        (*ev)._pad = 0;
-        (*ev).target = 0;
-        (*ev).detail = 0;
-        (*ev).dev = 0;
-        (*ev).timestamp_ns = bpf_ktime_get_ns();
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ev).addr = [0; 16];
-        (*ev).name = [0; NAME_LEN];
+        ev.write(SecurityEvent {
+            kind: EventKind::Security as u8,
+            op: op as u8,
+            family: 0,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            port: 0,
+            _pad: 0,
+            target: 0,
+            detail: 0,
+            dev: 0,
+            timestamp_ns: bpf_ktime_get_ns(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            addr: [0; 16],
+            name: [0; NAME_LEN],
+        });
     }
     fill(ev);
     entry.submit(submit_flags(true));
