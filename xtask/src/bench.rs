@@ -25,6 +25,10 @@ pub enum Bench {
         /// CPU to pin the loop to.
         #[arg(long, default_value_t = 1)]
         cpu: usize,
+        /// Another build's `vigil` binary (an earlier version): its shipped probes are
+        /// measured in the same rounds, next to this build's.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Collector ingest: batches/s and metric points/s from concurrent simulated
     /// agents on loopback, and the collector's CPU time.
@@ -86,6 +90,8 @@ enum Config {
     /// A syscall probe variant of the vigil binary: (name, description).
     Variant(String, String),
     Shipped,
+    /// Another build's shipped probes (`--baseline`).
+    Baseline(std::path::PathBuf),
     Syscount,
     Bpftrace,
 }
@@ -96,6 +102,7 @@ impl Config {
             Self::None => "no probe".into(),
             Self::Variant(_, describe) => format!("vigil variant: {describe}"),
             Self::Shipped => "vigil as shipped (all probes)".into(),
+            Self::Baseline(_) => "baseline as shipped (all probes)".into(),
             Self::Syscount => "libbpf-tools syscount -L".into(),
             Self::Bpftrace => "bpftrace per-syscall hist".into(),
         }
@@ -186,6 +193,12 @@ fn attach(config: &Config, vigil: &std::path::Path) -> anyhow::Result<Attached> 
             ready,
             Duration::ZERO,
         )?,
+        // A build from before vigil-bench carried `vigil hold-probes` itself.
+        Config::Baseline(b) => {
+            let own = crate::sibling(b, "vigil-bench");
+            let bin = if own.exists() { own } else { b.clone() };
+            spawn_peer(Command::new(bin).arg("hold-probes"), ready, Duration::ZERO)?
+        }
         Config::Syscount => spawn_peer(
             Command::new("stdbuf").args(["-oL", "syscount", "-L"]),
             "Tracing syscalls",
@@ -251,12 +264,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
-    let (iterations, rounds, cpu) = match bench {
+    let (iterations, rounds, cpu, baseline) = match bench {
         Bench::Syscalls {
             iterations,
             rounds,
             cpu,
-        } => (iterations, rounds, cpu),
+            baseline,
+        } => (iterations, rounds, cpu, baseline),
         Bench::Collector {
             agents,
             batches,
@@ -288,7 +302,11 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             .into_iter()
             .map(|(n, d)| Config::Variant(n, d)),
     );
-    configs.extend([Config::Shipped, Config::Syscount, Config::Bpftrace]);
+    configs.push(Config::Shipped);
+    if let Some(b) = &baseline {
+        configs.push(Config::Baseline(b.to_path_buf()));
+    }
+    configs.extend([Config::Syscount, Config::Bpftrace]);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     println!("bench syscalls: {iterations} getppid() per measurement on CPU {cpu}, {rounds} rounds, configurations interleaved");
     for round in 1..=rounds {
