@@ -615,3 +615,91 @@ fn is_prompt(e: &Event) -> bool {
         Event::SlowSyscall(_) | Event::Retransmit(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The agent loop in-process, without root: host metrics only (probes and detection
+    //! off), streaming to a real collector (`collector::serve` on 127.0.0.1:0) and
+    //! answering its API on a socket in a temporary directory.
+    use std::time::Duration;
+
+    use super::Agent;
+    use crate::config::AgentConfig;
+
+    #[test]
+    fn the_loop_samples_spools_streams_and_answers_its_api_then_stops_with_every_batch_stored() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store_dir = dir.path().join("collector");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop_collector, stopped) = tokio::sync::oneshot::channel::<()>();
+            let collector = tokio::spawn(vigil_collector::serve(
+                listener,
+                vigil_collector::CollectorConfig {
+                    data_dir: store_dir.clone(),
+                    retention: Duration::from_secs(86_400),
+                    limits: vigil_collector::Limits::default(),
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let socket = dir.path().join("agent.sock");
+            let text = format!(
+                "interval = \"1s\"\ncollector = \"{addr}\"\nagent_id = \"loop\"\n\
+                 socket = \"{}\"\ndata_dir = \"{}\"\n\n[probes]\nsyscalls = false\n\
+                 retransmits = false\n\n[detect]\nenabled = false\n",
+                socket.display(),
+                dir.path().join("agent").display()
+            );
+            let path = dir.path().join("agent.toml");
+            let config = AgentConfig::parse(&path, &text).unwrap();
+            let reload = Box::new(move || AgentConfig::parse(&path, &text));
+            let mut agent = Agent::start(config, reload).await.unwrap();
+            // The loop runs while the test asks its API and the collector.
+            let sent = {
+                let watch = async {
+                    let mut api = crate::query::api::connect(&socket).await.unwrap();
+                    loop {
+                        if let Ok(r) = api.stats(vigil_proto::v1::StatsRequest {}).await {
+                            let r = r.into_inner();
+                            let a = r.agent.unwrap_or_default();
+                            // Three intervals sampled, spooled and acked.
+                            if a.last_sequence >= 3 && a.batches_acked >= 3 {
+                                assert!(r.metrics.is_some_and(|m| m.memory_total_bytes > 0));
+                                assert_eq!(r.host.unwrap().agent_id, "loop");
+                                return a.last_sequence;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                tokio::select! {
+                    r = agent.serve() => panic!("the loop ended by itself: {r:?}"),
+                    n = tokio::time::timeout(Duration::from_secs(60), watch) => {
+                        n.expect("three batches acked within a minute")
+                    }
+                }
+            };
+            // A stop as on SIGTERM: the partial interval is spooled and sent too.
+            agent.stop(tokio::time::Instant::now()).await;
+            let _ = stop_collector.send(());
+            collector.await.unwrap().unwrap();
+            let store = vigil_collector::Store::open(&store_dir).unwrap();
+            let hosts = store.hosts().unwrap();
+            assert_eq!(hosts.len(), 1, "{hosts:?}");
+            let h = &hosts[0];
+            assert!(h.last_sequence > sent, "the stop's own batch: {h:?}");
+            assert_eq!(
+                (h.batches, h.gaps, h.duplicates),
+                (h.last_sequence, 0, 0),
+                "every batch stored once: {h:?}"
+            );
+        });
+    }
+}
