@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
+mod fuzz;
 mod setup;
 mod soak;
 
@@ -32,6 +33,20 @@ enum Task {
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// The cargo-fuzz targets (fuzz/), one after another, with their execution counts.
+    Fuzz {
+        /// A few seconds per target (what `cargo xtask test` runs).
+        #[arg(long)]
+        smoke: bool,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Executions per target instead of a time limit.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only this target.
+        target: Option<String>,
+    },
     /// Many agents streaming to one collector for a while: no lost sequence, memory
     /// growth under 10 % (exit status 1 otherwise).
     Soak {
@@ -125,6 +140,20 @@ fn main() -> anyhow::Result<()> {
             setup::setup(setup::Mode::IfMissing)?;
             let vigil = build_release()?;
             bench::run(b, &vigil)
+        }
+        Task::Fuzz {
+            smoke,
+            seconds,
+            runs,
+            target,
+        } => {
+            setup::setup(setup::Mode::IfMissing)?;
+            fuzz::run(&fuzz::Options {
+                smoke,
+                seconds,
+                runs,
+                target,
+            })
         }
         Task::Soak {
             agents,
@@ -260,5 +289,12 @@ fn test() -> anyhow::Result<()> {
     }
     run(cargo()
         .args(["test", "--package", "vigil-tests", "--", "--test-threads=1"])
-        .env("VIGIL_BIN", vigil))
+        .env("VIGIL_BIN", vigil))?;
+    // Every fuzz target for a few seconds: they build, and their seeds do not crash.
+    fuzz::run(&fuzz::Options {
+        smoke: true,
+        seconds: 5,
+        runs: None,
+        target: None,
+    })
 }

@@ -54,6 +54,7 @@ pub fn setup(mode: Mode) -> anyhow::Result<()> {
     nightly_rust_src(mode)?;
     debian_packages(mode)?;
     bpf_linker(mode)?;
+    cargo_fuzz_if(mode)?;
     say(mode, "everything is in place");
     Ok(())
 }
@@ -167,4 +168,22 @@ fn bpf_linker(mode: Mode) -> anyhow::Result<()> {
             .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &prefix),
     )
     .with_context(|| format!("building bpf-linker failed; it needs llvm-{LLVM}-dev and libpolly-{LLVM}-dev (`cargo xtask setup` installs them as root)"))
+}
+
+fn cargo_fuzz_if(mode: Mode) -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        say(mode, "cargo-fuzz: present");
+        return Ok(());
+    }
+    cargo_fuzz()
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer on the nightly toolchain).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (about two minutes)");
+    crate::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz failed")
 }

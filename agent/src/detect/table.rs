@@ -491,13 +491,10 @@ fn read_proc(proc_root: &Path, boot_unix_ms: i64, pid: u32) -> Option<Proc> {
     let start_ticks = i64::try_from(stat.start_ticks).unwrap_or(0);
     // SAFETY: sysconf has no memory side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    let (uid, euid) = {
-        use procfs_core::FromRead as _;
-        std::fs::read(dir.join("status"))
-            .ok()
-            .and_then(|b| procfs_core::process::Status::from_read(&b[..]).ok())
-            .map_or((0, 0), |s| (s.ruid, s.euid))
-    };
+    let (uid, euid) = std::fs::read_to_string(dir.join("status"))
+        .ok()
+        .and_then(|t| crate::metrics::parse::pid_status_uids(&t))
+        .unwrap_or((0, 0));
     let cmdline = std::fs::read(dir.join("cmdline"))
         .map(|b| join_args(&b))
         .unwrap_or_default();

@@ -56,8 +56,45 @@ pub fn proc_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// /proc/meminfo (values in bytes); `None` when procfs-core cannot parse it.
+///
+/// procfs-core 0.18 panics on a field name that does not end in an ASCII `:` (it cuts
+/// the last byte) and overflows on a value too large for its unit (the `procfs` fuzz
+/// target found both): lines like that are left out first, as lines of a newer kernel
+/// that no parser knows would be.
 pub fn meminfo(text: &str) -> Option<procfs_core::Meminfo> {
-    procfs_core::Meminfo::from_buf_read(text.as_bytes()).ok()
+    let understood = |line: &&str| {
+        let mut w = line.split_whitespace();
+        let (Some(field), Some(value)) = (w.next(), w.next()) else {
+            return false;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            return false;
+        };
+        let scale = match w.next() {
+            None | Some("B") => 1,
+            Some("KiB" | "kiB" | "kB" | "KB") => 1 << 10,
+            Some("MiB" | "miB" | "MB" | "mB") => 1 << 20,
+            Some("GiB" | "giB" | "GB" | "gB") => 1 << 30,
+            Some(_) => return false,
+        };
+        field.len() > 1 && field.ends_with(':') && value.checked_mul(scale).is_some()
+    };
+    let kept: Vec<&str> = text.lines().filter(understood).collect();
+    procfs_core::Meminfo::from_buf_read(kept.join("\n").as_bytes()).ok()
+}
+
+/// /proc/uptime: seconds since boot.
+pub fn uptime(text: &str) -> Option<f64> {
+    procfs_core::Uptime::from_read(text.as_bytes())
+        .ok()
+        .map(|u| u.uptime)
+}
+
+/// /proc/PID/status: the real and effective uid.
+pub fn pid_status_uids(text: &str) -> Option<(u32, u32)> {
+    procfs_core::process::Status::from_read(text.as_bytes())
+        .ok()
+        .map(|s| (s.ruid, s.euid))
 }
 
 pub fn loadavg(text: &str) -> Option<(f64, f64, f64)> {
@@ -229,7 +266,21 @@ pub struct PidStat {
 /// /proc/PID/stat (procfs-core counts the fields from the last `)`: the command name
 /// may itself hold spaces and parentheses).
 pub fn pid_stat(text: &str) -> Option<PidStat> {
-    let s = procfs_core::process::Stat::from_read(text.as_bytes()).ok()?;
+    // procfs-core 0.18 slices around the parentheses unchecked (the pid and a space
+    // before the first, a space and a field after the last) and panics when they are not
+    // there or fall inside a multi-byte character (found by the `procfs` fuzz target):
+    // refuse such text before it gets there.
+    let t = text.trim();
+    let (open, close) = (t.find('(')?, t.rfind(')')?);
+    let sliceable = open >= 2
+        && close > open
+        && close + 2 <= t.len()
+        && t.is_char_boundary(open - 1)
+        && t.is_char_boundary(close + 2);
+    if !sliceable {
+        return None;
+    }
+    let s = procfs_core::process::Stat::from_read(t.as_bytes()).ok()?;
     Some(PidStat {
         comm: s.comm,
         state: s.state,
@@ -279,6 +330,12 @@ mod tests {
         assert_eq!(m.mem_available, Some(1_024_000));
         assert_eq!(m.hugepages_total, Some(0));
         assert!(meminfo("MemTotal: x kB\n").is_none());
+        // What procfs-core would panic on is left out, not fatal (the fuzzer's finds).
+        let odd = "MemTotal: 1 kB\nMemFree:\u{e4} 2 kB\nHuge: 18446744073709551615 kB\n";
+        assert!(
+            meminfo(odd).is_none(),
+            "the required fields are missing, no panic"
+        );
     }
 
     #[test]
@@ -363,6 +420,24 @@ mod tests {
         assert_eq!(s.start_ticks, 555);
         assert_eq!(s.rss_pages, 25);
         assert_eq!(pid_stat("garbage"), None);
+    }
+
+    /// What procfs-core would panic on is refused (the fuzzer's first find, and the
+    /// other unchecked slices next to it).
+    #[test]
+    fn pid_stat_refuses_text_procfs_core_would_panic_on() {
+        let crash = b"(peo1c rss_api\x08\x00\x00\x00) S 0 100872 3\xb33 551 1358998 2>2310 10 -1";
+        assert_eq!(pid_stat(&String::from_utf8_lossy(crash)), None);
+        for text in [
+            "(x) S 1",
+            "1(x) S 1",
+            "1 \u{e9}(x) S 1",
+            "1 (x)",
+            "1 (x)\u{e9}",
+            "1 )x( S",
+        ] {
+            assert_eq!(pid_stat(text), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -184,7 +184,6 @@ impl Sampler {
     /// boot time from /proc/stat, uptime from /proc/uptime (procfs-core; sysinfo rounds
     /// it to whole seconds, too coarse for the CPU share of a process started mid-window).
     fn identity(&self, boot_time_unix: u64) -> HostIdentity {
-        use procfs_core::FromRead as _;
         let os = match (
             sysinfo::System::name().ok(),
             sysinfo::System::os_version().ok(),
@@ -199,8 +198,8 @@ impl Sampler {
             os,
             boot_time_unix,
             uptime_secs: read_optional(&self.proc_path("uptime"))
-                .and_then(|t| procfs_core::Uptime::from_read(t.as_bytes()).ok())
-                .map_or(0.0, |u| u.uptime),
+                .and_then(|t| parse::uptime(&t))
+                .unwrap_or(0.0),
         }
     }
 
