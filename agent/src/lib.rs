@@ -16,6 +16,8 @@ pub mod query;
 pub mod spool;
 pub mod startup;
 pub mod syscall_table;
+#[cfg(test)]
+mod test_support;
 pub mod trace;
 /// Durations and sizes (one grammar with the collector's): the `vigil-units` crate.
 pub use vigil_units as units;

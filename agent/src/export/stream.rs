@@ -363,20 +363,8 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store_dir = dir.path().join("collector");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap().to_string();
-            let (stop_collector, stopped) = tokio::sync::oneshot::channel::<()>();
-            let collector = tokio::spawn(vigil_collector::serve(
-                listener,
-                vigil_collector::CollectorConfig {
-                    data_dir: store_dir.clone(),
-                    retention: Duration::from_secs(86_400),
-                    limits: vigil_collector::Limits::default(),
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            ));
+            let (addr, collector) = crate::test_support::Collector::start(&store_dir).await;
+            let addr = addr.to_string();
             let spool = Spool::open(&dir.path().join("spool"), SpoolConfig::default()).unwrap();
             let shared = SharedSpool::new(spool);
             let writer = SpoolWriter::start(shared.clone()).unwrap();
@@ -400,8 +388,7 @@ mod tests {
             .await;
             let _ = stop.send(Some(Instant::now() + Duration::from_secs(5)));
             exporter.await.unwrap();
-            let _ = stop_collector.send(());
-            collector.await.unwrap().unwrap();
+            collector.stop().await;
             let store = vigil_collector::Store::open(&store_dir).unwrap();
             let hosts = store.hosts().unwrap();
             assert_eq!(hosts.len(), 1);

@@ -635,20 +635,7 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store_dir = dir.path().join("collector");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop_collector, stopped) = tokio::sync::oneshot::channel::<()>();
-            let collector = tokio::spawn(vigil_collector::serve(
-                listener,
-                vigil_collector::CollectorConfig {
-                    data_dir: store_dir.clone(),
-                    retention: Duration::from_secs(86_400),
-                    limits: vigil_collector::Limits::default(),
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            ));
+            let (addr, collector) = crate::test_support::Collector::start(&store_dir).await;
             let socket = dir.path().join("agent.sock");
             let text = format!(
                 "interval = \"1s\"\ncollector = \"{addr}\"\nagent_id = \"loop\"\n\
@@ -688,8 +675,7 @@ mod tests {
             };
             // A stop as on SIGTERM: the partial interval is spooled and sent too.
             agent.stop(tokio::time::Instant::now()).await;
-            let _ = stop_collector.send(());
-            collector.await.unwrap().unwrap();
+            collector.stop().await;
             let store = vigil_collector::Store::open(&store_dir).unwrap();
             let hosts = store.hosts().unwrap();
             assert_eq!(hosts.len(), 1, "{hosts:?}");
