@@ -142,6 +142,41 @@ pub enum Command {
     /// Detection rules: check rule files, or list the rules the agent would run.
     #[command(subcommand)]
     Rules(Rules),
+    /// Certificates for mutual TLS: a development CA, and host certificates it signs.
+    #[command(subcommand)]
+    Certs(Certs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Certs {
+    /// A new CA (ca.pem, and ca.key readable by its owner only) in DIR; existing files
+    /// are never replaced.
+    Init {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The trust domain named in every certificate's identity URI.
+        #[arg(long, default_value = crate::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// A host certificate signed by the CA in DIR: an agent's (client authentication,
+    /// URI SAN spiffe://TRUST_DOMAIN/vigil/agent/ID) or a collector's (server
+    /// authentication, DNS or IP SAN NAME).
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent_id", "collector"])))]
+    Issue {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        agent_id: Option<String>,
+        /// The collector's host name or address, as agents will dial it.
+        #[arg(long)]
+        collector: Option<String>,
+        #[arg(long, default_value = crate::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +336,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::Certs(Certs::Init {
+            dir,
+            trust_domain,
+            days,
+        }) => crate::certs::init(&dir, &trust_domain, days),
+        Command::Certs(Certs::Issue {
+            dir,
+            agent_id,
+            collector,
+            trust_domain,
+            days,
+        }) => {
+            let leaf = match (&agent_id, &collector) {
+                (Some(id), _) => crate::certs::Leaf::Agent(id),
+                (None, Some(name)) => crate::certs::Leaf::Collector(name),
+                (None, None) => anyhow::bail!("--agent-id or --collector"),
+            };
+            crate::certs::issue(&dir, leaf, &trust_domain, days).map(drop)
         }
         Command::Rules(Rules::List { dir, json }) => {
             let rules = vigil_agent::detect::rules::load(Some(&dir)).map_err(anyhow::Error::new)?;

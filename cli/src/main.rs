@@ -2,6 +2,7 @@
 use clap::Parser as _;
 use vigil_agent::startup::{self, Role, Threads};
 
+mod certs;
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "protobuf-compiler",
+    // The certificates `vigil certs` makes are checked with openssl.
+    "openssl",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

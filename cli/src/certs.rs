@@ -1,0 +1,161 @@
+//! `vigil certs`: a development CA and the host certificates mutual TLS between agents
+//! and collectors uses (rcgen; ECDSA P-256 keys).
+//!
+//! The identity rule: an agent's certificate carries the URI SAN
+//! `spiffe://TRUST_DOMAIN/vigil/agent/AGENT_ID` (and the id as its common name); a
+//! collector's carries its name as a DNS SAN (or an IP SAN when the name is an address)
+//! and `spiffe://TRUST_DOMAIN/vigil/collector/NAME`. Agent certificates are for client
+//! authentication only, collector certificates for server authentication only.
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// The trust domain when none is given.
+pub const DEFAULT_TRUST_DOMAIN: &str = "vigil.local";
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+
+/// What a leaf certificate is for.
+pub enum Leaf<'a> {
+    Agent(&'a str),
+    Collector(&'a str),
+}
+
+/// The URI SAN that names agent `id` (what the collector will compare a batch's
+/// agent id with).
+pub fn agent_uri(trust_domain: &str, id: &str) -> String {
+    format!("spiffe://{trust_domain}/vigil/agent/{id}")
+}
+
+/// An agent id, collector name or trust domain that fits a URI path segment and a DNS
+/// name: letters, digits, `.`, `-`, `_`, 1 to 128 bytes.
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !ok {
+        bail!("{what} {name:?}: use 1 to 128 letters, digits, '.', '-' or '_'");
+    }
+    Ok(())
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    // An hour back: a host whose clock is a little behind still accepts it.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// Writes `contents` to a new file `path` with `mode`; an existing file is an error
+/// (never overwritten: a CA key replaced by accident locks every host out).
+fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing file is never replaced)",
+                path.display()
+            )
+        })?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `vigil certs init`: a CA certificate and key in `dir`.
+pub fn init(dir: &Path, trust_domain: &str, days: u32) -> anyhow::Result<()> {
+    check_name("trust domain", trust_domain)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = KeyPair::generate().context("generating the CA key")?;
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Vigil development CA ({trust_domain})"),
+    );
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, days);
+    let cert = params
+        .self_signed(&key)
+        .context("signing the CA certificate")?;
+    write_new(&dir.join(CA_KEY), &key.serialize_pem(), 0o600)?;
+    write_new(&dir.join(CA_CERT), &cert.pem(), 0o644)?;
+    println!(
+        "CA for {trust_domain}: {} (key {}, keep it off the hosts)",
+        dir.join(CA_CERT).display(),
+        dir.join(CA_KEY).display()
+    );
+    Ok(())
+}
+
+/// `vigil certs issue`: a leaf certificate and key in `dir`, signed by the CA there.
+/// Returns the certificate's path.
+pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyhow::Result<PathBuf> {
+    check_name("trust domain", trust_domain)?;
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (run `vigil certs init --dir {}` first)",
+                p.display(),
+                dir.display()
+            )
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read(CA_KEY)?).context("the CA key is not a PEM key")?;
+    let ca = Issuer::from_ca_cert_pem(&read(CA_CERT)?, ca_key)
+        .context("the CA certificate is not a PEM certificate")?;
+    let mut params = CertificateParams::default();
+    let (stem, uri) = match leaf {
+        Leaf::Agent(id) => {
+            check_name("agent id", id)?;
+            params.distinguished_name.push(DnType::CommonName, id);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            (format!("agent-{id}"), agent_uri(trust_domain, id))
+        }
+        Leaf::Collector(name) => {
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => {
+                    check_name("collector name", name)?;
+                    SanType::DnsName(name.try_into().context("collector name")?)
+                }
+            };
+            params.subject_alt_names.push(san);
+            (
+                format!("collector-{name}"),
+                format!("spiffe://{trust_domain}/vigil/collector/{name}"),
+            )
+        }
+    };
+    params.subject_alt_names.push(SanType::URI(
+        uri.as_str().try_into().context("the identity URI")?,
+    ));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, days);
+    let key = KeyPair::generate().context("generating the key")?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .context("signing the certificate")?;
+    let cert_path = dir.join(format!("{stem}.pem"));
+    write_new(
+        &dir.join(format!("{stem}.key")),
+        &key.serialize_pem(),
+        0o600,
+    )?;
+    write_new(&cert_path, &cert.pem(), 0o644)?;
+    println!("{}: {uri}", cert_path.display());
+    Ok(cert_path)
+}
