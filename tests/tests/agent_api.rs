@@ -70,6 +70,45 @@ fn stats_and_syscalls_come_from_the_agent() {
         stats["memory"]["total_bytes"].as_u64(),
         Some(sysinfo_mem_total())
     );
+    // What could stop a probe, as the agent found it at start: the same as the kernel
+    // says (the sysctl files, the BTF file; as root no probe capability is missing).
+    let pre = &stats["agent"]["preflight"];
+    let sysctl = |n: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{n}"))
+            .map_or("absent".into(), |v| v.trim().to_string())
+    };
+    assert_eq!(
+        pre["perf_event_paranoid"],
+        sysctl("perf_event_paranoid"),
+        "{pre}"
+    );
+    assert_eq!(
+        pre["unprivileged_bpf_disabled"],
+        sysctl("unprivileged_bpf_disabled"),
+        "{pre}"
+    );
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    assert_eq!(pre["btf"], if btf { "present" } else { "absent" }, "{pre}");
+    // The agent starts with this process's capabilities: the ones missing here (from
+    // /proc/self/status CapEff) are the ones it must report.
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    let expected: Vec<&str> = [
+        (39, "cap_bpf"),
+        (38, "cap_perfmon"),
+        (24, "cap_sys_resource"),
+        (19, "cap_sys_ptrace"),
+        (2, "cap_dac_read_search"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| cap_eff & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    assert_eq!(pre["capabilities_missing"], expected.join(","), "{pre}");
     // SAFETY: no preconditions.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as u64;
     assert_eq!(stats["cpu"]["count"].as_u64(), Some(online));

@@ -204,6 +204,12 @@ impl Agent {
     /// privileges it no longer needs and starts the exporter; then says READY=1.
     pub async fn start(config: AgentConfig, reload: Reload) -> anyhow::Result<Self> {
         let settings = probe_settings(&config);
+        // Before anything is dropped: what could stop a probe, for the log and the API.
+        let preflight = crate::probes::preflight::check();
+        tracing::info!(
+            "preflight: {}",
+            crate::probes::preflight::summary(&preflight)
+        );
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
@@ -304,6 +310,7 @@ impl Agent {
             convert::host_identity(&first, &agent_id),
             config.interval.0.as_secs_f64(),
         );
+        state.write().agent_self().preflight = preflight.into_iter().collect();
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
             Some(path) => Some(crate::query::api::serve_unix(path, state.reader()).await?),

@@ -44,6 +44,7 @@ pub struct FiltersApplied {
 
 pub mod btf;
 pub mod events;
+pub mod preflight;
 pub mod process;
 pub mod security;
 pub mod syscalls;

@@ -137,6 +137,7 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "batches_refused": a.batches_refused, "batches_conflicting": a.batches_conflicting,
         "dropped_events": stages,
         "internal_errors": a.internal_errors,
+        "preflight": a.preflight,
         "detect": {
             "process_events": a.process_events, "security_events": a.security_events,
             "findings": a.findings, "rule_matches": a.rule_matches,
