@@ -10,7 +10,7 @@ use vigil_units::{parse_duration, parse_size};
 use crate::{CollectorConfig, Limits};
 
 /// Listen address when none is given; also the CLI's default collector.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
+pub const DEFAULT_LISTEN: &str = vigil_proto::DEFAULT_COLLECTOR_ADDR;
 
 /// The variable carrying the bound address next to `READY=1` (the service manager
 /// ignores variables it does not know; tests and tools read it).

@@ -163,6 +163,10 @@ impl v1::AgentSelf {
 /// rather than resend it forever.
 pub const REFUSED_SEQUENCE: &str = "vigil-refused-sequence";
 
+/// Where a collector listens when not told otherwise, and where agents and the CLI look
+/// for one: one value for both sides of the wire.
+pub const DEFAULT_COLLECTOR_ADDR: &str = "127.0.0.1:7470";
+
 /// The schema, as protobuf source.
 pub const PROTO: &str = include_str!("../vigil/v1/vigil.proto");
 

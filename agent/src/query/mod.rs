@@ -7,4 +7,4 @@ pub mod state;
 pub mod top;
 
 /// Where `vigil collector` listens by default, and where queries look for it.
-pub const DEFAULT_COLLECTOR: &str = "127.0.0.1:7470";
+pub const DEFAULT_COLLECTOR: &str = vigil_proto::DEFAULT_COLLECTOR_ADDR;
