@@ -55,6 +55,9 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     pub detect: DetectConfig,
     pub log: LogConfig,
+    /// How the agent talks to the collector: mutual TLS by default (paths default to
+    /// /etc/vigil/tls/ca.pem, agent.pem, agent.key); `mode = "off"` for plaintext.
+    pub tls: vigil_tls::TlsSection,
 }
 
 /// How the daemon writes its log (stderr; journald adds the time under systemd).
@@ -172,6 +175,7 @@ impl Default for AgentConfig {
             spool: SpoolConfig::default(),
             detect: DetectConfig::default(),
             log: LogConfig::default(),
+            tls: vigil_tls::TlsSection::default(),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct AgentArgs {
     /// The agent's state directory (overrides data_dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: vigil_tls::config::TlsFlags,
 }
 
 impl AgentArgs {
@@ -63,6 +65,7 @@ impl AgentArgs {
         c.socket = self.socket.clone().unwrap_or(c.socket);
         c.api &= !self.no_api;
         c.data_dir = self.data_dir.clone().unwrap_or(c.data_dir);
+        c.tls = c.tls.with_flags(&self.tls);
         c.validate().map_err(|problems| ConfigError {
             file: "(command line)".into(),
             problems,

@@ -20,6 +20,7 @@ impl Collector {
                 data_dir: dir.to_path_buf(),
                 retention: Duration::from_secs(86_400),
                 limits: vigil_collector::Limits::default(),
+                tls: None,
             },
             async {
                 let _ = stopped.await;

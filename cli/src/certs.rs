@@ -4,13 +4,17 @@
 //! The identity rule: an agent's certificate carries the URI SAN
 //! `spiffe://TRUST_DOMAIN/vigil/agent/AGENT_ID` (and the id as its common name); a
 //! collector's carries its name as a DNS SAN (or an IP SAN when the name is an address)
-//! and `spiffe://TRUST_DOMAIN/vigil/collector/NAME`. Agent certificates are for client
-//! authentication only, collector certificates for server authentication only.
+//! and `spiffe://TRUST_DOMAIN/vigil/collector/NAME`; an operator's (the CLI reading a
+//! collector's Fleet API or an agent's remote API) `spiffe://TRUST_DOMAIN/vigil/operator/NAME`.
+//! Agent and operator certificates are for client authentication only, collector
+//! certificates for server authentication only.
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+use vigil_tls::{Identity, Kind};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -25,6 +29,7 @@ const CA_KEY: &str = "ca.key";
 pub enum Leaf<'a> {
     Agent(&'a str),
     Collector(&'a str),
+    Operator(&'a str),
 }
 
 /// The URI SAN that names agent `id` (what the collector will compare a batch's
@@ -35,16 +40,13 @@ pub fn agent_uri(trust_domain: &str, id: &str) -> String {
 
 /// An agent id, collector name or trust domain that fits a URI path segment and a DNS
 /// name: letters, digits, `.`, `-`, `_`, 1 to 128 bytes.
-fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if !ok {
-        bail!("{what} {name:?}: use 1 to 128 letters, digits, '.', '-' or '_'");
-    }
-    Ok(())
+fn check_name(what: &'static str, name: &str) -> anyhow::Result<()> {
+    Ok(vigil_tls::identity::check_name(what, name)?)
+}
+
+/// The identity URI of `kind` NAME (checked).
+fn identity_uri(trust_domain: &str, kind: Kind, name: &str) -> anyhow::Result<String> {
+    Ok(Identity::new(trust_domain, kind, name)?.uri())
 }
 
 fn validity(params: &mut CertificateParams, days: u32) {
@@ -123,6 +125,15 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             (format!("agent-{id}"), agent_uri(trust_domain, id))
         }
+        Leaf::Operator(name) => {
+            check_name("operator name", name)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            (
+                format!("operator-{name}"),
+                identity_uri(trust_domain, Kind::Operator, name)?,
+            )
+        }
         Leaf::Collector(name) => {
             params.distinguished_name.push(DnType::CommonName, name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -134,10 +145,13 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
                 }
             };
             params.subject_alt_names.push(san);
-            (
-                format!("collector-{name}"),
-                format!("spiffe://{trust_domain}/vigil/collector/{name}"),
-            )
+            let uri = match name.parse::<std::net::IpAddr>() {
+                // An address is not a path segment of the same shape: name the collector
+                // by it with ':' spelled '-'.
+                Ok(_) => identity_uri(trust_domain, Kind::Collector, &name.replace(':', "-"))?,
+                Err(_) => identity_uri(trust_domain, Kind::Collector, name)?,
+            };
+            (format!("collector-{name}"), uri)
         }
     };
     params.subject_alt_names.push(SanType::URI(

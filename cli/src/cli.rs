@@ -112,8 +112,8 @@ pub enum Command {
     Collector(vigil_collector::daemon::CollectorArgs),
     /// Hosts known to a collector, with their last-seen time.
     Hosts {
-        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
-        collector: String,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
         #[arg(long)]
         json: bool,
     },
@@ -121,8 +121,8 @@ pub enum Command {
     Host {
         /// Hostname or agent id.
         host: String,
-        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
-        collector: String,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
         #[arg(long)]
         json: bool,
     },
@@ -134,8 +134,8 @@ pub enum Command {
         metric: String,
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         since: Duration,
-        #[arg(long, default_value = vigil_agent::query::DEFAULT_COLLECTOR)]
-        collector: String,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
         #[arg(long)]
         json: bool,
     },
@@ -163,7 +163,7 @@ pub enum Certs {
     /// A host certificate signed by the CA in DIR: an agent's (client authentication,
     /// URI SAN spiffe://TRUST_DOMAIN/vigil/agent/ID) or a collector's (server
     /// authentication, DNS or IP SAN NAME).
-    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent_id", "collector"])))]
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent_id", "collector", "operator"])))]
     Issue {
         #[arg(long)]
         dir: std::path::PathBuf,
@@ -172,6 +172,11 @@ pub enum Certs {
         /// The collector's host name or address, as agents will dial it.
         #[arg(long)]
         collector: Option<String>,
+        /// A person or tool that reads: `vigil hosts` and the like against the
+        /// collector, the remote Agent API (client authentication, URI SAN
+        /// spiffe://TRUST_DOMAIN/vigil/operator/NAME).
+        #[arg(long)]
+        operator: Option<String>,
         #[arg(long, default_value = crate::certs::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         #[arg(long, default_value_t = 365)]
@@ -346,13 +351,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             agent_id,
             collector,
+            operator,
             trust_domain,
             days,
         }) => {
-            let leaf = match (&agent_id, &collector) {
-                (Some(id), _) => crate::certs::Leaf::Agent(id),
-                (None, Some(name)) => crate::certs::Leaf::Collector(name),
-                (None, None) => anyhow::bail!("--agent-id or --collector"),
+            let leaf = match (&agent_id, &collector, &operator) {
+                (Some(id), _, _) => crate::certs::Leaf::Agent(id),
+                (None, Some(name), _) => crate::certs::Leaf::Collector(name),
+                (None, None, Some(name)) => crate::certs::Leaf::Operator(name),
+                (None, None, None) => anyhow::bail!("--agent-id, --collector or --operator"),
             };
             crate::certs::issue(&dir, leaf, &trust_domain, days).map(drop)
         }

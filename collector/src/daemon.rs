@@ -7,7 +7,13 @@ use anyhow::Context as _;
 use sd_notify::NotifyState;
 use vigil_units::{parse_duration, parse_size};
 
+use vigil_tls::{config::TlsFlags, Mode, Role, TlsSection};
+
+use crate::config::{CollectorFile, ConfigError, DEFAULT_CONFIG};
 use crate::{CollectorConfig, Limits};
+
+/// Retention when none is given.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// Listen address when none is given; also the CLI's default collector.
 pub const DEFAULT_LISTEN: &str = vigil_proto::DEFAULT_COLLECTOR_ADDR;
@@ -17,78 +23,196 @@ pub const DEFAULT_LISTEN: &str = vigil_proto::DEFAULT_COLLECTOR_ADDR;
 pub const LISTEN_VAR: &str = "VIGIL_LISTEN";
 
 /// Run the collector: agents stream to it, it stores (SQLite) and serves the fleet.
-#[derive(Debug, Clone, clap::Args)]
+/// Every setting can come from the config file; a flag overrides it.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct CollectorArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: String,
-    /// Where the database lives.
-    #[arg(long, default_value = "/var/lib/vigil/collector")]
-    pub data_dir: PathBuf,
-    /// Samples and events older than this are deleted.
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
-    pub retention: Duration,
-    /// A batch (gRPC message) larger than this is refused (RESOURCE_EXHAUSTED).
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
-    pub max_message_size: u64,
+    /// Config file (TOML). Default /etc/vigil/collector.toml, if it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7470].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Where the database lives [default: /var/lib/vigil/collector].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Samples and events older than this are deleted [default: 7d].
+    #[arg(long, value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// A batch (gRPC message) larger than this is refused (RESOURCE_EXHAUSTED)
+    /// [default: 8MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub max_message_size: Option<u64>,
     /// Connections at once; more are closed at accept (also held under the open
-    /// files limit, which the collector raises to its hard limit).
-    #[arg(long, default_value_t = 16_384)]
-    pub max_connections: usize,
-    /// Connections at once from one IP address.
-    #[arg(long, default_value_t = 256)]
-    pub max_connections_per_peer: usize,
-    /// Concurrent streams per connection (an agent uses one).
-    #[arg(long, default_value_t = 16)]
-    pub max_streams_per_connection: u32,
+    /// files limit, which the collector raises to its hard limit) [default: 16384].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections at once from one IP address [default: 256].
+    #[arg(long)]
+    pub max_connections_per_peer: Option<usize>,
+    /// Concurrent streams per connection (an agent uses one) [default: 16].
+    #[arg(long)]
+    pub max_streams_per_connection: Option<u32>,
     /// Bytes of messages still arriving, all streams together; a stream whose
-    /// message would pass it is refused and retried.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    pub decode_budget: u64,
-    /// A message must arrive whole within this long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub message_timeout: Duration,
-    /// A connection silent this long is closed (agents ping every 5 s).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    /// message would pass it is refused and retried [default: 256MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub decode_budget: Option<u64>,
+    /// A message must arrive whole within this long [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub message_timeout: Option<Duration>,
+    /// A connection silent this long is closed (agents ping every 5 s) [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// A TLS handshake must be done within this long of the connection [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// What the collector runs with: the file, the flags over it, the defaults under both.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub retention: Duration,
+    pub limits: Limits,
+    pub tls: TlsSection,
 }
 
 impl CollectorArgs {
-    /// The limits these flags ask for (each at least 1; sizes held to what fits).
-    pub fn limits(&self) -> Limits {
+    fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into())
+    }
+
+    /// Reads the config file and puts the flags over it.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let file = CollectorFile::load(&self.config_path(), self.config.is_some())?;
+        self.resolve(file)
+    }
+
+    /// The flags over `file`, over the defaults; each limit at least 1.
+    pub fn resolve(&self, file: CollectorFile) -> Result<Settings, ConfigError> {
+        let d = Limits::default();
+        let l = &file.limits;
         let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        Limits {
-            max_message_bytes: clamp(self.max_message_size).min(u32::MAX as usize),
-            max_connections: self.max_connections.max(1),
-            max_connections_per_peer: self.max_connections_per_peer.max(1),
-            max_streams_per_connection: self.max_streams_per_connection.max(1),
-            decode_budget_bytes: clamp(self.decode_budget),
-            message_timeout: self.message_timeout,
-            idle_timeout: self.idle_timeout,
-            ..Default::default()
+        let limits = Limits {
+            max_message_bytes: self
+                .max_message_size
+                .or(l.max_message_size)
+                .map_or(d.max_message_bytes, |v| {
+                    clamp(v).clamp(1, u32::MAX as usize)
+                }),
+            max_connections: self
+                .max_connections
+                .or(l.max_connections)
+                .unwrap_or(d.max_connections)
+                .max(1),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .or(l.max_connections_per_peer)
+                .unwrap_or(d.max_connections_per_peer)
+                .max(1),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .or(l.max_streams_per_connection)
+                .unwrap_or(d.max_streams_per_connection)
+                .max(1),
+            decode_budget_bytes: self
+                .decode_budget
+                .or(l.decode_budget)
+                .map_or(d.decode_budget_bytes, clamp),
+            message_timeout: self
+                .message_timeout
+                .or(l.message_timeout)
+                .unwrap_or(d.message_timeout),
+            idle_timeout: self
+                .idle_timeout
+                .or(l.idle_timeout)
+                .unwrap_or(d.idle_timeout),
+            handshake_timeout: self
+                .handshake_timeout
+                .or(l.handshake_timeout)
+                .unwrap_or(d.handshake_timeout),
+            ..d
+        };
+        let file_name = self.config_path();
+        let problem = |problem: String| ConfigError {
+            file: file_name.clone(),
+            problem,
+        };
+        for (name, v) in [
+            ("message_timeout", limits.message_timeout),
+            ("idle_timeout", limits.idle_timeout),
+            ("handshake_timeout", limits.handshake_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(problem(format!("limits.{name}: must be more than 0")));
+            }
         }
+        Ok(Settings {
+            listen: self
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| "/var/lib/vigil/collector".into()),
+            retention: self
+                .retention
+                .or(file.retention)
+                .unwrap_or(DEFAULT_RETENTION),
+            limits,
+            tls: file.tls.with_flags(&self.tls),
+        })
     }
 
     /// Listens, reports `READY=1` (with the bound address) and serves until SIGINT or
     /// SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        let mut limits = self.limits();
+        let settings = self.load()?;
+        let tls = match settings.tls.mode {
+            Mode::Off => {
+                tracing::warn!(
+                    "TLS is off (tls.mode = \"off\"): batches and fleet queries travel in \
+                     plaintext, and any client can send batches as any agent"
+                );
+                None
+            }
+            Mode::Mtls => {
+                let files = settings.tls.files(Role::Collector);
+                let tls = crate::server::server_tls(files.clone());
+                if let Err(e) = tls.current() {
+                    anyhow::bail!(
+                        "TLS: {e} (make a CA and certificates with `vigil certs init` and \
+                         `vigil certs issue --collector NAME`, set [tls] ca, cert and key in \
+                         the config, or set tls.mode = \"off\" for plaintext)"
+                    );
+                }
+                Some(tls)
+            }
+        };
+        let mut limits = settings.limits;
         // Before anything listens: a socket per agent needs more than the usual 1024.
         limits.max_connections = crate::limits::raise_nofile(limits.max_connections);
-        let listen = &self.listen;
+        let listen = &settings.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let local = listener.local_addr().context("listener address")?;
-        let data_dir = self.data_dir;
+        let data_dir = settings.data_dir;
+        let mode = settings.tls.mode.as_str();
         tracing::info!(
             listen = %local,
             data_dir = %data_dir.display(),
-            "collector listening on {local}, data in {}",
+            tls = mode,
+            "collector listening on {local} (tls {mode}), data in {}",
             data_dir.display()
         );
         // The socket is bound (connections queue until the server polls it): ready.
-        let status = format!("collector listening on {local}");
+        let status = format!("collector listening on {local} (tls {mode})");
         let listen_var = format!("{LISTEN_VAR}={local}");
         notify(&[
             NotifyState::Ready,
@@ -97,8 +221,9 @@ impl CollectorArgs {
         ]);
         let config = CollectorConfig {
             data_dir,
-            retention: self.retention,
+            retention: settings.retention,
             limits,
+            tls,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

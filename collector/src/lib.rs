@@ -1,6 +1,7 @@
 //! The collector: agents stream batches in (`Collector`), they are stored in an
 //! embedded SQLite database and acknowledged once committed, and the fleet is served
 //! back out (`Fleet`).
+pub mod config;
 pub mod daemon;
 pub mod limits;
 pub mod metrics;
@@ -9,5 +10,5 @@ pub mod store;
 pub mod validate;
 
 pub use limits::Limits;
-pub use server::{serve, CollectorConfig, ServeError};
+pub use server::{serve, server_tls, CollectorConfig, ServeError, ServerTls};
 pub use store::{Store, StoreError};

@@ -45,6 +45,10 @@ pub struct Limits {
     /// A connection that sends nothing for this long is closed (agents send HTTP/2
     /// keepalive pings every 5 s).
     pub idle_timeout: Duration,
+    /// A TLS handshake must be done within this long of the accept; a connection
+    /// that has not finished it by then is closed (a client that connects and sends
+    /// nothing holds a socket for no longer than this).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +62,7 @@ impl Default for Limits {
             queue_budget_bytes: 256 << 20,
             message_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -75,10 +80,16 @@ pub enum Refusal {
     AcceptErrors,
     IdleConnectionsClosed,
     StoreFailed,
+    /// No certificate, one from another CA, a protocol older than TLS 1.3, garbage.
+    TlsHandshakeFailed,
+    TlsHandshakeTimeout,
+    /// A batch whose agent id is not the certificate's, or a certificate of the wrong
+    /// kind for the call (counted per certificate as well).
+    PermissionDenied,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::InvalidBatch,
         Refusal::MessageTooLarge,
         Refusal::DecodeBudget,
@@ -89,6 +100,9 @@ impl Refusal {
         Refusal::AcceptErrors,
         Refusal::IdleConnectionsClosed,
         Refusal::StoreFailed,
+        Refusal::TlsHandshakeFailed,
+        Refusal::TlsHandshakeTimeout,
+        Refusal::PermissionDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +117,9 @@ impl Refusal {
             Refusal::AcceptErrors => "accept_errors",
             Refusal::IdleConnectionsClosed => "idle_connections_closed",
             Refusal::StoreFailed => "store_failed",
+            Refusal::TlsHandshakeFailed => "tls_handshake_failed",
+            Refusal::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Refusal::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -115,7 +132,15 @@ pub struct Counters {
     pub connections_open: AtomicUsize,
     /// Bytes charged to the decode budget now.
     decoding: AtomicUsize,
+    /// Permission refusals by peer certificate (identity and fingerprint); at most
+    /// [`MAX_CERTIFICATES_COUNTED`] certificates, the rest under one label.
+    denied_by_certificate: Mutex<HashMap<String, u64>>,
 }
+
+/// Certificates counted one by one in the permission refusals.
+pub const MAX_CERTIFICATES_COUNTED: usize = 1024;
+/// Where the refusals of certificates past that go.
+pub const OTHER_CERTIFICATES: &str = "(other certificates)";
 
 impl Counters {
     pub fn refuse(&self, r: Refusal) {
@@ -129,6 +154,28 @@ impl Counters {
                 self.refused[*r as usize].load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// A permission refusal of a request made with the certificate named `label`.
+    pub fn deny(&self, label: &str) {
+        self.refuse(Refusal::PermissionDenied);
+        let mut by = self
+            .denied_by_certificate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = if by.contains_key(label) || by.len() < MAX_CERTIFICATES_COUNTED {
+            label
+        } else {
+            OTHER_CERTIFICATES
+        };
+        *by.entry(key.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn denied_by_certificate(&self) -> HashMap<String, u64> {
+        self.denied_by_certificate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn refused_count(&self, r: Refusal) -> u64 {
@@ -205,7 +252,8 @@ impl Drop for Slot {
 /// An accepted connection: closed when it sends nothing for `idle` (the read side
 /// fails with TimedOut, and hyper closes it).
 pub struct Conn {
-    tcp: tokio::net::TcpStream,
+    tcp: vigil_tls::server::Stream,
+    info: vigil_tls::PeerInfo,
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     counters: Arc<Counters>,
@@ -213,10 +261,10 @@ pub struct Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = vigil_tls::PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp.connect_info()
+        self.info.clone()
     }
 }
 
@@ -293,10 +341,14 @@ fn exhausted(e: &std::io::Error) -> bool {
 /// hands them to the server through a bounded channel (when full, accepting waits:
 /// new clients queue in the kernel's backlog). On EMFILE and the like it backs off
 /// (10 ms doubling to 1 s) instead of spinning on a listener that stays readable.
+/// With `tls`, each connection's handshake runs in its own task, bounded by
+/// `handshake_timeout`, with the material current at its accept; a failed or slow
+/// handshake is counted and the connection closed.
 pub fn accept_loop(
     listener: tokio::net::TcpListener,
     limits: Limits,
     counters: Arc<Counters>,
+    tls: Option<Arc<vigil_tls::Reloading<crate::server::ServerTls>>>,
 ) -> tokio::sync::mpsc::Receiver<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let peers = Arc::new(Peers::default());
@@ -342,16 +394,77 @@ pub fn accept_loop(
                 counters: counters.clone(),
             };
             let _ = tcp.set_nodelay(true);
-            let conn = Conn {
-                tcp,
+            let conn = |stream, info| Conn {
+                tcp: stream,
+                info,
                 idle: limits.idle_timeout,
                 deadline: Box::pin(tokio::time::sleep(limits.idle_timeout)),
                 counters: counters.clone(),
                 _slot: slot,
             };
-            if tx.send(Ok(conn)).await.is_err() {
-                return;
-            }
+            let Some(tls) = &tls else {
+                let c = conn(
+                    vigil_tls::server::Stream::Plain(tcp),
+                    vigil_tls::PeerInfo::plain(Some(peer)),
+                );
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let config = match tls.current() {
+                Ok(t) => t.config.clone(),
+                Err(e) => {
+                    counters.refuse(Refusal::TlsHandshakeFailed);
+                    tracing::warn!(%peer, error = %e, "no usable TLS material; connection closed");
+                    continue;
+                }
+            };
+            // The connection holds its slot while it shakes hands (so a flood of
+            // silent connections is bounded by the connection limits too).
+            let pending = conn(
+                vigil_tls::server::Stream::Plain(tcp),
+                vigil_tls::PeerInfo::plain(Some(peer)),
+            );
+            let (tx, counters, timeout) = (tx.clone(), counters.clone(), limits.handshake_timeout);
+            tokio::spawn(async move {
+                let Conn {
+                    tcp,
+                    idle,
+                    deadline,
+                    counters: c,
+                    _slot,
+                    ..
+                } = pending;
+                let vigil_tls::server::Stream::Plain(tcp) = tcp else {
+                    return;
+                };
+                match vigil_tls::server::handshake(config, tcp, timeout).await {
+                    Ok((stream, info)) => {
+                        let c = Conn {
+                            tcp: stream,
+                            info,
+                            idle,
+                            deadline,
+                            counters: c,
+                            _slot,
+                        };
+                        let _ = tx.send(Ok(c)).await;
+                    }
+                    Err(e) => {
+                        let why = match e {
+                            vigil_tls::server::HandshakeError::Timeout(_) => {
+                                Refusal::TlsHandshakeTimeout
+                            }
+                            vigil_tls::server::HandshakeError::Failed(_) => {
+                                Refusal::TlsHandshakeFailed
+                            }
+                        };
+                        counters.refuse(why);
+                        tracing::info!(%peer, error = %e, "connection refused at the TLS handshake");
+                    }
+                }
+            });
         }
     });
     rx

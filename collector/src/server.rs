@@ -21,6 +21,8 @@ use vigil_proto::v1::{
     MetricHistoryResponse,
 };
 
+use vigil_tls::{server::peer_of, Kind, PeerInfo, Reloading};
+
 use crate::{
     limits::{Counters, Limits, Refusal},
     metrics::SCALARS,
@@ -43,6 +45,85 @@ pub struct CollectorConfig {
     /// Samples and events older than this are deleted (checked every minute).
     pub retention: Duration,
     pub limits: Limits,
+    /// Mutual TLS (reloading from its files); None: plaintext.
+    pub tls: Option<Arc<Reloading<ServerTls>>>,
+}
+
+/// The collector's TLS: the server config, and the trust domain its own certificate
+/// names (peers must be of the same one).
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub trust_domain: Option<String>,
+}
+
+/// The collector's TLS material from `files`, reloaded when they change. Clients must
+/// present a certificate signed by the CA.
+pub fn server_tls(files: vigil_tls::TlsFiles) -> Arc<Reloading<ServerTls>> {
+    Reloading::new(files, "collector", |m| {
+        let config =
+            vigil_tls::material::server_config(m, vigil_tls::material::ClientAuth::Required)?;
+        Ok(ServerTls {
+            config: Arc::new(config),
+            trust_domain: m.identity.as_ref().ok().map(|i| i.trust_domain.clone()),
+        })
+    })
+}
+
+fn article(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Agent => "an agent certificate",
+        Kind::Collector => "a collector certificate",
+        Kind::Operator => "an operator certificate",
+    }
+}
+
+/// Who may make a call: with mTLS, a client certificate naming an identity of `kind`
+/// in the collector's trust domain (refused with PERMISSION_DENIED, counted by
+/// certificate); in plaintext, anyone. Returns the identity's name under mTLS.
+fn authorize(
+    tls: &Option<Arc<Reloading<ServerTls>>>,
+    peer: &PeerInfo,
+    kind: Kind,
+    counters: &Counters,
+) -> Result<Option<String>, Status> {
+    let Some(tls) = tls else { return Ok(None) };
+    let deny = |label: &str, why: String| {
+        counters.deny(label);
+        tracing::warn!(peer = %peer.remote_label(), certificate = label, "permission denied: {why}");
+        Err(Status::permission_denied(why))
+    };
+    let Some(cert) = &peer.certificate else {
+        return deny("(no certificate)", "no client certificate".into());
+    };
+    let label = cert.label();
+    let id = match &cert.identity {
+        Ok(id) => id,
+        Err(e) => {
+            return deny(
+                &label,
+                format!("the client certificate names no Vigil identity: {e}"),
+            )
+        }
+    };
+    if id.kind != kind {
+        return deny(
+            &label,
+            format!(
+                "the client certificate is {} ({id}); this call needs {}",
+                article(id.kind),
+                article(kind)
+            ),
+        );
+    }
+    if let Some(td) = tls.current().ok().and_then(|t| t.trust_domain.clone()) {
+        if id.trust_domain != td {
+            return deny(
+                &label,
+                format!("the client certificate ({id}) is not of trust domain {td}"),
+            );
+        }
+    }
+    Ok(Some(id.name.clone()))
 }
 
 type Reply = oneshot::Sender<Result<Outcome, String>>;
@@ -114,6 +195,7 @@ struct CollectorService {
     counters: Arc<Counters>,
     /// True once the collector is stopping: streams end (agents resend what's unacked).
     stopping: tokio::sync::watch::Receiver<bool>,
+    tls: Option<Arc<Reloading<ServerTls>>>,
 }
 
 fn now_ms() -> i64 {
@@ -154,8 +236,26 @@ enum Answer {
 impl CollectorService {
     /// Checks and queues one batch (waiting while the queue budget is spent). The
     /// stream goes on reading while it commits.
-    async fn submit(&self, mut batch: Batch, peer: &Arc<str>) -> Result<Waiting, Status> {
+    async fn submit(
+        &self,
+        mut batch: Batch,
+        peer: &Arc<str>,
+        identity: &Option<(String, String)>,
+    ) -> Result<Waiting, Status> {
         let sequence = batch.sequence;
+        // Identity before anything else: a batch is stored only under the agent id
+        // its stream's certificate names.
+        if let Some((name, label)) = identity {
+            if batch.agent_id != *name {
+                self.counters.deny(label);
+                let claimed: String = batch.agent_id.chars().take(128).collect();
+                tracing::warn!(%peer, certificate = %label, claimed = %claimed, sequence,
+                    "batch refused: its agent id is not the one the client certificate names");
+                return Err(Status::permission_denied(format!(
+                    "batch {sequence} claims agent id {claimed:?}, but the client certificate names agent {name:?}"
+                )));
+            }
+        }
         if let Err(e) = crate::validate::check(&mut batch, now_ms()) {
             self.counters.refuse(Refusal::InvalidBatch);
             tracing::warn!(%peer, agent_id = %batch.agent_id.chars().take(128).collect::<String>(), sequence, error = %e, "batch refused");
@@ -248,9 +348,16 @@ impl Collector for CollectorHandle {
         &self,
         request: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer: Arc<str> = request
-            .remote_addr()
-            .map_or_else(|| "unknown".into(), |a| a.to_string().into());
+        let info = peer_of(&request);
+        let peer: Arc<str> = info.remote_label().into();
+        let identity = authorize(&self.0.tls, &info, Kind::Agent, &self.0.counters)?.map(|name| {
+            let label = info
+                .certificate
+                .as_ref()
+                .map(|c| c.label())
+                .unwrap_or_default();
+            (name, label)
+        });
         let mut incoming = request.into_inner();
         let mut stopping = self.0.stopping.clone();
         // Pipelined: the reader goes on reading and queueing while earlier batches
@@ -270,7 +377,7 @@ impl Collector for CollectorHandle {
                 };
                 let Some(batch) = next else { break };
                 let answer = match batch {
-                    Ok(b) => match service.submit(b, &peer).await {
+                    Ok(b) => match service.submit(b, &peer, &identity).await {
                         Ok(w) => Answer::Waiting(w),
                         Err(status) => Answer::Failed(status),
                     },
@@ -337,6 +444,7 @@ impl ReadPool {
 struct FleetService {
     pool: Arc<ReadPool>,
     counters: Arc<Counters>,
+    tls: Option<Arc<Reloading<ServerTls>>>,
 }
 
 impl FleetService {
@@ -382,10 +490,20 @@ impl Fleet for FleetService {
         _: Request<CollectorStatsRequest>,
     ) -> Result<Response<CollectorStatsResponse>, Status> {
         let c = &self.counters;
+        let (tls_reloads, tls_reload_failures) = self.tls.as_ref().map_or((0, 0), |t| {
+            (
+                t.reloads.load(Ordering::Relaxed),
+                t.failures.load(Ordering::Relaxed),
+            )
+        });
         Ok(Response::new(CollectorStatsResponse {
             refused: c.refused().map(|(k, v)| (k.to_string(), v)).collect(),
             conflicts: c.conflicts.load(Ordering::Relaxed),
             connections_open: c.connections_open.load(Ordering::Relaxed) as u64,
+            tls_mode: if self.tls.is_some() { "mtls" } else { "off" }.into(),
+            denied_by_certificate: c.denied_by_certificate().into_iter().collect(),
+            tls_reloads,
+            tls_reload_failures,
         }))
     }
 
@@ -501,6 +619,7 @@ pub async fn serve(
         queue_budget_total,
         counters: counters.clone(),
         stopping,
+        tls: config.tls.clone(),
     });
     let budget_limits = Arc::new(limits.clone());
     let budget_counters = counters.clone();
@@ -508,7 +627,19 @@ pub async fn serve(
         let (l, c) = (budget_limits.clone(), budget_counters.clone());
         req.map(|b| tonic::body::Body::new(crate::limits::Budgeted::new(b, l, c)))
     });
-    let incoming = crate::limits::accept_loop(listener, limits.clone(), counters.clone());
+    let incoming = crate::limits::accept_loop(
+        listener,
+        limits.clone(),
+        counters.clone(),
+        config.tls.clone(),
+    );
+    // The Fleet API is for operators' certificates (agents' cannot read the fleet).
+    let (fleet_tls, fleet_counters) = (config.tls.clone(), counters.clone());
+    let fleet_access = move |req: Request<()>| -> Result<Request<()>, Status> {
+        let peer = peer_of(&req);
+        authorize(&fleet_tls, &peer, Kind::Operator, &fleet_counters)?;
+        Ok(req)
+    };
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_pending_accept_reset_streams(Some(64))
@@ -517,13 +648,17 @@ pub async fn serve(
             CollectorServer::new(CollectorHandle(service))
                 .max_decoding_message_size(limits.max_message_bytes),
         )
-        .add_service(FleetServer::new(FleetService {
-            pool: Arc::new(ReadPool {
-                data_dir: config.data_dir.clone(),
-                idle: std::sync::Mutex::new(Vec::new()),
-            }),
-            counters,
-        }))
+        .add_service(FleetServer::with_interceptor(
+            FleetService {
+                pool: Arc::new(ReadPool {
+                    data_dir: config.data_dir.clone(),
+                    idle: std::sync::Mutex::new(Vec::new()),
+                }),
+                counters,
+                tls: config.tls.clone(),
+            },
+            fleet_access,
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(incoming),
             shutdown,

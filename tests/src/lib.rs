@@ -27,6 +27,7 @@ pub fn require_root(test: &str) -> bool {
 /// The `vigil` binary under test: $VIGIL_BIN (set by `cargo xtask test`), else the
 /// workspace's debug build.
 pub fn vigil_bin() -> PathBuf {
+    plaintext_unless_asked();
     let path = std::env::var_os("VIGIL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vigil"));
@@ -36,6 +37,19 @@ pub fn vigil_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Mutual TLS is the default everywhere; the suites that test something else run
+/// their daemons and CLI calls in plaintext through `VIGIL_TLS=off` in this process's
+/// environment (which every child inherits). tests/tests/tls.rs asks for TLS with
+/// `--tls mtls` (a flag beats the variable) or removes the variable.
+fn plaintext_unless_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("VIGIL_TLS").is_none() {
+            std::env::set_var("VIGIL_TLS", "off");
+        }
+    });
 }
 
 /// A daemon's own binary, next to the `vigil` CLI under test: `vigil-agent` or

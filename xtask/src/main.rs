@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench(b) => {
             setup::setup(setup::Mode::IfMissing)?;
+            plaintext();
             let vigil = build_release()?;
             bench::run(b, &vigil)
         }
@@ -162,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             warm_up,
         } => {
             setup::setup(setup::Mode::IfMissing)?;
+            plaintext();
             let vigil = build_release()?;
             let warm_up = warm_up.map_or_else(
                 || soak::default_warm_up(interval),
@@ -173,6 +175,49 @@ fn main() -> anyhow::Result<()> {
 }
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// The benchmarks and the soak run their daemons and CLI calls in plaintext
+/// (`VIGIL_TLS=off`, inherited by every child; a baseline binary from before TLS
+/// ignores it), so that their figures compare like with like.
+fn plaintext() {
+    // Set before any thread or child exists.
+    std::env::set_var("VIGIL_TLS", "off");
+}
+
+/// The development PKI `cargo xtask run` uses (made once with `vigil certs`): a CA,
+/// the collector's certificate for 127.0.0.1, the agent's and an operator's.
+fn run_pki(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let certs = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new(bin)
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running vigil certs")?;
+        if !status.success() {
+            bail!("vigil certs {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    if !dir.join("ca.pem").exists() {
+        certs(&["init"])?;
+    }
+    for (file, args) in [
+        (
+            "collector-127.0.0.1.pem",
+            ["issue", "--collector", "127.0.0.1"],
+        ),
+        ("agent-xtask-run.pem", ["issue", "--agent-id", "xtask-run"]),
+        ("operator-xtask.pem", ["issue", "--operator", "xtask"]),
+    ] {
+        if !dir.join(file).exists() {
+            certs(&args)?;
+        }
+    }
+    Ok(())
+}
 
 /// `cargo xtask run`: a collector with its store under target/vigil-run, an agent
 /// streaming to it (log in target/vigil-run/agent.log), and `vigil top` in the
@@ -193,9 +238,25 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     );
     // SAFETY: the handler does nothing, so it is async-signal-safe.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
+    // Mutual TLS end to end, as on a fleet.
+    let pki = workspace_root().join("target/vigil-run/pki");
+    run_pki(bin, &pki)?;
+    let tls = |who: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "--tls".into(),
+            "mtls".into(),
+            "--tls-ca".into(),
+            pki.join("ca.pem").into(),
+            "--tls-cert".into(),
+            pki.join(format!("{who}.pem")).into(),
+            "--tls-key".into(),
+            pki.join(format!("{who}.key")).into(),
+        ]
+    };
     let mut collector = with_parent(bench::daemon(bin, "collector"))
         .args(["--listen", addr, "--data-dir"])
         .arg(&data_dir)
+        .args(tls("collector-127.0.0.1"))
         .spawn()
         .context("starting the collector")?;
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -205,6 +266,11 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     if !is_root() {
         eprintln!("xtask: not root: the agent runs without its eBPF probes (run `sudo -E cargo xtask run` for them)");
     }
+    eprintln!(
+        "xtask: mutual TLS with the certificates in {0}; read the collector with\n  {1} hosts --collector {addr} --tls-ca {0}/ca.pem --tls-cert {0}/operator-xtask.pem --tls-key {0}/operator-xtask.key",
+        pki.display(),
+        bin.display()
+    );
     let run_dir = workspace_root().join("target/vigil-run");
     let socket = run_dir.join("agent.sock");
     std::fs::create_dir_all(&run_dir).context("creating target/vigil-run")?;
@@ -215,6 +281,7 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
         .arg(&socket)
         .arg("--data-dir")
         .arg(run_dir.join("agent"))
+        .args(tls("agent-xtask-run"))
         .args(if args.is_empty() {
             vec!["--interval".into(), "2s".into()]
         } else {

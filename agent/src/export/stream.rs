@@ -20,6 +20,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use vigil_proto::v1::{collector_client::CollectorClient, Batch};
+use vigil_tls::{client::Connector, Kind, Mode, Reloading, Role, TlsSection};
 
 pub use crate::spool::writer::SharedSpool;
 use crate::spool::{Spool, SpoolError};
@@ -44,6 +45,85 @@ pub struct ExportStats {
     /// Spool state checkpoints that failed (acks since the last one are resent after a
     /// restart, and the collector counts them as duplicates).
     pub checkpoint_failed: AtomicU64,
+    /// Streams ended with PERMISSION_DENIED.
+    pub permission_denied: AtomicU64,
+    /// The transport of the exporter running now.
+    tls: std::sync::Mutex<Option<TransportState>>,
+}
+
+#[derive(Clone, Debug)]
+enum TransportState {
+    Plain,
+    Tls(Arc<Reloading<rustls::ClientConfig>>),
+}
+
+impl ExportStats {
+    /// "mtls", "off", or "" without an exporter.
+    pub fn tls_mode(&self) -> String {
+        match &*self.tls.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => String::new(),
+            Some(TransportState::Plain) => "off".into(),
+            Some(TransportState::Tls(_)) => "mtls".into(),
+        }
+    }
+
+    pub fn tls_counter(&self, f: impl Fn(&Reloading<rustls::ClientConfig>) -> &AtomicU64) -> u64 {
+        match &*self.tls.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(TransportState::Tls(t)) => f(t).load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+}
+
+/// The agent id the client certificate names, if the TLS material loads and names one.
+pub fn certificate_agent_id(tls: &TlsSection) -> Option<String> {
+    if tls.mode == Mode::Off {
+        return None;
+    }
+    let m = vigil_tls::Material::load(&tls.files(Role::Agent)).ok()?;
+    m.identity
+        .ok()
+        .filter(|i| i.kind == Kind::Agent)
+        .map(|i| i.name)
+}
+
+/// How to reach the collector: plaintext (warned about), or mutual TLS with the
+/// agent's material, read again whenever its files change. Material that names
+/// another agent is logged as an error each time it loads: the collector would refuse
+/// every batch.
+pub fn transport(
+    addr: &str,
+    tls: &TlsSection,
+    agent_id: &str,
+    stats: &ExportStats,
+) -> Result<Connector, String> {
+    if tls.mode == Mode::Off {
+        tracing::warn!(collector = %addr,
+            "TLS is off (tls.mode = \"off\"): batches go to the collector in plaintext, and anyone on the path can read or forge them");
+        *stats.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(TransportState::Plain);
+        return Connector::plain(addr).map_err(|e| e.to_string());
+    }
+    let id = agent_id.to_string();
+    let files = tls.files(Role::Agent);
+    let cert = files.cert.clone();
+    let material = Reloading::new(files, "agent", move |m| {
+        match &m.identity {
+            Ok(i) if i.kind == Kind::Agent && i.name == id => {}
+            Ok(i) => tracing::error!(certificate = %cert.display(), identity = %i,
+                "the client certificate names {i}, not agent {id:?}: the collector will refuse this agent's batches \
+                 (set agent_id to the certificate's, or issue one with `vigil certs issue --agent-id {id}`)"),
+            Err(e) => tracing::error!(certificate = %cert.display(),
+                "the client certificate names no agent ({e}): the collector will refuse this agent's batches"),
+        }
+        vigil_tls::material::client_config(m)
+    });
+    if let Err(e) = material.current() {
+        tracing::error!(collector = %addr, error = %e,
+            "no usable TLS material yet: batches are spooled, and sent once the files are good (checked every second)");
+    }
+    *stats.tls.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(TransportState::Tls(material.clone()));
+    Connector::tls(addr, tls.server_name.as_deref(), material).map_err(|e| e.to_string())
 }
 
 impl ExportStats {
@@ -103,13 +183,8 @@ fn finished(shared: &SharedSpool, stop: &StopAt) -> bool {
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)?
+fn endpoint(connector: &Connector) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(connector.uri())?
         .connect_timeout(Duration::from_secs(5))
         // A collector behind a dead link is noticed within ~10 s, not at TCP's pace.
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -122,11 +197,19 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 /// (what is left stays in the spool for the next start).
 pub async fn run(
     addr: String,
+    connector: Result<Connector, String>,
     shared: Arc<SharedSpool>,
     stats: Arc<ExportStats>,
     mut stop: StopAt,
 ) {
-    let endpoint = match endpoint(&addr) {
+    let connector = match connector {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming");
+            return;
+        }
+    };
+    let endpoint = match endpoint(&connector) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming");
@@ -139,7 +222,7 @@ pub async fn run(
             return;
         }
         let connected = tokio::select! {
-            c = endpoint.connect() => c,
+            c = endpoint.connect_with_connector(connector.clone()) => c,
             w = stop_wake(&mut stop) => match w { Wake::Deadline => return, Wake::Changed => continue },
         };
         let outcome = match connected {
@@ -148,6 +231,12 @@ pub async fn run(
         };
         match outcome {
             Ok(()) => return,
+            Err(reason) if reason.contains(DENIED) => {
+                stats.permission_denied.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(collector = %addr, %reason,
+                    "the collector refuses this agent's identity; batches stay in the spool, retrying");
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
             Err(reason) => {
                 tracing::warn!(collector = %addr, %reason, "reconnecting");
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +255,18 @@ pub async fn run(
                 },
             }
         }
+    }
+}
+
+/// Marks a stream's end as a permission refusal (see [`status_text`]).
+const DENIED: &str = "PERMISSION_DENIED";
+
+/// A status as the log says it; a permission refusal is marked.
+fn status_text(s: &tonic::Status) -> String {
+    if s.code() == tonic::Code::PermissionDenied {
+        format!("{DENIED}: {}", s.message())
+    } else {
+        s.to_string()
     }
 }
 
@@ -230,7 +331,7 @@ async fn session(
     let mut acks = client
         .stream(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("collector refused the stream: {s}"))?
+        .map_err(|s| format!("collector refused the stream: {}", status_text(&s)))?
         .into_inner();
     let mut cursor = 0u64;
     let mut in_flight = 0usize;
@@ -302,7 +403,7 @@ async fn session(
                 Ok(None) => return Err("the collector closed the stream".into()),
                 Err(status) => {
                     set_aside_refused(&status, shared, stats).await;
-                    return Err(format!("stream failed: {status}"));
+                    return Err(format!("stream failed: {}", status_text(&status)));
                 }
             },
             () = shared.appended.notified() => {}
@@ -370,7 +471,9 @@ mod tests {
             let writer = SpoolWriter::start(shared.clone()).unwrap();
             let stats = Arc::new(ExportStats::default());
             let (stop, stop_rx) = watch::channel(None);
-            let exporter = tokio::spawn(run(addr, shared.clone(), stats.clone(), stop_rx));
+            let connector = Connector::plain(&addr).map_err(|e| e.to_string());
+            let exporter =
+                tokio::spawn(run(addr, connector, shared.clone(), stats.clone(), stop_rx));
             const N: u64 = 300;
             for i in 0..N {
                 // The queue holds WRITE_QUEUE; wait for room rather than count drops.

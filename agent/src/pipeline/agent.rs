@@ -77,6 +77,7 @@ struct Exporter {
 
 fn start_exporter(
     addr: &str,
+    tls: &vigil_tls::TlsSection,
     spool: &Arc<SharedSpool>,
     stats: &Arc<stream::ExportStats>,
     agent_id: &str,
@@ -84,11 +85,13 @@ fn start_exporter(
     let (stop, stop_rx) = watch::channel(None);
     let task = tokio::spawn(stream::run(
         addr.to_string(),
+        stream::transport(addr, tls, agent_id, stats),
         spool.clone(),
         stats.clone(),
         stop_rx,
     ));
-    tracing::info!(collector = %addr, %agent_id, "streaming to collector {addr} as agent {agent_id}");
+    let mode = tls.mode.as_str();
+    tracing::info!(collector = %addr, %agent_id, tls = mode, "streaming to collector {addr} as agent {agent_id} (tls {mode})");
     Exporter {
         addr: addr.to_string(),
         task,
@@ -302,9 +305,17 @@ impl Agent {
         };
         let mut host = Sampler::new(Roots::default(), 5);
         let first = host.sample().context("reading host metrics")?;
+        // The id: the config's, else the one the client certificate names (the one the
+        // collector will accept), else the machine's.
         let agent_id = config
             .agent_id
             .clone()
+            .or_else(|| {
+                config
+                    .collector
+                    .as_ref()
+                    .and_then(|_| stream::certificate_agent_id(&config.tls))
+            })
             .unwrap_or_else(|| default_agent_id(&first.host.hostname));
         let state = StateWriter::new(
             convert::host_identity(&first, &agent_id),
@@ -344,7 +355,7 @@ impl Agent {
             exporter: config
                 .collector
                 .as_deref()
-                .map(|a| start_exporter(a, &spool, &export_stats, &agent_id)),
+                .map(|a| start_exporter(a, &config.tls, &spool, &export_stats, &agent_id)),
             config,
         };
         let interval = running.config.interval.0;
@@ -647,7 +658,7 @@ mod tests {
             let text = format!(
                 "interval = \"1s\"\ncollector = \"{addr}\"\nagent_id = \"loop\"\n\
                  socket = \"{}\"\ndata_dir = \"{}\"\n\n[probes]\nsyscalls = false\n\
-                 retransmits = false\n\n[detect]\nenabled = false\n",
+                 retransmits = false\n\n[detect]\nenabled = false\n\n[tls]\nmode = \"off\"\n",
                 socket.display(),
                 dir.path().join("agent").display()
             );

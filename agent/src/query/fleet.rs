@@ -10,15 +10,50 @@ use vigil_proto::v1::{
 
 use super::display::clean;
 
-async fn connect(addr: &str) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// A collector to ask, and how: mutual TLS with an operator certificate (default
+/// /etc/vigil/tls/operator.pem and .key), or plaintext when asked for.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CollectorTarget {
+    /// The collector's address (host:port).
+    #[arg(long = "collector", default_value = super::DEFAULT_COLLECTOR)]
+    pub addr: String,
+    #[command(flatten)]
+    pub tls: vigil_tls::config::TlsFlags,
+}
+
+async fn connect(
+    target: &CollectorTarget,
+) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
+    use vigil_tls::{client::Connector, Mode, Reloading, Role, TlsSection};
+    let addr = &target.addr;
+    let tls = TlsSection::default().with_flags(&target.tls);
+    let connector = match tls.mode {
+        Mode::Off => {
+            eprintln!("warning: asking the collector at {addr} in plaintext (--tls off): anyone on the path can read the answers");
+            Connector::plain(addr)?
+        }
+        Mode::Mtls => {
+            let files = tls.files(Role::Operator);
+            let material = Reloading::new(files, "operator", vigil_tls::material::client_config);
+            if let Err(e) = material.current() {
+                anyhow::bail!(
+                    "TLS: {e}\n(the collector wants an operator certificate: `vigil certs issue --dir DIR --operator NAME`, \
+                     then --tls-ca, --tls-cert and --tls-key or VIGIL_TLS_CA, VIGIL_TLS_CERT and VIGIL_TLS_KEY; \
+                     --tls off for a collector that runs without TLS)"
+                );
+            }
+            Connector::tls(addr, None, material)?
+        }
     };
-    FleetClient::connect(url.clone())
+    let channel = tonic::transport::Endpoint::from_shared(connector.uri())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
         .await
-        .with_context(|| format!("connecting to the collector at {url}"))
+        .with_context(|| match tls.mode {
+            Mode::Off => format!("connecting to the collector at {addr} in plaintext (if it runs with TLS, leave out --tls off)"),
+            Mode::Mtls => format!("connecting to the collector at {addr} with TLS"),
+        })?;
+    Ok(FleetClient::new(channel))
 }
 
 fn now_ms() -> i64 {
@@ -27,7 +62,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
+pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
     let mut client = connect(addr).await?;
     // Every page: the collector answers at most a page (and about 1 MiB) at a time.
     let mut hosts = Vec::new();
@@ -75,7 +110,9 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         let collector = collector.map(|c| {
-            json!({"refused": c.refused, "conflicts": c.conflicts, "connections_open": c.connections_open})
+            json!({"refused": c.refused, "conflicts": c.conflicts, "connections_open": c.connections_open,
+                   "tls_mode": c.tls_mode, "denied_by_certificate": c.denied_by_certificate,
+                   "tls_reloads": c.tls_reloads, "tls_reload_failures": c.tls_reload_failures})
         });
         println!("{}", json!({ "hosts": list, "collector": collector }));
         return Ok(());
@@ -108,6 +145,12 @@ pub async fn hosts(addr: &str, json: bool) -> anyhow::Result<()> {
         println!("CONFLICTS: batches that another client sent first under that host's agent id, epoch and sequence (impersonation?); see the collector's log");
     }
     if let Some(c) = collector {
+        if c.tls_mode == "off" {
+            println!("WARNING: this collector runs without TLS (tls.mode = \"off\"): batches arrive in plaintext and any client can send them as any agent");
+        }
+        for (cert, n) in &c.denied_by_certificate {
+            println!("permission denied {n} times to {}", clean(cert));
+        }
         let refused: Vec<String> = c
             .refused
             .iter()
@@ -189,7 +232,7 @@ pub fn print_metrics(id: &vigil_proto::v1::HostIdentity, m: &HostMetrics) {
     );
 }
 
-pub async fn host(addr: &str, host: &str, json: bool) -> anyhow::Result<()> {
+pub async fn host(addr: &CollectorTarget, host: &str, json: bool) -> anyhow::Result<()> {
     let r = connect(addr)
         .await?
         .latest_stats(HostRequest {
@@ -212,7 +255,7 @@ pub async fn host(addr: &str, host: &str, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn history(
-    addr: &str,
+    addr: &CollectorTarget,
     host: &str,
     metric: &str,
     since: Duration,

@@ -208,6 +208,10 @@ impl Agent {
                 reconnects: export.reconnects.load(Ordering::Relaxed),
                 batches_refused: export.refused.load(Ordering::Relaxed),
                 batches_conflicting: export.conflicts.load(Ordering::Relaxed),
+                tls_mode: export.tls_mode(),
+                tls_reloads: export.tls_counter(|t| &t.reloads),
+                tls_reload_failures: export.tls_counter(|t| &t.failures),
+                streams_permission_denied: export.permission_denied.load(Ordering::Relaxed),
                 losses: Some(snap.total_losses),
                 internal_errors: [
                     ("kernel_filter_update", e.kernel_filter_update),

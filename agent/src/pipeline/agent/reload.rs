@@ -63,17 +63,16 @@ impl Agent {
         if new.spool != old.spool {
             self.spool_writer.reconfigure(new.spool.clone());
         }
-        if new.collector != old.collector {
+        if new.collector != old.collector || new.tls != old.tls {
             if let Some(e) = self.running.exporter.take() {
                 // Safe at any point: acks are recorded in the spool as they arrive, and
                 // whatever is unacked is sent again by the next exporter.
                 e.task.abort();
                 tracing::info!(collector = %e.addr, "stopped streaming to {}", e.addr);
             }
-            self.running.exporter = new
-                .collector
-                .as_deref()
-                .map(|a| start_exporter(a, &self.spool, &self.export_stats, &self.agent_id));
+            self.running.exporter = new.collector.as_deref().map(|a| {
+                start_exporter(a, &new.tls, &self.spool, &self.export_stats, &self.agent_id)
+            });
         }
         // The probes keep the settings they were loaded with.
         let old = &self.running.config;

@@ -1,0 +1,159 @@
+//! The collector's configuration: a TOML file (default /etc/vigil/collector.toml; every
+//! field optional), then command-line flags on top. A bad file is refused with every
+//! problem listed, each with the file, the field and the reason.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use vigil_tls::TlsSection;
+use vigil_units::{parse_duration, parse_size};
+
+pub const DEFAULT_CONFIG: &str = "/etc/vigil/collector.toml";
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A size as a string ("8MiB") or a number of bytes.
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// collector.toml.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorFile {
+    /// Address to listen on. Default "127.0.0.1:7470".
+    pub listen: Option<String>,
+    /// Where the database lives. Default "/var/lib/vigil/collector".
+    pub data_dir: Option<PathBuf>,
+    /// Samples and events older than this are deleted. Default "7d".
+    #[serde(deserialize_with = "duration")]
+    pub retention: Option<Duration>,
+    pub limits: LimitsFile,
+    pub tls: TlsSection,
+}
+
+/// `[limits]`: what one client may cost (defaults in `vigil-collector --help`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    #[serde(deserialize_with = "size")]
+    pub max_message_size: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
+    pub max_streams_per_connection: Option<u32>,
+    #[serde(deserialize_with = "size")]
+    pub decode_budget: Option<u64>,
+    #[serde(deserialize_with = "duration")]
+    pub message_timeout: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {}: {problem}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problem: String,
+}
+
+impl CollectorFile {
+    /// Reads `path` (`explicit`: named by the user, so it must exist).
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let err = |problem: String| ConfigError {
+            file: path.to_path_buf(),
+            problem,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+        };
+        Self::parse(&text).map_err(err)
+    }
+
+    /// The text of a file; the error names the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", e.message())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_names_only_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/collector.toml");
+        let file = CollectorFile::load(&path, true).unwrap();
+        let resolved = crate::daemon::CollectorArgs::default()
+            .resolve(file)
+            .unwrap();
+        let defaults = crate::daemon::CollectorArgs::default()
+            .resolve(CollectorFile::default())
+            .unwrap();
+        let seen = |s: crate::daemon::Settings| {
+            format!(
+                "{} {:?} {:?} {:?} {:?} {:?}",
+                s.listen,
+                s.data_dir,
+                s.retention,
+                s.limits,
+                s.tls.mode,
+                s.tls.files(vigil_tls::Role::Collector)
+            )
+        };
+        assert_eq!(seen(resolved), seen(defaults));
+    }
+
+    #[test]
+    fn fields_are_read_and_bad_ones_named_with_their_line() {
+        let f = CollectorFile::parse(
+            "listen = \"0.0.0.0:7470\"\n[limits]\nmax_message_size = \"1MiB\"\nhandshake_timeout = \"3s\"\n[tls]\nmode = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.limits.max_message_size, Some(1 << 20));
+        assert_eq!(f.limits.handshake_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(f.tls.mode, vigil_tls::Mode::Off);
+        let e = CollectorFile::parse("[tls]\nmode = \"none\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("none"), "{e}");
+        let e = CollectorFile::parse("[limits]\nmessage_timeout = \"99999999999999999999d\"\n")
+            .unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = CollectorFile::parse("lissen = \"x\"\n").unwrap_err();
+        assert!(e.contains("lissen"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_an_error(text in "\\PC*") {
+            let _ = CollectorFile::parse(&text);
+        }
+    }
+}
