@@ -25,6 +25,8 @@ pub struct Collector {
     pub addr: String,
     pub dir: tempfile::TempDir,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Flags `vigil hosts` needs to read it (TLS: an operator's certificate).
+    pub cli_args: Vec<String>,
 }
 
 impl Collector {
@@ -55,7 +57,13 @@ impl Collector {
             addr,
             dir,
             log,
+            cli_args: Vec::new(),
         }
+    }
+
+    /// Its log lines so far, joined.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     pub fn url(&self) -> String {
@@ -71,7 +79,9 @@ impl Collector {
     }
 
     pub fn hosts(&self) -> serde_json::Value {
-        vigil_json(&["hosts", "--collector", &self.addr, "--json"])
+        let mut args = vec!["hosts", "--collector", &self.addr, "--json"];
+        args.extend(self.cli_args.iter().map(String::as_str));
+        vigil_json(&args)
     }
 
     pub fn host(&self, agent_id: &str) -> Option<serde_json::Value> {
@@ -110,6 +120,16 @@ impl RealAgent {
     }
 
     pub fn start_in(collector: &Collector, id: &str, dir: tempfile::TempDir) -> Self {
+        Self::start_in_with(collector, id, dir, &[])
+    }
+
+    /// With more flags (TLS material, say); stderr kept in DIR/agent.log.
+    pub fn start_in_with(
+        collector: &Collector,
+        id: &str,
+        dir: tempfile::TempDir,
+        extra: &[String],
+    ) -> Self {
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -124,8 +144,12 @@ impl RealAgent {
             .arg(dir.path().join("data"))
             .arg("--socket")
             .arg(dir.path().join("agent.sock"))
+            .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("agent.log"))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .expect("starting vigil agent");
         Self {
@@ -137,6 +161,11 @@ impl RealAgent {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
     pub fn spool(&self) -> PathBuf {

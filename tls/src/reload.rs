@@ -117,7 +117,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                 let keeping = if current.is_ok() {
                     "keeping the material loaded before"
                 } else {
-                    "no TLS material yet; connections wait for good files"
+                    "nothing loaded yet"
                 };
                 tracing::warn!(what = self.what, error = %e, "TLS material refused; {keeping}");
                 if current.is_err() {
