@@ -44,6 +44,11 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Serve the local query API. Default true.
     pub api: bool,
+    /// Also serve the Agent API on this TCP address for tools on other machines
+    /// (TLS 1.3; an operator certificate or the bearer token of api_tls.token_file
+    /// required). Default: none.
+    pub api_listen: Option<String>,
+    pub api_tls: ApiTlsConfig,
     /// The agent's own state. Default "/var/lib/vigil/agent".
     pub data_dir: PathBuf,
     /// Rows of the per-interval summary printed to stdout; 0 prints none. Default 0.
@@ -58,6 +63,21 @@ pub struct AgentConfig {
     /// How the agent talks to the collector: mutual TLS by default (paths default to
     /// /etc/vigil/tls/ca.pem, agent.pem, agent.key); `mode = "off"` for plaintext.
     pub tls: vigil_tls::TlsSection,
+}
+
+/// `[api_tls]`: the remote API's TLS. Paths default to /etc/vigil/tls/ca.pem (the CA
+/// that operator certificates chain to), agent-api.pem and agent-api.key (this agent's
+/// server certificate: `vigil certs issue --agent-api HOST`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// A file holding a bearer token (mode 0600, at least 16 characters) that lets a
+    /// tool without a client certificate call the API. Read at each call. Default:
+    /// none (certificates only).
+    pub token_file: Option<PathBuf>,
 }
 
 /// How the daemon writes its log (stderr; journald adds the time under systemd).
@@ -168,6 +188,8 @@ impl Default for AgentConfig {
             agent_id: None,
             socket: PathBuf::from(DEFAULT_SOCKET),
             api: true,
+            api_listen: None,
+            api_tls: ApiTlsConfig::default(),
             data_dir: PathBuf::from("/var/lib/vigil/agent"),
             summary_rows: 0,
             shutdown_timeout: Interval(Duration::from_secs(5)),
@@ -289,6 +311,13 @@ impl AgentConfig {
         }
         if self.shutdown_timeout.0.is_zero() {
             problems.push("shutdown_timeout: must be more than 0".into());
+        }
+        if let Some(a) = &self.api_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "api_listen: {a:?} is not an IP address and port (e.g. \"0.0.0.0:7471\")"
+                ));
+            }
         }
         if let Some(c) = &self.collector {
             if c.trim().is_empty() {

@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// The agent's state directory (overrides data_dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Serve the Agent API on this TCP address too, for other machines (overrides
+    /// api_listen; mTLS or the api_tls.token_file bearer token).
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
     #[command(flatten)]
     pub tls: vigil_tls::config::TlsFlags,
 }
@@ -66,6 +70,7 @@ impl AgentArgs {
         c.api &= !self.no_api;
         c.data_dir = self.data_dir.clone().unwrap_or(c.data_dir);
         c.tls = c.tls.with_flags(&self.tls);
+        c.api_listen = self.api_listen.clone().or(c.api_listen);
         c.validate().map_err(|problems| ConfigError {
             file: "(command line)".into(),
             problems,

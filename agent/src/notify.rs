@@ -18,6 +18,14 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// `ready`, with variables after it (`VIGIL_API_LISTEN=ADDR`: the service manager
+/// ignores what it does not know; tests and tools read it).
+pub fn ready_with(status: &str, vars: &[String]) {
+    let mut states = vec![NotifyState::Ready, NotifyState::Status(status)];
+    states.extend(vars.iter().map(|v| NotifyState::Custom(v)));
+    send(&states);
+}
+
 /// A reload (SIGHUP) has begun; `ready` follows when it is done.
 pub fn reloading() {
     send(&[NotifyState::Reloading]);

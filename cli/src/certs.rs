@@ -30,6 +30,8 @@ pub enum Leaf<'a> {
     Agent(&'a str),
     Collector(&'a str),
     Operator(&'a str),
+    /// The server certificate of an agent's remote API (`api_listen`).
+    AgentApi(&'a str),
 }
 
 /// The URI SAN that names agent `id` (what the collector will compare a batch's
@@ -42,6 +44,17 @@ pub fn agent_uri(trust_domain: &str, id: &str) -> String {
 /// name: letters, digits, `.`, `-`, `_`, 1 to 128 bytes.
 fn check_name(what: &'static str, name: &str) -> anyhow::Result<()> {
     Ok(vigil_tls::identity::check_name(what, name)?)
+}
+
+/// A server's name as clients dial it: an IP SAN for an address, else a DNS SAN.
+fn server_san(name: &str) -> anyhow::Result<SanType> {
+    Ok(match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => {
+            check_name("server name", name)?;
+            SanType::DnsName(name.try_into().context("server name")?)
+        }
+    })
 }
 
 /// The identity URI of `kind` NAME (checked).
@@ -134,17 +147,34 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
                 identity_uri(trust_domain, Kind::Operator, name)?,
             )
         }
+        Leaf::AgentApi(name) => {
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params.subject_alt_names.push(server_san(name)?);
+            // No Vigil identity: it only ever serves (its EKU says so).
+            let key = KeyPair::generate().context("generating the key")?;
+            validity(&mut params, days);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let cert = params
+                .signed_by(&key, &ca)
+                .context("signing the certificate")?;
+            let cert_path = dir.join(format!("agent-api-{name}.pem"));
+            write_new(
+                &dir.join(format!("agent-api-{name}.key")),
+                &key.serialize_pem(),
+                0o600,
+            )?;
+            write_new(&cert_path, &cert.pem(), 0o644)?;
+            println!(
+                "{}: agent API server certificate for {name}",
+                cert_path.display()
+            );
+            return Ok(cert_path);
+        }
         Leaf::Collector(name) => {
             params.distinguished_name.push(DnType::CommonName, name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            let san = match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    check_name("collector name", name)?;
-                    SanType::DnsName(name.try_into().context("collector name")?)
-                }
-            };
-            params.subject_alt_names.push(san);
+            params.subject_alt_names.push(server_san(name)?);
             let uri = match name.parse::<std::net::IpAddr>() {
                 // An address is not a path segment of the same shape: name the collector
                 // by it with ':' spelled '-'.

@@ -163,7 +163,7 @@ pub enum Certs {
     /// A host certificate signed by the CA in DIR: an agent's (client authentication,
     /// URI SAN spiffe://TRUST_DOMAIN/vigil/agent/ID) or a collector's (server
     /// authentication, DNS or IP SAN NAME).
-    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent_id", "collector", "operator"])))]
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent_id", "collector", "operator", "agent_api"])))]
     Issue {
         #[arg(long)]
         dir: std::path::PathBuf,
@@ -177,6 +177,10 @@ pub enum Certs {
         /// spiffe://TRUST_DOMAIN/vigil/operator/NAME).
         #[arg(long)]
         operator: Option<String>,
+        /// The host name or address under which tools reach an agent's remote API
+        /// (`api_listen`): its server certificate (server authentication).
+        #[arg(long)]
+        agent_api: Option<String>,
         #[arg(long, default_value = crate::certs::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         #[arg(long, default_value_t = 365)]
@@ -352,14 +356,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_id,
             collector,
             operator,
+            agent_api,
             trust_domain,
             days,
         }) => {
-            let leaf = match (&agent_id, &collector, &operator) {
-                (Some(id), _, _) => crate::certs::Leaf::Agent(id),
-                (None, Some(name), _) => crate::certs::Leaf::Collector(name),
-                (None, None, Some(name)) => crate::certs::Leaf::Operator(name),
-                (None, None, None) => anyhow::bail!("--agent-id, --collector or --operator"),
+            let leaf = if let Some(id) = &agent_id {
+                crate::certs::Leaf::Agent(id)
+            } else if let Some(name) = &collector {
+                crate::certs::Leaf::Collector(name)
+            } else if let Some(name) = &operator {
+                crate::certs::Leaf::Operator(name)
+            } else if let Some(name) = &agent_api {
+                crate::certs::Leaf::AgentApi(name)
+            } else {
+                anyhow::bail!("--agent-id, --collector, --operator or --agent-api")
             };
             crate::certs::issue(&dir, leaf, &trust_domain, days).map(drop)
         }

@@ -640,6 +640,22 @@ pub async fn serve(
         authorize(&fleet_tls, &peer, Kind::Operator, &fleet_counters)?;
         Ok(req)
     };
+    // Standard health checking and reflection, so gRPC tools find the Fleet API.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CollectorServer<CollectorHandle>>()
+        .await;
+    health.set_serving::<FleetServer<FleetService>>().await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| ServeError::Listener(std::io::Error::other(e.to_string())))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| ServeError::Listener(std::io::Error::other(e.to_string())))?;
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_pending_accept_reset_streams(Some(64))
@@ -659,6 +675,9 @@ pub async fn serve(
             },
             fleet_access,
         ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(incoming),
             shutdown,

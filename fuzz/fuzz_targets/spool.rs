@@ -8,7 +8,13 @@ fuzz_target!(|data: &[u8]| {
     let rest = data.get(1..).unwrap_or_default();
     let split = data.first().map_or(0, |&b| usize::from(b)).min(rest.len());
     let (state, segment) = rest.split_at(split);
-    let Ok(dir) = tempfile::tempdir() else { return };
+    // In memory where there is a tmpfs (the spool's fsyncs cost nothing there): the
+    // same code paths, many more executions per second.
+    let dir = match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    };
+    let Ok(dir) = dir else { return };
     let _ = std::fs::write(dir.path().join("state"), state);
     let _ = std::fs::write(
         dir.path()

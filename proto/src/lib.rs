@@ -10,6 +10,9 @@ pub mod v1 {
     tonic::include_proto!("vigil.v1");
 }
 
+/// The encoded descriptors of vigil.v1, served by gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigil_descriptor");
+
 /// The one table of loss stages. Each counter of `Losses` (the wire) is listed once,
 /// with the stage it is reported under (`dropped_events` in `vigil hosts --json` and
 /// `vigil stats --json`) and what it counts; adding a counter is one line here, and

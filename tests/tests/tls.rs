@@ -723,3 +723,133 @@ fn tls_is_the_default_and_plaintext_must_be_asked_for() {
     });
     agent.stop();
 }
+
+/// tests/peers/grpc_reflect.py: a Python gRPC client that knows nothing of Vigil's
+/// .proto (server reflection, health checking, then the call).
+fn python_call(
+    addr: &str,
+    ca: &Path,
+    method: &str,
+    cert: Option<&Path>,
+    token: Option<&str>,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/grpc_reflect.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(addr).arg(ca).arg(method);
+    if let Some(stem) = cert {
+        cmd.arg("--cert").arg(pem(stem)).arg("--key").arg(key(stem));
+    }
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd
+        .output()
+        .expect("python3 (cargo xtask setup installs grpcio)");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpc_reflect.py: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn the_remote_agent_api_needs_an_operator_certificate_or_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let other = Pki::new(&dir.path().join("other-ca"));
+    let server = pki.issue("agent-api", "127.0.0.1");
+    let op = pki.issue("operator", "alice");
+    let agent_cert = pki.issue("agent-id", "remote-1");
+    let outsider = other.issue("operator", "alice");
+    let token = "s3cret-token-for-the-remote-api";
+    let token_file = dir.path().join("api.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let adir = dir.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    std::fs::write(
+        adir.join("agent.toml"),
+        format!(
+            "interval = \"1s\"\nagent_id = \"remote-1\"\napi_listen = \"127.0.0.1:0\"\n\
+             socket = \"{}\"\ndata_dir = \"{}\"\n\
+             [probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n\
+             [api_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ntoken_file = \"{}\"\n",
+            adir.join("agent.sock").display(),
+            adir.join("data").display(),
+            pki.ca().display(),
+            pem(&server).display(),
+            key(&server).display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = vigil_tests::agent_command();
+    cmd.arg("--config")
+        .arg(adir.join("agent.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (child, ready) = vigil_tests::spawn_ready(&mut cmd, Duration::from_secs(60));
+    let _agent = vigil_tests::KillOnDrop(child);
+    let addr = ready
+        .get("VIGIL_API_LISTEN")
+        .expect("VIGIL_API_LISTEN in READY")
+        .clone();
+    let stats = "vigil.v1.Agent/Stats";
+
+    // An operator certificate: reflection lists the API, health says SERVING, and the
+    // call answers with this agent's stats.
+    let mut answer = serde_json::Value::Null;
+    wait_until(
+        "the first sample over the remote API",
+        Duration::from_secs(30),
+        || {
+            answer = python_call(&addr, &pki.ca(), stats, Some(&op), None);
+            answer.get("answer").is_some()
+        },
+    );
+    let services: Vec<&str> = answer["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for s in [
+        "vigil.v1.Agent",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&s), "{answer}");
+    }
+    assert_eq!(answer["health"], "SERVING", "{answer}");
+    assert_eq!(answer["answer"]["host"]["agentId"], "remote-1", "{answer}");
+
+    // The bearer token instead of a certificate.
+    let a = python_call(&addr, &pki.ca(), stats, None, Some(token));
+    assert_eq!(a["answer"]["host"]["agentId"], "remote-1", "{a}");
+    // A wrong token, no credentials, an agent's certificate: UNAUTHENTICATED.
+    for (who, a) in [
+        (
+            "wrong token",
+            python_call(&addr, &pki.ca(), stats, None, Some("not-the-token-at-all")),
+        ),
+        ("nothing", python_call(&addr, &pki.ca(), stats, None, None)),
+        (
+            "agent certificate",
+            python_call(&addr, &pki.ca(), stats, Some(&agent_cert), None),
+        ),
+    ] {
+        assert_eq!(a["error"]["code"], "UNAUTHENTICATED", "{who}: {a}");
+    }
+    // A token file others can read is not honoured (read at every call).
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = python_call(&addr, &pki.ca(), stats, None, Some(token));
+    assert_eq!(a["error"]["code"], "UNAUTHENTICATED", "{a}");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // An operator of another CA does not get past the handshake.
+    let a = python_call(&addr, &other.ca(), stats, Some(&outsider), None);
+    assert!(a.get("failed").is_some() || a.get("error").is_some(), "{a}");
+    assert!(a.get("answer").is_none(), "{a}");
+}

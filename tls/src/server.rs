@@ -188,6 +188,24 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     pub stream: Stream,
     pub info: PeerInfo,
+    /// Released when the connection closes (a slot among a bounded number).
+    guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl Conn {
+    pub fn new(stream: Stream, info: PeerInfo) -> Self {
+        Self {
+            stream,
+            info,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` until the connection is dropped.
+    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {

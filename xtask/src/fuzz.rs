@@ -7,13 +7,14 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _};
 
 /// The targets, as fuzz/Cargo.toml names them.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "collector_batch",
     "agent_config",
     "rules",
     "event_decoder",
     "procfs",
     "spool",
+    "cert_identity",
 ];
 
 pub struct Options {

@@ -57,6 +57,7 @@ pub fn setup(mode: Mode) -> anyhow::Result<()> {
     debian_packages(mode)?;
     bpf_linker(mode)?;
     cargo_fuzz_if(mode)?;
+    python_grpc(mode)?;
     say(mode, "everything is in place");
     Ok(())
 }
@@ -80,6 +81,38 @@ fn nightly_rust_src(mode: Mode) -> anyhow::Result<()> {
     // `component add`, not `toolchain install`: the latter would move nightly forward.
     crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("rustup could not add rust-src to the nightly toolchain; is a nightly toolchain installed (`rustup toolchain list`)?")
+}
+
+/// A gRPC client from outside the project for the remote API's tests: Python's
+/// grpcio with server reflection and health checking, from PyPI.
+const PYTHON_GRPC: &[&str] = &[
+    "grpcio",
+    "grpcio-reflection",
+    "grpcio-health-checking",
+    "protobuf",
+];
+
+fn python_grpc(mode: Mode) -> anyhow::Result<()> {
+    if quiet(Command::new("python3").args(["-c", "import grpc, grpc_reflection, grpc_health"])) {
+        say(mode, "python3 grpcio with reflection and health: present");
+        return Ok(());
+    }
+    println!(
+        "setup: installing {} for python3 (pip)",
+        PYTHON_GRPC.join(", ")
+    );
+    crate::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_GRPC),
+    )
+    .context("pip could not install the Python gRPC client the remote API tests use")
 }
 
 fn missing_packages() -> Vec<&'static str> {

@@ -177,6 +177,7 @@ pub struct Agent {
     export_stats: Arc<stream::ExportStats>,
     agent_id: String,
     api: Option<tokio::task::JoinHandle<()>>,
+    remote_api: Option<tokio::task::JoinHandle<()>>,
     socket: Option<PathBuf>,
     iv: Interval,
     /// Events drained from the ring buffer, not yet absorbed.
@@ -327,6 +328,16 @@ impl Agent {
             Some(path) => Some(crate::query::api::serve_unix(path, state.reader()).await?),
             None => None,
         };
+        let mut ready_vars = Vec::new();
+        let remote_api = match &config.api_listen {
+            Some(addr) => {
+                let (local, task) =
+                    crate::query::remote::serve(addr, &config.api_tls, state.reader()).await?;
+                ready_vars.push(format!("VIGIL_API_LISTEN={local}"));
+                Some(task)
+            }
+            None => None,
+        };
         // Everything that needed root is done (probes attached, socket bound): keep
         // only what reading /proc and watched directories needs, before any other
         // thread exists (the exporter's connection may resolve names on one).
@@ -369,9 +380,10 @@ impl Agent {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let follower_joined = Some(state.follower_joined());
-        crate::notify::ready(&format!(
-            "tracing the host every {interval:?}, spool epoch {epoch}"
-        ));
+        crate::notify::ready_with(
+            &format!("tracing the host every {interval:?}, spool epoch {epoch}"),
+            &ready_vars,
+        );
         Ok(Self {
             running,
             reload,
@@ -386,6 +398,7 @@ impl Agent {
             export_stats,
             agent_id,
             api,
+            remote_api,
             socket,
             iv: Interval::new(now_ms()),
             events: Vec::new(),
@@ -593,6 +606,9 @@ impl Agent {
             st.unacked, st.dropped_batches, st.corrupt_records,
         );
         if let Some(api) = self.api.take() {
+            api.abort();
+        }
+        if let Some(api) = self.remote_api.take() {
             api.abort();
         }
         if let Some(path) = &self.socket {

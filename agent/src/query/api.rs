@@ -25,8 +25,14 @@ const PAGE_BYTES: usize = 1 << 20;
 
 pub use crate::config::DEFAULT_SOCKET;
 
-struct AgentApi {
+pub(crate) struct AgentApi {
     state: StateReader,
+}
+
+impl AgentApi {
+    pub(crate) fn new(state: StateReader) -> Self {
+        Self { state }
+    }
 }
 
 #[tonic::async_trait]

@@ -34,6 +34,9 @@ impl Agent {
         if new.detect.enabled != old.detect.enabled {
             restart_needed.push("detect.enabled");
         }
+        if new.api_listen != old.api_listen || new.api_tls != old.api_tls {
+            restart_needed.push("api_listen/api_tls");
+        }
         if new.socket != old.socket || new.api != old.api {
             restart_needed.push("socket/api");
         }
