@@ -18,6 +18,9 @@ pub const DEFAULT_SOCKET: &str = "/run/vigil/agent.sock";
 
 pub const DEFAULT_CONFIG: &str = "/etc/vigil/agent.toml";
 
+/// The local API's group unless the config names another.
+pub const API_GROUP: &str = "vigil";
+
 /// A duration written as in the CLI: "10s", "500ms", "2m".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interval(pub Duration);
@@ -44,6 +47,10 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Serve the local query API. Default true.
     pub api: bool,
+    /// The group whose members may use the local API besides root (the socket is
+    /// 0660 root:GROUP; each client's uid and groups are checked with SO_PEERCRED).
+    /// Default "vigil".
+    pub api_group: String,
     /// Also serve the Agent API on this TCP address for tools on other machines
     /// (TLS 1.3; an operator certificate or the bearer token of api_tls.token_file
     /// required). Default: none.
@@ -188,6 +195,7 @@ impl Default for AgentConfig {
             agent_id: None,
             socket: PathBuf::from(DEFAULT_SOCKET),
             api: true,
+            api_group: API_GROUP.to_string(),
             api_listen: None,
             api_tls: ApiTlsConfig::default(),
             data_dir: PathBuf::from("/var/lib/vigil/agent"),

@@ -1112,3 +1112,150 @@ fn a_local_users_flood_of_findings_cannot_kill_the_agent_or_push_out_real_ones()
     );
     agent.stop();
 }
+
+/// A group and a member of it, created if missing (the API group of one test).
+fn group_with_member(group: &str, member: &str) -> (u32, u32) {
+    if nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        let out = Command::new("groupadd")
+            .args(["--system", group])
+            .output()
+            .expect("groupadd");
+        assert!(
+            out.status.success(),
+            "groupadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if nix::unistd::User::from_name(member)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "-G",
+                group,
+                member,
+            ])
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let u = nix::unistd::User::from_name(member).unwrap().unwrap();
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+#[test]
+fn only_root_and_the_api_group_may_use_the_local_api_checked_by_peer_credentials() {
+    if !vigil_tests::require_root(
+        "only_root_and_the_api_group_may_use_the_local_api_checked_by_peer_credentials",
+    ) {
+        return;
+    }
+    const GROUP: &str = "vigil-apitest";
+    // The member's primary group is its own; GROUP is a supplementary one, which
+    // the agent reads from /proc/PID/status.
+    let (member_uid, member_gid) = group_with_member(GROUP, "vigil-apimember");
+    let (hostile_uid, hostile_gid) = hostile_user();
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("run/agent.sock");
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "interval = \"1s\"\napi_group = \"{GROUP}\"\nsocket = \"{}\"\ndata_dir = \"{}\"\n\
+             [probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n",
+            socket.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut cmd = agent_command();
+    cmd.arg("--config")
+        .arg(dir.path().join("agent.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (child, _) = vigil_tests::spawn_ready(&mut cmd, Duration::from_secs(60));
+    let _agent = KillOnDrop(child);
+    let group = nix::unistd::Group::from_name(GROUP).unwrap().unwrap();
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            (m.mode() & 0o777, m.uid(), m.gid()),
+            (0o660, 0, group.gid.as_raw())
+        );
+        let d = std::fs::metadata(socket.parent().unwrap()).unwrap();
+        assert_eq!(
+            d.gid(),
+            group.gid.as_raw(),
+            "the socket's directory belongs to the group"
+        );
+    }
+    let stats_as = |uid: u32, gid: u32, groups: &[u32]| -> bool {
+        let groups: Vec<libc::gid_t> = groups.to_vec();
+        let mut c = Command::new(vigil_bin());
+        c.args(["stats", "--json", "--socket"]).arg(&socket);
+        // SAFETY: setgroups/setgid/setuid in the child before exec.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = c.output().expect("vigil stats");
+        // Without the agent, `vigil stats` reads the host itself: only an answer
+        // from the agent counts.
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["source"] == "agent")
+    };
+    wait_until("the member served", Duration::from_secs(30), || {
+        stats_as(member_uid, member_gid, &[member_gid, group.gid.as_raw()])
+    });
+    assert!(
+        !stats_as(hostile_uid, hostile_gid, &[hostile_gid]),
+        "a user outside the group was served"
+    );
+    // Loosen the socket's mode by hand: the peer check still keeps the outsider out,
+    // says who it was, and serves the member.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(
+        !stats_as(hostile_uid, hostile_gid, &[hostile_gid]),
+        "SO_PEERCRED let an outsider in"
+    );
+    wait_until("the refusal logged", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("uid {hostile_uid} gid {hostile_gid}"))
+    });
+    assert!(stats_as(
+        member_uid,
+        member_gid,
+        &[member_gid, group.gid.as_raw()]
+    ));
+}

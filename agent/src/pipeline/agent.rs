@@ -325,7 +325,9 @@ impl Agent {
         state.write().agent_self().preflight = preflight.into_iter().collect();
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
-            Some(path) => Some(crate::query::api::serve_unix(path, state.reader()).await?),
+            Some(path) => {
+                Some(crate::query::api::serve_unix(path, &config.api_group, state.reader()).await?)
+            }
             None => None,
         };
         let mut ready_vars = Vec::new();

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio_stream::{wrappers::UnixListenerStream, Stream, StreamExt as _};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{transport::Channel, Request, Response, Status};
 use vigil_proto::v1::{
     agent_client::AgentClient,
@@ -144,8 +144,13 @@ impl Agent for AgentApi {
 }
 
 /// Serves the API on `path` (replacing a stale socket file) until the task is aborted.
+/// Each client's credentials (SO_PEERCRED) are checked at accept: root, the agent's
+/// own user, and members of `group` (primary or supplementary, from /proc/PID/status)
+/// are served; anyone else is closed at once and logged (the socket's mode keeps them
+/// out already; this holds even if the mode is loosened by hand).
 pub async fn serve_unix(
     path: &Path,
+    group: &str,
     state: StateReader,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
@@ -161,11 +166,35 @@ pub async fn serve_unix(
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
-    restrict_socket(path)?;
-    tracing::info!(socket = %path.display(), "agent API on {}", path.display());
+    let gid = restrict_socket(path, group)?;
+    tracing::info!(socket = %path.display(), group, "agent API on {}", path.display());
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::UnixStream>>(16);
+    let own_uid = nix::unistd::geteuid().as_raw();
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "agent API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match peer_allowed(&stream, own_uid, gid) {
+                Ok(who) => tracing::info!(peer = %who, "agent API client"),
+                Err(who) => {
+                    tracing::warn!(peer = %who, "agent API client refused: not root, not the agent's user, not in the API group");
+                    continue;
+                }
+            }
+            if tx.send(Ok(stream)).await.is_err() {
+                return;
+            }
+        }
+    });
     let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentApi { state }))
-        .serve_with_incoming(UnixListenerStream::new(listener));
+        .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "agent API stopped");
@@ -173,20 +202,62 @@ pub async fn serve_unix(
     }))
 }
 
-/// The group whose members may use the API (`vigil stats`, `vigil events`) without
-/// root, if it exists.
-pub const API_GROUP: &str = "vigil";
+/// The groups of process `pid` (its Groups: line), primary included.
+fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
 
-/// The socket is 0660, owned by root and the `vigil` group when there is one: the API
+/// Whether the client at the other end may use the API: `Ok(who)` or `Err(who)`.
+fn peer_allowed(
+    stream: &tokio::net::UnixStream,
+    own_uid: u32,
+    group: Option<u32>,
+) -> Result<String, String> {
+    let Ok(cred) = stream.peer_cred() else {
+        return Err("unknown (no SO_PEERCRED)".into());
+    };
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid().unwrap_or(0));
+    let who = format!("uid {uid} gid {gid} pid {pid}");
+    if uid == 0 || uid == own_uid {
+        return Ok(who);
+    }
+    if let Some(g) = group {
+        if gid == g || (pid > 0 && groups_of(pid).contains(&g)) {
+            return Ok(who);
+        }
+    }
+    Err(who)
+}
+
+/// The socket is 0660, owned by root and the API group when there is one: the API
 /// shows every process's command line, so it is not for every local user. Its
-/// directory, if the agent made it, is 0750 (daemons run with umask 077).
-fn restrict_socket(path: &Path) -> anyhow::Result<()> {
+/// directory, if the agent made it, is 0750 (daemons run with umask 077) with the
+/// group let through. Returns the group's id (None: no such group, root only).
+fn restrict_socket(path: &Path, group: &str) -> anyhow::Result<Option<u32>> {
     use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(Some(group)) = nix::unistd::Group::from_name(API_GROUP) {
-        std::os::unix::fs::chown(path, None, Some(group.gid.as_raw()))
-            .with_context(|| format!("giving {} to group {API_GROUP}", path.display()))?;
+    let gid = match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Some(g.gid.as_raw()),
+        _ => {
+            tracing::info!(group, "no group {group:?}: the agent API is for root only");
+            None
+        }
+    };
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", path.display()))?;
         if let Some(dir) = path.parent() {
-            let _ = std::os::unix::fs::chown(dir, None, Some(group.gid.as_raw()));
+            let _ = std::os::unix::fs::chown(dir, None, Some(gid));
             if let Ok(m) = std::fs::metadata(dir) {
                 // Let the group reach the socket (search), nothing more.
                 let mode = m.permissions().mode() | 0o010;
@@ -195,7 +266,8 @@ fn restrict_socket(path: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting the mode of {}", path.display()))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(gid)
 }
 
 /// A client for the agent at `path`.

@@ -37,7 +37,7 @@ impl Agent {
         if new.api_listen != old.api_listen || new.api_tls != old.api_tls {
             restart_needed.push("api_listen/api_tls");
         }
-        if new.socket != old.socket || new.api != old.api {
+        if new.socket != old.socket || new.api != old.api || new.api_group != old.api_group {
             restart_needed.push("socket/api");
         }
         if new.data_dir != old.data_dir {
