@@ -55,9 +55,17 @@ pub fn drop_to_kept() -> Result<Option<CapsHashSet>, PrivilegeError> {
         .filter(|c| permitted.contains(c))
         .collect();
     let err = |cap, set| move |source| PrivilegeError::Drop { cap, set, source };
-    // The bounding set first: dropping from it needs CAP_SETPCAP, still effective.
+    // The bounding set first: dropping from it needs CAP_SETPCAP, still effective. A
+    // dedicated user started with ambient capabilities has no CAP_SETPCAP: its
+    // bounding set stays what the service manager gave (CapabilityBoundingSet=), and
+    // no_new_privs keeps an exec from gaining anything in it.
+    let can_bound =
+        caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
     for cap in caps::all() {
-        if !kept.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+        if can_bound
+            && !kept.contains(&cap)
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
             caps::drop(None, CapSet::Bounding, cap).map_err(err(cap, "bounding"))?;
         }
     }

@@ -1259,3 +1259,170 @@ fn only_root_and_the_api_group_may_use_the_local_api_checked_by_peer_credentials
         &[member_gid, group.gid.as_raw()]
     ));
 }
+
+/// The agent as a packaged unit runs it: a dedicated user, the probe capabilities as
+/// ambient ones, the bounding set limited to them (setpriv does what systemd's
+/// User=, AmbientCapabilities= and CapabilityBoundingSet= do).
+fn agent_as_dedicated_user(dir: &Path, caps: &[&str]) -> KillOnDrop {
+    const USER: &str = "vigil-agent-test";
+    if nix::unistd::User::from_name(USER).ok().flatten().is_none() {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let u = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    std::os::unix::fs::chown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--init-groups",
+            &format!("--bounding-set=-all,{list}"),
+            &format!("--inh-caps={list}"),
+            &format!("--ambient-caps={list}"),
+        ])
+        .arg(vigil_tests::daemon_bin("agent"))
+        .args(["--interval", "1s", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("run/agent.sock"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    KillOnDrop(child)
+}
+
+fn agent_stats_at(socket: &Path) -> Option<serde_json::Value> {
+    let out = Command::new(vigil_bin())
+        .args(["stats", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    (v["source"] == "agent").then_some(v)
+}
+
+/// Capability bits as /proc/PID/status prints them.
+fn cap_mask(bits: &[u32]) -> String {
+    format!("{:016x}", bits.iter().fold(0u64, |m, b| m | (1 << b)))
+}
+
+#[test]
+fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
+    if !vigil_tests::require_root(
+        "as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two",
+    ) {
+        return;
+    }
+    // The documented set (README, Least privilege): BPF (39), PERFMON (38) to load
+    // and attach; SYS_PTRACE (19), DAC_READ_SEARCH (2) kept for /proc and watched
+    // directories. SYS_RESOURCE is not needed on this kernel (>= 5.11).
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_as_dedicated_user(
+        dir.path(),
+        &["bpf", "perfmon", "sys_ptrace", "dac_read_search"],
+    );
+    let socket = dir.path().join("run/agent.sock");
+    let mut stats = serde_json::Value::Null;
+    wait_until("the agent's API", Duration::from_secs(60), || {
+        stats = agent_stats_at(&socket).unwrap_or_default();
+        !stats.is_null()
+    });
+    let probes = &stats["agent"]["probes"];
+    for p in [
+        "syscall-latency",
+        "tcp-retransmit",
+        "process-lifecycle",
+        "security",
+    ] {
+        assert_eq!(
+            probes[p],
+            "on",
+            "{p}: {probes}\n{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap()
+        );
+    }
+    assert_eq!(
+        stats["agent"]["preflight"]["capabilities_missing"], "",
+        "{stats}"
+    );
+    let (kept, bounding, zero) = (
+        cap_mask(&[2, 19]),
+        cap_mask(&[2, 19, 38, 39]),
+        cap_mask(&[]),
+    );
+    for t in thread_privileges(agent.0.id()) {
+        assert_eq!(
+            t,
+            (
+                kept.clone(),
+                kept.clone(),
+                zero.clone(),
+                bounding.clone(),
+                zero.clone(),
+                "1".to_string()
+            ),
+            "(CapEff, CapPrm, CapInh, CapBnd, CapAmb, NoNewPrivs)"
+        );
+    }
+    // The probes work as that user: syscalls are counted.
+    wait_until(
+        "syscall latency from the kernel",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new(vigil_bin())
+                .args(["syscalls", "--json", "--window", "10s", "--socket"])
+                .arg(&socket)
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["syscalls"].as_array().map(|a| !a.is_empty()))
+                .unwrap_or(false)
+        },
+    );
+    drop(agent);
+
+    // Without CAP_BPF: every probe off, saying why; host metrics still served.
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = agent_as_dedicated_user(dir.path(), &["perfmon", "sys_ptrace", "dac_read_search"]);
+    let socket = dir.path().join("run/agent.sock");
+    wait_until("the agent's API", Duration::from_secs(60), || {
+        stats = agent_stats_at(&socket).unwrap_or_default();
+        !stats.is_null()
+    });
+    let probes = &stats["agent"]["probes"];
+    for p in [
+        "syscall-latency",
+        "tcp-retransmit",
+        "process-lifecycle",
+        "security",
+    ] {
+        let s = probes[p].as_str().unwrap_or_default();
+        assert!(
+            s.starts_with("off: ") && s.contains("cap_bpf"),
+            "{p}: {probes}"
+        );
+    }
+    assert!(
+        stats["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
+}

@@ -244,22 +244,53 @@ impl Agent {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         };
-        let mut probes =
-            if settings.syscalls || settings.retransmits.is_some() || settings.processes {
-                match Probes::load(&settings) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::error!(
-                            "probes unavailable, running on host metrics alone: {}",
-                            error_chain(&e)
-                        );
-                        None
+        // Each probe's state for the API: on, not requested, or off and why.
+        let requested = [
+            (crate::probes::Probe::SyscallLatency, settings.syscalls),
+            (
+                crate::probes::Probe::TcpRetransmit,
+                settings.retransmits.is_some(),
+            ),
+            (crate::probes::Probe::ProcessLifecycle, settings.processes),
+            (crate::probes::Probe::Security, settings.security),
+        ];
+        let mut probe_report: std::collections::BTreeMap<String, String> = requested
+            .iter()
+            .map(|(p, on)| {
+                (
+                    p.to_string(),
+                    if *on { "on" } else { "not requested" }.to_string(),
+                )
+            })
+            .collect();
+        let missing_caps = preflight
+            .get("capabilities_missing")
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(" (capabilities missing: {m})"))
+            .unwrap_or_default();
+        let mut probes = if requested.iter().any(|(_, on)| *on) {
+            match Probes::load(&settings) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(
+                        "probes unavailable, running on host metrics alone: {}{missing_caps}",
+                        error_chain(&e)
+                    );
+                    for (p, on) in &requested {
+                        if *on {
+                            probe_report.insert(
+                                p.to_string(),
+                                format!("off: {}{missing_caps}", error_chain(&e)),
+                            );
+                        }
                     }
+                    None
                 }
-            } else {
-                tracing::info!("probes turned off in the config; host metrics only");
-                None
-            };
+            }
+        } else {
+            tracing::info!("probes turned off in the config; host metrics only");
+            None
+        };
         // Loading parsed the kernel's BTF (megabytes, now freed): give that memory back
         // to the system instead of keeping it as the agent's resident size.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -268,7 +299,11 @@ impl Agent {
             match state {
                 ProbeState::On => tracing::info!(%probe, "probe {probe}: on"),
                 ProbeState::Off(e) => {
-                    tracing::warn!(%probe, "probe {probe}: OFF: {}", error_chain(e))
+                    tracing::warn!(%probe, "probe {probe}: OFF: {}{missing_caps}", error_chain(e));
+                    probe_report.insert(
+                        probe.to_string(),
+                        format!("off: {}{missing_caps}", error_chain(e)),
+                    );
                 }
                 ProbeState::Disabled => tracing::info!(%probe, "probe {probe}: not requested"),
             }
@@ -323,6 +358,7 @@ impl Agent {
             config.interval.0.as_secs_f64(),
         );
         state.write().agent_self().preflight = preflight.into_iter().collect();
+        state.write().agent_self().probes = probe_report.into_iter().collect();
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
             Some(path) => {

@@ -18,11 +18,32 @@ pub const PROBE_CAPABILITIES: [Capability; 5] = [
     Capability::CAP_DAC_READ_SEARCH,
 ];
 
+/// Whether this kernel still charges BPF memory to RLIMIT_MEMLOCK (before 5.11).
+fn charges_memlock(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) < (5, 11)
+}
+
+/// The probe capabilities this kernel asks for (SYS_RESOURCE only where memlock is
+/// still charged).
+pub fn needed_capabilities() -> Vec<Capability> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    PROBE_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| *c != Capability::CAP_SYS_RESOURCE || charges_memlock(&release))
+        .collect()
+}
+
 /// The findings, by name (the keys of `AgentSelf.preflight`).
 pub fn check() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
-    let missing: Vec<String> = PROBE_CAPABILITIES
+    let missing: Vec<String> = needed_capabilities()
         .iter()
         .filter(|c| !effective.contains(c))
         .map(|c| c.to_string().to_lowercase())
@@ -74,6 +95,14 @@ pub fn summary(p: &BTreeMap<String, String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memlock_is_charged_before_5_11_only() {
+        assert!(super::charges_memlock("5.10.0-28-amd64"));
+        assert!(super::charges_memlock("4.19.0"));
+        assert!(!super::charges_memlock("5.11.0"));
+        assert!(!super::charges_memlock("6.18.44-foo"));
+    }
+
     #[test]
     fn lockdown_mode_is_the_bracketed_one() {
         assert_eq!(

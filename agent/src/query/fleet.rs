@@ -181,6 +181,7 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "dropped_events": stages,
         "internal_errors": a.internal_errors,
         "preflight": a.preflight,
+        "probes": a.probes,
         "tls_mode": a.tls_mode, "tls_reloads": a.tls_reloads,
         "tls_reload_failures": a.tls_reload_failures,
         "streams_permission_denied": a.streams_permission_denied,
