@@ -414,11 +414,6 @@ impl ProcessTable {
     }
 }
 
-fn join_args(b: &[u8]) -> String {
-    let b = b.strip_suffix(&[0]).unwrap_or(b);
-    String::from_utf8_lossy(b).replace('\0', " ")
-}
-
 fn fd_of(dir: &Path, n: u32) -> (FdKind, u64) {
     let Ok(target) = std::fs::read_link(dir.join("fd").join(n.to_string())) else {
         return (FdKind::None, 0);
@@ -486,18 +481,16 @@ impl ScanRequest {
 
 fn read_proc(proc_root: &Path, boot_unix_ms: i64, pid: u32) -> Option<Proc> {
     let dir = proc_root.join(pid.to_string());
-    let stat = crate::metrics::parse::pid_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let stat =
+        crate::metrics::parse::pid_stat(&crate::metrics::parse::read_lossy(&dir.join("stat"))?)?;
     let (name, ppid) = (stat.comm, stat.ppid);
     let start_ticks = i64::try_from(stat.start_ticks).unwrap_or(0);
     // SAFETY: sysconf has no memory side effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    let (uid, euid) = std::fs::read_to_string(dir.join("status"))
-        .ok()
+    let (uid, euid) = crate::metrics::parse::read_lossy(&dir.join("status"))
         .and_then(|t| crate::metrics::parse::pid_status_uids(&t))
         .unwrap_or((0, 0));
-    let cmdline = std::fs::read(dir.join("cmdline"))
-        .map(|b| join_args(&b))
-        .unwrap_or_default();
+    let cmdline = crate::metrics::parse::read_cmdline(&dir.join("cmdline"));
     let exe = std::fs::read_link(dir.join("exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -528,6 +521,47 @@ fn read_proc(proc_root: &Path, boot_unix_ms: i64, pid: u32) -> Option<Proc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real process with an odd name (spaces, parentheses, a newline, invalid
+    /// UTF-8) and a 1 MB command line, read as the table reads it; then gone.
+    #[test]
+    fn odd_names_huge_command_lines_and_vanished_processes() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"a b) (c\nd\xff");
+        let prog = dir.path().join(name);
+        std::fs::copy("/bin/sh", &prog).unwrap();
+        // A shell that waits on a child: alive while it is read, with 1 MB of args.
+        let big = "x".repeat(100_000);
+        let mut child = std::process::Command::new(&prog)
+            .args(["-c", "sleep 30", "zero"])
+            .args(vec![&big; 10])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // After the exec the comm is the odd name (first 15 bytes).
+        let mut p = None;
+        for _ in 0..200 {
+            p = read_proc(Path::new("/proc"), 0, pid);
+            if p.as_ref().is_some_and(|p| p.cmdline.ends_with('…')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let p = p.expect("the process read");
+        assert!(p.name.starts_with("a b) (c\nd"), "{:?}", p.name);
+        assert!(p.cmdline.len() <= crate::metrics::parse::MAX_CMDLINE + '…'.len_utf8());
+        assert!(p.cmdline.ends_with('…'), "cut and marked");
+        assert!(p.exe.contains("a b) (c"), "{:?}", p.exe);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Gone: nothing read, no panic.
+        assert!(read_proc(Path::new("/proc"), 0, pid).is_none());
+        assert_eq!(
+            crate::metrics::parse::read_cmdline(Path::new(&format!("/proc/{pid}/cmdline"))),
+            ""
+        );
+    }
 
     #[test]
     fn container_ids_from_cgroup_paths() {

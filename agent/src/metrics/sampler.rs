@@ -72,7 +72,7 @@ fn read(path: &Path) -> Result<String, MetricsError> {
 
 /// A file that may not exist on this kernel: `None` then, never an error.
 fn read_optional(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok()
+    parse::read_lossy(path)
 }
 
 fn sysconf(name: libc::c_int, fallback: i64) -> i64 {
@@ -423,14 +423,9 @@ impl Sampler {
     /// The details of a top process, read only for the few that are shown.
     fn describe(&self, pid: u32, stat: &parse::PidStat, cpu_percent: f64) -> ProcessInfo {
         let base = self.roots.proc.join(pid.to_string());
-        let cmdline = fs::read(base.join("cmdline"))
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .replace('\0', " ")
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let cmdline = parse::read_cmdline(&base.join("cmdline"))
+            .trim()
+            .to_string();
         let uid = read_optional(&base.join("status")).and_then(|t| {
             t.lines()
                 .find_map(|l| l.strip_prefix("Uid:"))

@@ -204,8 +204,7 @@ pub async fn serve_unix(
 
 /// The groups of process `pid` (its Groups: line), primary included.
 fn groups_of(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
+    crate::metrics::parse::read_lossy(Path::new(&format!("/proc/{pid}/status")))
         .and_then(|s| {
             s.lines().find_map(|l| {
                 l.strip_prefix("Groups:").map(|g| {
