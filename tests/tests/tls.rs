@@ -161,7 +161,7 @@ fn s_client(addr: &str, ca: &Path, client: Option<&Path>, extra: &[&str]) -> (Ve
         .and_then(|a| {
             stdout[a..]
                 .find("-----END CERTIFICATE-----")
-                .map(|b| stdout[a..a + b + 25].as_bytes().to_vec())
+                .map(|b| stdout.as_bytes()[a..a + b + 25].to_vec())
         })
         .unwrap_or_default();
     (cert, all)

@@ -303,6 +303,53 @@ pub fn passwd(text: &str) -> HashMap<u32, String> {
         .collect()
 }
 
+/// The most of a /proc/PID/cmdline that is read: a command line can be megabytes
+/// (ARG_MAX), and the process table holds one per process. What is cut is marked.
+pub const MAX_CMDLINE: usize = 4096;
+
+/// A process's arguments joined by spaces (invalid UTF-8 replaced), at most
+/// [`MAX_CMDLINE`] bytes read, ending in "…" when cut; empty if the process is gone.
+pub fn read_cmdline(path: &std::path::Path) -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(256);
+    let Ok(f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    if f.take(MAX_CMDLINE as u64 + 1)
+        .read_to_end(&mut buf)
+        .is_err()
+    {
+        return String::new();
+    }
+    let cut = buf.len() > MAX_CMDLINE;
+    buf.truncate(MAX_CMDLINE);
+    let b = buf.strip_suffix(&[0]).unwrap_or(&buf);
+    let mut s = String::from_utf8_lossy(b).replace('\0', " ");
+    // Replacement characters are wider than the bytes they replace: hold the text to
+    // the bound too.
+    let mut cut = cut;
+    if s.len() > MAX_CMDLINE {
+        let mut end = MAX_CMDLINE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        cut = true;
+    }
+    if cut {
+        s.push('…');
+    }
+    s
+}
+
+/// A /proc or /sys file as text, invalid UTF-8 replaced: a process name is any bytes
+/// the program's file name had, and a process must not drop out of view over one.
+pub fn read_lossy(path: &std::path::Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,51 +494,4 @@ mod tests {
         assert_eq!(p[&0], "root");
         assert_eq!(p[&65534], "nobody");
     }
-}
-
-/// The most of a /proc/PID/cmdline that is read: a command line can be megabytes
-/// (ARG_MAX), and the process table holds one per process. What is cut is marked.
-pub const MAX_CMDLINE: usize = 4096;
-
-/// A process's arguments joined by spaces (invalid UTF-8 replaced), at most
-/// [`MAX_CMDLINE`] bytes read, ending in "…" when cut; empty if the process is gone.
-pub fn read_cmdline(path: &std::path::Path) -> String {
-    use std::io::Read as _;
-    let mut buf = Vec::with_capacity(256);
-    let Ok(f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    if f.take(MAX_CMDLINE as u64 + 1)
-        .read_to_end(&mut buf)
-        .is_err()
-    {
-        return String::new();
-    }
-    let cut = buf.len() > MAX_CMDLINE;
-    buf.truncate(MAX_CMDLINE);
-    let b = buf.strip_suffix(&[0]).unwrap_or(&buf);
-    let mut s = String::from_utf8_lossy(b).replace('\0', " ");
-    // Replacement characters are wider than the bytes they replace: hold the text to
-    // the bound too.
-    let mut cut = cut;
-    if s.len() > MAX_CMDLINE {
-        let mut end = MAX_CMDLINE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        cut = true;
-    }
-    if cut {
-        s.push('…');
-    }
-    s
-}
-
-/// A /proc or /sys file as text, invalid UTF-8 replaced: a process name is any bytes
-/// the program's file name had, and a process must not drop out of view over one.
-pub fn read_lossy(path: &std::path::Path) -> Option<String> {
-    std::fs::read(path).ok().map(|b| {
-        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    })
 }
