@@ -136,7 +136,7 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
             check_name("agent id", id)?;
             params.distinguished_name.push(DnType::CommonName, id);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            (format!("agent-{id}"), agent_uri(trust_domain, id))
+            (format!("agent-{id}"), Some(agent_uri(trust_domain, id)))
         }
         Leaf::Operator(name) => {
             check_name("operator name", name)?;
@@ -144,32 +144,15 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             (
                 format!("operator-{name}"),
-                identity_uri(trust_domain, Kind::Operator, name)?,
+                Some(identity_uri(trust_domain, Kind::Operator, name)?),
             )
         }
         Leaf::AgentApi(name) => {
             params.distinguished_name.push(DnType::CommonName, name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             params.subject_alt_names.push(server_san(name)?);
-            // No Vigil identity: it only ever serves (its EKU says so).
-            let key = KeyPair::generate().context("generating the key")?;
-            validity(&mut params, days);
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            let cert = params
-                .signed_by(&key, &ca)
-                .context("signing the certificate")?;
-            let cert_path = dir.join(format!("agent-api-{name}.pem"));
-            write_new(
-                &dir.join(format!("agent-api-{name}.key")),
-                &key.serialize_pem(),
-                0o600,
-            )?;
-            write_new(&cert_path, &cert.pem(), 0o644)?;
-            println!(
-                "{}: agent API server certificate for {name}",
-                cert_path.display()
-            );
-            return Ok(cert_path);
+            // No Vigil identity: it only ever serves (its key usage says so).
+            (format!("agent-api-{name}"), None)
         }
         Leaf::Collector(name) => {
             params.distinguished_name.push(DnType::CommonName, name);
@@ -181,12 +164,14 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
                 Ok(_) => identity_uri(trust_domain, Kind::Collector, &name.replace(':', "-"))?,
                 Err(_) => identity_uri(trust_domain, Kind::Collector, name)?,
             };
-            (format!("collector-{name}"), uri)
+            (format!("collector-{name}"), Some(uri))
         }
     };
-    params.subject_alt_names.push(SanType::URI(
-        uri.as_str().try_into().context("the identity URI")?,
-    ));
+    if let Some(uri) = &uri {
+        params.subject_alt_names.push(SanType::URI(
+            uri.as_str().try_into().context("the identity URI")?,
+        ));
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, days);
     let key = KeyPair::generate().context("generating the key")?;
@@ -200,6 +185,9 @@ pub fn issue(dir: &Path, leaf: Leaf<'_>, trust_domain: &str, days: u32) -> anyho
         0o600,
     )?;
     write_new(&cert_path, &cert.pem(), 0o644)?;
-    println!("{}: {uri}", cert_path.display());
+    match &uri {
+        Some(uri) => println!("{}: {uri}", cert_path.display()),
+        None => println!("{}: server certificate", cert_path.display()),
+    }
     Ok(cert_path)
 }

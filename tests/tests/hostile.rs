@@ -686,21 +686,19 @@ fn a_wrapped_ack_counter_in_the_spool_state_is_set_aside_and_sending_goes_on() {
 
 const HOSTILE_USER: &str = "vigil-hostile";
 
-/// The unprivileged user these tests act as, created if missing.
-fn hostile_user() -> (u32, u32) {
-    if nix::unistd::User::from_name(HOSTILE_USER)
-        .ok()
-        .flatten()
-        .is_none()
-    {
+/// A system user without a home or a shell (with `extra` useradd flags), created if
+/// missing: its uid and gid.
+fn system_user(name: &str, extra: &[&str]) -> (u32, u32) {
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
         let out = Command::new("useradd")
             .args([
                 "--system",
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
-                HOSTILE_USER,
             ])
+            .args(extra)
+            .arg(name)
             .output()
             .expect("useradd");
         assert!(
@@ -709,10 +707,15 @@ fn hostile_user() -> (u32, u32) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let u = nix::unistd::User::from_name(HOSTILE_USER)
+    let u = nix::unistd::User::from_name(name)
         .expect("user lookup")
         .expect("user exists");
     (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// The unprivileged user these tests act as, created if missing.
+fn hostile_user() -> (u32, u32) {
+    system_user(HOSTILE_USER, &[])
 }
 
 /// Runs `program args` as the hostile user; true if it succeeded.
@@ -1130,31 +1133,7 @@ fn group_with_member(group: &str, member: &str) -> (u32, u32) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    if nix::unistd::User::from_name(member)
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "-G",
-                group,
-                member,
-            ])
-            .output()
-            .expect("useradd");
-        assert!(
-            out.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let u = nix::unistd::User::from_name(member).unwrap().unwrap();
-    (u.uid.as_raw(), u.gid.as_raw())
+    system_user(member, &["-G", group])
 }
 
 #[test]
@@ -1265,25 +1244,8 @@ fn only_root_and_the_api_group_may_use_the_local_api_checked_by_peer_credentials
 /// User=, AmbientCapabilities= and CapabilityBoundingSet= do).
 fn agent_as_dedicated_user(dir: &Path, caps: &[&str]) -> KillOnDrop {
     const USER: &str = "vigil-agent-test";
-    if nix::unistd::User::from_name(USER).ok().flatten().is_none() {
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                USER,
-            ])
-            .output()
-            .expect("useradd");
-        assert!(
-            out.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let u = nix::unistd::User::from_name(USER).unwrap().unwrap();
-    std::os::unix::fs::chown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    let (uid, gid) = system_user(USER, &[]);
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
@@ -1425,4 +1387,63 @@ fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
         stats["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0,
         "{stats}"
     );
+}
+
+#[test]
+fn the_collector_serves_as_an_unprivileged_user_with_no_capabilities() {
+    if !vigil_tests::require_root(
+        "the_collector_serves_as_an_unprivileged_user_with_no_capabilities",
+    ) {
+        return;
+    }
+    let (uid, gid) = system_user("vigil-collector-test", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+        ])
+        .arg(vigil_tests::daemon_bin("collector"))
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv");
+    let collector = Collector {
+        child: KillOnDrop(child),
+        addr,
+        dir,
+        log: Default::default(),
+        cli_args: Vec::new(),
+    };
+    wait_until("the collector answering", Duration::from_secs(30), || {
+        Command::new(vigil_bin())
+            .args(["hosts", "--collector", &collector.addr, "--json"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let none = "0".repeat(16);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", collector.pid())).unwrap();
+    for field in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(str::trim)
+            .unwrap_or_default();
+        assert_eq!(v, none, "{field}");
+    }
+    let agent = RealAgent::start(&collector, "to-unprivileged");
+    agent.keeps_being_acked(&collector, 2);
+    agent.stop();
 }

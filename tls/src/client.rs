@@ -95,10 +95,7 @@ fn join(host: &str, port: u16) -> String {
 }
 
 /// A client connection, plaintext or TLS.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+pub type ClientStream = crate::MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl tower_service::Service<http::Uri> for Connector {
     type Response = TokioIo<ClientStream>;
@@ -115,7 +112,7 @@ impl tower_service::Service<http::Uri> for Connector {
             let tcp = TcpStream::connect(&this.addr).await?;
             let _ = tcp.set_nodelay(true);
             let Some((config, name)) = this.tls else {
-                return Ok(TokioIo::new(ClientStream::Plain(tcp)));
+                return Ok(TokioIo::new(crate::MaybeTls::Plain(tcp)));
             };
             let config = config
                 .current()
@@ -123,47 +120,7 @@ impl tower_service::Service<http::Uri> for Connector {
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
-            Ok(TokioIo::new(ClientStream::Tls(Box::new(tls))))
+            Ok(TokioIo::new(crate::MaybeTls::Tls(Box::new(tls))))
         })
-    }
-}
-
-impl tokio::io::AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
