@@ -63,6 +63,11 @@ pub struct LimitsFile {
     pub idle_timeout: Option<Duration>,
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Option<Duration>,
+    /// Items one batch may carry; more and it is refused (INVALID_ARGUMENT).
+    pub max_samples_per_batch: Option<usize>,
+    pub max_syscalls_per_batch: Option<usize>,
+    pub max_events_per_batch: Option<usize>,
+    pub max_findings_per_batch: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +140,15 @@ mod tests {
     #[test]
     fn fields_are_read_and_bad_ones_named_with_their_line() {
         let f = CollectorFile::parse(
-            "listen = \"0.0.0.0:7470\"\n[limits]\nmax_message_size = \"1MiB\"\nhandshake_timeout = \"3s\"\n[tls]\nmode = \"off\"\n",
+            "listen = \"0.0.0.0:7470\"\n[limits]\nmax_message_size = \"1MiB\"\nhandshake_timeout = \"3s\"\nmax_events_per_batch = 5\n[tls]\nmode = \"off\"\n",
         )
         .unwrap();
+        let limits = crate::daemon::CollectorArgs::default()
+            .resolve(f.clone())
+            .unwrap()
+            .limits;
+        assert_eq!(limits.batch.events, 5);
+        assert_eq!(limits.batch.findings, crate::validate::MAX_FINDINGS);
         assert_eq!(f.limits.max_message_size, Some(1 << 20));
         assert_eq!(f.limits.handshake_timeout, Some(Duration::from_secs(3)));
         assert_eq!(f.tls.mode, vigil_tls::Mode::Off);

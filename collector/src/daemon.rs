@@ -133,6 +133,12 @@ impl CollectorArgs {
                 .handshake_timeout
                 .or(l.handshake_timeout)
                 .unwrap_or(d.handshake_timeout),
+            batch: crate::validate::BatchLimits {
+                samples: l.max_samples_per_batch.unwrap_or(d.batch.samples).max(1),
+                syscalls: l.max_syscalls_per_batch.unwrap_or(d.batch.syscalls).max(1),
+                events: l.max_events_per_batch.unwrap_or(d.batch.events).max(1),
+                findings: l.max_findings_per_batch.unwrap_or(d.batch.findings).max(1),
+            },
             ..d
         };
         let file_name = self.config_path();

@@ -49,6 +49,8 @@ pub struct Limits {
     /// that has not finished it by then is closed (a client that connects and sends
     /// nothing holds a socket for no longer than this).
     pub handshake_timeout: Duration,
+    /// Items per batch (samples, syscalls, events, findings).
+    pub batch: crate::validate::BatchLimits,
 }
 
 impl Default for Limits {
@@ -63,6 +65,7 @@ impl Default for Limits {
             message_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
+            batch: crate::validate::BatchLimits::default(),
         }
     }
 }

@@ -196,6 +196,7 @@ struct CollectorService {
     /// True once the collector is stopping: streams end (agents resend what's unacked).
     stopping: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<Reloading<ServerTls>>>,
+    batch_limits: crate::validate::BatchLimits,
 }
 
 fn now_ms() -> i64 {
@@ -256,7 +257,7 @@ impl CollectorService {
                 )));
             }
         }
-        if let Err(e) = crate::validate::check(&mut batch, now_ms()) {
+        if let Err(e) = crate::validate::check_with(&mut batch, now_ms(), &self.batch_limits) {
             self.counters.refuse(Refusal::InvalidBatch);
             tracing::warn!(%peer, agent_id = %batch.agent_id.chars().take(128).collect::<String>(), sequence, error = %e, "batch refused");
             return Err(refused(sequence, e.to_string()));
@@ -620,6 +621,7 @@ pub async fn serve(
         counters: counters.clone(),
         stopping,
         tls: config.tls.clone(),
+        batch_limits: limits.batch,
     });
     let budget_limits = Arc::new(limits.clone());
     let budget_counters = counters.clone();

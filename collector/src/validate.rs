@@ -239,9 +239,36 @@ fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid
     Ok(())
 }
 
+/// Items one batch may carry (`[limits]` in collector.toml); more and the batch is
+/// refused, naming the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub samples: usize,
+    pub syscalls: usize,
+    /// Retransmits and slow syscalls, each.
+    pub events: usize,
+    pub findings: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            samples: MAX_SAMPLES,
+            syscalls: MAX_SYSCALLS,
+            events: MAX_EVENTS,
+            findings: MAX_FINDINGS,
+        }
+    }
+}
+
+/// Checks `b` with the default limits (see [`check_with`]).
+pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
+    check_with(b, now_ms, &BatchLimits::default())
+}
+
 /// Checks `b` and cuts its long strings. `Err` names the first field that makes it
 /// unacceptable; the batch is then refused whole.
-pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
+pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<(), Invalid> {
     let clock = Clock { now_ms };
     if b.agent_id.is_empty() {
         return Err(invalid("agent_id", "empty"));
@@ -286,11 +313,11 @@ pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
             clock.ms(name, t)?;
         }
     }
-    count("metrics", b.metrics.len(), MAX_SAMPLES)?;
-    count("syscalls", b.syscalls.len(), MAX_SYSCALLS)?;
-    count("retransmits", b.retransmits.len(), MAX_EVENTS)?;
-    count("slow_syscalls", b.slow_syscalls.len(), MAX_EVENTS)?;
-    count("findings", b.findings.len(), MAX_FINDINGS)?;
+    count("metrics", b.metrics.len(), limits.samples)?;
+    count("syscalls", b.syscalls.len(), limits.syscalls)?;
+    count("retransmits", b.retransmits.len(), limits.events)?;
+    count("slow_syscalls", b.slow_syscalls.len(), limits.events)?;
+    count("findings", b.findings.len(), limits.findings)?;
     for (i, m) in b.metrics.iter_mut().enumerate() {
         check_sample(i, m, &clock)?;
     }
@@ -350,6 +377,22 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_configured_item_limits_are_the_ones_enforced() {
+        let mut b = good();
+        b.metrics = vec![b.metrics[0].clone(); 3];
+        let limits = BatchLimits {
+            samples: 2,
+            ..BatchLimits::default()
+        };
+        let e = check_with(&mut b.clone(), NOW, &limits).unwrap_err();
+        assert_eq!(e.field, "metrics", "{e}");
+        assert!(
+            check(&mut b, NOW).is_ok(),
+            "3 samples are within the default"
+        );
     }
 
     #[test]
