@@ -354,6 +354,18 @@ fn identity_is_bound_to_every_batch_and_strangers_are_refused_at_the_handshake()
         !as_agent.status.success() && err.contains("operator certificate"),
         "{err}"
     );
+    // A tool that knows nothing of Vigil's .proto finds the Fleet API by reflection
+    // and reads it with an operator certificate; an agent's gets PERMISSION_DENIED.
+    let a = python_call(&collector.addr, &pki.ca(), "vigil.v1.Fleet/ListHosts", Some(&op), None);
+    assert_eq!(a["health"], "SERVING", "{a}");
+    assert!(
+        a["answer"]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["host"]["agentId"] == "web-1")),
+        "{a}"
+    );
+    let a = python_call(&collector.addr, &pki.ca(), "vigil.v1.Fleet/ListHosts", Some(&web1), None);
+    assert_eq!(a["error"]["code"], "PERMISSION_DENIED", "{a}");
     // The honest agent was served throughout.
     honest.keeps_being_acked(&collector, 2);
     assert_eq!(agent_stat(&honest, "streams_permission_denied"), 0);
