@@ -52,9 +52,8 @@ pub enum Command {
         /// Processes in each top list (when reading the host directly).
         #[arg(long, default_value_t = 5)]
         top: usize,
-        /// The agent's API socket; without an agent there, the host is read directly.
-        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
-        socket: std::path::PathBuf,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
         /// Read the host directly even if an agent is running.
         #[arg(long)]
         local: bool,
@@ -67,8 +66,8 @@ pub enum Command {
         window: Duration,
         #[arg(long, default_value_t = 20)]
         top: usize,
-        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
-        socket: std::path::PathBuf,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
         #[arg(long)]
         json: bool,
     },
@@ -77,8 +76,8 @@ pub enum Command {
         /// At most this many, newest last (0: all kept, up to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
-        socket: std::path::PathBuf,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
         #[arg(long)]
         json: bool,
     },
@@ -102,8 +101,8 @@ pub enum Command {
         /// Keep streaming.
         #[arg(long)]
         follow: bool,
-        #[arg(long, default_value = vigil_agent::query::api::DEFAULT_SOCKET)]
-        socket: std::path::PathBuf,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
         #[arg(long)]
         json: bool,
     },

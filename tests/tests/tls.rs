@@ -356,7 +356,13 @@ fn identity_is_bound_to_every_batch_and_strangers_are_refused_at_the_handshake()
     );
     // A tool that knows nothing of Vigil's .proto finds the Fleet API by reflection
     // and reads it with an operator certificate; an agent's gets PERMISSION_DENIED.
-    let a = python_call(&collector.addr, &pki.ca(), "vigil.v1.Fleet/ListHosts", Some(&op), None);
+    let a = python_call(
+        &collector.addr,
+        &pki.ca(),
+        "vigil.v1.Fleet/ListHosts",
+        Some(&op),
+        None,
+    );
     assert_eq!(a["health"], "SERVING", "{a}");
     assert!(
         a["answer"]["hosts"]
@@ -364,7 +370,13 @@ fn identity_is_bound_to_every_batch_and_strangers_are_refused_at_the_handshake()
             .is_some_and(|h| h.iter().any(|h| h["host"]["agentId"] == "web-1")),
         "{a}"
     );
-    let a = python_call(&collector.addr, &pki.ca(), "vigil.v1.Fleet/ListHosts", Some(&web1), None);
+    let a = python_call(
+        &collector.addr,
+        &pki.ca(),
+        "vigil.v1.Fleet/ListHosts",
+        Some(&web1),
+        None,
+    );
     assert_eq!(a["error"]["code"], "PERMISSION_DENIED", "{a}");
     // The honest agent was served throughout.
     honest.keeps_being_acked(&collector, 2);
@@ -860,6 +872,41 @@ fn the_remote_agent_api_needs_an_operator_certificate_or_the_token() {
     let a = python_call(&addr, &pki.ca(), stats, None, Some(token));
     assert_eq!(a["error"]["code"], "UNAUTHENTICATED", "{a}");
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Vigil's own CLI from "another machine": `--agent ADDR` with an operator
+    // certificate, and with the token file; the stats are the agent's.
+    for auth in [
+        tls_flags(&pki.ca(), &op),
+        vec![
+            "--tls-ca".to_string(),
+            pki.ca().display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ],
+    ] {
+        let out = Command::new(vigil_bin())
+            .args(["stats", "--json", "--agent", &addr])
+            .args(&auth)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            (v["source"].as_str(), v["agent_id"].as_str()),
+            (Some("agent"), Some("remote-1")),
+            "{auth:?}: {v} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A remote agent that refuses does not turn into this host's own stats.
+    let out = Command::new(vigil_bin())
+        .args(["stats", "--json", "--agent", &addr])
+        .args(tls_flags(&pki.ca(), &agent_cert))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // An operator of another CA does not get past the handshake.
     let a = python_call(&addr, &other.ca(), stats, Some(&outsider), None);
     assert!(a.get("failed").is_some() || a.get("error").is_some(), "{a}");

@@ -139,6 +139,25 @@ pub fn server_config(m: &Material, auth: ClientAuth) -> Result<rustls::ServerCon
     Ok(config)
 }
 
+/// A TLS 1.3 client that presents no certificate (it authenticates otherwise: a bearer
+/// token) and verifies the server against the CA bundle at `ca`.
+pub fn client_config_without_certificate(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let bytes = std::fs::read(ca).map_err(|e| file_error(ca, format!("cannot read: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates(ca, &bytes)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// A TLS 1.3 client that presents the material's certificate and verifies the
 /// server against its CA.
 pub fn client_config(m: &Material) -> Result<rustls::ClientConfig, TlsError> {

@@ -78,6 +78,23 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         this
     }
 
+    /// A value that does not follow files (a one-shot client's).
+    pub fn fixed(value: T, what: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            files: TlsFiles {
+                ca: Default::default(),
+                cert: Default::default(),
+                key: Default::default(),
+            },
+            what,
+            build: Box::new(|_| Err(TlsError::Invalid("fixed material".into()))),
+            current: RwLock::new(Ok(Arc::new(value))),
+            seen: std::sync::Mutex::new([0; 32]),
+            reloads: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
     /// What the next handshake uses, or why there is nothing to use.
     pub fn current(&self) -> Result<Arc<T>, String> {
         self.current

@@ -269,8 +269,93 @@ fn restrict_socket(path: &Path, group: &str) -> anyhow::Result<Option<u32>> {
     Ok(gid)
 }
 
+/// Adds `authorization: Bearer TOKEN` to every call when there is a token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of an agent's API, local or remote.
+pub type ApiClient = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Which agent to ask: the local one on its socket, or one on another machine
+/// (`--agent HOST:PORT`, its `api_listen`) over TLS with an operator certificate or a
+/// bearer token.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentTarget {
+    /// The local agent's API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Ask the agent at HOST:PORT (its api_listen) instead of the local one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub agent: Option<String>,
+    /// With --agent: a file holding the agent's bearer token, used instead of a client
+    /// certificate.
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: vigil_tls::config::TlsFlags,
+}
+
+impl AgentTarget {
+    /// The local agent at `socket`.
+    pub fn local(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+            agent: None,
+            token_file: None,
+            tls: Default::default(),
+        }
+    }
+}
+
+/// A client for the agent `target` names.
+pub async fn connect_to(target: &AgentTarget) -> anyhow::Result<ApiClient> {
+    let Some(addr) = &target.agent else {
+        return connect(&target.socket).await;
+    };
+    use vigil_tls::{client::Connector, material, Reloading, Role, TlsSection};
+    let tls = TlsSection::default().with_flags(&target.tls);
+    let bearer = match &target.token_file {
+        Some(path) => {
+            let token = super::remote::read_token(path).map_err(anyhow::Error::msg)?;
+            Bearer(Some(
+                format!("Bearer {token}").parse().context("the token")?,
+            ))
+        }
+        None => Bearer(None),
+    };
+    let files = tls.files(Role::Operator);
+    let material = if bearer.0.is_some() {
+        // No client certificate: the token speaks for the caller.
+        let config = material::client_config_without_certificate(&files.ca)?;
+        Reloading::fixed(config, "operator")
+    } else {
+        Reloading::new(files, "operator", material::client_config)
+    };
+    if let Err(e) = material.current() {
+        anyhow::bail!(
+            "TLS: {e}\n(an agent's remote API wants an operator certificate: --tls-ca, --tls-cert, --tls-key, or --token-file)"
+        );
+    }
+    let connector = Connector::tls(addr, None, material)?;
+    let channel = tonic::transport::Endpoint::from_shared(connector.uri())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("connecting to the agent's remote API at {addr}"))?;
+    Ok(AgentClient::with_interceptor(channel, bearer))
+}
+
 /// A client for the agent at `path`.
-pub async fn connect(path: &Path) -> anyhow::Result<AgentClient<Channel>> {
+pub async fn connect(path: &Path) -> anyhow::Result<ApiClient> {
     let path: PathBuf = path.to_path_buf();
     let shown = path.display().to_string();
     // The URI is required by tonic but unused: the connector dials the socket.
@@ -287,7 +372,7 @@ pub async fn connect(path: &Path) -> anyhow::Result<AgentClient<Channel>> {
         .with_context(|| {
             format!("no agent answering on {shown} (is `vigil agent` running? see --socket)")
         })?;
-    Ok(AgentClient::new(channel))
+    Ok(AgentClient::with_interceptor(channel, Bearer(None)))
 }
 
 #[cfg(test)]

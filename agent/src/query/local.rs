@@ -1,6 +1,6 @@
 //! `vigil stats`, `vigil syscalls`, `vigil retrans`, `vigil events`: questions to the
 //! local agent over its unix socket.
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use serde_json::json;
 use vigil_proto::v1::{
@@ -8,7 +8,7 @@ use vigil_proto::v1::{
     TcpRetransmit,
 };
 
-use super::api::connect;
+use super::api::{connect_to, AgentTarget};
 use super::display::clean;
 use crate::{
     export::convert,
@@ -17,14 +17,14 @@ use crate::{
 };
 
 pub async fn stats(
-    socket: &Path,
+    socket: &AgentTarget,
     local: bool,
     window: Duration,
     top: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     if !local {
-        match connect(socket).await {
+        match connect_to(socket).await {
             Ok(mut agent) => {
                 let r = agent.stats(StatsRequest {}).await?.into_inner();
                 let id = r.host.unwrap_or_default();
@@ -42,6 +42,8 @@ pub async fn stats(
                 }
                 return Ok(());
             }
+            // Another machine's agent: its host cannot be read from here.
+            Err(e) if socket.agent.is_some() => return Err(e),
             Err(e) => eprintln!("vigil: {e:#}; reading the host directly"),
         }
     }
@@ -49,13 +51,13 @@ pub async fn stats(
 }
 
 pub async fn syscalls(
-    socket: &Path,
+    socket: &AgentTarget,
     window: Duration,
     top: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     let window_secs = window.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
-    let r = connect(socket)
+    let r = connect_to(socket)
         .await?
         .syscall_latency(SyscallLatencyRequest { window_secs })
         .await?
@@ -100,8 +102,8 @@ fn print_retransmit(r: &TcpRetransmit, json: bool) {
     }
 }
 
-pub async fn retrans(socket: &Path, limit: u32, json: bool) -> anyhow::Result<()> {
-    let r = connect(socket)
+pub async fn retrans(socket: &AgentTarget, limit: u32, json: bool) -> anyhow::Result<()> {
+    let r = connect_to(socket)
         .await?
         .retransmits(RetransmitsRequest { limit })
         .await?
@@ -197,12 +199,12 @@ fn print_finding(f: &vigil_proto::v1::Finding, json: bool) {
 }
 
 pub async fn events(
-    socket: &Path,
+    socket: &AgentTarget,
     since: std::time::Duration,
     follow: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut agent = connect(socket).await?;
+    let mut agent = connect_to(socket).await?;
     // Subscribe first, so nothing falls between the recent list and the live stream.
     let stream = if follow {
         Some(agent.follow(FollowRequest {}).await?.into_inner())
