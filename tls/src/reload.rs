@@ -103,10 +103,6 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             .clone()
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     /// Looks at the files; rebuilds if they changed. True if something new took effect.
     pub fn check(&self, first: bool) -> bool {
         let contents = material::read(&self.files);

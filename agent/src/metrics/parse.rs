@@ -223,13 +223,14 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        // An escape is a byte's value: \000 to \377 (the `procfs` fuzz target found
+        // that \400 and up overflowed a byte); anything else is kept as it is.
+        let octal = (bytes[i] == b'\\' && i + 3 < bytes.len())
+            .then(|| &bytes[i + 1..i + 4])
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .map(|d| d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        if let Some(v) = octal {
             out.push(v);
             i += 4;
         } else {
@@ -353,6 +354,16 @@ pub fn read_lossy(path: &std::path::Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_escapes_past_a_byte_are_kept_as_text() {
+        // The `procfs` fuzz target's crash: "\413" overflowed a byte.
+        let crash = b"67\0\0\0\\413 88y0 37720 0 0 1 1 8/ 0 0\n ";
+        let _ = mounts(&String::from_utf8_lossy(crash));
+        assert_eq!(unescape_mount("a\\413b"), "a\\413b");
+        assert_eq!(unescape_mount("a\\040b\\377"), "a b\u{fffd}");
+        assert_eq!(unescape_mount("\\134x"), "\\x");
+    }
 
     #[test]
     fn proc_stat_reads_total_cores_and_boot_time() {
