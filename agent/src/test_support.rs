@@ -21,6 +21,7 @@ impl Collector {
                 retention: Duration::from_secs(86_400),
                 limits: vigil_collector::Limits::default(),
                 tls: None,
+                fleet_token_file: None,
             },
             async {
                 let _ = stopped.await;

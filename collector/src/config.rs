@@ -42,6 +42,10 @@ pub struct CollectorFile {
     /// Samples and events older than this are deleted. Default "7d".
     #[serde(deserialize_with = "duration")]
     pub retention: Option<Duration>,
+    /// A file holding a bearer token (0600, at least 16 characters, read at each call)
+    /// that lets a tool without a client certificate read the Fleet API. Agents'
+    /// streams always need their certificate. Default: none.
+    pub fleet_token_file: Option<PathBuf>,
     pub limits: LimitsFile,
     pub tls: TlsSection,
 }

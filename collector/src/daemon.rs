@@ -65,6 +65,10 @@ pub struct CollectorArgs {
     /// A TLS handshake must be done within this long of the connection [default: 10s].
     #[arg(long, value_parser = parse_duration)]
     pub handshake_timeout: Option<Duration>,
+    /// A bearer token file (0600) that lets tools without a client certificate read
+    /// the Fleet API (overrides fleet_token_file).
+    #[arg(long, value_name = "FILE")]
+    pub fleet_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsFlags,
 }
@@ -77,6 +81,7 @@ pub struct Settings {
     pub retention: Duration,
     pub limits: Limits,
     pub tls: TlsSection,
+    pub fleet_token_file: Option<PathBuf>,
 }
 
 impl CollectorArgs {
@@ -172,6 +177,7 @@ impl CollectorArgs {
                 .unwrap_or(DEFAULT_RETENTION),
             limits,
             tls: file.tls.with_flags(&self.tls),
+            fleet_token_file: self.fleet_token_file.clone().or(file.fleet_token_file),
         })
     }
 
@@ -189,7 +195,18 @@ impl CollectorArgs {
             }
             Mode::Mtls => {
                 let files = settings.tls.files(Role::Collector);
-                let tls = crate::server::server_tls(files.clone());
+                // With a Fleet token, a client may come without a certificate (the
+                // token then speaks for it, for the Fleet API only).
+                let auth = match settings.fleet_token_file {
+                    Some(_) => vigil_tls::material::ClientAuth::Optional,
+                    None => vigil_tls::material::ClientAuth::Required,
+                };
+                if let Some(p) = &settings.fleet_token_file {
+                    if let Err(e) = vigil_tls::token::read_token(p) {
+                        tracing::error!("fleet_token_file: {e}; only operator certificates can read the fleet until it is fixed");
+                    }
+                }
+                let tls = crate::server::server_tls(files.clone(), auth);
                 if let Err(e) = tls.current() {
                     anyhow::bail!(
                         "TLS: {e} (make a CA and certificates with `vigil certs init` and \
@@ -230,6 +247,7 @@ impl CollectorArgs {
             retention: settings.retention,
             limits,
             tls,
+            fleet_token_file: settings.fleet_token_file,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

@@ -47,6 +47,8 @@ pub struct CollectorConfig {
     pub limits: Limits,
     /// Mutual TLS (reloading from its files); None: plaintext.
     pub tls: Option<Arc<Reloading<ServerTls>>>,
+    /// A bearer token that reads the Fleet API without a client certificate.
+    pub fleet_token_file: Option<PathBuf>,
 }
 
 /// The collector's TLS: the server config, and the trust domain its own certificate
@@ -58,10 +60,12 @@ pub struct ServerTls {
 
 /// The collector's TLS material from `files`, reloaded when they change. Clients must
 /// present a certificate signed by the CA.
-pub fn server_tls(files: vigil_tls::TlsFiles) -> Arc<Reloading<ServerTls>> {
-    Reloading::new(files, "collector", |m| {
-        let config =
-            vigil_tls::material::server_config(m, vigil_tls::material::ClientAuth::Required)?;
+pub fn server_tls(
+    files: vigil_tls::TlsFiles,
+    auth: vigil_tls::material::ClientAuth,
+) -> Arc<Reloading<ServerTls>> {
+    Reloading::new(files, "collector", move |m| {
+        let config = vigil_tls::material::server_config(m, auth)?;
         Ok(ServerTls {
             config: Arc::new(config),
             trust_domain: m.identity.as_ref().ok().map(|i| i.trust_domain.clone()),
@@ -637,8 +641,30 @@ pub async fn serve(
     );
     // The Fleet API is for operators' certificates (agents' cannot read the fleet).
     let (fleet_tls, fleet_counters) = (config.tls.clone(), counters.clone());
+    let fleet_token = config.fleet_token_file.clone();
     let fleet_access = move |req: Request<()>| -> Result<Request<()>, Status> {
         let peer = peer_of(&req);
+        if let (Some(path), true, None) = (&fleet_token, fleet_tls.is_some(), &peer.certificate) {
+            // No client certificate (allowed only with a Fleet token): the token must
+            // speak for the caller.
+            return match vigil_tls::token::bearer(&req).map(|g| vigil_tls::token::matches(path, g))
+            {
+                Some(Ok(true)) => Ok(req),
+                Some(Err(e)) => {
+                    tracing::error!("fleet token refused: {e}");
+                    fleet_counters.deny("(no certificate, token file unusable)");
+                    Err(Status::unauthenticated(
+                        "the Fleet token file is not usable; see the collector's log",
+                    ))
+                }
+                _ => {
+                    fleet_counters.deny("(no certificate, no valid token)");
+                    Err(Status::unauthenticated(
+                        "the Fleet API needs an operator certificate or the collector's bearer token",
+                    ))
+                }
+            };
+        }
         authorize(&fleet_tls, &peer, Kind::Operator, &fleet_counters)?;
         Ok(req)
     };

@@ -912,3 +912,98 @@ fn the_remote_agent_api_needs_an_operator_certificate_or_the_token() {
     assert!(a.get("failed").is_some() || a.get("error").is_some(), "{a}");
     assert!(a.get("answer").is_none(), "{a}");
 }
+
+#[test]
+fn the_fleet_api_takes_a_bearer_token_and_agents_still_need_their_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let server = pki.issue("collector", "127.0.0.1");
+    let agent_cert = pki.issue("agent-id", "tokened");
+    let token_file = dir.path().join("fleet.token");
+    let token = "fleet-token-of-at-least-sixteen";
+    std::fs::write(&token_file, token).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut collector = start_collector(
+        &pki.ca(),
+        &server,
+        &["--fleet-token-file", token_file.to_str().unwrap()],
+    );
+    let token_args = vec![
+        "--tls".to_string(),
+        "mtls".into(),
+        "--tls-ca".into(),
+        pki.ca().display().to_string(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+    ];
+    collector.cli_args = token_args.clone();
+    let agent = start_agent(&collector, "tokened", &pki.ca(), &agent_cert);
+    // `vigil hosts` with the token and no certificate reads the fleet.
+    agent.keeps_being_acked(&collector, 2);
+    // A wrong token: UNAUTHENTICATED, counted.
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-fleet-token-at-all").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(vigil_bin())
+        .args([
+            "hosts",
+            "--collector",
+            &collector.addr,
+            "--tls",
+            "mtls",
+            "--tls-ca",
+        ])
+        .arg(pki.ca())
+        .arg("--token-file")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bearer token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hosts = collector.hosts();
+    assert!(
+        hosts["collector"]["denied_by_certificate"]["(no certificate, no valid token)"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{hosts}"
+    );
+    // A stream without a certificate is refused even with the token: batches speak
+    // for an agent only through its certificate.
+    let py = python_call(
+        &collector.addr,
+        &pki.ca(),
+        "vigil.v1.Fleet/ListHosts",
+        None,
+        Some(token),
+    );
+    assert!(
+        py["answer"]["hosts"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty()),
+        "{py}"
+    );
+    rt().block_on(async {
+        let config = vigil_tls::material::client_config_without_certificate(&pki.ca()).unwrap();
+        let connector = vigil_tls::client::Connector::tls(
+            &collector.addr,
+            None,
+            vigil_tls::Reloading::fixed(config, "test"),
+        )
+        .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(connector.uri())
+            .unwrap()
+            .connect_with_connector(connector)
+            .await
+            .expect("TLS without a certificate");
+        let mut client = CollectorClient::new(channel);
+        let status = send_one(&mut client, batch("tokened", 1, "x".into())).await;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    });
+    agent.keeps_being_acked(&collector, 1);
+}

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod material;
 pub mod reload;
 pub mod server;
+pub mod token;
 
 pub use config::{Mode, Role, TlsFiles, TlsSection};
 pub use identity::{Identity, IdentityError, Kind};

@@ -282,6 +282,19 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+impl Bearer {
+    /// The token in `path` (checked as the servers check it), or none.
+    pub fn from_file(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self(None));
+        };
+        let token = vigil_tls::token::read_token(path).map_err(anyhow::Error::msg)?;
+        Ok(Self(Some(
+            format!("Bearer {token}").parse().context("the token")?,
+        )))
+    }
+}
+
 /// A client of an agent's API, local or remote.
 pub type ApiClient = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
@@ -323,15 +336,7 @@ pub async fn connect_to(target: &AgentTarget) -> anyhow::Result<ApiClient> {
     };
     use vigil_tls::{client::Connector, material, Reloading, Role, TlsSection};
     let tls = TlsSection::default().with_flags(&target.tls);
-    let bearer = match &target.token_file {
-        Some(path) => {
-            let token = super::remote::read_token(path).map_err(anyhow::Error::msg)?;
-            Bearer(Some(
-                format!("Bearer {token}").parse().context("the token")?,
-            ))
-        }
-        None => Bearer(None),
-    };
+    let bearer = Bearer::from_file(target.token_file.as_deref())?;
     let files = tls.files(Role::Operator);
     let material = if bearer.0.is_some() {
         // No client certificate: the token speaks for the caller.

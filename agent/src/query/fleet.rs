@@ -17,13 +17,19 @@ pub struct CollectorTarget {
     /// The collector's address (host:port).
     #[arg(long = "collector", default_value = super::DEFAULT_COLLECTOR)]
     pub addr: String,
+    /// A file holding the collector's Fleet bearer token, used instead of a client
+    /// certificate (the collector is still verified against --tls-ca).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tls: vigil_tls::config::TlsFlags,
 }
 
-async fn connect(
-    target: &CollectorTarget,
-) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
+type FleetApi = FleetClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::api::Bearer>,
+>;
+
+async fn connect(target: &CollectorTarget) -> anyhow::Result<FleetApi> {
     use vigil_tls::{client::Connector, Mode, Reloading, Role, TlsSection};
     let addr = &target.addr;
     let tls = TlsSection::default().with_flags(&target.tls);
@@ -31,6 +37,11 @@ async fn connect(
         Mode::Off => {
             eprintln!("warning: asking the collector at {addr} in plaintext (--tls off): anyone on the path can read the answers");
             Connector::plain(addr)?
+        }
+        Mode::Mtls if target.token_file.is_some() => {
+            let ca = tls.files(Role::Operator).ca;
+            let config = vigil_tls::material::client_config_without_certificate(&ca)?;
+            Connector::tls(addr, None, Reloading::fixed(config, "operator"))?
         }
         Mode::Mtls => {
             let files = tls.files(Role::Operator);
@@ -53,7 +64,8 @@ async fn connect(
             Mode::Off => format!("connecting to the collector at {addr} in plaintext (if it runs with TLS, leave out --tls off)"),
             Mode::Mtls => format!("connecting to the collector at {addr} with TLS"),
         })?;
-    Ok(FleetClient::new(channel))
+    let bearer = super::api::Bearer::from_file(target.token_file.as_deref())?;
+    Ok(FleetClient::with_interceptor(channel, bearer))
 }
 
 fn now_ms() -> i64 {

@@ -24,36 +24,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// A handshake must be done within this long of the accept.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The bearer token in `path`, if the file is good: owned by the agent's user and
-/// not readable by group or others (like ssh's keys); whitespace trimmed.
-pub fn read_token(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.mode() & 0o777
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let token = text.trim().to_string();
-    if token.len() < 16 {
-        return Err(format!(
-            "{}: a token of at least 16 characters is needed",
-            path.display()
-        ));
-    }
-    Ok(token)
-}
-
-/// Equal in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use vigil_tls::token::read_token;
 
 /// Lets a call through with an operator certificate or the bearer token.
 fn authorize(req: &Request<()>, token_file: Option<&Path>) -> Result<(), Status> {
@@ -65,16 +36,11 @@ fn authorize(req: &Request<()>, token_file: Option<&Path>) -> Result<(), Status>
         }
     }
     if let Some(path) = token_file {
-        if let Some(given) = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        {
+        if let Some(given) = vigil_tls::token::bearer(req) {
             // Read per call: a rotated token takes effect at once.
-            match read_token(path) {
-                Ok(token) if same(given.trim().as_bytes(), token.as_bytes()) => return Ok(()),
-                Ok(_) => {}
+            match vigil_tls::token::matches(path, given) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
                 Err(e) => tracing::error!("remote API token refused: {e}"),
             }
         }
