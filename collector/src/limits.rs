@@ -89,10 +89,13 @@ pub enum Refusal {
     /// A batch whose agent id is not the certificate's, or a certificate of the wrong
     /// kind for the call (counted per certificate as well).
     PermissionDenied,
+    /// Connections accepted under a CA bundle that has since been replaced (their
+    /// certificate may be signed only by the old CA): closed; clients reconnect.
+    ClosedAfterCaRotation,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::InvalidBatch,
         Refusal::MessageTooLarge,
         Refusal::DecodeBudget,
@@ -106,6 +109,7 @@ impl Refusal {
         Refusal::TlsHandshakeFailed,
         Refusal::TlsHandshakeTimeout,
         Refusal::PermissionDenied,
+        Refusal::ClosedAfterCaRotation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +127,7 @@ impl Refusal {
             Refusal::TlsHandshakeFailed => "tls_handshake_failed",
             Refusal::TlsHandshakeTimeout => "tls_handshake_timeout",
             Refusal::PermissionDenied => "permission_denied",
+            Refusal::ClosedAfterCaRotation => "closed_after_ca_rotation",
         }
     }
 }
@@ -260,7 +265,17 @@ pub struct Conn {
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     counters: Arc<Counters>,
+    ca: Option<CaWatch>,
     _slot: Slot,
+}
+
+/// The CA bundle a TLS connection was accepted under. When the collector's CA changes,
+/// the connection is closed at its next read (agents ping every 5 s): its certificate
+/// may be signed only by the old CA, and a rotation must lock such clients out, not
+/// only refuse their next handshake. A new server certificate alone closes nothing.
+struct CaWatch {
+    tls: Arc<vigil_tls::Reloading<crate::server::ServerTls>>,
+    digest: [u8; 32],
 }
 
 impl Connected for Conn {
@@ -277,6 +292,15 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(w) = &self.ca {
+            if w.tls.current().is_ok_and(|t| t.ca_digest != w.digest) {
+                self.counters.refuse(Refusal::ClosedAfterCaRotation);
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the collector's CA changed",
+                )));
+            }
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -403,6 +427,7 @@ pub fn accept_loop(
                 idle: limits.idle_timeout,
                 deadline: Box::pin(tokio::time::sleep(limits.idle_timeout)),
                 counters: counters.clone(),
+                ca: None,
                 _slot: slot,
             };
             let Some(tls) = &tls else {
@@ -415,8 +440,8 @@ pub fn accept_loop(
                 }
                 continue;
             };
-            let config = match tls.current() {
-                Ok(t) => t.config.clone(),
+            let (config, digest) = match tls.current() {
+                Ok(t) => (t.config.clone(), t.ca_digest),
                 Err(e) => {
                     counters.refuse(Refusal::TlsHandshakeFailed);
                     tracing::warn!(%peer, error = %e, "no usable TLS material; connection closed");
@@ -430,6 +455,10 @@ pub fn accept_loop(
                 vigil_tls::PeerInfo::plain(Some(peer)),
             );
             let (tx, counters, timeout) = (tx.clone(), counters.clone(), limits.handshake_timeout);
+            let watch = CaWatch {
+                tls: tls.clone(),
+                digest,
+            };
             tokio::spawn(async move {
                 let Conn {
                     tcp,
@@ -450,6 +479,7 @@ pub fn accept_loop(
                             idle,
                             deadline,
                             counters: c,
+                            ca: Some(watch),
                             _slot,
                         };
                         let _ = tx.send(Ok(c)).await;

@@ -56,6 +56,8 @@ pub struct CollectorConfig {
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     pub trust_domain: Option<String>,
+    /// SHA-256 of the CA bundle: connections accepted under another are closed.
+    pub ca_digest: [u8; 32],
 }
 
 /// The collector's TLS material from `files`, reloaded when they change. Clients must
@@ -66,9 +68,15 @@ pub fn server_tls(
 ) -> Arc<Reloading<ServerTls>> {
     Reloading::new(files, "collector", move |m| {
         let config = vigil_tls::material::server_config(m, auth)?;
+        use sha2::Digest as _;
+        let mut ca = sha2::Sha256::new();
+        for c in &m.ca {
+            ca.update(c.as_ref());
+        }
         Ok(ServerTls {
             config: Arc::new(config),
             trust_domain: m.identity.as_ref().ok().map(|i| i.trust_domain.clone()),
+            ca_digest: ca.finalize().into(),
         })
     })
 }
