@@ -265,13 +265,7 @@ impl AgentConfig {
             problems: vec![p],
         };
         let config: Self = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
-                })
-                .unwrap_or_default();
+            let at = crate::units::at_line(text, e.span().map(|s| s.start));
             err(format!("{at}{}", e.message()))
         })?;
         config.validate().map_err(|problems| ConfigError {

@@ -101,13 +101,7 @@ impl CollectorFile {
     /// The text of a file; the error names the line.
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
-                })
-                .unwrap_or_default();
+            let at = vigil_units::at_line(text, e.span().map(|s| s.start));
             format!("{at}{}", e.message())
         })
     }

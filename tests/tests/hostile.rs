@@ -1281,6 +1281,16 @@ fn agent_stats_at(socket: &Path) -> Option<serde_json::Value> {
     (v["source"] == "agent").then_some(v)
 }
 
+/// The agent's first answer on `socket` (waiting for it to come up).
+fn first_agent_stats(socket: &Path) -> serde_json::Value {
+    let mut stats = serde_json::Value::Null;
+    wait_until("the agent's API", Duration::from_secs(60), || {
+        stats = agent_stats_at(socket).unwrap_or_default();
+        !stats.is_null()
+    });
+    stats
+}
+
 /// Capability bits as /proc/PID/status prints them.
 fn cap_mask(bits: &[u32]) -> String {
     format!("{:016x}", bits.iter().fold(0u64, |m, b| m | (1 << b)))
@@ -1302,11 +1312,7 @@ fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
         &["bpf", "perfmon", "sys_ptrace", "dac_read_search"],
     );
     let socket = dir.path().join("run/agent.sock");
-    let mut stats = serde_json::Value::Null;
-    wait_until("the agent's API", Duration::from_secs(60), || {
-        stats = agent_stats_at(&socket).unwrap_or_default();
-        !stats.is_null()
-    });
+    let stats = first_agent_stats(&socket);
     let probes = &stats["agent"]["probes"];
     for p in [
         "syscall-latency",
@@ -1366,10 +1372,7 @@ fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent_as_dedicated_user(dir.path(), &["perfmon", "sys_ptrace", "dac_read_search"]);
     let socket = dir.path().join("run/agent.sock");
-    wait_until("the agent's API", Duration::from_secs(60), || {
-        stats = agent_stats_at(&socket).unwrap_or_default();
-        !stats.is_null()
-    });
+    let stats = first_agent_stats(&socket);
     let probes = &stats["agent"]["probes"];
     for p in [
         "syscall-latency",

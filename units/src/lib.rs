@@ -102,6 +102,20 @@ pub fn human_ns(ns: u64) -> String {
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
+/// "line N: " for a byte offset into a file's text (a parser's error span), or "" when
+/// the parser gave none: how every config and rule error names where it is.
+pub fn at_line(text: &str, offset: Option<usize>) -> String {
+    offset.map_or_else(String::new, |o| {
+        let line = text
+            .get(..o.min(text.len()))
+            .unwrap_or(text)
+            .matches('\n')
+            .count()
+            + 1;
+        format!("line {line}: ")
+    })
+}
+
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
