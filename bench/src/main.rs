@@ -32,6 +32,11 @@ enum Cli {
         agents: usize,
         #[arg(long, default_value_t = 200)]
         batches: u64,
+        /// Mutual TLS: the CA (ca.pem) and each simulated agent's certificate
+        /// (agent-bench-NNNN.pem and .key, as `vigil certs issue` names them) in this
+        /// directory; plaintext without it.
+        #[arg(long)]
+        tls_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -52,10 +57,11 @@ fn main() -> std::process::ExitCode {
             collector,
             agents,
             batches,
+            tls_dir,
         } => startup::run(
             Threads::PerCore,
             "vigil-bench",
-            ingest(collector, agents, batches),
+            ingest(collector, agents, batches, tls_dir),
         ),
     }
 }
@@ -99,13 +105,34 @@ async fn hold_probes(
 /// Load generator for `cargo xtask bench collector`: `agents` concurrent streams, each
 /// sending `batches` batches of one host sample, waiting for every ack. Prints one
 /// JSON line: batches, seconds, batches_per_sec, points_per_sec.
-async fn ingest(addr: String, agents: usize, batches: u64) -> anyhow::Result<()> {
+async fn ingest(
+    addr: String,
+    agents: usize,
+    batches: u64,
+    tls_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     use vigil_proto::v1::{collector_client::CollectorClient, Batch, HostIdentity};
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    use vigil_tls::{client::Connector, Material, Reloading, TlsFiles};
+    // Each agent's connector, made before the clock starts (the handshakes are in it).
+    let connectors = (0..agents)
+        .map(|a| match &tls_dir {
+            None => Ok(Connector::plain(&addr)?),
+            Some(dir) => {
+                let files = TlsFiles {
+                    ca: dir.join("ca.pem"),
+                    cert: dir.join(format!("agent-bench-{a:04}.pem")),
+                    key: dir.join(format!("agent-bench-{a:04}.key")),
+                };
+                let m = Material::load(&files)?;
+                let config = vigil_tls::material::client_config(&m)?;
+                Ok(Connector::tls(
+                    &addr,
+                    None,
+                    Reloading::fixed(config, "agent"),
+                )?)
+            }
+        })
+        .collect::<anyhow::Result<Vec<Connector>>>()?;
     let sample =
         vigil_agent::metrics::Sampler::new(vigil_agent::metrics::Roots::default(), 5).sample()?;
     let metrics = vigil_agent::export::convert::host_metrics(&sample);
@@ -123,10 +150,13 @@ async fn ingest(addr: String, agents: usize, batches: u64) -> anyhow::Result<()>
     });
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for a in 0..agents {
-        let (url, metrics) = (url.clone(), metrics.clone());
+    for (a, connector) in connectors.into_iter().enumerate() {
+        let metrics = metrics.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = CollectorClient::connect(url).await?;
+            let channel = tonic::transport::Endpoint::from_shared(connector.uri())?
+                .connect_with_connector(connector)
+                .await?;
+            let mut client = CollectorClient::new(channel);
             let id = format!("bench-{a:04}");
             let now = vigil_agent::units::unix_ms(std::time::SystemTime::now());
             let stream = tokio_stream::iter((1..=batches).map(move |seq| Batch {

@@ -72,6 +72,9 @@ pub struct LimitsFile {
     pub max_syscalls_per_batch: Option<usize>,
     pub max_events_per_batch: Option<usize>,
     pub max_findings_per_batch: Option<usize>,
+    /// Bytes per string in a batch; longer ones are cut and marked (not refused).
+    #[serde(deserialize_with = "size")]
+    pub max_string_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +160,19 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = CollectorFile::parse("lissen = \"x\"\n").unwrap_err();
         assert!(e.contains("lissen"), "{e}");
+        let strings = |v: &str| {
+            let f = CollectorFile::parse(&format!("[limits]\nmax_string_bytes = {v}\n")).unwrap();
+            crate::daemon::CollectorArgs::default()
+                .resolve(f)
+                .map(|s| s.limits.batch.string_bytes)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(strings("\"16KiB\""), Ok(16 << 10));
+        assert_eq!(strings("64"), Ok(64));
+        for bad in ["63", "\"2MiB\""] {
+            let e = strings(bad).unwrap_err();
+            assert!(e.contains("limits.max_string_bytes"), "{e}");
+        }
     }
 
     proptest::proptest! {

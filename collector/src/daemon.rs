@@ -143,6 +143,9 @@ impl CollectorArgs {
                 syscalls: l.max_syscalls_per_batch.unwrap_or(d.batch.syscalls).max(1),
                 events: l.max_events_per_batch.unwrap_or(d.batch.events).max(1),
                 findings: l.max_findings_per_batch.unwrap_or(d.batch.findings).max(1),
+                string_bytes: l
+                    .max_string_bytes
+                    .map_or(d.batch.string_bytes, clamp),
             },
             ..d
         };
@@ -159,6 +162,13 @@ impl CollectorArgs {
             if v.is_zero() {
                 return Err(problem(format!("limits.{name}: must be more than 0")));
             }
+        }
+        use crate::validate::{MAX_STRING_LIMIT, MIN_STRING};
+        let n = limits.batch.string_bytes;
+        if !(MIN_STRING..=MAX_STRING_LIMIT).contains(&n) {
+            return Err(problem(format!(
+                "limits.max_string_bytes: {n} bytes is outside {MIN_STRING} bytes to 1MiB"
+            )));
         }
         Ok(Settings {
             listen: self

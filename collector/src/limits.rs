@@ -137,6 +137,8 @@ impl Refusal {
 pub struct Counters {
     refused: [AtomicU64; Refusal::ALL.len()],
     pub conflicts: AtomicU64,
+    /// Strings cut to the limit in accepted batches.
+    pub strings_truncated: AtomicU64,
     pub connections_open: AtomicUsize,
     /// Bytes charged to the decode budget now.
     decoding: AtomicUsize,

@@ -269,10 +269,19 @@ impl CollectorService {
                 )));
             }
         }
-        if let Err(e) = crate::validate::check_with(&mut batch, now_ms(), &self.batch_limits) {
-            self.counters.refuse(Refusal::InvalidBatch);
-            tracing::warn!(%peer, agent_id = %batch.agent_id.chars().take(128).collect::<String>(), sequence, error = %e, "batch refused");
-            return Err(refused(sequence, e.to_string()));
+        match crate::validate::check_with(&mut batch, now_ms(), &self.batch_limits) {
+            Ok(checked) => {
+                if checked.strings_cut > 0 {
+                    self.counters
+                        .strings_truncated
+                        .fetch_add(checked.strings_cut, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                self.counters.refuse(Refusal::InvalidBatch);
+                tracing::warn!(%peer, agent_id = %batch.agent_id.chars().take(128).collect::<String>(), sequence, error = %e, "batch refused");
+                return Err(refused(sequence, e.to_string()));
+            }
         }
         let size = prost::Message::encoded_len(&batch).clamp(1, u32::MAX as usize) as u32;
         let budget = self
@@ -287,6 +296,11 @@ impl CollectorService {
             incoming: Incoming {
                 batch,
                 peer: peer.clone(),
+                transport: if self.tls.is_some() {
+                    crate::store::Transport::Mtls
+                } else {
+                    crate::store::Transport::Plaintext
+                },
             },
             reply,
             _budget: budget,
@@ -517,6 +531,7 @@ impl Fleet for FleetService {
             denied_by_certificate: c.denied_by_certificate().into_iter().collect(),
             tls_reloads,
             tls_reload_failures,
+            strings_truncated: c.strings_truncated.load(Ordering::Relaxed),
         }))
     }
 

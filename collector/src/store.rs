@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS losses (
 /// Version 2: a sample's scalars are one row (`samples`: the SCALARS as little-endian
 /// f64s, in order) instead of a row per metric; `points` written by earlier versions
 /// is still read.
+/// Version 3: how each host's newest batch arrived (`hosts.transport`).
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE batches ADD COLUMN digest BLOB;
 ALTER TABLE hosts ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS conflicts (
 ", "
 CREATE TABLE IF NOT EXISTS samples (agent_id TEXT NOT NULL, time_ms INTEGER NOT NULL, scalars BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_by_host ON samples (agent_id, time_ms);
+", "
+ALTER TABLE hosts ADD COLUMN transport TEXT NOT NULL DEFAULT '';
 "];
 
 /// Conflicting batches remembered at most (the newest; their count is exact).
@@ -123,6 +126,25 @@ pub struct Incoming {
     pub batch: Batch,
     /// The client's address (kept with a conflict).
     pub peer: std::sync::Arc<str>,
+    /// How it arrived (shown per host by `vigil hosts`).
+    pub transport: Transport,
+}
+
+/// How a batch reached the collector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    #[default]
+    Mtls,
+    Plaintext,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mtls => "mtls",
+            Transport::Plaintext => "plaintext",
+        }
+    }
 }
 
 pub struct Store {
@@ -143,6 +165,7 @@ struct HostDelta<'a> {
     last_sequence: i64,
     losses: std::collections::BTreeMap<&'static str, i64>,
     latest: Option<&'a HostMetrics>,
+    transport: Transport,
 }
 
 /// A sample's scalars as stored: little-endian f64s in the order of SCALARS.
@@ -417,6 +440,7 @@ impl Store {
                     .insert(key, newest.unwrap_or(0).max(batch.sequence));
                 let h = hosts.entry(batch.agent_id.as_str()).or_default();
                 h.identity = batch.host.as_ref();
+                h.transport = b.transport;
                 h.batches += 1;
                 h.last_sequence = h.last_sequence.max(seq);
                 for (stage, n) in batch
@@ -495,7 +519,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT agent_id, identity, last_seen_ms, batches, last_sequence, duplicates, conflicts
+                "SELECT agent_id, identity, last_seen_ms, batches, last_sequence, duplicates, conflicts, transport
                  FROM hosts WHERE agent_id > ?1 ORDER BY agent_id LIMIT ?2",
             )
             .map_err(&err)?;
@@ -509,6 +533,7 @@ impl Store {
                     r.get::<_, Value>(4)?,
                     r.get::<_, Value>(5)?,
                     r.get::<_, Value>(6)?,
+                    r.get::<_, Value>(7)?,
                 ))
             })
             .map_err(&err)?;
@@ -525,7 +550,7 @@ impl Store {
         let mut last_id = String::new();
         let mut more = false;
         for row in rows {
-            let (agent_id, identity, last_seen, batches, last_sequence, duplicates, conflicts) =
+            let (agent_id, identity, last_seen, batches, last_sequence, duplicates, conflicts, transport) =
                 match row {
                     Ok(r) => r,
                     Err(e) => {
@@ -564,6 +589,10 @@ impl Store {
                 last_sequence: lenient_u64(last_sequence),
                 duplicates: lenient_u64(duplicates),
                 conflicts: lenient_u64(conflicts),
+                transport: match transport {
+                    Value::Text(t) if t == "mtls" || t == "plaintext" => t,
+                    _ => String::new(),
+                },
             };
             bytes += host.encoded_len();
             out.push(host);
@@ -808,11 +837,11 @@ fn write_deltas(
             ..Default::default()
         });
         tx.prepare_cached(
-            "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence, transport) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (agent_id) DO UPDATE SET identity = ?2, hostname = ?3, last_seen_ms = ?4,
-                 batches = batches + ?5, last_sequence = max(last_sequence, ?6)",
+                 batches = batches + ?5, last_sequence = max(last_sequence, ?6), transport = ?7",
         )?
-        .execute(params![agent_id, identity.encode_to_vec(), identity.hostname, now, h.batches, h.last_sequence])?;
+        .execute(params![agent_id, identity.encode_to_vec(), identity.hostname, now, h.batches, h.last_sequence, h.transport.as_str()])?;
         for (stage, n) in &h.losses {
             tx.prepare_cached(ADD_LOSS)?
                 .execute(params![agent_id, stage, n])?;
@@ -957,6 +986,7 @@ mod tests {
         Incoming {
             batch: b,
             peer: "127.0.0.1:1".into(),
+            transport: Transport::Plaintext,
         }
     }
 

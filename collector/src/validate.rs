@@ -10,6 +10,10 @@ pub const MAX_HOSTNAME: usize = 255;
 /// Any other string (command lines, paths, names) is cut to this many bytes and
 /// marked with [`TRUNCATED`].
 pub const MAX_STRING: usize = 4096;
+/// The smallest string limit `[limits] max_string_bytes` may set.
+pub const MIN_STRING: usize = 64;
+/// The largest (a batch's strings stay within a message of a few MiB).
+pub const MAX_STRING_LIMIT: usize = 1 << 20;
 /// What ends a string the collector cut.
 pub const TRUNCATED: &str = "…[truncated]";
 /// Timestamps before this (2000-01-01) are refused: no agent sends them.
@@ -76,11 +80,21 @@ fn count(field: impl std::fmt::Display, n: usize, max: usize) -> Result<(), Inva
     }
 }
 
+/// What a check knows besides the batch: the collector's clock, the string limit,
+/// and how many strings it cut.
 struct Clock {
     now_ms: i64,
+    max_string: usize,
+    cut: std::cell::Cell<u64>,
 }
 
 impl Clock {
+    fn cut(&self, s: &mut String) {
+        if bound_to(s, self.max_string) {
+            self.cut.set(self.cut.get() + 1);
+        }
+    }
+
     fn ms(&self, field: impl std::fmt::Display, t: i64) -> Result<(), Invalid> {
         if t < EARLIEST_MS {
             return Err(invalid(
@@ -107,26 +121,33 @@ impl Clock {
 
 /// Cuts `s` to at most MAX_STRING bytes (on a character boundary), marked.
 pub fn bound(s: &mut String) {
-    if s.len() <= MAX_STRING {
-        return;
+    bound_to(s, MAX_STRING);
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary; never below the
+/// marker's length), marked with [`TRUNCATED`]. True when it was cut.
+pub fn bound_to(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
     }
-    let mut end = MAX_STRING - TRUNCATED.len();
+    let mut end = max.max(MIN_STRING) - TRUNCATED.len();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     s.truncate(end);
     s.push_str(TRUNCATED);
+    true
 }
 
-fn bound_process(p: &mut Process) {
+fn bound_process(p: &mut Process, clock: &Clock) {
     for s in [&mut p.exe, &mut p.cmdline, &mut p.name, &mut p.container] {
-        bound(s);
+        clock.cut(s);
     }
 }
 
-fn bound_info(p: &mut ProcessInfo) {
+fn bound_info(p: &mut ProcessInfo, clock: &Clock) {
     for s in [&mut p.user, &mut p.comm, &mut p.cmdline] {
-        bound(s);
+        clock.cut(s);
     }
 }
 
@@ -175,7 +196,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             d.io_time_ms_per_sec,
         ];
         all_finite(f("disks"), &rates)?;
-        bound(&mut d.device);
+        clock.cut(&mut d.device);
     }
     for n in &mut m.network {
         let rates = [
@@ -189,16 +210,16 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             n.tx_drops_per_sec,
         ];
         all_finite(f("network"), &rates)?;
-        bound(&mut n.interface);
+        clock.cut(&mut n.interface);
     }
     for fs in &mut m.filesystems {
         for s in [&mut fs.mount, &mut fs.device, &mut fs.fstype] {
-            bound(s);
+            clock.cut(s);
         }
     }
     for p in m.top_cpu.iter_mut().chain(&mut m.top_memory) {
         finite(f("top.cpu_percent"), p.cpu_percent)?;
-        bound_info(p);
+        bound_info(p, clock);
     }
     Ok(())
 }
@@ -218,22 +239,22 @@ fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid
         &mut x.severity,
         &mut x.event,
     ] {
-        bound(s);
+        clock.cut(s);
     }
-    x.mitre.iter_mut().for_each(bound);
+    x.mitre.iter_mut().for_each(|s| clock.cut(s));
     for p in x
         .process
         .iter_mut()
         .chain(x.parent.iter_mut())
         .chain(x.ancestors.iter_mut())
     {
-        bound_process(p);
+        bound_process(p, clock);
     }
     // Keys and values alike; a key cut short may collide with another: keep one.
     let details = std::mem::take(&mut x.details);
     for (mut k, mut v) in details {
-        bound(&mut k);
-        bound(&mut v);
+        clock.cut(&mut k);
+        clock.cut(&mut v);
         x.details.insert(k, v);
     }
     Ok(())
@@ -248,6 +269,9 @@ pub struct BatchLimits {
     /// Retransmits and slow syscalls, each.
     pub events: usize,
     pub findings: usize,
+    /// Bytes per string (command lines, paths, names); longer ones are cut, marked
+    /// with [`TRUNCATED`] and counted.
+    pub string_bytes: usize,
 }
 
 impl Default for BatchLimits {
@@ -257,19 +281,31 @@ impl Default for BatchLimits {
             syscalls: MAX_SYSCALLS,
             events: MAX_EVENTS,
             findings: MAX_FINDINGS,
+            string_bytes: MAX_STRING,
         }
     }
 }
 
+/// What checking an accepted batch changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Strings cut to the limit.
+    pub strings_cut: u64,
+}
+
 /// Checks `b` with the default limits (see [`check_with`]).
-pub fn check(b: &mut Batch, now_ms: i64) -> Result<(), Invalid> {
+pub fn check(b: &mut Batch, now_ms: i64) -> Result<Checked, Invalid> {
     check_with(b, now_ms, &BatchLimits::default())
 }
 
 /// Checks `b` and cuts its long strings. `Err` names the first field that makes it
 /// unacceptable; the batch is then refused whole.
-pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<(), Invalid> {
-    let clock = Clock { now_ms };
+pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<Checked, Invalid> {
+    let clock = Clock {
+        now_ms,
+        max_string: limits.string_bytes,
+        cut: std::cell::Cell::new(0),
+    };
     if b.agent_id.is_empty() {
         return Err(invalid("agent_id", "empty"));
     }
@@ -299,7 +335,7 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<()
             ));
         }
         for s in [&mut h.kernel, &mut h.os, &mut h.agent_version] {
-            bound(s);
+            clock.cut(s);
         }
         if h.boot_time_unix > i64::MAX as u64 {
             return Err(invalid("host.boot_time_unix", "out of range"));
@@ -330,7 +366,7 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<()
             s.buckets.len(),
             MAX_BUCKETS,
         )?;
-        bound(&mut s.name);
+        clock.cut(&mut s.name);
     }
     for (i, r) in b.retransmits.iter_mut().enumerate() {
         clock.ns(
@@ -338,7 +374,7 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<()
             r.time_unix_ns,
         )?;
         for s in [&mut r.saddr, &mut r.daddr, &mut r.state] {
-            bound(s);
+            clock.cut(s);
         }
     }
     for (i, s) in b.slow_syscalls.iter_mut().enumerate() {
@@ -346,12 +382,14 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<()
             format_args!("slow_syscalls[{i}].time_unix_ns"),
             s.time_unix_ns,
         )?;
-        bound(&mut s.comm);
+        clock.cut(&mut s.comm);
     }
     for (i, f) in b.findings.iter_mut().enumerate() {
         check_finding(i, f, &clock)?;
     }
-    Ok(())
+    Ok(Checked {
+        strings_cut: clock.cut.get(),
+    })
 }
 
 #[cfg(test)]
@@ -397,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_good_batch_passes() {
-        assert_eq!(check(&mut good(), NOW), Ok(()));
+        assert_eq!(check(&mut good(), NOW), Ok(Checked::default()));
     }
 
     #[test]
@@ -446,12 +484,25 @@ mod tests {
             cmdline: "é".repeat(10_000),
             ..Default::default()
         });
-        check(&mut b, NOW).unwrap();
+        let mut short = b.clone();
+        assert_eq!(check(&mut b, NOW).unwrap().strings_cut, 1);
         let c = &b.metrics[0].top_cpu[0].cmdline;
         assert!(
             c.len() <= MAX_STRING && c.ends_with(TRUNCATED),
             "{}",
             c.len()
         );
+        // A configured limit is the one applied, and counted per string.
+        short.metrics[0].top_cpu[0].comm = "c".repeat(200);
+        let limits = BatchLimits {
+            string_bytes: 100,
+            ..BatchLimits::default()
+        };
+        let checked = check_with(&mut short, NOW, &limits).unwrap();
+        assert_eq!(checked.strings_cut, 2);
+        let p = &short.metrics[0].top_cpu[0];
+        for s in [&p.cmdline, &p.comm] {
+            assert!(s.len() <= 100 && s.ends_with(TRUNCATED), "{}", s.len());
+        }
     }
 }

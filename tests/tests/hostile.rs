@@ -496,6 +496,68 @@ fn extreme_values_and_huge_strings_cannot_brick_the_fleet_view() {
 }
 
 #[test]
+fn strings_past_the_configured_limit_are_cut_marked_and_counted_and_plaintext_hosts_are_shown() {
+    // A limit outside 64 B to 1 MiB: the collector does not start, naming the field.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_string_bytes = 10\n").unwrap();
+    let out = vigil_tests::collector_command()
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("collector");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a 10-byte limit: {err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("limits.max_string_bytes"),
+        "{err}"
+    );
+    let config = dir.path().join("collector.toml");
+    std::fs::write(&config, "[limits]\nmax_string_bytes = \"200\"\n").unwrap();
+    let collector = Collector::start(&["--config", config.to_str().unwrap()]);
+    let mut b = batch("long-strings", vigil_proto::Epoch(1), 1);
+    b.host.as_mut().unwrap().os = "o".repeat(1000);
+    b.findings.push(Finding {
+        rule: "r".into(),
+        time_unix_ms: now_ms(),
+        description: "é".repeat(1000),
+        details: [("k".repeat(300), "v".into())].into_iter().collect(),
+        ..Default::default()
+    });
+    let (acks, status) = rt().block_on(send(&collector.url(), vec![b]));
+    assert_eq!(acks.len(), 1, "{status:?}");
+    let hosts = collector.hosts();
+    let host = collector.host("long-strings").expect("stored");
+    let os = host["os"].as_str().unwrap();
+    assert!(os.len() <= 200 && os.ends_with("…[truncated]"), "{os}");
+    // The os, the description and the details key: three strings, each counted.
+    assert_eq!(
+        hosts["collector"]["strings_truncated"].as_u64(),
+        Some(3),
+        "{hosts}"
+    );
+    // This collector runs in plaintext: the host is marked, in JSON and as text.
+    assert_eq!(host["transport"], "plaintext", "{host}");
+    let text = String::from_utf8_lossy(&vigil_tests::vigil_stdout(&[
+        "hosts",
+        "--collector",
+        &collector.addr,
+    ]))
+    .into_owned();
+    let row = text
+        .lines()
+        .find(|l| l.contains("long-strings"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("PLAINTEXT"), "{text}");
+    assert!(
+        text.contains("PLAINTEXT: 1 of 1 hosts") && text.contains("cut 3 strings"),
+        "{text}"
+    );
+}
+
+#[test]
 fn memory_amplification_is_bounded_and_refused_with_a_status() {
     let collector = Collector::start(&[
         "--message-timeout",

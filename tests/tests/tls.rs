@@ -282,6 +282,8 @@ fn identity_is_bound_to_every_batch_and_strangers_are_refused_at_the_handshake()
     honest.keeps_being_acked(&collector, 2);
     let hosts = collector.hosts();
     assert_eq!(hosts["collector"]["tls_mode"], "mtls", "{hosts}");
+    let web = collector.host("web-1").expect("web-1 stored");
+    assert_eq!(web["transport"], "mtls", "{web}");
 
     // web-2's certificate claiming to be db-9: refused before anything is stored,
     // counted under web-2's certificate.

@@ -43,6 +43,10 @@ pub enum Bench {
         /// load in the same run, for a before/after row and ratios.
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
+        /// Also each case over mutual TLS (TLS 1.3, a certificate per simulated agent,
+        /// identity checked per batch), beside plaintext in the same run.
+        #[arg(long)]
+        tls: bool,
     },
     /// Agent API latency under load: `vigil stats` p50/p99 against the agent's local
     /// API during an exec storm, with the spool's `fsync = "batch"` on a disk whose
@@ -275,7 +279,8 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             agents,
             batches,
             baseline,
-        } => return collector(vigil, agents, batches, baseline.as_deref()),
+            tls,
+        } => return collector(vigil, agents, batches, baseline.as_deref(), tls),
         Bench::Footprint {
             seconds,
             interval,
@@ -421,8 +426,27 @@ pub(crate) fn start_collector(
     vigil: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(Attached, String)> {
+    start_collector_with(vigil, data_dir, None)
+}
+
+/// [`start_collector`], over mutual TLS with the material in `pki` when given (the
+/// CA and collector-127.0.0.1 that [`bench_pki`] made).
+fn start_collector_with(
+    vigil: &std::path::Path,
+    data_dir: &std::path::Path,
+    pki: Option<&std::path::Path>,
+) -> anyhow::Result<(Attached, String)> {
     let _ = std::fs::remove_dir_all(data_dir);
-    let mut child = daemon(vigil, "collector")
+    let mut cmd = daemon(vigil, "collector");
+    if let Some(pki) = pki {
+        cmd.args(["--tls", "mtls", "--tls-ca"])
+            .arg(pki.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(pki.join("collector-127.0.0.1.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("collector-127.0.0.1.key"));
+    }
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stderr(Stdio::piped())
@@ -436,7 +460,11 @@ pub(crate) fn start_collector(
             .context("collector exited before listening")??;
         // This build logs through tracing; a baseline build may print `vigil: ...`.
         if let Some((_, rest)) = line.split_once("collector listening on ") {
-            break rest.split(',').next().unwrap_or_default().to_string();
+            break rest
+                .split([',', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -454,30 +482,59 @@ struct Ingest {
     bytes_per_batch: f64,
 }
 
+/// A CA, the collector's certificate for 127.0.0.1 and one per simulated agent
+/// (bench-0000 ...), made with this build's `vigil certs` into `dir`.
+fn bench_pki(vigil: &std::path::Path, dir: &std::path::Path, agents: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    let certs = |args: &[String]| -> anyhow::Result<()> {
+        let status = Command::new(vigil)
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .context("running vigil certs")?;
+        anyhow::ensure!(status.success(), "vigil certs {} failed", args.join(" "));
+        Ok(())
+    };
+    certs(&["init".into()])?;
+    certs(&["issue".into(), "--collector".into(), "127.0.0.1".into()])?;
+    for a in 0..agents {
+        certs(&["issue".into(), "--agent-id".into(), format!("bench-{a:04}")])?;
+    }
+    Ok(())
+}
+
 fn ingest(
     collector_bin: &std::path::Path,
     load: &std::path::Path,
     dir: &std::path::Path,
     agents: usize,
     batches: u64,
+    pki: Option<&std::path::Path>,
 ) -> anyhow::Result<Ingest> {
-    let (collector, addr) = start_collector(collector_bin, dir)?;
+    let (collector, addr) = start_collector_with(collector_bin, dir, pki)?;
     let pid = collector
         .0
         .as_ref()
         .map(|c| c.id())
         .context("collector pid")?;
     let cpu_before = cpu_seconds(pid)?;
-    let out = Command::new(crate::sibling(load, "vigil-bench"))
-        .args([
-            "ingest",
-            "--collector",
-            &addr,
-            "--agents",
-            &agents.to_string(),
-            "--batches",
-            &batches.to_string(),
-        ])
+    let mut cmd = Command::new(crate::sibling(load, "vigil-bench"));
+    cmd.args([
+        "ingest",
+        "--collector",
+        &addr,
+        "--agents",
+        &agents.to_string(),
+        "--batches",
+        &batches.to_string(),
+    ]);
+    if let Some(pki) = pki {
+        cmd.arg("--tls-dir").arg(pki);
+    }
+    let out = cmd
         .output()
         .context("running the load generator")?;
     if !out.status.success() {
@@ -513,24 +570,46 @@ fn collector(
     agents: Vec<usize>,
     batches: u64,
     baseline: Option<&std::path::Path>,
+    tls: bool,
 ) -> anyhow::Result<()> {
     let dir = crate::workspace_root().join("target/bench-collector");
+    let pki_dir = crate::workspace_root().join("target/bench-collector-pki");
+    let pki = if tls {
+        bench_pki(vigil, &pki_dir, agents.iter().copied().max().unwrap_or(1))?;
+        Some(pki_dir.as_path())
+    } else {
+        None
+    };
     let mut rows = Vec::new();
+    let mut tls_pairs = Vec::new();
     for &n in &agents {
         let n = n.max(1);
         let per_agent = (batches / n as u64).max(1);
-        rows.push((
-            "this build".to_string(),
-            n,
-            per_agent * n as u64,
-            ingest(vigil, vigil, &dir, n, per_agent)?,
-        ));
+        let plain = ingest(vigil, vigil, &dir, n, per_agent, None)?;
+        if let Some(pki) = pki {
+            let over_tls = ingest(vigil, vigil, &dir, n, per_agent, Some(pki))?;
+            tls_pairs.push((n, plain.batches_per_sec, plain.cpu_secs, over_tls.batches_per_sec, over_tls.cpu_secs));
+            rows.push((
+                "this build, plaintext".to_string(),
+                n,
+                per_agent * n as u64,
+                plain,
+            ));
+            rows.push((
+                "this build, mTLS".to_string(),
+                n,
+                per_agent * n as u64,
+                over_tls,
+            ));
+        } else {
+            rows.push(("this build".to_string(), n, per_agent * n as u64, plain));
+        }
         if let Some(b) = baseline {
             rows.push((
                 format!("baseline {}", b.display()),
                 n,
                 per_agent * n as u64,
-                ingest(b, vigil, &dir, n, per_agent)?,
+                ingest(b, vigil, &dir, n, per_agent, None)?,
             ));
         }
     }
@@ -551,12 +630,25 @@ fn collector(
             r.peak_mib
         );
     }
+    if !tls_pairs.is_empty() {
+        println!();
+        for (n, plain_rate, plain_cpu, tls_rate, tls_cpu) in &tls_pairs {
+            println!(
+                "{n} agent(s): mTLS / plaintext: batches/s {:.2}x, collector CPU per batch {:.2}x",
+                tls_rate / plain_rate,
+                tls_cpu / plain_cpu
+            );
+        }
+    }
     if baseline.is_some() {
         println!();
-        for pair in rows.chunks(2) {
-            if let [(_, n, _, now), (_, _, _, before)] = pair {
+        // Per case: this build's plaintext row, then (after an mTLS row when asked
+        // for) the baseline's, which is always plaintext.
+        let per_case = if tls { 3 } else { 2 };
+        for case in rows.chunks(per_case) {
+            if let (Some((_, n, _, now)), Some((_, _, _, before))) = (case.first(), case.last()) {
                 println!(
-                    "{n} agent(s): this build / baseline: batches/s {:.2}x, CPU per batch {:.2}x",
+                    "{n} agent(s): this build / baseline (plaintext): batches/s {:.2}x, CPU per batch {:.2}x",
                     now.batches_per_sec / before.batches_per_sec,
                     now.cpu_secs / before.cpu_secs
                 );

@@ -118,20 +118,22 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
                     "last_seq": h.last_sequence, "duplicates": h.duplicates, "gaps": h.gaps,
                     "conflicts": h.conflicts,
                     "dropped_events": h.dropped_events,
+                    "transport": h.transport,
                 })
             })
             .collect();
         let collector = collector.map(|c| {
             json!({"refused": c.refused, "conflicts": c.conflicts, "connections_open": c.connections_open,
                    "tls_mode": c.tls_mode, "denied_by_certificate": c.denied_by_certificate,
-                   "tls_reloads": c.tls_reloads, "tls_reload_failures": c.tls_reload_failures})
+                   "tls_reloads": c.tls_reloads, "tls_reload_failures": c.tls_reload_failures,
+                   "strings_truncated": c.strings_truncated})
         });
         println!("{}", json!({ "hosts": list, "collector": collector }));
         return Ok(());
     }
     println!(
-        "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:>12}",
-        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "CONFLICTS", "DROPPED", "LAST SEEN"
+        "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:<9} {:>12}",
+        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "CONFLICTS", "DROPPED", "TRANSPORT", "LAST SEEN"
     );
     for h in &hosts {
         let id = h.host.clone().unwrap_or_default();
@@ -141,7 +143,7 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
             .values()
             .fold(0u64, |a, b| a.saturating_add(*b));
         println!(
-            "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:>10.0}s ago",
+            "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:<9} {:>10.0}s ago",
             clean(&id.hostname),
             clean(&id.agent_id),
             h.batches,
@@ -150,8 +152,13 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
             h.duplicates,
             h.conflicts,
             dropped,
+            transport_shown(&h.transport),
             ago
         );
+    }
+    let plaintext = hosts.iter().filter(|h| h.transport == "plaintext").count();
+    if plaintext > 0 {
+        println!("PLAINTEXT: {plaintext} of {} hosts sent their newest batch without TLS: anyone on the path could read or forge it", hosts.len());
     }
     if hosts.iter().any(|h| h.conflicts > 0) {
         println!("CONFLICTS: batches that another client sent first under that host's agent id, epoch and sequence (impersonation?); see the collector's log");
@@ -172,8 +179,24 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
         if !refused.is_empty() {
             println!("collector refused: {}", refused.join(", "));
         }
+        if c.strings_truncated > 0 {
+            println!(
+                "collector cut {} strings to limits.max_string_bytes (marked \"…[truncated]\")",
+                c.strings_truncated
+            );
+        }
     }
     Ok(())
+}
+
+/// A host's transport in the listing: plaintext shouts, unknown (an older collector
+/// stored it) says so.
+fn transport_shown(t: &str) -> &'static str {
+    match t {
+        "mtls" => "mtls",
+        "plaintext" => "PLAINTEXT",
+        _ => "?",
+    }
 }
 
 /// The agent's own delivery state, as `vigil stats --json` shows it under `agent`.
