@@ -72,6 +72,8 @@ pub struct LimitsFile {
     pub max_syscalls_per_batch: Option<usize>,
     pub max_events_per_batch: Option<usize>,
     pub max_findings_per_batch: Option<usize>,
+    /// Labels (details) per finding; more and the batch is refused.
+    pub max_labels_per_finding: Option<usize>,
     /// Bytes per string in a batch; longer ones are cut and marked (not refused).
     #[serde(deserialize_with = "size")]
     pub max_string_bytes: Option<u64>,
@@ -169,6 +171,9 @@ mod tests {
         };
         assert_eq!(strings("\"16KiB\""), Ok(16 << 10));
         assert_eq!(strings("64"), Ok(64));
+        let f = CollectorFile::parse("[limits]\nmax_labels_per_finding = 3\n").unwrap();
+        let limits = crate::daemon::CollectorArgs::default().resolve(f).unwrap().limits;
+        assert_eq!(limits.batch.labels, 3);
         for bad in ["63", "\"2MiB\""] {
             let e = strings(bad).unwrap_err();
             assert!(e.contains("limits.max_string_bytes"), "{e}");

@@ -143,6 +143,7 @@ impl CollectorArgs {
                 syscalls: l.max_syscalls_per_batch.unwrap_or(d.batch.syscalls).max(1),
                 events: l.max_events_per_batch.unwrap_or(d.batch.events).max(1),
                 findings: l.max_findings_per_batch.unwrap_or(d.batch.findings).max(1),
+                labels: l.max_labels_per_finding.unwrap_or(d.batch.labels),
                 string_bytes: l
                     .max_string_bytes
                     .map_or(d.batch.string_bytes, clamp),

@@ -33,7 +33,8 @@ const MAX_DEVICES: usize = 4096;
 const MAX_TOP: usize = 1000;
 const MAX_BUCKETS: usize = vigil_common::LATENCY_BUCKETS;
 const MAX_LIST: usize = 64;
-const MAX_DETAILS: usize = 256;
+/// Labels (details) per finding, by default.
+pub const MAX_LABELS: usize = 256;
 
 /// Why a batch was refused: the field and the reason, in the words a client's author
 /// needs to fix it.
@@ -224,7 +225,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
     Ok(())
 }
 
-fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid> {
+fn check_finding(i: usize, x: &mut Finding, clock: &Clock, labels: usize) -> Result<(), Invalid> {
     let f = |name| At("findings", i, name);
     if x.rule.is_empty() {
         return Err(invalid(f("rule"), "empty (an empty finding)"));
@@ -232,7 +233,7 @@ fn check_finding(i: usize, x: &mut Finding, clock: &Clock) -> Result<(), Invalid
     clock.ms(f("time_unix_ms"), x.time_unix_ms)?;
     count(f("mitre"), x.mitre.len(), MAX_LIST)?;
     count(f("ancestors"), x.ancestors.len(), MAX_LIST)?;
-    count(f("details"), x.details.len(), MAX_DETAILS)?;
+    count(f("details"), x.details.len(), labels)?;
     for s in [
         &mut x.rule,
         &mut x.description,
@@ -269,6 +270,8 @@ pub struct BatchLimits {
     /// Retransmits and slow syscalls, each.
     pub events: usize,
     pub findings: usize,
+    /// Labels (`details`) per finding.
+    pub labels: usize,
     /// Bytes per string (command lines, paths, names); longer ones are cut, marked
     /// with [`TRUNCATED`] and counted.
     pub string_bytes: usize,
@@ -281,6 +284,7 @@ impl Default for BatchLimits {
             syscalls: MAX_SYSCALLS,
             events: MAX_EVENTS,
             findings: MAX_FINDINGS,
+            labels: MAX_LABELS,
             string_bytes: MAX_STRING,
         }
     }
@@ -385,7 +389,7 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<Ch
         clock.cut(&mut s.comm);
     }
     for (i, f) in b.findings.iter_mut().enumerate() {
-        check_finding(i, f, &clock)?;
+        check_finding(i, f, &clock, limits.labels)?;
     }
     Ok(Checked {
         strings_cut: clock.cut.get(),
@@ -427,6 +431,20 @@ mod tests {
         };
         let e = check_with(&mut b.clone(), NOW, &limits).unwrap_err();
         assert_eq!(e.field, "metrics", "{e}");
+        let mut labelled = good();
+        labelled.findings.push(Finding {
+            rule: "r".into(),
+            time_unix_ms: NOW,
+            details: (0..3).map(|i| (i.to_string(), String::new())).collect(),
+            ..Default::default()
+        });
+        let limits = BatchLimits {
+            labels: 2,
+            ..BatchLimits::default()
+        };
+        let e = check_with(&mut labelled.clone(), NOW, &limits).unwrap_err();
+        assert_eq!(e.field, "findings[0].details", "{e}");
+        assert!(check(&mut labelled, NOW).is_ok());
         assert!(
             check(&mut b, NOW).is_ok(),
             "3 samples are within the default"
