@@ -6,6 +6,19 @@ use std::time::Duration;
 use crate::config::{AgentConfig, ConfigError, Interval, LogFormat, DEFAULT_CONFIG};
 use crate::units::parse_duration;
 
+// The `vigil-agent` binary's command line; its man page is made from it too.
+/// Vigil's host agent: eBPF probes, host metrics, detection rules, spool and stream.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vigil-agent", version)]
+pub struct AgentCli {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Log format on stderr: human or json (one object per line); default: the config
+    /// file's `log.format`, else human.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
 /// Run every probe in the foreground, printing a summary each interval (needs root).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -42,6 +55,11 @@ pub struct AgentArgs {
     pub api_listen: Option<String>,
     #[command(flatten)]
     pub tls: vigil_tls::config::TlsFlags,
+    /// Check the config file (with the flags over it) and the rules, say what would
+    /// run, and exit: 1 on a config error (file, field, reason). A bad rule file is
+    /// reported but not an error: the agent would start with the built-in rules.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl AgentArgs {
@@ -82,6 +100,40 @@ impl AgentArgs {
     /// SIGHUP; the flags override it both times.
     pub async fn run(self) -> anyhow::Result<()> {
         let c = self.load()?;
+        if self.check_config {
+            return check_config(&self.config_path(), &c);
+        }
         crate::pipeline::agent::run(c, Box::new(move || self.load())).await
     }
+}
+
+/// `--check-config`: what the agent would run with, on stdout.
+fn check_config(file: &std::path::Path, c: &AgentConfig) -> anyhow::Result<()> {
+    let shown = if file.exists() {
+        file.display().to_string()
+    } else {
+        format!("{} (absent: defaults)", file.display())
+    };
+    println!("config {shown}: OK");
+    if c.detect.enabled {
+        match crate::detect::rules::load(Some(&c.detect.rules_dir)) {
+            Ok(rules) => println!(
+                "rules: {} (built-in and {})",
+                rules.len(),
+                c.detect.rules_dir.display()
+            ),
+            Err(e) => println!(
+                "rules: {e}\nthe agent would start with the built-in rules only (fix the file, then systemctl reload vigil-agent)"
+            ),
+        }
+    }
+    if c.tls.mode == vigil_tls::Mode::Off {
+        println!("warning: tls.mode = \"off\": batches would go to the collector in plaintext");
+    } else if c.collector.is_some() {
+        let files = c.tls.files(vigil_tls::Role::Agent);
+        if let Err(e) = vigil_tls::Material::load(&files) {
+            println!("warning: TLS material: {e} (the agent starts, spools, and sends once the files are good)");
+        }
+    }
+    Ok(())
 }

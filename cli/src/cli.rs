@@ -144,6 +144,13 @@ pub enum Command {
     /// Certificates for mutual TLS: a development CA, and host certificates it signs.
     #[command(subcommand)]
     Certs(Certs),
+    /// Write the man pages (vigil(1) and a page per subcommand, vigil-agent(8),
+    /// vigil-collector(8)) into DIR; the packages ship them.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +273,7 @@ impl Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Man { dir } => crate::man::write(&dir),
         Command::Trace(Trace::Syscalls {
             duration,
             pid,

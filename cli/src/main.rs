@@ -4,6 +4,7 @@ use vigil_agent::startup::{self, Role, Threads};
 
 mod certs;
 mod cli;
+mod man;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

@@ -22,6 +22,25 @@ pub const DEFAULT_LISTEN: &str = vigil_proto::DEFAULT_COLLECTOR_ADDR;
 /// ignores variables it does not know; tests and tools read it).
 pub const LISTEN_VAR: &str = "VIGIL_LISTEN";
 
+// The `vigil-collector` binary's command line; its man page is made from it too.
+/// Vigil's collector: agents stream batches to it, it stores them (SQLite) exactly
+/// once and serves the fleet.
+#[derive(Debug, clap::Parser)]
+#[command(name = "vigil-collector", version)]
+pub struct CollectorCli {
+    #[command(flatten)]
+    pub collector: CollectorArgs,
+    /// Log format on stderr: human or json (one object per line).
+    #[arg(long, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 /// Run the collector: agents stream to it, it stores (SQLite) and serves the fleet.
 /// Every setting can come from the config file; a flag overrides it.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -71,6 +90,10 @@ pub struct CollectorArgs {
     pub fleet_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsFlags,
+    /// Check the config file (with the flags over it) and the TLS material, say what
+    /// would run, and exit: 1 on anything that would stop the collector starting.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// What the collector runs with: the file, the flags over it, the defaults under both.
@@ -196,6 +219,26 @@ impl CollectorArgs {
     /// SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let settings = self.load()?;
+        if self.check_config {
+            let file = self.config_path();
+            let absent = if file.exists() { "" } else { " (absent: defaults)" };
+            if settings.tls.mode == Mode::Mtls {
+                let files = settings.tls.files(Role::Collector);
+                vigil_tls::Material::load(&files).map_err(|e| {
+                    anyhow::anyhow!(
+                        "TLS: {e} (make them with `vigil certs init` and `vigil certs issue --collector NAME`)"
+                    )
+                })?;
+            }
+            println!(
+                "config {}{absent}: OK; would listen on {} (tls {}), data in {}",
+                file.display(),
+                settings.listen,
+                settings.tls.mode.as_str(),
+                settings.data_dir.display()
+            );
+            return Ok(());
+        }
         let tls = match settings.tls.mode {
             Mode::Off => {
                 tracing::warn!(

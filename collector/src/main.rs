@@ -2,26 +2,10 @@
 //! (`Type=notify`). The same daemon runs as `vigil collector`.
 use clap::Parser as _;
 
-/// Vigil's collector: agents stream batches to it, it stores them (SQLite) exactly
-/// once and serves the fleet.
-#[derive(Debug, clap::Parser)]
-#[command(name = "vigil-collector", version)]
-struct Cli {
-    #[command(flatten)]
-    collector: vigil_collector::daemon::CollectorArgs,
-    /// Log format on stderr: human or json (one object per line).
-    #[arg(long, value_enum, default_value = "human")]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
+use vigil_collector::daemon::{CollectorCli, LogFormat};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = CollectorCli::parse();
     // A daemon: a peer hanging up costs an EPIPE on that connection, never the
     // process (SIGPIPE ignored); its files are private (umask 077).
     // SAFETY: a signal disposition and the umask, set before any thread exists.

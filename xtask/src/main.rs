@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 mod soak;
 
@@ -30,6 +31,9 @@ enum Task {
     },
     /// Unit tests, then the privileged tests against the running kernel.
     Test,
+    /// The release build as .deb and .rpm packages (vigil-agent, vigil-collector)
+    /// under target/packages/.
+    Package,
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -135,6 +139,11 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             setup::setup(setup::Mode::IfMissing)?;
             test()
+        }
+        Task::Package => {
+            setup::setup(setup::Mode::IfMissing)?;
+            let bin = build_release()?;
+            package::package(&bin).map(drop)
         }
         Task::Bench(b) => {
             setup::setup(setup::Mode::IfMissing)?;

@@ -22,6 +22,16 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // The certificates `vigil certs` makes are checked with openssl.
     "openssl",
+    // Packaging (`cargo xtask package`) and its tests: a Debian 12 root to install the
+    // .deb into, lintian, rpm and rpmlint, and podman/buildah (with runc: crun refuses
+    // hybrid cgroup layouts) for the container images.
+    "mmdebstrap",
+    "lintian",
+    "rpm",
+    "rpmlint",
+    "podman",
+    "buildah",
+    "runc",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,10 @@ pub fn setup(mode: Mode) -> anyhow::Result<()> {
     bpf_linker(mode)?;
     cargo_fuzz_if(mode)?;
     python_grpc(mode)?;
+    python_kubernetes_validate(mode)?;
+    for (tool, version, check) in CARGO_TOOLS {
+        cargo_tool(mode, tool, version, check)?;
+    }
     say(mode, "everything is in place");
     Ok(())
 }
@@ -113,6 +127,43 @@ fn python_grpc(mode: Mode) -> anyhow::Result<()> {
             .args(PYTHON_GRPC),
     )
     .context("pip could not install the Python gRPC client the remote API tests use")
+}
+
+/// Cargo subcommands the packaging uses: (crate, version, the subcommand to check).
+const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    ("cargo-deb", "3.8.0", "deb"),
+    ("cargo-generate-rpm", "0.21.1", "generate-rpm"),
+];
+
+fn cargo_tool(mode: Mode, tool: &str, version: &str, check: &str) -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args([check, "--version"])) {
+        say(mode, &format!("{tool}: present"));
+        return Ok(());
+    }
+    println!("setup: installing {tool} {version} (about a minute)");
+    crate::run(Command::new("cargo").args(["install", "--locked", tool, "--version", version]))
+        .with_context(|| format!("installing {tool} failed"))
+}
+
+/// The Kubernetes manifests' validator: PyPI's kubernetes-validate carries the API
+/// schemas of each Kubernetes version and validates offline.
+fn python_kubernetes_validate(mode: Mode) -> anyhow::Result<()> {
+    if quiet(Command::new("kubernetes-validate").arg("--version"))
+        || quiet(Command::new("python3").args(["-c", "import kubernetes_validate"]))
+    {
+        say(mode, "python3 kubernetes-validate: present");
+        return Ok(());
+    }
+    println!("setup: installing kubernetes-validate for python3 (pip)");
+    crate::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "kubernetes-validate",
+    ]))
+    .context("pip could not install kubernetes-validate")
 }
 
 fn missing_packages() -> Vec<&'static str> {
