@@ -58,6 +58,11 @@ pub struct AgentConfig {
     pub api_tls: ApiTlsConfig,
     /// The agent's own state. Default "/var/lib/vigil/agent".
     pub data_dir: PathBuf,
+    /// The host's root file system as the agent sees it: "/" on the host; in a
+    /// container, where the host's / is mounted (e.g. "/host", read-only). The host's
+    /// /proc, /sys and /etc are read under it, so the agent reports the host's
+    /// hostname, machine-id, OS, processes, containers and file systems. Default "/".
+    pub host_root: PathBuf,
     /// Rows of the per-interval summary printed to stdout; 0 prints none. Default 0.
     pub summary_rows: usize,
     /// On SIGTERM/SIGINT: how long the agent may take to flush its last batch to the
@@ -199,6 +204,7 @@ impl Default for AgentConfig {
             api_listen: None,
             api_tls: ApiTlsConfig::default(),
             data_dir: PathBuf::from("/var/lib/vigil/agent"),
+            host_root: PathBuf::from("/"),
             summary_rows: 0,
             shutdown_timeout: Interval(Duration::from_secs(5)),
             probes: ProbesConfig::default(),
@@ -282,6 +288,12 @@ impl AgentConfig {
             problems.push(format!(
                 "interval: must be at least 1s (got {:?})",
                 self.interval.0
+            ));
+        }
+        if !self.host_root.is_absolute() || !self.host_root.join("proc").is_dir() {
+            problems.push(format!(
+                "host_root: {} must be an absolute path with the host's /proc under it (mount it: -v /:/host:ro)",
+                self.host_root.display()
             ));
         }
         let rb = self.probes.ring_buffer_bytes;

@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// The agent's state directory (overrides data_dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The host's root file system, when the agent runs in a container with it
+    /// mounted there (overrides host_root; default "/").
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
     /// Serve the Agent API on this TCP address too, for other machines (overrides
     /// api_listen; mTLS or the api_tls.token_file bearer token).
     #[arg(long, value_name = "ADDR")]
@@ -87,6 +91,7 @@ impl AgentArgs {
         c.socket = self.socket.clone().unwrap_or(c.socket);
         c.api &= !self.no_api;
         c.data_dir = self.data_dir.clone().unwrap_or(c.data_dir);
+        c.host_root = self.host_root.clone().unwrap_or(c.host_root);
         c.tls = c.tls.with_flags(&self.tls);
         c.api_listen = self.api_listen.clone().or(c.api_listen);
         c.validate().map_err(|problems| ConfigError {

@@ -356,6 +356,9 @@ fn test() -> anyhow::Result<()> {
     // Privileged tests run the real binaries (the `vigil` CLI, the `vigil-agent` and
     // `vigil-collector` daemons) against the kernel.
     run(cargo().args(["build", "--bins"]).args(PACKAGES))?;
+    // The packaging tests install what users get: the release build, packaged.
+    let release = build_release()?;
+    package::package(&release)?;
     let vigil = workspace_root().join("target/debug/vigil");
     if !is_root() {
         if std::env::var_os("CI").is_some() {

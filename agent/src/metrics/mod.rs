@@ -17,6 +17,33 @@ pub struct Roots {
     pub proc: PathBuf,
     pub sys: PathBuf,
     pub etc: PathBuf,
+    /// The host's root file system when the agent runs in a container with it
+    /// mounted (`--host-root /host`): mount points are measured under it, and the
+    /// hostname and OS are the host's files, not the container's.
+    pub host: Option<PathBuf>,
+}
+
+impl Roots {
+    /// The host's /proc, /sys and /etc under `root` ("/" is the agent's own).
+    pub fn under(root: &std::path::Path) -> Self {
+        if root == std::path::Path::new("/") {
+            return Self::default();
+        }
+        Self {
+            proc: root.join("proc"),
+            sys: root.join("sys"),
+            etc: root.join("etc"),
+            host: Some(root.to_path_buf()),
+        }
+    }
+
+    /// A path of the host's file system (a mount point) as the agent reaches it.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        match &self.host {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    }
 }
 
 impl Default for Roots {
@@ -25,6 +52,7 @@ impl Default for Roots {
             proc: "/proc".into(),
             sys: "/sys".into(),
             etc: "/etc".into(),
+            host: None,
         }
     }
 }

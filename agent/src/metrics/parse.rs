@@ -293,6 +293,23 @@ pub fn pid_stat(text: &str) -> Option<PidStat> {
 }
 
 /// /etc/passwd as uid → name.
+/// "NAME VERSION_ID" from an os-release file (as sysinfo names this host's OS), quotes
+/// removed; None without a NAME.
+pub fn os_release_name(text: &str) -> Option<String> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.strip_prefix('=')?.trim();
+            let v = v.trim_matches('"').trim_matches('\'');
+            (!v.is_empty()).then(|| v.to_string())
+        })
+    };
+    let name = field("NAME")?;
+    Some(match field("VERSION_ID") {
+        Some(v) => format!("{name} {v}"),
+        None => name,
+    })
+}
+
 pub fn passwd(text: &str) -> HashMap<u32, String> {
     text.lines()
         .filter_map(|l| {
@@ -353,6 +370,17 @@ pub fn read_lossy(path: &std::path::Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn os_release_names_the_os_as_sysinfo_does() {
+        let debian = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\n";
+        assert_eq!(
+            super::os_release_name(debian).as_deref(),
+            Some("Debian GNU/Linux 12")
+        );
+        assert_eq!(super::os_release_name("NAME=Arch\n").as_deref(), Some("Arch"));
+        assert_eq!(super::os_release_name("VERSION_ID=1\n"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -192,8 +192,24 @@ impl Sampler {
             (Some(name), None) => name,
             _ => "Linux".to_string(),
         };
+        // In a container with the host's root mounted: the host's names, not the
+        // container's (its UTS namespace and /etc are its own).
+        let (hostname, os) = match &self.roots.host {
+            Some(_) => (
+                read_optional(&self.roots.etc.join("hostname"))
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| sysinfo::System::host_name().ok())
+                    .unwrap_or_default(),
+                read_optional(&self.roots.etc.join("os-release"))
+                    .or_else(|| read_optional(&self.roots.host_path("/usr/lib/os-release")))
+                    .and_then(|t| parse::os_release_name(&t))
+                    .unwrap_or(os),
+            ),
+            None => (sysinfo::System::host_name().unwrap_or_default(), os),
+        };
         HostIdentity {
-            hostname: sysinfo::System::host_name().unwrap_or_default(),
+            hostname,
             kernel: sysinfo::System::kernel_version().unwrap_or_default(),
             os,
             boot_time_unix,
@@ -261,7 +277,7 @@ impl Sampler {
                 continue;
             }
             // statvfs fields are u64 on the 64-bit targets Vigil builds for.
-            let Ok(st) = nix::sys::statvfs::statvfs(Path::new(&mount)) else {
+            let Ok(st) = nix::sys::statvfs::statvfs(&self.roots.host_path(&mount)) else {
                 continue;
             };
             let frsize = st.fragment_size();

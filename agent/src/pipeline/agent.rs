@@ -53,9 +53,9 @@ const DRAIN_EVERY: Duration = Duration::from_millis(500);
 /// Re-reads the configuration (file and flags) on SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<AgentConfig, ConfigError> + Send>;
 
-/// A stable id for this host: /etc/machine-id, else the hostname.
-fn default_agent_id(hostname: &str) -> String {
-    std::fs::read_to_string("/etc/machine-id")
+/// A stable id for this host: its /etc/machine-id (under `etc`), else the hostname.
+fn default_agent_id(etc: &std::path::Path, hostname: &str) -> String {
+    std::fs::read_to_string(etc.join("machine-id"))
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -326,7 +326,8 @@ impl Agent {
                 }
             };
             let n = rules.len();
-            let mut d = Detector::new(std::path::Path::new("/proc"), rules, MAX_PROCESSES);
+            let roots = Roots::under(&config.host_root);
+            let mut d = Detector::new(&roots.proc, rules, MAX_PROCESSES);
             d.seed();
             if let Some(p) = probes.as_mut() {
                 apply_watches(&mut d, p, true, &mut errors);
@@ -339,7 +340,9 @@ impl Agent {
         } else {
             None
         };
-        let mut host = Sampler::new(Roots::default(), 5);
+        let roots = Roots::under(&config.host_root);
+        let etc = roots.etc.clone();
+        let mut host = Sampler::new(roots, 5);
         let first = host.sample().context("reading host metrics")?;
         // The id: the config's, else the one the client certificate names (the one the
         // collector will accept), else the machine's.
@@ -352,7 +355,7 @@ impl Agent {
                     .as_ref()
                     .and_then(|_| stream::certificate_agent_id(&config.tls))
             })
-            .unwrap_or_else(|| default_agent_id(&first.host.hostname));
+            .unwrap_or_else(|| default_agent_id(&etc, &first.host.hostname));
         let state = StateWriter::new(
             convert::host_identity(&first, &agent_id),
             config.interval.0.as_secs_f64(),
