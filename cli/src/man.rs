@@ -9,10 +9,14 @@ use clap::CommandFactory as _;
 pub fn write(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let vigil = crate::cli::Cli::command();
-    clap_mangen::generate_to(vigil, dir).with_context(|| format!("writing into {}", dir.display()))?;
+    clap_mangen::generate_to(vigil, dir)
+        .with_context(|| format!("writing into {}", dir.display()))?;
     for (name, cmd) in [
         ("vigil-agent", vigil_agent::daemon::AgentCli::command()),
-        ("vigil-collector", vigil_collector::daemon::CollectorCli::command()),
+        (
+            "vigil-collector",
+            vigil_collector::daemon::CollectorCli::command(),
+        ),
     ] {
         let path = dir.join(format!("{name}.8"));
         let mut page = Vec::new();

@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(strings("\"16KiB\""), Ok(16 << 10));
         assert_eq!(strings("64"), Ok(64));
         let f = CollectorFile::parse("[limits]\nmax_labels_per_finding = 3\n").unwrap();
-        let limits = crate::daemon::CollectorArgs::default().resolve(f).unwrap().limits;
+        let limits = crate::daemon::CollectorArgs::default()
+            .resolve(f)
+            .unwrap()
+            .limits;
         assert_eq!(limits.batch.labels, 3);
         for bad in ["63", "\"2MiB\""] {
             let e = strings(bad).unwrap_err();

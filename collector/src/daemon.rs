@@ -167,9 +167,7 @@ impl CollectorArgs {
                 events: l.max_events_per_batch.unwrap_or(d.batch.events).max(1),
                 findings: l.max_findings_per_batch.unwrap_or(d.batch.findings).max(1),
                 labels: l.max_labels_per_finding.unwrap_or(d.batch.labels),
-                string_bytes: l
-                    .max_string_bytes
-                    .map_or(d.batch.string_bytes, clamp),
+                string_bytes: l.max_string_bytes.map_or(d.batch.string_bytes, clamp),
             },
             ..d
         };
@@ -221,7 +219,11 @@ impl CollectorArgs {
         let settings = self.load()?;
         if self.check_config {
             let file = self.config_path();
-            let absent = if file.exists() { "" } else { " (absent: defaults)" };
+            let absent = if file.exists() {
+                ""
+            } else {
+                " (absent: defaults)"
+            };
             if settings.tls.mode == Mode::Mtls {
                 let files = settings.tls.files(Role::Collector);
                 vigil_tls::Material::load(&files).map_err(|e| {

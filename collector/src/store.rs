@@ -550,14 +550,22 @@ impl Store {
         let mut last_id = String::new();
         let mut more = false;
         for row in rows {
-            let (agent_id, identity, last_seen, batches, last_sequence, duplicates, conflicts, transport) =
-                match row {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a hosts row does not read; skipped");
-                        continue;
-                    }
-                };
+            let (
+                agent_id,
+                identity,
+                last_seen,
+                batches,
+                last_sequence,
+                duplicates,
+                conflicts,
+                transport,
+            ) = match row {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a hosts row does not read; skipped");
+                    continue;
+                }
+            };
             if out.len() >= page_size || bytes > PAGE_BYTES {
                 more = true;
                 break;

@@ -76,7 +76,11 @@ fn debian_root() -> tempfile::TempDir {
         std::fs::rename(&partial, &tar).unwrap();
     }
     let root = tempfile::tempdir().expect("tempdir");
-    out(Command::new("tar").arg("-C").arg(root.path()).arg("-xf").arg(&tar));
+    out(Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .arg("-xf")
+        .arg(&tar));
     root
 }
 
@@ -109,7 +113,11 @@ fn newer_revision(debpkg: &Path, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(&control).unwrap();
     let old = format!("Version: {}-1", version());
     assert!(text.contains(&old), "{text}");
-    std::fs::write(&control, text.replace(&old, &format!("Version: {}-2", version()))).unwrap();
+    std::fs::write(
+        &control,
+        text.replace(&old, &format!("Version: {}-2", version())),
+    )
+    .unwrap();
     let name = debpkg
         .file_name()
         .unwrap()
@@ -117,7 +125,10 @@ fn newer_revision(debpkg: &Path, dir: &Path) -> PathBuf {
         .unwrap()
         .replace("-1_amd64", "-2_amd64");
     let built = dir.join(name);
-    out(Command::new("dpkg-deb").args(["--root-owner-group", "-b"]).arg(&tree).arg(&built));
+    out(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&built));
     built
 }
 
@@ -177,7 +188,11 @@ fn the_deb_installs_as_documented_keeps_an_edited_conffile_and_purge_leaves_noth
     };
     let root = debian_root();
     let r = root.path();
-    assert!(vigil_paths(r).is_empty(), "a fresh root: {:?}", vigil_paths(r));
+    assert!(
+        vigil_paths(r).is_empty(),
+        "a fresh root: {:?}",
+        vigil_paths(r)
+    );
 
     // Install (the README's command: dpkg -i); no prompt (stdin is closed).
     dpkg(r, &["-i"], &[&agent, &collector]);
@@ -188,7 +203,15 @@ fn the_deb_installs_as_documented_keeps_an_edited_conffile_and_purge_leaves_noth
         assert_eq!(v.trim(), format!("{daemon} {}", version()));
     }
     // The packaged agent config checks as it ships (the unit's ExecStartPre).
-    let check = chroot(r, &["vigil-agent", "--config", "/etc/vigil/agent.toml", "--check-config"]);
+    let check = chroot(
+        r,
+        &[
+            "vigil-agent",
+            "--config",
+            "/etc/vigil/agent.toml",
+            "--check-config",
+        ],
+    );
     assert!(check.contains("/etc/vigil/agent.toml: OK"), "{check}");
 
     // Files, owners and modes as the README's Install section lists them.
@@ -210,11 +233,18 @@ fn the_deb_installs_as_documented_keeps_an_edited_conffile_and_purge_leaves_noth
     ] {
         assert_eq!(mode_owner(&r.join(path)), (mode, 0, 0), "{path}");
     }
-    for (user, comment) in [("vigil", "Vigil host agent"), ("vigil-collector", "Vigil collector")] {
+    for (user, comment) in [
+        ("vigil", "Vigil host agent"),
+        ("vigil-collector", "Vigil collector"),
+    ] {
         let e = passwd_entry(r, user);
         let uid: u32 = e[2].parse().unwrap();
         assert!(uid < 1000, "{user} is a system user: {e:?}");
-        assert_eq!((e[4].as_str(), e[6].as_str()), (comment, "/usr/sbin/nologin"), "{e:?}");
+        assert_eq!(
+            (e[4].as_str(), e[6].as_str()),
+            (comment, "/usr/sbin/nologin"),
+            "{e:?}"
+        );
     }
     // Enabled (a symlink for multi-user.target), as Debian does for daemons.
     for unit in ["vigil-agent.service", "vigil-collector.service"] {
@@ -241,21 +271,38 @@ fn the_deb_installs_as_documented_keeps_an_edited_conffile_and_purge_leaves_noth
         exposure(r, "vigil-collector.service"),
     );
     println!("exposure: vigil-agent {agent_score}, vigil-collector {collector_score}");
-    assert!(agent_score <= 3.0, "vigil-agent.service exposure {agent_score}");
-    assert!(collector_score <= 2.0, "vigil-collector.service exposure {collector_score}");
+    assert!(
+        agent_score <= 3.0,
+        "vigil-agent.service exposure {agent_score}"
+    );
+    assert!(
+        collector_score <= 2.0,
+        "vigil-collector.service exposure {collector_score}"
+    );
 
     // An edited conffile survives the same version installed again and an upgrade.
     let config = r.join("etc/vigil/agent.toml");
-    let edited = format!("{}\n# edited by the admin\n", std::fs::read_to_string(&config).unwrap());
+    let edited = format!(
+        "{}\n# edited by the admin\n",
+        std::fs::read_to_string(&config).unwrap()
+    );
     std::fs::write(&config, &edited).unwrap();
     dpkg(r, &["-i"], &[&agent]);
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited, "after reinstall");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        edited,
+        "after reinstall"
+    );
     let work = tempfile::tempdir().unwrap();
     let newer = newer_revision(&agent, work.path());
     dpkg(r, &["-i"], &[&newer]);
     let status = chroot(r, &["dpkg-query", "-W", "-f=${Version}", "vigil-agent"]);
     assert_eq!(status, format!("{}-2", version()));
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited, "after upgrade");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        edited,
+        "after upgrade"
+    );
 
     // Remove keeps the data (what the agent and collector wrote there) and the config;
     // purge leaves nothing named vigil behind.
@@ -265,9 +312,18 @@ fn the_deb_installs_as_documented_keeps_an_edited_conffile_and_purge_leaves_noth
     }
     chroot(r, &["dpkg", "-r", "vigil-agent", "vigil-collector"]);
     assert!(!r.join("usr/bin/vigil-agent").exists());
-    assert!(r.join("var/lib/vigil/agent/spool/data").exists(), "remove keeps the spool");
-    assert!(r.join("var/lib/vigil/collector/data").exists(), "remove keeps the store");
-    assert!(r.join("etc/vigil/agent.toml").exists(), "remove keeps conffiles");
+    assert!(
+        r.join("var/lib/vigil/agent/spool/data").exists(),
+        "remove keeps the spool"
+    );
+    assert!(
+        r.join("var/lib/vigil/collector/data").exists(),
+        "remove keeps the store"
+    );
+    assert!(
+        r.join("etc/vigil/agent.toml").exists(),
+        "remove keeps conffiles"
+    );
     chroot(r, &["dpkg", "-P", "vigil-agent", "vigil-collector"]);
     assert_eq!(vigil_paths(r), Vec::<String>::new(), "left after purge");
     // The users stay (Debian's practice; files elsewhere may carry their ids).
@@ -287,8 +343,17 @@ fn lintian_reports_no_error_and_no_warning_on_the_debs() {
         .expect("lintian (cargo xtask setup installs it)");
     let text = String::from_utf8_lossy(&o.stdout);
     println!("{text}");
-    assert!(o.status.success(), "lintian: {text}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(!text.lines().any(|l| l.starts_with("E:") || l.starts_with("W:")), "{text}");
+    assert!(
+        o.status.success(),
+        "lintian: {text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -316,19 +381,39 @@ fn the_rpms_carry_their_files_scripts_config_and_dependencies_and_rpmlint_finds_
     ] {
         assert!(files.lines().any(|l| l == f), "{f} in {files}");
     }
-    assert_eq!(rpmq(&["-qpc"], &agent).trim(), "/etc/vigil/agent.toml\n/etc/vigil/rules.d/README");
-    assert_eq!(rpmq(&["-qpc"], &collector).trim(), "/etc/vigil/collector.toml");
+    assert_eq!(
+        rpmq(&["-qpc"], &agent).trim(),
+        "/etc/vigil/agent.toml\n/etc/vigil/rules.d/README"
+    );
+    assert_eq!(
+        rpmq(&["-qpc"], &collector).trim(),
+        "/etc/vigil/collector.toml"
+    );
     // Config files are %config(noreplace): an edited one is kept on upgrade.
-    let flags = rpmq(&["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"], &agent);
-    assert!(flags.lines().any(|l| l == "/etc/vigil/agent.toml cn"), "{flags}");
+    let flags = rpmq(
+        &["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"],
+        &agent,
+    );
+    assert!(
+        flags.lines().any(|l| l == "/etc/vigil/agent.toml cn"),
+        "{flags}"
+    );
     for p in [&agent, &collector] {
         let scripts = rpmq(&["-qp", "--scripts"], p);
-        for part in ["postinstall scriptlet", "preuninstall scriptlet", "systemd-sysusers", "systemctl"] {
+        for part in [
+            "postinstall scriptlet",
+            "preuninstall scriptlet",
+            "systemd-sysusers",
+            "systemctl",
+        ] {
             assert!(scripts.contains(part), "{part} in {scripts}");
         }
         let requires = rpmq(&["-qpR"], p);
         for dep in ["systemd", "shadow-utils", "libc.so.6()(64bit)"] {
-            assert!(requires.lines().any(|l| l.trim() == dep), "{dep} in {requires}");
+            assert!(
+                requires.lines().any(|l| l.trim() == dep),
+                "{dep} in {requires}"
+            );
         }
         let version_shown = rpmq(&["-qp", "--qf", "%{VERSION}"], p);
         assert_eq!(version_shown, version());
@@ -353,7 +438,10 @@ fn every_subcommand_has_a_man_page_and_a_readme_entry() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    out(Command::new("dpkg-deb").arg("-x").arg(&agent).arg(dir.path()));
+    out(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&agent)
+        .arg(dir.path()));
     let help = out(Command::new(dir.path().join("usr/bin/vigil")).arg("--help"));
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let commands: Vec<&str> = help
@@ -369,16 +457,25 @@ fn every_subcommand_has_a_man_page_and_a_readme_entry() {
         .collect();
     assert!(commands.len() >= 10, "{commands:?}");
     for c in &commands {
-        let page = dir.path().join(format!("usr/share/man/man1/vigil-{c}.1.gz"));
+        let page = dir
+            .path()
+            .join(format!("usr/share/man/man1/vigil-{c}.1.gz"));
         assert!(page.exists(), "no man page for vigil {c}");
-        assert!(readme.contains(&format!("`vigil {c}")), "the README names no `vigil {c}`");
+        assert!(
+            readme.contains(&format!("`vigil {c}")),
+            "the README names no `vigil {c}`"
+        );
     }
     // The man page carries the same options as --help (one source: clap).
-    let page = out(Command::new("zcat").arg(dir.path().join("usr/share/man/man8/vigil-agent.8.gz")));
+    let page =
+        out(Command::new("zcat").arg(dir.path().join("usr/share/man/man8/vigil-agent.8.gz")));
     let help = out(Command::new(dir.path().join("usr/bin/vigil-agent")).arg("--help"));
     for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
         let flag = flag.trim_end_matches(',');
         let roff = flag.replace('-', "\\-");
-        assert!(page.contains(&roff) || page.contains(flag), "{flag} missing from vigil-agent(8)");
+        assert!(
+            page.contains(&roff) || page.contains(flag),
+            "{flag} missing from vigil-agent(8)"
+        );
     }
 }

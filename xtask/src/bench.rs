@@ -534,9 +534,7 @@ fn ingest(
     if let Some(pki) = pki {
         cmd.arg("--tls-dir").arg(pki);
     }
-    let out = cmd
-        .output()
-        .context("running the load generator")?;
+    let out = cmd.output().context("running the load generator")?;
     if !out.status.success() {
         bail!(
             "load generator failed: {}",
@@ -588,7 +586,13 @@ fn collector(
         let plain = ingest(vigil, vigil, &dir, n, per_agent, None)?;
         if let Some(pki) = pki {
             let over_tls = ingest(vigil, vigil, &dir, n, per_agent, Some(pki))?;
-            tls_pairs.push((n, plain.batches_per_sec, plain.cpu_secs, over_tls.batches_per_sec, over_tls.cpu_secs));
+            tls_pairs.push((
+                n,
+                plain.batches_per_sec,
+                plain.cpu_secs,
+                over_tls.batches_per_sec,
+                over_tls.cpu_secs,
+            ));
             rows.push((
                 "this build, plaintext".to_string(),
                 n,

@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
 mod fuzz;
+mod image;
 mod package;
 mod setup;
 mod soak;
@@ -31,6 +32,9 @@ enum Task {
     },
     /// Unit tests, then the privileged tests against the running kernel.
     Test,
+    /// Container images of the release build (localhost/vigil-agent and
+    /// localhost/vigil-collector), built with podman from scratch.
+    Image,
     /// The release build as .deb and .rpm packages (vigil-agent, vigil-collector)
     /// under target/packages/.
     Package,
@@ -139,6 +143,11 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             setup::setup(setup::Mode::IfMissing)?;
             test()
+        }
+        Task::Image => {
+            setup::setup(setup::Mode::IfMissing)?;
+            build_release()?;
+            image::images()
         }
         Task::Package => {
             setup::setup(setup::Mode::IfMissing)?;
@@ -359,6 +368,7 @@ fn test() -> anyhow::Result<()> {
     // The packaging tests install what users get: the release build, packaged.
     let release = build_release()?;
     package::package(&release)?;
+    image::images()?;
     let vigil = workspace_root().join("target/debug/vigil");
     if !is_root() {
         if std::env::var_os("CI").is_some() {

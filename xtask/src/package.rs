@@ -26,7 +26,9 @@ pub fn package(vigil: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .current_dir(&root)
             .args(["deb", "--no-build", "-p", name, "--output"])
             .arg(&out))
-        .with_context(|| format!("cargo deb for {name} (is cargo-deb installed? `cargo xtask setup`)"))?;
+        .with_context(|| {
+            format!("cargo deb for {name} (is cargo-deb installed? `cargo xtask setup`)")
+        })?;
         run(Command::new("cargo")
             .current_dir(&root)
             .args(["generate-rpm", "-p", dir, "-o"])
@@ -39,7 +41,11 @@ pub fn package(vigil: &Path) -> anyhow::Result<Vec<PathBuf>> {
     made.sort();
     for p in &made {
         let size = std::fs::metadata(p).map_or(0, |m| m.len());
-        println!("{} ({:.1} MiB)", p.display(), size as f64 / (1 << 20) as f64);
+        println!(
+            "{} ({:.1} MiB)",
+            p.display(),
+            size as f64 / (1 << 20) as f64
+        );
     }
     Ok(made)
 }

@@ -377,7 +377,10 @@ mod tests {
             super::os_release_name(debian).as_deref(),
             Some("Debian GNU/Linux 12")
         );
-        assert_eq!(super::os_release_name("NAME=Arch\n").as_deref(), Some("Arch"));
+        assert_eq!(
+            super::os_release_name("NAME=Arch\n").as_deref(),
+            Some("Arch")
+        );
         assert_eq!(super::os_release_name("VERSION_ID=1\n"), None);
     }
 

@@ -133,7 +133,16 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "{:<24} {:<24} {:>10} {:>10} {:>6} {:>6} {:>9} {:>10} {:<9} {:>12}",
-        "HOST", "AGENT", "BATCHES", "LAST SEQ", "GAPS", "DUPS", "CONFLICTS", "DROPPED", "TRANSPORT", "LAST SEEN"
+        "HOST",
+        "AGENT",
+        "BATCHES",
+        "LAST SEQ",
+        "GAPS",
+        "DUPS",
+        "CONFLICTS",
+        "DROPPED",
+        "TRANSPORT",
+        "LAST SEEN"
     );
     for h in &hosts {
         let id = h.host.clone().unwrap_or_default();
