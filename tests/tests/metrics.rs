@@ -240,6 +240,7 @@ fn missing_files_leave_gaps_not_errors() {
         proc: proc.clone(),
         sys: dir.join("sys"),
         etc: dir.join("etc"),
+        host: None,
     };
     let s = Sampler::new(roots.clone(), 3)
         .sample()
