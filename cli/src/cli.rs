@@ -106,6 +106,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the agent is healthy: it answers on its socket (or `--agent`) and its
+    /// loop published an interval within the last three. Prints SERVING and exits 0,
+    /// or says what is wrong and exits 1 (a Kubernetes liveness/readiness probe).
+    Health {
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
+    },
     /// Run the collector: agents stream to it, it stores (SQLite) and serves the fleet.
     /// The package runs the same daemon as `vigil-collector`.
     Collector(vigil_collector::daemon::CollectorArgs),
@@ -341,6 +348,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             json,
         } => vigil_agent::query::local::events(&socket, since, follow, json).await,
+        Command::Health { socket } => match vigil_agent::query::api::health(&socket).await {
+            Ok(status) => {
+                println!("{status}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("vigil: unhealthy: {e:#}");
+                std::process::exit(1);
+            }
+        },
         Command::Rules(Rules::Check { dir }) => {
             match vigil_agent::detect::rules::load(Some(&dir)) {
                 Ok(rules) => {

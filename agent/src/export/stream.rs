@@ -226,7 +226,12 @@ pub async fn run(
             w = stop_wake(&mut stop) => match w { Wake::Deadline => return, Wake::Changed => continue },
         };
         let outcome = match connected {
-            Ok(channel) => session(channel, &shared, &stats, &mut stop, &mut attempt).await,
+            Ok(channel) => {
+                let outcome = session(channel, &shared, &stats, &mut stop, &mut attempt).await;
+                // Whatever was on the wire and is gone from the spool is decided now.
+                let _ = on_spool(&shared, &stats, |sp, _| sp.stream_ended()).await;
+                outcome
+            }
             Err(e) => Err(format!("collector unreachable: {e}")),
         };
         match outcome {
@@ -338,7 +343,14 @@ async fn session(
     let mut checkpointed = Instant::now();
     loop {
         while in_flight < IN_FLIGHT {
-            let next = on_spool(shared, stats, move |sp, _| sp.next_unacked(cursor)).await?;
+            let next = on_spool(shared, stats, move |sp, _| {
+                let next = sp.next_unacked(cursor);
+                if let Ok(Some(b)) = &next {
+                    sp.mark_sent(b.sequence);
+                }
+                next
+            })
+            .await?;
             match next {
                 Ok(Some(b)) => {
                     cursor = b.sequence;

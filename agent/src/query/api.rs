@@ -143,6 +143,45 @@ impl Agent for AgentApi {
     }
 }
 
+/// gRPC health checking (`grpc.health.v1`) for the socket: SERVING (for "" and
+/// `vigil.v1.Agent`) while the loop publishes an interval at least every three
+/// intervals, NOT_SERVING when it stalls (what `vigil health` and a Kubernetes
+/// liveness probe look at). Checked every second.
+async fn health_service(
+    state: StateReader,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    use tonic_health::ServingStatus;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<AgentServer<AgentApi>>().await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    tokio::spawn(async move {
+        let mut was = true;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let alive = state.read().loop_alive();
+            if alive != was {
+                was = alive;
+                let status = if alive {
+                    ServingStatus::Serving
+                } else {
+                    tracing::error!("the agent's loop has published no interval for three intervals: health is NOT_SERVING");
+                    ServingStatus::NotServing
+                };
+                reporter.set_service_status("", status).await;
+                reporter
+                    .set_service_status(
+                        <AgentServer<AgentApi> as tonic::server::NamedService>::NAME,
+                        status,
+                    )
+                    .await;
+            }
+        }
+    });
+    service
+}
+
 /// Serves the API on `path` (replacing a stale socket file) until the task is aborted.
 /// Each client's credentials (SO_PEERCRED) are checked at accept: root, the agent's
 /// own user, and members of `group` (primary or supplementary, from /proc/PID/status)
@@ -192,8 +231,10 @@ pub async fn serve_unix(
             }
         }
     });
+    let health = health_service(state.clone()).await;
     let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(AgentApi { state }))
+        .add_service(health)
         .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -331,8 +372,14 @@ impl AgentTarget {
 
 /// A client for the agent `target` names.
 pub async fn connect_to(target: &AgentTarget) -> anyhow::Result<ApiClient> {
+    let (channel, bearer) = dial(target).await?;
+    Ok(AgentClient::with_interceptor(channel, bearer))
+}
+
+/// A channel to the agent `target` names, with the credentials its calls carry.
+async fn dial(target: &AgentTarget) -> anyhow::Result<(Channel, Bearer)> {
     let Some(addr) = &target.agent else {
-        return connect(&target.socket).await;
+        return Ok((dial_socket(&target.socket).await?, Bearer(None)));
     };
     use vigil_tls::{client::Connector, material, Reloading, Role, TlsSection};
     let tls = TlsSection::default().with_flags(&target.tls);
@@ -356,11 +403,46 @@ pub async fn connect_to(target: &AgentTarget) -> anyhow::Result<ApiClient> {
         .connect_with_connector(connector)
         .await
         .with_context(|| format!("connecting to the agent's remote API at {addr}"))?;
-    Ok(AgentClient::with_interceptor(channel, bearer))
+    Ok((channel, bearer))
+}
+
+/// The agent's health as `vigil health` reports it: Ok("SERVING") or an error saying
+/// what is wrong (no agent on the socket, or the agent says it is not serving).
+pub async fn health(target: &AgentTarget) -> anyhow::Result<String> {
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    // The same channel and credentials as the Agent API's.
+    let (channel, bearer) = dial(target).await?;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::with_interceptor(channel, bearer);
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        health.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .context("the agent did not answer the health check within 5 s")?
+    .context("the agent's health check failed")?
+    .into_inner()
+    .status();
+    match status {
+        ServingStatus::Serving => Ok("SERVING".into()),
+        other => anyhow::bail!(
+            "the agent says {} (its loop has published no interval for three intervals; see its log)",
+            other.as_str_name()
+        ),
+    }
 }
 
 /// A client for the agent at `path`.
 pub async fn connect(path: &Path) -> anyhow::Result<ApiClient> {
+    Ok(AgentClient::with_interceptor(
+        dial_socket(path).await?,
+        Bearer(None),
+    ))
+}
+
+async fn dial_socket(path: &Path) -> anyhow::Result<Channel> {
     let path: PathBuf = path.to_path_buf();
     let shown = path.display().to_string();
     // The URI is required by tonic but unused: the connector dials the socket.
@@ -377,7 +459,7 @@ pub async fn connect(path: &Path) -> anyhow::Result<ApiClient> {
         .with_context(|| {
             format!("no agent answering on {shown} (is `vigil agent` running? see --socket)")
         })?;
-    Ok(AgentClient::with_interceptor(channel, Bearer(None)))
+    Ok(channel)
 }
 
 #[cfg(test)]

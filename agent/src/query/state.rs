@@ -34,6 +34,9 @@ struct AgentState {
     identity: pb::HostIdentity,
     latest: Option<pb::HostMetrics>,
     interval_secs: f64,
+    /// When the loop last published an interval (or started): the health check's
+    /// sign that the loop is alive.
+    published: std::time::Instant,
     /// Per-interval syscall latency, newest last.
     latency: VecDeque<Vec<(u32, CompactHistogram)>>,
     /// Older history, GROUP intervals per entry, newest last.
@@ -110,6 +113,7 @@ impl StateWrite<'_> {
     ) {
         self.0.identity = identity;
         self.0.latest = Some(metrics);
+        self.0.published = std::time::Instant::now();
         self.0.push_latency(latency);
     }
 
@@ -140,6 +144,15 @@ impl StateReader {
 }
 
 impl StateRead<'_> {
+    /// Whether the loop published an interval within three intervals (plus 10 s for
+    /// a slow sample): the health check's answer.
+    pub fn loop_alive(&self) -> bool {
+        let allowed =
+            std::time::Duration::from_secs_f64((self.0.interval_secs * 3.0).min(86_400.0))
+                + std::time::Duration::from_secs(10);
+        self.0.published.elapsed() <= allowed
+    }
+
     pub fn identity(&self) -> &pb::HostIdentity {
         &self.0.identity
     }
@@ -260,6 +273,7 @@ impl AgentState {
             identity,
             latest: None,
             interval_secs,
+            published: std::time::Instant::now(),
             latency: VecDeque::new(),
             older_latency: VecDeque::new(),
             retransmits: VecDeque::new(),

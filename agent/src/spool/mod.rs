@@ -116,6 +116,12 @@ pub struct Spool {
     /// Losses not yet reported in a batch (spool drops, and the losses that the
     /// dropped batches carried).
     unreported: pb::Losses,
+    /// The highest sequence the current stream has sent (0: none yet).
+    sent_upto: u64,
+    /// Batches the bound pushed out while they were on the wire (sent, not yet
+    /// acked), with the losses they carried: delivered if their ack still comes,
+    /// dropped (and counted then) if the stream ends first.
+    in_flight_dropped: std::collections::BTreeMap<u64, pb::Losses>,
 }
 
 fn parse_segment_name(name: &str) -> Option<(Epoch, u64)> {
@@ -395,6 +401,8 @@ impl Spool {
             state_written: u64::MAX,
             stats,
             unreported,
+            sent_upto: 0,
+            in_flight_dropped: Default::default(),
         };
         spool.write_state(true)?;
         spool.collect_acked()?;
@@ -421,6 +429,8 @@ impl Spool {
                 ..Default::default()
             },
             stats,
+            sent_upto: 0,
+            in_flight_dropped: Default::default(),
         };
         spool.write_state(true)?;
         Ok(spool)
@@ -562,33 +572,42 @@ impl Spool {
                 .collect();
             if !unacked.is_empty() {
                 // Their losses would otherwise never be reported: carry them over.
-                if let Ok(file) = File::open(&seg.path) {
-                    for r in &unacked {
+                let file = File::open(&seg.path).ok();
+                let carried: Vec<(u64, pb::Losses)> = unacked
+                    .iter()
+                    .map(|r| {
                         let mut buf = vec![0u8; r.len as usize];
-                        if file
-                            .read_exact_at(&mut buf, r.offset + HEADER as u64)
-                            .is_ok()
-                        {
-                            if let Some(l) = pb::Batch::decode(buf.as_slice())
-                                .ok()
-                                .and_then(|b| b.losses)
-                            {
-                                self.unreported.add(&l);
-                            }
-                        }
+                        let losses = file
+                            .as_ref()
+                            .and_then(|f| f.read_exact_at(&mut buf, r.offset + HEADER as u64).ok())
+                            .and_then(|()| pb::Batch::decode(buf.as_slice()).ok())
+                            .and_then(|b| b.losses)
+                            .unwrap_or_default();
+                        (r.sequence, losses)
+                    })
+                    .collect();
+                self.stats.unacked = self.stats.unacked.saturating_sub(unacked.len() as u64);
+                let mut n = 0u64;
+                for (sequence, losses) in carried {
+                    if sequence <= self.sent_upto {
+                        // On the wire: the collector may store it; decided by its ack
+                        // or by the stream's end.
+                        self.in_flight_dropped.insert(sequence, losses);
+                    } else {
+                        self.unreported.add(&losses);
+                        n += 1;
                     }
                 }
-                let n = unacked.len() as u64;
                 self.stats.dropped_batches += n;
-                self.stats.unacked = self.stats.unacked.saturating_sub(n);
                 self.unreported.spool_dropped_batches += n;
                 tracing::warn!(
                     dropped = n,
+                    on_the_wire = unacked.len() as u64 - n,
                     first = unacked[0].sequence,
                     bound = self.config.max_bytes,
                     "spool full: oldest unacked batches dropped and counted"
                 );
-                // Those sequences will never be acked: treat them as done.
+                // Those sequences will never be sent again: treat them as done.
                 for r in &unacked {
                     self.acked_above.insert(r.sequence);
                 }
@@ -608,7 +627,14 @@ impl Spool {
 
     /// Records the collector's ack of `sequence` (of this spool's epoch).
     pub fn ack(&mut self, epoch: Epoch, sequence: u64) -> Result<(), SpoolError> {
-        if epoch != self.epoch || self.is_acked(sequence) || sequence >= self.next_sequence {
+        if epoch != self.epoch {
+            return Ok(());
+        }
+        if self.in_flight_dropped.remove(&sequence).is_some() {
+            // Pushed out of the spool while on the wire, and it arrived: not lost.
+            return Ok(());
+        }
+        if self.is_acked(sequence) || sequence >= self.next_sequence {
             return Ok(());
         }
         self.acked_above.insert(sequence);
@@ -671,6 +697,33 @@ impl Spool {
             self.write_state(false)?;
         }
         Ok(())
+    }
+
+    /// Notes that the stream sent `sequence` (a batch the bound pushes out from now on
+    /// until its ack is on the wire, not yet lost).
+    pub fn mark_sent(&mut self, sequence: u64) {
+        self.sent_upto = self.sent_upto.max(sequence);
+    }
+
+    /// The stream ended: batches pushed out while on the wire whose ack never came
+    /// are lost now, and counted (one the collector stored just before the stream
+    /// broke is counted too: an over-count of at most the in-flight window).
+    pub fn stream_ended(&mut self) {
+        self.sent_upto = 0;
+        let lost = std::mem::take(&mut self.in_flight_dropped);
+        if lost.is_empty() {
+            return;
+        }
+        let n = lost.len() as u64;
+        for losses in lost.values() {
+            self.unreported.add(losses);
+        }
+        self.stats.dropped_batches += n;
+        self.unreported.spool_dropped_batches += n;
+        tracing::warn!(
+            dropped = n,
+            "stream ended before the collector acked batches the spool bound had pushed out: counted as dropped"
+        );
     }
 
     /// The oldest unacked batch with a sequence above `after` (0: from the start).
@@ -823,6 +876,55 @@ mod tests {
             "carried losses"
         );
         assert_eq!(s.take_losses(), pb::Losses::default(), "reported once");
+    }
+
+    #[test]
+    fn a_batch_pushed_out_while_on_the_wire_is_lost_only_if_its_ack_never_comes() {
+        // The race CI hit: the stream sent the oldest batches, the bound pushed them
+        // out of the spool before their acks came, and they were stored anyway.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(16384, 4096)).unwrap();
+        let e = s.epoch();
+        let mut sent = Vec::new();
+        for _ in 0..4 {
+            let mut b = batch(20);
+            b.losses = Some(pb::Losses {
+                slow_syscall_ringbuf_full: 1,
+                ..Default::default()
+            });
+            let q = s.append(&mut b).unwrap();
+            s.mark_sent(q);
+            sent.push(q);
+        }
+        for _ in 0..100 {
+            s.append(&mut batch(20)).unwrap();
+        }
+        let left = all_unacked(&s);
+        assert!(
+            sent.iter().all(|q| !left.contains(q)),
+            "the sent ones were pushed out: {left:?}"
+        );
+        let never_sent = s.stats().dropped_batches;
+        assert!(never_sent > 0);
+        assert_eq!(
+            left.len() as u64 + never_sent + sent.len() as u64,
+            104,
+            "every batch is kept, dropped, or on the wire"
+        );
+        // Two of the four arrive; the stream breaks before the others' acks.
+        s.ack(e, sent[0]).unwrap();
+        s.ack(e, sent[2]).unwrap();
+        assert_eq!(s.stats().dropped_batches, never_sent, "not lost yet");
+        s.stream_ended();
+        assert_eq!(s.stats().dropped_batches, never_sent + 2);
+        let l = s.take_losses();
+        assert_eq!(l.spool_dropped_batches, never_sent + 2);
+        assert_eq!(
+            l.slow_syscall_ringbuf_full, 2,
+            "only the lost batches' own losses are carried over (the delivered ones reported theirs)"
+        );
+        s.stream_ended();
+        assert_eq!(s.stats().dropped_batches, never_sent + 2, "counted once");
     }
 
     #[test]
