@@ -351,3 +351,46 @@ fn the_agent_reports_ready_reloading_and_stopping_the_systemd_way() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `vigil health` (the Kubernetes manifests' probes): SERVING from a running agent;
+/// from a stopped one (SIGSTOP: the socket accepts, nobody answers) and from none, a
+/// reason and exit code 1, never a hang.
+#[test]
+fn health_says_serving_for_a_running_agent_and_why_not_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, socket) = start_agent(dir.path());
+    let health = || {
+        Command::new(vigil_bin())
+            .args(["health", "--socket", &socket])
+            .output()
+            .unwrap()
+    };
+    let o = health();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "SERVING");
+
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let o = health();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unhealthy") && err.contains("did not answer"),
+        "{err}"
+    );
+    let o = health();
+    assert!(o.status.success(), "serving again after SIGCONT: {o:?}");
+
+    drop(agent);
+    let o = Command::new(vigil_bin())
+        .args(["health", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no agent answering"),
+        "{o:?}"
+    );
+}

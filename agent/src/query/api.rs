@@ -410,21 +410,24 @@ async fn dial(target: &AgentTarget) -> anyhow::Result<(Channel, Bearer)> {
 /// what is wrong (no agent on the socket, or the agent says it is not serving).
 pub async fn health(target: &AgentTarget) -> anyhow::Result<String> {
     use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
-    // The same channel and credentials as the Agent API's.
-    let (channel, bearer) = dial(target).await?;
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::with_interceptor(channel, bearer);
-    let status = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        health.check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .context("the agent did not answer the health check within 5 s")?
-    .context("the agent's health check failed")?
-    .into_inner()
-    .status();
+    let check = async {
+        // The same channel and credentials as the Agent API's.
+        let (channel, bearer) = dial(target).await?;
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::with_interceptor(channel, bearer);
+        let response = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .context("the agent's health check failed")?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), check)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the agent did not answer within 5 s (stopped, or its loop is stuck)")
+        })??;
     match status {
         ServingStatus::Serving => Ok("SERVING".into()),
         other => anyhow::bail!(

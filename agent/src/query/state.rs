@@ -104,6 +104,11 @@ impl StateWriter {
 }
 
 impl StateWrite<'_> {
+    /// A reloaded interval (windows and the health check count in intervals).
+    pub fn set_interval(&mut self, secs: f64) {
+        self.0.interval_secs = secs;
+    }
+
     /// The interval's sample and its syscall latency.
     pub fn publish_sample(
         &mut self,

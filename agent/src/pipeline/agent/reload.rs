@@ -62,6 +62,9 @@ impl Agent {
             );
             self.tick
                 .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            self.state
+                .write()
+                .set_interval(new.interval.0.as_secs_f64());
         }
         if new.spool != old.spool {
             self.spool_writer.reconfigure(new.spool.clone());
