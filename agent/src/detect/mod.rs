@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vigil_common::{DirKey, DIR_BASE, DIR_FILES};
+use vigil_common::{DirKey, DIR_BASE, DIR_FILES, FILE_LINK, FILE_READ};
 use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
@@ -148,12 +148,19 @@ pub struct Detector {
     windows: HashMap<(String, String), Window>,
     /// Watched directories and the ones above them: kernel key -> (path, `DIR_*` flags).
     dirs: HashMap<DirKey, (PathBuf, u8)>,
-    /// The files file_write rules name (exact paths and globs), and those found.
-    file_patterns: Vec<PathBuf>,
-    files: HashMap<DirKey, PathBuf>,
+    /// The files file_write rules name (exact paths and globs; `FILE_LINK`) and those
+    /// file_read rules name (`FILE_READ`), and those found, with their bits.
+    file_patterns: Vec<(PathBuf, u8)>,
+    files: HashMap<DirKey, (PathBuf, u8)>,
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     stats: DetectStats,
+}
+
+/// Whether a path literal of a rule names files (an exact path, or a glob without a
+/// trailing slash) rather than a directory's contents (a prefix ending in `/`).
+fn names_files(prefix_or_glob: bool, v: &str) -> bool {
+    !prefix_or_glob || v.contains('*') || v.contains('?') || !v.ends_with('/')
 }
 
 impl Detector {
@@ -366,8 +373,8 @@ impl Detector {
         let mut dirs = BTreeMap::new();
         self.file_patterns.clear();
         for (prefix, v) in lits {
-            if !prefix || v.contains('*') || v.contains('?') {
-                self.file_patterns.push(PathBuf::from(&v));
+            if names_files(prefix, &v) {
+                self.file_patterns.push((PathBuf::from(&v), FILE_LINK));
             }
             let dir = if prefix && v.ends_with('/') && !v.contains('*') {
                 PathBuf::from(v.trim_end_matches('/'))
@@ -384,6 +391,20 @@ impl Detector {
                 *dirs.entry(d).or_insert(0) |= DIR_FILES | DIR_BASE;
             }
         }
+        // Files read rules name: exact paths and globs (a prefix names no file).
+        let mut lits = Vec::new();
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.events.contains(&EventType::FileRead))
+        {
+            r.condition.literals(Field::Path, &mut lits);
+        }
+        for (prefix, v) in lits {
+            if names_files(prefix, &v) {
+                self.file_patterns.push((PathBuf::from(&v), FILE_READ));
+            }
+        }
         self.dirs.clear();
         for (d, flags) in dirs {
             if let Ok(m) = std::fs::metadata(&d) {
@@ -396,21 +417,26 @@ impl Detector {
         self.dirs.iter().map(|(k, (_, f))| (*k, *f)).collect()
     }
 
-    /// The files file_write rules name, as kernel keys (after `watched_dirs`): an open
-    /// for writing by another hard link is reported too. Looked up again after every
-    /// write or rename in a watched directory (replacing a file gives it a new inode).
-    pub fn watched_files(&mut self) -> Vec<DirKey> {
+    /// The files the rules name, as kernel keys with their bits (after `watched_dirs`):
+    /// file_write rules' files (`FILE_LINK`: an open for writing by another hard link is
+    /// reported too) and file_read rules' (`FILE_READ`: an open for reading is
+    /// reported). Looked up again after every write or rename in a watched directory
+    /// (replacing a file gives it a new inode) and at each rescan.
+    pub fn watched_files(&mut self) -> Vec<(DirKey, u8)> {
         self.files.clear();
-        for pattern in &self.file_patterns {
+        for (pattern, bit) in &self.file_patterns {
             for f in expand(pattern) {
                 if let Ok(m) = std::fs::metadata(&f) {
                     if m.is_file() {
-                        self.files.insert(dev_key(&m), f);
+                        self.files.entry(dev_key(&m)).or_insert((f, 0)).1 |= bit;
                     }
                 }
             }
         }
-        self.files.keys().copied().collect()
+        self.files
+            .iter()
+            .map(|(k, (_, bits))| (*k, *bits))
+            .collect()
     }
 
     /// The watched directories' paths (for rename prefixes), after `watched_dirs`.
@@ -538,7 +564,7 @@ impl Detector {
                 EventType::FileWrite
             }
             SecurityAction::LinkWrite { file, opened_as } => {
-                let Some(file) = self.files.get(file) else {
+                let Some((file, _)) = self.files.get(file) else {
                     return;
                 };
                 details.insert("path".into(), file.to_string_lossy().into_owned());
@@ -546,6 +572,15 @@ impl Detector {
                 details.insert("operation".into(), "open_for_write".into());
                 self.watch.files = true;
                 EventType::FileWrite
+            }
+            SecurityAction::FileRead { file, opened_as } => {
+                let Some((path, _)) = self.files.get(file) else {
+                    return;
+                };
+                details.insert("path".into(), path.to_string_lossy().into_owned());
+                details.insert("opened_as".into(), opened_as.clone());
+                details.insert("operation".into(), "open_for_read".into());
+                EventType::FileRead
             }
             SecurityAction::Rename { dir, name } => {
                 // Absolute rename paths come whole; the rest relative to a directory.

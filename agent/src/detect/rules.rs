@@ -32,18 +32,20 @@ pub enum EventType {
     SetGid,
     ModuleLoad,
     FileWrite,
+    FileRead,
     Connect,
     Listen,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
         Self::SetGid,
         Self::ModuleLoad,
         Self::FileWrite,
+        Self::FileRead,
         Self::Connect,
         Self::Listen,
     ];
@@ -56,6 +58,7 @@ impl EventType {
             Self::SetGid => "setgid",
             Self::ModuleLoad => "module_load",
             Self::FileWrite => "file_write",
+            Self::FileRead => "file_read",
             Self::Connect => "connect",
             Self::Listen => "listen",
         }

@@ -522,6 +522,13 @@ impl Agent {
         }
         let woke_with_events = self.events.iter().any(is_prompt);
         self.absorb();
+        // A watched file replaced, a process to watch: the kernel's filters now, not
+        // at the next drain (a read of the new inode right after would be missed).
+        if let (Some(d), Some(p)) = (self.detector.as_mut(), self.probes.as_mut()) {
+            if d.has_pending_work() {
+                apply_watches(d, p, false, &mut self.errors);
+            }
+        }
         if woke_with_events && !self.drain_armed {
             self.drain_armed = true;
             self.drain.reset();

@@ -122,6 +122,11 @@ pub enum SecurityAction {
         file: DirKey,
         opened_as: String,
     },
+    /// A file watched for reads opened for reading (by the name `opened_as`).
+    FileRead {
+        file: DirKey,
+        opened_as: String,
+    },
     /// A rename into a watched directory: relative to `dir`, or an absolute `name`.
     Rename {
         dir: Option<DirKey>,
@@ -309,6 +314,10 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                     f_mode: e.detail,
                 },
                 SecurityOp::LinkWrite => SecurityAction::LinkWrite {
+                    file: key,
+                    opened_as: c_string(&e.name),
+                },
+                SecurityOp::FileRead => SecurityAction::FileRead {
                     file: key,
                     opened_as: c_string(&e.name),
                 },
@@ -562,6 +571,13 @@ mod tests {
         assert_eq!(
             raw(SecurityOp::LinkWrite, 5, 0),
             SecurityAction::LinkWrite {
+                file: key,
+                opened_as: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::FileRead, 5, 0),
+            SecurityAction::FileRead {
                 file: key,
                 opened_as: "evil".into()
             }

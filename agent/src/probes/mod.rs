@@ -9,8 +9,9 @@ pub struct KernelFilters {
     /// Directories whose files' writes are reported (with their DIR_* bits), and the
     /// absolute rename prefixes.
     pub dirs: Option<(Vec<WatchedDir>, Vec<String>)>,
-    /// Files whose writes through another hard link are reported.
-    pub files: Option<Vec<vigil_common::DirKey>>,
+    /// Watched files with their FILE_* bits: writes through another hard link
+    /// (`FILE_LINK`), opens for reading (`FILE_READ`).
+    pub files: Option<Vec<WatchedFile>>,
     /// Connects to these ports, or by programs of these names, are reported.
     pub connects: Option<(Vec<u16>, Vec<[u8; 16]>)>,
     /// Processes whose connects are reported: added, removed.
@@ -30,6 +31,9 @@ impl KernelFilters {
 
 /// A watched directory and its DIR_* bits.
 pub type WatchedDir = (vigil_common::DirKey, u8);
+
+/// A watched file and its FILE_* bits.
+pub type WatchedFile = (vigil_common::DirKey, u8);
 
 /// What applying the filters did.
 #[derive(Debug, Default)]

@@ -203,9 +203,9 @@ pub fn set_dirs(ebpf: &mut Ebpf, dirs: &[(DirKey, u8)]) -> Result<(), ProbeError
     replace_entries(ebpf, WATCHED_DIRS, dirs)
 }
 
-/// Replaces the watched files.
-pub fn set_files(ebpf: &mut Ebpf, files: &[DirKey]) -> Result<(), ProbeError> {
-    replace_keys(ebpf, WATCHED_FILES, files)
+/// Replaces the watched files (with their `FILE_LINK` / `FILE_READ` bits).
+pub fn set_files(ebpf: &mut Ebpf, files: &[(DirKey, u8)]) -> Result<(), ProbeError> {
+    replace_entries(ebpf, WATCHED_FILES, files)
 }
 
 /// Replaces the watched ports.
