@@ -392,6 +392,15 @@ pub enum SecurityOp {
     /// reading: `target` = the file's inode, `dev` its device, `detail` = f_mode, `name` =
     /// the name it was opened by.
     FileRead = 10,
+    /// chmod, fchmod, fchmodat, fchmodat2 asking for a mode with the set-user-ID or
+    /// set-group-ID bit (other modes are not reported): `detail` = the mode, `name` =
+    /// the path as given, relative to `target` (the dirfd, sign-extended; `AT_FDCWD`
+    /// for the working directory) when `dev` is 0; when `dev` is 1 (fchmod), `target`
+    /// is the fd and `name` the file's own name.
+    SetMode = 11,
+    /// setxattr, lsetxattr, fsetxattr, setxattrat of `security.capability` (file
+    /// capabilities, as setcap sets them): `name`, `target` and `dev` as for `SetMode`.
+    SetCapability = 12,
 }
 
 impl SecurityOp {
@@ -407,6 +416,8 @@ impl SecurityOp {
             8 => Self::Listen,
             9 => Self::LinkWrite,
             10 => Self::FileRead,
+            11 => Self::SetMode,
+            12 => Self::SetCapability,
             _ => return None,
         })
     }
@@ -500,6 +511,14 @@ pub struct SecuritySyscalls {
     pub openat: u32,
     pub openat2: u32,
     pub creat: u32,
+    pub chmod: u32,
+    pub fchmod: u32,
+    pub fchmodat: u32,
+    pub fchmodat2: u32,
+    pub setxattr: u32,
+    pub lsetxattr: u32,
+    pub fsetxattr: u32,
+    pub setxattrat: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
 }
@@ -524,6 +543,14 @@ impl SecuritySyscalls {
         openat: u32::MAX,
         openat2: u32::MAX,
         creat: u32::MAX,
+        chmod: u32::MAX,
+        fchmod: u32::MAX,
+        fchmodat: u32::MAX,
+        fchmodat2: u32::MAX,
+        setxattr: u32::MAX,
+        lsetxattr: u32::MAX,
+        fsetxattr: u32::MAX,
+        setxattrat: u32::MAX,
         regs_args: [u32::MAX; 4],
     };
 }

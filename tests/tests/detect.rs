@@ -1502,3 +1502,75 @@ fn a_package_installed_and_purged_with_dpkg_raises_nothing() {
         |f| pid_of(f) == pid,
     );
 }
+
+#[test]
+fn set_id_bits_and_file_capabilities_set_on_a_program() {
+    root!("set_id_bits_and_file_capabilities_set_on_a_program");
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let base = home.join(".cache/vigil-tests");
+    fs::create_dir_all(&base).unwrap();
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let prog = work.path().join("prog");
+    fs::copy("/bin/true", &prog).unwrap();
+    let prog_path = prog.to_str().unwrap().to_string();
+    let agent = Agent::start(None);
+    // chmod u+s by absolute path (coreutils' fchmodat).
+    let since = now_ms();
+    let pid = sh(&format!("chmod u+s {prog_path}"));
+    let f = agent.expect("setuid-bit-set", "T1548.001", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.details["path"], prog_path);
+    assert_eq!(f.details["mode"], "4755");
+    assert_eq!(f.details["file_type"], "file");
+    // g+s through a relative path, from the program's directory.
+    let since = now_ms();
+    let child = Command::new("chmod")
+        .args(["g+s", "prog"])
+        .current_dir(work.path())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let f = agent.expect("setuid-bit-set", "T1548.001", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert!(f.details["mode"].starts_with('6'), "{f:?}");
+    assert!(f.details["path"].ends_with("prog"), "{f:?}");
+    // fchmod on an open file (python's os.fchmod).
+    let since = now_ms();
+    let pid = sh(&format!(
+        "python3 -c \"import os; fd = os.open('{prog_path}', os.O_RDONLY); os.fchmod(fd, 0o2755)\""
+    ));
+    agent.expect("setuid-bit-set", "T1548.001", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    // File capabilities with setcap.
+    let since = now_ms();
+    let pid = sh(&format!("setcap cap_net_raw+ep {prog_path}"));
+    let f = agent.expect("file-capability-set", "T1548", since, Instant::now(), |f| {
+        pid_of(f) == pid
+    });
+    assert_eq!(f.details["path"], prog_path);
+    // The nearest benign acts: an ordinary chmod, a set-group-ID directory (shared
+    // directories are made so), another extended attribute.
+    let dir = work.path().join("shared");
+    fs::create_dir(&dir).unwrap();
+    let since = now_ms();
+    let plain = sh(&format!("chmod 0755 {prog_path}"));
+    let shared = sh(&format!("chmod g+s {}", dir.display()));
+    let xattr = sh(&format!(
+        "python3 -c \"import os; os.setxattr('{prog_path}', 'user.vigil', b'1')\""
+    ));
+    agent.settle();
+    for pid in [plain, shared, xattr] {
+        assert!(
+            findings_of(&agent, "setuid-bit-set", since, pid).is_empty(),
+            "{pid}"
+        );
+        assert!(
+            findings_of(&agent, "file-capability-set", since, pid).is_empty(),
+            "{pid}"
+        );
+    }
+}

@@ -32,6 +32,10 @@ const PACKAGES: &[&str] = &[
     "podman",
     "buildah",
     "runc",
+    // The detection tests really do what attackers do: setcap (file capabilities),
+    // ssh-keygen (a private key to read).
+    "libcap2-bin",
+    "openssh-client",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -140,7 +140,118 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
         module_load(nr == s.finit_module, regs, &s);
     } else if is_setid(nr, &s) {
         setid_enter(nr, regs, &s);
+    } else if nr == s.chmod {
+        set_mode(
+            AT_FDCWD,
+            sys_arg(regs, &s, 0) as *const u8,
+            sys_arg(regs, &s, 1),
+        );
+    } else if nr == s.fchmodat || nr == s.fchmodat2 {
+        let dirfd = sys_arg(regs, &s, 0) as i32;
+        set_mode(
+            dirfd,
+            sys_arg(regs, &s, 1) as *const u8,
+            sys_arg(regs, &s, 2),
+        );
+    } else if nr == s.fchmod {
+        set_mode_fd(sys_arg(regs, &s, 0) as i32, sys_arg(regs, &s, 1));
+    } else if nr == s.setxattr || nr == s.lsetxattr {
+        let name = sys_arg(regs, &s, 1) as *const u8;
+        if is_capability_xattr(name) {
+            path_event(
+                SecurityOp::SetCapability,
+                AT_FDCWD,
+                sys_arg(regs, &s, 0) as *const u8,
+                0,
+            );
+        }
+    } else if nr == s.setxattrat {
+        // setxattrat(dfd, pathname, at_flags, name, args, size)
+        let name = sys_arg(regs, &s, 3) as *const u8;
+        if is_capability_xattr(name) {
+            let dirfd = sys_arg(regs, &s, 0) as i32;
+            path_event(
+                SecurityOp::SetCapability,
+                dirfd,
+                sys_arg(regs, &s, 1) as *const u8,
+                0,
+            );
+        }
+    } else if nr == s.fsetxattr {
+        let name = sys_arg(regs, &s, 1) as *const u8;
+        if is_capability_xattr(name) {
+            fd_event(SecurityOp::SetCapability, sys_arg(regs, &s, 0) as i32, 0);
+        }
     }
+}
+
+// ---- set-id bits and file capabilities ---------------------------------------------
+
+const S_ISUID_ISGID: u64 = 0o6000;
+
+/// chmod/fchmodat(2): reported only for a mode with the set-user-ID or set-group-ID bit.
+#[inline(never)]
+fn set_mode(dirfd: i32, path: *const u8, mode: u64) {
+    if mode & S_ISUID_ISGID == 0 {
+        return;
+    }
+    path_event(SecurityOp::SetMode, dirfd, path, mode);
+}
+
+#[inline(never)]
+fn set_mode_fd(fd: i32, mode: u64) {
+    if mode & S_ISUID_ISGID == 0 {
+        return;
+    }
+    fd_event(SecurityOp::SetMode, fd, mode);
+}
+
+/// Whether the user string at `name` is "security.capability".
+#[inline(never)]
+fn is_capability_xattr(name: *const u8) -> bool {
+    const WANT: &[u8; 20] = b"security.capability\0";
+    let mut got = [0u8; 20];
+    // SAFETY: the helper checks the user pointer.
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_str_bytes(name, &mut got) }.is_err() {
+        return false;
+    }
+    let mut i = 0;
+    while i < 20 {
+        if got[i] != WANT[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An event naming a path as the caller gave it, relative to `dirfd`.
+#[inline(always)]
+fn path_event(op: SecurityOp, dirfd: i32, path: *const u8, detail: u64) {
+    emit(op, |ev| unsafe {
+        (*ev).target = dirfd as i64 as u64;
+        (*ev).detail = detail;
+        let _ = aya_ebpf::helpers::bpf_probe_read_user_str_bytes(path, &mut (*ev).name);
+    });
+}
+
+/// An event naming the file open on `fd` (its own name; userspace finds the path).
+#[inline(always)]
+fn fd_event(op: SecurityOp, fd: i32, detail: u64) {
+    if !(0..1 << 20).contains(&fd) {
+        return;
+    }
+    let layout = setting(&TASK_LAYOUT);
+    let dentry = read_ptr(fd_file(&layout, fd as u32), layout.file_dentry);
+    let name = read_ptr(dentry, layout.dentry_name);
+    emit(op, |ev| unsafe {
+        (*ev).target = fd as i64 as u64;
+        (*ev).dev = 1;
+        (*ev).detail = detail;
+        if !name.is_null() {
+            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).name);
+        }
+    });
 }
 
 /// One of the setuid/setgid family (checked at enter and at exit).

@@ -25,7 +25,7 @@ use self::{
 };
 use crate::{
     probes::{
-        events::{IdKind, ProcessEvent, SecurityAction, SecurityEvent},
+        events::{FileArg, IdKind, ProcessEvent, SecurityAction, SecurityEvent},
         KernelFilters,
     },
     units::unix_ms,
@@ -91,6 +91,8 @@ impl Fields for Subject {
             Field::RemoteAddr => detail("remote_addr", pred),
             Field::OldUid => detail("old_uid", pred),
             Field::NewUid => detail("new_uid", pred),
+            Field::Mode => detail("mode", pred),
+            Field::FileType => detail("file_type", pred),
         }
     }
 }
@@ -155,6 +157,42 @@ pub struct Detector {
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     stats: DetectStats,
+}
+
+/// The path a chmod/setxattr named, made absolute while the process is still there
+/// (its working directory or dirfd from /proc, or the fd's path); as given otherwise.
+fn resolve(pid: u32, file: &FileArg) -> String {
+    let link = |what: String| std::fs::read_link(format!("/proc/{pid}/{what}")).ok();
+    match file {
+        FileArg::Path { path, .. } if path.starts_with('/') => path.clone(),
+        FileArg::Path { dirfd, path } => {
+            let base = match dirfd {
+                None => link("cwd".into()),
+                Some(fd) => link(format!("fd/{fd}")),
+            };
+            match base {
+                Some(b) => lexical_join(&b, path),
+                None => path.clone(),
+            }
+        }
+        FileArg::Fd { fd, name } => link(format!("fd/{fd}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.clone()),
+    }
+}
+
+/// "file", "directory", "other", or "unknown" (gone, or a relative path whose base
+/// could not be found).
+fn file_type(path: &str) -> &'static str {
+    if !path.starts_with('/') {
+        return "unknown";
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => "file",
+        Ok(m) if m.is_dir() => "directory",
+        Ok(_) => "other",
+        Err(_) => "unknown",
+    }
 }
 
 /// Whether a path literal of a rule names files (an exact path, or a glob without a
@@ -581,6 +619,19 @@ impl Detector {
                 details.insert("opened_as".into(), opened_as.clone());
                 details.insert("operation".into(), "open_for_read".into());
                 EventType::FileRead
+            }
+            SecurityAction::SetMode { file, mode } => {
+                let path = resolve(e.pid, file);
+                details.insert("file_type".into(), file_type(&path).into());
+                details.insert("path".into(), path);
+                details.insert("mode".into(), format!("{mode:04o}"));
+                EventType::Chmod
+            }
+            SecurityAction::SetCapability { file } => {
+                let path = resolve(e.pid, file);
+                details.insert("file_type".into(), file_type(&path).into());
+                details.insert("path".into(), path);
+                EventType::SetCap
             }
             SecurityAction::Rename { dir, name } => {
                 // Absolute rename paths come whole; the rest relative to a directory.

@@ -33,12 +33,14 @@ pub enum EventType {
     ModuleLoad,
     FileWrite,
     FileRead,
+    Chmod,
+    SetCap,
     Connect,
     Listen,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 11] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
@@ -46,6 +48,8 @@ impl EventType {
         Self::ModuleLoad,
         Self::FileWrite,
         Self::FileRead,
+        Self::Chmod,
+        Self::SetCap,
         Self::Connect,
         Self::Listen,
     ];
@@ -59,6 +63,8 @@ impl EventType {
             Self::ModuleLoad => "module_load",
             Self::FileWrite => "file_write",
             Self::FileRead => "file_read",
+            Self::Chmod => "chmod",
+            Self::SetCap => "setcap",
             Self::Connect => "connect",
             Self::Listen => "listen",
         }
@@ -125,7 +131,9 @@ fields! {
     ParentUid = "parent.uid": "the parent's real uid",
     AncestorExe = "ancestor.exe": "matches when any ancestor (parent and up) matches",
     AncestorName = "ancestor.name": "likewise, by short name",
-    Path = "path": "file_write: the file written or renamed into place",
+    Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed",
+    Mode = "mode": "chmod: the mode asked for, in octal (4755); only set-user-ID or set-group-ID modes are reported",
+    FileType = "file_type": "chmod, setcap: file, directory, other, or unknown (gone before it was looked at)",
     Port = "port": "connect: remote port; listen: local port",
     RemoteAddr = "remote_addr": "connect: remote address",
     TargetPid = "target.pid": "ptrace: the traced process",

@@ -93,6 +93,15 @@ pub enum IdKind {
 /// What the process did, decoded once from the kernel's record (whose `target`,
 /// `detail` and `dev` mean something different for each operation): nothing past the
 /// decoder reads the raw record.
+/// A file as a syscall named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileArg {
+    /// A path as given: absolute, or relative to `dirfd` (`None`: the working directory).
+    Path { dirfd: Option<i32>, path: String },
+    /// The file open on `fd`, whose own name is `name`.
+    Fd { fd: i32, name: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecurityAction {
     /// ptrace(2) attach/seize of another process.
@@ -127,6 +136,15 @@ pub enum SecurityAction {
         file: DirKey,
         opened_as: String,
     },
+    /// chmod and friends asking for a set-user-ID or set-group-ID mode.
+    SetMode {
+        file: FileArg,
+        mode: u32,
+    },
+    /// File capabilities set (the `security.capability` extended attribute).
+    SetCapability {
+        file: FileArg,
+    },
     /// A rename into a watched directory: relative to `dir`, or an absolute `name`.
     Rename {
         dir: Option<DirKey>,
@@ -149,6 +167,22 @@ pub enum Event {
     Process(ProcessEvent),
     Security(SecurityEvent),
 }
+
+/// The file a SetMode/SetCapability record names (see `SecurityOp::SetMode`).
+fn file_arg(e: &RawSecurityEvent) -> FileArg {
+    let fd = e.target as i64 as i32;
+    let name = c_string(&e.name);
+    if e.dev == 1 {
+        FileArg::Fd { fd, name }
+    } else {
+        FileArg::Path {
+            dirfd: (fd != AT_FDCWD && !name.starts_with('/')).then_some(fd),
+            path: name,
+        }
+    }
+}
+
+const AT_FDCWD: i32 = -100;
 
 fn c_string(bytes: &[u8]) -> String {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -321,6 +355,11 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                     file: key,
                     opened_as: c_string(&e.name),
                 },
+                SecurityOp::SetMode => SecurityAction::SetMode {
+                    file: file_arg(&e),
+                    mode: e.detail as u32,
+                },
+                SecurityOp::SetCapability => SecurityAction::SetCapability { file: file_arg(&e) },
                 SecurityOp::Rename => SecurityAction::Rename {
                     dir: (e.target != 0).then_some(key),
                     name: c_string(&e.name),
@@ -580,6 +619,25 @@ mod tests {
             SecurityAction::FileRead {
                 file: key,
                 opened_as: "evil".into()
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::SetMode, AT_FDCWD as i64 as u64, 0),
+            SecurityAction::SetMode {
+                file: FileArg::Path {
+                    dirfd: None,
+                    path: "evil".into()
+                },
+                mode: 0
+            }
+        );
+        assert_eq!(
+            raw(SecurityOp::SetCapability, 7, 0),
+            SecurityAction::SetCapability {
+                file: FileArg::Path {
+                    dirfd: Some(7),
+                    path: "evil".into()
+                }
             }
         );
         assert_eq!(

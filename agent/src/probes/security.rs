@@ -43,6 +43,14 @@ pub fn syscalls() -> SecuritySyscalls {
         openat: nr("openat"),
         openat2: nr("openat2"),
         creat: nr("creat"),
+        chmod: nr("chmod"),
+        fchmod: nr("fchmod"),
+        fchmodat: nr("fchmodat"),
+        fchmodat2: nr("fchmodat2"),
+        setxattr: nr("setxattr"),
+        lsetxattr: nr("lsetxattr"),
+        fsetxattr: nr("fsetxattr"),
+        setxattrat: nr("setxattrat"),
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
