@@ -1574,3 +1574,50 @@ fn set_id_bits_and_file_capabilities_set_on_a_program() {
         );
     }
 }
+
+/// A port scan from one shell is one finding with its count and a sample of the ports,
+/// not one finding per port.
+#[test]
+fn a_scan_from_one_process_is_one_finding_with_its_count_and_a_sample_of_targets() {
+    root!("a_scan_from_one_process_is_one_finding_with_its_count_and_a_sample_of_targets");
+    let agent = Agent::start(Some(
+        "rules:\n  - id: test-scan\n    description: bash connected out\n    severity: low\n    mitre: [T1046]\n    events: [connect]\n    condition:\n      process.name: bash\n    dedup: 2s\n",
+    ));
+    let since = now_ms();
+    // 200 ports on loopback in a namespace of its own: each connect is refused at once.
+    let out = in_own_netns(
+        "bash -c 'for p in $(seq 20001 20200); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null; done; true'",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let done = Instant::now();
+    let mut seen = Vec::new();
+    vigil_tests::daemons::wait_until(
+        "the scan's grouped finding",
+        Duration::from_secs(30),
+        || {
+            seen = agent
+                .findings(since)
+                .into_iter()
+                .filter(|f| f.rule == "test-scan")
+                .collect();
+            seen.iter().any(|f| f.count > 1)
+        },
+    );
+    eprintln!("grouped after {:?}", done.elapsed());
+    // The first connect at once, the rest folded into the window's total.
+    let firsts: Vec<_> = seen.iter().filter(|f| f.count == 1).collect();
+    assert_eq!(
+        firsts.len(),
+        1,
+        "one finding at the first connect: {seen:#?}"
+    );
+    let total = seen.iter().find(|f| f.count > 1).unwrap();
+    assert_eq!(total.count, 200, "{total:?}");
+    let targets: Vec<&str> = total.details["targets"].split(',').collect();
+    assert_eq!(targets.len(), 16, "{total:?}");
+    assert!(
+        targets.iter().all(|t| t.starts_with("127.0.0.1:20")),
+        "{targets:?}"
+    );
+    assert_eq!(total.details["targets_not_listed"], "184", "{total:?}");
+}

@@ -116,7 +116,15 @@ struct Window {
     count: u64,
     last_ms: i64,
     finding: pb::Finding,
+    /// Network findings are grouped by process, not by peer: the distinct peers seen
+    /// (at most `TARGETS_SAMPLED`), and how many repeats went to a peer not listed.
+    targets: BTreeSet<String>,
+    targets_not_listed: u64,
 }
+
+/// Peers a grouped network finding lists (a scan of 1,024 ports is one finding with
+/// its count, 16 of the ports, and how many repeats went elsewhere).
+const TARGETS_SAMPLED: usize = 16;
 
 /// What the detector has done since start.
 #[derive(Clone, Debug, Default)]
@@ -310,6 +318,14 @@ impl Detector {
                 if w.count > 1 {
                     let mut f = w.finding;
                     f.count = w.count;
+                    if !w.targets.is_empty() {
+                        let list: Vec<String> = w.targets.into_iter().collect();
+                        f.details.insert("targets".into(), list.join(","));
+                        f.details.insert(
+                            "targets_not_listed".into(),
+                            w.targets_not_listed.to_string(),
+                        );
+                    }
                     f.last_unix_ms = w.last_ms;
                     f.time_unix_ms = w.last_ms;
                     self.stats.findings += 1;
@@ -702,12 +718,24 @@ impl Detector {
                     self.stats.matches.insert(rule.id.clone(), 1);
                 }
             }
-            let key_detail = subject
-                .details
-                .get("path")
-                .or_else(|| subject.details.get("port"))
-                .cloned()
-                .unwrap_or_default();
+            // Files: one finding per rule, program and file. Network events: per rule
+            // and program, with the peers listed (a scan is one finding, not one per
+            // port).
+            let peer = subject.details.get("port").map(|port| {
+                match subject
+                    .details
+                    .get("remote_addr")
+                    .or_else(|| subject.details.get("local_addr"))
+                {
+                    Some(a) if a.contains(':') => format!("[{a}]:{port}"),
+                    Some(a) => format!("{a}:{port}"),
+                    None => port.clone(),
+                }
+            });
+            let key_detail = match &peer {
+                Some(_) => String::new(),
+                None => subject.details.get("path").cloned().unwrap_or_default(),
+            };
             let key = (
                 rule.id.clone(),
                 format!(
@@ -718,6 +746,15 @@ impl Detector {
             if let Some(w) = self.windows.get_mut(&key) {
                 w.count += 1;
                 w.last_ms = time_ms;
+                if let Some(p) = peer {
+                    if !w.targets.contains(&p) {
+                        if w.targets.len() < TARGETS_SAMPLED {
+                            w.targets.insert(p);
+                        } else {
+                            w.targets_not_listed += 1;
+                        }
+                    }
+                }
                 continue;
             }
             let mut details = subject.details.clone();
@@ -763,6 +800,8 @@ impl Detector {
                         count: 1,
                         last_ms: time_ms,
                         finding: finding.clone(),
+                        targets: peer.into_iter().collect(),
+                        targets_not_listed: 0,
                     },
                 );
             }
