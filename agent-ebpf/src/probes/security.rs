@@ -156,27 +156,15 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
     } else if nr == s.fchmod {
         set_mode_fd(sys_arg(regs, &s, 0) as i32, sys_arg(regs, &s, 1));
     } else if nr == s.setxattr || nr == s.lsetxattr {
-        let name = sys_arg(regs, &s, 1) as *const u8;
-        if is_capability_xattr(name) {
-            path_event(
-                SecurityOp::SetCapability,
-                AT_FDCWD,
-                sys_arg(regs, &s, 0) as *const u8,
-                0,
-            );
-        }
+        let path = sys_arg(regs, &s, 0) as *const u8;
+        set_capability(AT_FDCWD, path, sys_arg(regs, &s, 1) as *const u8);
     } else if nr == s.setxattrat {
         // setxattrat(dfd, pathname, at_flags, name, args, size)
-        let name = sys_arg(regs, &s, 3) as *const u8;
-        if is_capability_xattr(name) {
-            let dirfd = sys_arg(regs, &s, 0) as i32;
-            path_event(
-                SecurityOp::SetCapability,
-                dirfd,
-                sys_arg(regs, &s, 1) as *const u8,
-                0,
-            );
-        }
+        let (dirfd, path) = (
+            sys_arg(regs, &s, 0) as i32,
+            sys_arg(regs, &s, 1) as *const u8,
+        );
+        set_capability(dirfd, path, sys_arg(regs, &s, 3) as *const u8);
     } else if nr == s.fsetxattr {
         let name = sys_arg(regs, &s, 1) as *const u8;
         if is_capability_xattr(name) {
@@ -204,6 +192,14 @@ fn set_mode_fd(fd: i32, mode: u64) {
         return;
     }
     fd_event(SecurityOp::SetMode, fd, mode);
+}
+
+/// setxattr and friends on a path: reported for `security.capability` only.
+#[inline(always)]
+fn set_capability(dirfd: i32, path: *const u8, name: *const u8) {
+    if is_capability_xattr(name) {
+        path_event(SecurityOp::SetCapability, dirfd, path, 0);
+    }
 }
 
 /// Whether the user string at `name` is "security.capability".
