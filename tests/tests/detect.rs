@@ -1621,3 +1621,43 @@ fn a_scan_from_one_process_is_one_finding_with_its_count_and_a_sample_of_targets
     );
     assert_eq!(total.details["targets_not_listed"], "184", "{total:?}");
 }
+
+#[test]
+fn exec_from_a_directory_named_to_hide() {
+    root!("exec_from_a_directory_named_to_hide");
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let base = home.join(".cache/vigil-tests");
+    fs::create_dir_all(&base).unwrap();
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let agent = Agent::start(None);
+    for hidden in ["...", ". ", "   "] {
+        let dir = work.path().join(hidden);
+        fs::create_dir(&dir).unwrap();
+        let prog = dir.join("kworker");
+        copy_exec("/bin/true", &prog);
+        let since = now_ms();
+        let child = Command::new(&prog).spawn().unwrap();
+        let pid = child.id();
+        let _ = child.wait_with_output();
+        let f = agent.expect(
+            "exec-from-hidden-directory",
+            "T1564.001",
+            since,
+            Instant::now(),
+            |f| pid_of(f) == pid,
+        );
+        assert_eq!(f.process.unwrap().exe, prog.to_str().unwrap(), "{hidden:?}");
+    }
+    // The nearest benign act: a program in an ordinary dot-directory (~/.cache,
+    // ~/.local/bin, ~/.cargo/bin are full of them).
+    let dir = work.path().join(".local-bin");
+    fs::create_dir(&dir).unwrap();
+    let prog = dir.join("tool");
+    copy_exec("/bin/true", &prog);
+    let since = now_ms();
+    let child = Command::new(&prog).spawn().unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    agent.settle();
+    assert!(findings_of(&agent, "exec-from-hidden-directory", since, pid).is_empty());
+}
