@@ -521,6 +521,9 @@ pub struct SecuritySyscalls {
     pub setxattrat: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
+    /// Bit `nr` set for every number above (below 512): the probe tests one word and
+    /// returns for every other syscall without reading the rest of this struct.
+    pub watched: [u64; 8],
 }
 
 impl SecuritySyscalls {
@@ -552,7 +555,50 @@ impl SecuritySyscalls {
         fsetxattr: u32::MAX,
         setxattrat: u32::MAX,
         regs_args: [u32::MAX; 4],
+        watched: [0; 8],
     };
+
+    /// The numbers the probe compares (for `watched`).
+    pub fn numbers(&self) -> [u32; 25] {
+        [
+            self.init_module,
+            self.finit_module,
+            self.setuid,
+            self.setgid,
+            self.setreuid,
+            self.setregid,
+            self.setresuid,
+            self.setresgid,
+            self.ptrace,
+            self.connect,
+            self.rename,
+            self.renameat,
+            self.renameat2,
+            self.open,
+            self.openat,
+            self.openat2,
+            self.creat,
+            self.chmod,
+            self.fchmod,
+            self.fchmodat,
+            self.fchmodat2,
+            self.setxattr,
+            self.lsetxattr,
+            self.fsetxattr,
+            self.setxattrat,
+        ]
+    }
+
+    /// `self` with `watched` set from the numbers.
+    pub fn with_watched(mut self) -> Self {
+        self.watched = [0; 8];
+        for nr in self.numbers() {
+            if nr < 512 {
+                self.watched[(nr / 64) as usize] |= 1 << (nr % 64);
+            }
+        }
+        self
+    }
 }
 
 /// Byte offsets of kernel struct fields, from the kernel's BTF at load time (Rust eBPF

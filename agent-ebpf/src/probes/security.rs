@@ -122,11 +122,14 @@ fn sys_arg(regs: *const u8, s: &SecuritySyscalls, i: usize) -> u64 {
 /// Called by the syscall probe's sys_enter (tp_btf) for every syscall.
 #[inline(always)]
 pub fn on_sys_enter(nr: i64, regs: *const u8) {
+    let nr = nr as u32;
+    if !watched(nr) {
+        return;
+    }
     let s = setting(&SECURITY_SYSCALLS);
     if s.enabled == 0 {
         return;
     }
-    let nr = nr as u32;
     if nr == s.ptrace {
         ptrace(regs, &s);
     } else if nr == s.connect {
@@ -250,6 +253,23 @@ fn fd_event(op: SecurityOp, fd: i32, detail: u64) {
     });
 }
 
+/// Whether `nr` is one of the syscalls checked here: one word of the bitmap, read
+/// alone (every other syscall returns after it, without copying the settings).
+#[inline(always)]
+fn watched(nr: u32) -> bool {
+    if nr >= 512 {
+        return false;
+    }
+    // SAFETY: a valid static set by the loader; volatile so its value is used.
+    let words = unsafe { &*core::ptr::addr_of!(SECURITY_SYSCALLS.watched) };
+    let Some(word) = words.get((nr / 64) as usize) else {
+        return false;
+    };
+    // SAFETY: as above, one word.
+    let word = unsafe { core::ptr::read_volatile(word) };
+    word & (1u64 << (nr % 64)) != 0
+}
+
 /// One of the setuid/setgid family (checked at enter and at exit).
 #[inline(always)]
 fn is_setid(nr: u32, s: &SecuritySyscalls) -> bool {
@@ -264,6 +284,9 @@ fn is_setid(nr: u32, s: &SecuritySyscalls) -> bool {
 /// Called by the syscall probe's sys_exit with the number sys_enter saw.
 #[inline(always)]
 pub fn on_sys_exit(nr: u32, ret: i64) {
+    if !watched(nr) {
+        return;
+    }
     let s = setting(&SECURITY_SYSCALLS);
     if s.enabled == 0 {
         return;

@@ -54,7 +54,9 @@ pub fn syscalls() -> SecuritySyscalls {
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
+        watched: [0; 8],
     }
+    .with_watched()
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -269,9 +271,29 @@ mod tests {
             ("openat", s.openat),
             ("openat2", s.openat2),
             ("creat", s.creat),
+            ("chmod", s.chmod),
+            ("fchmod", s.fchmod),
+            ("fchmodat", s.fchmodat),
+            ("fchmodat2", s.fchmodat2),
+            ("setxattr", s.setxattr),
+            ("lsetxattr", s.lsetxattr),
+            ("fsetxattr", s.fsetxattr),
+            ("setxattrat", s.setxattrat),
         ] {
             assert_eq!(crate::syscall_table::syscall_name(nr), Some(name), "{name}");
+            // The probe's bitmap lets it through, and only the numbers compared.
+            assert!(
+                s.watched[(nr / 64) as usize] & (1 << (nr % 64)) != 0,
+                "{name}"
+            );
         }
+        let set: u32 = s.watched.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(set as usize, s.numbers().len(), "one bit per number");
+        let getppid = crate::syscall_table::syscall_number("getppid").unwrap();
+        assert_eq!(
+            s.watched[(getppid / 64) as usize] & (1 << (getppid % 64)),
+            0
+        );
         // The kernel's own numbers (unistd_64.h) for a few.
         assert_eq!(
             (s.setuid, s.ptrace, s.connect, s.openat),
