@@ -364,17 +364,20 @@ impl Detector {
         self.stats.watch_failed += n;
     }
 
+    /// The literal values (with whether each is a prefix or glob) that the rules for
+    /// `event` test `field` against: what the kernel filters are made of.
+    fn literals(&self, event: EventType, field: Field) -> Vec<(bool, String)> {
+        let mut lits = Vec::new();
+        for r in self.rules.iter().filter(|r| r.events.contains(&event)) {
+            r.condition.literals(field, &mut lits);
+        }
+        lits
+    }
+
     /// Program names (comm, at most 15 bytes) that connect rules ask about (kernel
     /// filter: decided at the connect itself).
     pub fn watched_comms(&self) -> Vec<[u8; 16]> {
-        let mut lits = Vec::new();
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| r.events.contains(&EventType::Connect))
-        {
-            r.condition.literals(Field::ProcessName, &mut lits);
-        }
+        let lits = self.literals(EventType::Connect, Field::ProcessName);
         let mut out: Vec<[u8; 16]> = lits
             .iter()
             .filter(|(prefix, _)| !prefix)
@@ -393,14 +396,7 @@ impl Detector {
 
     /// Ports that connect rules ask about (kernel filter).
     pub fn watched_ports(&self) -> Vec<u16> {
-        let mut lits = Vec::new();
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| r.events.contains(&EventType::Connect))
-        {
-            r.condition.literals(Field::Port, &mut lits);
-        }
+        let lits = self.literals(EventType::Connect, Field::Port);
         let mut ports: Vec<u16> = lits
             .iter()
             .filter(|(prefix, _)| !prefix)
@@ -416,14 +412,7 @@ impl Detector {
     /// have both): a relative rename based in one of them may land in a watched one.
     /// Directories that don't exist (yet) are skipped; call again to pick them up.
     pub fn watched_dirs(&mut self) -> Vec<(DirKey, u8)> {
-        let mut lits = Vec::new();
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| r.events.contains(&EventType::FileWrite))
-        {
-            r.condition.literals(Field::Path, &mut lits);
-        }
+        let lits = self.literals(EventType::FileWrite, Field::Path);
         let mut dirs = BTreeMap::new();
         self.file_patterns.clear();
         for (prefix, v) in lits {
@@ -446,14 +435,7 @@ impl Detector {
             }
         }
         // Files read rules name: exact paths and globs (a prefix names no file).
-        let mut lits = Vec::new();
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| r.events.contains(&EventType::FileRead))
-        {
-            r.condition.literals(Field::Path, &mut lits);
-        }
+        let lits = self.literals(EventType::FileRead, Field::Path);
         for (prefix, v) in lits {
             if names_files(prefix, &v) {
                 self.file_patterns.push((PathBuf::from(&v), FILE_READ));
