@@ -542,7 +542,7 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
     }
 }
 
@@ -1660,4 +1660,211 @@ fn exec_from_a_directory_named_to_hide() {
     let _ = child.wait_with_output();
     agent.settle();
     assert!(findings_of(&agent, "exec-from-hidden-directory", since, pid).is_empty());
+}
+
+/// Runs `sh -c "exec <command>"` and returns its pid and whether it succeeded.
+fn sh_ok(command: &str) -> (u32, bool) {
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ok = child.wait_with_output().unwrap().status.success();
+    (pid, ok)
+}
+
+/// Tampering and evasion with the tools attackers use: secure deletion, immutable bits
+/// removed, logging stopped or reconfigured, kernel hardening written at run time,
+/// credential searches, forged timestamps, a second root account and an account put in
+/// an administrators' group. Each next to its nearest benign act.
+#[test]
+fn tampering_evasion_and_account_tricks_with_the_real_tools() {
+    root!("tampering_evasion_and_account_tricks_with_the_real_tools");
+    let me = std::process::id();
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let base = home.join(".cache/vigil-tests");
+    fs::create_dir_all(&base).unwrap();
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let w = work.path().display().to_string();
+    // A journald drop-in directory must exist before the agent starts (see the README
+    // on directories made later).
+    let dropins = Path::new("/etc/systemd/journald.conf.d");
+    let made_dropins = !dropins.exists();
+    fs::create_dir_all(dropins).unwrap();
+    let _dropins = made_dropins.then(|| RemoveOnDrop(dropins.to_path_buf()));
+    let agent = Agent::start(None);
+    let expect = |rule: &str, mitre: &str, command: &str| -> Finding {
+        let since = now_ms();
+        let (pid, _) = sh_ok(command);
+        agent.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid)
+    };
+    let quiet = |rules: &[&str], command: &str| {
+        let since = now_ms();
+        let (pid, ok) = sh_ok(command);
+        assert!(ok, "{command} failed");
+        agent.settle();
+        for rule in rules {
+            assert!(
+                findings_of(&agent, rule, since, pid).is_empty(),
+                "{rule}: {command}"
+            );
+        }
+    };
+
+    // Secure deletion (T1070.004), next to a plain rm.
+    fs::write(format!("{w}/evidence"), "x").unwrap();
+    fs::write(format!("{w}/junk"), "x").unwrap();
+    expect(
+        "secure-file-deletion",
+        "T1070.004",
+        &format!("shred -u {w}/evidence"),
+    );
+    assert!(!Path::new(&format!("{w}/evidence")).exists());
+    quiet(&["secure-file-deletion"], &format!("rm {w}/junk"));
+
+    // Immutable bit removed (T1222.002), next to setting it and listing it.
+    fs::write(format!("{w}/locked"), "x").unwrap();
+    quiet(
+        &["immutable-attribute-removed"],
+        &format!("chattr +i {w}/locked"),
+    );
+    quiet(
+        &["immutable-attribute-removed"],
+        &format!("lsattr {w}/locked"),
+    );
+    expect(
+        "immutable-attribute-removed",
+        "T1222.002",
+        &format!("chattr -i {w}/locked"),
+    );
+    fs::remove_file(format!("{w}/locked")).expect("chattr -i really removed the bit");
+
+    // Logging stopped (T1562.001). systemd is not running here, so systemctl fails: the
+    // attempt is what is reported. The nearest benign act asks for its status.
+    expect(
+        "logging-stopped",
+        "T1562.001",
+        "systemctl stop systemd-journald",
+    );
+    let since = now_ms();
+    let (status, _) = sh_ok("systemctl status rsyslog");
+    agent.settle();
+    assert!(findings_of(&agent, "logging-stopped", since, status).is_empty());
+    // Its configuration changed: a journald drop-in (Storage=none would go here).
+    let dropin = format!("/etc/systemd/journald.conf.d/vigil-test-{me}.conf");
+    let _dropin = RemoveOnDrop(PathBuf::from(&dropin));
+    let since = now_ms();
+    let pid = touch_for_write(&dropin);
+    let f = agent.expect(
+        "logging-config-changed",
+        "T1562.001",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], dropin);
+
+    // Kernel hardening written at run time: ASLR's setting written back with its own
+    // value (the act without its effect), after the kernel dropped /proc's cached
+    // entries (procfs numbers them anew: the agent holds the directory open).
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let aslr = fs::read_to_string("/proc/sys/kernel/randomize_va_space").unwrap();
+    let f = expect(
+        "kernel-hardening-disabled",
+        "T1562.001",
+        &format!("sysctl -w kernel.randomize_va_space={}", aslr.trim()),
+    );
+    assert_eq!(f.details["path"], "/proc/sys/kernel/randomize_va_space");
+    // The same through a shell redirect.
+    let since = now_ms();
+    let (pid, ok) = sh_ok(&format!(
+        "sh -c 'echo {} > /proc/sys/kernel/randomize_va_space'",
+        aslr.trim()
+    ));
+    assert!(ok);
+    agent.expect(
+        "kernel-hardening-disabled",
+        "T1562.001",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    // Reading it, and writing a setting of no consequence to security, are quiet.
+    quiet(
+        &["kernel-hardening-disabled"],
+        "sysctl kernel.randomize_va_space",
+    );
+    let swappiness = fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    quiet(
+        &["kernel-hardening-disabled"],
+        &format!("sysctl -w vm.swappiness={}", swappiness.trim()),
+    );
+
+    // Credential searches (T1552.001, T1552.004), next to ordinary searches.
+    fs::write(format!("{w}/app.conf"), "password = hunter2\n").unwrap();
+    expect(
+        "credential-search",
+        "T1552.001",
+        &format!("grep -ri password {w}"),
+    );
+    expect(
+        "credential-search",
+        "T1552.004",
+        &format!("find {w} -name id_rsa"),
+    );
+    quiet(
+        &["credential-search"],
+        &format!("grep -c password {w}/app.conf"),
+    );
+    quiet(&["credential-search"], &format!("find {w} -name '*.c'"));
+
+    // Forged timestamps (T1070.006), next to a plain touch.
+    fs::write(format!("{w}/implant"), "x").unwrap();
+    expect(
+        "timestamp-forged",
+        "T1070.006",
+        &format!("touch -r /bin/ls {w}/implant"),
+    );
+    // (A second `touch -d` would fold into this finding: one per rule and program.)
+    quiet(&["timestamp-forged"], &format!("touch {w}/implant"));
+
+    // A second root (T1136.001) by the account tools themselves, and an account put in
+    // the sudo group (T1078.003); next to an ordinary account and group.
+    let root2 = format!("vgt0{}", me % 100_000);
+    let user = format!("vgtu{}", me % 100_000);
+    struct Accounts(Vec<String>);
+    impl Drop for Accounts {
+        fn drop(&mut self) {
+            for u in &self.0 {
+                let _ = Command::new("userdel").args(["-f", u]).output();
+            }
+        }
+    }
+    let _accounts = Accounts(vec![root2.clone(), user.clone()]);
+    let f = expect(
+        "privileged-account-created",
+        "T1136.001",
+        &format!("useradd -o -u 0 -M -N -s /usr/sbin/nologin {root2}"),
+    );
+    assert!(f.process.unwrap().cmdline.contains(&root2));
+    quiet(
+        &["privileged-account-created"],
+        &format!("useradd -M -N -s /usr/sbin/nologin {user}"),
+    );
+    quiet(
+        &["privileged-account-created"],
+        &format!("usermod -aG users {user}"),
+    );
+    expect(
+        "privileged-account-created",
+        "T1078.003",
+        &format!("usermod -aG sudo {user}"),
+    );
+    let groups = run(Command::new("id").args(["-nG", &user]));
+    assert!(
+        String::from_utf8_lossy(&groups.stdout).contains("sudo"),
+        "{groups:?}"
+    );
 }

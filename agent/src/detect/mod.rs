@@ -162,6 +162,10 @@ pub struct Detector {
     /// file_read rules name (`FILE_READ`), and those found, with their bits.
     file_patterns: Vec<(PathBuf, u8)>,
     files: HashMap<DirKey, (PathBuf, u8)>,
+    /// Watched directories in /proc, held open: procfs numbers a directory's inode
+    /// anew each time its dentry is rebuilt (after the kernel drops it under memory
+    /// pressure), so the kernel's key would go stale; an open directory keeps it.
+    pinned: Vec<std::fs::File>,
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     stats: DetectStats,
@@ -223,6 +227,7 @@ impl Detector {
             windows: HashMap::new(),
             dirs: HashMap::new(),
             file_patterns: Vec::new(),
+            pinned: Vec::new(),
             files: HashMap::new(),
             watched_pids: BTreeSet::new(),
             watch: WatchChanges::default(),
@@ -442,7 +447,16 @@ impl Detector {
             }
         }
         self.dirs.clear();
+        // The new set is opened before the old is let go (no moment unpinned).
+        let mut pinned = Vec::new();
         for (d, flags) in dirs {
+            if d.starts_with("/proc") && flags & DIR_FILES != 0 {
+                // Opened before its key is read, so the key stays the one the kernel sees.
+                match std::fs::File::open(&d) {
+                    Ok(f) => pinned.push(f),
+                    Err(_) => continue,
+                }
+            }
             if let Ok(m) = std::fs::metadata(&d) {
                 if m.is_dir() {
                     let e = self.dirs.entry(dev_key(&m)).or_insert((d, 0));
@@ -450,6 +464,7 @@ impl Detector {
                 }
             }
         }
+        self.pinned = pinned;
         self.dirs.iter().map(|(k, (_, f))| (*k, *f)).collect()
     }
 
