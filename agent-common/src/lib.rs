@@ -401,6 +401,14 @@ pub enum SecurityOp {
     /// setxattr, lsetxattr, fsetxattr, setxattrat of `security.capability` (file
     /// capabilities, as setcap sets them): `name`, `target` and `dev` as for `SetMode`.
     SetCapability = 12,
+    /// Another process's memory opened or copied: `process_vm_readv` (`dev` 0, `detail`
+    /// 0) or `process_vm_writev` (`dev` 0, `detail` 1) with `target` = the pid; or a
+    /// procfs `mem` file opened (`dev` 1, `detail` = f_mode, `name` = the name of the
+    /// directory it is in: the pid, or the thread id under `task/`).
+    MemoryAccess = 13,
+    /// mount(2) or move_mount(2) onto a path under /proc (`name`, absolute as given):
+    /// `detail` = the flags, `dev` 0 for mount, 1 for move_mount.
+    Mount = 14,
 }
 
 impl SecurityOp {
@@ -418,6 +426,8 @@ impl SecurityOp {
             10 => Self::FileRead,
             11 => Self::SetMode,
             12 => Self::SetCapability,
+            13 => Self::MemoryAccess,
+            14 => Self::Mount,
             _ => return None,
         })
     }
@@ -519,6 +529,10 @@ pub struct SecuritySyscalls {
     pub lsetxattr: u32,
     pub fsetxattr: u32,
     pub setxattrat: u32,
+    pub process_vm_readv: u32,
+    pub process_vm_writev: u32,
+    pub mount: u32,
+    pub move_mount: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
     /// Bit `nr` set for every number above (below 512): the probe tests one word and
@@ -554,12 +568,16 @@ impl SecuritySyscalls {
         lsetxattr: u32::MAX,
         fsetxattr: u32::MAX,
         setxattrat: u32::MAX,
+        process_vm_readv: u32::MAX,
+        process_vm_writev: u32::MAX,
+        mount: u32::MAX,
+        move_mount: u32::MAX,
         regs_args: [u32::MAX; 4],
         watched: [0; 8],
     };
 
     /// The numbers the probe compares (for `watched`).
-    pub fn numbers(&self) -> [u32; 25] {
+    pub fn numbers(&self) -> [u32; 29] {
         [
             self.init_module,
             self.finit_module,
@@ -586,6 +604,10 @@ impl SecuritySyscalls {
             self.lsetxattr,
             self.fsetxattr,
             self.setxattrat,
+            self.process_vm_readv,
+            self.process_vm_writev,
+            self.mount,
+            self.move_mount,
         ]
     }
 
@@ -639,6 +661,8 @@ pub struct TaskLayout {
     pub inode_nlink: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `super_block.s_magic` (procfs files are recognised by it)
+    pub sb_magic: u32,
     /// `dentry.d_parent`, `dentry.d_inode`, `dentry.d_name` + `qstr.name`
     pub dentry_parent: u32,
     pub dentry_inode: u32,
@@ -673,6 +697,7 @@ impl TaskLayout {
         inode_nlink: Self::ABSENT,
         inode_sb: Self::ABSENT,
         sb_dev: Self::ABSENT,
+        sb_magic: Self::ABSENT,
         dentry_parent: Self::ABSENT,
         dentry_inode: Self::ABSENT,
         dentry_name: Self::ABSENT,

@@ -1868,3 +1868,152 @@ fn tampering_evasion_and_account_tricks_with_the_real_tools() {
         "{groups:?}"
     );
 }
+
+/// Another process's memory read through /proc/PID/mem and process_vm_readv, written
+/// through /proc/PID/mem, and a process hidden by a bind mount over its /proc
+/// directory; next to a process reading its own memory, `ps`-style reads of another's
+/// /proc files, and an ordinary mount.
+#[test]
+fn memory_of_another_process_and_a_process_hidden_by_a_mount() {
+    root!("memory_of_another_process_and_a_process_hidden_by_a_mount");
+    let mut victim = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let vpid = victim.0.id();
+    let agent = Agent::start(None);
+    let python = |script: &str| -> (u32, bool) {
+        let child = Command::new("python3")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let ok = child.wait_with_output().unwrap().status.success();
+        (pid, ok)
+    };
+    // The first readable mapping of the victim, read through its mem file.
+    let since = now_ms();
+    let (pid, ok) = python(&format!(
+        "m = open('/proc/{vpid}/maps').readline().split()[0].split('-')[0]\n\
+         f = open('/proc/{vpid}/mem', 'rb'); f.seek(int(m, 16)); assert len(f.read(16)) == 16"
+    ));
+    assert!(ok);
+    let f = agent.expect(
+        "process-memory-read",
+        "T1003.007",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["target_pid"], vpid.to_string(), "{f:?}");
+    assert_eq!(f.details["method"], "proc_mem");
+    assert_eq!(f.details["target_exe"], "/usr/bin/sleep");
+    // The same through process_vm_readv (ctypes), by another program name.
+    let reader = tempfile::tempdir().unwrap();
+    let py2 = reader.path().join("scraper");
+    fs::copy(fs::canonicalize("/usr/bin/python3").unwrap(), &py2).unwrap();
+    let since = now_ms();
+    let child = Command::new(&py2)
+        .args([
+            "-c",
+            &format!(
+                "import ctypes\n\
+                 m = open('/proc/{vpid}/maps').readline().split()[0].split('-')[0]\n\
+                 class IOV(ctypes.Structure): _fields_ = [('b', ctypes.c_void_p), ('n', ctypes.c_size_t)]\n\
+                 buf = ctypes.create_string_buffer(16)\n\
+                 l = IOV(ctypes.cast(buf, ctypes.c_void_p), 16); r = IOV(int(m, 16), 16)\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 n = libc.process_vm_readv({vpid}, ctypes.byref(l), 1, ctypes.byref(r), 1, 0)\n\
+                 assert n == 16, ctypes.get_errno()"
+            ),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let f = agent.expect(
+        "process-memory-read",
+        "T1003.007",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["method"], "process_vm", "{f:?}");
+    // Opened for writing: injection.
+    let since = now_ms();
+    let (pid, ok) = python(&format!("open('/proc/{vpid}/mem', 'r+b').close()"));
+    assert!(ok);
+    agent.expect(
+        "process-memory-write",
+        "T1055.009",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    // The nearest benign acts: its own memory, and another's status and maps.
+    let since = now_ms();
+    let (own, ok) = python(
+        "m = open('/proc/self/maps').readline().split()[0].split('-')[0]\n\
+         f = open('/proc/self/mem', 'rb'); f.seek(int(m, 16)); f.read(16)",
+    );
+    assert!(ok);
+    let (ps, ok) = sh_ok(&format!(
+        "cat /proc/{vpid}/status /proc/{vpid}/maps /proc/meminfo"
+    ));
+    assert!(ok);
+    agent.settle();
+    for rule in ["process-memory-read", "process-memory-write"] {
+        assert!(findings_of(&agent, rule, since, own).is_empty(), "{rule}");
+        assert!(findings_of(&agent, rule, since, ps).is_empty(), "{rule}");
+    }
+
+    // A bind mount over the victim's /proc directory, in a mount namespace of its own
+    // (the same syscall; the host's /proc is left alone).
+    let empty = tempfile::tempdir().unwrap();
+    let since = now_ms();
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "mount",
+            "--bind",
+            empty.path().to_str().unwrap(),
+            &format!("/proc/{vpid}"),
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let f = agent.expect(
+        "process-hidden-by-mount",
+        "T1564.013",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["path"], format!("/proc/{vpid}"));
+    // An ordinary mount elsewhere, and one of /proc itself in a new pid namespace
+    // (what unshare --mount-proc and container runtimes do), are quiet.
+    let since = now_ms();
+    let (tmpfs, ok) = sh_ok(&format!(
+        "unshare -m --propagation private mount -t tmpfs none {}",
+        empty.path().display()
+    ));
+    assert!(ok);
+    let (procfs, ok) = sh_ok("unshare -m -p -f --mount-proc true");
+    assert!(ok);
+    agent.settle();
+    let raised: Vec<_> = agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| f.rule == "process-hidden-by-mount")
+        .collect();
+    assert!(raised.is_empty(), "{tmpfs} {procfs}: {raised:#?}");
+    let _ = victim.0.kill();
+}

@@ -126,6 +126,13 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
     if !watched(nr) {
         return;
     }
+    enter_watched(nr, regs);
+}
+
+/// A watched syscall entered: which one, and its check (a frame of its own: the
+/// settings it copies would not fit the probe's stack).
+#[inline(never)]
+fn enter_watched(nr: u32, regs: *const u8) {
     let s = setting(&SECURITY_SYSCALLS);
     if s.enabled == 0 {
         return;
@@ -168,12 +175,59 @@ pub fn on_sys_enter(nr: i64, regs: *const u8) {
             sys_arg(regs, &s, 1) as *const u8,
         );
         set_capability(dirfd, path, sys_arg(regs, &s, 3) as *const u8);
+    } else if nr == s.process_vm_readv || nr == s.process_vm_writev {
+        memory_copy(sys_arg(regs, &s, 0), nr == s.process_vm_writev);
+    } else if nr == s.mount {
+        mount_onto(sys_arg(regs, &s, 1) as *const u8, sys_arg(regs, &s, 3), 0);
+    } else if nr == s.move_mount {
+        // move_mount(from_dfd, from_path, to_dfd, to_path, flags)
+        mount_onto(sys_arg(regs, &s, 3) as *const u8, 0, 1);
     } else if nr == s.fsetxattr {
-        let name = sys_arg(regs, &s, 1) as *const u8;
-        if is_capability_xattr(name) {
-            fd_event(SecurityOp::SetCapability, sys_arg(regs, &s, 0) as i32, 0);
-        }
+        set_capability_fd(
+            sys_arg(regs, &s, 0) as i32,
+            sys_arg(regs, &s, 1) as *const u8,
+        );
     }
+}
+
+/// process_vm_readv/writev of another process (its own memory is of no interest).
+#[inline(never)]
+fn memory_copy(pid: u64, write: bool) {
+    if pid == bpf_get_current_pid_tgid() >> 32 {
+        return;
+    }
+    emit(SecurityOp::MemoryAccess, |ev| unsafe {
+        (*ev).target = pid;
+        (*ev).detail = write as u64;
+    });
+}
+
+// ---- mounts over /proc -------------------------------------------------------------
+
+/// mount/move_mount: reported when the target is /proc or under it (a bind mount over
+/// /proc/PID hides a process from every tool that reads /proc).
+#[inline(never)]
+fn mount_onto(target: *const u8, flags: u64, kind: u64) {
+    let Some(buf) = RENAME_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; the helper checks the user pointer.
+    let buf = unsafe { &mut *buf };
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_str_bytes(target, buf) }.is_err() {
+        return;
+    }
+    if buf[0] != b'/' || buf[1] != b'p' || buf[2] != b'r' || buf[3] != b'o' || buf[4] != b'c' {
+        return;
+    }
+    if buf[5] != b'/' && buf[5] != 0 {
+        return;
+    }
+    let path = *buf;
+    emit(SecurityOp::Mount, |ev| unsafe {
+        (*ev).name = path;
+        (*ev).detail = flags;
+        (*ev).dev = kind;
+    });
 }
 
 // ---- set-id bits and file capabilities ---------------------------------------------
@@ -198,10 +252,18 @@ fn set_mode_fd(fd: i32, mode: u64) {
 }
 
 /// setxattr and friends on a path: reported for `security.capability` only.
-#[inline(always)]
+#[inline(never)]
 fn set_capability(dirfd: i32, path: *const u8, name: *const u8) {
     if is_capability_xattr(name) {
         path_event(SecurityOp::SetCapability, dirfd, path, 0);
+    }
+}
+
+/// fsetxattr: reported for `security.capability` only.
+#[inline(never)]
+fn set_capability_fd(fd: i32, name: *const u8) {
+    if is_capability_xattr(name) {
+        fd_event(SecurityOp::SetCapability, fd, 0);
     }
 }
 
@@ -472,6 +534,7 @@ fn opened(fd: i64) {
     let layout = setting(&TASK_LAYOUT);
     let file = fd_file(&layout, fd as u32);
     let mode: u32 = read_at(file, layout.file_mode);
+    proc_mem_opened(file, mode, &layout);
     if mode & FMODE_WRITE == 0 {
         let inode = read_ptr(file, layout.file_inode);
         let key = dir_key(&layout, inode);
@@ -500,6 +563,40 @@ fn opened(fd: i64) {
             file_event(SecurityOp::LinkWrite, key, dentry, mode, &layout);
         }
     }
+}
+
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+
+/// A procfs `mem` file (another process's memory) opened: reported with the name of
+/// its directory (the pid or thread id). Other files pay one read of their
+/// superblock's magic; other procfs files one read of their name.
+#[inline(never)]
+fn proc_mem_opened(file: *const u8, mode: u32, layout: &TaskLayout) {
+    let inode = read_ptr(file, layout.file_inode);
+    let sb = read_ptr(inode, layout.inode_sb);
+    if read_at::<u64>(sb, layout.sb_magic) != PROC_SUPER_MAGIC {
+        return;
+    }
+    let dentry = read_ptr(file, layout.file_dentry);
+    let name = read_ptr(dentry, layout.dentry_name);
+    // Longer than the name wanted, so a longer name ("meminfo") is not cut to it.
+    let mut got = [0u8; 8];
+    // SAFETY: kernel memory through the helper, which checks it.
+    if name.is_null() || unsafe { bpf_probe_read_kernel_str_bytes(name, &mut got) }.is_err() {
+        return;
+    }
+    if got[0] != b'm' || got[1] != b'e' || got[2] != b'm' || got[3] != 0 {
+        return;
+    }
+    let parent = read_ptr(dentry, layout.dentry_parent);
+    let pname = read_ptr(parent, layout.dentry_name);
+    emit(SecurityOp::MemoryAccess, |ev| unsafe {
+        (*ev).dev = 1;
+        (*ev).detail = mode as u64;
+        if !pname.is_null() {
+            let _ = bpf_probe_read_kernel_str_bytes(pname, &mut (*ev).name);
+        }
+    });
 }
 
 /// Where a rename's new path is compared (per CPU: too big for the BPF stack).

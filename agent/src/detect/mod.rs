@@ -25,7 +25,7 @@ use self::{
 };
 use crate::{
     probes::{
-        events::{FileArg, IdKind, ProcessEvent, SecurityAction, SecurityEvent},
+        events::{FileArg, IdKind, MemoryVia, ProcessEvent, SecurityAction, SecurityEvent},
         KernelFilters,
     },
     units::unix_ms,
@@ -93,6 +93,8 @@ impl Fields for Subject {
             Field::NewUid => detail("new_uid", pred),
             Field::Mode => detail("mode", pred),
             Field::FileType => detail("file_type", pred),
+            Field::Access => detail("access", pred),
+            Field::Method => detail("method", pred),
         }
     }
 }
@@ -169,6 +171,19 @@ pub struct Detector {
     watched_pids: BTreeSet<u32>,
     watch: WatchChanges,
     stats: DetectStats,
+}
+
+/// The process (thread group) a thread id belongs to: /proc/TID/status's Tgid, or
+/// the id itself when it cannot be read (gone, or already a process id).
+fn tgid_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 /// The path a chmod/setxattr named, made absolute while the process is still there
@@ -645,6 +660,48 @@ impl Detector {
                 details.insert("file_type".into(), file_type(&path).into());
                 details.insert("path".into(), path);
                 EventType::SetCap
+            }
+            SecurityAction::MemoryAccess {
+                target: t,
+                via,
+                write,
+            } => {
+                // A thread id names its process's memory too; its own memory is of no
+                // interest (debug builds and JITs read /proc/self/mem).
+                let Ok(tid) = t.parse::<u32>() else {
+                    return;
+                };
+                let pid = tgid_of(tid);
+                if pid == e.pid {
+                    return;
+                }
+                details.insert("target_pid".into(), pid.to_string());
+                details.insert(
+                    "access".into(),
+                    if *write { "write" } else { "read" }.into(),
+                );
+                details.insert(
+                    "method".into(),
+                    match via {
+                        MemoryVia::ProcMem => "proc_mem",
+                        MemoryVia::ProcessVm => "process_vm",
+                    }
+                    .into(),
+                );
+                target = Some(self.table.lookup_or_read(pid));
+                EventType::MemoryAccess
+            }
+            SecurityAction::Mount {
+                target: point,
+                flags,
+                move_mount,
+            } => {
+                details.insert("path".into(), point.clone());
+                details.insert("flags".into(), format!("{flags:#x}"));
+                if *move_mount {
+                    details.insert("operation".into(), "move_mount".into());
+                }
+                EventType::Mount
             }
             SecurityAction::Rename { dir, name } => {
                 // Absolute rename paths come whole; the rest relative to a directory.

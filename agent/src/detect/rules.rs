@@ -35,12 +35,14 @@ pub enum EventType {
     FileRead,
     Chmod,
     SetCap,
+    MemoryAccess,
+    Mount,
     Connect,
     Listen,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
@@ -50,6 +52,8 @@ impl EventType {
         Self::FileRead,
         Self::Chmod,
         Self::SetCap,
+        Self::MemoryAccess,
+        Self::Mount,
         Self::Connect,
         Self::Listen,
     ];
@@ -65,6 +69,8 @@ impl EventType {
             Self::FileRead => "file_read",
             Self::Chmod => "chmod",
             Self::SetCap => "setcap",
+            Self::MemoryAccess => "memory_access",
+            Self::Mount => "mount",
             Self::Connect => "connect",
             Self::Listen => "listen",
         }
@@ -131,13 +137,15 @@ fields! {
     ParentUid = "parent.uid": "the parent's real uid",
     AncestorExe = "ancestor.exe": "matches when any ancestor (parent and up) matches",
     AncestorName = "ancestor.name": "likewise, by short name",
-    Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed",
+    Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed; mount: the mount point",
+    Access = "access": "memory_access: read or write",
+    Method = "method": "memory_access: proc_mem (/proc/PID/mem) or process_vm (process_vm_readv/writev)",
     Mode = "mode": "chmod: the mode asked for, in octal (4755); only set-user-ID or set-group-ID modes are reported",
     FileType = "file_type": "chmod, setcap: file, directory, other, or unknown (gone before it was looked at)",
     Port = "port": "connect: remote port; listen: local port",
     RemoteAddr = "remote_addr": "connect: remote address",
-    TargetPid = "target.pid": "ptrace: the traced process",
-    TargetExe = "target.exe": "ptrace: its program",
+    TargetPid = "target.pid": "ptrace: the traced process; memory_access: the process whose memory",
+    TargetExe = "target.exe": "ptrace, memory_access: its program",
     OldUid = "old_uid": "setuid/setgid: the real id before",
     NewUid = "new_uid": "setuid/setgid: the id after",
     Container = "container": "same as process.container",

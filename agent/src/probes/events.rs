@@ -145,6 +145,20 @@ pub enum SecurityAction {
     SetCapability {
         file: FileArg,
     },
+    /// Another process's memory read or written: through its procfs `mem` file
+    /// (`target` is the name of the directory it is in, a pid or thread id), or
+    /// process_vm_readv/writev (`target` is the pid).
+    MemoryAccess {
+        target: String,
+        via: MemoryVia,
+        write: bool,
+    },
+    /// mount or move_mount onto /proc or a path under it.
+    Mount {
+        target: String,
+        flags: u64,
+        move_mount: bool,
+    },
     /// A rename into a watched directory: relative to `dir`, or an absolute `name`.
     Rename {
         dir: Option<DirKey>,
@@ -168,6 +182,15 @@ pub enum Event {
     Security(SecurityEvent),
 }
 
+/// How another process's memory was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryVia {
+    /// /proc/PID/mem opened.
+    ProcMem,
+    /// process_vm_readv or process_vm_writev.
+    ProcessVm,
+}
+
 /// The file a SetMode/SetCapability record names (see `SecurityOp::SetMode`).
 fn file_arg(e: &RawSecurityEvent) -> FileArg {
     let fd = e.target as i64 as i32;
@@ -183,6 +206,8 @@ fn file_arg(e: &RawSecurityEvent) -> FileArg {
 }
 
 const AT_FDCWD: i32 = -100;
+/// `f_mode` bit: open for writing.
+const FMODE_WRITE: u64 = 0x2;
 
 fn c_string(bytes: &[u8]) -> String {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -360,6 +385,21 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                     mode: e.detail as u32,
                 },
                 SecurityOp::SetCapability => SecurityAction::SetCapability { file: file_arg(&e) },
+                SecurityOp::MemoryAccess if e.dev == 1 => SecurityAction::MemoryAccess {
+                    target: c_string(&e.name),
+                    via: MemoryVia::ProcMem,
+                    write: e.detail & FMODE_WRITE != 0,
+                },
+                SecurityOp::MemoryAccess => SecurityAction::MemoryAccess {
+                    target: e.target.to_string(),
+                    via: MemoryVia::ProcessVm,
+                    write: e.detail != 0,
+                },
+                SecurityOp::Mount => SecurityAction::Mount {
+                    target: c_string(&e.name),
+                    flags: e.detail,
+                    move_mount: e.dev == 1,
+                },
                 SecurityOp::Rename => SecurityAction::Rename {
                     dir: (e.target != 0).then_some(key),
                     name: c_string(&e.name),

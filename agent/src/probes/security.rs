@@ -51,6 +51,10 @@ pub fn syscalls() -> SecuritySyscalls {
         lsetxattr: nr("lsetxattr"),
         fsetxattr: nr("fsetxattr"),
         setxattrat: nr("setxattrat"),
+        process_vm_readv: nr("process_vm_readv"),
+        process_vm_writev: nr("process_vm_writev"),
+        mount: nr("mount"),
+        move_mount: nr("move_mount"),
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
@@ -279,6 +283,10 @@ mod tests {
             ("lsetxattr", s.lsetxattr),
             ("fsetxattr", s.fsetxattr),
             ("setxattrat", s.setxattrat),
+            ("process_vm_readv", s.process_vm_readv),
+            ("process_vm_writev", s.process_vm_writev),
+            ("mount", s.mount),
+            ("move_mount", s.move_mount),
         ] {
             assert_eq!(crate::syscall_table::syscall_name(nr), Some(name), "{name}");
             // The probe's bitmap lets it through, and only the numbers compared.
