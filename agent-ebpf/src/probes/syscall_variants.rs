@@ -22,7 +22,7 @@ static SYSCALL_START_TID: HashMap<u32, SyscallStart> = HashMap::with_max_entries
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_task(ctx: RawTracePointContext) -> i32 {
-    enter_task(ctx.arg::<i64>(1));
+    enter_task(ctx.arg::<i64>(1), 0);
     0
 }
 
@@ -117,7 +117,7 @@ pub fn sys_enter_hash(ctx: RawTracePointContext) -> i32 {
     let mut slot = SyscallStart {
         start_ns: 0,
         nr: 0,
-        _pad: 0,
+        security: 0,
     };
     start(&mut slot, ctx.arg::<i64>(1));
     let tid = bpf_get_current_pid_tgid() as u32;

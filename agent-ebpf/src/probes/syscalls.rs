@@ -31,7 +31,9 @@ pub struct SyscallStart {
     /// 0 when no syscall is in flight.
     pub(crate) start_ns: u64,
     pub(crate) nr: u32,
-    pub(crate) _pad: u32,
+    /// What the security checks noted at enter for their check at exit
+    /// (`security::ENTER_*`).
+    pub(crate) security: u32,
 }
 
 /// Histogram and totals per syscall number (per CPU: no atomics on the hot path).
@@ -152,12 +154,15 @@ pub(crate) fn start(slot: &mut SyscallStart, nr: i64) {
 // ---- task-local storage (shipped) -------------------------------------------------
 
 #[inline(always)]
-pub(crate) fn enter_task(nr: i64) {
+pub(crate) fn enter_task(nr: i64, security: u32) {
     if !wanted() {
         return;
     }
     match SYSCALL_START_TASK.current_or_create() {
-        Some(slot) => start(slot, nr),
+        Some(slot) => {
+            start(slot, nr);
+            slot.security = security;
+        }
         None => count(Counter::SyscallStartStoreFailed),
     }
 }
@@ -168,10 +173,10 @@ pub(crate) fn enter_task(nr: i64) {
 pub(crate) fn exit_task(ret: Option<i64>) {
     if let Some(slot) = SYSCALL_START_TASK.current() {
         if slot.start_ns != 0 {
-            let (nr, start_ns) = (slot.nr, slot.start_ns);
+            let (nr, start_ns, noted) = (slot.nr, slot.start_ns, slot.security);
             slot.start_ns = 0;
             if let Some(ret) = ret {
-                super::security::on_sys_exit(nr, ret);
+                super::security::on_sys_exit(nr, ret, noted);
             }
             if setting(&SYSCALL_LATENCY_ON) != 0 {
                 record(nr, start_ns);
@@ -184,8 +189,8 @@ pub(crate) fn exit_task(ret: Option<i64>) {
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
     let nr = ctx.arg::<i64>(1);
-    super::security::on_sys_enter(nr, ctx.arg::<*const u8>(0));
-    enter_task(nr);
+    let noted = super::security::on_sys_enter(nr, ctx.arg::<*const u8>(0));
+    enter_task(nr, noted);
     0
 }
 

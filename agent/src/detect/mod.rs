@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vigil_common::{DirKey, DIR_BASE, DIR_FILES, FILE_LINK, FILE_READ};
+use vigil_common::{DirKey, DIR_BASE, DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC};
 use vigil_proto::v1 as pb;
 
 pub use self::rules::{Rule, RuleError};
@@ -25,7 +25,10 @@ use self::{
 };
 use crate::{
     probes::{
-        events::{FileArg, IdKind, MemoryVia, ProcessEvent, SecurityAction, SecurityEvent},
+        events::{
+            FileArg, IdKind, MemoryVia, ProcessEvent, SecurityAction, SecurityEvent, TruncateHow,
+            Truncated,
+        },
         KernelFilters,
     },
     units::unix_ms,
@@ -94,6 +97,9 @@ impl Fields for Subject {
             Field::Mode => detail("mode", pred),
             Field::FileType => detail("file_type", pred),
             Field::Access => detail("access", pred),
+            Field::EnvName => detail("env.name", pred),
+            Field::EnvValue => detail("env.value", pred),
+            Field::SizeAfter => detail("size_after", pred),
             Field::Method => detail("method", pred),
         }
     }
@@ -169,8 +175,58 @@ pub struct Detector {
     /// pressure), so the kernel's key would go stale; an open directory keeps it.
     pinned: Vec<std::fs::File>,
     watched_pids: BTreeSet<u32>,
+    /// Environment variables of execs not yet seen (the kernel reports them at the
+    /// call), by pid: decided on at the process's exec event, with the program it became.
+    pending_env: HashMap<u32, PendingEnv>,
     watch: WatchChanges,
     stats: DetectStats,
+}
+
+/// Environment variables held for a process's exec event.
+struct PendingEnv {
+    since: Instant,
+    time_ms: i64,
+    vars: Vec<(String, String)>,
+}
+
+/// Processes whose exec environment can be held at once; past this, the oldest is
+/// decided on at once with the program that asked for the exec (nothing is dropped).
+const PENDING_ENV_MAX: usize = 256;
+/// Held at most this long (an exec that failed has no exec event).
+const PENDING_ENV_FOR: Duration = Duration::from_secs(5);
+
+/// Programs that replace their history file when they exit.
+const HISTORY_WRITERS: [&str; 7] = ["bash", "zsh", "ksh", "python3", "python", "mysql", "psql"];
+
+/// How deep below a directory a truncate rule's prefix reaches, and how many
+/// directories one prefix may add (the kernel's table holds 256 in all).
+const TRUNC_DEPTH: usize = 3;
+const TRUNC_DIRS_PER_PREFIX: usize = 64;
+
+/// `dir` and the directories below it, `depth` levels down, at most
+/// `TRUNC_DIRS_PER_PREFIX` (symlinks not followed).
+fn dirs_below(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut level = vec![dir.to_path_buf()];
+    for _ in 0..=depth {
+        let mut next = vec![];
+        for d in level {
+            if out.len() >= TRUNC_DIRS_PER_PREFIX {
+                return out;
+            }
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                next.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            out.push(d);
+        }
+        next.sort();
+        level = next;
+    }
+    out
 }
 
 /// The process (thread group) a thread id belongs to: /proc/TID/status's Tgid, or
@@ -243,6 +299,7 @@ impl Detector {
             dirs: HashMap::new(),
             file_patterns: Vec::new(),
             pinned: Vec::new(),
+            pending_env: HashMap::new(),
             files: HashMap::new(),
             watched_pids: BTreeSet::new(),
             watch: WatchChanges::default(),
@@ -294,6 +351,7 @@ impl Detector {
             return;
         }
         self.table.sweep();
+        self.expire_env(out);
         self.close_windows(out);
     }
 
@@ -461,6 +519,18 @@ impl Detector {
                 self.file_patterns.push((PathBuf::from(&v), FILE_READ));
             }
         }
+        // Truncation: directories named by a prefix are watched with the directories
+        // below them (logs live in /var/log/*/ too), files named exactly by inode.
+        let lits = self.literals(EventType::Truncate, Field::Path);
+        for (prefix, v) in lits {
+            if names_files(prefix, &v) {
+                self.file_patterns.push((PathBuf::from(&v), FILE_TRUNC));
+            } else if prefix && v.ends_with('/') && !v.contains('*') {
+                for d in dirs_below(Path::new(v.trim_end_matches('/')), TRUNC_DEPTH) {
+                    *dirs.entry(d).or_insert(0) |= DIR_TRUNC;
+                }
+            }
+        }
         self.dirs.clear();
         // The new set is opened before the old is let go (no moment unpinned).
         let mut pinned = Vec::new();
@@ -559,6 +629,7 @@ impl Detector {
                     unix_ms(e.time),
                     out,
                 );
+                self.decide_env(e.pid, out);
                 for pid in relinked {
                     self.evaluate(
                         EventType::Exec,
@@ -571,17 +642,82 @@ impl Detector {
                 }
             }
             ProcessOp::Exit => {
+                self.decide_env(e.pid, out);
                 if self.watched_pids.remove(&e.pid) {
                     self.watch.remove_pids.push(e.pid);
+                }
+                // Shells and REPLs save their history by writing a new file and renaming
+                // it over the old one (a new inode, outside any watched directory):
+                // the watched files are looked up again when one exits.
+                if HISTORY_WRITERS.contains(&e.comm.as_str()) {
+                    self.watch.files = true;
                 }
             }
             ProcessOp::Fork => {}
         }
     }
 
+    /// Evaluates the exec_env rules for what `pid`'s exec was asked to carry.
+    fn decide_env(&mut self, pid: u32, out: &mut Vec<pb::Finding>) {
+        let Some(p) = self.pending_env.remove(&pid) else {
+            return;
+        };
+        for (var, value) in p.vars {
+            let details = BTreeMap::from([
+                ("env.name".to_string(), var),
+                ("env.value".to_string(), value),
+            ]);
+            self.evaluate(EventType::ExecEnv, pid, details, None, p.time_ms, out);
+        }
+    }
+
+    /// Holds an exec's environment variable for the exec event.
+    fn hold_env(
+        &mut self,
+        pid: u32,
+        time_ms: i64,
+        var: &str,
+        value: &str,
+        out: &mut Vec<pb::Finding>,
+    ) {
+        if !self.pending_env.contains_key(&pid) && self.pending_env.len() >= PENDING_ENV_MAX {
+            if let Some(oldest) = self
+                .pending_env
+                .iter()
+                .min_by_key(|(_, p)| p.since)
+                .map(|(k, _)| *k)
+            {
+                self.decide_env(oldest, out);
+            }
+        }
+        let p = self.pending_env.entry(pid).or_insert_with(|| PendingEnv {
+            since: Instant::now(),
+            time_ms,
+            vars: Vec::new(),
+        });
+        p.vars.push((var.to_string(), value.to_string()));
+    }
+
+    /// Decides on held environments older than `PENDING_ENV_FOR` (failed execs).
+    fn expire_env(&mut self, out: &mut Vec<pb::Finding>) {
+        let old: Vec<u32> = self
+            .pending_env
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= PENDING_ENV_FOR)
+            .map(|(k, _)| *k)
+            .collect();
+        for pid in old {
+            self.decide_env(pid, out);
+        }
+    }
+
     /// Evaluates a security event.
     pub fn on_security(&mut self, e: &SecurityEvent, out: &mut Vec<pb::Finding>) {
         self.stats.security_events += 1;
+        if let SecurityAction::ExecEnv { var, value } = &e.action {
+            self.hold_env(e.pid, unix_ms(e.time), var, value, out);
+            return;
+        }
         let mut details = BTreeMap::new();
         let mut target = None;
         let event = match &e.action {
@@ -690,6 +826,40 @@ impl Detector {
                 );
                 target = Some(self.table.lookup_or_read(pid));
                 EventType::MemoryAccess
+            }
+            SecurityAction::ExecEnv { .. } => return,
+            SecurityAction::Truncate { file, how } => {
+                let path = match file {
+                    Truncated::InDir { dir, name } => match self.dirs.get(dir) {
+                        Some((dir, _)) => lexical_join(dir, name),
+                        None => return,
+                    },
+                    Truncated::File { file, .. } => match self.files.get(file) {
+                        Some((path, _)) => path.to_string_lossy().into_owned(),
+                        None => return,
+                    },
+                    Truncated::Path(p) => resolve(
+                        e.pid,
+                        &FileArg::Path {
+                            dirfd: None,
+                            path: p.clone(),
+                        },
+                    ),
+                };
+                if let Ok(m) = std::fs::metadata(&path) {
+                    details.insert("size_after".into(), m.len().to_string());
+                }
+                details.insert("path".into(), path);
+                details.insert(
+                    "operation".into(),
+                    match how {
+                        TruncateHow::OpenTrunc => "open_truncate",
+                        TruncateHow::Ftruncate => "ftruncate",
+                        TruncateHow::TruncatePath => "truncate",
+                    }
+                    .into(),
+                );
+                EventType::Truncate
             }
             SecurityAction::Mount {
                 target: point,

@@ -37,12 +37,14 @@ pub enum EventType {
     SetCap,
     MemoryAccess,
     Mount,
+    Truncate,
+    ExecEnv,
     Connect,
     Listen,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 15] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
@@ -54,6 +56,8 @@ impl EventType {
         Self::SetCap,
         Self::MemoryAccess,
         Self::Mount,
+        Self::Truncate,
+        Self::ExecEnv,
         Self::Connect,
         Self::Listen,
     ];
@@ -71,6 +75,8 @@ impl EventType {
             Self::SetCap => "setcap",
             Self::MemoryAccess => "memory_access",
             Self::Mount => "mount",
+            Self::Truncate => "truncate",
+            Self::ExecEnv => "exec_env",
             Self::Connect => "connect",
             Self::Listen => "listen",
         }
@@ -137,7 +143,10 @@ fields! {
     ParentUid = "parent.uid": "the parent's real uid",
     AncestorExe = "ancestor.exe": "matches when any ancestor (parent and up) matches",
     AncestorName = "ancestor.name": "likewise, by short name",
-    Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed; mount: the mount point",
+    Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed; mount: the mount point; truncate: the file truncated",
+    SizeAfter = "size_after": "truncate: the file's size in bytes when the agent looked, moments later (0: still empty, not rewritten)",
+    EnvName = "env.name": "exec_env: the variable (LD_PRELOAD, LD_AUDIT, http_proxy, https_proxy, all_proxy, ftp_proxy, either case for the proxies)",
+    EnvValue = "env.value": "exec_env: its value (the first 128 bytes of the entry)",
     Access = "access": "memory_access: read or write",
     Method = "method": "memory_access: proc_mem (/proc/PID/mem) or process_vm (process_vm_readv/writev)",
     Mode = "mode": "chmod: the mode asked for, in octal (4755); only set-user-ID or set-group-ID modes are reported",

@@ -159,6 +159,17 @@ pub enum SecurityAction {
         flags: u64,
         move_mount: bool,
     },
+    /// An exec asked for with LD_PRELOAD, LD_AUDIT or a proxy variable set (sent
+    /// before the exec).
+    ExecEnv {
+        var: String,
+        value: String,
+    },
+    /// A file truncated to nothing (see `SecurityOp::Truncate`).
+    Truncate {
+        file: Truncated,
+        how: TruncateHow,
+    },
     /// A rename into a watched directory: relative to `dir`, or an absolute `name`.
     Rename {
         dir: Option<DirKey>,
@@ -180,6 +191,28 @@ pub enum Event {
     Retransmit(RetransmitEvent),
     Process(ProcessEvent),
     Security(SecurityEvent),
+}
+
+/// Which file a truncation names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Truncated {
+    /// A file named `name` in a directory watched for truncation.
+    InDir { dir: DirKey, name: String },
+    /// A file watched for truncation itself (`name`: the name it was opened by).
+    File { file: DirKey, name: String },
+    /// truncate(2)'s path as given (relative to the working directory).
+    Path(String),
+}
+
+/// How a file was truncated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TruncateHow {
+    /// Opened with O_TRUNC (a shell's `> file`, `cp /dev/null file`).
+    OpenTrunc,
+    /// ftruncate(fd, 0) (`truncate -s 0`).
+    Ftruncate,
+    /// truncate(path, 0).
+    TruncatePath,
 }
 
 /// How another process's memory was reached.
@@ -399,6 +432,32 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                     target: c_string(&e.name),
                     flags: e.detail,
                     move_mount: e.dev == 1,
+                },
+                SecurityOp::ExecEnv => {
+                    let entry = c_string(&e.name);
+                    let (var, value) = entry.split_once('=').unwrap_or((&entry, ""));
+                    SecurityAction::ExecEnv {
+                        var: var.to_string(),
+                        value: value.to_string(),
+                    }
+                }
+                SecurityOp::Truncate => SecurityAction::Truncate {
+                    file: match (e.detail, e.port) {
+                        (2, _) => Truncated::Path(c_string(&e.name)),
+                        (_, 1) => Truncated::InDir {
+                            dir: key,
+                            name: c_string(&e.name),
+                        },
+                        _ => Truncated::File {
+                            file: key,
+                            name: c_string(&e.name),
+                        },
+                    },
+                    how: match e.detail {
+                        0 => TruncateHow::OpenTrunc,
+                        1 => TruncateHow::Ftruncate,
+                        _ => TruncateHow::TruncatePath,
+                    },
                 },
                 SecurityOp::Rename => SecurityAction::Rename {
                     dir: (e.target != 0).then_some(key),

@@ -55,6 +55,10 @@ pub fn syscalls() -> SecuritySyscalls {
         process_vm_writev: nr("process_vm_writev"),
         mount: nr("mount"),
         move_mount: nr("move_mount"),
+        truncate: nr("truncate"),
+        ftruncate: nr("ftruncate"),
+        execve: nr("execve"),
+        execveat: nr("execveat"),
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
@@ -287,6 +291,10 @@ mod tests {
             ("process_vm_writev", s.process_vm_writev),
             ("mount", s.mount),
             ("move_mount", s.move_mount),
+            ("truncate", s.truncate),
+            ("ftruncate", s.ftruncate),
+            ("execve", s.execve),
+            ("execveat", s.execveat),
         ] {
             assert_eq!(crate::syscall_table::syscall_name(nr), Some(name), "{name}");
             // The probe's bitmap lets it through, and only the numbers compared.
