@@ -333,6 +333,9 @@ pub enum FdKind {
     CharDevice = 3,
     File = 4,
     Other = 5,
+    /// A pseudo-terminal (a devpts slave, majors 136-143: an ssh session, tmux, a
+    /// terminal window, or one a program opened with pty.spawn).
+    Pty = 6,
 }
 
 impl FdKind {
@@ -353,6 +356,7 @@ impl FdKind {
             3 => Self::CharDevice,
             4 => Self::File,
             5 => Self::Other,
+            6 => Self::Pty,
             _ => Self::None,
         }
     }
@@ -692,6 +696,8 @@ pub struct TaskLayout {
     pub sb_dev: u32,
     /// `super_block.s_magic` (procfs files are recognised by it)
     pub sb_magic: u32,
+    /// `inode.i_rdev` (which device a character device is: pseudo-terminals)
+    pub inode_rdev: u32,
     /// `dentry.d_parent`, `dentry.d_inode`, `dentry.d_name` + `qstr.name`
     pub dentry_parent: u32,
     pub dentry_inode: u32,
@@ -727,6 +733,7 @@ impl TaskLayout {
         inode_sb: Self::ABSENT,
         sb_dev: Self::ABSENT,
         sb_magic: Self::ABSENT,
+        inode_rdev: Self::ABSENT,
         dentry_parent: Self::ABSENT,
         dentry_inode: Self::ABSENT,
         dentry_name: Self::ABSENT,

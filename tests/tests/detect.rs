@@ -2228,3 +2228,45 @@ fn ld_preload_and_proxies_in_an_exec_environment() {
         }
     }
 }
+
+/// A shell started by an interpreter on a pseudo-terminal the interpreter made (the
+/// usual upgrade of a reverse shell); next to an interpreter run in a terminal starting
+/// a shell on that same terminal, and a shell that `script` started on its new one.
+#[test]
+fn a_shell_on_a_pty_made_by_an_interpreter() {
+    root!("a_shell_on_a_pty_made_by_an_interpreter");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let child = Command::new("python3")
+        .args(["-c", "import pty; pty.spawn(['/bin/sh', '-c', 'exit 0'])"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let python = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let f = agent.expect(
+        "shell-through-pty-by-interpreter",
+        "T1059.006",
+        since,
+        Instant::now(),
+        |f| f.parent.as_ref().is_some_and(|p| p.pid == python),
+    );
+    assert_eq!(f.process.unwrap().name, "sh");
+    // The nearest benign acts: inside `script` (a terminal of its own), python starts
+    // a shell with os.system: the shell shares python's terminal.
+    let since = now_ms();
+    let out = run(Command::new("script").args([
+        "-qec",
+        "python3 -c \"import os; os.system('sh -c true')\"",
+        "/dev/null",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    agent.settle();
+    let raised: Vec<_> = agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| f.rule == "shell-through-pty-by-interpreter")
+        .collect();
+    assert!(raised.is_empty(), "{raised:#?}");
+}

@@ -67,7 +67,16 @@ pub enum Bench {
         execs: u64,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Another build's `vigil` binary (an earlier version): its agent takes the same
+        /// storm in the same rounds, for the cost this build adds.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
+    /// Detection coverage: the project's simulated attacks (one per ATT&CK technique
+    /// the detection issue names, done for real in scratch files and namespaces) and
+    /// benign acts against the agent as shipped: detected or not, the rule, the
+    /// finding's latency, and the findings the benign acts raised.
+    Detect,
     /// Agent footprint (CPU seconds per hour, RSS) at the default interval, side by
     /// side with Debian's prometheus-node-exporter scraped at the same interval.
     Footprint {
@@ -286,7 +295,12 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             interval,
             baseline,
         } => return footprint(vigil, seconds, interval, baseline.as_deref()),
-        Bench::Exec { execs, rounds } => return exec(vigil, execs, rounds),
+        Bench::Exec {
+            execs,
+            rounds,
+            baseline,
+        } => return exec(vigil, execs, rounds, baseline.as_deref()),
+        Bench::Detect => return crate::bench_detect::detect(vigil),
         Bench::Api { execs, baseline } => return api(vigil, execs, baseline.as_deref()),
     };
     if !crate::is_root() {
@@ -813,12 +827,16 @@ fn footprint(
 }
 
 /// A tracer for the exec benchmark: its output lines are counted as they come.
-struct Tracer {
+pub(crate) struct Tracer {
     attached: Attached,
     matched: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn start_tracer(cmd: &mut Command, ready: &str, matching: &'static str) -> anyhow::Result<Tracer> {
+pub(crate) fn start_tracer(
+    cmd: &mut Command,
+    ready: &str,
+    matching: &'static str,
+) -> anyhow::Result<Tracer> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -884,16 +902,26 @@ fn exec_storm(execs: u64) -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()> {
+fn exec(
+    vigil: &std::path::Path,
+    execs: u64,
+    rounds: usize,
+    baseline: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("the exec benchmark attaches eBPF programs and needs root");
     }
-    let labels = [
+    let mut labels = vec![
         "no tracer",
         "vigil trace processes --exec",
         "vigil agent (rule match on every exec)",
         "libbpf-tools execsnoop",
     ];
+    if baseline.is_some() {
+        labels.push("baseline agent (rule match on every exec)");
+    }
+    // The agent rows (this build's, the baseline's): their matches are read back.
+    let is_agent = |i: usize| i == 2 || i == 4;
     // The agent with a rule that matches every exec of /bin/true (deduplicated into one
     // finding; its match count is what we read back).
     let dir = std::env::temp_dir().join(format!("vigil-bench-exec-{}", std::process::id()));
@@ -932,10 +960,15 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                     "vigil: tracing",
                     "\"filename\":\"/bin/true\"",
                 )?),
-                2 => {
+                2 | 4 => {
                     let _ = std::fs::remove_dir_all(dir.join("data"));
+                    let build = if i == 4 {
+                        baseline.unwrap_or(vigil)
+                    } else {
+                        vigil
+                    };
                     Some(start_tracer(
-                        daemon(vigil, "agent")
+                        daemon(build, "agent")
                             .args(["--interval", "1s", "--config"])
                             .arg(dir.join("agent.toml"))
                             .arg("--socket")
@@ -946,11 +979,12 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                         "\u{0}never",
                     )?)
                 }
-                _ => Some(start_tracer(
+                3 => Some(start_tracer(
                     Command::new("stdbuf").args(["-oL", "execsnoop"]),
                     "PCOMM",
                     "/bin/true",
                 )?),
+                _ => unreachable!("one label per configuration"),
             };
             let pid = tracer
                 .as_ref()
@@ -961,7 +995,7 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
             // Let the tracer catch up with its output before reading its CPU time.
             std::thread::sleep(Duration::from_secs(1));
             let cpu = pid.map(cpu_seconds).transpose()?.unwrap_or(0.0) - cpu0;
-            let seen = if i == 2 {
+            let seen = if is_agent(i) {
                 // Two more intervals for the agent to drain and count.
                 std::thread::sleep(Duration::from_secs(2));
                 matches(&socket)
@@ -970,7 +1004,7 @@ fn exec(vigil: &std::path::Path, execs: u64, rounds: usize) -> anyhow::Result<()
                     .as_ref()
                     .map_or(0, |t| t.matched.load(std::sync::atomic::Ordering::Relaxed))
             };
-            if i == 2 {
+            if is_agent(i) {
                 // SIGTERM, so the agent exits cleanly before the next config.
                 if let Some(p) = pid {
                     let _ = Command::new("kill").arg(p.to_string()).status();

@@ -67,10 +67,15 @@ fn fd_info(layout: &TaskLayout, task: *const u8, n: usize) -> (u8, u64) {
         unsafe { bpf_probe_read_kernel(fds.wrapping_add(n * 8).cast::<u64>()) }.unwrap_or(0);
     let inode = read_ptr(file as *const u8, layout.file_inode);
     let mode: u16 = read_at(inode, layout.inode_mode);
-    (
-        FdKind::from_mode(mode) as u8,
-        read_at(inode, layout.inode_ino),
-    )
+    let mut kind = FdKind::from_mode(mode);
+    if kind == FdKind::CharDevice {
+        // dev_t in the kernel's layout: major << 20 | minor.
+        let major = read_at::<u32>(inode, layout.inode_rdev) >> 20;
+        if (136..=143).contains(&major) {
+            kind = FdKind::Pty;
+        }
+    }
+    (kind as u8, read_at(inode, layout.inode_ino))
 }
 
 /// Whether the executed file is a memfd or has no links left; its own name.

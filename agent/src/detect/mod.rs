@@ -73,6 +73,11 @@ impl Fields for Subject {
             Field::ProcessStdin => pred(fd_kind_name(p.stdin.0)),
             Field::ProcessStdout => pred(fd_kind_name(p.stdout.0)),
             Field::ProcessFileless => pred(if p.fileless { "true" } else { "false" }),
+            Field::ProcessNewPty => {
+                let new = p.stdin.0 == vigil_common::FdKind::Pty
+                    && self.lineage.first().is_some_and(|pp| pp.stdin != p.stdin);
+                pred(if new { "true" } else { "false" })
+            }
             Field::StdinFromName => p.stdin_from.as_ref().is_some_and(|(n, _)| pred(n)),
             Field::StdinFromExe => p.stdin_from.as_ref().is_some_and(|(_, e)| pred(e)),
             Field::ParentExe => self.lineage.first().is_some_and(|pp| pred(&pp.exe)),
@@ -982,6 +987,9 @@ impl Detector {
                 continue;
             }
             let mut details = subject.details.clone();
+            if !rule.runbook.is_empty() {
+                details.insert("runbook".into(), rule.runbook.clone());
+            }
             if let Some(t) = &subject.target {
                 details.insert("target_exe".into(), t.exe.to_string());
             }

@@ -134,6 +134,7 @@ fields! {
     ProcessContainer = "process.container": "container id, empty on the host",
     ProcessStdin = "process.stdin": "what fd 0 is: socket, pipe, chardev (a terminal, /dev/null), file, none, other",
     ProcessStdout = "process.stdout": "what fd 1 is",
+    ProcessNewPty = "process.new_pty": "true when stdin is a pseudo-terminal its parent does not have (the parent made it: pty.spawn, script, expect, sshd)",
     ProcessFileless = "process.fileless": "true when the program runs from a memfd or a deleted file",
     StdinFromName = "process.stdin_from.name": "the process writing into this one's stdin pipe",
     StdinFromExe = "process.stdin_from.exe": "its program",
@@ -281,9 +282,16 @@ pub struct Rule {
     pub condition: Cond,
     pub exceptions: Vec<Cond>,
     pub dedup: Duration,
+    /// What to do about a finding: the rule file's `runbook` (a URL or a path), or for
+    /// the built-in rules their entry in the packaged runbooks (`BUILTIN_RUNBOOKS`).
+    pub runbook: String,
     /// Where it came from: `builtin` or a file path.
     pub source: String,
 }
+
+/// Where the built-in rules' runbooks are installed (docs/runbooks/detection.md in the
+/// source tree): each rule's entry is the heading named by its id.
+pub const BUILTIN_RUNBOOKS: &str = "/usr/share/doc/vigil-agent/runbooks/detection.md";
 
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -346,6 +354,8 @@ struct RawRule {
     dedup: Option<Scalar>,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    runbook: Option<Scalar>,
 }
 
 /// A value written as text, a number or a boolean (`process.uid: 0`, `dedup: 300`).
@@ -519,6 +529,12 @@ fn compile(r: &RawRule, source: &str) -> Result<Rule, String> {
         None => DEFAULT_DEDUP,
         Some(s) => crate::units::parse_duration(&s).map_err(|e| format!("dedup `{s}`: {e}"))?,
     };
+    let runbook = match r.runbook.as_ref().map(Scalar::text) {
+        Some(link) if !link.trim().is_empty() => link.trim().to_string(),
+        Some(_) => return Err("`runbook` is empty".into()),
+        None if source == "builtin" => format!("{BUILTIN_RUNBOOKS}#{id}"),
+        None => String::new(),
+    };
     Ok(Rule {
         id,
         description,
@@ -528,6 +544,7 @@ fn compile(r: &RawRule, source: &str) -> Result<Rule, String> {
         condition,
         exceptions,
         dedup,
+        runbook,
         source: source.to_string(),
     })
 }
@@ -671,7 +688,13 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
             column: 0,
             reason: format!("cannot read: {e}"),
         })?;
-        for (r, enabled) in parse_with_switches(&name, &text)? {
+        for (mut r, enabled) in parse_with_switches(&name, &text)? {
+            // A file rule replacing a built-in one keeps its runbook unless it names one.
+            if let Some(old) = rules.iter().find(|x| x.id == r.id) {
+                if r.runbook.is_empty() {
+                    r.runbook = old.runbook.clone();
+                }
+            }
             rules.retain(|x| x.id != r.id);
             if enabled {
                 rules.push(r);
@@ -718,6 +741,34 @@ mod tests {
         assert!(rules.len() >= 15, "{}", rules.len());
         for r in &rules {
             assert!(!r.mitre.is_empty(), "{}", r.id);
+        }
+    }
+
+    /// Every built-in rule has its runbook entry: a heading named by its id in the
+    /// runbooks the packages install.
+    #[test]
+    fn every_builtin_rule_has_a_runbook_entry() {
+        let doc = include_str!("../../../docs/runbooks/detection.md");
+        let headings: BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .map(str::trim)
+            .collect();
+        let rules = parse("builtin", BUILTIN).unwrap();
+        for r in &rules {
+            assert!(
+                headings.contains(r.id.as_str()),
+                "{}: no runbook entry",
+                r.id
+            );
+            assert_eq!(r.runbook, format!("{BUILTIN_RUNBOOKS}#{}", r.id));
+        }
+        // And no entry for a rule that does not exist.
+        for h in headings {
+            assert!(
+                rules.iter().any(|r| r.id == h),
+                "runbook entry {h} has no rule"
+            );
         }
     }
 

@@ -48,6 +48,7 @@ pub fn fd_kind_name(k: FdKind) -> &'static str {
         FdKind::Pipe => "pipe",
         FdKind::Socket => "socket",
         FdKind::CharDevice => "chardev",
+        FdKind::Pty => "pty",
         FdKind::File => "file",
         FdKind::Other => "other",
     }
@@ -429,7 +430,13 @@ fn fd_of(dir: &Path, n: u32) -> (FdKind, u64) {
         (FdKind::Socket, ino("socket:["))
     } else if t.starts_with("pipe:[") {
         (FdKind::Pipe, ino("pipe:["))
-    } else if t.starts_with("/dev/pts/") || t.starts_with("/dev/tty") || t == "/dev/null" {
+    } else if t.starts_with("/dev/pts/") {
+        // The kernel reports the devpts inode: the same number stat gives.
+        let ino = std::fs::metadata(dir.join("fd").join(n.to_string()))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        (FdKind::Pty, ino)
+    } else if t.starts_with("/dev/tty") || t == "/dev/null" {
         (FdKind::CharDevice, 0)
     } else if t.starts_with('/') {
         (FdKind::File, 0)

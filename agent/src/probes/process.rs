@@ -43,6 +43,7 @@ pub fn layout(btf: &KernelBtf) -> Result<TaskLayout, BtfError> {
         inode_sb: btf.field_offset("inode", "i_sb")?,
         sb_dev: btf.field_offset("super_block", "s_dev")?,
         sb_magic: btf.field_offset("super_block", "s_magic")?,
+        inode_rdev: btf.field_offset("inode", "i_rdev")?,
         dentry_parent: btf.field_offset("dentry", "d_parent")?,
         dentry_inode: btf.field_offset("dentry", "d_inode")?,
         dentry_name: btf.field_offset("dentry", "d_name")? + btf.field_offset("qstr", "name")?,
