@@ -1688,8 +1688,8 @@ fn tampering_evasion_and_account_tricks_with_the_real_tools() {
     fs::create_dir_all(&base).unwrap();
     let work = tempfile::tempdir_in(&base).unwrap();
     let w = work.path().display().to_string();
-    // A journald drop-in directory must exist before the agent starts (see the README
-    // on directories made later).
+    // The journald drop-in directory, made before the agent starts (one made later is
+    // watched as it is made: a_watched_directory_created_after_the_start_is_watched_at_once).
     let dropins = Path::new("/etc/systemd/journald.conf.d");
     let made_dropins = !dropins.exists();
     fs::create_dir_all(dropins).unwrap();
@@ -2269,4 +2269,56 @@ fn a_shell_on_a_pty_made_by_an_interpreter() {
         .filter(|f| f.rule == "shell-through-pty-by-interpreter")
         .collect();
     assert!(raised.is_empty(), "{raised:#?}");
+}
+
+/// A directory a rule watches that is created after the agent started (a first
+/// `crontab -e` makes /var/spool/cron/crontabs) is watched at once: a write into it is
+/// seen within the usual bound, not at the next /proc rescan a minute later. Also two
+/// levels made at once (`mkdir -p`).
+#[test]
+fn a_watched_directory_created_after_the_start_is_watched_at_once() {
+    root!("a_watched_directory_created_after_the_start_is_watched_at_once");
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let base = home.join(".cache/vigil-tests");
+    fs::create_dir_all(&base).unwrap();
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let later = work.path().join("later");
+    let deeper = work.path().join("made/at/once");
+    let agent = Agent::start(Some(&format!(
+        "rules:\n  - id: test-later\n    description: a file written in a directory made later\n    severity: low\n    mitre: [T1053.003]\n    events: [file_write]\n    condition:\n      path: {{prefix: [{}/, {}/]}}\n    dedup: 0s\n",
+        later.display(),
+        deeper.display()
+    )));
+    for dir in [&later, &deeper] {
+        let made = Instant::now();
+        fs::create_dir_all(dir).unwrap();
+        let file = dir.join("job");
+        let since = now_ms();
+        let mut writers = Vec::new();
+        vigil_tests::daemons::wait_until(
+            "a finding for a write in the new directory",
+            WITHIN,
+            || {
+                if agent
+                    .findings(since)
+                    .iter()
+                    .any(|f| f.rule == "test-later" && writers.contains(&pid_of(f)))
+                {
+                    return true;
+                }
+                // Written again until one write is seen (each is a fresh chance).
+                writers.push(touch_for_write(file.to_str().unwrap()));
+                eprintln!(
+                    "DBG {}",
+                    std::fs::read_to_string(agent.dir.path().join("rules.d/test.yaml")).unwrap()
+                );
+                false
+            },
+        );
+        eprintln!(
+            "{}: watched {:?} after its creation",
+            dir.display(),
+            made.elapsed()
+        );
+    }
 }

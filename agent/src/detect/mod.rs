@@ -179,6 +179,8 @@ pub struct Detector {
     /// anew each time its dentry is rebuilt (after the kernel drops it under memory
     /// pressure), so the kernel's key would go stale; an open directory keeps it.
     pinned: Vec<std::fs::File>,
+    /// Directories the rules watch that do not exist (yet).
+    missing_dirs: Vec<PathBuf>,
     watched_pids: BTreeSet<u32>,
     /// Environment variables of execs not yet seen (the kernel reports them at the
     /// call), by pid: decided on at the process's exec event, with the program it became.
@@ -304,6 +306,7 @@ impl Detector {
             dirs: HashMap::new(),
             file_patterns: Vec::new(),
             pinned: Vec::new(),
+            missing_dirs: Vec::new(),
             pending_env: HashMap::new(),
             files: HashMap::new(),
             watched_pids: BTreeSet::new(),
@@ -539,6 +542,7 @@ impl Detector {
         self.dirs.clear();
         // The new set is opened before the old is let go (no moment unpinned).
         let mut pinned = Vec::new();
+        self.missing_dirs.clear();
         for (d, flags) in dirs {
             if d.starts_with("/proc") && flags & DIR_FILES != 0 {
                 // Opened before its key is read, so the key stays the one the kernel sees.
@@ -547,11 +551,16 @@ impl Detector {
                     Err(_) => continue,
                 }
             }
-            if let Ok(m) = std::fs::metadata(&d) {
-                if m.is_dir() {
+            match std::fs::metadata(&d) {
+                Ok(m) if m.is_dir() => {
                     let e = self.dirs.entry(dev_key(&m)).or_insert((d, 0));
                     e.1 |= flags;
                 }
+                Ok(_) => {}
+                Err(_) if flags & (DIR_FILES | DIR_TRUNC) != 0 && !d.starts_with("/proc") => {
+                    self.missing_dirs.push(d);
+                }
+                Err(_) => {}
             }
         }
         self.pinned = pinned;
@@ -578,6 +587,12 @@ impl Detector {
             .iter()
             .map(|(k, (_, bits))| (*k, *bits))
             .collect()
+    }
+
+    /// The directories the rules watch that did not exist at the last `watched_dirs`
+    /// (the agent waits for their creation with inotify).
+    pub fn missing_dirs(&self) -> &[PathBuf] {
+        &self.missing_dirs
     }
 
     /// The watched directories' paths (for rename prefixes), after `watched_dirs`.

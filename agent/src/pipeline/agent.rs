@@ -19,6 +19,7 @@ use tokio::{
 };
 
 mod batch;
+mod dirs;
 mod reload;
 
 use super::interval::Interval;
@@ -159,6 +160,8 @@ enum Wake {
     Tick,
     /// The periodic /proc rescan, read off the loop, is back.
     Rescanned(Option<crate::detect::table::ProcScan>),
+    /// Something was created where a watched directory is missing.
+    DirCreated,
 }
 
 /// The agent: every stage's handle and the loop's state, one method per thing the loop
@@ -192,6 +195,9 @@ pub struct Agent {
     last_rescan: tokio::time::Instant,
     /// The /proc rescan being read on the blocking pool.
     rescan: Option<tokio::task::JoinHandle<crate::detect::table::ProcScan>>,
+    /// Waits for the watched directories that do not exist yet (None: inotify failed,
+    /// said at start; they are then picked up at the next rescan).
+    dir_waiter: Option<dirs::DirWaiter>,
     errors: InternalErrors,
 }
 
@@ -421,11 +427,7 @@ impl Agent {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let follower_joined = Some(state.follower_joined());
-        crate::notify::ready_with(
-            &format!("tracing the host every {interval:?}, spool epoch {epoch}"),
-            &ready_vars,
-        );
-        Ok(Self {
+        let mut agent = Self {
             running,
             reload,
             signals,
@@ -450,8 +452,55 @@ impl Agent {
             drain_armed: false,
             last_rescan: tokio::time::Instant::now(),
             rescan: None,
+            dir_waiter: match dirs::DirWaiter::new() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "inotify unavailable ({e}): a watched directory created later is watched from the next /proc rescan (60 s)"
+                    );
+                    None
+                }
+            },
             errors,
-        })
+        };
+        agent.wait_for_missing_dirs();
+        crate::notify::ready_with(
+            &format!("tracing the host every {interval:?}, spool epoch {epoch}"),
+            &ready_vars,
+        );
+        Ok(agent)
+    }
+
+    /// Points the directory waiter at the watched directories that do not exist now.
+    /// One made between the filters' last look and the watch being set is caught by
+    /// looking again once the watches are in place.
+    pub(super) fn wait_for_missing_dirs(&mut self) {
+        for _ in 0..3 {
+            let (Some(w), Some(d)) = (self.dir_waiter.as_mut(), self.detector.as_mut()) else {
+                return;
+            };
+            let failed = w.watch(d.missing_dirs());
+            if failed > 0 {
+                tracing::debug!(
+                    failed,
+                    "cannot watch the parents of missing watched directories"
+                );
+            }
+            if !d.missing_dirs().iter().any(|m| m.is_dir()) {
+                return;
+            }
+            if let Some(p) = self.probes.as_mut() {
+                apply_watches(d, p, true, &mut self.errors);
+            }
+        }
+    }
+
+    /// A directory appeared where a watched one is missing: the kernel filters again.
+    fn on_dir_created(&mut self) {
+        if let (Some(d), Some(p)) = (self.detector.as_mut(), self.probes.as_mut()) {
+            apply_watches(d, p, true, &mut self.errors);
+        }
+        self.wait_for_missing_dirs();
     }
 
     /// Waits for the next thing to react to.
@@ -464,6 +513,8 @@ impl Agent {
         let follower = self.follower_joined.as_ref();
         let rescanning = self.rescan.is_some();
         let rescan = &mut self.rescan;
+        let dirs = self.dir_waiter.as_ref().filter(|w| w.active());
+        let waiting_dirs = dirs.is_some();
         tokio::select! {
             _ = self.signals.term.recv() => Wake::Stop,
             _ = self.signals.int.recv() => Wake::Stop,
@@ -473,6 +524,7 @@ impl Agent {
             _ = self.drain.tick(), if following => Wake::Drain,
             _ = self.tick.tick() => Wake::Tick,
             r = async { rescan.as_mut()?.await.ok() }, if rescanning => Wake::Rescanned(r),
+            Some(Ok(())) = async { Some(dirs?.created().await) }, if waiting_dirs => Wake::DirCreated,
         }
     }
 
@@ -488,6 +540,7 @@ impl Agent {
                 Wake::Drain => self.on_drain(),
                 Wake::Tick => self.on_tick()?,
                 Wake::Rescanned(scan) => self.on_rescanned(scan),
+                Wake::DirCreated => self.on_dir_created(),
             }
         }
     }
@@ -580,6 +633,7 @@ impl Agent {
         if let Some(p) = self.probes.as_mut() {
             apply_watches(d, p, true, &mut self.errors);
         }
+        self.wait_for_missing_dirs();
     }
 
     /// The interval's end: its batch to the spool.

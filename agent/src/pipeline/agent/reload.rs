@@ -16,6 +16,7 @@ impl Agent {
                 if let Some(p) = self.probes.as_mut() {
                     apply_watches(d, p, true, &mut self.errors);
                 }
+                self.wait_for_missing_dirs();
             }
             Err(e) => tracing::error!(
                 "SIGHUP: rules refused, keeping the {} running: {e}",
