@@ -827,6 +827,49 @@ fn footprint(
 }
 
 /// A tracer for the exec benchmark: its output lines are counted as they come.
+/// A fresh directory for a benchmark's agent: agent.toml pointing at rules.d/, which
+/// holds `rules` (if any) as bench.yaml; returns it and the agent's socket path.
+pub(crate) fn bench_agent_dir(
+    name: &str,
+    rules: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("vigil-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules.d"))?;
+    if !rules.is_empty() {
+        std::fs::write(dir.join("rules.d/bench.yaml"), rules)?;
+    }
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "[detect]\nrules_dir = \"{}\"\n",
+            dir.join("rules.d").display()
+        ),
+    )?;
+    let socket = dir.join("agent.sock");
+    Ok((dir, socket))
+}
+
+/// The agent of `build` at a 1-s interval with `dir`'s agent.toml, its socket and a
+/// data dir under `dir`, once it says it is tracing.
+pub(crate) fn bench_agent(
+    build: &std::path::Path,
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<Tracer> {
+    start_tracer(
+        daemon(build, "agent")
+            .args(["--interval", "1s", "--config"])
+            .arg(dir.join("agent.toml"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("--data-dir")
+            .arg(dir.join("data")),
+        "tracing the host every",
+        "\u{0}never",
+    )
+}
+
 pub(crate) struct Tracer {
     attached: Attached,
     matched: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -924,21 +967,10 @@ fn exec(
     let is_agent = |i: usize| i == 2 || i == 4;
     // The agent with a rule that matches every exec of /bin/true (deduplicated into one
     // finding; its match count is what we read back).
-    let dir = std::env::temp_dir().join(format!("vigil-bench-exec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("rules.d"))?;
-    std::fs::write(
-        dir.join("rules.d/bench.yaml"),
+    let (dir, socket) = bench_agent_dir(
+        "exec",
         "rules:\n  - id: bench-true\n    description: /bin/true ran\n    severity: info\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: /bin/true\n    dedup: 1h\n",
     )?;
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "[detect]\nrules_dir = \"{}\"\n",
-            dir.join("rules.d").display()
-        ),
-    )?;
-    let socket = dir.join("agent.sock");
     let matches = |socket: &std::path::Path| -> u64 {
         Command::new(vigil)
             .args(["stats", "--json", "--socket"])
@@ -967,17 +999,7 @@ fn exec(
                     } else {
                         vigil
                     };
-                    Some(start_tracer(
-                        daemon(build, "agent")
-                            .args(["--interval", "1s", "--config"])
-                            .arg(dir.join("agent.toml"))
-                            .arg("--socket")
-                            .arg(&socket)
-                            .arg("--data-dir")
-                            .arg(dir.join("data")),
-                        "tracing the host every",
-                        "\u{0}never",
-                    )?)
+                    Some(bench_agent(build, &dir, &socket)?)
                 }
                 3 => Some(start_tracer(
                     Command::new("stdbuf").args(["-oL", "execsnoop"]),

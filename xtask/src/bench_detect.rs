@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::bench::{daemon, start_tracer};
+use crate::bench::{bench_agent, bench_agent_dir};
 
 /// One act: the ATT&CK technique it simulates (`None` for a benign act), what it does,
 /// and the shell command (`sh -c`) that does it.
@@ -276,30 +276,10 @@ pub fn detect(vigil: &Path) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("the detection benchmark does what attackers do and needs root");
     }
-    let dir = std::env::temp_dir().join(format!("vigil-bench-detect-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("rules.d"))?;
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "[detect]\nrules_dir = \"{}\"\n",
-            dir.join("rules.d").display()
-        ),
-    )?;
-    let socket = dir.join("agent.sock");
+    let (dir, socket) = bench_agent_dir("detect", "")?;
     let s = scratch()?;
     let acts = acts(&s);
-    let agent = start_tracer(
-        daemon(vigil, "agent")
-            .args(["--interval", "1s", "--config"])
-            .arg(dir.join("agent.toml"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.join("data")),
-        "tracing the host every",
-        "\u{0}never",
-    )?;
+    let agent = bench_agent(vigil, &dir, &socket)?;
     // Wait for the API (the first interval).
     let up = Instant::now();
     while !Command::new(vigil)
