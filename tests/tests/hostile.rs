@@ -657,7 +657,9 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
         let s = socket2_connect("127.0.0.2", port);
         idle.push(s);
     }
-    wait_until("per-peer refusals", Duration::from_secs(10), || {
+    // A bound for a loaded machine (2 cores under the whole suite): it waits on the
+    // count, not on time.
+    wait_until("per-peer refusals", Duration::from_secs(60), || {
         collector.refused("peer_connection_limit") >= 800
     });
     // New clients are still served: the agent, and the CLI.
