@@ -650,6 +650,8 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
     assert!(nofile.split_whitespace().nth(3) == Some("8192"), "{nofile}");
     let agent = RealAgent::start(&collector, "fd-bystander");
     agent.keeps_being_acked(&collector, 1);
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let before = fds(collector.pid());
     // 1,100 idle connections from another address.
     let port: u16 = collector.addr.rsplit(':').next().unwrap().parse().unwrap();
     let mut idle = Vec::new();
@@ -657,11 +659,35 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
         let s = socket2_connect("127.0.0.2", port);
         idle.push(s);
     }
-    // A bound for a loaded machine (2 cores under the whole suite): it waits on the
-    // count, not on time.
-    wait_until("per-peer refusals", Duration::from_secs(60), || {
-        collector.refused("peer_connection_limit") >= 800
-    });
+    // Every one of them is either refused at accept (over the per-peer limit of 256)
+    // or accepted into a slot and closed when idle. How they split depends on timing:
+    // on a loaded machine the kernel's accept queue overflows, the client's handshake
+    // is retried, and a connection accepted after an idle one was closed takes its
+    // slot instead of being refused. The property is the bound: the collector's
+    // descriptors (the kernel's count, /proc/PID/fd) never grow by much more than
+    // 256 however many connections come. The wait is on the count, not on time.
+    let mut peak = before;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        peak = peak.max(fds(collector.pid()));
+        let st = collector.hosts();
+        let refused = &st["collector"]["refused"];
+        let n = |k: &str| refused[k].as_u64().unwrap_or(0);
+        if n("peer_connection_limit") + n("idle_connections_closed") >= 1100 - 256 {
+            assert!(n("peer_connection_limit") >= 1, "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every idle connection was refused or closed: {st}; kernel: {}",
+            std::fs::read_to_string("/proc/net/netstat").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        peak <= before + 256 + 64,
+        "the collector's descriptors grew from {before} to {peak}"
+    );
     // New clients are still served: the agent, and the CLI.
     agent.keeps_being_acked(&collector, 2);
     assert!(collector.host("fd-bystander").is_some());

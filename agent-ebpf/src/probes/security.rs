@@ -18,19 +18,27 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use vigil_common::{
-    Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls,
-    TaskLayout, DIR_BASE, DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC, MAX_PREFIXES,
-    NAME_LEN,
+    Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls, DIR_BASE,
+    DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC, MAX_PREFIXES, NAME_LEN,
 };
 
 use super::process::{read_at, read_ptr, TASK_LAYOUT};
-use crate::maps::{count, setting, submit_flags, EVENTS};
+use crate::maps::{count, submit_flags, EVENTS};
 
 #[no_mangle]
 pub static SECURITY_SYSCALLS: SecuritySyscalls = SecuritySyscalls::OFF;
 
 /// One field of `SECURITY_SYSCALLS`, read where it is used (volatile, so the value the
 /// loader set is used): copying the whole struct would not fit the BPF stack.
+/// One field of the task layout the loader filled in, read on its own (a copy of the
+/// whole layout is 128 bytes of a 512-byte stack).
+macro_rules! lay {
+    ($f:ident) => {
+        // SAFETY: a valid static set by the loader.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(TASK_LAYOUT.$f)) }
+    };
+}
+
 macro_rules! sc {
     ($($f:tt)+) => {
         // SAFETY: a valid static set by the loader.
@@ -448,9 +456,8 @@ fn fd_event(op: SecurityOp, fd: i32, detail: u64) {
     if !(0..1 << 20).contains(&fd) {
         return;
     }
-    let layout = setting(&TASK_LAYOUT);
-    let dentry = read_ptr(fd_file(&layout, fd as u32), layout.file_dentry);
-    let name = read_ptr(dentry, layout.dentry_name);
+    let dentry = read_ptr(fd_file(fd as u32), lay!(file_dentry));
+    let name = read_ptr(dentry, lay!(dentry_name));
     emit(op, |ev| unsafe {
         (*ev).target = fd as i64 as u64;
         (*ev).dev = 1;
@@ -606,11 +613,10 @@ fn module_load(finit: bool, regs: *const u8) {
     let fd: u64 = if finit { sys_arg(regs, 0) } else { u64::MAX };
     // finit_module: the module file's name, from the fd (the caller may be gone by
     // the time userspace could look at /proc).
-    let layout = setting(&TASK_LAYOUT);
     let name = if fd < 1 << 20 {
-        let file = fd_file(&layout, fd as u32);
-        let dentry = read_ptr(file, layout.file_dentry);
-        read_ptr(dentry, layout.dentry_name)
+        let file = fd_file(fd as u32);
+        let dentry = read_ptr(file, lay!(file_dentry));
+        read_ptr(dentry, lay!(dentry_name))
     } else {
         core::ptr::null()
     };
@@ -624,12 +630,12 @@ fn module_load(finit: bool, regs: *const u8) {
 
 /// The current task's `struct file *` for fd `fd` (null when none).
 #[inline(always)]
-fn fd_file(layout: &TaskLayout, fd: u32) -> *const u8 {
+fn fd_file(fd: u32) -> *const u8 {
     // SAFETY: helper without arguments; the current task.
     let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
-    let files = read_ptr(task, layout.files);
-    let fdt = read_ptr(files, layout.files_fdt);
-    let fds = read_ptr(fdt, layout.fdt_fd);
+    let files = read_ptr(task, lay!(files));
+    let fdt = read_ptr(files, lay!(files_fdt));
+    let fds = read_ptr(fdt, lay!(fdt_fd));
     if fds.is_null() {
         return core::ptr::null();
     }
@@ -639,11 +645,11 @@ fn fd_file(layout: &TaskLayout, fd: u32) -> *const u8 {
 // ---- writes and renames in watched directories -------------------------------------
 
 #[inline(always)]
-fn dir_key(layout: &TaskLayout, inode: *const u8) -> DirKey {
-    let sb = read_ptr(inode, layout.inode_sb);
+fn dir_key(inode: *const u8) -> DirKey {
+    let sb = read_ptr(inode, lay!(inode_sb));
     DirKey {
-        dev: read_at::<u32>(sb, layout.sb_dev) as u64,
-        ino: read_at(inode, layout.inode_ino),
+        dev: read_at::<u32>(sb, lay!(sb_dev)) as u64,
+        ino: read_at(inode, lay!(inode_ino)),
     }
 }
 
@@ -654,9 +660,11 @@ fn dir_flags(key: &DirKey) -> u8 {
     unsafe { WATCHED_DIRS.get(key) }.copied().unwrap_or(0)
 }
 
-#[inline(always)]
-fn file_event(op: SecurityOp, key: DirKey, dentry: *const u8, mode: u32, layout: &TaskLayout) {
-    let name = read_ptr(dentry, layout.dentry_name);
+/// Its own frame: `opened` reports one of three kinds, and three inlined copies of the
+/// event put `opened` past the 512-byte combined stack the verifier allows where the
+/// JIT has no private stack (an agent without CAP_SYS_ADMIN, kernels before 6.13).
+#[inline(never)]
+fn file_event(op: SecurityOp, key: &DirKey, name: *const u8, mode: u32) {
     emit(op, |ev| unsafe {
         (*ev).target = key.ino;
         (*ev).dev = key.dev;
@@ -676,39 +684,53 @@ fn opened(fd: i64, trunc: bool) {
     if fd > 1 << 20 {
         return;
     }
-    let layout = setting(&TASK_LAYOUT);
-    let file = fd_file(&layout, fd as u32);
-    let mode: u32 = read_at(file, layout.file_mode);
-    proc_mem_opened(file, mode, &layout);
+    let file = fd_file(fd as u32);
+    let mode: u32 = read_at(file, lay!(file_mode));
+    proc_mem_opened(file, mode);
     if mode & FMODE_WRITE == 0 {
-        let inode = read_ptr(file, layout.file_inode);
-        let key = dir_key(&layout, inode);
+        let inode = read_ptr(file, lay!(file_inode));
+        let key = dir_key(inode);
         // SAFETY: plain lookup.
         let flags = unsafe { WATCHED_FILES.get(&key) }.copied().unwrap_or(0);
         if flags & FILE_READ != 0 {
-            let dentry = read_ptr(file, layout.file_dentry);
-            file_event(SecurityOp::FileRead, key, dentry, mode, &layout);
+            let dentry = read_ptr(file, lay!(file_dentry));
+            file_event(
+                SecurityOp::FileRead,
+                &key,
+                read_ptr(dentry, lay!(dentry_name)),
+                mode,
+            );
         }
         return;
     }
     if trunc {
-        truncated(file, &layout, TRUNC_OPEN);
+        truncated(file, TRUNC_OPEN);
     }
-    let dentry = read_ptr(file, layout.file_dentry);
-    let parent = read_ptr(dentry, layout.dentry_parent);
-    let dir = read_ptr(parent, layout.dentry_inode);
-    let key = dir_key(&layout, dir);
+    let dentry = read_ptr(file, lay!(file_dentry));
+    let parent = read_ptr(dentry, lay!(dentry_parent));
+    let dir = read_ptr(parent, lay!(dentry_inode));
+    let key = dir_key(dir);
     if dir_flags(&key) & DIR_FILES != 0 {
-        file_event(SecurityOp::FileWrite, key, dentry, mode, &layout);
+        file_event(
+            SecurityOp::FileWrite,
+            &key,
+            read_ptr(dentry, lay!(dentry_name)),
+            mode,
+        );
         return;
     }
     // Elsewhere, only a file with more than one name can be a watched file.
-    let inode = read_ptr(file, layout.file_inode);
-    if read_at::<u32>(inode, layout.inode_nlink) > 1 {
-        let key = dir_key(&layout, inode);
+    let inode = read_ptr(file, lay!(file_inode));
+    if read_at::<u32>(inode, lay!(inode_nlink)) > 1 {
+        let key = dir_key(inode);
         // SAFETY: plain lookup.
         if unsafe { WATCHED_FILES.get(&key) }.is_some_and(|f| f & FILE_LINK != 0) {
-            file_event(SecurityOp::LinkWrite, key, dentry, mode, &layout);
+            file_event(
+                SecurityOp::LinkWrite,
+                &key,
+                read_ptr(dentry, lay!(dentry_name)),
+                mode,
+            );
         }
     }
 }
@@ -724,21 +746,21 @@ const TRUNC_PATH: u64 = 2;
 /// watched for truncation (`DIR_TRUNC`: `port` 1, the directory's key and the file's
 /// name) or the file itself is (`FILE_TRUNC`: `port` 2, the file's key).
 #[inline(never)]
-fn truncated(file: *const u8, layout: &TaskLayout, how: u64) {
-    let dentry = read_ptr(file, layout.file_dentry);
-    let parent = read_ptr(dentry, layout.dentry_parent);
-    let dkey = dir_key(layout, read_ptr(parent, layout.dentry_inode));
+fn truncated(file: *const u8, how: u64) {
+    let dentry = read_ptr(file, lay!(file_dentry));
+    let parent = read_ptr(dentry, lay!(dentry_parent));
+    let dkey = dir_key(read_ptr(parent, lay!(dentry_inode)));
     let (key, by) = if dir_flags(&dkey) & DIR_TRUNC != 0 {
         (dkey, 1)
     } else {
-        let fkey = dir_key(layout, read_ptr(file, layout.file_inode));
+        let fkey = dir_key(read_ptr(file, lay!(file_inode)));
         // SAFETY: plain lookup.
         if !unsafe { WATCHED_FILES.get(&fkey) }.is_some_and(|f| f & FILE_TRUNC != 0) {
             return;
         }
         (fkey, 2)
     };
-    let name = read_ptr(dentry, layout.dentry_name);
+    let name = read_ptr(dentry, lay!(dentry_name));
     emit(SecurityOp::Truncate, |ev| unsafe {
         (*ev).target = key.ino;
         (*ev).dev = key.dev;
@@ -756,10 +778,9 @@ fn truncated_fd(fd: i32) {
     if !(0..1 << 20).contains(&fd) {
         return;
     }
-    let layout = setting(&TASK_LAYOUT);
-    let file = fd_file(&layout, fd as u32);
+    let file = fd_file(fd as u32);
     if !file.is_null() {
-        truncated(file, &layout, TRUNC_FTRUNCATE);
+        truncated(file, TRUNC_FTRUNCATE);
     }
 }
 
@@ -780,14 +801,14 @@ const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 /// its directory (the pid or thread id). Other files pay one read of their
 /// superblock's magic; other procfs files one read of their name.
 #[inline(never)]
-fn proc_mem_opened(file: *const u8, mode: u32, layout: &TaskLayout) {
-    let inode = read_ptr(file, layout.file_inode);
-    let sb = read_ptr(inode, layout.inode_sb);
-    if read_at::<u64>(sb, layout.sb_magic) != PROC_SUPER_MAGIC {
+fn proc_mem_opened(file: *const u8, mode: u32) {
+    let inode = read_ptr(file, lay!(file_inode));
+    let sb = read_ptr(inode, lay!(inode_sb));
+    if read_at::<u64>(sb, lay!(sb_magic)) != PROC_SUPER_MAGIC {
         return;
     }
-    let dentry = read_ptr(file, layout.file_dentry);
-    let name = read_ptr(dentry, layout.dentry_name);
+    let dentry = read_ptr(file, lay!(file_dentry));
+    let name = read_ptr(dentry, lay!(dentry_name));
     // Longer than the name wanted, so a longer name ("meminfo") is not cut to it.
     let mut got = [0u8; 8];
     // SAFETY: kernel memory through the helper, which checks it.
@@ -797,8 +818,8 @@ fn proc_mem_opened(file: *const u8, mode: u32, layout: &TaskLayout) {
     if got[0] != b'm' || got[1] != b'e' || got[2] != b'm' || got[3] != 0 {
         return;
     }
-    let parent = read_ptr(dentry, layout.dentry_parent);
-    let pname = read_ptr(parent, layout.dentry_name);
+    let parent = read_ptr(dentry, lay!(dentry_parent));
+    let pname = read_ptr(parent, lay!(dentry_name));
     emit(SecurityOp::MemoryAccess, |ev| unsafe {
         (*ev).dev = 1;
         (*ev).detail = mode as u64;
@@ -873,18 +894,17 @@ fn rename_to(dirfd: i32, newname: *const u8) {
 
 #[inline(always)]
 fn relative_rename(dirfd: i32, name: &[u8; NAME_LEN]) {
-    let layout = setting(&TASK_LAYOUT);
     let base = if dirfd == AT_FDCWD {
         // SAFETY: helper without arguments; the current task.
         let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
-        read_ptr(read_ptr(task, layout.fs), layout.fs_pwd_dentry)
+        read_ptr(read_ptr(task, lay!(fs)), lay!(fs_pwd_dentry))
     } else if (0..1 << 20).contains(&dirfd) {
         // A bad dirfd (the rename then fails) reads a null or foreign file: no match.
-        read_ptr(fd_file(&layout, dirfd as u32), layout.file_dentry)
+        read_ptr(fd_file(dirfd as u32), lay!(file_dentry))
     } else {
         return;
     };
-    let key = dir_key(&layout, read_ptr(base, layout.dentry_inode));
+    let key = dir_key(read_ptr(base, lay!(dentry_inode)));
     let flags = dir_flags(&key);
     if flags & DIR_BASE == 0 {
         return;
