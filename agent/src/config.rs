@@ -56,6 +56,14 @@ pub struct AgentConfig {
     /// required). Default: none.
     pub api_listen: Option<String>,
     pub api_tls: ApiTlsConfig,
+    /// Serve /metrics (OpenMetrics text; Prometheus text to clients that ask for it)
+    /// on this TCP address, plain HTTP: keep it on loopback or a trusted network.
+    /// Default: none (off); "127.0.0.1:9471" is the usual choice.
+    pub metrics_listen: Option<String>,
+    /// Also expose the host metrics under node_exporter's names, labels and units
+    /// (node_cpu_seconds_total, node_memory_MemAvailable_bytes, ...), read at scrape
+    /// time, so node_exporter dashboards and alert rules work unchanged. Default true.
+    pub node_names: bool,
     /// The agent's own state. Default "/var/lib/vigil/agent".
     pub data_dir: PathBuf,
     /// The host's root file system as the agent sees it: "/" on the host; in a
@@ -203,6 +211,8 @@ impl Default for AgentConfig {
             api_group: API_GROUP.to_string(),
             api_listen: None,
             api_tls: ApiTlsConfig::default(),
+            metrics_listen: None,
+            node_names: true,
             data_dir: PathBuf::from("/var/lib/vigil/agent"),
             host_root: PathBuf::from("/"),
             summary_rows: 0,
@@ -330,6 +340,13 @@ impl AgentConfig {
             if a.parse::<std::net::SocketAddr>().is_err() {
                 problems.push(format!(
                     "api_listen: {a:?} is not an IP address and port (e.g. \"0.0.0.0:7471\")"
+                ));
+            }
+        }
+        if let Some(a) = &self.metrics_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "metrics_listen: {a:?} is not an IP address and port (e.g. \"127.0.0.1:9471\")"
                 ));
             }
         }

@@ -57,6 +57,10 @@ pub struct AgentArgs {
     /// api_listen; mTLS or the api_tls.token_file bearer token).
     #[arg(long, value_name = "ADDR")]
     pub api_listen: Option<String>,
+    /// Serve /metrics on this TCP address (overrides metrics_listen; plain HTTP, so
+    /// loopback or a trusted network).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub tls: vigil_tls::config::TlsFlags,
     /// Check the config file (with the flags over it) and the rules, say what would
@@ -94,6 +98,7 @@ impl AgentArgs {
         c.host_root = self.host_root.clone().unwrap_or(c.host_root);
         c.tls = c.tls.with_flags(&self.tls);
         c.api_listen = self.api_listen.clone().or(c.api_listen);
+        c.metrics_listen = self.metrics_listen.clone().or(c.metrics_listen);
         c.validate().map_err(|problems| ConfigError {
             file: "(command line)".into(),
             problems,

@@ -22,6 +22,7 @@ impl Collector {
                 limits: vigil_collector::Limits::default(),
                 tls: None,
                 fleet_token_file: None,
+                metrics_listen: None,
             },
             async {
                 let _ = stopped.await;

@@ -46,6 +46,9 @@ pub struct CollectorFile {
     /// that lets a tool without a client certificate read the Fleet API. Agents'
     /// streams always need their certificate. Default: none.
     pub fleet_token_file: Option<PathBuf>,
+    /// Serve /metrics (OpenMetrics text; Prometheus text to clients that ask for it)
+    /// on this TCP address, plain HTTP. Default: none (off).
+    pub metrics_listen: Option<String>,
     pub limits: LimitsFile,
     pub tls: TlsSection,
 }

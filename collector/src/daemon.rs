@@ -88,6 +88,10 @@ pub struct CollectorArgs {
     /// the Fleet API (overrides fleet_token_file).
     #[arg(long, value_name = "FILE")]
     pub fleet_token_file: Option<PathBuf>,
+    /// Serve /metrics on this TCP address (overrides metrics_listen; plain HTTP, so
+    /// loopback or a trusted network) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub tls: TlsFlags,
     /// Check the config file (with the flags over it) and the TLS material, say what
@@ -105,6 +109,7 @@ pub struct Settings {
     pub limits: Limits,
     pub tls: TlsSection,
     pub fleet_token_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
 }
 
 impl CollectorArgs {
@@ -210,6 +215,7 @@ impl CollectorArgs {
             limits,
             tls: file.tls.with_flags(&self.tls),
             fleet_token_file: self.fleet_token_file.clone().or(file.fleet_token_file),
+            metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
         })
     }
 
@@ -304,6 +310,7 @@ impl CollectorArgs {
             limits,
             tls,
             fleet_token_file: settings.fleet_token_file,
+            metrics_listen: settings.metrics_listen,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

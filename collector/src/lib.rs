@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod limits;
 pub mod metrics;
+pub mod openmetrics;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -49,6 +49,8 @@ pub struct CollectorConfig {
     pub tls: Option<Arc<Reloading<ServerTls>>>,
     /// A bearer token that reads the Fleet API without a client certificate.
     pub fleet_token_file: Option<PathBuf>,
+    /// Where /metrics is served (None: not served).
+    pub metrics_listen: Option<String>,
 }
 
 /// The collector's TLS: the server config, and the trust domain its own certificate
@@ -607,6 +609,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Serves Collector and Fleet on `listener` until `shutdown` completes, then lets the
@@ -631,6 +635,14 @@ pub async fn serve(
     let counters = Arc::new(Counters::default());
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?local, data_dir = %config.data_dir.display(), ?limits, "collector serving");
+    let _metrics = match &config.metrics_listen {
+        Some(addr) => Some(
+            crate::openmetrics::serve(addr, counters.clone(), config.tls.clone())
+                .await
+                .map_err(|e| ServeError::Metrics(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     // On shutdown, open streams get SHUTDOWN_GRACE to end by themselves; then they are
     // cut. That loses nothing: a batch is acked only after its commit, and agents send
     // whatever was not acked again.

@@ -40,6 +40,11 @@ const PACKAGES: &[&str] = &[
     "logrotate",
     "e2fsprogs",
     "passwd",
+    // /metrics is checked against the real peers: promtool lints it, Prometheus
+    // scrapes it, node_exporter is compared with it; curl fetches it.
+    "prometheus",
+    "prometheus-node-exporter",
+    "curl",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

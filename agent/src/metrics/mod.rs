@@ -1,6 +1,7 @@
 //! Host metrics from procfs and sysfs: one `HostSample` per interval. Counters are
 //! turned into rates against the previous sample; a counter or file this kernel doesn't
 //! have is left out (an `Option` or an empty list), never an error.
+pub mod node;
 pub mod parse;
 mod sampler;
 

@@ -181,6 +181,7 @@ pub struct Agent {
     agent_id: String,
     api: Option<tokio::task::JoinHandle<()>>,
     remote_api: Option<tokio::task::JoinHandle<()>>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
     socket: Option<PathBuf>,
     iv: Interval,
     /// Events drained from the ring buffer, not yet absorbed.
@@ -385,6 +386,19 @@ impl Agent {
             }
             None => None,
         };
+        let metrics = match &config.metrics_listen {
+            Some(addr) => {
+                let render = crate::query::metrics::render(
+                    state.reader(),
+                    Roots::under(&config.host_root),
+                    config.node_names,
+                );
+                let (local, task) = vigil_openmetrics::serve(addr, "agent", render).await?;
+                ready_vars.push(format!("VIGIL_METRICS_LISTEN={local}"));
+                Some(task)
+            }
+            None => None,
+        };
         // Everything that needed root is done (probes attached, socket bound): keep
         // only what reading /proc and watched directories needs, before any other
         // thread exists (the exporter's connection may resolve names on one).
@@ -442,6 +456,7 @@ impl Agent {
             agent_id,
             api,
             remote_api,
+            metrics,
             socket,
             iv: Interval::new(now_ms()),
             events: Vec::new(),
@@ -712,6 +727,9 @@ impl Agent {
         }
         if let Some(api) = self.remote_api.take() {
             api.abort();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.abort();
         }
         if let Some(path) = &self.socket {
             let _ = std::fs::remove_file(path);

@@ -3,6 +3,7 @@ pub mod api;
 pub mod display;
 pub mod fleet;
 pub mod local;
+pub mod metrics;
 pub mod remote;
 pub mod state;
 pub mod top;

@@ -53,6 +53,27 @@ struct AgentState {
     /// Findings per user and rule per minute (a local user flooding one rule cannot
     /// push everyone else's findings out of the recent list or the batches).
     finding_rate: FindingRate,
+    /// Since the agent started, for /metrics: syscall latency per syscall number,
+    /// retransmits by remote address, findings by rule and severity.
+    totals: Totals,
+}
+
+/// Retransmit peers with a series of their own in /metrics; later ones are counted
+/// under `peer="other"`.
+pub const RETRANSMIT_PEERS: usize = 64;
+
+/// Counters since the agent started (what /metrics exposes as counters). Bounded: one
+/// histogram per syscall number, RETRANSMIT_PEERS peers plus "other", one entry per
+/// (rule, severity) of the loaded rules.
+#[derive(Default)]
+pub struct Totals {
+    pub latency: BTreeMap<u32, LatencyHistogram>,
+    /// The first RETRANSMIT_PEERS remote addresses seen keep their own counter until
+    /// the agent restarts (a counter that moved between series would go backwards);
+    /// every later one adds to `retransmits_other`.
+    pub retransmits: BTreeMap<String, u64>,
+    pub retransmits_other: u64,
+    pub findings: BTreeMap<(String, String), u64>,
 }
 
 /// The loop's handle: the only one that changes the state (one lock per `write`).
@@ -194,6 +215,15 @@ impl StateRead<'_> {
             .map(move |(i, f)| (forgotten + i as u64, f))
     }
 
+    /// Counters since the agent started.
+    pub fn totals(&self) -> &Totals {
+        &self.0.totals
+    }
+
+    pub fn interval_secs(&self) -> f64 {
+        self.0.interval_secs
+    }
+
     /// Findings pushed out of the recent list by newer ones.
     pub fn findings_forgotten(&self) -> u64 {
         self.0.findings_forgotten
@@ -288,10 +318,14 @@ impl AgentState {
             agent: Default::default(),
             follower_joined: Default::default(),
             finding_rate: Default::default(),
+            totals: Totals::default(),
         }
     }
 
     fn push_latency(&mut self, delta: &BTreeMap<u32, LatencyHistogram>) {
+        for (nr, h) in delta {
+            self.totals.latency.entry(*nr).or_default().merge(h);
+        }
         if self.latency.len() >= RECENT_INTERVALS + GROUP {
             let mut merged: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
             for interval in self.latency.drain(..GROUP) {
@@ -315,6 +349,14 @@ impl AgentState {
                 self.retransmits.pop_front();
             }
             self.retransmits.push_back(r.clone());
+            let t = &mut self.totals;
+            if let Some(n) = t.retransmits.get_mut(&r.daddr) {
+                *n += 1;
+            } else if t.retransmits.len() < RETRANSMIT_PEERS {
+                t.retransmits.insert(r.daddr.clone(), 1);
+            } else {
+                t.retransmits_other += 1;
+            }
         }
         if let pb::live_event::Event::Finding(f) = &event {
             if self.findings.len() >= RECENT_FINDINGS {
@@ -322,6 +364,11 @@ impl AgentState {
                 self.findings_forgotten += 1;
             }
             self.findings.push_back(f.clone());
+            *self
+                .totals
+                .findings
+                .entry((f.rule.clone(), f.severity.clone()))
+                .or_default() += 1;
         }
         // No followers is fine: the event is simply not streamed.
         let _ = self.live.send(event);

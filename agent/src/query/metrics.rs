@@ -1,0 +1,229 @@
+//! The agent's /metrics (`metrics_listen`): node_exporter-named host metrics read at
+//! scrape time (`node_names`), and Vigil's own families from the agent's state. Every
+//! name, type, unit and label is in the README's "Prometheus and Grafana" table.
+use std::sync::Arc;
+
+use vigil_openmetrics::{labels, Family, Kind, Sample, Value};
+
+use super::state::StateReader;
+use crate::metrics::{node, Roots};
+
+/// Upper bounds of the latency histograms' buckets: 2^10 ns (1.024 µs) to 2^33 ns
+/// (8.6 s), doubling, then +Inf. The kernel's buckets are quarter-octaves, so each
+/// kernel bucket falls wholly inside one of these; a bucket `le=2^k ns` counts the
+/// calls that took less than 2^k ns (whole nanoseconds: at most 2^k - 1).
+pub const LATENCY_BOUNDS_LOG2: std::ops::RangeInclusive<u32> = 10..=33;
+
+/// What a scrape renders.
+pub fn render(state: StateReader, roots: Roots, node_names: bool) -> vigil_openmetrics::Render {
+    let filters = Arc::new(node::Filters::default());
+    Arc::new(move || {
+        let mut out = if node_names {
+            node::families(&roots, &filters)
+        } else {
+            Vec::new()
+        };
+        vigil_families(&state, &mut out);
+        vigil_openmetrics::process_families(&mut out);
+        out
+    })
+}
+
+fn latency_buckets(h: &crate::histogram::LatencyHistogram) -> Vec<(f64, u64)> {
+    let bounds: Vec<u64> = LATENCY_BOUNDS_LOG2.map(|k| 1u64 << k).collect();
+    let mut counts = vec![0u64; bounds.len() + 1];
+    for (i, n) in h.buckets.iter().enumerate() {
+        if *n == 0 {
+            continue;
+        }
+        let upper = vigil_common::bucket_upper_bound(i);
+        let slot = bounds
+            .iter()
+            .position(|b| upper < *b)
+            .unwrap_or(bounds.len());
+        counts[slot] = counts[slot].saturating_add(*n);
+    }
+    bounds
+        .iter()
+        .map(|b| *b as f64 / 1e9)
+        .chain([f64::INFINITY])
+        .zip(counts)
+        .collect()
+}
+
+fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
+    let st = state.read();
+    let t = st.totals();
+    let mut lat = Family::new(
+        "vigil_syscall_latency_seconds",
+        "Time from a syscall's entry to its exit, per syscall, since the agent started (from the kernel's log2 histograms).",
+        Kind::Histogram,
+    );
+    for (nr, h) in &t.latency {
+        let name = crate::syscall_table::syscall_name(*nr)
+            .map_or_else(|| format!("syscall_{nr}"), str::to_string);
+        lat.samples.push(Sample {
+            labels: labels(&[("syscall", &name)]),
+            value: Value::Histogram {
+                sum: h.total_ns as f64 / 1e9,
+                count: h.count,
+                buckets: latency_buckets(h),
+            },
+        });
+    }
+    out.push(lat);
+    let mut rt = Family::new(
+        "vigil_tcp_retransmits_total",
+        "TCP retransmits the kernel made, by remote address (the first 64 addresses seen; later ones under peer=\"other\").",
+        Kind::Counter,
+    );
+    for (peer, n) in &t.retransmits {
+        rt.with(&[("peer", peer)], *n as f64);
+    }
+    if t.retransmits_other > 0 || t.retransmits.len() >= super::state::RETRANSMIT_PEERS {
+        rt.with(&[("peer", "other")], t.retransmits_other as f64);
+    }
+    out.push(rt);
+    let mut fd = Family::new(
+        "vigil_findings_total",
+        "Findings the detection rules raised, by rule and severity.",
+        Kind::Counter,
+    );
+    for ((rule, sev), n) in &t.findings {
+        fd.with(&[("rule", rule), ("severity", sev)], *n as f64);
+    }
+    out.push(fd);
+
+    let a = st.agent_self();
+    let c = |name: &str, help: &str, v: u64| Family::single(name, help, Kind::Counter, v as f64);
+    let g = |name: &str, help: &str, v: u64| Family::single(name, help, Kind::Gauge, v as f64);
+    out.push(c(
+        "vigil_batches_sent_total",
+        "Batches sent to the collector.",
+        a.batches_sent,
+    ));
+    out.push(c(
+        "vigil_batches_acked_total",
+        "Batches the collector acknowledged as stored.",
+        a.batches_acked,
+    ));
+    out.push(c(
+        "vigil_batches_refused_total",
+        "Batches the collector refused (set aside, counted).",
+        a.batches_refused,
+    ));
+    out.push(c(
+        "vigil_collector_reconnects_total",
+        "Reconnections to the collector.",
+        a.reconnects,
+    ));
+    out.push(g(
+        "vigil_spool_bytes",
+        "Bytes the spool holds on disk.",
+        a.spool_bytes,
+    ));
+    out.push(g(
+        "vigil_spool_unacked_batches",
+        "Batches in the spool the collector has not acknowledged (the backlog).",
+        a.spool_unacked,
+    ));
+    let mut events = Family::new(
+        "vigil_events_total",
+        "Kernel events the agent read and evaluated, by kind.",
+        Kind::Counter,
+    );
+    events.with(&[("kind", "process")], a.process_events as f64);
+    events.with(&[("kind", "security")], a.security_events as f64);
+    out.push(events);
+    let mut lost = Family::new(
+        "vigil_lost_total",
+        "Events and batches lost, by stage and reason (nothing is lost without a count).",
+        Kind::Counter,
+    );
+    if let Some(l) = &a.losses {
+        for (stage, reason, v) in [
+            (
+                "kernel",
+                "slow_syscall_ringbuf_full",
+                l.slow_syscall_ringbuf_full,
+            ),
+            (
+                "kernel",
+                "slow_syscall_rate_limited",
+                l.slow_syscall_rate_limited,
+            ),
+            (
+                "kernel",
+                "retransmit_ringbuf_full",
+                l.retransmit_ringbuf_full,
+            ),
+            (
+                "kernel",
+                "syscall_start_store_failed",
+                l.syscall_start_store_failed,
+            ),
+            ("kernel", "syscall_out_of_range", l.syscall_out_of_range),
+            ("kernel", "process_ringbuf_full", l.process_ringbuf_full),
+            ("kernel", "security_ringbuf_full", l.security_ringbuf_full),
+            ("kernel", "security_untracked", l.security_untracked),
+            ("agent", "undecodable_events", l.undecodable_events),
+            ("agent", "pipeline_dropped", l.pipeline_dropped),
+            ("agent", "findings_dropped", l.findings_dropped),
+            ("spool", "spool_dropped_batches", l.spool_dropped_batches),
+            ("spool", "spool_corrupt_records", l.spool_corrupt_records),
+        ] {
+            lost.with(&[("stage", stage), ("reason", reason)], v as f64);
+        }
+    }
+    lost.with(
+        &[("stage", "agent"), ("reason", "findings_rate_limited")],
+        a.findings_rate_limited as f64,
+    );
+    out.push(lost);
+    let mut probes = Family::new(
+        "vigil_probe_up",
+        "1 when the probe is attached, 0 when it is off or not requested.",
+        Kind::Gauge,
+    );
+    for (p, state) in &a.probes {
+        probes.with(&[("probe", p)], f64::from(u8::from(state == "on")));
+    }
+    out.push(probes);
+    let mut errors = Family::new(
+        "vigil_internal_errors_total",
+        "Internal errors that are otherwise only logged, by name.",
+        Kind::Counter,
+    );
+    for (name, n) in &a.internal_errors {
+        errors.with(&[("error", name)], *n as f64);
+    }
+    out.push(errors);
+    out.push(g(
+        "vigil_processes_tracked",
+        "Processes in the detection's process table.",
+        a.processes_tracked,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_bucket_lands_in_the_bucket_its_upper_bound_is_under() {
+        let mut h = crate::histogram::LatencyHistogram::default();
+        for ns in [1u64, 1023, 1024, 1500, 2047, 2048, 5_000_000, u64::MAX / 2] {
+            h.buckets[vigil_common::latency_bucket(ns)] += 1;
+            h.count += 1;
+        }
+        let b = latency_buckets(&h);
+        assert_eq!(b.len(), LATENCY_BOUNDS_LOG2.count() + 1);
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), h.count);
+        // 1 and 1023 ns: under 1024 ns.
+        assert_eq!(b[0], (1024e-9, 2));
+        // 1024, 1500, 2047: under 2048.
+        assert_eq!(b[1], (2048e-9, 3));
+        assert_eq!(b[2].1, 1, "2048 ns is under 4096");
+        assert_eq!(b.last().unwrap(), &(f64::INFINITY, 1));
+    }
+}
