@@ -370,6 +370,18 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
         return;
     }
     require("prometheus");
+    // The kernel counts eBPF run time only while asked to; put it back as it was.
+    struct BpfStats(String);
+    impl Drop for BpfStats {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+        }
+    }
+    let _stats = BpfStats(
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap_or_else(|_| "0".into()),
+    );
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enabling bpf stats");
     let agent = start_agent(&[]);
     let collector_metrics = format!("127.0.0.1:{}", free_port());
     let _collector =
@@ -445,6 +457,14 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
         count(&base) > 0.0
     });
     let before = count(&base);
+    let runs = |base: &str| {
+        scalar(&prometheus_query(
+            base,
+            "sum(vigil_bpf_program_runs_total{job=\"vigil-agent\"})",
+        ))
+        .unwrap_or(0.0)
+    };
+    let runs_before = runs(&base);
     const N: f64 = 20_000.0;
     let ok = Command::new("python3")
         .args(["-c", "import os\nfor _ in range(20000): os.getppid()"])
@@ -458,6 +478,14 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
     );
     let after = count(&base);
     assert!(after - before < N + 1000.0, "{before} -> {after}");
+    // Each of those calls ran the syscall entry and exit programs at least once.
+    wait_until(
+        "the programs' runs in Prometheus",
+        Duration::from_secs(60),
+        || runs(&base) >= runs_before + 2.0 * N,
+    );
+    let q = prometheus_query(&base, "vigil_bpf_stats_enabled");
+    assert_eq!(scalar(&q), Some(1.0), "{q}");
 
     // The collector's own series are there too.
     let q = prometheus_query(&base, "vigil_collector_connections_open");

@@ -291,6 +291,18 @@ fn spawn_log_reader(ebpf: &mut Ebpf) {
 }
 
 impl Probes {
+    /// Each loaded program's run time and run count as the kernel keeps them (zero
+    /// unless `kernel.bpf_stats_enabled` is 1): by program name.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
     /// Loads the eBPF object and attaches each requested probe independently.
     /// Fails only when nothing at all can be loaded.
     pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {

@@ -94,6 +94,31 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
     }
     out.push(fd);
 
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|s| s.trim() == "1");
+    out.push(Family::single(
+        "vigil_bpf_stats_enabled",
+        "1 when the kernel counts eBPF program run time (sysctl kernel.bpf_stats_enabled=1; off by default, it costs a little per run).",
+        Kind::Gauge,
+        f64::from(u8::from(enabled)),
+    ));
+    let mut run_time = Family::new(
+        "vigil_bpf_program_run_seconds_total",
+        "Time the kernel spent running each of the agent's eBPF programs (counted only while kernel.bpf_stats_enabled=1; as of the last interval).",
+        Kind::Counter,
+    );
+    let mut runs = Family::new(
+        "vigil_bpf_program_runs_total",
+        "Runs of each of the agent's eBPF programs (counted only while kernel.bpf_stats_enabled=1; as of the last interval).",
+        Kind::Counter,
+    );
+    for (name, t, n) in &t.bpf_programs {
+        run_time.with(&[("program", name)], t.as_secs_f64());
+        runs.with(&[("program", name)], *n as f64);
+    }
+    out.push(run_time);
+    out.push(runs);
+
     let a = st.agent_self();
     let c = |name: &str, help: &str, v: u64| Family::single(name, help, Kind::Counter, v as f64);
     let g = |name: &str, help: &str, v: u64| Family::single(name, help, Kind::Gauge, v as f64);

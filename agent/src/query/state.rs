@@ -74,6 +74,9 @@ pub struct Totals {
     pub retransmits: BTreeMap<String, u64>,
     pub retransmits_other: u64,
     pub findings: BTreeMap<(String, String), u64>,
+    /// Per loaded eBPF program: run time and run count (kernel.bpf_stats_enabled),
+    /// as of the last interval.
+    pub bpf_programs: Vec<(String, std::time::Duration, u64)>,
 }
 
 /// The loop's handle: the only one that changes the state (one lock per `write`).
@@ -141,6 +144,11 @@ impl StateWrite<'_> {
         self.0.latest = Some(metrics);
         self.0.published = std::time::Instant::now();
         self.0.push_latency(latency);
+    }
+
+    /// The eBPF programs' run time and count, read at the interval's end.
+    pub fn publish_bpf_stats(&mut self, stats: Vec<(String, std::time::Duration, u64)>) {
+        self.0.totals.bpf_programs = stats;
     }
 
     /// A retransmit, slow syscall or finding: into the recent lists and to followers.

@@ -105,6 +105,9 @@ impl Agent {
             }
             None => (BTreeMap::new(), pb::Losses::default()),
         };
+        if let Some(p) = &self.probes {
+            self.state.write().publish_bpf_stats(p.program_stats());
+        }
         let agent_id = &self.agent_id;
         self.state.write().publish_sample(
             convert::host_identity(&sample, agent_id),
