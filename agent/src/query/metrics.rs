@@ -74,7 +74,7 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
     out.push(lat);
     let mut rt = Family::new(
         "vigil_tcp_retransmits_total",
-        "TCP retransmits the kernel made, by remote address (the first 64 addresses seen; later ones under peer=\"other\").",
+        "TCP retransmits the kernel sent, by remote address (the first 64 addresses seen; later ones under peer=\"other\"); a packet of several segments counts once.",
         Kind::Counter,
     );
     for (peer, n) in &t.retransmits {
@@ -84,6 +84,12 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
         rt.with(&[("peer", "other")], t.retransmits_other as f64);
     }
     out.push(rt);
+    out.push(Family::single(
+        "vigil_tcp_retransmit_failures_total",
+        "TCP retransmits the kernel attempted and could not send (the tracepoint's err, Linux 6.13 and later).",
+        Kind::Counter,
+        t.retransmit_failures as f64,
+    ));
     let mut fd = Family::new(
         "vigil_findings_total",
         "Findings the detection rules raised, by rule and severity.",

@@ -73,6 +73,9 @@ pub struct Totals {
     /// every later one adds to `retransmits_other`.
     pub retransmits: BTreeMap<String, u64>,
     pub retransmits_other: u64,
+    /// Retransmits the kernel attempted and could not send (the tracepoint's `err`,
+    /// Linux 6.13 and later).
+    pub retransmit_failures: u64,
     pub findings: BTreeMap<(String, String), u64>,
     /// Per loaded eBPF program: run time and run count (kernel.bpf_stats_enabled),
     /// as of the last interval.
@@ -358,7 +361,10 @@ impl AgentState {
             }
             self.retransmits.push_back(r.clone());
             let t = &mut self.totals;
-            if let Some(n) = t.retransmits.get_mut(&r.daddr) {
+            if r.err != 0 {
+                // Attempted, not sent (the kernel's RetransSegs does not count it).
+                t.retransmit_failures += 1;
+            } else if let Some(n) = t.retransmits.get_mut(&r.daddr) {
                 *n += 1;
             } else if t.retransmits.len() < RETRANSMIT_PEERS {
                 t.retransmits.insert(r.daddr.clone(), 1);
