@@ -23,6 +23,7 @@ impl Collector {
                 tls: None,
                 fleet_token_file: None,
                 metrics_listen: None,
+                remote_write: Vec::new(),
             },
             async {
                 let _ = stopped.await;

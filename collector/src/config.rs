@@ -49,8 +49,19 @@ pub struct CollectorFile {
     /// Serve /metrics (OpenMetrics text; Prometheus text to clients that ask for it)
     /// on this TCP address, plain HTTP. Default: none (off).
     pub metrics_listen: Option<String>,
+    /// Prometheus remote-write endpoints every stored host sample is forwarded to
+    /// (`[[remote_write]]` tables with `url`). Default: none.
+    pub remote_write: Vec<RemoteWriteFile>,
     pub limits: LimitsFile,
     pub tls: TlsSection,
+}
+
+/// `[[remote_write]]`: one endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    /// e.g. "http://prometheus:9090/api/v1/write" (plain HTTP).
+    pub url: String,
 }
 
 /// `[limits]`: what one client may cost (defaults in `vigil-collector --help`).

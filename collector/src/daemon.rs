@@ -92,6 +92,10 @@ pub struct CollectorArgs {
     /// loopback or a trusted network) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Forward every stored host sample to this Prometheus remote-write endpoint
+    /// (http://HOST:PORT/PATH; repeatable; adds to the file's [[remote_write]]).
+    #[arg(long, value_name = "URL")]
+    pub remote_write: Vec<String>,
     #[command(flatten)]
     pub tls: TlsFlags,
     /// Check the config file (with the flags over it) and the TLS material, say what
@@ -110,6 +114,7 @@ pub struct Settings {
     pub tls: TlsSection,
     pub fleet_token_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub remote_write: Vec<String>,
 }
 
 impl CollectorArgs {
@@ -197,6 +202,19 @@ impl CollectorArgs {
                 "limits.max_string_bytes: {n} bytes is outside {MIN_STRING} bytes to 1MiB"
             )));
         }
+        let mut remote_write: Vec<String> =
+            file.remote_write.iter().map(|r| r.url.clone()).collect();
+        remote_write.extend(self.remote_write.iter().cloned());
+        for url in &remote_write {
+            let Some(rest) = url.strip_prefix("http://") else {
+                return Err(problem(format!(
+                    "remote_write: {url:?}: only http:// URLs are supported (https: put a local relay in front)"
+                )));
+            };
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(problem(format!("remote_write: {url:?} names no host")));
+            }
+        }
         Ok(Settings {
             listen: self
                 .listen
@@ -216,6 +234,7 @@ impl CollectorArgs {
             tls: file.tls.with_flags(&self.tls),
             fleet_token_file: self.fleet_token_file.clone().or(file.fleet_token_file),
             metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
+            remote_write,
         })
     }
 
@@ -311,6 +330,7 @@ impl CollectorArgs {
             tls,
             fleet_token_file: settings.fleet_token_file,
             metrics_listen: settings.metrics_listen,
+            remote_write: settings.remote_write,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod limits;
 pub mod metrics;
 pub mod openmetrics;
+pub mod remote_write;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -12,8 +12,13 @@ pub async fn serve(
     addr: &str,
     counters: Arc<Counters>,
     tls: Option<Arc<vigil_tls::Reloading<ServerTls>>>,
+    remote: Vec<Arc<crate::remote_write::EndpointStats>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let render: vigil_openmetrics::Render = Arc::new(move || families(&counters, tls.as_deref()));
+    let render: vigil_openmetrics::Render = Arc::new(move || {
+        let mut f = families(&counters, tls.as_deref());
+        f.extend(crate::remote_write::families(&remote));
+        f
+    });
     let (_, task) = vigil_openmetrics::serve(addr, "collector", render).await?;
     Ok(task)
 }

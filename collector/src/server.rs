@@ -51,6 +51,8 @@ pub struct CollectorConfig {
     pub fleet_token_file: Option<PathBuf>,
     /// Where /metrics is served (None: not served).
     pub metrics_listen: Option<String>,
+    /// Prometheus remote-write endpoints the stored samples are forwarded to.
+    pub remote_write: Vec<String>,
 }
 
 /// The collector's TLS: the server config, and the trust domain its own certificate
@@ -635,11 +637,18 @@ pub async fn serve(
     let counters = Arc::new(Counters::default());
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?local, data_dir = %config.data_dir.display(), ?limits, "collector serving");
+    let remote = crate::remote_write::RemoteWrite::start(&config.data_dir, &config.remote_write)
+        .map_err(ServeError::Listener)?;
     let _metrics = match &config.metrics_listen {
         Some(addr) => Some(
-            crate::openmetrics::serve(addr, counters.clone(), config.tls.clone())
-                .await
-                .map_err(|e| ServeError::Metrics(format!("{e:#}")))?,
+            crate::openmetrics::serve(
+                addr,
+                counters.clone(),
+                config.tls.clone(),
+                remote.stats.clone(),
+            )
+            .await
+            .map_err(|e| ServeError::Metrics(format!("{e:#}")))?,
         ),
         None => None,
     };
@@ -758,5 +767,7 @@ pub async fn serve(
     if tokio::time::timeout(SHUTDOWN_GRACE, join).await.is_err() {
         tracing::warn!("store writer still busy at exit; unacked batches will be resent");
     }
+    // The forwarders' cursors are saved after each request: stopping loses nothing.
+    let _ = tokio::task::spawn_blocking(move || remote.stop()).await;
     Ok(result?)
 }

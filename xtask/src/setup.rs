@@ -44,6 +44,9 @@ const PACKAGES: &[&str] = &[
     // scrapes it, node_exporter is compared with it; curl fetches it.
     "prometheus",
     "prometheus-node-exporter",
+    // Remote write is checked against two real receivers (Prometheus and
+    // VictoriaMetrics); vmagent (in the same package) is the benchmark's peer.
+    "victoria-metrics",
     "curl",
 ];
 

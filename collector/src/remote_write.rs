@@ -1,0 +1,513 @@
+//! Prometheus remote write 1.0: every host sample the collector stores is forwarded to
+//! each configured endpoint (a protobuf `WriteRequest`, snappy-compressed, labels
+//! sorted), reading the store's `samples` table as a write-ahead log.
+//!
+//! One thread per endpoint, with its own read connection to the database: it takes
+//! the next rows after its cursor (at most [`ROWS_PER_REQUEST`] at a time: memory stays
+//! bounded however long the remote was away), sends them, and moves the cursor (kept in
+//! `<data_dir>/remote_write/<endpoint hash>.cursor`, written atomically) only when the
+//! remote has taken them. The spec's retry rules: a 5xx, a 429 or a connection failure
+//! is retried, the same request, with a backoff from 100 ms doubling to 30 s; any other
+//! 4xx is counted as dropped with a log line and the cursor moves on. So an outage
+//! loses nothing up to the store's retention: when the remote is back, the backlog
+//! drains in order. Rows that retention deleted before they were sent are counted
+//! (`lost`), as are cursors found damaged (set aside; sending starts over, which the
+//! remote takes as duplicates).
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prost::Message;
+
+use crate::metrics::SCALARS;
+
+/// Rows (host samples, 12 series each) per request.
+pub const ROWS_PER_REQUEST: i64 = 1000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often an idle forwarder looks for new rows.
+const POLL: Duration = Duration::from_millis(250);
+
+/// prompb's WriteRequest (remote write 1.0), as prost messages.
+#[derive(Clone, PartialEq, Message)]
+pub struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeries>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Label {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Sample {
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+/// The series name of a stored scalar: `cpu.usage_percent` is
+/// `vigil_host_cpu_usage_percent`.
+pub fn series_name(scalar: &str) -> String {
+    format!("vigil_host_{}", scalar.replace('.', "_"))
+}
+
+/// One endpoint's counts, for /metrics.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    pub url: String,
+    pub samples_sent: AtomicU64,
+    pub samples_dropped: AtomicU64,
+    /// Samples retention deleted before they could be sent.
+    pub samples_lost: AtomicU64,
+    pub requests_retried: AtomicU64,
+    /// Rows stored and not yet sent (as of the forwarder's last look).
+    pub backlog_rows: AtomicI64,
+    /// The newest sample time sent, in ms (0: none yet).
+    pub newest_sent_ms: AtomicI64,
+    pub cursors_damaged: AtomicU64,
+}
+
+/// The forwarders of one collector.
+pub struct RemoteWrite {
+    pub stats: Vec<Arc<EndpointStats>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RemoteWrite {
+    /// Starts a forwarder per URL on the database in `data_dir`.
+    pub fn start(data_dir: &Path, urls: &[String]) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for url in urls {
+            let s = Arc::new(EndpointStats {
+                url: url.clone(),
+                ..Default::default()
+            });
+            let f = Forwarder {
+                url: url.clone(),
+                db: data_dir.join("vigil.db"),
+                cursor_file: cursor_path(data_dir, url),
+                stats: s.clone(),
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("vigil-remote-write".into())
+                    .spawn(move || f.run())?,
+            );
+            stats.push(s);
+            tracing::info!(%url, "remote write to {url}");
+        }
+        Ok(Self {
+            stats,
+            stop,
+            threads,
+        })
+    }
+
+    /// Stops the forwarders (a request in flight finishes or times out first).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn cursor_path(data_dir: &Path, url: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(url.as_bytes());
+    let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    data_dir.join("remote_write").join(format!("{hex}.cursor"))
+}
+
+struct Forwarder {
+    url: String,
+    db: PathBuf,
+    cursor_file: PathBuf,
+    stats: Arc<EndpointStats>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What a send came to.
+enum Sent {
+    Taken,
+    /// A 4xx other than 429: the remote will never take it.
+    Refused(String),
+}
+
+impl Forwarder {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps `d` in short steps, returning early (true) on stop.
+    fn pause(&self, d: Duration) -> bool {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if self.stopping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(d));
+        }
+        self.stopping()
+    }
+
+    fn read_cursor(&self) -> i64 {
+        match std::fs::read_to_string(&self.cursor_file) {
+            Ok(t) => match t.trim().parse::<i64>() {
+                Ok(v) if v >= 0 => v,
+                _ => {
+                    let aside = self.cursor_file.with_extension(format!(
+                        "damaged-{}",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis())
+                    ));
+                    tracing::warn!(file = %self.cursor_file.display(), aside = %aside.display(),
+                        "remote write cursor damaged: set aside; sending starts over (the remote takes repeats as duplicates)");
+                    let _ = std::fs::rename(&self.cursor_file, &aside);
+                    self.stats.cursors_damaged.fetch_add(1, Ordering::Relaxed);
+                    0
+                }
+            },
+            Err(_) => 0,
+        }
+    }
+
+    fn write_cursor(&self, v: i64) {
+        let dir = self.cursor_file.parent().unwrap_or(Path::new("."));
+        let tmp = self.cursor_file.with_extension("tmp");
+        let r = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, format!("{v}\n")))
+            .and_then(|()| std::fs::rename(&tmp, &self.cursor_file));
+        if let Err(e) = r {
+            // The cursor in memory goes on; after a restart the rows since the last
+            // good write are sent again (duplicates to the remote, nothing lost).
+            tracing::warn!(file = %self.cursor_file.display(), error = %e, "remote write cursor not saved");
+        }
+    }
+
+    fn run(self) {
+        let conn = loop {
+            match rusqlite::Connection::open_with_flags(
+                &self.db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(c) => {
+                    let _ = c.busy_timeout(Duration::from_secs(10));
+                    break c;
+                }
+                Err(e) => {
+                    tracing::error!(db = %self.db.display(), error = %e, "remote write: cannot open the store; retrying");
+                    if self.pause(Duration::from_secs(5)) {
+                        return;
+                    }
+                }
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut cursor = self.read_cursor();
+        let mut backoff = BACKOFF_MIN;
+        while !self.stopping() {
+            let rows = match read_rows(&conn, cursor) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "remote write: reading the store failed; retrying");
+                    if self.pause(Duration::from_secs(1)) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let max: i64 = conn
+                .query_row("SELECT COALESCE(MAX(rowid), 0) FROM samples", [], |r| {
+                    r.get(0)
+                })
+                .unwrap_or(cursor);
+            if max < cursor {
+                // The table was emptied (retention deleted every row) and rowids began
+                // again: start from its first row.
+                cursor = 0;
+                self.write_cursor(0);
+                continue;
+            }
+            self.stats
+                .backlog_rows
+                .store(max - cursor, Ordering::Relaxed);
+            let Some(last) = rows.last().map(|r| r.rowid) else {
+                if self.pause(POLL) {
+                    return;
+                }
+                continue;
+            };
+            // Rows between the cursor and the first one read were deleted unsent.
+            let gone = rows[0].rowid - cursor - 1;
+            if gone > 0 {
+                let n = gone as u64 * SCALARS.len() as u64;
+                self.stats.samples_lost.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(url = %self.url, samples = n, "remote write: samples deleted by retention before they were sent");
+            }
+            let (body, samples, newest) = encode(&rows);
+            loop {
+                match self.send(&agent, &body) {
+                    Ok(Sent::Taken) => {
+                        self.stats
+                            .samples_sent
+                            .fetch_add(samples, Ordering::Relaxed);
+                        self.stats
+                            .newest_sent_ms
+                            .fetch_max(newest, Ordering::Relaxed);
+                        backoff = BACKOFF_MIN;
+                        break;
+                    }
+                    Ok(Sent::Refused(why)) => {
+                        self.stats
+                            .samples_dropped
+                            .fetch_add(samples, Ordering::Relaxed);
+                        tracing::warn!(url = %self.url, samples, reason = %why, "remote write refused a request (4xx, not retried): samples dropped");
+                        break;
+                    }
+                    Err(why) => {
+                        self.stats.requests_retried.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(url = %self.url, reason = %why, wait = ?backoff, "remote write failed; retrying");
+                        if self.pause(backoff) {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            cursor = last;
+            self.write_cursor(cursor);
+        }
+    }
+
+    /// Ok: the remote answered for good; Err: retry.
+    fn send(&self, agent: &ureq::Agent, body: &[u8]) -> Result<Sent, String> {
+        let resp = agent
+            .post(&self.url)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .header(
+                "User-Agent",
+                concat!("vigil-collector/", env!("CARGO_PKG_VERSION")),
+            )
+            .send(body)
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(Sent::Taken),
+            429 | 500..=599 => Err(format!("HTTP {status}")),
+            _ => {
+                let text = resp
+                    .into_body()
+                    .read_to_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                Ok(Sent::Refused(format!("HTTP {status}: {}", text.trim())))
+            }
+        }
+    }
+}
+
+struct Row {
+    rowid: i64,
+    agent_id: String,
+    time_ms: i64,
+    scalars: Vec<u8>,
+}
+
+fn read_rows(conn: &rusqlite::Connection, after: i64) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT rowid, agent_id, time_ms, scalars FROM samples WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+    )?;
+    let rows = st.query_map(rusqlite::params![after, ROWS_PER_REQUEST], |r| {
+        Ok(Row {
+            rowid: r.get(0)?,
+            agent_id: r.get(1)?,
+            time_ms: r.get(2)?,
+            scalars: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The rows as one snappy-compressed WriteRequest: a series per (host, scalar), its
+/// samples in row order; returns the body, the samples in it and the newest time.
+fn encode(rows: &[Row]) -> (Vec<u8>, u64, i64) {
+    let mut series: std::collections::BTreeMap<(&str, usize), Vec<Sample>> = Default::default();
+    let mut newest = 0;
+    let mut n = 0u64;
+    for r in rows {
+        newest = newest.max(r.time_ms);
+        for (i, chunk) in r.scalars.chunks_exact(8).enumerate().take(SCALARS.len()) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let value = f64::from_le_bytes(b);
+            series.entry((&r.agent_id, i)).or_default().push(Sample {
+                value,
+                timestamp: r.time_ms,
+            });
+            n += 1;
+        }
+    }
+    let timeseries = series
+        .into_iter()
+        .map(|((agent, i), samples)| TimeSeries {
+            // Sorted by name: "__name__" < "agent_id".
+            labels: vec![
+                Label {
+                    name: "__name__".into(),
+                    value: series_name(SCALARS[i]),
+                },
+                Label {
+                    name: "agent_id".into(),
+                    value: agent.to_string(),
+                },
+            ],
+            samples,
+        })
+        .collect();
+    let raw = WriteRequest { timeseries }.encode_to_vec();
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .unwrap_or_default();
+    (body, n, newest)
+}
+
+/// The forwarders' families for the collector's /metrics.
+pub fn families(stats: &[Arc<EndpointStats>]) -> Vec<vigil_openmetrics::Family> {
+    use vigil_openmetrics::{Family, Kind};
+    let fam = |name: &str, help: &str, kind| Family::new(name, help, kind);
+    let mut sent = fam(
+        "vigil_remote_write_samples_sent_total",
+        "Samples the remote took.",
+        Kind::Counter,
+    );
+    let mut dropped = fam(
+        "vigil_remote_write_samples_dropped_total",
+        "Samples in requests the remote refused with a 4xx other than 429 (not retried).",
+        Kind::Counter,
+    );
+    let mut lost = fam(
+        "vigil_remote_write_samples_lost_total",
+        "Samples retention deleted from the store before they were sent.",
+        Kind::Counter,
+    );
+    let mut retried = fam(
+        "vigil_remote_write_retries_total",
+        "Requests retried (5xx, 429, connection failures).",
+        Kind::Counter,
+    );
+    let mut backlog = fam(
+        "vigil_remote_write_backlog_samples",
+        "Samples stored and not yet sent.",
+        Kind::Gauge,
+    );
+    let mut newest = fam(
+        "vigil_remote_write_newest_sent_timestamp_seconds",
+        "Time of the newest sample sent (now minus this is the lag).",
+        Kind::Gauge,
+    );
+    for s in stats {
+        let l = [("url", s.url.as_str())];
+        sent.with(&l, s.samples_sent.load(Ordering::Relaxed) as f64);
+        dropped.with(&l, s.samples_dropped.load(Ordering::Relaxed) as f64);
+        lost.with(&l, s.samples_lost.load(Ordering::Relaxed) as f64);
+        retried.with(&l, s.requests_retried.load(Ordering::Relaxed) as f64);
+        backlog.with(
+            &l,
+            (s.backlog_rows.load(Ordering::Relaxed).max(0) as u64 * SCALARS.len() as u64) as f64,
+        );
+        newest.with(&l, s.newest_sent_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+    }
+    vec![sent, dropped, lost, retried, backlog, newest]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_holds_a_sorted_series_per_host_and_scalar() {
+        let blob: Vec<u8> = (0..SCALARS.len())
+            .flat_map(|i| (i as f64).to_le_bytes())
+            .collect();
+        let rows = vec![
+            Row {
+                rowid: 1,
+                agent_id: "b".into(),
+                time_ms: 1000,
+                scalars: blob.clone(),
+            },
+            Row {
+                rowid: 2,
+                agent_id: "a".into(),
+                time_ms: 1000,
+                scalars: blob.clone(),
+            },
+            Row {
+                rowid: 3,
+                agent_id: "b".into(),
+                time_ms: 2000,
+                scalars: blob,
+            },
+        ];
+        let (body, n, newest) = encode(&rows);
+        assert_eq!((n, newest), (36, 2000));
+        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let req = WriteRequest::decode(raw.as_slice()).unwrap();
+        assert_eq!(req.timeseries.len(), 24);
+        for ts in &req.timeseries {
+            let names: Vec<&str> = ts.labels.iter().map(|l| l.name.as_str()).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(names, sorted);
+        }
+        let b_cpu = req
+            .timeseries
+            .iter()
+            .find(|t| {
+                t.labels[0].value == "vigil_host_cpu_usage_percent" && t.labels[1].value == "b"
+            })
+            .unwrap();
+        assert_eq!(
+            b_cpu
+                .samples
+                .iter()
+                .map(|s| s.timestamp)
+                .collect::<Vec<_>>(),
+            [1000, 2000]
+        );
+    }
+}
