@@ -48,6 +48,16 @@ pub enum Bench {
         #[arg(long)]
         tls: bool,
     },
+    /// Remote write: samples forwarded per CPU second by the collector (reading its
+    /// store, encoding, sending) and by vmagent relaying the same series, in one run:
+    /// collector -> vmagent -> VictoriaMetrics on loopback.
+    RemoteWrite {
+        /// Batches stored first (one host sample, 12 series, each), shared among agents.
+        #[arg(long, default_value_t = 200_000)]
+        batches: u64,
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+    },
     /// Agent API latency under load: `vigil stats` p50/p99 against the agent's local
     /// API during an exec storm, with the spool's `fsync = "batch"` on a disk whose
     /// fsyncs a large dirty page cache makes slow (ext4, data=ordered).
@@ -301,6 +311,9 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             baseline,
         } => return exec(vigil, execs, rounds, baseline.as_deref()),
         Bench::Detect => return crate::bench_detect::detect(vigil),
+        Bench::RemoteWrite { batches, agents } => {
+            return crate::bench_remote_write::remote_write(vigil, agents, batches)
+        }
         Bench::Api { execs, baseline } => return api(vigil, execs, baseline.as_deref()),
     };
     if !crate::is_root() {
@@ -452,6 +465,16 @@ fn start_collector_with(
 ) -> anyhow::Result<(Attached, String)> {
     let _ = std::fs::remove_dir_all(data_dir);
     let mut cmd = daemon(vigil, "collector");
+    spawn_collector(&mut cmd, data_dir, pki)
+}
+
+/// Starts `cmd` (a collector, with whatever flags it has) on an ephemeral port and its
+/// store in `data_dir` as it is; returns it and its address.
+pub(crate) fn spawn_collector(
+    cmd: &mut Command,
+    data_dir: &std::path::Path,
+    pki: Option<&std::path::Path>,
+) -> anyhow::Result<(Attached, String)> {
     if let Some(pki) = pki {
         cmd.args(["--tls", "mtls", "--tls-ca"])
             .arg(pki.join("ca.pem"))

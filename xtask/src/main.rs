@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
 mod bench_detect;
+mod bench_remote_write;
 mod fuzz;
 mod image;
 mod package;
