@@ -27,7 +27,7 @@ use prost::Message;
 use crate::metrics::SCALARS;
 
 /// Rows (host samples, 12 series each) per request.
-pub const ROWS_PER_REQUEST: i64 = 1000;
+pub const ROWS_PER_REQUEST: i64 = 5000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often an idle forwarder looks for new rows.
