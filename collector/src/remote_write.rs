@@ -450,8 +450,9 @@ pub fn families(stats: &[Arc<EndpointStats>]) -> Vec<vigil_openmetrics::Family> 
             (s.backlog_rows.load(Ordering::Relaxed).max(0) as u64 * SCALARS.len() as u64) as f64,
         );
         newest.with(&l, s.newest_sent_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        damaged.with(&l, s.cursors_damaged.load(Ordering::Relaxed) as f64);
     }
-    vec![sent, dropped, lost, retried, backlog, newest]
+    vec![sent, dropped, lost, retried, backlog, newest, damaged]
 }
 
 #[cfg(test)]
