@@ -175,9 +175,14 @@ impl Forwarder {
     }
 
     fn read_cursor(&self) -> i64 {
-        match std::fs::read_to_string(&self.cursor_file) {
-            Ok(t) => match t.trim().parse::<i64>() {
-                Ok(v) if v >= 0 => v,
+        match std::fs::read(&self.cursor_file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            r => match r
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(|t| t.trim().parse::<i64>())
+            {
+                Some(Ok(v)) if v >= 0 => v,
                 _ => {
                     let aside = self.cursor_file.with_extension(format!(
                         "damaged-{}",
@@ -192,7 +197,6 @@ impl Forwarder {
                     0
                 }
             },
-            Err(_) => 0,
         }
     }
 
@@ -439,6 +443,11 @@ pub fn families(stats: &[Arc<EndpointStats>]) -> Vec<vigil_openmetrics::Family> 
         "Time of the newest sample sent (now minus this is the lag).",
         Kind::Gauge,
     );
+    let mut damaged = fam(
+        "vigil_remote_write_cursors_damaged_total",
+        "Cursor files found damaged (set aside; sending started over).",
+        Kind::Counter,
+    );
     for s in stats {
         let l = [("url", s.url.as_str())];
         sent.with(&l, s.samples_sent.load(Ordering::Relaxed) as f64);
@@ -458,6 +467,38 @@ pub fn families(stats: &[Arc<EndpointStats>]) -> Vec<vigil_openmetrics::Family> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_cursor_is_set_aside_counted_and_sending_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "http://127.0.0.1:9/api/v1/write";
+        let f = Forwarder {
+            url: url.into(),
+            db: dir.path().join("vigil.db"),
+            cursor_file: cursor_path(dir.path(), url),
+            stats: Arc::new(EndpointStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        assert_eq!(f.read_cursor(), 0, "no file: from the start");
+        f.write_cursor(41);
+        assert_eq!(f.read_cursor(), 41);
+        for garbage in [&b""[..], b"\xff\xfe", b"-3\n", b"12abc"] {
+            std::fs::write(&f.cursor_file, garbage).unwrap();
+            assert_eq!(f.read_cursor(), 0);
+        }
+        assert_eq!(f.stats.cursors_damaged.load(Ordering::Relaxed), 4);
+        let aside = std::fs::read_dir(f.cursor_file.parent().unwrap())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("damaged-")
+            })
+            .count();
+        assert!(aside >= 1, "kept for a postmortem");
+    }
 
     #[test]
     fn a_request_holds_a_sorted_series_per_host_and_scalar() {
