@@ -151,6 +151,13 @@ pub enum Command {
     /// Certificates for mutual TLS: a development CA, and host certificates it signs.
     #[command(subcommand)]
     Certs(Certs),
+    /// Print a shell completion script: `vigil completions bash >
+    /// /etc/bash_completion.d/vigil`, `vigil completions zsh > ~/.zfunc/_vigil`,
+    /// `vigil completions fish > ~/.config/fish/completions/vigil.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write the man pages (vigil(1) and a page per subcommand, vigil-agent(8),
     /// vigil-collector(8)) into DIR; the packages ship them.
     #[command(hide = true)]
@@ -281,6 +288,11 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Man { dir } => crate::man::write(&dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Trace(Trace::Syscalls {
             duration,
             pid,

@@ -20,6 +20,7 @@ pub fn package(vigil: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // Under target/release/, where cargo-deb looks for built files.
     man_pages(vigil, &root.join("target/release/man"))?;
+    completions(vigil, &root.join("target/release/completions"))?;
     let mut made = Vec::new();
     for (dir, name) in PACKAGES {
         run(Command::new("cargo")
@@ -48,6 +49,21 @@ pub fn package(vigil: &Path) -> anyhow::Result<Vec<PathBuf>> {
         );
     }
     Ok(made)
+}
+
+/// The shell completion scripts `vigil completions` prints, under the names the
+/// packages install them as.
+fn completions(vigil: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (shell, name) in [("bash", "vigil"), ("zsh", "_vigil"), ("fish", "vigil.fish")] {
+        let out = Command::new(vigil)
+            .args(["completions", shell])
+            .output()
+            .context("running vigil completions")?;
+        anyhow::ensure!(out.status.success(), "vigil completions {shell} failed");
+        std::fs::write(dir.join(name), out.stdout)?;
+    }
+    Ok(())
 }
 
 /// vigil(1), a page per subcommand and the daemons' section-8 pages, gzipped as

@@ -1,0 +1,50 @@
+//! What a newcomer meets at the shell.
+use std::process::Command;
+
+/// Completes `words` (the last one partial) with the bash script `vigil completions
+/// bash` prints, in a real bash.
+fn bash_complete(words: &[&str]) -> Vec<String> {
+    let vigil = vigil_tests::vigil_bin();
+    let script = format!(
+        "source <('{}' completions bash) || exit 9\n\
+         COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}\n\
+         _vigil vigil \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        vigil.display(),
+        words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+        words.len() - 1
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().expect("bash");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn bash_completes_subcommands_and_flags() {
+    let subs = bash_complete(&["vigil", "st"]);
+    assert!(subs.contains(&"stats".to_string()), "{subs:?}");
+    let flags = bash_complete(&["vigil", "agent", "--metrics-l"]);
+    assert!(flags.contains(&"--metrics-listen".to_string()), "{flags:?}");
+    let shells = bash_complete(&["vigil", "completions", ""]);
+    for s in ["bash", "zsh", "fish"] {
+        assert!(shells.contains(&s.to_string()), "{shells:?}");
+    }
+}
+
+#[test]
+fn zsh_and_fish_scripts_are_printed_and_an_unknown_shell_is_refused() {
+    let vigil = vigil_tests::vigil_bin();
+    for (shell, start) in [("zsh", "#compdef vigil"), ("fish", "complete -c vigil")] {
+        let out = Command::new(&vigil).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(start), "{shell}: {}", &text[..text.len().min(200)]);
+    }
+    let out = Command::new(&vigil).args(["completions", "tcsh"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
