@@ -225,14 +225,30 @@ pub enum Rules {
     },
 }
 
+/// A process to trace: a number, not 0 (the kernel's idle task, which would match
+/// nothing while the header said "pid 0"), and one that exists now.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    let pid: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a process id"))?;
+    if pid == 0 {
+        return Err("0 is not a process (the idle task); give the process id to trace".into());
+    }
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("no such process: {pid}"));
+    }
+    Ok(pid)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Trace {
     /// Syscalls by total time with count, p50, p90, p99 and max latency (like `syscount -L`).
     Syscalls {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: Duration,
-        /// Only this process (thread group id).
-        #[arg(long)]
+        /// Only this process (thread group id); it must exist when tracing starts.
+        #[arg(long, value_parser = parse_pid)]
         pid: Option<u32>,
         #[arg(long)]
         json: bool,
@@ -266,7 +282,8 @@ pub enum Trace {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
-        #[arg(long)]
+        /// Only this process (thread group id); it must exist when tracing starts.
+        #[arg(long, value_parser = parse_pid)]
         pid: Option<u32>,
         /// Events allowed per CPU per second; more are counted, not sent.
         #[arg(long, default_value_t = 1000)]

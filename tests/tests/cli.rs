@@ -14,8 +14,15 @@ fn bash_complete(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
         words.len() - 1
     );
-    let out = Command::new("bash").args(["-c", &script]).output().expect("bash");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().to_string())
@@ -39,12 +46,43 @@ fn bash_completes_subcommands_and_flags() {
 fn zsh_and_fish_scripts_are_printed_and_an_unknown_shell_is_refused() {
     let vigil = vigil_tests::vigil_bin();
     for (shell, start) in [("zsh", "#compdef vigil"), ("fish", "complete -c vigil")] {
-        let out = Command::new(&vigil).args(["completions", shell]).output().unwrap();
+        let out = Command::new(&vigil)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(start), "{shell}: {}", &text[..text.len().min(200)]);
+        assert!(
+            text.contains(start),
+            "{shell}: {}",
+            &text[..text.len().min(200)]
+        );
     }
-    let out = Command::new(&vigil).args(["completions", "tcsh"]).output().unwrap();
+    let out = Command::new(&vigil)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
+
+#[test]
+fn a_pid_that_is_zero_or_absent_is_refused_before_tracing() {
+    let vigil = vigil_tests::vigil_bin();
+    for (pid, says) in [
+        ("0", "idle task"),
+        ("999999999", "no such process: 999999999"),
+        ("abc", "not a process id"),
+    ] {
+        for cmd in [["trace", "syscalls"], ["trace", "slow-syscalls"]] {
+            let out = Command::new(&vigil)
+                .args(cmd)
+                .args(["--pid", pid, "--duration", "1s"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{cmd:?} --pid {pid}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(says), "{cmd:?} --pid {pid}: {err}");
+        }
+    }
 }
