@@ -388,13 +388,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Rules(Rules::Check { dir }) => {
-            match vigil_agent::detect::rules::load(Some(&dir)) {
+            if !dir.is_dir() {
+                eprintln!(
+                    "vigil: {}: no such directory (the agent would run the built-in rules only)",
+                    dir.display()
+                );
+                std::process::exit(1);
+            }
+            match vigil_agent::detect::rules::load_all(Some(&dir)) {
                 Ok(rules) => {
                     println!("{} rules OK (built-in + {})", rules.len(), dir.display());
                     Ok(())
                 }
-                Err(e) => {
-                    eprintln!("vigil: {e}");
+                Err(problems) => {
+                    for e in &problems {
+                        eprintln!("vigil: {e}");
+                    }
+                    eprintln!(
+                        "vigil: {} problem{} in {}",
+                        problems.len(),
+                        if problems.len() == 1 { "" } else { "s" },
+                        dir.display()
+                    );
                     std::process::exit(1);
                 }
             }

@@ -86,3 +86,43 @@ fn a_pid_that_is_zero_or_absent_is_refused_before_tracing() {
         }
     }
 }
+
+#[test]
+fn rules_check_reports_a_missing_directory_every_bad_file_and_duplicate_ids() {
+    let vigil = vigil_tests::vigil_bin();
+    let out = Command::new(&vigil)
+        .args(["rules", "check", "--dir", "/nonexistent-vigil-rules"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such directory"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "rules:\n  - id: twice\n    description: x\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: {prefix: [/x]}\n";
+    std::fs::write(dir.path().join("a.yaml"), rule).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        format!("# the same rule again\n{rule}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "rules: [\n").unwrap();
+    std::fs::write(
+        dir.path().join("d.yaml"),
+        "rules:\n  - id: bad\n    severity: loud\n",
+    )
+    .unwrap();
+    let out = Command::new(&vigil)
+        .args(["rules", "check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("b.yaml:3: rule `twice` is also defined in"),
+        "{err}"
+    );
+    assert!(err.contains("c.yaml:"), "every bad file: {err}");
+    assert!(err.contains("d.yaml:"), "every bad file: {err}");
+    assert!(err.contains("3 problems"), "{err}");
+}

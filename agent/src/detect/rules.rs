@@ -658,7 +658,15 @@ pub const BUILTIN: &str = include_str!("default_rules.yaml");
 /// name). A rule in a file replaces the built-in rule with the same id; a file rule
 /// with `enabled: false` switches the built-in one off. Any bad file fails the load.
 pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
-    let mut rules = parse("builtin", BUILTIN)?;
+    load_all(dir).map_err(|mut problems| problems.remove(0))
+}
+
+/// [`load`], checking every file: all the problems (a missing directory, each file
+/// that does not parse, a rule id defined in two files), or the rules. A file rule
+/// with a built-in rule's id replaces it on purpose; two files with one id is a
+/// mistake (which one wins would depend on their names).
+pub fn load_all(dir: Option<&Path>) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let mut rules = parse("builtin", BUILTIN).map_err(|e| vec![e])?;
     let Some(dir) = dir else {
         return Ok(rules);
     };
@@ -666,12 +674,12 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rules),
         Err(e) => {
-            return Err(RuleError {
+            return Err(vec![RuleError {
                 file: dir.display().to_string(),
                 line: 0,
                 column: 0,
                 reason: format!("cannot read the rules directory: {e}"),
-            })
+            }])
         }
     };
     let mut files: Vec<_> = entries
@@ -680,15 +688,47 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
+    let mut problems = Vec::new();
+    // Rule id -> the file that defined it first.
+    let mut defined: std::collections::HashMap<String, String> = Default::default();
     for f in files {
         let name = f.display().to_string();
-        let text = std::fs::read_to_string(&f).map_err(|e| RuleError {
-            file: name.clone(),
-            line: 0,
-            column: 0,
-            reason: format!("cannot read: {e}"),
-        })?;
-        for (mut r, enabled) in parse_with_switches(&name, &text)? {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(RuleError {
+                    file: name.clone(),
+                    line: 0,
+                    column: 0,
+                    reason: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let parsed = match parse_with_switches(&name, &text) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        for (mut r, enabled) in parsed {
+            if let Some(first) = defined.get(&r.id) {
+                let line = text
+                    .lines()
+                    .position(|l| {
+                        l.trim_start().trim_start_matches("- ").trim() == format!("id: {}", r.id)
+                    })
+                    .map_or(0, |i| i + 1);
+                problems.push(RuleError {
+                    file: name.clone(),
+                    line,
+                    column: 0,
+                    reason: format!("rule `{}` is also defined in {first}", r.id),
+                });
+                continue;
+            }
+            defined.insert(r.id.clone(), name.clone());
             // A file rule replacing a built-in one keeps its runbook unless it names one.
             if let Some(old) = rules.iter().find(|x| x.id == r.id) {
                 if r.runbook.is_empty() {
@@ -701,7 +741,11 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
             }
         }
     }
-    Ok(rules)
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
