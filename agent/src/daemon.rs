@@ -26,10 +26,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Sample and batch interval (overrides the file; default 10s, at least 1s).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub interval: Option<Duration>,
     /// Syscalls at least this slow become events (overrides probes.slow_threshold).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub slow_threshold: Option<Duration>,
     /// Rows of the summary printed per interval; 0 prints none (overrides summary_rows).
     #[arg(long)]

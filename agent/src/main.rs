@@ -1,10 +1,9 @@
 //! `vigil-agent`: the agent daemon, as the package's unit runs it (`Type=notify`). The
 //! same daemon runs as `vigil agent`; this binary links no collector and no SQLite.
-use clap::Parser as _;
 use vigil_agent::startup::{self, Role, Threads};
 
 fn main() -> std::process::ExitCode {
-    let cli = vigil_agent::daemon::AgentCli::parse();
+    let cli: vigil_agent::daemon::AgentCli = vigil_units::parse_args();
     let format = cli
         .log_format
         .or_else(|| cli.agent.log_format())

@@ -47,7 +47,7 @@ pub enum Command {
     /// short window, read from /proc and /sys (no root needed).
     Stats {
         /// Window over which rates are measured (when reading the host directly).
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
         window: Duration,
         /// Processes in each top list (when reading the host directly).
         #[arg(long, default_value_t = 5)]
@@ -62,7 +62,7 @@ pub enum Command {
     },
     /// Syscall latency over a recent window, from the local agent.
     Syscalls {
-        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        #[arg(long, default_value = "1m", value_parser = parse_duration, allow_hyphen_values = true)]
         window: Duration,
         #[arg(long, default_value_t = 20)]
         top: usize,
@@ -84,7 +84,7 @@ pub enum Command {
     /// Full-screen live view: host stats each second, slowest syscalls and retransmits
     /// from the local agent. Ctrl-C quits.
     Top {
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
         refresh: Duration,
         /// Stop after this many refreshes.
         #[arg(long)]
@@ -138,7 +138,7 @@ pub enum Command {
         /// cpu.usage_percent, load.one, memory.available_bytes, ...
         #[arg(long)]
         metric: String,
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
         since: Duration,
         #[command(flatten)]
         collector: vigil_agent::query::fleet::CollectorTarget,
@@ -245,7 +245,7 @@ fn parse_pid(s: &str) -> Result<u32, String> {
 pub enum Trace {
     /// Syscalls by total time with count, p50, p90, p99 and max latency (like `syscount -L`).
     Syscalls {
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Duration,
         /// Only this process (thread group id); it must exist when tracing starts.
         #[arg(long, value_parser = parse_pid)]
@@ -259,7 +259,7 @@ pub enum Trace {
     /// Each TCP retransmit as it happens, then a summary.
     Retransmits {
         /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Option<Duration>,
         #[arg(long)]
         json: bool,
@@ -267,7 +267,7 @@ pub enum Trace {
     /// Process exec, fork and exit events, as they happen (like execsnoop).
     Processes {
         /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Option<Duration>,
         /// Show only execs (forks and exits are still counted in the summary).
         #[arg(long)]
@@ -277,10 +277,10 @@ pub enum Trace {
     },
     /// Syscalls slower than a threshold, as they return.
     SlowSyscalls {
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "10ms", value_parser = parse_duration, allow_hyphen_values = true)]
         threshold: Duration,
         /// Stop after this long (default: until Ctrl-C).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Option<Duration>,
         /// Only this process (thread group id); it must exist when tracing starts.
         #[arg(long, value_parser = parse_pid)]

@@ -1,5 +1,4 @@
 //! `vigil`: parse the command line, set up logging, run.
-use clap::Parser as _;
 use vigil_agent::startup::{self, Role, Threads};
 
 mod certs;
@@ -7,7 +6,7 @@ mod cli;
 mod man;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli: cli::Cli = vigil_units::parse_args();
     let role = if cli.command.is_daemon() {
         Role::Daemon
     } else {

@@ -55,7 +55,7 @@ pub struct CollectorArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Samples and events older than this are deleted [default: 7d].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub retention: Option<Duration>,
     /// A batch (gRPC message) larger than this is refused (RESOURCE_EXHAUSTED)
     /// [default: 8MiB].
@@ -76,13 +76,13 @@ pub struct CollectorArgs {
     #[arg(long, value_parser = parse_size)]
     pub decode_budget: Option<u64>,
     /// A message must arrive whole within this long [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub message_timeout: Option<Duration>,
     /// A connection silent this long is closed (agents ping every 5 s) [default: 5m].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub idle_timeout: Option<Duration>,
     /// A TLS handshake must be done within this long of the connection [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub handshake_timeout: Option<Duration>,
     /// A bearer token file (0600) that lets tools without a client certificate read
     /// the Fleet API (overrides fleet_token_file).

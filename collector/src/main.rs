@@ -1,11 +1,10 @@
 //! `vigil-collector`: the collector daemon, as the package's unit runs it
 //! (`Type=notify`). The same daemon runs as `vigil collector`.
-use clap::Parser as _;
 
 use vigil_collector::daemon::{CollectorCli, LogFormat};
 
 fn main() -> std::process::ExitCode {
-    let cli = CollectorCli::parse();
+    let cli: CollectorCli = vigil_units::parse_args();
     // A daemon: a peer hanging up costs an EPIPE on that connection, never the
     // process (SIGPIPE ignored); its files are private (umask 077).
     // SAFETY: a signal disposition and the umask, set before any thread exists.

@@ -126,3 +126,27 @@ fn rules_check_reports_a_missing_directory_every_bad_file_and_duplicate_ids() {
     assert!(err.contains("d.yaml:"), "every bad file: {err}");
     assert!(err.contains("3 problems"), "{err}");
 }
+
+#[test]
+fn a_bad_flag_or_value_exits_64_like_a_bad_config_and_says_what_is_wrong() {
+    let vigil = vigil_tests::vigil_bin();
+    let run = |args: &[&str]| {
+        let out = Command::new(&vigil).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["agent", "--interval", "-5s"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("cannot be negative"), "{err}");
+    let (code, err) = run(&["stats", "--no-such-flag"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let (code, err) = run(&["trace", "syscalls", "--duration", "soon"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("not a duration"), "{err}");
+    // Help and version are answers, not errors.
+    assert_eq!(run(&["--help"]).0, Some(0));
+    assert_eq!(run(&["--version"]).0, Some(0));
+}

@@ -12,6 +12,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 pub enum UnitError {
     #[error("`{input}` is not a duration (try 5s, 500ms, 2m)")]
     NotADuration { input: String },
+    #[error("`{input}`: a duration cannot be negative")]
+    NegativeDuration { input: String },
     #[error("unknown unit `{unit}` in `{input}` (use ns, us, ms, s, m, h, d)")]
     UnknownDurationUnit { input: String, unit: String },
     #[error("`{input}` is too long (at most 100 years)")]
@@ -29,6 +31,9 @@ pub enum UnitError {
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let input = || s.to_string();
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(UnitError::NegativeDuration { input: input() });
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -119,6 +124,21 @@ pub fn at_line(text: &str, offset: Option<usize>) -> String {
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The exit code of a bad flag or flag value, as of a bad config file: 64 (EX_USAGE,
+/// sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Parses the command line: a bad flag or value prints clap's message and exits
+/// [`EXIT_USAGE`] (clap's own default is 2); `--help` and `--version` print and exit 0.
+#[cfg(feature = "cli")]
+pub fn parse_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    })
 }
 
 #[cfg(test)]
