@@ -353,6 +353,8 @@ impl AgentConfig {
         if let Some(c) = &self.collector {
             if c.trim().is_empty() {
                 problems.push("collector: empty address (leave it out to stream nowhere)".into());
+            } else if let Err(why) = check_host_port(c) {
+                problems.push(format!("collector: {c:?}: {why} (e.g. \"collector.example:7470\" or \"10.0.0.5:7470\")"));
             }
         }
         if problems.is_empty() {
@@ -360,6 +362,43 @@ impl AgentConfig {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// A collector address as the agent dials it: HOST:PORT (a name, an IPv4 address or a
+/// bracketed IPv6 one, and a port from 1 to 65535), no scheme.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    if addr.contains("://") {
+        return Err("give HOST:PORT without a scheme (TLS is set by [tls])".into());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("no port".into());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("`{port}` is not a port (1 to 65535)")),
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .map_or(host, |h| h);
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name_ok = host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+        });
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name or an IP address"))
     }
 }
 
@@ -378,6 +417,30 @@ mod tests {
         let result = AgentConfig::load(&path, true);
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+
+    #[test]
+    fn collector_addresses_are_checked_at_start() {
+        for ok in [
+            "collector.example:7470",
+            "10.0.0.5:7470",
+            "[::1]:7470",
+            "localhost:1",
+        ] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "nohost",
+            "host:port",
+            "10.0.0.1:99999",
+            "http://x:1",
+            ":7470",
+            "a b:1",
+            "x:0",
+            "-x:1",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -113,6 +113,34 @@ impl AgentArgs {
         if self.check_config {
             return check_config(&self.config_path(), &c);
         }
+        let file = self.config_path();
+        let shown = if file.exists() {
+            file.display().to_string()
+        } else {
+            format!("{} (absent: defaults)", file.display())
+        };
+        let rules = if c.detect.enabled {
+            format!("built-in and {}", c.detect.rules_dir.display())
+        } else {
+            "off".into()
+        };
+        let delivery = match &c.collector {
+            Some(addr) => format!(
+                "streams to {addr}, spooling in {}",
+                c.data_dir.join("spool").display()
+            ),
+            None => format!(
+                "no collector: spools only, in {}",
+                c.data_dir.join("spool").display()
+            ),
+        };
+        tracing::info!(
+            config = %shown,
+            rules = %rules,
+            data_dir = %c.data_dir.display(),
+            "config {shown}; rules {rules}; data in {}; {delivery}",
+            c.data_dir.display()
+        );
         crate::pipeline::agent::run(c, Box::new(move || self.load())).await
     }
 }
