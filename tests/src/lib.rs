@@ -305,6 +305,15 @@ pub fn collector_address(
     (child, addr, lines)
 }
 
+/// A loopback port free now, for a server a test starts (Prometheus, node_exporter):
+/// the kernel picks it, the test's server binds it a moment later.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// Kills a helper process (bpftrace, ...) when a test ends early.
 pub struct KillOnDrop(pub Child);
 

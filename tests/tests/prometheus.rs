@@ -85,14 +85,6 @@ fn curl(url: &str, accept: Option<&str>) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn require(bin: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])
@@ -139,7 +131,7 @@ fn start_agent(extra: &[&str]) -> MetricsAgent {
 
 fn start_node_exporter() -> (KillOnDrop, String) {
     require("prometheus-node-exporter");
-    let port = free_port();
+    let port = vigil_tests::free_port();
     let child = Command::new("prometheus-node-exporter")
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -389,7 +381,7 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
     );
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enabling bpf stats");
     let agent = start_agent(&[]);
-    let collector_metrics = format!("127.0.0.1:{}", free_port());
+    let collector_metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
     let _collector =
         vigil_tests::daemons::Collector::start(&["--metrics-listen", &collector_metrics]);
     let dir = tempfile::tempdir().unwrap();
@@ -407,7 +399,7 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
         ),
     )
     .unwrap();
-    let port = free_port();
+    let port = vigil_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let prom = Command::new("prometheus")
         .arg(format!(

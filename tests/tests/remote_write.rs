@@ -15,14 +15,6 @@ use vigil_tests::{daemons::wait_until, KillOnDrop};
 const AGENTS: u64 = 20;
 const SAMPLES: u64 = 300;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ok(url: &str) -> bool {
     Command::new("curl")
         .args(["-sf", "-o", "/dev/null", "--max-time", "2", url])
@@ -115,7 +107,7 @@ fn collector_counter(metrics: &str, name: &str, url: &str) -> f64 {
 #[test]
 fn every_sample_reaches_prometheus_and_victoriametrics_across_an_outage() {
     let dir = tempfile::tempdir().unwrap();
-    let (pp, vp) = (free_port(), free_port());
+    let (pp, vp) = (vigil_tests::free_port(), vigil_tests::free_port());
     let mut prom = Engine {
         name: "Prometheus",
         cmd: vec![
@@ -156,7 +148,7 @@ fn every_sample_reaches_prometheus_and_victoriametrics_across_an_outage() {
     vm.start();
     let prom_url = format!("{}/api/v1/write", prom.base);
     let vm_url = format!("{}/api/v1/write", vm.base);
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
     let collector = vigil_tests::daemons::Collector::start(&[
         "--remote-write",
         &prom_url,
