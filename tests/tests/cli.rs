@@ -150,3 +150,80 @@ fn a_bad_flag_or_value_exits_64_like_a_bad_config_and_says_what_is_wrong() {
     assert_eq!(run(&["--help"]).0, Some(0));
     assert_eq!(run(&["--version"]).0, Some(0));
 }
+
+/// The `--flags` in a piece of README text.
+fn flags_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("--") {
+        let tail = &rest[i + 2..];
+        let n = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            .unwrap_or(tail.len());
+        if n > 0 && tail.starts_with(|c: char| c.is_ascii_lowercase()) {
+            out.push(format!("--{}", &tail[..n]));
+        }
+        rest = &tail[n..];
+    }
+    out
+}
+
+#[test]
+fn every_command_in_the_readme_table_has_every_flag_the_readme_names() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let vigil = vigil_tests::vigil_bin();
+    let mut checked = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `vigil ")) {
+        // Cells split on unescaped pipes (`bash\|zsh` stays one cell).
+        let mut cells = Vec::new();
+        let mut cell = String::new();
+        let mut prev = ' ';
+        for c in line.chars() {
+            if c == '|' && prev != '\\' {
+                cells.push(std::mem::take(&mut cell));
+            } else {
+                cell.push(c);
+            }
+            prev = c;
+        }
+        let (usage, what) = (&cells[1], cells.get(2).cloned().unwrap_or_default());
+        for cmd in usage
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|c| c.starts_with("vigil "))
+        {
+            let words: Vec<&str> = cmd
+                .split_whitespace()
+                .skip(1)
+                .take_while(|w| {
+                    w.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !w.starts_with('-')
+                })
+                .collect();
+            let out = Command::new(&vigil)
+                .args(&words)
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "vigil {} --help failed",
+                words.join(" ")
+            );
+            let help = String::from_utf8_lossy(&out.stdout);
+            for flag in flags_in(cmd).into_iter().chain(flags_in(&what)) {
+                assert!(
+                    help.contains(&flag),
+                    "the README names `{flag}` for `vigil {}`, which has no such flag",
+                    words.join(" ")
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} commands found in the README's table"
+    );
+}
