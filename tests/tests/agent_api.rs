@@ -223,62 +223,190 @@ fn syscall_latency_and_live_events_from_the_agent() {
     );
 }
 
+/// A tmux server of this test's own (its socket named after the test), killed on drop.
+struct Tmux(String, std::path::PathBuf);
+
+impl Tmux {
+    fn new(name: &str) -> Self {
+        let socket = format!("vigil-{name}-{}", std::process::id());
+        let conf = std::env::temp_dir().join(format!("{socket}.conf"));
+        // The pane stays after `vigil top` exits, so the test can see how it left it.
+        std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+        Tmux(socket, conf)
+    }
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.0, "-f"])
+            .arg(&self.1)
+            .args(args)
+            .output()
+            .expect("tmux (installed by `cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "top"])
+    }
+    fn var(&self, name: &str) -> String {
+        self.run(&["display-message", "-p", "-t", "top", name])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+const TOP_SECTIONS: [&str; 5] = [
+    "PROCESSES",
+    "SLOWEST SYSCALLS",
+    "LATEST RETRANSMITS",
+    "FILESYSTEMS",
+    "NETWORK AND DISKS",
+];
+
+/// What a person sees in a terminal of `w` x `h`: the header on the first row, every
+/// section's title, the probes' state, no line wider than the pane, the alternate screen.
+fn assert_top_fits(tmux: &Tmux, w: usize, h: usize) -> String {
+    let mut screen = String::new();
+    vigil_tests::daemons::wait_until(
+        "vigil top to draw the agent's answers",
+        Duration::from_secs(30),
+        || {
+            screen = tmux.screen();
+            screen.contains("probes: ")
+                && screen.lines().count() == h
+                && screen
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.starts_with("vigil top | "))
+        },
+    );
+    for t in TOP_SECTIONS {
+        assert!(screen.contains(t), "{w}x{h}: no {t:?} on screen:\n{screen}");
+    }
+    assert!(
+        screen.contains("probes: ") && screen.contains("syscall-latency on"),
+        "{screen}"
+    );
+    for line in screen.lines() {
+        assert!(
+            line.chars().count() <= w,
+            "{w}x{h}: line wider than the pane: {line:?}"
+        );
+    }
+    assert_eq!(
+        tmux.var("#{alternate_on}"),
+        "1",
+        "not on the alternate screen"
+    );
+    screen
+}
+
 #[test]
-fn top_draws_host_syscalls_and_retransmits() {
+fn top_fits_80x24_and_200x50_terminals_resizes_and_quits_on_q_and_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let (_agent, socket) = start_agent(dir.path());
-    let out = Command::new(vigil_bin())
-        .args([
+    // The shell says how `vigil top` exited, on the screen it left behind.
+    let top = format!(
+        "{} top --socket {socket} --refresh 200ms; echo \"vigil top exited: $?\"; sleep 60",
+        vigil_bin().display()
+    );
+    for (w, h, quit) in [(80, 24, "q"), (200, 50, "C-c")] {
+        let tmux = Tmux::new(&format!("top{w}"));
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
             "top",
-            "--socket",
-            &socket,
-            "--count",
-            "2",
-            "--refresh",
-            "200ms",
-        ])
-        .output()
-        .expect("vigil top");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        screen.matches("\x1b[2J").count(),
-        2,
-        "two full-screen frames"
-    );
-    for section in [
-        "cpu ",
-        "mem ",
-        "TOP CPU",
-        "TOP MEMORY",
-        "SLOWEST SYSCALLS",
-        "LATEST RETRANSMITS",
-    ] {
-        assert!(screen.contains(section), "no {section:?} in:\n{screen}");
+            "-x",
+            &w.to_string(),
+            "-y",
+            &h.to_string(),
+            &top,
+        ]);
+        let screen = assert_top_fits(&tmux, w, h);
+        if w == 200 {
+            // The big terminal has room for rows the small one cuts.
+            assert!(
+                screen.lines().filter(|l| !l.trim().is_empty()).count() > 30,
+                "{screen}"
+            );
+            tmux.run(&["resize-window", "-t", "top", "-x", "100", "-y", "30"]);
+            assert_top_fits(&tmux, 100, 30);
+        }
+        tmux.run(&["send-keys", "-t", "top", quit]);
+        let mut after = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !after.contains("vigil top exited: ") {
+            assert!(
+                Instant::now() < deadline,
+                "{w}x{h}: still running after {quit}:\n{after}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            after = tmux.screen();
+        }
+        assert!(
+            after.contains("vigil top exited: 0"),
+            "after {quit}:\n{after}"
+        );
+        assert_eq!(
+            tmux.var("#{alternate_on}"),
+            "0",
+            "the terminal was not restored after {quit}"
+        );
     }
-    // Without an agent it still draws the host, and says what is missing.
+}
+
+#[test]
+fn top_without_a_terminal_prints_plain_frames_and_says_what_is_missing() {
     let alone = Command::new(vigil_bin())
         .args([
             "top",
             "--socket",
             "/nonexistent/agent.sock",
             "--count",
-            "1",
+            "2",
             "--refresh",
             "200ms",
         ])
+        .env("COLUMNS", "90")
+        .env("LINES", "30")
         .output()
         .unwrap();
-    assert!(alone.status.success());
-    let screen = String::from_utf8_lossy(&alone.stdout);
     assert!(
-        screen.contains("TOP CPU") && screen.contains("no agent on /nonexistent/agent.sock"),
-        "{screen}"
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
     );
+    let text = String::from_utf8_lossy(&alone.stdout);
+    assert!(
+        !text.contains('\x1b'),
+        "escape sequences in plain output: {text}"
+    );
+    assert_eq!(
+        text.matches("vigil top | ").count(),
+        2,
+        "two frames: {text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 90), "{text}");
+    assert!(
+        text.contains("agent: none on /nonexistent/agent.sock: no such socket"),
+        "{text}"
+    );
+    for t in TOP_SECTIONS {
+        assert!(text.contains(t), "no {t:?} in:\n{text}");
+    }
 }
 
 /// Attached eBPF links among `pid`'s descriptors, from the kernel's fdinfo.

@@ -48,6 +48,8 @@ const PACKAGES: &[&str] = &[
     // VictoriaMetrics); vmagent (in the same package) is the benchmark's peer.
     "victoria-metrics",
     "curl",
+    // `vigil top` is tested in a real terminal: tmux panes of a known size.
+    "tmux",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

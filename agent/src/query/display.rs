@@ -26,6 +26,117 @@ pub fn clean(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// UTC time as RFC 3339 with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// UTC time as RFC 3339 with nanoseconds (an event's kernel time).
+pub fn rfc3339_ns(ns: i64) -> String {
+    let ms = rfc3339_ms(ns.div_euclid(1_000_000));
+    // "...:SS.mmmZ" to "...:SS.mmmuuunnnZ".
+    format!("{}{:06}Z", &ms[..ms.len() - 1], ns.rem_euclid(1_000_000))
+}
+
+/// The filesystems `df` would show: bind mounts (a device already shown at another
+/// mount point) left out and counted. The shortest mount point of a device is kept.
+pub fn df_rows(all: &[crate::metrics::Filesystem]) -> (Vec<&crate::metrics::Filesystem>, usize) {
+    let mut by_device: std::collections::HashMap<&str, &crate::metrics::Filesystem> =
+        std::collections::HashMap::new();
+    let mut rows = Vec::new();
+    for f in all {
+        // Only real devices can be bind-mounted twice; tmpfs and friends share a name.
+        if !f.device.starts_with('/') {
+            rows.push(f);
+            continue;
+        }
+        match by_device.get(f.device.as_str()) {
+            Some(kept) if kept.mount.len() <= f.mount.len() => {}
+            _ => {
+                by_device.insert(&f.device, f);
+            }
+        }
+    }
+    let hidden = all.iter().filter(|f| f.device.starts_with('/')).count() - by_device.len();
+    rows.extend(by_device.into_values());
+    rows.sort_by(|a, b| a.mount.cmp(&b.mount));
+    (rows, hidden)
+}
+
+/// Use % as `df` computes it: used / (used + available), rounded up, so the blocks
+/// reserved for root count as unavailable (`/` can be 20 % used by `df` at 7 % of size).
+pub fn use_percent(f: &crate::metrics::Filesystem) -> u64 {
+    let denom = f.used_bytes + f.available_bytes;
+    if denom == 0 {
+        return 0;
+    }
+    (u128::from(f.used_bytes) * 100).div_ceil(u128::from(denom)) as u64
+}
+
+/// Why a connection failed, in a person's words: refused, no such socket, DNS
+/// failure, TLS, timed out; else the innermost error. Never the whole chain twice.
+pub fn unreachable(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner: &(dyn std::error::Error + 'static) = err;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return format!("TLS handshake failed: {tls}");
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            if text.contains("failed to lookup address")
+                || text.contains("Name or service not known")
+            {
+                return format!("DNS failure: {text}");
+            }
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return format!("TLS handshake failed: {tls}");
+            }
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::NotFound => return "no such socket".into(),
+                std::io::ErrorKind::PermissionDenied => return "permission denied".into(),
+                std::io::ErrorKind::TimedOut => return "timed out".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    return format!("unreachable: {text}")
+                }
+                _ => {}
+            }
+        }
+        let text = e.to_string();
+        if text.contains("timed out") || text.contains("deadline has elapsed") {
+            return "timed out".into();
+        }
+        if text.contains("dns error") {
+            return format!("DNS failure: {text}");
+        }
+        inner = e;
+        cur = e.source();
+    }
+    inner.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
