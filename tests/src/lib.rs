@@ -555,3 +555,15 @@ pub fn sysinfo_mem_total() -> u64 {
     assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0, "sysinfo(2)");
     si.totalram * u64::from(si.mem_unit)
 }
+
+/// A probe's state in `vigil stats --json`'s `probes` list: "on", "not requested", or
+/// "off: REASON"; "absent" when the list does not name it.
+pub fn probe_state(stats: &serde_json::Value, name: &str) -> String {
+    stats["probes"]
+        .as_array()
+        .and_then(|list| list.iter().find(|p| p["name"] == name))
+        .map_or("absent".into(), |p| match p["state"].as_str() {
+            Some("off") => format!("off: {}", p["reason"].as_str().unwrap_or_default()),
+            other => other.unwrap_or_default().to_string(),
+        })
+}

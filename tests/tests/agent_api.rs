@@ -60,12 +60,67 @@ fn start_agent(dir: &std::path::Path) -> (KillOnDrop, String) {
     (agent, socket)
 }
 
+/// Every object key path in `v` ("memory.total_bytes", "filesystems[].mount"), the
+/// values left out; `agent` and `probes`, which only an agent has, as their names.
+fn schema(v: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, at: String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    if path == "agent" || path == "probes" || path == "agent_id" {
+                        out.insert(path);
+                        continue;
+                    }
+                    walk(v, path, out);
+                }
+            }
+            Value::Array(a) => {
+                for v in a.iter().take(1) {
+                    walk(v, format!("{at}[]"), out);
+                }
+            }
+            _ => {
+                out.insert(at);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, String::new(), &mut out);
+    out
+}
+
 #[test]
 fn stats_and_syscalls_come_from_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let (_agent, socket) = start_agent(dir.path());
     let stats = vigil_json(&["stats", "--socket", &socket, "--json"]);
     assert_eq!(stats["source"], "agent", "{stats}");
+    // One shape: the agent's answer and the host read directly have the same fields,
+    // at every level (filesystems, network, TCP, pressure, disks, top lists).
+    let local = vigil_json(&["stats", "--local", "--window", "200ms", "--json"]);
+    assert_eq!(local["source"], "host", "{local}");
+    assert_eq!(
+        schema(&stats),
+        schema(&local),
+        "agent {stats}\nlocal {local}"
+    );
+    for list in ["filesystems", "network", "disks"] {
+        assert!(
+            stats[list].as_array().is_some_and(|a| !a.is_empty()),
+            "no {list} from the agent: {stats}"
+        );
+    }
+    assert!(stats["time"].as_str().unwrap().ends_with('Z'), "{stats}");
+    assert_eq!(
+        vigil_tests::probe_state(&stats, "syscall-latency"),
+        "on",
+        "{stats}"
+    );
     assert_eq!(
         stats["memory"]["total_bytes"].as_u64(),
         Some(sysinfo_mem_total())

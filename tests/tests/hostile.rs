@@ -1403,15 +1403,16 @@ fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
     );
     let socket = dir.path().join("run/agent.sock");
     let stats = first_agent_stats(&socket);
-    let probes = &stats["agent"]["probes"];
+    let probes = &stats["probes"];
     for p in [
         "syscall-latency",
         "tcp-retransmit",
         "process-lifecycle",
         "security",
+        "detection",
     ] {
         assert_eq!(
-            probes[p],
+            vigil_tests::probe_state(&stats, p),
             "on",
             "{p}: {probes}\n{}",
             std::fs::read_to_string(dir.path().join("agent.log")).unwrap()
@@ -1463,19 +1464,25 @@ fn as_a_dedicated_user_the_agent_needs_four_capabilities_and_keeps_two() {
     let _agent = agent_as_dedicated_user(dir.path(), &["perfmon", "sys_ptrace", "dac_read_search"]);
     let socket = dir.path().join("run/agent.sock");
     let stats = first_agent_stats(&socket);
-    let probes = &stats["agent"]["probes"];
+    let probes = &stats["probes"];
     for p in [
         "syscall-latency",
         "tcp-retransmit",
         "process-lifecycle",
         "security",
     ] {
-        let s = probes[p].as_str().unwrap_or_default();
+        let s = vigil_tests::probe_state(&stats, p);
+        let s = s.as_str();
         assert!(
             s.starts_with("off: ") && s.contains("cap_bpf"),
             "{p}: {probes}"
         );
     }
+    // No probe feeds the rules: detection is not claimed.
+    assert!(
+        vigil_tests::probe_state(&stats, "detection").starts_with("off: no kernel probe"),
+        "{probes}"
+    );
     assert!(
         stats["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0,
         "{stats}"

@@ -196,3 +196,156 @@ pub fn histogram(s: &pb::SyscallLatency) -> crate::histogram::LatencyHistogram {
     }
     h
 }
+
+fn cpu_back(t: &pb::CpuTimes) -> CpuTimes {
+    CpuTimes {
+        user: t.user,
+        nice: t.nice,
+        system: t.system,
+        idle: t.idle,
+        iowait: t.iowait,
+        irq: t.irq,
+        softirq: t.softirq,
+        steal: t.steal,
+    }
+}
+
+fn pressure_back(r: &pb::PressureResource) -> PressureResource {
+    let line = |l: &pb::PressureLine| PressureLine {
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+        total_us: l.total_us,
+    };
+    PressureResource {
+        some: r.some.as_ref().map(line),
+        full: r.full.as_ref().map(line),
+    }
+}
+
+/// Back from the wire: the agent's sample as `vigil stats --local` reads it, so both
+/// answers have one shape.
+pub fn host_sample(id: &pb::HostIdentity, m: &pb::HostMetrics) -> HostSample {
+    use crate::metrics as hm;
+    let process = |p: &pb::ProcessInfo| hm::ProcessInfo {
+        pid: p.pid,
+        user: p.user.clone(),
+        comm: p.comm.clone(),
+        cmdline: p.cmdline.clone(),
+        cpu_percent: p.cpu_percent,
+        rss_bytes: p.rss_bytes,
+    };
+    let tcp = m.tcp.unwrap_or_default();
+    let procs = m.processes.unwrap_or_default();
+    HostSample {
+        time_unix_ms: m.time_unix_ms.max(0) as u64,
+        interval_secs: m.interval_secs,
+        host: hm::HostIdentity {
+            hostname: id.hostname.clone(),
+            kernel: id.kernel.clone(),
+            os: id.os.clone(),
+            boot_time_unix: id.boot_time_unix,
+            uptime_secs: m.uptime_secs,
+        },
+        cpu: hm::Cpu {
+            count: m.cpu_count as usize,
+            usage_percent: m.cpu_usage_percent,
+            total: m.cpu_total.as_ref().map(cpu_back).unwrap_or_default(),
+            per_core: m.cpu_per_core.iter().map(cpu_back).collect(),
+        },
+        load: hm::Load {
+            one: m.load_one,
+            five: m.load_five,
+            fifteen: m.load_fifteen,
+        },
+        memory: hm::Memory {
+            total_bytes: m.memory_total_bytes,
+            available_bytes: m.memory_available_bytes,
+            used_bytes: m.memory_used_bytes,
+            cached_bytes: m.memory_cached_bytes,
+            buffers_bytes: m.memory_buffers_bytes,
+            swap_total_bytes: m.swap_total_bytes,
+            swap_free_bytes: m.swap_free_bytes,
+        },
+        pressure: hm::Pressure {
+            cpu: m.pressure_cpu.as_ref().map(pressure_back),
+            memory: m.pressure_memory.as_ref().map(pressure_back),
+            io: m.pressure_io.as_ref().map(pressure_back),
+        },
+        filesystems: m
+            .filesystems
+            .iter()
+            .map(|f| hm::Filesystem {
+                mount: f.mount.clone(),
+                device: f.device.clone(),
+                fstype: f.fstype.clone(),
+                size_bytes: f.size_bytes,
+                used_bytes: f.used_bytes,
+                available_bytes: f.available_bytes,
+                inodes_total: f.inodes_total,
+                inodes_free: f.inodes_free,
+            })
+            .collect(),
+        disks: m
+            .disks
+            .iter()
+            .map(|d| hm::DiskIo {
+                device: d.device.clone(),
+                reads_per_sec: d.reads_per_sec,
+                writes_per_sec: d.writes_per_sec,
+                read_bytes_per_sec: d.read_bytes_per_sec,
+                write_bytes_per_sec: d.write_bytes_per_sec,
+                io_time_ms_per_sec: d.io_time_ms_per_sec,
+            })
+            .collect(),
+        network: m
+            .network
+            .iter()
+            .map(|n| hm::NetIo {
+                interface: n.interface.clone(),
+                rx_bytes_per_sec: n.rx_bytes_per_sec,
+                tx_bytes_per_sec: n.tx_bytes_per_sec,
+                rx_packets_per_sec: n.rx_packets_per_sec,
+                tx_packets_per_sec: n.tx_packets_per_sec,
+                rx_errors_per_sec: n.rx_errors_per_sec,
+                tx_errors_per_sec: n.tx_errors_per_sec,
+                rx_drops_per_sec: n.rx_drops_per_sec,
+                tx_drops_per_sec: n.tx_drops_per_sec,
+            })
+            .collect(),
+        tcp: hm::TcpCounters {
+            active_opens: tcp.active_opens,
+            passive_opens: tcp.passive_opens,
+            retrans_segs: tcp.retrans_segs,
+            in_errs: tcp.in_errs,
+            listen_overflows: tcp.listen_overflows,
+            listen_drops: tcp.listen_drops,
+            curr_estab: tcp.curr_estab,
+        },
+        open_fds: m.open_fds,
+        processes: hm::ProcessCounts {
+            total: procs.total,
+            running: procs.running,
+            sleeping: procs.sleeping,
+            disk_sleep: procs.disk_sleep,
+            stopped: procs.stopped,
+            zombie: procs.zombie,
+            idle: procs.idle,
+            other: procs.other,
+        },
+        top_cpu: m.top_cpu.iter().map(process).collect(),
+        top_memory: m.top_memory.iter().map(process).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_sample_survives_the_wire_unchanged() {
+        let mut sampler = crate::metrics::Sampler::new(crate::metrics::Roots::default(), 3);
+        sampler.sample().unwrap();
+        let s = sampler.sample().unwrap();
+        let back = super::host_sample(&super::host_identity(&s, "id"), &super::host_metrics(&s));
+        assert_eq!(back, s);
+    }
+}

@@ -339,12 +339,32 @@ impl Agent {
             if let Some(p) = probes.as_mut() {
                 apply_watches(&mut d, p, true, &mut errors);
             }
-            tracing::info!(
-                "detection on: {n} rules, {} processes in the table",
-                d.stats().table_size.max(d.process_count() as u64)
-            );
+            // Rules see what the process-lifecycle and security probes report: with
+            // both off, detection is not claimed, whatever the config asks.
+            let feeds: Vec<&str> = ["process-lifecycle", "security"]
+                .into_iter()
+                .filter(|p| probe_report.get(*p).is_some_and(|s| s == "on"))
+                .collect();
+            if feeds.is_empty() {
+                tracing::warn!(
+                    "detection OFF: {n} rules loaded, but no kernel probe feeds them (process-lifecycle and security are off)"
+                );
+                probe_report.insert(
+                    "detection".into(),
+                    "off: no kernel probe feeds the rules (process-lifecycle and security are off)"
+                        .into(),
+                );
+            } else {
+                tracing::info!(
+                    "detection on: {n} rules fed by {}, {} processes in the table",
+                    feeds.join(" and "),
+                    d.stats().table_size.max(d.process_count() as u64)
+                );
+                probe_report.insert("detection".into(), "on".into());
+            }
             Some(d)
         } else {
+            probe_report.insert("detection".into(), "not requested".into());
             None
         };
         let roots = Roots::under(&config.host_root);

@@ -225,7 +225,6 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "dropped_events": stages,
         "internal_errors": a.internal_errors,
         "preflight": a.preflight,
-        "probes": a.probes,
         "tls_mode": a.tls_mode, "tls_reloads": a.tls_reloads,
         "tls_reload_failures": a.tls_reload_failures,
         "streams_permission_denied": a.streams_permission_denied,
@@ -236,24 +235,6 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
             "connect_watch_full": a.connect_watch_full,
             "findings_rate_limited": a.findings_rate_limited,
         },
-    })
-}
-
-/// The same field names as `vigil stats --json`, for the fields the collector keeps.
-pub fn metrics_json(hostname: &str, m: &HostMetrics) -> serde_json::Value {
-    json!({
-        "hostname": hostname,
-        "time_unix_ms": m.time_unix_ms,
-        "cpu": { "count": m.cpu_count, "usage_percent": m.cpu_usage_percent },
-        "load": { "one": m.load_one, "five": m.load_five, "fifteen": m.load_fifteen },
-        "memory": {
-            "total_bytes": m.memory_total_bytes, "available_bytes": m.memory_available_bytes,
-            "used_bytes": m.memory_used_bytes, "cached_bytes": m.memory_cached_bytes,
-            "buffers_bytes": m.memory_buffers_bytes, "swap_total_bytes": m.swap_total_bytes,
-            "swap_free_bytes": m.swap_free_bytes,
-        },
-        "open_fds": m.open_fds,
-        "processes": m.processes.as_ref().map(|p| json!({"total": p.total, "running": p.running, "zombie": p.zombie})),
     })
 }
 
@@ -293,9 +274,11 @@ pub async fn host(addr: &CollectorTarget, host: &str, json: bool) -> anyhow::Res
         anyhow::bail!("host {host} has sent no metrics yet");
     };
     if json {
-        let mut v = metrics_json(&id.hostname, &m);
-        v["agent_id"] = json!(id.agent_id);
-        println!("{v}");
+        let sample = crate::export::convert::host_sample(&id, &m);
+        println!(
+            "{}",
+            super::local::stats_json(&sample, "collector", Some(&id.agent_id), None)
+        );
     } else {
         print_metrics(&id, &m);
     }

@@ -30,13 +30,11 @@ pub async fn stats(
                 let id = r.host.unwrap_or_default();
                 let m = r.metrics.unwrap_or_default();
                 if json {
-                    let mut v = super::fleet::metrics_json(&id.hostname, &m);
-                    v["agent_id"] = json!(id.agent_id);
-                    v["source"] = json!("agent");
-                    if let Some(a) = &r.agent {
-                        v["agent"] = super::fleet::agent_self_json(a);
-                    }
-                    println!("{v}");
+                    let sample = convert::host_sample(&id, &m);
+                    println!(
+                        "{}",
+                        stats_json(&sample, "agent", Some(&id.agent_id), r.agent.as_ref())
+                    );
                 } else {
                     super::fleet::print_metrics(&id, &m);
                 }
@@ -48,6 +46,36 @@ pub async fn stats(
         }
     }
     crate::trace::stats::run(window, top, json).await
+}
+
+/// `vigil stats --json`, `vigil stats --local --json` and `vigil host --json`: one
+/// shape, the host sample's, with where it came from (`source`: "agent", "host" read
+/// directly, or "collector"), the agent's id and self-report, the probes' state as a
+/// list (null when there is no agent to ask), and the sample's time as RFC 3339 UTC.
+pub fn stats_json(
+    sample: &crate::metrics::HostSample,
+    source: &str,
+    agent_id: Option<&str>,
+    agent: Option<&vigil_proto::v1::AgentSelf>,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(sample).unwrap_or_else(|_| json!({}));
+    v["source"] = json!(source);
+    v["time"] = json!(rfc3339_ms(sample.time_unix_ms as i64));
+    v["agent_id"] = json!(agent_id);
+    v["agent"] = agent.map_or(serde_json::Value::Null, super::fleet::agent_self_json);
+    v["probes"] = agent.map_or(serde_json::Value::Null, |a| {
+        a.probes
+            .iter()
+            .map(|(name, state)| {
+                let (state, reason) = match state.strip_prefix("off: ") {
+                    Some(reason) => ("off", reason),
+                    None => (state.as_str(), ""),
+                };
+                json!({"name": name, "state": state, "reason": reason})
+            })
+            .collect()
+    });
+    v
 }
 
 pub async fn syscalls(

@@ -153,7 +153,10 @@ pub async fn run(window: Duration, top: usize, json: bool) -> anyhow::Result<()>
     tokio::time::sleep(window).await;
     let sample = sampler.sample().context("reading host metrics")?;
     if json {
-        println!("{}", serde_json::to_string(&sample)?);
+        println!(
+            "{}",
+            crate::query::local::stats_json(&sample, "host", None, None)
+        );
     } else {
         print_table(&sample);
     }
