@@ -102,6 +102,27 @@ fn stats_and_syscalls_come_from_the_agent() {
     assert_eq!(stats["source"], "agent", "{stats}");
     // One shape: the agent's answer and the host read directly have the same fields,
     // at every level (filesystems, network, TCP, pressure, disks, top lists).
+    // A window longer than the history kept says what span the answer covers.
+    let started = Instant::now();
+    let mut covered = 0.0;
+    vigil_tests::daemons::wait_until("an interval of history", Duration::from_secs(30), || {
+        let day = vigil_json(&["syscalls", "--socket", &socket, "--window", "1d", "--json"]);
+        covered = day["covered_secs"].as_f64().expect("covered_secs");
+        covered > 0.0
+    });
+    assert!(
+        covered >= 1.0 && covered <= started.elapsed().as_secs_f64() + 60.0,
+        "a new agent covers seconds, not a day: {covered}"
+    );
+    let text = Command::new(vigil_bin())
+        .args(["syscalls", "--socket", &socket, "--window", "1d"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("covering the last ") && text.contains("(asked for 24 h)"),
+        "{text}"
+    );
     let local = vigil_json(&["stats", "--local", "--window", "200ms", "--json"]);
     assert_eq!(local["source"], "host", "{local}");
     assert_eq!(

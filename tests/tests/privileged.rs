@@ -144,6 +144,48 @@ fn slow_syscalls_are_events_with_pid_comm_and_cgroup() {
     }
     assert_eq!(summary["slow_syscalls"], 5, "{summary}");
     assert_eq!(summary["lost_events"], 0, "{summary}");
+    // Times: RFC 3339 UTC text and nanoseconds, the same instant (checked with date(1)).
+    for e in events {
+        let ns = e["time_unix_ns"].as_i64().expect("time_unix_ns");
+        let date = Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{}", ns / 1_000_000_000),
+                "+%Y-%m-%dT%H:%M:%S",
+            ])
+            .output()
+            .unwrap();
+        let text = e["time"].as_str().unwrap();
+        assert_eq!(
+            &text[..19],
+            String::from_utf8_lossy(&date.stdout).trim(),
+            "{e}"
+        );
+        assert_eq!(&text[19..], format!(".{:09}Z", ns % 1_000_000_000), "{e}");
+    }
+
+    // The table a person reads: every event line starts with the RFC 3339 time.
+    let mut child = Workload::spawn(WORKLOAD, &["sleep", "2", "30"]);
+    let vigil = Vigil::start(&[
+        "trace",
+        "slow-syscalls",
+        "--threshold",
+        "20ms",
+        "--pid",
+        &child.pid().to_string(),
+        "--duration",
+        "2s",
+    ]);
+    child.go();
+    child.wait();
+    let out = vigil.finish();
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("sleep")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for row in rows {
+        let time = row.split_whitespace().next().unwrap();
+        assert!(vigil_tests::is_rfc3339_utc(time), "{row}");
+    }
 }
 
 #[test]

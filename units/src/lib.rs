@@ -106,7 +106,19 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 before it).
+/// Seconds as a person says a span: "45 s", "10 min", "1 h 30 min", "2 d 3 h".
+pub fn human_secs(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 if s % 60 == 0 => format!("{} min", s / 60),
+        120..=7199 => format!("{} min {} s", s / 60, s % 60),
+        7200..=172_799 if s % 3600 / 60 == 0 => format!("{} h", s / 3600),
+        7200..=172_799 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 /// "line N: " for a byte offset into a file's text (a parser's error span), or "" when
 /// the parser gave none: how every config and rule error names where it is.
 pub fn at_line(text: &str, offset: Option<usize>) -> String {
@@ -121,6 +133,7 @@ pub fn at_line(text: &str, offset: Option<usize>) -> String {
     })
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

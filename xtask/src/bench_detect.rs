@@ -306,11 +306,14 @@ pub fn detect(vigil: &Path) -> anyhow::Result<()> {
                 let hit = loop {
                     let all = findings(vigil, &socket);
                     let shown = now_ms();
-                    if let Some(f) = all
-                        .iter()
-                        .find(|f| f["time_unix_ms"].as_i64() >= Some(t0) && has_technique(f, t))
-                    {
-                        let latency = shown - f["time_unix_ms"].as_i64().unwrap_or(shown);
+                    if let Some(f) = all.iter().find(|f| {
+                        f["time_unix_ns"].as_i64().map(|ns| ns / 1_000_000) >= Some(t0)
+                            && has_technique(f, t)
+                    }) {
+                        let latency = shown
+                            - f["time_unix_ns"]
+                                .as_i64()
+                                .map_or(shown, |ns| ns / 1_000_000);
                         break Some((f["rule"].as_str().unwrap_or("?").to_string(), latency));
                     }
                     if Instant::now() >= deadline {
@@ -324,7 +327,7 @@ pub fn detect(vigil: &Path) -> anyhow::Result<()> {
                 std::thread::sleep(WAIT);
                 let raised: Vec<String> = findings(vigil, &socket)
                     .iter()
-                    .filter(|f| f["time_unix_ms"].as_i64() >= Some(t0))
+                    .filter(|f| f["time_unix_ns"].as_i64().map(|ns| ns / 1_000_000) >= Some(t0))
                     .map(|f| {
                         format!(
                             "{} ({})",

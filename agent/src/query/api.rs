@@ -60,12 +60,15 @@ impl Agent for AgentApi {
     ) -> Result<Response<SyscallLatencyResponse>, Status> {
         let window = f64::from(request.into_inner().window_secs.max(1));
         let st = self.state.read();
-        let syscalls = st
-            .latency_over(window)
+        let (latency, covered_secs) = st.latency_over(window);
+        let syscalls = latency
             .iter()
             .map(|(nr, h)| convert::syscall_latency(*nr, h))
             .collect();
-        Ok(Response::new(SyscallLatencyResponse { syscalls }))
+        Ok(Response::new(SyscallLatencyResponse {
+            syscalls,
+            covered_secs,
+        }))
     }
 
     async fn retransmits(

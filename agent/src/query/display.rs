@@ -58,6 +58,18 @@ pub fn rfc3339_ns(ns: i64) -> String {
     format!("{}{:06}Z", &ms[..ms.len() - 1], ns.rem_euclid(1_000_000))
 }
 
+/// A `SystemTime` as nanoseconds since the epoch (0 before it).
+pub fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// UTC time as RFC 3339 with microseconds: what human output of kernel events shows.
+pub fn rfc3339_us(ns: i64) -> String {
+    let full = rfc3339_ns(ns);
+    format!("{}Z", &full[..full.len() - 4])
+}
+
 /// The filesystems `df` would show: bind mounts (a device already shown at another
 /// mount point) left out and counted. The shortest mount point of a device is kept.
 pub fn df_rows(all: &[crate::metrics::Filesystem]) -> (Vec<&crate::metrics::Filesystem>, usize) {
@@ -140,6 +152,21 @@ pub fn unreachable(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_796_428_800_123), "2026-12-05T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_ns(1_796_428_800_123_456_789),
+            "2026-12-05T00:00:00.123456789Z"
+        );
+        assert_eq!(
+            rfc3339_us(1_796_428_800_123_456_789),
+            "2026-12-05T00:00:00.123456Z"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

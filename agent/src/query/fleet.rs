@@ -307,16 +307,20 @@ pub async fn history(
     if json {
         let pts: Vec<_> = points
             .iter()
-            .map(|p| json!({"time_unix_ms": p.time_unix_ms, "value": p.value}))
+            .map(|p| json!({"time": super::display::rfc3339_ms(p.time_unix_ms), "time_unix_ns": p.time_unix_ms.saturating_mul(1_000_000), "value": p.value}))
             .collect();
         println!(
             "{}",
             json!({ "host": host, "metric": metric, "points": pts })
         );
     } else {
-        println!("{:<16} {:>16}", "TIME (unix ms)", metric);
+        println!("{:<24} {:>16}", "TIME (UTC)", clean(metric));
         for p in points {
-            println!("{:<16} {:>16.2}", p.time_unix_ms, p.value);
+            println!(
+                "{:<24} {:>16.2}",
+                super::display::rfc3339_ms(p.time_unix_ms),
+                p.value
+            );
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use vigil_proto::v1::{
 };
 
 use super::api::{connect_to, AgentTarget};
-use super::display::{clean, rfc3339_ms};
+use super::display::{clean, rfc3339_ms, rfc3339_ns, rfc3339_us};
 use crate::{
     export::convert,
     histogram::LatencyHistogram,
@@ -99,9 +99,22 @@ pub async fn syscalls(
     if json {
         println!(
             "{}",
-            json!({ "syscalls": rows, "window_secs": window_secs })
+            json!({ "syscalls": rows, "window_secs": window_secs, "covered_secs": r.covered_secs })
         );
     } else {
+        let asked = f64::from(window_secs);
+        if r.covered_secs + 0.5 < asked {
+            println!(
+                "covering the last {} only: the agent has kept no more history than that (asked for {})",
+                crate::units::human_secs(r.covered_secs),
+                crate::units::human_secs(asked)
+            );
+        } else {
+            println!(
+                "syscall latency over the last {}",
+                crate::units::human_secs(r.covered_secs)
+            );
+        }
         print_table(&rows, top);
     }
     Ok(())
@@ -109,7 +122,7 @@ pub async fn syscalls(
 
 fn retransmit_json(r: &TcpRetransmit) -> serde_json::Value {
     json!({
-        "type": "retransmit", "time_unix_ns": r.time_unix_ns, "saddr": r.saddr, "sport": r.sport,
+        "type": "retransmit", "time": rfc3339_ns(r.time_unix_ns), "time_unix_ns": r.time_unix_ns, "saddr": r.saddr, "sport": r.sport,
         "daddr": r.daddr, "dport": r.dport, "state": r.state, "err": r.err,
     })
 }
@@ -119,7 +132,8 @@ fn print_retransmit(r: &TcpRetransmit, json: bool) {
         println!("{}", retransmit_json(r));
     } else {
         println!(
-            "retransmit {}:{} -> {}:{} {} err={}",
+            "{} retransmit {}:{} -> {}:{} {} err={}",
+            rfc3339_us(r.time_unix_ns),
             clean(&r.saddr),
             r.sport,
             clean(&r.daddr),
@@ -159,14 +173,14 @@ pub fn finding_json(f: &vigil_proto::v1::Finding) -> serde_json::Value {
         "description": f.description,
         "event": f.event,
         "time": rfc3339_ms(f.time_unix_ms),
-        "time_unix_ms": f.time_unix_ms,
+        "time_unix_ns": f.time_unix_ms.saturating_mul(1_000_000),
         "process": f.process.as_ref().map(proc_json),
         "parent": f.parent.as_ref().map(proc_json),
         "ancestors": f.ancestors.iter().map(proc_json).collect::<Vec<_>>(),
         "details": f.details,
         "count": f.count,
-        "first_unix_ms": f.first_unix_ms,
-        "last_unix_ms": f.last_unix_ms,
+        "first_unix_ns": f.first_unix_ms.saturating_mul(1_000_000),
+        "last_unix_ns": f.last_unix_ms.saturating_mul(1_000_000),
     })
 }
 
@@ -250,7 +264,10 @@ pub async fn events(
         page_token = page.next_page_token;
     }
     if !json && printed == 0 && !follow {
-        println!("no findings in the last {since:?}");
+        println!(
+            "no findings in the last {}",
+            crate::units::human_secs(since.as_secs_f64())
+        );
     }
     let Some(mut stream) = stream else {
         return Ok(());
@@ -282,13 +299,14 @@ pub async fn events(
                 if json {
                     println!(
                         "{}",
-                        json!({"type": "slow_syscall", "time_unix_ns": s.time_unix_ns, "pid": s.pid, "tid": s.tid,
+                        json!({"type": "slow_syscall", "time": rfc3339_ns(s.time_unix_ns), "time_unix_ns": s.time_unix_ns, "pid": s.pid, "tid": s.tid,
                                "comm": s.comm, "syscall": name, "nr": s.nr, "latency_ns": s.latency_ns, "cgroup_id": s.cgroup_id})
                     );
                 } else {
                     println!(
-                        "slow syscall {name} {} ns pid {} ({})",
-                        s.latency_ns,
+                        "{} slow syscall {name} {} pid {} ({})",
+                        rfc3339_us(s.time_unix_ns),
+                        crate::units::human_ns(s.latency_ns),
                         s.pid,
                         clean(&s.comm)
                     );

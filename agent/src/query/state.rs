@@ -203,8 +203,9 @@ impl StateRead<'_> {
         &self.0.agent
     }
 
-    /// Syscall latency over the last `window_secs` (at least one interval), merged.
-    pub fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
+    /// Syscall latency over the last `window_secs` (at least one interval), merged,
+    /// and the seconds it really covers (less than asked when less history is kept).
+    pub fn latency_over(&self, window_secs: f64) -> (BTreeMap<u32, LatencyHistogram>, f64) {
         self.0.latency_over(window_secs)
     }
 
@@ -388,20 +389,22 @@ impl AgentState {
         let _ = self.live.send(event);
     }
 
-    /// Syscall latency over the last `window_secs` (at least one interval), merged.
-    fn latency_over(&self, window_secs: f64) -> BTreeMap<u32, LatencyHistogram> {
+    /// Syscall latency over the last `window_secs` (at least one interval), merged,
+    /// and the seconds the intervals merged cover.
+    fn latency_over(&self, window_secs: f64) -> (BTreeMap<u32, LatencyHistogram>, f64) {
         let n = ((window_secs / self.interval_secs.max(0.001)).ceil() as usize).max(1);
         let mut out: BTreeMap<u32, LatencyHistogram> = BTreeMap::new();
-        let recent = self.latency.iter().rev().take(n);
+        let recent: Vec<_> = self.latency.iter().rev().take(n).collect();
         // Beyond the recent intervals, whole groups: the window is rounded up to a group.
         let older_n = n.saturating_sub(self.latency.len()).div_ceil(GROUP);
-        let older = self.older_latency.iter().rev().take(older_n);
-        for delta in recent.chain(older) {
+        let older: Vec<_> = self.older_latency.iter().rev().take(older_n).collect();
+        let covered = (recent.len() + older.len() * GROUP) as f64 * self.interval_secs;
+        for delta in recent.into_iter().chain(older) {
             for (nr, h) in delta {
                 h.merge_into(out.entry(*nr).or_default());
             }
         }
-        out
+        (out, covered)
     }
 }
 
@@ -449,13 +452,14 @@ mod tests {
         assert!(st.latency.len() <= RECENT_INTERVALS + GROUP);
         assert_eq!(st.older_latency.len(), OLDER_GROUPS);
         // One call per interval: a window counts the intervals it covers.
-        assert_eq!(st.latency_over(10.0)[&39].count, 1);
-        assert_eq!(st.latency_over(600.0)[&39].count, 60);
-        let hour = st.latency_over(3600.0)[&39].count;
+        assert_eq!(st.latency_over(10.0).0[&39].count, 1);
+        assert_eq!(st.latency_over(10.0).1, 10.0);
+        assert_eq!(st.latency_over(600.0).0[&39].count, 60);
+        let hour = st.latency_over(3600.0).0[&39].count;
         assert!((360..=370).contains(&hour), "{hour}");
-        assert_eq!(
-            st.latency_over(1e9)[&39].count,
-            st.latency.len() as u64 + 300
-        );
+        let (all, covered) = st.latency_over(1e9);
+        assert_eq!(all[&39].count, st.latency.len() as u64 + 300);
+        // A window longer than the history kept says what it covers.
+        assert_eq!(covered, (st.latency.len() as u64 + 300) as f64 * 10.0);
     }
 }

@@ -7,12 +7,15 @@ use vigil_common::ProcessOp;
 
 use crate::{
     probes::{events::Event, Probe, ProbeSettings},
-    trace::{announce, load_probes, retransmits::unix_seconds, watch_events},
+    query::display::{rfc3339_ns, rfc3339_us, unix_ns},
+    trace::{announce, load_probes, watch_events},
 };
 
 #[derive(Serialize)]
 struct ProcessJson<'a> {
-    time: f64,
+    /// RFC 3339 UTC, nanoseconds.
+    time: String,
+    time_unix_ns: i64,
     event: &'static str,
     pid: u32,
     ppid: u32,
@@ -56,7 +59,7 @@ pub async fn run(duration: Option<Duration>, exec_only: bool, json: bool) -> any
     announce("process exec, fork and exit", duration);
     if !json {
         println!(
-            "{:<17} {:<5} {:>8} {:>8} {:>6} {:<16} DETAIL",
+            "{:<27} {:<5} {:>8} {:>8} {:>6} {:<16} DETAIL",
             "TIME", "EVENT", "PID", "PPID", "UID", "COMM"
         );
     }
@@ -77,7 +80,8 @@ pub async fn run(duration: Option<Duration>, exec_only: bool, json: bool) -> any
         if json {
             let exit = e.op == ProcessOp::Exit;
             let j = ProcessJson {
-                time: unix_seconds(e.time),
+                time: rfc3339_ns(unix_ns(e.time)),
+                time_unix_ns: unix_ns(e.time),
                 event: op_name(e.op),
                 pid: e.pid,
                 ppid: e.ppid,
@@ -98,8 +102,8 @@ pub async fn run(duration: Option<Duration>, exec_only: bool, json: bool) -> any
                 ProcessOp::Exit => format!("exit code {code}"),
             };
             println!(
-                "{:<17.6} {:<5} {:>8} {:>8} {:>6} {:<16} {detail}",
-                unix_seconds(e.time),
+                "{:<27} {:<5} {:>8} {:>8} {:>6} {:<16} {detail}",
+                rfc3339_us(unix_ns(e.time)),
                 op_name(e.op),
                 e.pid,
                 e.ppid,

@@ -1,5 +1,5 @@
 //! `vigil trace retransmits`: each TCP retransmit as it happens.
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -8,12 +8,15 @@ use crate::{
         events::{tcp_state_name, Event, RetransmitEvent},
         Probe, ProbeSettings,
     },
+    query::display::{rfc3339_ns, rfc3339_us, unix_ns},
     trace::{announce, load_probes, watch_events},
 };
 
 #[derive(Serialize)]
 struct RetransmitJson<'a> {
-    time: f64,
+    /// RFC 3339 UTC, nanoseconds.
+    time: String,
+    time_unix_ns: i64,
     saddr: String,
     sport: u16,
     daddr: String,
@@ -28,15 +31,11 @@ struct Summary {
     lost_events: u64,
 }
 
-pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 fn print(e: &RetransmitEvent, json: bool) -> anyhow::Result<()> {
     if json {
         let j = RetransmitJson {
-            time: unix_seconds(e.time),
+            time: rfc3339_ns(unix_ns(e.time)),
+            time_unix_ns: unix_ns(e.time),
             saddr: e.saddr.to_string(),
             sport: e.sport,
             daddr: e.daddr.to_string(),
@@ -52,8 +51,8 @@ fn print(e: &RetransmitEvent, json: bool) -> anyhow::Result<()> {
             String::new()
         };
         println!(
-            "{:.6} {:>39}:{:<5} -> {:>39}:{:<5} {}{}",
-            unix_seconds(e.time),
+            "{:<27} {:>39}:{:<5} -> {:>39}:{:<5} {}{}",
+            rfc3339_us(unix_ns(e.time)),
             e.saddr,
             e.sport,
             e.daddr,
@@ -76,7 +75,7 @@ pub async fn run(duration: Option<Duration>, json: bool) -> anyhow::Result<()> {
     announce("TCP retransmits", duration);
     if !json {
         println!(
-            "{:<17} {:>45} {:>45} STATE",
+            "{:<27} {:>45} {:>45} STATE",
             "TIME", "SOURCE", "DESTINATION"
         );
     }

@@ -5,14 +5,17 @@ use serde::Serialize;
 
 use crate::{
     probes::{events::Event, Probe, ProbeSettings},
+    query::display::{rfc3339_ns, rfc3339_us, unix_ns},
     syscall_table::syscall_name,
-    trace::{announce, load_probes, retransmits::unix_seconds, watch_events},
+    trace::{announce, load_probes, watch_events},
     units::human_ns,
 };
 
 #[derive(Serialize)]
 struct SlowJson<'a> {
-    time: f64,
+    /// RFC 3339 UTC, nanoseconds.
+    time: String,
+    time_unix_ns: i64,
     pid: u32,
     tid: u32,
     comm: &'a str,
@@ -48,7 +51,7 @@ pub async fn run(
     announce(&format!("syscalls slower than {threshold:?}"), duration);
     if !json {
         println!(
-            "{:<17} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}",
+            "{:<27} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}",
             "TIME", "PID", "TID", "COMM", "SYSCALL", "LATENCY", "CGROUP"
         );
     }
@@ -60,7 +63,8 @@ pub async fn run(
                 .map_or_else(|| format!("syscall_{}", e.syscall_nr), str::to_string);
             if json {
                 let j = SlowJson {
-                    time: unix_seconds(e.time),
+                    time: rfc3339_ns(unix_ns(e.time)),
+                    time_unix_ns: unix_ns(e.time),
                     pid: e.pid,
                     tid: e.tid,
                     comm: &e.comm,
@@ -72,8 +76,8 @@ pub async fn run(
                 println!("{}", serde_json::to_string(&j)?);
             } else {
                 println!(
-                    "{:<17.6} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}",
-                    unix_seconds(e.time),
+                    "{:<27} {:>8} {:>8} {:<16} {:<20} {:>10} {:>8}",
+                    rfc3339_us(unix_ns(e.time)),
                     e.pid,
                     e.tid,
                     e.comm,
