@@ -2,7 +2,6 @@
 //! then command-line flags on top. A bad file is refused with every problem listed,
 //! each with the file, the field and the reason.
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -238,24 +237,9 @@ impl Default for ProbesConfig {
     }
 }
 
-/// Every problem found in a config, with where it is.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid config {}:", self.file.display())?;
-        for p in &self.problems {
-            write!(f, "\n  - {p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// Every problem found in a config, with where it is (shared with the collector, so a
+/// bad config exits 64 from either).
+pub use crate::units::ConfigError;
 
 impl AgentConfig {
     /// Reads `path` (`explicit`: named by the user, so it must exist).
@@ -276,14 +260,13 @@ impl AgentConfig {
 
     /// Parses and checks the text of the file at `path` (named in the errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let err = |p: String| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![p],
+        let (config, problems) = crate::units::parse_toml::<Self>(text);
+        let Some(config) = config else {
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            });
         };
-        let config: Self = toml::from_str(text).map_err(|e| {
-            let at = crate::units::at_line(text, e.span().map(|s| s.start));
-            err(format!("{at}{}", e.message()))
-        })?;
         config.validate().map_err(|problems| ConfigError {
             file: path.to_path_buf(),
             problems,

@@ -93,36 +93,37 @@ pub struct LimitsFile {
     pub max_string_bytes: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("invalid config {}: {problem}", file.display())]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problem: String,
-}
+/// The agent's: every problem with where it is; a bad config exits 64.
+pub use vigil_units::ConfigError;
 
 impl CollectorFile {
     /// Reads `path` (`explicit`: named by the user, so it must exist).
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        let err = |problem: String| ConfigError {
+        let err = |problems: Vec<String>| ConfigError {
             file: path.to_path_buf(),
-            problem,
+            problems,
         };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(Self::default())
             }
-            Err(e) => return Err(err(format!("cannot read: {e}"))),
+            Err(e) => return Err(err(vec![format!("cannot read: {e}")])),
         };
-        Self::parse(&text).map_err(err)
+        Self::parse_all(&text).map_err(err)
     }
 
-    /// The text of a file; the error names the line.
+    /// The text of a file; the error names the line (every problem, one per line).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let at = vigil_units::at_line(text, e.span().map(|s| s.start));
-            format!("{at}{}", e.message())
-        })
+        Self::parse_all(text).map_err(|p| p.join("\n"))
+    }
+
+    /// The text of a file, or every problem in it (line, field, reason).
+    pub fn parse_all(text: &str) -> Result<Self, Vec<String>> {
+        match vigil_units::parse_toml::<Self>(text) {
+            (Some(c), _) => Ok(c),
+            (None, problems) => Err(problems),
+        }
     }
 }
 

@@ -184,7 +184,7 @@ impl CollectorArgs {
         let file_name = self.config_path();
         let problem = |problem: String| ConfigError {
             file: file_name.clone(),
-            problem,
+            problems: vec![problem],
         };
         for (name, v) in [
             ("message_timeout", limits.message_timeout),

@@ -146,6 +146,32 @@ fn a_bad_flag_or_value_exits_64_like_a_bad_config_and_says_what_is_wrong() {
     let (code, err) = run(&["trace", "syscalls", "--duration", "soon"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("not a duration"), "{err}");
+    // A config file: every problem, each with its line and field, exit 64.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "interval = \"5x\"\n[detect]\nenabled = \"yes\"\n[spool]\nmax_bytes = \"lots\"\ntypo = 1\n",
+    )
+    .unwrap();
+    let (code, err) = run(&["agent", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    for want in [
+        "line 1: interval: unknown unit",
+        "line 3: detect.enabled: invalid type",
+        "line 5: spool.max_bytes: invalid type",
+        "line 6: spool.typo: unknown field `typo`",
+    ] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    let collector = dir.path().join("collector.toml");
+    std::fs::write(&collector, "[tls]\nmode = 5\nlissen = 1\n").unwrap();
+    let (code, err) = run(&["collector", "--config", collector.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("line 2: tls.mode: ") && err.contains("line 3: tls.lissen: unknown field"),
+        "{err}"
+    );
     // Help and version are answers, not errors.
     assert_eq!(run(&["--help"]).0, Some(0));
     assert_eq!(run(&["--version"]).0, Some(0));

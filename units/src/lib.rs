@@ -106,6 +106,30 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
+/// Every problem found in a config, with where it is.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: std::path::PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "invalid config {}: {one}", self.file.display()),
+            many => {
+                write!(f, "invalid config {}:", self.file.display())?;
+                for p in many {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Seconds as a person says a span: "45 s", "10 min", "1 h 30 min", "2 d 3 h".
 pub fn human_secs(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -228,5 +252,118 @@ mod tests {
         ) {
             let _ = parse_size(&format!("{n}{unit}"));
         }
+    }
+}
+
+/// Parses a TOML config and names every problem in it, not only the first: each as
+/// "line N: section.field: reason". serde stops at the first error, so the line it
+/// points at is set aside (blanked) and the text parsed again, until it parses or a
+/// line fails twice; what then parses is the config with those fields at defaults
+/// (the caller refuses it anyway, but checks the rest of it first).
+#[cfg(feature = "toml")]
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> (Option<T>, Vec<String>) {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut problems = Vec::new();
+    let mut blanked = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let current = lines.join("\n");
+        match toml::from_str::<T>(&current) {
+            Ok(v) => return (problems.is_empty().then_some(v), problems),
+            Err(e) => {
+                let Some(offset) = e.span().map(|s| s.start) else {
+                    problems.push(e.message().to_string());
+                    return (None, problems);
+                };
+                let line = current
+                    .get(..offset.min(current.len()))
+                    .unwrap_or(&current)
+                    .matches('\n')
+                    .count();
+                let field = field_at(&lines, line);
+                let reason = e.message().trim_end();
+                problems.push(match field {
+                    Some(f) => format!("line {}: {f}: {reason}", line + 1),
+                    None => format!("line {}: {reason}", line + 1),
+                });
+                // In the file's order, whatever order serde met them in.
+                problems.sort_by_key(|p| {
+                    p.strip_prefix("line ")
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0)
+                });
+                if !blanked.insert(line) || line >= lines.len() {
+                    return (None, problems);
+                }
+                lines[line] = String::new();
+            }
+        }
+    }
+    (None, problems)
+}
+
+/// The dotted name of the key on line `n` (0-based): its table header's name and the key.
+#[cfg(feature = "toml")]
+fn field_at(lines: &[String], n: usize) -> Option<String> {
+    let key = lines.get(n)?.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let key = key.trim_matches('"');
+    let table = lines[..n].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+#[cfg(all(test, feature = "toml"))]
+mod toml_tests {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Conf {
+        #[serde(default)]
+        a: u32,
+        #[serde(default)]
+        s: Section,
+    }
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Section {
+        #[serde(default)]
+        on: bool,
+        #[serde(default)]
+        n: u8,
+    }
+
+    #[test]
+    fn every_problem_is_named_with_line_and_field() {
+        let (v, problems) =
+            super::parse_toml::<Conf>("a = \"x\"\n[s]\non = \"yes\"\nn = 300\nbogus = 1\n");
+        assert!(v.is_none());
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 1: a: invalid type"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("line 3: s.on: invalid type"),
+            "{problems:?}"
+        );
+        assert!(problems[2].starts_with("line 4: s.n: "), "{problems:?}");
+        assert!(
+            problems[3].starts_with("line 5: s.bogus: unknown field `bogus`"),
+            "{problems:?}"
+        );
+        let (v, problems) = super::parse_toml::<Conf>("a = 1\n[s]\non = true\n");
+        assert!(v.is_some() && problems.is_empty());
+        let (v, problems) = super::parse_toml::<Conf>("a = = 1\n");
+        assert!(v.is_none() && problems.len() == 1, "{problems:?}");
     }
 }
