@@ -86,13 +86,75 @@ where
     match runtime.block_on(main) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{name}: error: {e:#}");
+            eprintln!("{name}: error: {}", user_error(&e));
             if e.downcast_ref::<crate::config::ConfigError>().is_some() {
                 std::process::ExitCode::from(64)
             } else {
                 std::process::ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// An error as a person reads it: the chain joined with ": ", a cause that only repeats
+/// the words before it left out, a gRPC status in words (no "code: '...'"), and a
+/// failed connection as its reason (refused, DNS, TLS, timed out).
+pub fn user_error(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            status_words(status)
+        } else if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+            let reason = crate::query::display::unreachable(cause);
+            parts.push(reason);
+            break;
+        } else {
+            cause.to_string()
+        };
+        if parts.last().is_some_and(|p| p.contains(text.as_str())) {
+            continue;
+        }
+        parts.push(text);
+    }
+    // "a: b: b" (a cause that prints its own source too) reads "a: b".
+    let mut words: Vec<&str> = Vec::new();
+    let joined = parts.join(": ");
+    for w in joined.split(": ") {
+        if words.last() != Some(&w) {
+            words.push(w);
+        }
+    }
+    words.join(": ")
+}
+
+/// A gRPC status as words: what the server said, and its code as a reason.
+pub fn status_words(s: &tonic::Status) -> String {
+    use tonic::Code;
+    let why = match s.code() {
+        Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "not authenticated",
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "refused as invalid",
+        Code::Unimplemented => {
+            "not a Vigil server, or an older one (it does not know this request)"
+        }
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "timed out",
+        Code::ResourceExhausted => "over its limits",
+        Code::FailedPrecondition => "refused in its current state",
+        Code::Internal => "an internal error on the server",
+        Code::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    let msg = s.message().trim();
+    // tonic's own deadline (the client's request timeout) comes as Cancelled.
+    if msg.starts_with("Timeout expired") {
+        return "timed out: no answer within --timeout".into();
+    }
+    if msg.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}: {msg}")
     }
 }
 

@@ -250,3 +250,81 @@ fn two_hundred_agents_stream_at_once_and_everything_is_stored() {
     });
     drop(collector);
 }
+
+/// `vigil hosts` against each way a collector can be out of reach: one line that says
+/// which (refused, DNS, TLS, timed out), no cause repeated, no gRPC status wording.
+#[test]
+fn an_unreachable_collector_is_named_refused_dns_tls_or_timed_out() {
+    let run = |args: &[&str], env_tls: Option<&str>| {
+        let mut cmd = Command::new(vigil_bin());
+        cmd.arg("hosts").args(args);
+        if let Some(mode) = env_tls {
+            cmd.env("VIGIL_TLS", mode);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("code: '") && !err.contains("status: "),
+            "raw gRPC wording: {err}"
+        );
+        let line = err.lines().last().unwrap_or_default().to_string();
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1]),
+            "a cause repeated: {line}"
+        );
+        line
+    };
+    let port = vigil_tests::free_port();
+    let refused = run(
+        &["--collector", &format!("127.0.0.1:{port}"), "--tls", "off"],
+        None,
+    );
+    assert!(refused.contains("connection refused"), "{refused}");
+    let dns = run(
+        &["--collector", "no-such-host.invalid:7070", "--tls", "off"],
+        None,
+    );
+    assert!(dns.contains("DNS failure"), "{dns}");
+
+    // TLS to a collector that speaks plaintext: the handshake fails, and says so.
+    let collector = vigil_tests::daemons::Collector::start(&["--tls", "off"]);
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path().to_str().unwrap();
+    for args in [
+        vec!["certs", "init", "--dir", dir],
+        vec!["certs", "issue", "--dir", dir, "--operator", "me"],
+    ] {
+        assert!(Command::new(vigil_bin())
+            .args(&args)
+            .output()
+            .unwrap()
+            .status
+            .success());
+    }
+    let tls = run(
+        &[
+            "--collector",
+            &collector.addr,
+            "--tls-ca",
+            &format!("{dir}/ca.pem"),
+            "--tls-cert",
+            &format!("{dir}/operator-me.pem"),
+            "--tls-key",
+            &format!("{dir}/operator-me.key"),
+        ],
+        Some("mtls"),
+    );
+    assert!(tls.contains("TLS handshake failed"), "{tls}");
+
+    // A peer that accepts the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let timeout = run(
+        &["--collector", &addr, "--tls", "off", "--timeout", "1s"],
+        None,
+    );
+    assert!(timeout.contains("timed out"), "{timeout}");
+    drop(silent);
+}

@@ -232,7 +232,10 @@ pub async fn run(
                 let _ = on_spool(&shared, &stats, |sp, _| sp.stream_ended()).await;
                 outcome
             }
-            Err(e) => Err(format!("collector unreachable: {e}")),
+            Err(e) => Err(format!(
+                "collector unreachable: {}",
+                crate::query::display::unreachable(&e)
+            )),
         };
         match outcome {
             Ok(()) => return,
@@ -271,7 +274,7 @@ fn status_text(s: &tonic::Status) -> String {
     if s.code() == tonic::Code::PermissionDenied {
         format!("{DENIED}: {}", s.message())
     } else {
-        s.to_string()
+        crate::startup::status_words(s)
     }
 }
 

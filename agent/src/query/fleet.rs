@@ -1,7 +1,6 @@
 //! `vigil hosts`, `vigil host HOST`, `vigil history HOST --metric NAME`.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use serde_json::json;
 use vigil_proto::v1::{
     fleet_client::FleetClient, CollectorStatsRequest, HostMetrics, HostRequest, ListHostsRequest,
@@ -21,6 +20,9 @@ pub struct CollectorTarget {
     /// certificate (the collector is still verified against --tls-ca).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// How long to wait for the collector's answer before saying it timed out.
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, allow_hyphen_values = true)]
+    pub timeout: Duration,
     #[command(flatten)]
     pub tls: vigil_tls::config::TlsFlags,
 }
@@ -56,13 +58,19 @@ async fn connect(target: &CollectorTarget) -> anyhow::Result<FleetApi> {
             Connector::tls(addr, None, material)?
         }
     };
+    // Connecting, and then each answer, within a bound: a peer that accepts and never
+    // speaks is reported as timed out, not waited on forever.
     let channel = tonic::transport::Endpoint::from_shared(connector.uri())?
         .connect_timeout(Duration::from_secs(5))
+        .timeout(target.timeout.max(Duration::from_millis(1)))
         .connect_with_connector(connector)
         .await
-        .with_context(|| match tls.mode {
-            Mode::Off => format!("connecting to the collector at {addr} in plaintext (if it runs with TLS, leave out --tls off)"),
-            Mode::Mtls => format!("connecting to the collector at {addr} with TLS"),
+        .map_err(|e| {
+            let reason = super::display::unreachable(&e);
+            match tls.mode {
+                Mode::Off => anyhow::anyhow!("cannot reach the collector at {addr}: {reason} (in plaintext; if it runs with TLS, leave out --tls off)"),
+                Mode::Mtls => anyhow::anyhow!("cannot reach the collector at {addr}: {reason} (with TLS)"),
+            }
         })?;
     let bearer = super::api::Bearer::from_file(target.token_file.as_deref())?;
     Ok(FleetClient::with_interceptor(channel, bearer))
