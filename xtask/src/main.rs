@@ -194,7 +194,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
+/// Ctrl-Cs seen by `cargo xtask run` (its daemons do not get them from the terminal).
+static INTERRUPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn count_interrupt(_: libc::c_int) {
+    INTERRUPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Waits for `child` to exit; a Ctrl-C meanwhile (the second of the run) kills it.
+fn wait_or_force(child: &mut std::process::Child, what: &str) -> anyhow::Result<std::process::ExitStatus> {
+    let before = INTERRUPTS.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if INTERRUPTS.load(std::sync::atomic::Ordering::SeqCst) > before {
+            eprintln!("xtask: second Ctrl-C: killing the {what}");
+            let _ = child.kill();
+            return Ok(child.wait()?);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 /// The benchmarks and the soak run their daemons and CLI calls in plaintext
 /// (`VIGIL_TLS=off`, inherited by every child; a baseline binary from before TLS
@@ -249,14 +270,17 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let data_dir = workspace_root().join("target/vigil-run/collector");
     let addr = "127.0.0.1:7470";
-    // A handler (not SIG_IGN, which children would inherit) so Ctrl-C stops the
-    // children but not this process.
+    // The daemons run in their own process group, so the terminal's Ctrl-C reaches
+    // only `vigil top` and this process, which then stops them in order: the agent
+    // first (it sends and gets acks for what it has), then the collector. A second
+    // Ctrl-C while they stop kills them. A handler, not SIG_IGN (which children
+    // would inherit).
     let action = SigAction::new(
-        SigHandler::Handler(ignore_signal),
+        SigHandler::Handler(count_interrupt),
         SaFlags::empty(),
         SigSet::empty(),
     );
-    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("installing the SIGINT handler")?;
     // Mutual TLS end to end, as on a fleet.
     let pki = workspace_root().join("target/vigil-run/pki");
@@ -273,15 +297,22 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
             pki.join(format!("{who}.key")).into(),
         ]
     };
-    let mut collector = with_parent(bench::daemon(bin, "collector"))
+    let mut collector = own_group(with_parent(bench::daemon(bin, "collector")))
         .args(["--listen", addr, "--data-dir"])
         .arg(&data_dir)
         .args(tls("collector-127.0.0.1"))
         .spawn()
         .context("starting the collector")?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    if let Some(status) = collector.try_wait()? {
-        bail!("the collector exited at once ({status}); is {addr} in use?");
+    // Ready when it accepts connections.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = collector.try_wait()? {
+            bail!("the collector exited at once ({status}); is {addr} in use?");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the collector did not listen on {addr} within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     if !is_root() {
         eprintln!("xtask: not root: the agent runs without its eBPF probes (run `sudo -E cargo xtask run` for them)");
@@ -296,7 +327,8 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     std::fs::create_dir_all(&run_dir).context("creating target/vigil-run")?;
     let log = std::fs::File::create(run_dir.join("agent.log"))
         .context("creating target/vigil-run/agent.log")?;
-    let mut agent = with_parent(bench::daemon(bin, "agent"))
+    let _ = std::fs::remove_file(&socket);
+    let mut agent = own_group(with_parent(bench::daemon(bin, "agent")))
         .args(["--collector", addr, "--top", "0", "--socket"])
         .arg(&socket)
         .arg("--data-dir")
@@ -311,22 +343,32 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
         .stderr(log)
         .spawn()
         .context("starting the agent")?;
-    // The agent answers on its socket after its first interval.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // `vigil top` draws the host at once and the agent's part when it answers; wait
+    // for the socket so the first frame has it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        if let Some(status) = agent.try_wait()? {
+            bail!("the agent exited at once ({status}): see target/vigil-run/agent.log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let top = Command::new(bin)
         .arg("top")
         .arg("--socket")
         .arg(&socket)
         .status()
         .context("starting vigil top");
-    for child in [&agent, &collector] {
-        let _ = kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            Signal::SIGINT,
-        );
-    }
-    let agent_status = agent.wait()?;
-    let _ = collector.wait();
+    eprintln!("xtask: stopping the agent, then the collector (Ctrl-C again to force)");
+    let _ = kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        Signal::SIGTERM,
+    );
+    let agent_status = wait_or_force(&mut agent, "agent")?;
+    let _ = kill(
+        nix::unistd::Pid::from_raw(collector.id() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = wait_or_force(&mut collector, "collector");
     println!(
         "xtask: stopped; collector store in {}, agent log in {}",
         data_dir.display(),
@@ -337,6 +379,13 @@ fn run_agent_and_collector(bin: &std::path::Path, args: Vec<String>) -> anyhow::
     }
     top?;
     Ok(())
+}
+
+/// `cmd` in a process group of its own: the terminal's Ctrl-C does not reach it.
+fn own_group(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0);
+    cmd
 }
 
 /// `cmd`, made to receive SIGTERM when this process dies.
