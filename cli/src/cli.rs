@@ -57,6 +57,8 @@ pub enum Command {
         /// Read the host directly even if an agent is running.
         #[arg(long)]
         local: bool,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -68,6 +70,8 @@ pub enum Command {
         top: usize,
         #[command(flatten)]
         socket: vigil_agent::query::api::AgentTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +82,8 @@ pub enum Command {
         limit: u32,
         #[command(flatten)]
         socket: vigil_agent::query::api::AgentTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +109,8 @@ pub enum Command {
         follow: bool,
         #[command(flatten)]
         socket: vigil_agent::query::api::AgentTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -120,6 +128,8 @@ pub enum Command {
     Hosts {
         #[command(flatten)]
         collector: vigil_agent::query::fleet::CollectorTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -129,6 +139,8 @@ pub enum Command {
         host: String,
         #[command(flatten)]
         collector: vigil_agent::query::fleet::CollectorTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -142,6 +154,8 @@ pub enum Command {
         since: Duration,
         #[command(flatten)]
         collector: vigil_agent::query::fleet::CollectorTarget,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -220,6 +234,8 @@ pub enum Rules {
     List {
         #[arg(long, default_value = "/etc/vigil/rules.d")]
         dir: std::path::PathBuf,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +266,8 @@ pub enum Trace {
         /// Only this process (thread group id); it must exist when tracing starts.
         #[arg(long, value_parser = parse_pid)]
         pid: Option<u32>,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
         /// Rows in the table (JSON output has every syscall).
@@ -261,6 +279,8 @@ pub enum Trace {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         duration: Option<Duration>,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -272,6 +292,8 @@ pub enum Trace {
         /// Show only execs (forks and exits are still counted in the summary).
         #[arg(long)]
         exec: bool,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },
@@ -288,6 +310,8 @@ pub enum Trace {
         /// Events allowed per CPU per second; more are counted, not sent.
         #[arg(long, default_value_t = 1000)]
         rate_limit: u64,
+        /// Print JSON (one object per line) instead of text; times as RFC 3339 `time` and
+        /// `time_unix_ns`, durations in ns.
         #[arg(long)]
         json: bool,
     },

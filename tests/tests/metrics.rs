@@ -297,3 +297,47 @@ fn stats_json_carries_the_documented_fields() {
         Some(sysinfo_mem_total())
     );
 }
+
+/// `vigil stats` shows filesystems as df(1) does: the use % of `/` is df's (used over
+/// used plus available, the root reserve counted), a bind mount is not shown twice,
+/// and the mount point comes last so a long one does not break the columns.
+#[test]
+fn stats_shows_filesystems_like_df() {
+    let out = Command::new(vigil_tests::vigil_bin())
+        .args(["stats", "--local", "--window", "100ms"])
+        .output()
+        .expect("vigil stats");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let df = Command::new("df")
+        .args(["--output=pcent", "/"])
+        .output()
+        .expect("df");
+    let df_pct: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().trim_end_matches('%').parse().ok())
+        .expect("df's use %");
+    assert!(
+        text.contains("SIZE") && text.contains("AVAIL") && text.contains("USE%"),
+        "{text}"
+    );
+    // The filesystem table: from its header to the blank line after it.
+    let root: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.ends_with("MOUNTED ON"))
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.split_whitespace().last() == Some("/"))
+        .collect();
+    assert_eq!(root.len(), 1, "/ once: {text}");
+    let ours: u64 = root[0]
+        .split_whitespace()
+        .find(|w| w.ends_with('%'))
+        .and_then(|w| w.trim_end_matches('%').parse().ok())
+        .expect("a use %");
+    // The same statfs a moment apart: equal, or one percent across a boundary.
+    assert!(
+        ours.abs_diff(df_pct) <= 1,
+        "vigil {ours}% vs df {df_pct}%: {}",
+        root[0]
+    );
+}

@@ -202,7 +202,10 @@ extern "C" fn count_interrupt(_: libc::c_int) {
 }
 
 /// Waits for `child` to exit; a Ctrl-C meanwhile (the second of the run) kills it.
-fn wait_or_force(child: &mut std::process::Child, what: &str) -> anyhow::Result<std::process::ExitStatus> {
+fn wait_or_force(
+    child: &mut std::process::Child,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
     let before = INTERRUPTS.load(std::sync::atomic::Ordering::SeqCst);
     loop {
         if let Some(status) = child.try_wait()? {

@@ -19,8 +19,12 @@ fn rate(bytes_per_sec: f64) -> String {
 
 pub fn print_table(s: &HostSample) {
     println!(
-        "{} | {} | kernel {} | up {:.0} s",
-        s.host.hostname, s.host.os, s.host.kernel, s.host.uptime_secs
+        "{} | {} | kernel {} | up {} | {}",
+        crate::query::display::clean(&s.host.hostname),
+        s.host.os,
+        s.host.kernel,
+        crate::query::top::human_uptime(s.host.uptime_secs),
+        crate::query::display::rfc3339_ms(s.time_unix_ms as i64)
     );
     let t = &s.cpu.total;
     println!(
@@ -53,26 +57,38 @@ pub fn print_table(s: &HostSample) {
             println!("psi   {name:<7} some {some:>6.2} %  full {full:>6.2} % (avg10)");
         }
     }
+    // Like df: size, used, available, use % (the root reserve counted as not
+    // available), a device mounted twice shown once, the mount point last.
     println!(
-        "\n{:<24} {:<8} {:>12} {:>12} {:>7}",
-        "MOUNT", "TYPE", "SIZE", "USED", "INODES"
+        "\n{:>10} {:>10} {:>10} {:>5} {:>7} {:<8} MOUNTED ON",
+        "SIZE", "USED", "AVAIL", "USE%", "IUSE%", "TYPE"
     );
-    for f in &s.filesystems {
+    let (rows, binds) = crate::query::display::df_rows(&s.filesystems);
+    for f in rows {
         let inodes = if f.inodes_total > 0 {
             format!(
-                "{:.0} %",
-                100.0 * (f.inodes_total - f.inodes_free) as f64 / f.inodes_total as f64
+                "{:.0}%",
+                100.0 * (f.inodes_total - f.inodes_free.min(f.inodes_total)) as f64
+                    / f.inodes_total as f64
             )
         } else {
             "-".into()
         };
         println!(
-            "{:<24} {:<8} {:>12} {:>12} {:>7}",
-            f.mount,
-            f.fstype,
-            gib(f.size_bytes),
-            gib(f.used_bytes),
-            inodes
+            "{:>10} {:>10} {:>10} {:>4}% {:>7} {:<8} {}",
+            crate::query::top::human_bytes(f.size_bytes),
+            crate::query::top::human_bytes(f.used_bytes),
+            crate::query::top::human_bytes(f.available_bytes),
+            crate::query::display::use_percent(f),
+            inodes,
+            crate::query::display::clean(&f.fstype),
+            crate::query::display::clean(&f.mount)
+        );
+    }
+    if binds > 0 {
+        println!(
+            "({binds} more mount{} of a device already shown: bind mounts)",
+            if binds == 1 { "" } else { "s" }
         );
     }
     println!(
@@ -140,7 +156,7 @@ pub fn print_table(s: &HostSample) {
                 p.pid,
                 p.user,
                 p.cpu_percent,
-                gib(p.rss_bytes),
+                format!("{:.0} MiB", p.rss_bytes as f64 / f64::from(1u32 << 20)),
                 cmd
             );
         }
