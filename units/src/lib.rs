@@ -135,7 +135,7 @@ pub fn human_secs(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     match s {
         0..=119 => format!("{s} s"),
-        120..=7199 if s % 60 == 0 => format!("{} min", s / 60),
+        120..=7199 if s.is_multiple_of(60) => format!("{} min", s / 60),
         120..=7199 => format!("{} min {} s", s / 60, s % 60),
         7200..=172_799 if s % 3600 / 60 == 0 => format!("{} h", s / 3600),
         7200..=172_799 => format!("{} h {} min", s / 3600, s % 3600 / 60),
@@ -325,7 +325,7 @@ fn field_at(lines: &[String], n: usize) -> Option<String> {
 mod toml_tests {
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "only deserialized")]
     struct Conf {
         #[serde(default)]
         a: u32,
@@ -334,7 +334,7 @@ mod toml_tests {
     }
     #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "only deserialized")]
     struct Section {
         #[serde(default)]
         on: bool,
