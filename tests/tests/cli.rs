@@ -111,6 +111,15 @@ fn rules_check_reports_a_missing_directory_every_bad_file_and_duplicate_ids() {
         "rules:\n  - id: bad\n    severity: loud\n",
     )
     .unwrap();
+    // Two bad rules in one file: both reported, each at the line of its bad field.
+    std::fs::write(
+        dir.path().join("e.yaml"),
+        format!(
+            "{}  - id: late\n    description: x\n    severity: low\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: {{prefix: [/y]}}\n    dedup: 99999999999999999999d\n",
+            rule.replace("twice", "first").replace("severity: low", "severity: loud")
+        ),
+    )
+    .unwrap();
     let out = Command::new(&vigil)
         .args(["rules", "check", "--dir"])
         .arg(dir.path())
@@ -124,7 +133,12 @@ fn rules_check_reports_a_missing_directory_every_bad_file_and_duplicate_ids() {
     );
     assert!(err.contains("c.yaml:"), "every bad file: {err}");
     assert!(err.contains("d.yaml:"), "every bad file: {err}");
-    assert!(err.contains("3 problems"), "{err}");
+    assert!(
+        err.contains("e.yaml:4: rule `first`: severity `loud`"),
+        "{err}"
+    );
+    assert!(err.contains("e.yaml:16: rule `late`: dedup"), "{err}");
+    assert!(err.contains("5 problems"), "{err}");
 }
 
 #[test]

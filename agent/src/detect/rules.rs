@@ -397,40 +397,80 @@ impl OneOrMany {
 
 /// Parses one YAML rule file. `name` is how errors name the file.
 pub fn parse(name: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
-    Ok(parse_with_switches(name, text)?
+    Ok(parse_with_switches(name, text)
+        .map_err(|mut problems| problems.remove(0))?
         .into_iter()
         .map(|(rule, _)| rule)
         .collect())
 }
 
-/// The rules of a file, each with its `enabled` switch.
-fn parse_with_switches(name: &str, text: &str) -> Result<Vec<(Rule, bool)>, RuleError> {
+/// The rules of a file, each with its `enabled` switch; or every problem in it (each
+/// rule checked, each problem at the line of the field that is wrong).
+fn parse_with_switches(name: &str, text: &str) -> Result<Vec<(Rule, bool)>, Vec<RuleError>> {
     let err = |line: usize, reason: String| RuleError {
         file: name.to_string(),
         line,
         column: 0,
         reason,
     };
-    let doc: Option<RuleFile> = yaml_serde::from_str(text).map_err(|e| RuleError {
-        file: name.to_string(),
-        line: e.location().map_or(0, |l| l.line()),
-        column: e.location().map_or(0, |l| l.column()),
-        reason: format!("not a valid rule file: {e}"),
+    let doc: Option<RuleFile> = yaml_serde::from_str(text).map_err(|e| {
+        vec![RuleError {
+            file: name.to_string(),
+            line: e.location().map_or(0, |l| l.line()),
+            column: e.location().map_or(0, |l| l.column()),
+            reason: format!("not a valid rule file: {e}"),
+        }]
     })?;
     let list = doc.and_then(|d| d.rules).unwrap_or_default();
     let mut rules = Vec::new();
+    let mut problems = Vec::new();
     let mut ids = BTreeSet::new();
     for r in &list {
         let id = r.id.text();
         let line = line_of(text, &id).unwrap_or(0);
-        let rule =
-            compile(r, name).map_err(|reason| err(line, format!("rule `{id}`: {reason}")))?;
+        let rule = match compile(r, name) {
+            Ok(rule) => rule,
+            Err(reason) => {
+                problems.push(err(
+                    field_line(text, line, &reason),
+                    format!("rule `{id}`: {reason}"),
+                ));
+                continue;
+            }
+        };
         if !ids.insert(rule.id.clone()) {
-            return Err(err(line, format!("rule `{}` is defined twice", rule.id)));
+            problems.push(err(line, format!("rule `{}` is defined twice", rule.id)));
+            continue;
         }
         rules.push((rule, r.enabled.unwrap_or(true)));
     }
-    Ok(rules)
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The line of the field a problem names (its first word: "dedup `9d`: ...", "`mitre`
+/// is missing"), searched within the rule that starts at `start` (1-based); the rule's
+/// line when the field is not written in it.
+fn field_line(text: &str, start: usize, reason: &str) -> usize {
+    let Some(field) = reason
+        .split_whitespace()
+        .next()
+        .map(|w| w.trim_matches(|c: char| c == '`' || c == ':'))
+        .filter(|w| !w.is_empty())
+    else {
+        return start;
+    };
+    let key = format!("{field}:");
+    text.lines()
+        .enumerate()
+        .skip(start)
+        // Up to the next rule of the list.
+        .take_while(|(_, l)| !l.trim_start().starts_with("- id:"))
+        .find(|(_, l)| l.trim_start().starts_with(&key))
+        .map_or(start, |(i, _)| i + 1)
 }
 
 /// The line where rule `id` starts (the line with `id: <id>`), for messages.
@@ -708,7 +748,7 @@ pub fn load_all(dir: Option<&Path>) -> Result<Vec<Rule>, Vec<RuleError>> {
         let parsed = match parse_with_switches(&name, &text) {
             Ok(p) => p,
             Err(e) => {
-                problems.push(e);
+                problems.extend(e);
                 continue;
             }
         };
@@ -895,8 +935,20 @@ rules:
     #[test]
     fn errors_name_file_line_and_reason() {
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: loud\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: x}\n").unwrap_err();
-        assert_eq!((e.file.as_str(), e.line), ("bad.yaml", 2));
+        // The line of the bad field, not of the rule.
+        assert_eq!((e.file.as_str(), e.line), ("bad.yaml", 4));
         assert!(e.reason.contains("severity `loud`"), "{e}");
+        // Every bad rule of a file, each at its field's line.
+        let all = parse_with_switches(
+            "bad.yaml",
+            "rules:\n  - id: a\n    description: d\n    severity: loud\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: x}\n  - id: b\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: x}\n    dedup: 99999999999999999999d\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            all.iter().map(|e| e.line).collect::<Vec<_>>(),
+            [4, 14],
+            "{all:?}"
+        );
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {proc.exe: x}\n").unwrap_err();
         assert!(e.reason.contains("unknown field `proc.exe`"), "{e}");
         let e = parse("bad.yaml", "rules:\n  - id: a\n    description: d\n    severity: low\n    mitre: [T1]\n    events: [exec]\n    condition: {process.exe: {regex: '('}}\n").unwrap_err();
