@@ -58,6 +58,20 @@ pub fn rfc3339_ns(ns: i64) -> String {
     format!("{}{:06}Z", &ms[..ms.len() - 1], ns.rem_euclid(1_000_000))
 }
 
+/// A retransmit as one line of text: time, addresses, TCP state, the kernel's error.
+pub fn retransmit_text(r: &vigil_proto::v1::TcpRetransmit) -> String {
+    format!(
+        "{} {}:{} -> {}:{} {} err={}",
+        rfc3339_us(r.time_unix_ns),
+        clean(&r.saddr),
+        r.sport,
+        clean(&r.daddr),
+        r.dport,
+        clean(&r.state),
+        r.err
+    )
+}
+
 /// A `SystemTime` as nanoseconds since the epoch (0 before it).
 pub fn unix_ns(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)

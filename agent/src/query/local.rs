@@ -131,16 +131,7 @@ fn print_retransmit(r: &TcpRetransmit, json: bool) {
     if json {
         println!("{}", retransmit_json(r));
     } else {
-        println!(
-            "{} retransmit {}:{} -> {}:{} {} err={}",
-            rfc3339_us(r.time_unix_ns),
-            clean(&r.saddr),
-            r.sport,
-            clean(&r.daddr),
-            r.dport,
-            clean(&r.state),
-            r.err
-        );
+        println!("retransmit {}", super::display::retransmit_text(r));
     }
 }
 

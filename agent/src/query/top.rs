@@ -26,7 +26,6 @@ use crate::{
     histogram::LatencyHistogram,
     metrics::{HostSample, Roots, Sampler},
     trace::syscalls::{rows, SyscallRow},
-    units::human_ns,
 };
 
 /// The window the syscall and retransmit sections cover.
@@ -254,10 +253,7 @@ fn syscalls_lines(v: &View) -> Vec<Line<'static>> {
         lines.push(Line::from("no agent: nothing traced"));
         return lines;
     };
-    lines.push(Line::from(format!(
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
-        "SYSCALL", "COUNT", "P50", "P90", "P99", "MAX", "TOTAL"
-    )));
+    lines.push(Line::from(crate::trace::syscalls::header_text()));
     let shown: Vec<&SyscallRow> = syscalls
         .iter()
         .filter(|r| v.show_idle || !IDLE_WAITS.contains(&r.name.as_str()))
@@ -266,16 +262,7 @@ fn syscalls_lines(v: &View) -> Vec<Line<'static>> {
         lines.push(Line::from(format!("none in the last {WINDOW_SECS} s")));
     }
     for r in shown {
-        lines.push(Line::from(format!(
-            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
-            r.name,
-            r.count,
-            human_ns(r.p50_ns),
-            human_ns(r.p90_ns),
-            human_ns(r.p99_ns),
-            human_ns(r.max_ns),
-            human_ns(r.total_ns)
-        )));
+        lines.push(Line::from(crate::trace::syscalls::row_text(r)));
     }
     lines
 }
@@ -296,16 +283,7 @@ fn retransmits_lines(v: &View) -> Vec<Line<'static>> {
         lines.push(Line::from(format!("none in the last {WINDOW_SECS} s")));
     }
     for t in recent {
-        lines.push(Line::from(format!(
-            "{} {}:{} -> {}:{} {} err={}",
-            super::display::rfc3339_ms(t.time_unix_ns.div_euclid(1_000_000)),
-            clean(&t.saddr),
-            t.sport,
-            clean(&t.daddr),
-            t.dport,
-            clean(&t.state),
-            t.err
-        )));
+        lines.push(Line::from(super::display::retransmit_text(t)));
     }
     lines
 }

@@ -50,22 +50,32 @@ pub fn rows(latency: &BTreeMap<u32, LatencyHistogram>) -> Vec<SyscallRow> {
     rows
 }
 
-pub fn print_table(rows: &[SyscallRow], limit: usize) {
-    println!(
-        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+/// The column names of the syscall table (fits 80 columns).
+pub fn header_text() -> String {
+    format!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "SYSCALL", "COUNT", "P50", "P90", "P99", "MAX", "TOTAL"
-    );
+    )
+}
+
+/// One syscall's row: count, then latencies in human units.
+pub fn row_text(r: &SyscallRow) -> String {
+    format!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        r.name,
+        r.count,
+        human_ns(r.p50_ns),
+        human_ns(r.p90_ns),
+        human_ns(r.p99_ns),
+        human_ns(r.max_ns),
+        human_ns(r.total_ns)
+    )
+}
+
+pub fn print_table(rows: &[SyscallRow], limit: usize) {
+    println!("{}", header_text());
     for r in rows.iter().take(limit) {
-        println!(
-            "{:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
-            r.name,
-            r.count,
-            human_ns(r.p50_ns),
-            human_ns(r.p90_ns),
-            human_ns(r.p99_ns),
-            human_ns(r.max_ns),
-            human_ns(r.total_ns)
-        );
+        println!("{}", row_text(r));
     }
 }
 
