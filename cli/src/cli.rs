@@ -9,7 +9,7 @@ use vigil_agent::units::parse_duration;
 #[command(
     name = "vigil",
     version,
-    about = "Vigil host agent: eBPF syscall latency and TCP retransmits"
+    about = "Vigil host agent: host metrics, eBPF syscall latency, TCP retransmits and security findings; its collector; and the commands that read them"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,8 +43,9 @@ pub enum Command {
     /// Run the agent in the foreground (needs root): every probe, host metrics, rules,
     /// spool, stream, local API. The package runs the same daemon as `vigil-agent`.
     Agent(vigil_agent::daemon::AgentArgs),
-    /// Host stats (CPU, memory, load, pressure, disks, network, TCP, processes) over a
-    /// short window, read from /proc and /sys (no root needed).
+    /// Host stats (CPU, memory, load, pressure, filesystems, disks, network, TCP,
+    /// processes): the local agent's latest sample, or, with --local or no agent
+    /// answering, read from /proc and /sys over --window (no root needed).
     Stats {
         /// Window over which rates are measured (when reading the host directly).
         #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -87,8 +88,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Full-screen live view: host stats each second, slowest syscalls and retransmits
-    /// from the local agent. Ctrl-C quits.
+    /// Terminal UI: host stats each second, the probes' state, slowest syscalls and
+    /// retransmits from the local agent. q, Esc or Ctrl-C quits; i shows idle waits.
     Top {
         #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
         refresh: Duration,
