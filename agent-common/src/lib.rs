@@ -424,6 +424,29 @@ pub enum SecurityOp {
     /// environment: `name` = the entry (`VAR=value`, cut at `NAME_LEN`), `detail` = its
     /// index. Sent at the call, before the exec (the caller's comm).
     ExecEnv = 16,
+    /// A process connected to `PORT_SCAN_DISTINCT` distinct remote ports within
+    /// `PORT_SCAN_WINDOW_NS` (sent once per window): `detail` = the distinct count,
+    /// `target` = the window in ns, `port`, `family`, `addr` = the last connect's peer
+    /// (IPv6 peers: the address is not read, zeros).
+    PortScan = 17,
+}
+
+/// The port-scan check's window and threshold: a process that connects to this many
+/// distinct remote ports within the window is reported once for it.
+pub const PORT_SCAN_WINDOW_NS: u64 = 10_000_000_000;
+pub const PORT_SCAN_DISTINCT: u32 = 100;
+/// Bits of the hashed port bitmap per process (a power of two; distinct ports are
+/// counted by first setting of a bit, so collisions only undercount).
+pub const PORT_SCAN_BITS: u32 = 1024;
+
+/// Per process (tgid): its port-scan window (value of `PORT_SCANS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PortScan {
+    pub window_start_ns: u64,
+    pub distinct: u32,
+    pub reported: u32,
+    pub bits: [u64; (PORT_SCAN_BITS / 64) as usize],
 }
 
 impl SecurityOp {
@@ -445,6 +468,7 @@ impl SecurityOp {
             14 => Self::Mount,
             15 => Self::Truncate,
             16 => Self::ExecEnv,
+            17 => Self::PortScan,
             _ => return None,
         })
     }

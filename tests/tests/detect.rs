@@ -1622,6 +1622,57 @@ fn a_scan_from_one_process_is_one_finding_with_its_count_and_a_sample_of_targets
     assert_eq!(total.details["targets_not_listed"], "184", "{total:?}");
 }
 
+/// One process connecting to 150 distinct ports within seconds is a `port-scan`
+/// finding (counted in the kernel per process), once; one connecting to 60 is not.
+#[test]
+fn a_process_connecting_to_many_distinct_ports_is_a_port_scan() {
+    root!("a_process_connecting_to_many_distinct_ports_is_a_port_scan");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    // In one bash process (no subshell: `:` with a redirection runs in the shell
+    // itself), each connect refused at once on the namespace's loopback.
+    let scan = |ports: u32| {
+        let out = in_own_netns(&format!(
+            "bash -c 'echo $$; for p in $(seq 30001 {}); do {{ : 3<>/dev/tcp/127.0.0.1/$p; }} 2>/dev/null; done; true'",
+            30000 + ports
+        ));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .expect("the scanner's pid")
+    };
+    let quiet = scan(60);
+    let loud = scan(150);
+    let mut seen = Vec::new();
+    vigil_tests::daemons::wait_until("the port-scan finding", Duration::from_secs(30), || {
+        seen = agent
+            .findings(since)
+            .into_iter()
+            .filter(|f| f.rule == "port-scan")
+            .collect();
+        !seen.is_empty()
+    });
+    agent.settle();
+    let seen: Vec<_> = agent
+        .findings(since)
+        .into_iter()
+        .filter(|f| f.rule == "port-scan")
+        .collect();
+    assert_eq!(seen.len(), 1, "one finding for the scan: {seen:#?}");
+    let f = &seen[0];
+    assert_eq!(pid_of(f), loud, "{f:?}");
+    let distinct: u32 = f.details["distinct_ports"].parse().unwrap();
+    assert!((100..=150).contains(&distinct), "{f:?}");
+    assert_eq!(f.details["last_remote_addr"], "127.0.0.1", "{f:?}");
+    assert!(f.details["last_port"].starts_with("30"), "{f:?}");
+    assert!(f.mitre.contains(&"T1046".to_string()), "{f:?}");
+    assert!(
+        seen.iter().all(|f| pid_of(f) != quiet),
+        "60 ports is not a scan"
+    );
+}
+
 #[test]
 fn exec_from_a_directory_named_to_hide() {
     root!("exec_from_a_directory_named_to_hide");

@@ -14,12 +14,13 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use vigil_common::{
-    Counter, DirKey, EventKind, PathPrefix, SecurityEvent, SecurityOp, SecuritySyscalls, DIR_BASE,
-    DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC, MAX_PREFIXES, NAME_LEN,
+    Counter, DirKey, EventKind, PathPrefix, PortScan, SecurityEvent, SecurityOp, SecuritySyscalls,
+    DIR_BASE, DIR_FILES, DIR_TRUNC, FILE_LINK, FILE_READ, FILE_TRUNC, MAX_PREFIXES, NAME_LEN,
+    PORT_SCAN_BITS, PORT_SCAN_DISTINCT, PORT_SCAN_WINDOW_NS,
 };
 
 use super::process::{read_at, read_ptr, TASK_LAYOUT};
@@ -68,6 +69,16 @@ static WATCHED_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 /// Processes (tgid) whose connects are reported, because a rule asks about them.
 #[map]
 static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Distinct remote ports each process connected to in its current window (a hashed
+/// bitmap): the port-scan check. LRU, so a host with more connecting processes than
+/// entries forgets the quietest, never refuses a new one.
+#[map]
+static PORT_SCANS: LruHashMap<u32, PortScan> = LruHashMap::with_max_entries(4096, 0);
+
+/// A zeroed `PortScan` to insert from (not on the BPF stack).
+#[map]
+static PORT_SCAN_ZERO: PerCpuArray<PortScan> = PerCpuArray::with_max_entries(1, 0);
 
 /// A setuid-family call in flight (tid -> op << 32 | old id), from enter to exit.
 #[map]
@@ -968,6 +979,19 @@ fn connect(uaddr: *const SockAddr) {
     }
     let port = u16::from_be(sa.port_be);
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(distinct) = scanning(pid, port) {
+        emit(SecurityOp::PortScan, |ev| unsafe {
+            (*ev).family = sa.family;
+            (*ev).port = port;
+            (*ev).detail = u64::from(distinct);
+            (*ev).target = PORT_SCAN_WINDOW_NS;
+            (*ev).addr = if sa.family == AF_INET {
+                v4_addr(sa.v4)
+            } else {
+                [0; 16]
+            };
+        });
+    }
     // SAFETY: plain lookups.
     let wanted = unsafe {
         WATCHED_PORTS.get(&port).is_some()
@@ -995,6 +1019,57 @@ fn connect(uaddr: *const SockAddr) {
             v6
         };
     });
+}
+
+/// Counts `port` among the distinct ports `pid` connected to in its window; the number
+/// when it has just reached `PORT_SCAN_DISTINCT` (once per window), else `None`.
+#[inline(never)]
+fn scanning(pid: u32, port: u16) -> Option<u32> {
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: map value pointers, used before any other map call on this CPU.
+    let entry = unsafe {
+        match PORT_SCANS.get_ptr_mut(&pid) {
+            Some(e) => e,
+            None => {
+                let zero = PORT_SCAN_ZERO.get_ptr(0)?;
+                PORT_SCANS.insert(&pid, &*zero, 0).ok()?;
+                let e = PORT_SCANS.get_ptr_mut(&pid)?;
+                (*e).window_start_ns = now;
+                e
+            }
+        }
+    };
+    // SAFETY: `entry` points at a live map value; races between CPUs only blur counts.
+    unsafe {
+        if now.wrapping_sub((*entry).window_start_ns) > PORT_SCAN_WINDOW_NS {
+            (*entry).window_start_ns = now;
+            (*entry).distinct = 0;
+            (*entry).reported = 0;
+            // Word by word: a whole-array store would be a 128-byte stack temporary.
+            for i in 0..(PORT_SCAN_BITS / 64) as usize {
+                if let Some(w) = (*entry).bits.get_mut(i) {
+                    *w = 0;
+                }
+            }
+        }
+        // Fibonacci hashing spreads consecutive ports over the bitmap.
+        let h = (u32::from(port).wrapping_mul(2_654_435_769)
+            >> (32 - PORT_SCAN_BITS.trailing_zeros())) as usize;
+        let word = (h / 64) & ((PORT_SCAN_BITS / 64) as usize - 1);
+        let bit = 1u64 << (h % 64);
+        let w = (*entry).bits.get_mut(word)?;
+        if *w & bit != 0 {
+            return None;
+        }
+        *w |= bit;
+        (*entry).distinct += 1;
+        if (*entry).distinct >= PORT_SCAN_DISTINCT && (*entry).reported == 0 {
+            (*entry).reported = 1;
+            return Some((*entry).distinct);
+        }
+    }
+    None
 }
 
 /// sock:inet_sock_set_state; offsets checked against tracefs by userspace at load.

@@ -919,6 +919,20 @@ impl Detector {
                 details.insert("local_addr".into(), local.to_string());
                 EventType::Listen
             }
+            SecurityAction::PortScan {
+                distinct,
+                window,
+                remote,
+                port,
+            } => {
+                details.insert("distinct_ports".into(), distinct.to_string());
+                details.insert("window_secs".into(), window.as_secs().to_string());
+                details.insert("last_port".into(), port.to_string());
+                if !remote.is_unspecified() {
+                    details.insert("last_remote_addr".into(), remote.to_string());
+                }
+                EventType::PortScan
+            }
         };
         self.evaluate(event, e.pid, details, target, unix_ms(e.time), out);
     }

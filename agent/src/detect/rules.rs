@@ -41,10 +41,11 @@ pub enum EventType {
     ExecEnv,
     Connect,
     Listen,
+    PortScan,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 16] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
@@ -60,6 +61,7 @@ impl EventType {
         Self::ExecEnv,
         Self::Connect,
         Self::Listen,
+        Self::PortScan,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +81,7 @@ impl EventType {
             Self::ExecEnv => "exec_env",
             Self::Connect => "connect",
             Self::Listen => "listen",
+            Self::PortScan => "port_scan",
         }
     }
 

@@ -183,6 +183,14 @@ pub enum SecurityAction {
         local: IpAddr,
         port: u16,
     },
+    /// A process connected to `distinct` remote ports within `window` (the kernel's
+    /// port-scan check); the last connect's peer (unspecified for IPv6).
+    PortScan {
+        distinct: u32,
+        window: std::time::Duration,
+        remote: IpAddr,
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,6 +477,12 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                 },
                 SecurityOp::Listen => SecurityAction::Listen {
                     local: ip(e.family, e.addr),
+                    port: e.port,
+                },
+                SecurityOp::PortScan => SecurityAction::PortScan {
+                    distinct: u32::try_from(e.detail).unwrap_or(u32::MAX),
+                    window: std::time::Duration::from_nanos(e.target),
+                    remote: ip(e.family, e.addr),
                     port: e.port,
                 },
             };
