@@ -145,10 +145,12 @@ fn scratch() -> anyhow::Result<Scratch> {
          echo '# shipped' > {w}/pkg/etc/profile.d/vigil-bench-{me}.sh
          dpkg-deb --root-owner-group --build {w}/pkg {w}/pkg.deb >/dev/null
          printf 'int main(void) {{ return 0; }}\\n' > {w}/hello.c
+         printf -- '- hosts: localhost\\n  connection: local\\n  gather_facts: false\\n  tasks:\\n    - copy: {{dest: /etc/profile.d/vigil-bench-cm-{me}.sh, content: \"# managed\\\\n\"}}\\n    - copy: {{dest: /etc/cron.d/vigil-bench-cm-{me}, content: \"5 * * * * root true\\\\n\"}}\\n    - copy: {{dest: /etc/systemd/system/vigil-bench-cm-{me}.service, content: \"[Service]\\\\nExecStart=/bin/true\\\\n\"}}\\n    - user: {{name: vgbc{n}, system: true, create_home: false}}\\n    - user: {{name: vgbc{n}, state: absent}}\\n    - file: {{path: /etc/profile.d/vigil-bench-cm-{me}.sh, state: absent}}\\n    - file: {{path: /etc/cron.d/vigil-bench-cm-{me}, state: absent}}\\n    - file: {{path: /etc/systemd/system/vigil-bench-cm-{me}.service, state: absent}}\\n' > {w}/site.yml
          printf '/var/log/vigil-bench-rot-{me}.log {{\\n  copytruncate\\n  rotate 1\\n  missingok\\n}}\\n' > {w}/logrotate.conf",
         home = s.home.display(),
         key = s.key.display(),
         user = s.users[0],
+        n = me % 100_000,
     );
     s.files
         .push(PathBuf::from(format!("/tmp/vigil-bench-dropper-{me}")));
@@ -207,6 +209,8 @@ fn acts(s: &Scratch) -> Vec<Act> {
         // Defense evasion and tampering.
         attack("T1070.002", "a log emptied", format!(": > /var/log/vigil-bench-{me}.log")),
         attack("T1070.003", "shell history emptied", format!(": > {home}/.bash_history")),
+        attack("T1562.003", "history turned off for what follows (HISTFILE=/dev/null exported)", "HISTFILE=/dev/null bash -c true".into()),
+        attack("T1070.003", "history turned off in a script (set +o history)", "bash -c 'set +o history; true'".into()),
         attack("T1070.004", "a file shredded", format!("cp /etc/hostname {w}/evidence && shred -u {w}/evidence")),
         // A unit name the rule reads as journald's but that no host has: the command an
         // attacker types, without stopping this host's journal.
@@ -234,6 +238,9 @@ fn acts(s: &Scratch) -> Vec<Act> {
             n = me % 100_000
         )),
         benign("update-ca-certificates", "update-ca-certificates >/dev/null 2>&1".into()),
+        benign("a configuration management run (ansible-playbook: profile.d, cron.d, a unit, a user)", format!(
+            "ansible-playbook -i localhost, {w}/site.yml >/dev/null"
+        )),
         benign("logrotate with copytruncate", format!(
             "logrotate --force --state {w}/logrotate.state {w}/logrotate.conf"
         )),
