@@ -968,6 +968,55 @@ fn exec_storm(execs: u64) -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// Run time and run count of each BPF program `pid` holds open, from the kernel's own
+/// per-program statistics (`/proc/PID/fdinfo`: run_time_ns and run_cnt, counted while
+/// kernel.bpf_stats_enabled is 1), keyed by program id.
+fn bpf_program_stats(pid: u32) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog") {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(ns), Some(runs)) =
+                (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+            {
+                out.insert(id as u32, (ns, runs));
+            }
+        }
+    }
+    out
+}
+
+/// Turns kernel.bpf_stats_enabled on while held (it costs a clock read per program
+/// run, so only the untimed pass uses it) and back to what it was.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn on() -> anyhow::Result<Self> {
+        const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let was = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+        std::fs::write(PATH, "1").with_context(|| format!("writing {PATH}"))?;
+        Ok(Self(was.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
 fn exec(
     vigil: &std::path::Path,
     execs: u64,
@@ -982,18 +1031,25 @@ fn exec(
         "vigil trace processes --exec",
         "vigil agent (rule match on every exec)",
         "libbpf-tools execsnoop",
+        "vigil agent, syscall latency off (exec path and detection only)",
     ];
     if baseline.is_some() {
         labels.push("baseline agent (rule match on every exec)");
     }
-    // The agent rows (this build's, the baseline's): their matches are read back.
-    let is_agent = |i: usize| i == 2 || i == 4;
+    // The agent rows (this build's, without syscall latency, the baseline's): their
+    // matches are read back.
+    let is_agent = |i: usize| i == 2 || i == 4 || i == 5;
     // The agent with a rule that matches every exec of /bin/true (deduplicated into one
     // finding; its match count is what we read back).
-    let (dir, socket) = bench_agent_dir(
-        "exec",
-        "rules:\n  - id: bench-true\n    description: /bin/true ran\n    severity: info\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: /bin/true\n    dedup: 1h\n",
-    )?;
+    let rule = "rules:\n  - id: bench-true\n    description: /bin/true ran\n    severity: info\n    mitre: [T1059]\n    events: [exec]\n    condition:\n      process.exe: /bin/true\n    dedup: 1h\n";
+    let (dir, socket) = bench_agent_dir("exec", rule)?;
+    // The same agent with the syscall-latency histograms off: what the exec path and the
+    // rules cost apart from timing every syscall on the host (which execsnoop does not).
+    let (dir_off, socket_off) = bench_agent_dir("exec-nolatency", rule)?;
+    let toml = dir_off.join("agent.toml");
+    let mut text = std::fs::read_to_string(&toml)?;
+    text.push_str("[probes]\nsyscalls = false\n");
+    std::fs::write(&toml, text)?;
     let matches = |socket: &std::path::Path| -> u64 {
         Command::new(vigil)
             .args(["stats", "--json", "--socket"])
@@ -1004,33 +1060,47 @@ fn exec(
             .and_then(|v| v["agent"]["detect"]["rule_matches"]["bench-true"].as_u64())
             .unwrap_or(0)
     };
+    let start = |i: usize| -> anyhow::Result<Option<Tracer>> {
+        Ok(match i {
+            0 => None,
+            1 => Some(start_tracer(
+                Command::new(vigil).args(["trace", "processes", "--exec", "--json"]),
+                "vigil: tracing",
+                "\"filename\":\"/bin/true\"",
+            )?),
+            2 | 4 | 5 => {
+                let (dir, socket) = if i == 4 { (&dir_off, &socket_off) } else { (&dir, &socket) };
+                let _ = std::fs::remove_dir_all(dir.join("data"));
+                let build = if i == 5 {
+                    baseline.unwrap_or(vigil)
+                } else {
+                    vigil
+                };
+                Some(bench_agent(build, dir, socket)?)
+            }
+            3 => Some(start_tracer(
+                Command::new("stdbuf").args(["-oL", "execsnoop"]),
+                "PCOMM",
+                "/bin/true",
+            )?),
+            _ => unreachable!("one label per configuration"),
+        })
+    };
+    let socket_of = |i: usize| if i == 4 { &socket_off } else { &socket };
+    let stop = |i: usize, pid: Option<u32>| {
+        if is_agent(i) {
+            // SIGTERM, so the agent exits cleanly before the next config.
+            if let Some(p) = pid {
+                let _ = Command::new("kill").arg(p.to_string()).status();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
     // Per config: storm seconds, tracer CPU seconds, execs reported (per round).
     let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); labels.len()];
     for _ in 0..rounds {
-        for (i, _) in labels.iter().enumerate() {
-            let tracer = match i {
-                0 => None,
-                1 => Some(start_tracer(
-                    Command::new(vigil).args(["trace", "processes", "--exec", "--json"]),
-                    "vigil: tracing",
-                    "\"filename\":\"/bin/true\"",
-                )?),
-                2 | 4 => {
-                    let _ = std::fs::remove_dir_all(dir.join("data"));
-                    let build = if i == 4 {
-                        baseline.unwrap_or(vigil)
-                    } else {
-                        vigil
-                    };
-                    Some(bench_agent(build, &dir, &socket)?)
-                }
-                3 => Some(start_tracer(
-                    Command::new("stdbuf").args(["-oL", "execsnoop"]),
-                    "PCOMM",
-                    "/bin/true",
-                )?),
-                _ => unreachable!("one label per configuration"),
-            };
+        for i in 0..labels.len() {
+            let tracer = start(i)?;
             let pid = tracer
                 .as_ref()
                 .and_then(|t| t.attached.0.as_ref())
@@ -1043,26 +1113,48 @@ fn exec(
             let seen = if is_agent(i) {
                 // Two more intervals for the agent to drain and count.
                 std::thread::sleep(Duration::from_secs(2));
-                matches(&socket)
+                matches(socket_of(i))
             } else {
                 tracer
                     .as_ref()
                     .map_or(0, |t| t.matched.load(std::sync::atomic::Ordering::Relaxed))
             };
-            if is_agent(i) {
-                // SIGTERM, so the agent exits cleanly before the next config.
-                if let Some(p) = pid {
-                    let _ = Command::new("kill").arg(p.to_string()).status();
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            }
+            stop(i, pid);
             drop(tracer);
             results[i].push((wall.as_secs_f64(), cpu, seen));
         }
     }
+    // One more storm per tracer, untimed, with the kernel's BPF statistics on: the
+    // programs' own run time per exec, from the kernel's counters.
+    let mut kernel: Vec<Option<(usize, f64, f64)>> = vec![None; labels.len()];
+    for (i, k) in kernel.iter_mut().enumerate().skip(1) {
+        let tracer = start(i)?;
+        let Some(pid) = tracer
+            .as_ref()
+            .and_then(|t| t.attached.0.as_ref())
+            .map(|c| c.id())
+        else {
+            continue;
+        };
+        let stats = BpfStats::on()?;
+        let before = bpf_program_stats(pid);
+        exec_storm(execs)?;
+        let after = bpf_program_stats(pid);
+        drop(stats);
+        let (mut ns, mut runs) = (0u64, 0u64);
+        for (id, (a_ns, a_runs)) in &after {
+            let (b_ns, b_runs) = before.get(id).copied().unwrap_or((0, 0));
+            ns += a_ns.saturating_sub(b_ns);
+            runs += a_runs.saturating_sub(b_runs);
+        }
+        *k = Some((after.len(), runs as f64 / execs as f64, ns as f64 / execs as f64));
+        stop(i, Some(pid));
+        drop(tracer);
+    }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir_off);
     println!("bench exec: {execs} execs of /bin/true (two at a time), {rounds} rounds interleaved, medians");
-    println!("(the agent row: every exec goes through the process table and the rules; \"reported\" = rule matches)");
+    println!("(the agent rows: every exec goes through the process table and the rules; \"reported\" = rule matches)");
     println!();
     println!(
         "| tracer | execs/s | storm slowdown | tracer CPU ms per 1000 execs | execs reported |"
@@ -1093,6 +1185,16 @@ fn exec(
                 format!("{seen} (fewest in a round)")
             },
         );
+    }
+    println!();
+    println!("In the kernel, one more storm each with kernel.bpf_stats_enabled (the programs' run_time_ns and run_cnt, summed over the tracer's programs; a run of a syscall program is one syscall of any process on the host):");
+    println!();
+    println!("| tracer | BPF programs | program runs per exec | BPF ns per exec |");
+    println!("|---|---:|---:|---:|");
+    for (i, label) in labels.iter().enumerate().skip(1) {
+        if let Some((progs, runs, ns)) = kernel[i] {
+            println!("| {label} | {progs} | {runs:.1} | {ns:.0} |");
+        }
     }
     Ok(())
 }
