@@ -1099,7 +1099,7 @@ fn exec(
     // Per config: storm seconds, tracer CPU seconds, execs reported (per round).
     let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); labels.len()];
     for _ in 0..rounds {
-        for i in 0..labels.len() {
+        for (i, runs) in results.iter_mut().enumerate() {
             let tracer = start(i)?;
             let pid = tracer
                 .as_ref()
@@ -1121,7 +1121,7 @@ fn exec(
             };
             stop(i, pid);
             drop(tracer);
-            results[i].push((wall.as_secs_f64(), cpu, seen));
+            runs.push((wall.as_secs_f64(), cpu, seen));
         }
     }
     // One more storm per tracer, untimed, with the kernel's BPF statistics on: the
