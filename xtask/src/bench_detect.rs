@@ -307,7 +307,7 @@ pub fn detect(vigil: &Path) -> anyhow::Result<()> {
     let mut benigns = Vec::new();
     for act in &acts {
         let t0 = now_ms();
-        let _ = sh(&act.command)?;
+        let done = sh(&act.command)?;
         match act.technique {
             Some(t) => {
                 let deadline = Instant::now() + WAIT;
@@ -344,6 +344,16 @@ pub fn detect(vigil: &Path) -> anyhow::Result<()> {
                         )
                     })
                     .collect();
+                // A benign act that failed did not do the work it stands for: say so
+                // rather than count its silence.
+                if !done.status.success() {
+                    bail!(
+                        "bench detect: the benign act \"{}\" failed ({}): {}",
+                        act.what,
+                        done.status,
+                        String::from_utf8_lossy(&done.stderr).trim()
+                    );
+                }
                 benigns.push((act.what, raised));
             }
         }
