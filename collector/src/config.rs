@@ -60,8 +60,15 @@ pub struct CollectorFile {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteWriteFile {
-    /// e.g. "http://prometheus:9090/api/v1/write" (plain HTTP).
+    /// e.g. "http://prometheus:9090/api/v1/write" or "https://...".
     pub url: String,
+    /// https: PEM bundle the receiver's certificate must chain to. Default: the
+    /// system's (/etc/ssl/certs/ca-certificates.crt).
+    pub tls_ca: Option<PathBuf>,
+    /// https: PEM certificate presented to a receiver that asks for one (with tls_key).
+    pub tls_cert: Option<PathBuf>,
+    /// https: its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[limits]`: what one client may cost (defaults in `vigil-collector --help`).

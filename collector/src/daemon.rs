@@ -10,6 +10,7 @@ use vigil_units::{parse_duration, parse_size};
 use vigil_tls::{config::TlsFlags, Mode, Role, TlsSection};
 
 use crate::config::{CollectorFile, ConfigError, DEFAULT_CONFIG};
+use crate::remote_write::Endpoint;
 use crate::{CollectorConfig, Limits};
 
 /// Retention when none is given.
@@ -93,7 +94,9 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
     /// Forward every stored host sample to this Prometheus remote-write endpoint
-    /// (http://HOST:PORT/PATH; repeatable; adds to the file's [[remote_write]]).
+    /// (http:// or https://HOST:PORT/PATH, https verified against the system's CAs;
+    /// repeatable; adds to the file's [[remote_write]], where a CA and a client
+    /// certificate can be given).
     #[arg(long, value_name = "URL")]
     pub remote_write: Vec<String>,
     #[command(flatten)]
@@ -114,7 +117,7 @@ pub struct Settings {
     pub tls: TlsSection,
     pub fleet_token_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
-    pub remote_write: Vec<String>,
+    pub remote_write: Vec<Endpoint>,
 }
 
 impl CollectorArgs {
@@ -202,17 +205,61 @@ impl CollectorArgs {
                 "limits.max_string_bytes: {n} bytes is outside {MIN_STRING} bytes to 1MiB"
             )));
         }
-        let mut remote_write: Vec<String> =
-            file.remote_write.iter().map(|r| r.url.clone()).collect();
-        remote_write.extend(self.remote_write.iter().cloned());
-        for url in &remote_write {
-            let Some(rest) = url.strip_prefix("http://") else {
+        let mut remote_write = Vec::new();
+        for (i, r) in file.remote_write.iter().enumerate() {
+            let field = |name: &str| format!("remote_write[{i}].{name}");
+            let client = match (&r.tls_cert, &r.tls_key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(problem(format!(
+                        "{}: a client certificate needs its key (tls_key)",
+                        field("tls_cert")
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(problem(format!(
+                        "{}: a key needs its certificate (tls_cert)",
+                        field("tls_key")
+                    )))
+                }
+            };
+            if !r.url.starts_with("https://") && (r.tls_ca.is_some() || client.is_some()) {
                 return Err(problem(format!(
-                    "remote_write: {url:?}: only http:// URLs are supported (https: put a local relay in front)"
+                    "{}: {:?}: TLS settings are for https:// URLs",
+                    field("url"),
+                    r.url
+                )));
+            }
+            remote_write.push(Endpoint {
+                url: r.url.clone(),
+                ca: r.tls_ca.clone(),
+                client,
+            });
+        }
+        remote_write.extend(self.remote_write.iter().map(|url| Endpoint {
+            url: url.clone(),
+            ..Default::default()
+        }));
+        for (i, e) in remote_write.iter().enumerate() {
+            let url = &e.url;
+            // The URL names the endpoint's cursor and its series on /metrics.
+            if remote_write[..i].iter().any(|o| o.url == *url) {
+                return Err(problem(format!("remote_write: {url:?} is listed twice")));
+            }
+            let Some(rest) = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+            else {
+                return Err(problem(format!(
+                    "remote_write: {url:?}: the URL must start with http:// or https://"
                 )));
             };
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(problem(format!("remote_write: {url:?} names no host")));
+            }
+            if let Err(why) = e.tls_config() {
+                return Err(problem(format!("remote_write: {url:?}: {why}")));
             }
         }
         Ok(Settings {
@@ -364,4 +411,69 @@ async fn wait_for_stop() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings from a collector.toml holding `text`, or the error's text.
+    fn load(text: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        std::fs::write(&path, text).unwrap();
+        CollectorArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .load()
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn remote_write_endpoints_and_their_tls_settings_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("not-pem.txt");
+        std::fs::write(&pem, "hello\n").unwrap();
+        let ok = load("[[remote_write]]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\n").unwrap();
+        assert_eq!(ok.remote_write.len(), 1);
+        assert!(!ok.remote_write[0].is_https());
+        // https with the system's CAs.
+        let ok =
+            load("[[remote_write]]\nurl = \"https://prom.example:9090/api/v1/write\"\n").unwrap();
+        assert!(ok.remote_write[0].tls_config().unwrap().is_some());
+        for (text, expect) in [
+            (
+                "[[remote_write]]\nurl = \"ftp://x/\"\n".to_string(),
+                "must start with http:// or https://",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://a:1/w\"\ntls_ca = \"/etc/ssl/certs/ca-certificates.crt\"\n".into(),
+                "remote_write[0].url",
+            ),
+            (
+                "[[remote_write]]\nurl = \"https://a:1/w\"\ntls_cert = \"/x.pem\"\n".into(),
+                "remote_write[0].tls_cert: a client certificate needs its key",
+            ),
+            (
+                "[[remote_write]]\nurl = \"https://a:1/w\"\ntls_key = \"/x.key\"\n".into(),
+                "remote_write[0].tls_key: a key needs its certificate",
+            ),
+            (
+                "[[remote_write]]\nurl = \"https://a:1/w\"\ntls_ca = \"/nonexistent/ca.pem\"\n".into(),
+                "reading /nonexistent/ca.pem",
+            ),
+            (
+                format!("[[remote_write]]\nurl = \"https://a:1/w\"\ntls_ca = \"{}\"\n", pem.display()),
+                "no certificate in it",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://a:1/w\"\n[[remote_write]]\nurl = \"http://a:1/w\"\n".into(),
+                "listed twice",
+            ),
+        ] {
+            let e = load(&text).expect_err(&text);
+            assert!(e.contains(expect), "{text}: {e}");
+        }
+    }
 }

@@ -70,6 +70,114 @@ pub fn series_name(scalar: &str) -> String {
     format!("vigil_host_{}", scalar.replace('.', "_"))
 }
 
+/// One remote-write endpoint: its URL and, for https, the TLS material.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Endpoint {
+    pub url: String,
+    /// PEM bundle the server's certificate must chain to. Default: the system's
+    /// bundle (`SYSTEM_CA_BUNDLE`), else Mozilla's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate (chain) and key presented to a receiver that asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where Debian, Ubuntu and Alpine keep the system's trusted CAs.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Why an endpoint's TLS material cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsMaterialError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not PEM: {source}")]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("{path}: no certificate in it (PEM \"BEGIN CERTIFICATE\")")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no private key in it (PEM \"BEGIN PRIVATE KEY\", EC or RSA)")]
+    NoKey { path: PathBuf },
+}
+
+/// The PEM items of a file.
+fn pem_items(path: &Path) -> Result<Vec<ureq::tls::PemItem<'static>>, TlsMaterialError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsMaterialError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ureq::tls::parse_pem(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsMaterialError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, TlsMaterialError> {
+    let certs: Vec<_> = pem_items(path)?
+        .into_iter()
+        .filter_map(|i| match i {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsMaterialError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+impl Endpoint {
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// The client TLS configuration for an https endpoint (None for http://): its
+    /// files are read and checked here, so a bad one is refused at start.
+    pub fn tls_config(&self) -> Result<Option<ureq::tls::TlsConfig>, TlsMaterialError> {
+        use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
+        if !self.is_https() {
+            return Ok(None);
+        }
+        let roots = match &self.ca {
+            Some(ca) => RootCerts::new_with_certs(&certificates(ca)?),
+            None if Path::new(SYSTEM_CA_BUNDLE).exists() => {
+                RootCerts::new_with_certs(&certificates(Path::new(SYSTEM_CA_BUNDLE))?)
+            }
+            None => RootCerts::WebPki,
+        };
+        let client = match &self.client {
+            Some((cert, key)) => {
+                let chain = certificates(cert)?;
+                let key = pem_items(key)?
+                    .into_iter()
+                    .find_map(|i| match i {
+                        PemItem::PrivateKey(k) => Some(k),
+                        _ => None,
+                    })
+                    .ok_or_else(|| TlsMaterialError::NoKey { path: key.clone() })?;
+                Some(ClientCert::new_with_certs(&chain, key))
+            }
+            None => None,
+        };
+        Ok(Some(
+            TlsConfig::builder()
+                .provider(TlsProvider::Rustls)
+                .root_certs(roots)
+                .client_cert(client)
+                .build(),
+        ))
+    }
+}
+
 /// One endpoint's counts, for /metrics.
 #[derive(Debug, Default)]
 pub struct EndpointStats {
@@ -94,18 +202,25 @@ pub struct RemoteWrite {
 }
 
 impl RemoteWrite {
-    /// Starts a forwarder per URL on the database in `data_dir`.
-    pub fn start(data_dir: &Path, urls: &[String]) -> std::io::Result<Self> {
+    /// Starts a forwarder per endpoint on the database in `data_dir`.
+    pub fn start(data_dir: &Path, endpoints: &[Endpoint]) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut stats = Vec::new();
         let mut threads = Vec::new();
-        for url in urls {
+        for endpoint in endpoints {
+            let url = &endpoint.url;
+            // Checked when the settings were loaded; a file changed since then is
+            // refused here the same way.
+            let tls = endpoint
+                .tls_config()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let s = Arc::new(EndpointStats {
                 url: url.clone(),
                 ..Default::default()
             });
             let f = Forwarder {
                 url: url.clone(),
+                tls,
                 db: data_dir.join("vigil.db"),
                 cursor_file: cursor_path(data_dir, url),
                 stats: s.clone(),
@@ -144,6 +259,8 @@ fn cursor_path(data_dir: &Path, url: &str) -> PathBuf {
 
 struct Forwarder {
     url: String,
+    /// For https endpoints.
+    tls: Option<ureq::tls::TlsConfig>,
     db: PathBuf,
     cursor_file: PathBuf,
     stats: Arc<EndpointStats>,
@@ -213,7 +330,7 @@ impl Forwarder {
         }
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let conn = loop {
             match rusqlite::Connection::open_with_flags(
                 &self.db,
@@ -232,11 +349,15 @@ impl Forwarder {
                 }
             }
         };
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(30)))
             .http_status_as_error(false)
-            .build()
-            .new_agent();
+            // Never downgrade: an https endpoint's redirect to http is an error.
+            .https_only(self.tls.is_some());
+        if let Some(tls) = self.tls.take() {
+            config = config.tls_config(tls);
+        }
+        let agent = config.build().new_agent();
         let mut cursor = self.read_cursor();
         let mut backoff = BACKOFF_MIN;
         while !self.stopping() {
@@ -474,6 +595,7 @@ mod tests {
         let url = "http://127.0.0.1:9/api/v1/write";
         let f = Forwarder {
             url: url.into(),
+            tls: None,
             db: dir.path().join("vigil.db"),
             cursor_file: cursor_path(dir.path(), url),
             stats: Arc::new(EndpointStats::default()),

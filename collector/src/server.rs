@@ -52,7 +52,7 @@ pub struct CollectorConfig {
     /// Where /metrics is served (None: not served).
     pub metrics_listen: Option<String>,
     /// Prometheus remote-write endpoints the stored samples are forwarded to.
-    pub remote_write: Vec<String>,
+    pub remote_write: Vec<crate::remote_write::Endpoint>,
 }
 
 /// The collector's TLS: the server config, and the trust domain its own certificate

@@ -305,3 +305,255 @@ fn every_sample_reaches_prometheus_and_victoriametrics_across_an_outage() {
     }
     drop(collector);
 }
+
+/// `n` batches (one sample each, one a second ending at `end_ms`) from each of
+/// `agents` simulated agents, every one acked.
+fn send_samples(grpc: String, agents: u64, n: u64, end_ms: i64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        for a in 0..agents {
+            let agent_id = format!("rwtls-{a:02}");
+            let mut client = CollectorClient::connect(grpc.clone())
+                .await
+                .expect("connect");
+            let batches: Vec<Batch> = (1..=n)
+                .map(|seq| Batch {
+                    agent_id: agent_id.clone(),
+                    epoch: 1,
+                    sequence: seq,
+                    host: Some(HostIdentity {
+                        agent_id: agent_id.clone(),
+                        hostname: agent_id.clone(),
+                        ..Default::default()
+                    }),
+                    metrics: vec![HostMetrics {
+                        time_unix_ms: end_ms - (n - seq) as i64 * 1000,
+                        cpu_usage_percent: seq as f64,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect();
+            let mut acks = client
+                .stream(tokio_stream::iter(batches))
+                .await
+                .expect("stream")
+                .into_inner();
+            let mut acked = 0;
+            while let Some(ack) = acks.next().await {
+                ack.expect("ack");
+                acked += 1;
+            }
+            assert_eq!(acked, n, "{agent_id}: every batch acked");
+        }
+    });
+}
+
+/// Remote write over mutual TLS to a real Prometheus serving https and asking every
+/// client for a certificate from the test's CA (`--web.config.file`): the endpoint
+/// configured with that CA and a client certificate gets every sample; one without a
+/// client certificate is refused at the handshake, and one that trusts another CA
+/// refuses the server: both retry, send nothing and lose nothing.
+#[test]
+fn remote_write_over_mutual_tls_and_what_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vigil = vigil_tests::vigil_bin();
+    for args in [
+        vec!["certs", "init", "--dir", "pki"],
+        vec!["certs", "issue", "--dir", "pki", "--collector", "127.0.0.1"],
+        vec![
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--operator",
+            "remote-write",
+        ],
+        vec!["certs", "init", "--dir", "other"],
+    ] {
+        let out = Command::new(&vigil)
+            .args(&args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "vigil {args:?}: {out:?}");
+    }
+    let pki = d.join("pki");
+    let file = |name: &str| pki.join(name).display().to_string();
+    let pp = vigil_tests::free_port();
+    std::fs::write(d.join("prom.yml"), "global:\n  scrape_interval: 1m\n").unwrap();
+    std::fs::write(
+        d.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
+            file("collector-127.0.0.1.pem"),
+            file("collector-127.0.0.1.key"),
+            file("ca.pem")
+        ),
+    )
+    .unwrap();
+    let base = format!("https://127.0.0.1:{pp}");
+    let curl_tls = [
+        "--cacert".to_string(),
+        file("ca.pem"),
+        "--cert".into(),
+        file("operator-remote-write.pem"),
+        "--key".into(),
+        file("operator-remote-write.key"),
+    ];
+    let mut prom = Engine {
+        name: "Prometheus (https, client certificates required)",
+        cmd: vec![
+            "prometheus".into(),
+            "--web.enable-remote-write-receiver".into(),
+            format!("--web.listen-address=127.0.0.1:{pp}"),
+            format!("--web.config.file={}", d.join("web.yml").display()),
+            format!("--storage.tsdb.path={}", d.join("prom").display()),
+            format!("--config.file={}", d.join("prom.yml").display()),
+        ],
+        ready: String::new(),
+        base: base.clone(),
+        child: None,
+    };
+    // Started by hand: readiness is over https with a client certificate.
+    let child = Command::new(&prom.cmd[0])
+        .args(&prom.cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus: `cargo xtask setup` installs it");
+    prom.child = Some(KillOnDrop(child));
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sf", "--max-time", "20"])
+            .args(&curl_tls)
+            .args(extra)
+            .output()
+            .expect("curl")
+    };
+    wait_until(
+        "Prometheus ready over https",
+        Duration::from_secs(60),
+        || {
+            curl(&["-o", "/dev/null", &format!("{base}/-/ready")])
+                .status
+                .success()
+        },
+    );
+    // The server really asks for a certificate: without one curl is refused.
+    let bare = Command::new("curl")
+        .args(["-sf", "--max-time", "5", "--cacert", &file("ca.pem")])
+        .arg(format!("{base}/-/ready"))
+        .output()
+        .unwrap();
+    assert!(
+        !bare.status.success(),
+        "Prometheus let in a client without a certificate"
+    );
+
+    let good = format!("{base}/api/v1/write");
+    let no_cert = format!("{base}/api/v1/write?client=none");
+    let other_ca = format!("{base}/api/v1/write?ca=other");
+    let metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
+    std::fs::write(
+        d.join("collector.toml"),
+        format!(
+            "[[remote_write]]\nurl = \"{good}\"\ntls_ca = \"{ca}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\n\
+             [[remote_write]]\nurl = \"{no_cert}\"\ntls_ca = \"{ca}\"\n\n\
+             [[remote_write]]\nurl = \"{other_ca}\"\ntls_ca = \"{other}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n",
+            ca = file("ca.pem"),
+            cert = file("operator-remote-write.pem"),
+            key = file("operator-remote-write.key"),
+            other = d.join("other/ca.pem").display(),
+        ),
+    )
+    .unwrap();
+    let collector = vigil_tests::daemons::Collector::start(&[
+        "--config",
+        d.join("collector.toml").to_str().unwrap(),
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let metrics_url = format!("http://{metrics}/metrics");
+    const N: u64 = 30;
+    let end_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    send_samples(collector.url(), 2, N, end_ms);
+
+    let total = (2 * N * 12) as f64;
+    wait_until(
+        "every sample sent over mTLS",
+        Duration::from_secs(60),
+        || collector_counter(&metrics_url, "vigil_remote_write_samples_sent_total", &good) >= total,
+    );
+    for refused in [&no_cert, &other_ca] {
+        wait_until(
+            &format!("{refused} retried"),
+            Duration::from_secs(60),
+            || collector_counter(&metrics_url, "vigil_remote_write_retries_total", refused) > 0.0,
+        );
+        for counter in [
+            "vigil_remote_write_samples_sent_total",
+            "vigil_remote_write_samples_dropped_total",
+            "vigil_remote_write_samples_lost_total",
+        ] {
+            assert_eq!(
+                collector_counter(&metrics_url, counter, refused),
+                0.0,
+                "{counter} for {refused}"
+            );
+        }
+    }
+    // Prometheus holds every sample, read back over https.
+    let at = end_ms / 1000 + 1;
+    let mut counts = Default::default();
+    wait_until(
+        "every sample in Prometheus",
+        Duration::from_secs(60),
+        || {
+            let out = curl(&[
+                "-G",
+                &format!("{base}/api/v1/query"),
+                "--data-urlencode",
+                "query=count_over_time(vigil_host_cpu_usage_percent[10m])",
+                "--data-urlencode",
+                &format!("time={at}"),
+            ]);
+            counts =
+                by_agent(&serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null));
+            counts.len() == 2 && counts.values().all(|n| *n == N as f64)
+        },
+    );
+    eprintln!(
+        "over mTLS: {} samples sent, Prometheus counts per agent {counts:?}; refused endpoints retried {} and {} times",
+        collector_counter(&metrics_url, "vigil_remote_write_samples_sent_total", &good),
+        collector_counter(&metrics_url, "vigil_remote_write_retries_total", &no_cert),
+        collector_counter(&metrics_url, "vigil_remote_write_retries_total", &other_ca),
+    );
+    // A client certificate without its key is refused at start, naming the field.
+    std::fs::write(
+        d.join("half.toml"),
+        format!(
+            "[[remote_write]]\nurl = \"{good}\"\ntls_cert = \"{}\"\n",
+            file("operator-remote-write.pem")
+        ),
+    )
+    .unwrap();
+    let out = vigil_tests::collector_command()
+        .args(["--check-config", "--tls", "off", "--config"])
+        .arg(d.join("half.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("remote_write[0].tls_cert"),
+        "{out:?}"
+    );
+    drop(collector);
+}

@@ -1069,7 +1069,11 @@ fn exec(
                 "\"filename\":\"/bin/true\"",
             )?),
             2 | 4 | 5 => {
-                let (dir, socket) = if i == 4 { (&dir_off, &socket_off) } else { (&dir, &socket) };
+                let (dir, socket) = if i == 4 {
+                    (&dir_off, &socket_off)
+                } else {
+                    (&dir, &socket)
+                };
                 let _ = std::fs::remove_dir_all(dir.join("data"));
                 let build = if i == 5 {
                     baseline.unwrap_or(vigil)
@@ -1147,7 +1151,11 @@ fn exec(
             ns += a_ns.saturating_sub(b_ns);
             runs += a_runs.saturating_sub(b_runs);
         }
-        *k = Some((after.len(), runs as f64 / execs as f64, ns as f64 / execs as f64));
+        *k = Some((
+            after.len(),
+            runs as f64 / execs as f64,
+            ns as f64 / execs as f64,
+        ));
         stop(i, Some(pid));
         drop(tracer);
     }
