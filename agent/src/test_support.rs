@@ -24,6 +24,7 @@ impl Collector {
                 fleet_token_file: None,
                 metrics_listen: None,
                 remote_write: Vec::new(),
+                postgres: None,
             },
             async {
                 let _ = stopped.await;

@@ -39,6 +39,10 @@ pub struct CollectorFile {
     pub listen: Option<String>,
     /// Where the database lives. Default "/var/lib/vigil/collector".
     pub data_dir: Option<PathBuf>,
+    /// Keep the store in this PostgreSQL database instead (several collectors may
+    /// share one): "postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME". Default: none (the
+    /// embedded SQLite store in data_dir).
+    pub postgres_url: Option<String>,
     /// Samples and events older than this are deleted. Default "7d".
     #[serde(deserialize_with = "duration")]
     pub retention: Option<Duration>,

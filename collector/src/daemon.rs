@@ -99,6 +99,16 @@ pub struct CollectorArgs {
     /// certificate can be given).
     #[arg(long, value_name = "URL")]
     pub remote_write: Vec<String>,
+    /// Keep the store in this PostgreSQL database, which several collectors may share
+    /// (overrides postgres_url; postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME)
+    /// [default: the embedded SQLite store in the data directory].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "VIGIL_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub postgres_url: Option<String>,
     #[command(flatten)]
     pub tls: TlsFlags,
     /// Check the config file (with the flags over it) and the TLS material, say what
@@ -118,6 +128,17 @@ pub struct Settings {
     pub fleet_token_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub remote_write: Vec<Endpoint>,
+    pub postgres_url: Option<String>,
+}
+
+impl Settings {
+    /// Where the data is, for messages (a PostgreSQL URL without its password).
+    pub fn store_shown(&self) -> String {
+        match &self.postgres_url {
+            Some(url) => format!("PostgreSQL {}", crate::pg::redact(url)),
+            None => self.data_dir.display().to_string(),
+        }
+    }
 }
 
 impl CollectorArgs {
@@ -262,7 +283,22 @@ impl CollectorArgs {
                 return Err(problem(format!("remote_write: {url:?}: {why}")));
             }
         }
+        let postgres_url = self.postgres_url.clone().or(file.postgres_url);
+        if let Some(url) = &postgres_url {
+            if let Err(e) = url.parse::<postgres::Config>() {
+                return Err(problem(format!(
+                    "postgres_url: {:?}: {e}",
+                    crate::pg::redact(url)
+                )));
+            }
+            if !remote_write.is_empty() {
+                return Err(problem(
+                    "remote_write: forwarding reads the embedded SQLite store; with postgres_url set, forward from Prometheus or VictoriaMetrics reading /metrics, or run a collector with its own store for it".into(),
+                ));
+            }
+        }
         Ok(Settings {
+            postgres_url,
             listen: self
                 .listen
                 .clone()
@@ -309,7 +345,7 @@ impl CollectorArgs {
                 file.display(),
                 settings.listen,
                 settings.tls.mode.as_str(),
-                settings.data_dir.display()
+                settings.store_shown()
             );
             return Ok(());
         }
@@ -345,6 +381,7 @@ impl CollectorArgs {
                 Some(tls)
             }
         };
+        let store = settings.store_shown();
         let mut limits = settings.limits;
         // Before anything listens: a socket per agent needs more than the usual 1024.
         limits.max_connections = crate::limits::raise_nofile(limits.max_connections);
@@ -357,10 +394,9 @@ impl CollectorArgs {
         let mode = settings.tls.mode.as_str();
         tracing::info!(
             listen = %local,
-            data_dir = %data_dir.display(),
+            %store,
             tls = mode,
-            "collector listening on {local} (tls {mode}), data in {}",
-            data_dir.display()
+            "collector listening on {local} (tls {mode}), data in {store}"
         );
         // The socket is bound (connections queue until the server polls it): ready.
         let status = format!("collector listening on {local} (tls {mode})");
@@ -378,6 +414,7 @@ impl CollectorArgs {
             fleet_token_file: settings.fleet_token_file,
             metrics_listen: settings.metrics_listen,
             remote_write: settings.remote_write,
+            postgres: settings.postgres_url,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

@@ -26,7 +26,8 @@ use vigil_tls::{server::peer_of, Kind, PeerInfo, Reloading};
 use crate::{
     limits::{Counters, Limits, Refusal},
     metrics::SCALARS,
-    store::{Incoming, Outcome, Store},
+    store::{Incoming, Outcome},
+    stores::{Store, StoreLocation},
     StoreError,
 };
 
@@ -53,6 +54,18 @@ pub struct CollectorConfig {
     pub metrics_listen: Option<String>,
     /// Prometheus remote-write endpoints the stored samples are forwarded to.
     pub remote_write: Vec<crate::remote_write::Endpoint>,
+    /// A PostgreSQL URL: the store several collectors share. None: the embedded
+    /// SQLite store in `data_dir`.
+    pub postgres: Option<String>,
+}
+
+impl CollectorConfig {
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.postgres {
+            Some(url) => StoreLocation::Postgres(url.clone()),
+            None => StoreLocation::Sqlite(self.data_dir.clone()),
+        }
+    }
 }
 
 /// The collector's TLS: the server config, and the trust domain its own certificate
@@ -451,18 +464,35 @@ const READ_POOL: usize = 4;
 
 /// Idle read connections; a request takes one (or opens one) and gives it back.
 struct ReadPool {
-    data_dir: PathBuf,
+    at: StoreLocation,
     idle: std::sync::Mutex<Vec<Store>>,
 }
 
+impl Drop for ReadPool {
+    /// A PostgreSQL connection closes by blocking on its own runtime, which must not
+    /// happen on an async thread: the idle connections are closed on a thread of
+    /// their own.
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map(std::mem::take).unwrap_or_default();
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("vigil-store-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
 impl ReadPool {
-    fn with<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let store = match taken {
+        let mut store = match taken {
             Some(s) => s,
-            None => Store::open(&self.data_dir)?,
+            None => Store::open_at(&self.at)?,
         };
-        let result = f(&store);
+        let result = f(&mut store);
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < READ_POOL {
                 idle.push(store);
@@ -482,7 +512,7 @@ impl FleetService {
     /// Runs a read on a pooled connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || pool.with(f))
@@ -625,7 +655,14 @@ pub async fn serve(
     config: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&config.data_dir)?;
+    // Opened off the async threads: a PostgreSQL client blocks on a runtime of its own.
+    let at = config.store_location();
+    let store = {
+        let at = at.clone();
+        tokio::task::spawn_blocking(move || Store::open_at(&at))
+            .await
+            .map_err(|e| ServeError::Listener(std::io::Error::other(e)))??
+    };
     let (queue, rx) = mpsc::channel(WRITE_QUEUE);
     let retention = config.retention;
     let writer = std::thread::Builder::new()
@@ -636,7 +673,7 @@ pub async fn serve(
     limits.max_connections = crate::limits::raise_nofile(limits.max_connections);
     let counters = Arc::new(Counters::default());
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?local, data_dir = %config.data_dir.display(), ?limits, "collector serving");
+    tracing::info!(?local, store = %at.shown(), ?limits, "collector serving");
     let remote = crate::remote_write::RemoteWrite::start(&config.data_dir, &config.remote_write)
         .map_err(ServeError::Listener)?;
     let _metrics = match &config.metrics_listen {
@@ -739,7 +776,7 @@ pub async fn serve(
         .add_service(FleetServer::with_interceptor(
             FleetService {
                 pool: Arc::new(ReadPool {
-                    data_dir: config.data_dir.clone(),
+                    at: at.clone(),
                     idle: std::sync::Mutex::new(Vec::new()),
                 }),
                 counters,

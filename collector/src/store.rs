@@ -1,5 +1,6 @@
 //! The embedded store: SQLite in WAL mode under the data directory. One connection
-//! writes (the collector's writer thread); readers open their own.
+//! writes (the collector's writer thread); readers open their own. `Store` is the
+//! collector's view of either this or PostgreSQL (`pg.rs`).
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -59,7 +60,7 @@ ALTER TABLE hosts ADD COLUMN transport TEXT NOT NULL DEFAULT '';
 "];
 
 /// Conflicting batches remembered at most (the newest; their count is exact).
-const CONFLICTS_KEPT: i64 = 10_000;
+pub(crate) const CONFLICTS_KEPT: i64 = 10_000;
 /// A batch whose sequence is this far past the newest stored for its agent and epoch
 /// is refused: no agent's spool skips that many (a million 10 s intervals is 115
 /// days), while a client claiming a host's future sequences would.
@@ -67,9 +68,9 @@ pub const MAX_SEQUENCE_AHEAD: u64 = 1_000_000;
 /// A page of a fleet answer stops growing at about this many encoded bytes.
 pub const PAGE_BYTES: usize = 1 << 20;
 
-const EVENT_RETRANSMIT: i64 = 1;
-const EVENT_SLOW_SYSCALL: i64 = 2;
-const EVENT_FINDING: i64 = 3;
+pub(crate) const EVENT_RETRANSMIT: i64 = 1;
+pub(crate) const EVENT_SLOW_SYSCALL: i64 = 2;
+pub(crate) const EVENT_FINDING: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,6 +102,16 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    #[error("database {url}: {source}")]
+    Postgres {
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
+    /// The group's PostgreSQL transaction failed (the server gone, a deadlock with
+    /// another collector): no batch of it is stored, and every one is resent.
+    #[error("database {url}: {reason}")]
+    PostgresGroupFailed { url: String, reason: String },
     #[error("unknown host `{0}`")]
     UnknownHost(String),
     #[error("bad page token `{0}`")]
@@ -147,7 +158,7 @@ impl Transport {
     }
 }
 
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     /// The newest sequence stored per (agent id, epoch), as the writer knows it: a
@@ -169,14 +180,14 @@ struct HostDelta<'a> {
 }
 
 /// A sample's scalars as stored: little-endian f64s in the order of SCALARS.
-fn scalars_blob(m: &HostMetrics) -> Vec<u8> {
+pub(crate) fn scalars_blob(m: &HostMetrics) -> Vec<u8> {
     scalars(m)
         .iter()
         .flat_map(|(_, v)| v.to_le_bytes())
         .collect()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -217,7 +228,7 @@ fn bounded(mut s: String, max: usize) -> String {
     s
 }
 
-fn sanitize_identity(mut id: HostIdentity) -> HostIdentity {
+pub(crate) fn sanitize_identity(mut id: HostIdentity) -> HostIdentity {
     id.hostname = bounded(id.hostname, crate::validate::MAX_HOSTNAME);
     id.agent_id = bounded(id.agent_id, crate::validate::MAX_AGENT_ID);
     for s in [&mut id.kernel, &mut id.os, &mut id.agent_version] {
@@ -249,7 +260,7 @@ fn stored_identity(agent_id: &str, stored: &rusqlite::types::Value) -> HostIdent
 }
 
 /// The digest that tells a resent batch from a different one under the same name.
-fn digest(b: &Batch) -> Vec<u8> {
+pub(crate) fn digest(b: &Batch) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(b.encode_to_vec()).to_vec()
 }
@@ -259,7 +270,7 @@ const ADD_LOSS: &str = "INSERT INTO losses (agent_id, stage, total) VALUES (?1, 
      ON CONFLICT (agent_id, stage) DO UPDATE SET total =
          CASE WHEN total > 9223372036854775807 - ?3 THEN 9223372036854775807 ELSE total + ?3 END";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir`: the directory 0700, the
     /// database file 0600 (SQLite gives its WAL and index files the same mode).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -998,7 +1009,7 @@ mod tests {
         }
     }
 
-    fn store(s: &mut Store, batches: Vec<Batch>) -> Vec<Outcome> {
+    fn store(s: &mut SqliteStore, batches: Vec<Batch>) -> Vec<Outcome> {
         s.store(&batches.into_iter().map(inc).collect::<Vec<_>>())
             .into_iter()
             .map(|r| r.expect("stored"))
@@ -1008,7 +1019,7 @@ mod tests {
     #[test]
     fn stores_once_and_counts_duplicates() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         use Outcome::*;
         assert_eq!(
             store(&mut s, vec![batch("a", 1, 10.0), batch("a", 2, 20.0)]),
@@ -1042,7 +1053,7 @@ mod tests {
     #[test]
     fn a_different_batch_under_a_stored_name_is_a_conflict_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         store(&mut s, vec![batch("a", 1, 10.0)]);
         let mut forged = batch("a", 1, 99.0);
         forged.host.as_mut().unwrap().hostname = "forged".into();
@@ -1066,7 +1077,7 @@ mod tests {
     #[test]
     fn sequences_far_ahead_of_a_known_stream_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         // A stream nobody has seen may start anywhere (a collector rebuilt empty).
         store(&mut s, vec![batch("a", 5_000_000, 1.0)]);
         assert_eq!(
@@ -1088,7 +1099,7 @@ mod tests {
     #[test]
     fn one_failing_batch_fails_only_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         // A statement that fails midway through b's batch (after its batch row)
         // fails b alone, and leaves nothing of it.
         s.conn
@@ -1117,7 +1128,7 @@ mod tests {
     #[test]
     fn extreme_stored_values_never_fail_a_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         let mut b1 = batch("a", i64::MAX as u64, 1.0);
         b1.losses = Some(Losses {
             pipeline_dropped: u64::MAX,
@@ -1141,7 +1152,7 @@ mod tests {
     #[test]
     fn hosts_and_events_come_in_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         let batches: Vec<_> = (0..25)
             .map(|i| batch(&format!("h{i:02}"), 1, 1.0))
             .collect();
@@ -1179,10 +1190,10 @@ mod tests {
     fn survives_reopen_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
         store(
-            &mut Store::open(dir.path()).unwrap(),
+            &mut SqliteStore::open(dir.path()).unwrap(),
             vec![batch("a", 1, 1.0), batch("a", 5, 5.0)],
         );
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(
             store(&mut s, vec![batch("a", 5, 5.0)]),
             vec![Outcome::Duplicate],
@@ -1207,7 +1218,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let mut s = Store::open(&data).unwrap();
+        let mut s = SqliteStore::open(&data).unwrap();
         store(&mut s, vec![batch("a", 1, 1.0)]);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
@@ -1226,7 +1237,7 @@ mod tests {
             include_bytes!("../tests/fixtures/vigil-v1.db"),
         )
         .unwrap();
-        let mut s = Store::open(dir.path()).expect("the old database opens");
+        let mut s = SqliteStore::open(dir.path()).expect("the old database opens");
         let version: i64 = s
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -53,6 +53,8 @@ const PACKAGES: &[&str] = &[
     // VictoriaMetrics); vmagent (in the same package) is the benchmark's peer.
     "victoria-metrics",
     "curl",
+    // Several collectors share one PostgreSQL store: the test runs Debian's server.
+    "postgresql",
     // `vigil top` is tested in a real terminal: tmux panes of a known size.
     "tmux",
 ];

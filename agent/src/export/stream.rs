@@ -507,7 +507,7 @@ mod tests {
             let _ = stop.send(Some(Instant::now() + Duration::from_secs(5)));
             exporter.await.unwrap();
             collector.stop().await;
-            let store = vigil_collector::Store::open(&store_dir).unwrap();
+            let mut store = vigil_collector::Store::open(&store_dir).unwrap();
             let hosts = store.hosts().unwrap();
             assert_eq!(hosts.len(), 1);
             let h = &hosts[0];

@@ -850,7 +850,7 @@ mod tests {
             // A stop as on SIGTERM: the partial interval is spooled and sent too.
             agent.stop(tokio::time::Instant::now()).await;
             collector.stop().await;
-            let store = vigil_collector::Store::open(&store_dir).unwrap();
+            let mut store = vigil_collector::Store::open(&store_dir).unwrap();
             let hosts = store.hosts().unwrap();
             assert_eq!(hosts.len(), 1, "{hosts:?}");
             let h = &hosts[0];

@@ -1,0 +1,354 @@
+//! Several collectors on one PostgreSQL (Debian's postgresql, started here on loopback
+//! in a directory of its own): every batch is stored exactly once whichever collector
+//! it reaches, resends and races between collectors included, a collector killed
+//! mid-stream loses nothing its peer does not take, and the Fleet API answers the same
+//! from every collector. The witness is PostgreSQL itself (psql), besides the API.
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tokio_stream::StreamExt as _;
+use vigil_proto::v1::{collector_client::CollectorClient, Batch, HostIdentity, HostMetrics};
+use vigil_tests::{daemons::wait_until, KillOnDrop};
+
+/// Debian's PostgreSQL server programs (/usr/lib/postgresql/VERSION/bin).
+fn pg_bin(program: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("/usr/lib/postgresql: `cargo xtask setup` installs postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join(program).exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|b| b.join(program))
+        .unwrap_or_else(|| panic!("no {program} under /usr/lib/postgresql/*/bin"))
+}
+
+/// A PostgreSQL server of the test's own, run by the `postgres` user (it refuses root)
+/// in a fresh cluster with trust authentication on loopback only.
+struct Postgres {
+    _child: KillOnDrop,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Postgres {
+    fn start() -> Self {
+        let dir = PathBuf::from(format!("/tmp/vigil-test-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            chown.success(),
+            "chown to postgres (the package makes the user)"
+        );
+        let data = dir.join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("initdb"))
+            .args(["--auth=trust", "--username=vigil", "--encoding=UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {out:?}");
+        let port = vigil_tests::free_port();
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Self {
+            _child: KillOnDrop(child),
+            port,
+            dir,
+        };
+        wait_until("PostgreSQL ready", Duration::from_secs(60), || {
+            Command::new(pg_bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        let out = Command::new(pg_bin("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "vigil",
+                "vigil",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "createdb: {out:?}");
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://vigil@127.0.0.1:{}/vigil", self.port)
+    }
+
+    /// One query's rows, as psql prints them unaligned (`|` between columns).
+    fn query(&self, sql: &str) -> Vec<String> {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-U", "vigil", "-d", "vigil", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The server goes with its KillOnDrop; then its files.
+        let _ = Command::new(pg_bin("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn batch(agent: &str, seq: u64, cpu: f64) -> Batch {
+    Batch {
+        agent_id: agent.into(),
+        epoch: 7,
+        sequence: seq,
+        host: Some(HostIdentity {
+            agent_id: agent.into(),
+            hostname: format!("host-{agent}"),
+            ..Default::default()
+        }),
+        metrics: vec![HostMetrics {
+            time_unix_ms: 1_700_000_000_000 + seq as i64 * 1000,
+            cpu_usage_percent: cpu,
+            memory_total_bytes: 1 << 30,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Streams `batches` to `grpc` and returns the sequences acked as delivered (stored,
+/// or stored before with the same content), not those acked as conflicts.
+async fn send(grpc: &str, batches: Vec<Batch>) -> Vec<u64> {
+    let mut client = CollectorClient::connect(grpc.to_string())
+        .await
+        .expect("connect");
+    let mut acks = client
+        .stream(tokio_stream::iter(batches))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut acked = Vec::new();
+    while let Some(ack) = acks.next().await {
+        match ack {
+            Ok(a) if !a.conflict => acked.push(a.sequence),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const AGENTS: u64 = 6;
+const N: u64 = 200;
+
+#[test]
+fn two_collectors_on_one_postgresql_store_every_batch_exactly_once() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let a = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    let b = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    // It says where its data is, without the password.
+    let with_password = url.replace("vigil@", "vigil:hunter2@");
+    let out = vigil_tests::collector_command()
+        .args([
+            "--check-config",
+            "--tls",
+            "off",
+            "--postgres-url",
+            &with_password,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains("data in PostgreSQL postgres://vigil:***@127.0.0.1")
+            && !said.contains("hunter2"),
+        "{out:?}"
+    );
+    let rt = rt();
+    // Each agent sends 1..=120 to A and 81..=N to B at the same time: 81..=120 reach
+    // both collectors, racing; one stores each, the other finds it stored.
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..AGENTS {
+            let agent = format!("pg-{i}");
+            let (ua, ub) = (a.url(), b.url());
+            let first: Vec<Batch> = (1..=120).map(|s| batch(&agent, s, s as f64)).collect();
+            let second: Vec<Batch> = (81..=N).map(|s| batch(&agent, s, s as f64)).collect();
+            tasks.push(tokio::spawn(async move { send(&ua, first).await.len() }));
+            tasks.push(tokio::spawn(async move { send(&ub, second).await.len() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    // A conflicting batch (a stored sequence with other content) through B.
+    let conflicting = rt.block_on(send(&b.url(), vec![batch("pg-0", 5, 99.0)]));
+    assert!(
+        conflicting.is_empty(),
+        "a conflict is not acked as delivered"
+    );
+
+    // PostgreSQL says: every sequence of every agent once, no gaps, the first content.
+    let rows = pg.query(
+        "SELECT agent_id, count(*), count(DISTINCT sequence), min(sequence), max(sequence) FROM batches GROUP BY agent_id ORDER BY agent_id",
+    );
+    assert_eq!(rows.len() as u64, AGENTS, "{rows:?}");
+    for r in &rows {
+        let f: Vec<&str> = r.split('|').collect();
+        assert_eq!(
+            &f[1..],
+            &[&*N.to_string(), &*N.to_string(), "1", &*N.to_string()],
+            "{r}"
+        );
+    }
+    let samples =
+        pg.query("SELECT agent_id, count(*), sum(time_ms) FROM samples GROUP BY agent_id");
+    let time_sum: i64 = (1..=N as i64).map(|s| 1_700_000_000_000 + s * 1000).sum();
+    for r in &samples {
+        assert_eq!(r.split('|').nth(1), Some(&*N.to_string()), "{r}");
+        assert_eq!(r.split('|').nth(2), Some(&*time_sum.to_string()), "{r}");
+    }
+    assert_eq!(samples.len() as u64, AGENTS);
+    // The Fleet API from either collector: the same hosts, totals and counts.
+    for c in [&a, &b] {
+        for i in 0..AGENTS {
+            let h = c.host(&format!("pg-{i}")).expect("host listed");
+            assert_eq!(h["batches"], N, "{h}");
+            assert_eq!(h["gaps"], 0, "{h}");
+            assert_eq!(h["duplicates"], 40, "81..=120 went to both: {h}");
+            assert_eq!(h["conflicts"], if i == 0 { 1 } else { 0 }, "{h}");
+        }
+    }
+    let history = |c: &vigil_tests::daemons::Collector| {
+        vigil_tests::vigil_json(&[
+            "history",
+            "pg-3",
+            "--metric",
+            "cpu.usage_percent",
+            "--since",
+            "50000h",
+            "--collector",
+            &c.addr,
+            "--json",
+        ])
+    };
+    let (ha, hb) = (history(&a), history(&b));
+    assert_eq!(ha, hb, "both collectors answer from the same store");
+    assert_eq!(
+        ha["points"].as_array().map(Vec::len),
+        Some(N as usize),
+        "{ha}"
+    );
+}
+
+#[test]
+fn a_collector_killed_mid_stream_loses_nothing_its_peer_takes() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let mut a = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    let b = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    let rt = rt();
+    let agent = "pg-failover";
+    let all: Vec<Batch> = (1..=2000).map(|s| batch(agent, s, s as f64)).collect();
+    // Stream to A and kill it (SIGKILL) once it has acked some: what it acked is
+    // committed; the rest goes to B, as an agent whose collector died does.
+    let (ua, a_pid) = (a.url(), a.pid());
+    let acked_by_a = rt.block_on(async {
+        let stream = tokio::spawn(async move { send(&ua, all.clone()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(a_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        stream.await.unwrap()
+    });
+    assert!(!a.alive(), "collector A was killed");
+    assert!(
+        (acked_by_a.len() as u64) < 2000,
+        "A was killed before the end ({} acked)",
+        acked_by_a.len()
+    );
+    let first_unacked = acked_by_a.iter().max().copied().unwrap_or(0) + 1;
+    // The agent resends from its oldest unacked batch (here: everything after the
+    // last ack, and for good measure the last 50 acked too).
+    let from = first_unacked.saturating_sub(50).max(1);
+    let rest: Vec<Batch> = (from..=2000).map(|s| batch(agent, s, s as f64)).collect();
+    let acked_by_b = rt.block_on(send(&b.url(), rest));
+    assert_eq!(
+        acked_by_b.len() as u64,
+        2000 - from + 1,
+        "B acked every resent batch"
+    );
+    let rows = pg.query(&format!(
+        "SELECT count(*), count(DISTINCT sequence), min(sequence), max(sequence) FROM batches WHERE agent_id = '{agent}'"
+    ));
+    assert_eq!(
+        rows,
+        vec!["2000|2000|1|2000".to_string()],
+        "A acked {} before it died",
+        acked_by_a.len()
+    );
+    let h = b.host(agent).expect("host");
+    assert_eq!(h["batches"], 2000, "{h}");
+    assert_eq!(h["gaps"], 0, "{h}");
+    eprintln!(
+        "A acked {} batches before SIGKILL; B took the rest from {from} ({} duplicates)",
+        acked_by_a.len(),
+        h["duplicates"]
+    );
+}
