@@ -38,7 +38,10 @@ impl<'de> Deserialize<'de> for Interval {
 pub struct AgentConfig {
     /// How often host metrics are sampled and a batch is sent. Default "10s"; at least "1s".
     pub interval: Interval,
-    /// Collector address (host:port); none: nothing is streamed. Default: none.
+    /// Collector address (host:port), or several (a list, or separated by commas): the
+    /// agent streams to the first and fails over to the next when one cannot be reached
+    /// or its stream breaks. None: nothing is streamed. Default: none.
+    #[serde(deserialize_with = "one_or_more_addresses")]
     pub collector: Option<String>,
     /// This agent's id at the collector. Default: /etc/machine-id, else the hostname.
     pub agent_id: Option<String>,
@@ -334,10 +337,20 @@ impl AgentConfig {
             }
         }
         if let Some(c) = &self.collector {
-            if c.trim().is_empty() {
+            if c.split(',').all(|a| a.trim().is_empty()) {
                 problems.push("collector: empty address (leave it out to stream nowhere)".into());
-            } else if let Err(why) = check_host_port(c) {
-                problems.push(format!("collector: {c:?}: {why} (e.g. \"collector.example:7470\" or \"10.0.0.5:7470\")"));
+            } else {
+                for a in c.split(',').map(str::trim) {
+                    if a.is_empty() {
+                        problems.push(format!("collector: {c:?}: an empty address in the list"));
+                    } else if let Err(why) = check_host_port(a) {
+                        problems.push(format!("collector: {a:?}: {why} (e.g. \"collector.example:7470\" or \"10.0.0.5:7470\")"));
+                    }
+                }
+                let all = collector_addresses(c);
+                if let Some(twice) = all.iter().enumerate().find(|(i, a)| all[..*i].contains(a)) {
+                    problems.push(format!("collector: {:?} is listed twice", twice.1));
+                }
             }
         }
         if problems.is_empty() {
@@ -346,6 +359,33 @@ impl AgentConfig {
             Err(problems)
         }
     }
+}
+
+/// The collector addresses of a `collector` setting, in order ("a:7470, b:7470").
+pub fn collector_addresses(setting: &str) -> Vec<String> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `collector = "a:7470"`, `"a:7470,b:7470"` or `["a:7470", "b:7470"]`, kept as one
+/// comma-separated setting.
+fn one_or_more_addresses<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(Some(match OneOrMore::deserialize(d)? {
+        OneOrMore::One(s) => s,
+        OneOrMore::More(v) => v.join(","),
+    }))
 }
 
 /// A collector address as the agent dials it: HOST:PORT (a name, an IPv4 address or a
@@ -423,6 +463,30 @@ mod tests {
             "-x:1",
         ] {
             assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_collectors_are_a_list_or_commas_each_checked() {
+        let c = parse("collector = [\"a.example:7470\", \"10.0.0.5:7470\"]\n").unwrap();
+        assert_eq!(c.collector.as_deref(), Some("a.example:7470,10.0.0.5:7470"));
+        assert_eq!(
+            collector_addresses(c.collector.as_deref().unwrap()),
+            ["a.example:7470", "10.0.0.5:7470"]
+        );
+        let c = parse("collector = \"a.example:7470, b.example:7470\"\n").unwrap();
+        assert_eq!(
+            collector_addresses(c.collector.as_deref().unwrap()),
+            ["a.example:7470", "b.example:7470"]
+        );
+        for (bad, says) in [
+            ("collector = [\"a:1\", \"nohost\"]\n", "\"nohost\""),
+            ("collector = \"a:1,,b:2\"\n", "an empty address in the list"),
+            ("collector = [\"a:1\", \"a:1\"]\n", "listed twice"),
+            ("collector = []\n", "empty address"),
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
         }
     }
 

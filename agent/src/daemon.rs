@@ -34,7 +34,8 @@ pub struct AgentArgs {
     /// Rows of the summary printed per interval; 0 prints none (overrides summary_rows).
     #[arg(long)]
     pub top: Option<usize>,
-    /// Stream a batch per interval to this collector (overrides collector).
+    /// Stream a batch per interval to this collector, or to the first of several
+    /// separated by commas, failing over to the next (overrides collector).
     #[arg(long)]
     pub collector: Option<String>,
     /// This agent's id at the collector (overrides agent_id).

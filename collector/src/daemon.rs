@@ -398,6 +398,17 @@ impl CollectorArgs {
             tls = mode,
             "collector listening on {local} (tls {mode}), data in {store}"
         );
+        // The store opens (and its schema is brought up to date) before READY, so a
+        // database that cannot be reached stops the start with its reason. Off the
+        // async threads: a PostgreSQL client blocks on a runtime of its own.
+        if let Some(url) = settings.postgres_url.clone() {
+            tokio::task::spawn_blocking(move || {
+                crate::Store::open_at(&crate::StoreLocation::Postgres(url)).map(drop)
+            })
+            .await
+            .context("opening the store")?
+            .context("opening the store")?;
+        }
         // The socket is bound (connections queue until the server polls it): ready.
         let status = format!("collector listening on {local} (tls {mode})");
         let listen_var = format!("{LISTEN_VAR}={local}");

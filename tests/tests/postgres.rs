@@ -352,3 +352,105 @@ fn a_collector_killed_mid_stream_loses_nothing_its_peer_takes() {
         h["duplicates"]
     );
 }
+
+/// A collector on a port of the test's choosing (so it can come back on the same
+/// address), storing in `url`; stderr drained.
+fn collector_on(port: u16, url: &str, data: &std::path::Path) -> KillOnDrop {
+    let mut cmd = vigil_tests::collector_command();
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--postgres-url",
+        url,
+        "--data-dir",
+    ])
+    .arg(data)
+    .env("VIGIL_LOG", "warn")
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null());
+    let (child, _addr, lines) = vigil_tests::collector_address(&mut cmd);
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    KillOnDrop(child)
+}
+
+fn stored_batches(pg: &Postgres, agent: &str) -> (u64, u64, u64, u64) {
+    let row = pg.query(&format!(
+        "SELECT count(*), count(DISTINCT sequence), COALESCE(min(sequence), 0), COALESCE(max(sequence), 0) FROM batches WHERE agent_id = '{agent}'"
+    ));
+    let f: Vec<u64> = row[0].split('|').map(|v| v.parse().unwrap()).collect();
+    (f[0], f[1], f[2], f[3])
+}
+
+/// A real agent given two collectors on one PostgreSQL: it streams to the first; the
+/// first is killed and it fails over to the second; the first comes back, the second
+/// is killed and it fails back. Every batch it made is stored exactly once, no gaps.
+#[test]
+fn an_agent_fails_over_between_collectors_and_every_batch_is_stored_once() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (vigil_tests::free_port(), vigil_tests::free_port());
+    let mut a = Some(collector_on(pa, &url, &dir.path().join("a")));
+    let mut b = Some(collector_on(pb, &url, &dir.path().join("b")));
+    let agent_dir = tempfile::tempdir().unwrap();
+    let config = agent_dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "collector = [\"127.0.0.1:{pa}\", \"127.0.0.1:{pb}\"]\n[probes]\nsyscalls = false\nretransmits = false\n[detect]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let id = "pg-real-agent";
+    let agent = Command::new(vigil_tests::daemon_bin("agent"))
+        .args(["--interval", "1s", "--agent-id", id, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(agent_dir.path().join("data"))
+        .arg("--socket")
+        .arg(agent_dir.path().join("agent.sock"))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(agent_dir.path().join("agent.log"))
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+        )
+        .spawn()
+        .unwrap();
+    let mut agent = KillOnDrop(agent);
+    let more = |n: u64, what: &str| {
+        let start = stored_batches(&pg, id).0;
+        wait_until(what, Duration::from_secs(60), || {
+            stored_batches(&pg, id).0 >= start + n
+        });
+    };
+    more(3, "batches through the first collector");
+    drop(a.take()); // SIGKILL
+    more(
+        3,
+        "batches through the second collector after the first was killed",
+    );
+    a = Some(collector_on(pa, &url, &dir.path().join("a")));
+    drop(b.take());
+    more(
+        3,
+        "batches through the first collector again after the second was killed",
+    );
+    // Stop the agent (SIGTERM): it sends what is left and its spool says how many
+    // batches it made.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = agent.0.wait();
+    let (count, distinct, min, max) = stored_batches(&pg, id);
+    let log = std::fs::read_to_string(agent_dir.path().join("agent.log")).unwrap_or_default();
+    assert_eq!(min, 1, "{log}");
+    assert_eq!(
+        (count, distinct),
+        (max, max),
+        "every sequence 1..={max} once: {log}"
+    );
+    assert!(log.contains("failing over to collector"), "{log}");
+    eprintln!("{max} batches, each stored once, through two collectors that were killed in turn");
+    drop(a);
+}

@@ -192,35 +192,44 @@ fn endpoint(connector: &Connector) -> Result<Endpoint, tonic::transport::Error> 
         .keep_alive_while_idle(true))
 }
 
-/// Sends the spool's unacked batches to the collector at `addr` until stopped: once
-/// `stop` holds a deadline, it returns when everything is acked or the deadline passes
-/// (what is left stays in the spool for the next start).
+/// Sends the spool's unacked batches to the collector until stopped: once `stop`
+/// holds a deadline, it returns when everything is acked or the deadline passes (what
+/// is left stays in the spool for the next start).
+///
+/// `collectors` are tried in order: a collector that cannot be reached, or whose stream
+/// breaks, hands over to the next at once (the spool resends whatever the last one did
+/// not ack; a collector that had stored it acks it as a duplicate). Only after every
+/// one has failed in a row does the agent back off before the next round.
 pub async fn run(
-    addr: String,
-    connector: Result<Connector, String>,
+    collectors: Vec<(String, Result<Connector, String>)>,
     shared: Arc<SharedSpool>,
     stats: Arc<ExportStats>,
     mut stop: StopAt,
 ) {
-    let connector = match connector {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming");
-            return;
+    let mut targets = Vec::new();
+    for (addr, connector) in collectors {
+        match connector
+            .map_err(|e| e.to_string())
+            .and_then(|c| endpoint(&c).map(|e| (c, e)).map_err(|e| e.to_string()))
+        {
+            Ok((c, e)) => targets.push((addr, c, e)),
+            Err(e) => {
+                tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming to it");
+            }
         }
-    };
-    let endpoint = match endpoint(&connector) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(collector = %addr, error = %e, "bad collector address; not streaming");
-            return;
-        }
-    };
+    }
+    if targets.is_empty() {
+        return;
+    }
+    let mut current = 0usize;
+    // Collectors that failed since the last one that took a batch.
+    let mut failed_in_a_row = 0usize;
     let mut attempt = 0u32;
     loop {
         if finished(&shared, &stop) {
             return;
         }
+        let (addr, connector, endpoint) = &targets[current];
         let connected = tokio::select! {
             c = endpoint.connect_with_connector(connector.clone()) => c,
             w = stop_wake(&mut stop) => match w { Wake::Deadline => return, Wake::Changed => continue },
@@ -250,6 +259,22 @@ pub async fn run(
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // The session resets `attempt` when the collector acks: it was working, so the
+        // round of failures starts again.
+        if attempt == 0 {
+            failed_in_a_row = 0;
+        }
+        failed_in_a_row += 1;
+        if targets.len() > 1 {
+            current = (current + 1) % targets.len();
+            tracing::warn!(from = %addr, to = %targets[current].0, "failing over to collector {}", targets[current].0);
+            if failed_in_a_row < targets.len() {
+                // Another collector may be up: no wait.
+                attempt = attempt.max(1);
+                continue;
+            }
+        }
+        failed_in_a_row = 0;
         let wait = tokio::time::sleep(backoff(attempt));
         tokio::pin!(wait);
         attempt = attempt.saturating_add(1);
@@ -487,8 +512,12 @@ mod tests {
             let stats = Arc::new(ExportStats::default());
             let (stop, stop_rx) = watch::channel(None);
             let connector = Connector::plain(&addr).map_err(|e| e.to_string());
-            let exporter =
-                tokio::spawn(run(addr, connector, shared.clone(), stats.clone(), stop_rx));
+            let exporter = tokio::spawn(run(
+                vec![(addr, connector)],
+                shared.clone(),
+                stats.clone(),
+                stop_rx,
+            ));
             const N: u64 = 300;
             for i in 0..N {
                 // The queue holds WRITE_QUEUE; wait for room rather than count drops.

@@ -84,9 +84,16 @@ fn start_exporter(
     agent_id: &str,
 ) -> Exporter {
     let (stop, stop_rx) = watch::channel(None);
+    // Several addresses: the first, failing over to the next.
+    let collectors = crate::config::collector_addresses(addr)
+        .into_iter()
+        .map(|a| {
+            let connector = stream::transport(&a, tls, agent_id, stats);
+            (a, connector)
+        })
+        .collect();
     let task = tokio::spawn(stream::run(
-        addr.to_string(),
-        stream::transport(addr, tls, agent_id, stats),
+        collectors,
         spool.clone(),
         stats.clone(),
         stop_rx,
