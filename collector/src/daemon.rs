@@ -291,11 +291,6 @@ impl CollectorArgs {
                     crate::pg::redact(url)
                 )));
             }
-            if !remote_write.is_empty() {
-                return Err(problem(
-                    "remote_write: forwarding reads the embedded SQLite store; with postgres_url set, forward from Prometheus or VictoriaMetrics reading /metrics, or run a collector with its own store for it".into(),
-                ));
-            }
         }
         Ok(Settings {
             postgres_url,

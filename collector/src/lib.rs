@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod openmetrics;
 pub mod pg;
 pub mod remote_write;
+mod remote_write_pg;
 pub mod server;
 pub mod store;
 pub mod stores;

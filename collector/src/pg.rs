@@ -35,8 +35,17 @@ CREATE TABLE batches (
     received_ms BIGINT NOT NULL, digest BYTEA NOT NULL,
     PRIMARY KEY (agent_id, epoch, sequence));
 CREATE TABLE latest (agent_id TEXT PRIMARY KEY, time_ms BIGINT NOT NULL, metrics BYTEA NOT NULL);
-CREATE TABLE samples (id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, time_ms BIGINT NOT NULL, scalars BYTEA NOT NULL);
+CREATE TABLE samples (
+    id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, time_ms BIGINT NOT NULL, scalars BYTEA NOT NULL,
+    -- The inserting transaction: remote write reads in (tx, id) order below the
+    -- oldest transaction still running, so no row can appear behind its cursor.
+    tx BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint));
 CREATE INDEX samples_by_host ON samples (agent_id, time_ms);
+CREATE INDEX samples_by_tx ON samples (tx, id);
+CREATE TABLE remote_write_cursors (
+    url TEXT PRIMARY KEY, tx BIGINT NOT NULL DEFAULT 0, id BIGINT NOT NULL DEFAULT 0,
+    -- Rows retention deleted before this endpoint had them.
+    lost BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE events (id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, time_ms BIGINT NOT NULL, kind INTEGER NOT NULL, body BYTEA NOT NULL);
 CREATE INDEX events_by_time ON events (time_ms, id);
 CREATE TABLE streams (
@@ -253,16 +262,25 @@ impl PgStore {
             url: shown.clone(),
             source,
         };
+        let mut tx = self.client.transaction().map_err(err)?;
+        // Rows about to go that a remote-write endpoint has not had yet: counted as
+        // lost for it.
+        tx.execute(
+            "UPDATE remote_write_cursors c SET lost = c.lost + (SELECT count(*) FROM samples s
+                 WHERE s.time_ms < $1 AND (s.tx, s.id) > (c.tx, c.id))",
+            &[&before_ms],
+        )
+        .map_err(err)?;
         let mut n = 0;
         for table in ["events", "samples"] {
-            n += self
-                .client
+            n += tx
                 .execute(
                     &format!("DELETE FROM {table} WHERE time_ms < $1"),
                     &[&before_ms],
                 )
                 .map_err(err)?;
         }
+        tx.commit().map_err(err)?;
         Ok(n as usize)
     }
 

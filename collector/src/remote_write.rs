@@ -28,10 +28,10 @@ use crate::metrics::SCALARS;
 
 /// Rows (host samples, 12 series each) per request.
 pub const ROWS_PER_REQUEST: i64 = 5000;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often an idle forwarder looks for new rows.
-const POLL: Duration = Duration::from_millis(250);
+pub(crate) const POLL: Duration = Duration::from_millis(250);
 
 /// prompb's WriteRequest (remote write 1.0), as prost messages.
 #[derive(Clone, PartialEq, Message)]
@@ -202,8 +202,14 @@ pub struct RemoteWrite {
 }
 
 impl RemoteWrite {
-    /// Starts a forwarder per endpoint on the database in `data_dir`.
-    pub fn start(data_dir: &Path, endpoints: &[Endpoint]) -> std::io::Result<Self> {
+    /// Starts a forwarder per endpoint on the store at `at` (the cursor files are kept
+    /// in `data_dir`; with PostgreSQL the cursor is in the database, shared by the
+    /// collectors on it).
+    pub fn start(
+        data_dir: &Path,
+        at: &crate::StoreLocation,
+        endpoints: &[Endpoint],
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut stats = Vec::new();
         let mut threads = Vec::new();
@@ -220,6 +226,10 @@ impl RemoteWrite {
             });
             let f = Forwarder {
                 url: url.clone(),
+                postgres: match at {
+                    crate::StoreLocation::Postgres(u) => Some(u.clone()),
+                    crate::StoreLocation::Sqlite(_) => None,
+                },
                 tls,
                 db: data_dir.join("vigil.db"),
                 cursor_file: cursor_path(data_dir, url),
@@ -257,30 +267,32 @@ fn cursor_path(data_dir: &Path, url: &str) -> PathBuf {
     data_dir.join("remote_write").join(format!("{hex}.cursor"))
 }
 
-struct Forwarder {
-    url: String,
+pub(crate) struct Forwarder {
+    pub(crate) url: String,
+    /// The store is this PostgreSQL database (`remote_write_pg`), not the SQLite file.
+    postgres: Option<String>,
     /// For https endpoints.
     tls: Option<ureq::tls::TlsConfig>,
     db: PathBuf,
     cursor_file: PathBuf,
-    stats: Arc<EndpointStats>,
+    pub(crate) stats: Arc<EndpointStats>,
     stop: Arc<AtomicBool>,
 }
 
 /// What a send came to.
-enum Sent {
+pub(crate) enum Sent {
     Taken,
     /// A 4xx other than 429: the remote will never take it.
     Refused(String),
 }
 
 impl Forwarder {
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
     /// Sleeps `d` in short steps, returning early (true) on stop.
-    fn pause(&self, d: Duration) -> bool {
+    pub(crate) fn pause(&self, d: Duration) -> bool {
         let end = std::time::Instant::now() + d;
         while std::time::Instant::now() < end {
             if self.stopping() {
@@ -330,7 +342,66 @@ impl Forwarder {
         }
     }
 
+    /// The HTTP client for this endpoint.
+    fn http_agent(&mut self) -> ureq::Agent {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            // Never downgrade: an https endpoint's redirect to http is an error.
+            .https_only(self.tls.is_some());
+        if let Some(tls) = self.tls.take() {
+            config = config.tls_config(tls);
+        }
+        config.build().new_agent()
+    }
+
+    /// Sends one request's body until the remote takes it, refuses it for good, or
+    /// the forwarder stops (false).
+    pub(crate) fn deliver(
+        &self,
+        agent: &ureq::Agent,
+        body: &[u8],
+        samples: u64,
+        newest: i64,
+        backoff: &mut Duration,
+    ) -> bool {
+        loop {
+            match self.send(agent, body) {
+                Ok(Sent::Taken) => {
+                    self.stats
+                        .samples_sent
+                        .fetch_add(samples, Ordering::Relaxed);
+                    self.stats
+                        .newest_sent_ms
+                        .fetch_max(newest, Ordering::Relaxed);
+                    *backoff = BACKOFF_MIN;
+                    return true;
+                }
+                Ok(Sent::Refused(why)) => {
+                    self.stats
+                        .samples_dropped
+                        .fetch_add(samples, Ordering::Relaxed);
+                    tracing::warn!(url = %self.url, samples, reason = %why, "remote write refused a request (4xx, not retried): samples dropped");
+                    return true;
+                }
+                Err(why) => {
+                    self.stats.requests_retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(url = %self.url, reason = %why, wait = ?backoff, "remote write failed; retrying");
+                    if self.pause(*backoff) {
+                        return false;
+                    }
+                    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
     fn run(mut self) {
+        if let Some(url) = self.postgres.clone() {
+            let agent = self.http_agent();
+            crate::remote_write_pg::run(&self, &url, &agent);
+            return;
+        }
         let conn = loop {
             match rusqlite::Connection::open_with_flags(
                 &self.db,
@@ -349,15 +420,7 @@ impl Forwarder {
                 }
             }
         };
-        let mut config = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false)
-            // Never downgrade: an https endpoint's redirect to http is an error.
-            .https_only(self.tls.is_some());
-        if let Some(tls) = self.tls.take() {
-            config = config.tls_config(tls);
-        }
-        let agent = config.build().new_agent();
+        let agent = self.http_agent();
         let mut cursor = self.read_cursor();
         let mut backoff = BACKOFF_MIN;
         while !self.stopping() {
@@ -400,34 +463,8 @@ impl Forwarder {
                 tracing::warn!(url = %self.url, samples = n, "remote write: samples deleted by retention before they were sent");
             }
             let (body, samples, newest) = encode(&rows);
-            loop {
-                match self.send(&agent, &body) {
-                    Ok(Sent::Taken) => {
-                        self.stats
-                            .samples_sent
-                            .fetch_add(samples, Ordering::Relaxed);
-                        self.stats
-                            .newest_sent_ms
-                            .fetch_max(newest, Ordering::Relaxed);
-                        backoff = BACKOFF_MIN;
-                        break;
-                    }
-                    Ok(Sent::Refused(why)) => {
-                        self.stats
-                            .samples_dropped
-                            .fetch_add(samples, Ordering::Relaxed);
-                        tracing::warn!(url = %self.url, samples, reason = %why, "remote write refused a request (4xx, not retried): samples dropped");
-                        break;
-                    }
-                    Err(why) => {
-                        self.stats.requests_retried.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(url = %self.url, reason = %why, wait = ?backoff, "remote write failed; retrying");
-                        if self.pause(backoff) {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+            if !self.deliver(&agent, &body, samples, newest, &mut backoff) {
+                return;
             }
             cursor = last;
             self.write_cursor(cursor);
@@ -435,7 +472,7 @@ impl Forwarder {
     }
 
     /// Ok: the remote answered for good; Err: retry.
-    fn send(&self, agent: &ureq::Agent, body: &[u8]) -> Result<Sent, String> {
+    pub(crate) fn send(&self, agent: &ureq::Agent, body: &[u8]) -> Result<Sent, String> {
         let resp = agent
             .post(&self.url)
             .header("Content-Encoding", "snappy")
@@ -465,11 +502,11 @@ impl Forwarder {
     }
 }
 
-struct Row {
-    rowid: i64,
-    agent_id: String,
-    time_ms: i64,
-    scalars: Vec<u8>,
+pub(crate) struct Row {
+    pub(crate) rowid: i64,
+    pub(crate) agent_id: String,
+    pub(crate) time_ms: i64,
+    pub(crate) scalars: Vec<u8>,
 }
 
 fn read_rows(conn: &rusqlite::Connection, after: i64) -> rusqlite::Result<Vec<Row>> {
@@ -489,7 +526,7 @@ fn read_rows(conn: &rusqlite::Connection, after: i64) -> rusqlite::Result<Vec<Ro
 
 /// The rows as one snappy-compressed WriteRequest: a series per (host, scalar), its
 /// samples in row order; returns the body, the samples in it and the newest time.
-fn encode(rows: &[Row]) -> (Vec<u8>, u64, i64) {
+pub(crate) fn encode(rows: &[Row]) -> (Vec<u8>, u64, i64) {
     let mut series: std::collections::BTreeMap<(&str, usize), Vec<Sample>> = Default::default();
     let mut newest = 0;
     let mut n = 0u64;
@@ -595,6 +632,7 @@ mod tests {
         let url = "http://127.0.0.1:9/api/v1/write";
         let f = Forwarder {
             url: url.into(),
+            postgres: None,
             tls: None,
             db: dir.path().join("vigil.db"),
             cursor_file: cursor_path(dir.path(), url),

@@ -674,8 +674,9 @@ pub async fn serve(
     let counters = Arc::new(Counters::default());
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?local, store = %at.shown(), ?limits, "collector serving");
-    let remote = crate::remote_write::RemoteWrite::start(&config.data_dir, &config.remote_write)
-        .map_err(ServeError::Listener)?;
+    let remote =
+        crate::remote_write::RemoteWrite::start(&config.data_dir, &at, &config.remote_write)
+            .map_err(ServeError::Listener)?;
     let _metrics = match &config.metrics_listen {
         Some(addr) => Some(
             crate::openmetrics::serve(

@@ -454,3 +454,181 @@ fn an_agent_fails_over_between_collectors_and_every_batch_is_stored_once() {
     eprintln!("{max} batches, each stored once, through two collectors that were killed in turn");
     drop(a);
 }
+
+/// A counter on a collector's /metrics for one remote-write URL (0 when absent).
+fn rw_counter(metrics: &str, name: &str) -> f64 {
+    let text = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "5",
+            &format!("http://{metrics}/metrics"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Per agent_id, `count_over_time(vigil_host_cpu_usage_percent[...])` in Prometheus.
+fn prometheus_counts(base: &str, at: i64) -> std::collections::BTreeMap<String, f64> {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "20",
+            "-G",
+            &format!("{base}/api/v1/query"),
+        ])
+        .args([
+            "--data-urlencode",
+            "query=count_over_time(vigil_host_cpu_usage_percent[30m])",
+        ])
+        .args(["--data-urlencode", &format!("time={at}")])
+        .output()
+        .expect("curl");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["metric"]["agent_id"].as_str()?.to_string(),
+                r["value"][1].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Remote write from two collectors on one PostgreSQL, both configured with the same
+/// Prometheus: one forwards (the other stands by), every sample reaches Prometheus
+/// once whichever collector stored it; the forwarding collector is killed, the other
+/// takes over from the shared cursor, and the rest arrives too.
+#[test]
+fn remote_write_from_collectors_sharing_postgresql_sends_every_sample_once() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let pp = vigil_tests::free_port();
+    std::fs::write(
+        dir.path().join("prom.yml"),
+        "global:\n  scrape_interval: 1m\n",
+    )
+    .unwrap();
+    let prom = Command::new("prometheus")
+        .arg("--web.enable-remote-write-receiver")
+        .arg(format!("--web.listen-address=127.0.0.1:{pp}"))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("prom").display()
+        ))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prom.yml").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus: `cargo xtask setup` installs it");
+    let _prom = KillOnDrop(prom);
+    let base = format!("http://127.0.0.1:{pp}");
+    wait_until("Prometheus ready", Duration::from_secs(60), || {
+        Command::new("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                &format!("{base}/-/ready"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let write = format!("{base}/api/v1/write");
+    let (ma, mb) = (
+        format!("127.0.0.1:{}", vigil_tests::free_port()),
+        format!("127.0.0.1:{}", vigil_tests::free_port()),
+    );
+    let a = vigil_tests::daemons::Collector::start(&[
+        "--postgres-url",
+        &url,
+        "--remote-write",
+        &write,
+        "--metrics-listen",
+        &ma,
+    ]);
+    let b = vigil_tests::daemons::Collector::start(&[
+        "--postgres-url",
+        &url,
+        "--remote-write",
+        &write,
+        "--metrics-listen",
+        &mb,
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Recent sample times (Prometheus keeps the last hours in its head).
+    let sample = |agent: &str, seq: u64| {
+        let mut b = batch(agent, seq, seq as f64);
+        b.metrics[0].time_unix_ms = now - 600_000 + seq as i64 * 1000;
+        b
+    };
+    let rt = rt();
+    // 1..=100 of each agent, half through each collector.
+    for i in 0..2 {
+        let agent = format!("pgrw-{i}");
+        let first: Vec<Batch> = (1..=50).map(|s| sample(&agent, s)).collect();
+        let second: Vec<Batch> = (51..=100).map(|s| sample(&agent, s)).collect();
+        assert_eq!(rt.block_on(send(&a.url(), first)).len(), 50);
+        assert_eq!(rt.block_on(send(&b.url(), second)).len(), 50);
+    }
+    let sent = |m: &str| rw_counter(m, "vigil_remote_write_samples_sent_total");
+    wait_until(
+        "200 samples of 12 series forwarded",
+        Duration::from_secs(60),
+        || sent(&ma) + sent(&mb) >= 2400.0,
+    );
+    let (sa, sb) = (sent(&ma), sent(&mb));
+    assert!(
+        sa + sb == 2400.0 && (sa == 0.0 || sb == 0.0),
+        "one collector forwards, once: {sa} and {sb}"
+    );
+    // Kill the one forwarding; store more through the other: it takes over.
+    let (forwarder, other, other_metrics) = if sa > 0.0 { (a, b, mb) } else { (b, a, ma) };
+    drop(forwarder);
+    for i in 0..2 {
+        let agent = format!("pgrw-{i}");
+        let more: Vec<Batch> = (101..=150).map(|s| sample(&agent, s)).collect();
+        assert_eq!(rt.block_on(send(&other.url(), more)).len(), 50);
+    }
+    wait_until(
+        "the standby took over from the shared cursor",
+        Duration::from_secs(60),
+        || sent(&other_metrics) >= 1200.0,
+    );
+    let mut counts = Default::default();
+    wait_until(
+        "every sample in Prometheus, once",
+        Duration::from_secs(60),
+        || {
+            counts = prometheus_counts(&base, now / 1000 + 1);
+            counts.len() == 2 && counts.values().all(|n| *n == 150.0)
+        },
+    );
+    assert_eq!(
+        sent(&other_metrics),
+        1200.0,
+        "the standby sent only what was new"
+    );
+    eprintln!(
+        "Prometheus holds {counts:?}; the first forwarder sent {} samples, the standby 1200",
+        sa.max(sb)
+    );
+}
