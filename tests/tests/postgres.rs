@@ -632,3 +632,80 @@ fn remote_write_from_collectors_sharing_postgresql_sends_every_sample_once() {
         sa.max(sb)
     );
 }
+
+/// The Fleet API's events (retransmits and findings the batches carried) from a
+/// PostgreSQL store: the same, in order, from either collector, across pages.
+#[test]
+fn fleet_events_are_the_same_from_either_collector() {
+    use vigil_proto::v1::{fleet_client::FleetClient, EventsRequest, Finding, TcpRetransmit};
+    let pg = Postgres::start();
+    let url = pg.url();
+    let a = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    let b = vigil_tests::daemons::Collector::start(&["--postgres-url", &url]);
+    let rt = rt();
+    // Recent times: the collector refuses event times far from its clock.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 600_000;
+    let with_events = |seq: u64| {
+        let mut x = batch("pg-events", seq, 1.0);
+        x.retransmits = vec![TcpRetransmit {
+            time_unix_ns: (t0 + 1000 * seq as i64) * 1_000_000,
+            sport: seq as u32,
+            dport: 443,
+            ..Default::default()
+        }];
+        x.findings = vec![Finding {
+            rule: format!("rule-{seq}"),
+            time_unix_ms: t0 + 1000 * seq as i64 + 1,
+            ..Default::default()
+        }];
+        x
+    };
+    // 1..=30 through A, 31..=60 through B: 120 events.
+    assert_eq!(
+        rt.block_on(send(&a.url(), (1..=30).map(with_events).collect()))
+            .len(),
+        30
+    );
+    assert_eq!(
+        rt.block_on(send(&b.url(), (31..=60).map(with_events).collect()))
+            .len(),
+        30
+    );
+    let all = |c: &vigil_tests::daemons::Collector| {
+        rt.block_on(async {
+            let mut fleet = FleetClient::connect(c.url()).await.expect("fleet");
+            let (mut out, mut token) = (Vec::new(), String::new());
+            loop {
+                let r = fleet
+                    .events(EventsRequest {
+                        since_unix_ms: t0,
+                        limit: 25,
+                        page_token: token.clone(),
+                    })
+                    .await
+                    .expect("events")
+                    .into_inner();
+                out.extend(r.events);
+                if r.next_page_token.is_empty() {
+                    return out;
+                }
+                token = r.next_page_token;
+            }
+        })
+    };
+    let (ea, eb) = (all(&a), all(&b));
+    assert_eq!(
+        ea.len(),
+        120,
+        "60 retransmits and 60 findings, in pages of 25"
+    );
+    assert_eq!(ea, eb, "the same events from both collectors");
+    assert!(ea.iter().all(|e| e
+        .host
+        .as_ref()
+        .is_some_and(|h| h.hostname == "host-pg-events")));
+}
