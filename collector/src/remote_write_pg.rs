@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use postgres::{Client, NoTls};
 
 use crate::metrics::SCALARS;
-use crate::remote_write::{encode, Forwarder, Row, BACKOFF_MIN, POLL, ROWS_PER_REQUEST};
+use crate::remote_write::{encode, Forwarder, Row, Scratch, BACKOFF_MIN, POLL, ROWS_PER_REQUEST};
 
 /// The advisory-lock key of an endpoint: the first 8 bytes of its URL's SHA-256.
 fn lock_key(url: &str) -> i64 {
@@ -75,6 +75,7 @@ fn forward(f: &Forwarder, client: &mut Client, agent: &ureq::Agent) -> Result<()
     }
     tracing::info!(url = %f.url, "remote write: forwarding to {} from the shared store", f.url);
     let mut backoff = BACKOFF_MIN;
+    let mut scratch = Scratch::default();
     while !f.stopping() {
         let row = client.query_one(
             "SELECT tx, id, lost FROM remote_write_cursors WHERE url = $1",
@@ -123,8 +124,8 @@ fn forward(f: &Forwarder, client: &mut Client, agent: &ureq::Agent) -> Result<()
             continue;
         };
         let rows: Vec<Row> = rows.into_iter().map(|(r, _)| r).collect();
-        let (body, samples, newest) = encode(&rows);
-        if !f.deliver(agent, &body, samples, newest, &mut backoff) {
+        let (body, samples, newest) = encode(&rows, &mut scratch);
+        if !f.deliver(agent, body, samples, newest, &mut backoff) {
             return Ok(());
         }
         client.execute(
