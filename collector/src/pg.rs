@@ -61,6 +61,8 @@ CREATE TABLE conflicts (
 
 /// Any key: the advisory lock that serialises schema changes between collectors.
 const SCHEMA_LOCK: i64 = 0x5649_4749_4c00_0001;
+/// Likewise for retention's deletes.
+const PRUNE_LOCK: i64 = 0x5649_4749_4c00_0002;
 
 pub struct PgStore {
     client: Client,
@@ -263,6 +265,10 @@ impl PgStore {
             source,
         };
         let mut tx = self.client.transaction().map_err(err)?;
+        // One collector prunes at a time: a second one waiting here then sees the rows
+        // already gone, so none is counted lost twice.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            .map_err(err)?;
         // Rows about to go that a remote-write endpoint has not had yet: counted as
         // lost for it.
         tx.execute(
