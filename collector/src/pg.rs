@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 use postgres::{Client, NoTls};
 use prost::Message as _;
 use vigil_proto::v1::{
-    fleet_event, FleetEvent, HostIdentity, HostMetrics, HostSummary, Losses, MetricPoint,
-    SlowSyscall, TcpRetransmit,
+    fleet_event, FleetEvent, HostIdentity, HostMetrics, HostSummary, MetricPoint, SlowSyscall,
+    TcpRetransmit,
 };
 
 use crate::store::{
-    digest, now_ms, sanitize_identity, scalars_blob, Incoming, Outcome, StoreError, Transport,
-    CONFLICTS_KEPT, EVENT_FINDING, EVENT_RETRANSMIT, EVENT_SLOW_SYSCALL, MAX_SEQUENCE_AHEAD,
-    PAGE_BYTES,
+    add_stored, digest, now_ms, sanitize_identity, scalars_blob, HostDelta, Incoming, Outcome,
+    StoreError, StreamDeltas, CONFLICTS_KEPT, EVENT_FINDING, EVENT_RETRANSMIT, EVENT_SLOW_SYSCALL,
+    MAX_SEQUENCE_AHEAD, PAGE_BYTES,
 };
 
 /// The schema, version 1. Later versions are added to MIGRATIONS; `vigil_schema`
@@ -82,19 +82,6 @@ pub fn redact(url: &str) -> String {
         },
         None => url.to_string(),
     }
-}
-
-/// What a group changes per host, written once per group.
-#[derive(Default)]
-struct HostDelta<'a> {
-    identity: Option<&'a HostIdentity>,
-    stored: i64,
-    duplicates: i64,
-    conflicts: i64,
-    last_sequence: i64,
-    losses: BTreeMap<&'static str, i64>,
-    latest: Option<&'a HostMetrics>,
-    transport: Transport,
 }
 
 fn stored_identity(agent_id: &str, blob: &[u8]) -> HostIdentity {
@@ -192,7 +179,7 @@ impl PgStore {
         let now = now_ms();
         let mut out = Vec::with_capacity(batches.len());
         let mut hosts: BTreeMap<&str, HostDelta> = BTreeMap::new();
-        let mut streams: BTreeMap<(&str, [u8; 16]), (i64, i64)> = BTreeMap::new();
+        let mut streams = StreamDeltas::new();
         for b in batches {
             let result = match tx.savepoint("batch") {
                 Ok(mut sp) => match store_one(&mut sp, b, now) {
@@ -207,40 +194,20 @@ impl PgStore {
                 },
                 Err(e) => Err(e),
             };
-            let batch = &b.batch;
-            let h = hosts.entry(batch.agent_id.as_str()).or_default();
             match &result {
-                Ok(Outcome::Stored) => {
-                    let seq = batch.sequence.min(i64::MAX as u64) as i64;
-                    h.identity = batch.host.as_ref();
-                    h.transport = b.transport;
-                    h.stored += 1;
-                    h.last_sequence = h.last_sequence.max(seq);
-                    for (stage, n) in batch
-                        .losses
-                        .as_ref()
-                        .map(Losses::stages)
-                        .into_iter()
-                        .flatten()
-                    {
-                        if n > 0 {
-                            let total = h.losses.entry(stage).or_default();
-                            *total = total.saturating_add(n.min(i64::MAX as u64) as i64);
-                        }
-                    }
-                    if let Some(m) = batch.metrics.iter().max_by_key(|m| m.time_unix_ms) {
-                        if h.latest.is_none_or(|l| m.time_unix_ms >= l.time_unix_ms) {
-                            h.latest = Some(m);
-                        }
-                    }
-                    let st = streams
-                        .entry((batch.agent_id.as_str(), batch.spool_epoch().to_bytes()))
-                        .or_default();
-                    st.0 += 1;
-                    st.1 = st.1.max(seq);
+                Ok(Outcome::Stored) => add_stored(&mut hosts, &mut streams, b),
+                Ok(Outcome::Duplicate) => {
+                    hosts
+                        .entry(b.batch.agent_id.as_str())
+                        .or_default()
+                        .duplicates += 1;
                 }
-                Ok(Outcome::Duplicate) => h.duplicates += 1,
-                Ok(Outcome::Conflict) => h.conflicts += 1,
+                Ok(Outcome::Conflict) => {
+                    hosts
+                        .entry(b.batch.agent_id.as_str())
+                        .or_default()
+                        .conflicts += 1;
+                }
                 _ => {}
             }
             out.push(result.map_err(|source| StoreError::Postgres {
@@ -596,11 +563,11 @@ fn store_one(
 fn write_deltas(
     tx: &mut postgres::Transaction<'_>,
     hosts: &BTreeMap<&str, HostDelta<'_>>,
-    streams: &BTreeMap<(&str, [u8; 16]), (i64, i64)>,
+    streams: &StreamDeltas<'_>,
     now: i64,
 ) -> Result<(), postgres::Error> {
     for (agent_id, h) in hosts {
-        if h.stored > 0 {
+        if h.batches > 0 {
             let identity = h.identity.cloned().unwrap_or_else(|| HostIdentity {
                 agent_id: agent_id.to_string(),
                 ..Default::default()
@@ -609,7 +576,7 @@ fn write_deltas(
                 "INSERT INTO hosts (agent_id, identity, hostname, last_seen_ms, batches, last_sequence, transport) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (agent_id) DO UPDATE SET identity = $2, hostname = $3, last_seen_ms = $4,
                      batches = hosts.batches + $5, last_sequence = GREATEST(hosts.last_sequence, $6), transport = $7",
-                &[agent_id, &identity.encode_to_vec(), &identity.hostname, &now, &h.stored, &h.last_sequence, &h.transport.as_str()],
+                &[agent_id, &identity.encode_to_vec(), &identity.hostname, &now, &h.batches, &h.last_sequence, &h.transport.as_str()],
             )?;
         }
         if h.duplicates > 0 || h.conflicts > 0 {

@@ -168,15 +168,59 @@ pub struct SqliteStore {
 }
 
 /// What a group of batches changes per host, written once per group (borrowing from
-/// the group's batches: nothing is encoded until it is written).
+/// the group's batches: nothing is encoded until it is written). Shared by both stores.
 #[derive(Default)]
-struct HostDelta<'a> {
-    identity: Option<&'a HostIdentity>,
-    batches: i64,
-    last_sequence: i64,
-    losses: std::collections::BTreeMap<&'static str, i64>,
-    latest: Option<&'a HostMetrics>,
-    transport: Transport,
+pub(crate) struct HostDelta<'a> {
+    pub(crate) identity: Option<&'a HostIdentity>,
+    /// Batches stored.
+    pub(crate) batches: i64,
+    /// Resends and conflicts (PostgreSQL counts them here; SQLite as it finds them).
+    pub(crate) duplicates: i64,
+    pub(crate) conflicts: i64,
+    pub(crate) last_sequence: i64,
+    pub(crate) losses: std::collections::BTreeMap<&'static str, i64>,
+    pub(crate) latest: Option<&'a HostMetrics>,
+    pub(crate) transport: Transport,
+}
+
+/// A group's per-stream totals: (agent id, epoch) to (batches stored, newest sequence).
+pub(crate) type StreamDeltas<'a> = std::collections::BTreeMap<(&'a str, [u8; 16]), (i64, i64)>;
+
+/// Adds a stored batch to its host's and its stream's totals for the group.
+pub(crate) fn add_stored<'a>(
+    hosts: &mut std::collections::BTreeMap<&'a str, HostDelta<'a>>,
+    streams: &mut StreamDeltas<'a>,
+    incoming: &'a Incoming,
+) {
+    let batch = &incoming.batch;
+    let seq = batch.sequence.min(i64::MAX as u64) as i64;
+    let h = hosts.entry(batch.agent_id.as_str()).or_default();
+    h.identity = batch.host.as_ref();
+    h.transport = incoming.transport;
+    h.batches += 1;
+    h.last_sequence = h.last_sequence.max(seq);
+    for (stage, n) in batch
+        .losses
+        .as_ref()
+        .map(Losses::stages)
+        .into_iter()
+        .flatten()
+    {
+        if n > 0 {
+            let total = h.losses.entry(stage).or_default();
+            *total = total.saturating_add(n.min(i64::MAX as u64) as i64);
+        }
+    }
+    if let Some(m) = batch.metrics.iter().max_by_key(|m| m.time_unix_ms) {
+        if h.latest.is_none_or(|l| m.time_unix_ms >= l.time_unix_ms) {
+            h.latest = Some(m);
+        }
+    }
+    let st = streams
+        .entry((batch.agent_id.as_str(), batch.spool_epoch().to_bytes()))
+        .or_default();
+    st.0 += 1;
+    st.1 = st.1.max(seq);
 }
 
 /// A sample's scalars as stored: little-endian f64s in the order of SCALARS.
@@ -411,8 +455,7 @@ impl SqliteStore {
         let now = now_ms();
         let mut out = Vec::with_capacity(batches.len());
         let mut hosts: std::collections::BTreeMap<&str, HostDelta> = Default::default();
-        let mut streams: std::collections::BTreeMap<(&str, [u8; 16]), (i64, i64)> =
-            Default::default();
+        let mut streams = StreamDeltas::new();
         for b in batches {
             let key = (b.batch.agent_id.clone(), b.batch.spool_epoch().to_bytes());
             let newest = match self.newest.get(&key) {
@@ -445,37 +488,9 @@ impl SqliteStore {
                 }
             };
             if let Ok(Outcome::Stored) = result {
-                let batch = &b.batch;
-                let seq = batch.sequence.min(i64::MAX as u64) as i64;
                 self.newest
-                    .insert(key, newest.unwrap_or(0).max(batch.sequence));
-                let h = hosts.entry(batch.agent_id.as_str()).or_default();
-                h.identity = batch.host.as_ref();
-                h.transport = b.transport;
-                h.batches += 1;
-                h.last_sequence = h.last_sequence.max(seq);
-                for (stage, n) in batch
-                    .losses
-                    .as_ref()
-                    .map(Losses::stages)
-                    .into_iter()
-                    .flatten()
-                {
-                    if n > 0 {
-                        let total = h.losses.entry(stage).or_default();
-                        *total = total.saturating_add(n.min(i64::MAX as u64) as i64);
-                    }
-                }
-                if let Some(m) = batch.metrics.iter().max_by_key(|m| m.time_unix_ms) {
-                    if h.latest.is_none_or(|l| m.time_unix_ms >= l.time_unix_ms) {
-                        h.latest = Some(m);
-                    }
-                }
-                let st = streams
-                    .entry((batch.agent_id.as_str(), batch.spool_epoch().to_bytes()))
-                    .or_default();
-                st.0 += 1;
-                st.1 = st.1.max(seq);
+                    .insert(key, newest.unwrap_or(0).max(b.batch.sequence));
+                add_stored(&mut hosts, &mut streams, b);
             } else if let Ok(Outcome::Duplicate | Outcome::Conflict | Outcome::TooFarAhead { .. }) =
                 result
             {
@@ -847,7 +862,7 @@ fn stream_newest(
 fn write_deltas(
     tx: &Connection,
     hosts: &std::collections::BTreeMap<&str, HostDelta<'_>>,
-    streams: &std::collections::BTreeMap<(&str, [u8; 16]), (i64, i64)>,
+    streams: &StreamDeltas<'_>,
     now: i64,
 ) -> Result<(), rusqlite::Error> {
     for (agent_id, h) in hosts {
