@@ -307,16 +307,38 @@ fn a_collector_killed_mid_stream_loses_nothing_its_peer_takes() {
     let all: Vec<Batch> = (1..=2000).map(|s| batch(agent, s, s as f64)).collect();
     // Stream to A and kill it (SIGKILL) once it has acked some: what it acked is
     // committed; the rest goes to B, as an agent whose collector died does.
+    // Paced (1 ms a batch, about 2 s in all) so the kill lands mid-stream however fast
+    // the machine; the kill waits for A's first 100 acks (a condition, not a time).
     let (ua, a_pid) = (a.url(), a.pid());
     let acked_by_a = rt.block_on(async {
-        let stream = tokio::spawn(async move { send(&ua, all.clone()).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, mut acks_rx) = tokio::sync::watch::channel(0usize);
+        let stream = tokio::spawn(async move {
+            let mut client = CollectorClient::connect(ua).await.expect("connect");
+            let paced = tokio_stream::iter(all).then(|b| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                b
+            });
+            let mut acks = client.stream(paced).await.expect("stream").into_inner();
+            let mut acked = Vec::new();
+            while let Some(Ok(ack)) = acks.next().await {
+                acked.push(ack.sequence);
+                let _ = tx.send(acked.len());
+            }
+            acked
+        });
+        while *acks_rx.borrow_and_update() < 100 {
+            if acks_rx.changed().await.is_err() {
+                break;
+            }
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(a_pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
         stream.await.unwrap()
     });
+    let status = a.child.0.wait().expect("waiting for collector A");
+    assert!(!status.success(), "collector A was killed: {status:?}");
     assert!(!a.alive(), "collector A was killed");
     assert!(
         (acked_by_a.len() as u64) < 2000,
