@@ -81,6 +81,15 @@ pub struct AgentConfig {
     pub probes: ProbesConfig,
     pub spool: SpoolConfig,
     pub detect: DetectConfig,
+    /// Alert rule files (*.yaml, *.yml) evaluated with the built-in alerts each
+    /// interval; a rule with a built-in alert's name and severity replaces it,
+    /// `enabled: false` turns one off. Read again on SIGHUP (a bad file keeps the
+    /// running rules). A missing directory means the built-in set. Default
+    /// "/etc/vigil/alerts.d".
+    pub alerts_dir: PathBuf,
+    /// After a notified resolution, a re-fire of the same alert and series within
+    /// this window is held: recorded and counted, not notified. Default "1h".
+    pub alert_damping: Interval,
     pub log: LogConfig,
     /// How the agent talks to the collector: mutual TLS by default (paths default to
     /// /etc/vigil/tls/ca.pem, agent.pem, agent.key); `mode = "off"` for plaintext.
@@ -222,6 +231,8 @@ impl Default for AgentConfig {
             probes: ProbesConfig::default(),
             spool: SpoolConfig::default(),
             detect: DetectConfig::default(),
+            alerts_dir: PathBuf::from("/etc/vigil/alerts.d"),
+            alert_damping: Interval(Duration::from_secs(3600)),
             log: LogConfig::default(),
             tls: vigil_tls::TlsSection::default(),
         }

@@ -2,6 +2,7 @@
 //!
 //! Data path: `probes` (kernel programs, ring buffer reader) → `trace` (one-shot
 //! views for the CLI) and, in later stages, pipeline/export/query.
+pub mod alerts;
 pub mod config;
 pub mod daemon;
 pub mod detect;

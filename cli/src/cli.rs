@@ -160,6 +160,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local agent's alerts: those pending or firing now and the recent changes;
+    /// with `--follow`, each change as it happens. `vigil alerts rules` prints the
+    /// alert rules the agent would run (also as Prometheus alerting rules), `vigil
+    /// alerts check` checks rule files.
+    #[command(args_conflicts_with_subcommands = true)]
+    Alerts {
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+        /// Keep streaming changes.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
+        /// Print JSON (one object; with --follow, one per change per line); times as
+        /// RFC 3339 `time` and `time_unix_ms`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detection rules: check rule files, or list the rules the agent would run.
     #[command(subcommand)]
     Rules(Rules),
@@ -220,6 +238,24 @@ pub enum Certs {
         trust_domain: String,
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// The alert rules the agent would run (built-in plus DIR), as a table or as one
+    /// Prometheus rule file over the agent's /metrics (`promtool check rules` passes).
+    Rules {
+        #[arg(long, default_value = "/etc/vigil/alerts.d")]
+        dir: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: vigil_agent::query::alerts::RulesFormat,
+    },
+    /// Check the built-in alert rules and every file in DIR (file, line and reason);
+    /// exits 1 on a bad file. Run it before sending the agent SIGHUP.
+    Check {
+        #[arg(long, default_value = "/etc/vigil/alerts.d")]
+        dir: std::path::PathBuf,
     },
 }
 
@@ -409,6 +445,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Err(e) => {
                 eprintln!("vigil: unhealthy: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        Command::Alerts {
+            command: None,
+            follow,
+            socket,
+            json,
+        } => vigil_agent::query::alerts::run(&socket, follow, json).await,
+        Command::Alerts {
+            command: Some(AlertsCommand::Rules { dir, format }),
+            ..
+        } => {
+            let rules = vigil_agent::alerts::rules::load(Some(&dir)).map_err(anyhow::Error::new)?;
+            vigil_agent::query::alerts::print_rules(&rules, format);
+            Ok(())
+        }
+        Command::Alerts {
+            command: Some(AlertsCommand::Check { dir }),
+            ..
+        } => match vigil_agent::alerts::rules::load(Some(&dir)) {
+            Ok(rules) => {
+                let from = if dir.is_dir() {
+                    format!("built-in + {}", dir.display())
+                } else {
+                    format!("built-in; {} does not exist", dir.display())
+                };
+                println!("{} alert rules OK ({from})", rules.len());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("vigil: {e}");
                 std::process::exit(1);
             }
         },

@@ -162,6 +162,11 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
         ("load_one", m.load_one),
         ("load_five", m.load_five),
         ("load_fifteen", m.load_fifteen),
+        ("clock_offset_secs", m.clock_offset_secs.unwrap_or(0.0)),
+        (
+            "clock_max_error_secs",
+            m.clock_max_error_secs.unwrap_or(0.0),
+        ),
     ] {
         finite(f(name), v)?;
     }
@@ -195,6 +200,7 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
             d.read_bytes_per_sec,
             d.write_bytes_per_sec,
             d.io_time_ms_per_sec,
+            d.io_queue,
         ];
         all_finite(f("disks"), &rates)?;
         clock.cut(&mut d.device);
@@ -221,6 +227,49 @@ fn check_sample(i: usize, m: &mut HostMetrics, clock: &Clock) -> Result<(), Inva
     for p in m.top_cpu.iter_mut().chain(&mut m.top_memory) {
         finite(f("top.cpu_percent"), p.cpu_percent)?;
         bound_info(p, clock);
+    }
+    Ok(())
+}
+
+fn check_alert(
+    i: usize,
+    a: &mut vigil_proto::v1::AlertEvent,
+    clock: &Clock,
+    labels: usize,
+) -> Result<(), Invalid> {
+    let f = |name| At("alerts", i, name);
+    if a.alert.is_empty() {
+        return Err(invalid(f("alert"), "empty (an alert without a name)"));
+    }
+    if !matches!(
+        a.state.as_str(),
+        "pending" | "firing" | "resolved" | "cancelled"
+    ) {
+        return Err(invalid(
+            f("state"),
+            "not one of pending, firing, resolved, cancelled",
+        ));
+    }
+    clock.ms(f("time_unix_ms"), a.time_unix_ms)?;
+    if a.active_since_unix_ms != 0 {
+        clock.ms(f("active_since_unix_ms"), a.active_since_unix_ms)?;
+    }
+    finite(f("value"), a.value)?;
+    count(f("labels"), a.labels.len(), labels)?;
+    for s in [
+        &mut a.alert,
+        &mut a.severity,
+        &mut a.summary,
+        &mut a.runbook,
+        &mut a.held_reason,
+    ] {
+        clock.cut(s);
+    }
+    let l = std::mem::take(&mut a.labels);
+    for (mut k, mut v) in l {
+        clock.cut(&mut k);
+        clock.cut(&mut v);
+        a.labels.insert(k, v);
     }
     Ok(())
 }
@@ -390,6 +439,10 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<Ch
     }
     for (i, f) in b.findings.iter_mut().enumerate() {
         check_finding(i, f, &clock, limits.labels)?;
+    }
+    count("alerts", b.alerts.len(), limits.findings)?;
+    for (i, a) in b.alerts.iter_mut().enumerate() {
+        check_alert(i, a, &clock, limits.labels)?;
     }
     Ok(Checked {
         strings_cut: clock.cut.get(),

@@ -86,6 +86,7 @@ pub fn host_metrics(s: &HostSample) -> pb::HostMetrics {
                 read_bytes_per_sec: d.read_bytes_per_sec,
                 write_bytes_per_sec: d.write_bytes_per_sec,
                 io_time_ms_per_sec: d.io_time_ms_per_sec,
+                io_queue: d.io_queue,
             })
             .collect(),
         network: s
@@ -111,8 +112,17 @@ pub fn host_metrics(s: &HostSample) -> pb::HostMetrics {
             listen_overflows: s.tcp.listen_overflows,
             listen_drops: s.tcp.listen_drops,
             curr_estab: s.tcp.curr_estab,
+            out_segs: s.tcp.out_segs,
         }),
         open_fds: s.open_fds,
+        max_fds: s.max_fds,
+        major_faults_total: s.major_faults_total,
+        oom_kills_total: s.oom_kills_total,
+        conntrack_entries: s.conntrack_entries,
+        conntrack_max: s.conntrack_max,
+        clock_offset_secs: s.clock.map(|c| c.offset_secs),
+        clock_max_error_secs: s.clock.map(|c| c.max_error_secs),
+        clock_synchronised: s.clock.map(|c| c.synchronised),
         processes: Some(pb::ProcessCounts {
             total: s.processes.total,
             running: s.processes.running,
@@ -296,6 +306,7 @@ pub fn host_sample(id: &pb::HostIdentity, m: &pb::HostMetrics) -> HostSample {
                 read_bytes_per_sec: d.read_bytes_per_sec,
                 write_bytes_per_sec: d.write_bytes_per_sec,
                 io_time_ms_per_sec: d.io_time_ms_per_sec,
+                io_queue: d.io_queue,
             })
             .collect(),
         network: m
@@ -321,8 +332,28 @@ pub fn host_sample(id: &pb::HostIdentity, m: &pb::HostMetrics) -> HostSample {
             listen_overflows: tcp.listen_overflows,
             listen_drops: tcp.listen_drops,
             curr_estab: tcp.curr_estab,
+            out_segs: tcp.out_segs,
         },
         open_fds: m.open_fds,
+        max_fds: m.max_fds,
+        major_faults_total: m.major_faults_total,
+        oom_kills_total: m.oom_kills_total,
+        conntrack_entries: m.conntrack_entries,
+        conntrack_max: m.conntrack_max,
+        clock: match (
+            m.clock_offset_secs,
+            m.clock_max_error_secs,
+            m.clock_synchronised,
+        ) {
+            (Some(offset_secs), Some(max_error_secs), Some(synchronised)) => {
+                Some(crate::metrics::Clock {
+                    offset_secs,
+                    max_error_secs,
+                    synchronised,
+                })
+            }
+            _ => None,
+        },
         processes: hm::ProcessCounts {
             total: procs.total,
             running: procs.running,

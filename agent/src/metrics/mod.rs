@@ -164,6 +164,8 @@ pub struct DiskIo {
     pub write_bytes_per_sec: f64,
     /// Milliseconds spent doing I/O per second (100 % busy = 1000).
     pub io_time_ms_per_sec: f64,
+    /// Average number of requests in flight (weighted I/O time per second).
+    pub io_queue: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -190,6 +192,7 @@ pub struct TcpCounters {
     pub listen_overflows: Option<u64>,
     pub listen_drops: Option<u64>,
     pub curr_estab: u64,
+    pub out_segs: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -215,6 +218,15 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
 }
 
+/// The kernel clock's discipline, as node_exporter's timex collector reads it.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Clock {
+    pub offset_secs: f64,
+    pub max_error_secs: f64,
+    /// STA_UNSYNC clear: something (NTP, chrony, PTP) disciplines the clock.
+    pub synchronised: bool,
+}
+
 /// Everything the host looked like over one interval.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct HostSample {
@@ -231,8 +243,17 @@ pub struct HostSample {
     pub disks: Vec<DiskIo>,
     pub network: Vec<NetIo>,
     pub tcp: TcpCounters,
-    /// Allocated file handles, system-wide (/proc/sys/fs/file-nr).
+    /// Allocated file handles, system-wide (/proc/sys/fs/file-nr), and their limit.
     pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    /// /proc/vmstat counters since boot.
+    pub major_faults_total: Option<u64>,
+    pub oom_kills_total: Option<u64>,
+    /// nf_conntrack entries and limit (absent when the module is not in use).
+    pub conntrack_entries: Option<u64>,
+    pub conntrack_max: Option<u64>,
+    /// The kernel clock's discipline (adjtimex(2) read only).
+    pub clock: Option<Clock>,
     pub processes: ProcessCounts,
     pub top_cpu: Vec<ProcessInfo>,
     pub top_memory: Vec<ProcessInfo>,

@@ -54,6 +54,14 @@ pub fn families(roots: &Roots, filters: &Filters) -> Vec<Family> {
     let snmp6 = read(&roots.proc.join("net/snmp6")).unwrap_or_default();
     netstat(&netstat_text, &snmp6, filters, &mut out);
     pressure(roots, &mut out);
+    if let Some(t) = read(&roots.proc.join("vmstat")) {
+        vmstat(&t, &mut out);
+    }
+    if let Some(t) = read(&roots.proc.join("sys/fs/file-nr")) {
+        filefd(&t, &mut out);
+    }
+    conntrack(roots, &mut out);
+    timex(&mut out);
     uname(&mut out);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -199,6 +207,103 @@ fn stat(text: &str, ticks: f64, out: &mut Vec<Family>) {
     }
     out.push(cpu);
     out.push(guest);
+}
+
+/// node_exporter's vmstat collector with its default fields
+/// (`^(oom_kill|pgpg|pswp|pg.*fault).*`), untyped as it exports them.
+fn vmstat(text: &str, out: &mut Vec<Family>) {
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        let wanted = k.starts_with("oom_kill")
+            || k.starts_with("pgpg")
+            || k.starts_with("pswp")
+            || (k.starts_with("pg") && k.contains("fault"));
+        if let (true, Some(v)) = (wanted, num(v)) {
+            out.push(Family::single(
+                format!("node_vmstat_{k}"),
+                format!("/proc/vmstat information field {k}."),
+                Kind::Untyped,
+                v,
+            ));
+        }
+    }
+}
+
+/// node_exporter's filefd collector.
+fn filefd(text: &str, out: &mut Vec<Family>) {
+    let f: Vec<f64> = text.split_whitespace().filter_map(num).collect();
+    push_single(
+        out,
+        "node_filefd_allocated",
+        "File descriptor statistics: allocated.",
+        Kind::Gauge,
+        f.first().copied(),
+    );
+    push_single(
+        out,
+        "node_filefd_maximum",
+        "File descriptor statistics: maximum.",
+        Kind::Gauge,
+        f.get(2).copied(),
+    );
+}
+
+/// node_exporter's conntrack collector (present only with nf_conntrack loaded).
+fn conntrack(roots: &Roots, out: &mut Vec<Family>) {
+    let n =
+        |f: &str| read(&roots.proc.join("sys/net/netfilter").join(f)).and_then(|t| num(t.trim()));
+    push_single(
+        out,
+        "node_nf_conntrack_entries",
+        "Number of currently allocated flow entries for connection tracking.",
+        Kind::Gauge,
+        n("nf_conntrack_count"),
+    );
+    push_single(
+        out,
+        "node_nf_conntrack_entries_limit",
+        "Maximum size of connection tracking table.",
+        Kind::Gauge,
+        n("nf_conntrack_max"),
+    );
+}
+
+/// node_exporter's timex collector: adjtimex(2) read only (modes = 0).
+fn timex(out: &mut Vec<Family>) {
+    // SAFETY: a zeroed timex is a valid argument; modes = 0 changes nothing.
+    let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: t is a valid, writable timex.
+    if unsafe { libc::adjtimex(&mut t) } < 0 {
+        return;
+    }
+    let scale = if t.status & libc::STA_NANO != 0 {
+        1e-9
+    } else {
+        1e-6
+    };
+    push_single(
+        out,
+        "node_timex_offset_seconds",
+        "Time offset in between local system and reference clock.",
+        Kind::Gauge,
+        Some(t.offset as f64 * scale),
+    );
+    push_single(
+        out,
+        "node_timex_maxerror_seconds",
+        "Maximum error in seconds.",
+        Kind::Gauge,
+        Some(t.maxerror as f64 * 1e-6),
+    );
+    push_single(
+        out,
+        "node_timex_sync_status",
+        "Is clock synchronized to a reliable server (1 = yes, 0 = no).",
+        Kind::Gauge,
+        Some(f64::from(u8::from(t.status & libc::STA_UNSYNC == 0))),
+    );
 }
 
 fn push_single(out: &mut Vec<Family>, name: &str, help: &str, kind: Kind, v: Option<f64>) {

@@ -179,6 +179,8 @@ pub struct DiskCounters {
     pub writes: u64,
     pub write_sectors: u64,
     pub io_ms: u64,
+    /// Weighted time doing I/O (ms): its rate is the average queue depth.
+    pub weighted_io_ms: u64,
 }
 
 /// /proc/diskstats: device name → counters (sectors are 512 bytes, whatever the
@@ -195,6 +197,7 @@ pub fn diskstats(text: &str) -> Vec<(String, DiskCounters)> {
                     writes: d.writes,
                     write_sectors: d.sectors_written,
                     io_ms: d.time_in_progress,
+                    weighted_io_ms: d.weighted_time_in_progress,
                 },
             )
         })
@@ -203,6 +206,16 @@ pub fn diskstats(text: &str) -> Vec<(String, DiskCounters)> {
 
 /// Header/value line pairs such as /proc/net/snmp's `Tcp:` or /proc/net/netstat's
 /// `TcpExt:`, as name → value.
+/// /proc/vmstat: "name value" per line.
+pub fn vmstat(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn snmp_section(text: &str, section: &str) -> HashMap<String, u64> {
     let prefix = format!("{section}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
@@ -471,7 +484,8 @@ mod tests {
                 read_sectors: 2000,
                 writes: 300,
                 write_sectors: 6000,
-                io_ms: 900
+                io_ms: 900,
+                weighted_io_ms: 130
             }
         );
     }

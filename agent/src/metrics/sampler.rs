@@ -8,8 +8,8 @@ use std::{
 
 use super::{
     parse::{self, CpuCounters, DiskCounters, NetCounters},
-    Cpu, CpuTimes, DiskIo, Filesystem, HostIdentity, HostSample, Load, Memory, MetricsError, NetIo,
-    Pressure, ProcessCounts, ProcessInfo, Roots, TcpCounters,
+    Clock, Cpu, CpuTimes, DiskIo, Filesystem, HostIdentity, HostSample, Load, Memory, MetricsError,
+    NetIo, Pressure, ProcessCounts, ProcessInfo, Roots, TcpCounters,
 };
 
 /// File systems that hold no user data (left out of the per-mount usage).
@@ -118,6 +118,29 @@ fn cpu_times(now: &CpuCounters, before: &CpuCounters) -> CpuTimes {
     }
 }
 
+/// The kernel clock's state: adjtimex(2) with no mode bits reads and changes nothing
+/// (no privilege needed).
+fn clock() -> Option<Clock> {
+    // SAFETY: a zeroed timex is a valid argument; modes = 0 only reads.
+    let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: t is a valid, writable timex.
+    let state = unsafe { libc::adjtimex(&mut t) };
+    if state < 0 {
+        return None;
+    }
+    // Offset in microseconds, or nanoseconds with STA_NANO (as node_exporter reads it).
+    let scale = if t.status & libc::STA_NANO != 0 {
+        1e-9
+    } else {
+        1e-6
+    };
+    Some(Clock {
+        offset_secs: t.offset as f64 * scale,
+        max_error_secs: t.maxerror as f64 * 1e-6,
+        synchronised: t.status & libc::STA_UNSYNC == 0,
+    })
+}
+
 impl Sampler {
     pub fn new(roots: Roots, top_n: usize) -> Self {
         let users = read_optional(&roots.etc.join("passwd"))
@@ -168,10 +191,27 @@ impl Sampler {
             disks: self.disks(secs),
             network: self.network(secs),
             tcp: self.tcp(),
-            open_fds: read_optional(&self.proc_path("sys/fs/file-nr"))
-                .and_then(|t| t.split_whitespace().next().and_then(|w| w.parse().ok())),
             ..Default::default()
         };
+        if let Some(t) = read_optional(&self.proc_path("sys/fs/file-nr")) {
+            let f: Vec<u64> = t
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            sample.open_fds = f.first().copied();
+            sample.max_fds = f.get(2).copied();
+        }
+        if let Some(t) = read_optional(&self.proc_path("vmstat")) {
+            let vm = parse::vmstat(&t);
+            sample.major_faults_total = vm.get("pgmajfault").copied();
+            sample.oom_kills_total = vm.get("oom_kill").copied();
+        }
+        let number = |rel: &str| {
+            read_optional(&self.proc_path(rel)).and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        sample.conntrack_entries = number("sys/net/netfilter/nf_conntrack_count");
+        sample.conntrack_max = number("sys/net/netfilter/nf_conntrack_max");
+        sample.clock = clock();
         self.processes(secs, &mut sample);
         self.prev.uptime_ticks = Some((sample.host.uptime_secs * self.clock_ticks) as u64);
         self.prev.cpu_total = stat.total;
@@ -325,6 +365,7 @@ impl Sampler {
                 write_bytes_per_sec: rate(c.write_sectors, p.map(|p| p.write_sectors), secs)
                     * 512.0,
                 io_time_ms_per_sec: rate(c.io_ms, p.map(|p| p.io_ms), secs),
+                io_queue: rate(c.weighted_io_ms, p.map(|p| p.weighted_io_ms), secs) / 1000.0,
             });
             now.insert(name, c);
         }
@@ -372,6 +413,7 @@ impl Sampler {
             curr_estab: get("CurrEstab"),
             listen_overflows: ext.get("ListenOverflows").copied(),
             listen_drops: ext.get("ListenDrops").copied(),
+            out_segs: get("OutSegs"),
         }
     }
 

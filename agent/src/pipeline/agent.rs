@@ -18,6 +18,8 @@ use tokio::{
     sync::watch,
 };
 
+mod alerting;
+pub use alerting::{cpu_seconds, rss_bytes};
 mod batch;
 mod dirs;
 mod reload;
@@ -207,6 +209,8 @@ pub struct Agent {
     /// said at start; they are then picked up at the next rescan).
     dir_waiter: Option<dirs::DirWaiter>,
     errors: InternalErrors,
+    /// The alert engine (None only if even the built-in rules failed to load).
+    alerting: Option<alerting::Alerting>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then stops it within `shutdown_timeout`.
@@ -396,6 +400,15 @@ impl Agent {
         );
         state.write().agent_self().preflight = preflight.into_iter().collect();
         state.write().agent_self().probes = probe_report.into_iter().collect();
+        let mut rebuilt = 0;
+        let alerting = match alerting::Alerting::start(&config, &mut rebuilt) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!("alerts OFF: the built-in rules do not load: {e:#}");
+                None
+            }
+        };
+        state.write().agent_self().alert_state_rebuilt = rebuilt;
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
             Some(path) => {
@@ -504,6 +517,7 @@ impl Agent {
                 }
             },
             errors,
+            alerting,
         };
         agent.wait_for_missing_dirs();
         crate::notify::ready_with(
@@ -593,6 +607,7 @@ impl Agent {
         match (self.reload)() {
             Ok(new) => {
                 self.reload_rules(&new);
+                self.reload_alerts(&new);
                 self.apply_reload(new);
                 crate::notify::ready(&format!(
                     "tracing the host every {:?} (configuration reloaded)",
@@ -680,7 +695,8 @@ impl Agent {
 
     /// The interval's end: its batch to the spool.
     fn on_tick(&mut self) -> anyhow::Result<()> {
-        let batch = self.close_interval()?;
+        let mut batch = self.close_interval()?;
+        self.evaluate_alerts(&mut batch);
         self.spool_batch(batch);
         Ok(())
     }
@@ -706,6 +722,9 @@ impl Agent {
         }
         // Written and on disk before the exporter's last chance to send it.
         self.spool_writer.flush().await;
+        if let Some(a) = self.alerting.as_mut() {
+            a.flush().await;
+        }
         if let Some(e) = self.running.exporter.take() {
             let _ = e.stop.send(Some(deadline));
             let mut task = e.task;

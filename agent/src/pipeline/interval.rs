@@ -58,7 +58,9 @@ impl Interval {
         match live {
             pb::live_event::Event::Retransmit(r) => batch.retransmits.push(r.clone()),
             pb::live_event::Event::SlowSyscall(s) => batch.slow_syscalls.push(s.clone()),
-            pb::live_event::Event::Missed(_) | pb::live_event::Event::Finding(_) => {}
+            pb::live_event::Event::Missed(_)
+            | pb::live_event::Event::Finding(_)
+            | pb::live_event::Event::Alert(_) => {}
         }
         true
     }

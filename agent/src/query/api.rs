@@ -11,9 +11,9 @@ use tonic::{transport::Channel, Request, Response, Status};
 use vigil_proto::v1::{
     agent_client::AgentClient,
     agent_server::{Agent, AgentServer},
-    live_event, FindingsRequest, FindingsResponse, FollowRequest, LatestStatsResponse, LiveEvent,
-    RetransmitsRequest, RetransmitsResponse, StatsRequest, SyscallLatencyRequest,
-    SyscallLatencyResponse,
+    live_event, AlertsRequest, AlertsResponse, FindingsRequest, FindingsResponse, FollowRequest,
+    LatestStatsResponse, LiveEvent, RetransmitsRequest, RetransmitsResponse, StatsRequest,
+    SyscallLatencyRequest, SyscallLatencyResponse,
 };
 
 use super::state::StateReader;
@@ -122,6 +122,13 @@ impl Agent for AgentApi {
             forgotten: st.findings_forgotten(),
             next_page_token,
         }))
+    }
+
+    async fn alerts(
+        &self,
+        _request: Request<AlertsRequest>,
+    ) -> Result<Response<AlertsResponse>, Status> {
+        Ok(Response::new(self.state.read().alerts().clone()))
     }
 
     type FollowStream = Pin<Box<dyn Stream<Item = Result<LiveEvent, Status>> + Send + 'static>>;

@@ -285,6 +285,7 @@ pub async fn events(
                 }
             }
             live_event::Event::Retransmit(r) => print_retransmit(&r, json),
+            live_event::Event::Alert(a) => super::alerts::print_alert(&a, json),
             live_event::Event::SlowSyscall(s) => {
                 let name = crate::syscall_table::syscall_name(s.nr).unwrap_or("?");
                 if json {

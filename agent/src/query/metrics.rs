@@ -1,7 +1,7 @@
 //! The agent's /metrics (`metrics_listen`): node_exporter-named host metrics read at
 //! scrape time (`node_names`), and Vigil's own families from the agent's state. Every
 //! name, type, unit and label is in the README's "Prometheus and Grafana" table.
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use vigil_openmetrics::{labels, Family, Kind, Sample, Value};
 
@@ -220,6 +220,55 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
         probes.with(&[("probe", p)], f64::from(u8::from(state == "on")));
     }
     out.push(probes);
+    out.push(Family::single(
+        "vigil_probes_off",
+        "Probes the config asks for that are not running (VigilProbeOff).",
+        Kind::Gauge,
+        a.probes.values().filter(|s| s.starts_with("off")).count() as f64,
+    ));
+    out.push(Family::single(
+        "vigil_collector_silent_seconds",
+        "Seconds since the collector last acknowledged a batch while batches wait; 0 when nothing waits or no collector is configured.",
+        Kind::Gauge,
+        st.collector_silent_secs(),
+    ));
+    let mut alerts = Family::new(
+        "vigil_alerts",
+        "The agent's alerts pending or firing now, by alert name, severity and state.",
+        Kind::Gauge,
+    );
+    let mut by: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for e in &st.alerts().active {
+        *by.entry((&e.alert, &e.severity, &e.state)).or_default() += 1;
+    }
+    for ((alert, sev, state), n) in by {
+        alerts.with(
+            &[("alertname", alert), ("severity", sev), ("state", state)],
+            n as f64,
+        );
+    }
+    out.push(alerts);
+    // The standard process metrics of any Prometheus client, about the agent itself.
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if let Some(cpu) =
+        crate::pipeline::agent::cpu_seconds(if ticks > 0 { ticks as f64 } else { 100.0 })
+    {
+        out.push(Family::single(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            Kind::Counter,
+            cpu,
+        ));
+    }
+    if let Some(rss) = crate::pipeline::agent::rss_bytes() {
+        out.push(Family::single(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Kind::Gauge,
+            rss as f64,
+        ));
+    }
     let mut errors = Family::new(
         "vigil_internal_errors_total",
         "Internal errors that are otherwise only logged, by name.",

@@ -1,4 +1,5 @@
 //! Read-only commands against a collector (`--collector ADDR`).
+pub mod alerts;
 pub mod api;
 pub mod display;
 pub mod fleet;

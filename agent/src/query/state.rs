@@ -46,6 +46,10 @@ struct AgentState {
     /// Findings pushed out of `findings` by newer ones.
     findings_forgotten: u64,
     live: broadcast::Sender<pb::live_event::Event>,
+    /// The alert engine's view, as of the last interval.
+    alerts: pb::AlertsResponse,
+    /// Seconds since the collector last acked while batches wait (0: nothing waits).
+    collector_silent_secs: f64,
     /// The agent's own delivery state, as of the last interval.
     agent: pb::AgentSelf,
     /// Signalled when someone starts following live events.
@@ -168,6 +172,15 @@ impl StateWrite<'_> {
         admitted
     }
 
+    pub fn publish_collector_silent(&mut self, secs: f64) {
+        self.0.collector_silent_secs = secs;
+    }
+
+    /// The alert engine's active alerts and recent changes.
+    pub fn publish_alerts(&mut self, alerts: pb::AlertsResponse) {
+        self.0.alerts = alerts;
+    }
+
     /// The agent's own counters (`vigil stats --json` `agent`).
     pub fn agent_self(&mut self) -> &mut pb::AgentSelf {
         &mut self.0.agent
@@ -201,6 +214,15 @@ impl StateRead<'_> {
 
     pub fn agent_self(&self) -> &pb::AgentSelf {
         &self.0.agent
+    }
+
+    pub fn collector_silent_secs(&self) -> f64 {
+        self.0.collector_silent_secs
+    }
+
+    /// Alerts active now and the recent changes.
+    pub fn alerts(&self) -> &pb::AlertsResponse {
+        &self.0.alerts
     }
 
     /// Syscall latency over the last `window_secs` (at least one interval), merged,
@@ -327,6 +349,8 @@ impl AgentState {
             findings: VecDeque::new(),
             findings_forgotten: 0,
             live: broadcast::channel(FOLLOW_BUFFER).0,
+            alerts: Default::default(),
+            collector_silent_secs: 0.0,
             agent: Default::default(),
             follower_joined: Default::default(),
             finding_rate: Default::default(),

@@ -25,6 +25,13 @@ impl Agent {
         }
     }
 
+    /// SIGHUP: the alert rules again; a bad file keeps the rules that run.
+    pub(super) fn reload_alerts(&mut self, config: &AgentConfig) {
+        if let Some(a) = self.alerting.as_mut() {
+            a.reload(config);
+        }
+    }
+
     /// Applies a reloaded config; says what changed and what needs a restart.
     pub(super) fn apply_reload(&mut self, new: AgentConfig) {
         let old = &self.running.config;

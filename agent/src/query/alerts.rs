@@ -1,0 +1,197 @@
+//! `vigil alerts`: the local agent's alerts (active now, recent changes; `--follow`
+//! for each change as it happens) and `vigil alerts rules` (the rules it would run,
+//! also as Prometheus alerting rules).
+use serde_json::json;
+use vigil_proto::v1::{live_event, AlertEvent, AlertsRequest, FollowRequest};
+
+use super::api::{connect_to, AgentTarget};
+use super::display::{clean, rfc3339_ms};
+use crate::alerts::rules::AlertRule;
+
+/// How many recent changes the text view prints.
+const RECENT_SHOWN: usize = 20;
+
+pub fn alert_json(e: &AlertEvent) -> serde_json::Value {
+    json!({
+        "type": "alert",
+        "alert": e.alert,
+        "state": e.state,
+        "severity": e.severity,
+        "labels": e.labels,
+        "summary": e.summary,
+        "runbook": e.runbook,
+        "time": rfc3339_ms(e.time_unix_ms),
+        "time_unix_ms": e.time_unix_ms,
+        "active_since": (e.active_since_unix_ms != 0).then(|| rfc3339_ms(e.active_since_unix_ms)),
+        "value": e.value,
+        "notify": e.notify,
+        "count": e.count,
+        "held_reason": (!e.held_reason.is_empty()).then_some(&e.held_reason),
+    })
+}
+
+fn labels(e: &AlertEvent) -> String {
+    let l: Vec<String> = e
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
+        .collect();
+    if l.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", l.join(","))
+    }
+}
+
+/// One change, one line (and its runbook).
+pub fn print_alert(e: &AlertEvent, json: bool) {
+    if json {
+        println!("{}", alert_json(e));
+        return;
+    }
+    let held = if e.held_reason.is_empty() {
+        String::new()
+    } else {
+        " (held: not notified)".to_string()
+    };
+    let count = if e.count > 1 {
+        format!(" (x{})", e.count)
+    } else {
+        String::new()
+    };
+    println!(
+        "{} {:<9} {:<8} {}{} {}{count}{held}\n    runbook: {}",
+        rfc3339_ms(e.time_unix_ms),
+        e.state.to_uppercase(),
+        e.severity,
+        clean(&e.alert),
+        labels(e),
+        clean(&e.summary),
+        clean(&e.runbook)
+    );
+}
+
+pub async fn run(target: &AgentTarget, follow: bool, json: bool) -> anyhow::Result<()> {
+    let mut agent = connect_to(target).await?;
+    // Subscribed first, so no change falls between the answer and the stream.
+    let stream = if follow {
+        Some(agent.follow(FollowRequest {}).await?.into_inner())
+    } else {
+        None
+    };
+    let r = agent.alerts(AlertsRequest {}).await?.into_inner();
+    if json && !follow {
+        println!(
+            "{}",
+            json!({
+                "rules": r.rules,
+                "held": r.held,
+                "active": r.active.iter().map(alert_json).collect::<Vec<_>>(),
+                "recent": r.recent.iter().map(alert_json).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    if !json {
+        let firing = r.active.iter().filter(|e| e.state == "firing").count();
+        println!(
+            "{} rules; {} firing, {} pending; {} re-fires held by damping since start",
+            r.rules,
+            firing,
+            r.active.len() - firing,
+            r.held
+        );
+        for e in &r.active {
+            print_alert(e, false);
+        }
+        if !r.recent.is_empty() {
+            println!("recent changes (newest last):");
+            for e in r
+                .recent
+                .iter()
+                .skip(r.recent.len().saturating_sub(RECENT_SHOWN))
+            {
+                print_alert(e, false);
+            }
+        }
+    } else {
+        for e in &r.active {
+            print_alert(e, true);
+        }
+    }
+    let Some(mut stream) = stream else {
+        return Ok(());
+    };
+    let stop = crate::startup::wait_for_stop(None);
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            r = &mut stop => { r?; return Ok(()); }
+            e = stream.message() => e?,
+        };
+        match event.and_then(|e| e.event) {
+            None => return Ok(()),
+            Some(live_event::Event::Alert(e)) => print_alert(&e, json),
+            Some(live_event::Event::Missed(n)) => {
+                eprintln!("vigil: {n} events skipped (this reader fell behind)")
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// `vigil alerts rules`: the rules as a table, or as Prometheus alerting rules.
+pub fn print_rules(rules: &[AlertRule], format: RulesFormat) {
+    match format {
+        RulesFormat::Prometheus => print!("{}", crate::alerts::prometheus::rules_yaml(rules)),
+        RulesFormat::Table => {
+            for r in rules {
+                let when: Vec<String> = r.when.iter().map(describe).collect();
+                println!(
+                    "{:<36} {:<8} for {:<5} {}\n    runbook: {}",
+                    r.name,
+                    r.severity.as_str(),
+                    crate::units::human_secs(r.for_.as_secs_f64()),
+                    when.join(" and "),
+                    r.runbook
+                );
+            }
+        }
+    }
+}
+
+fn describe(c: &crate::alerts::rules::Condition) -> String {
+    use crate::alerts::rules::{Direction, Transform};
+    let mut v = c.metric.name().to_string();
+    if let Some(d) = c.divided_by {
+        v = format!("{v} / {d}");
+    }
+    let v = match c.transform {
+        Transform::Value => v,
+        Transform::Rate { over } => format!(
+            "rate({v}, {})",
+            crate::units::human_secs(over.as_secs_f64())
+        ),
+        Transform::Forecast { over, ahead } => format!(
+            "forecast({v} over {}, {} ahead)",
+            crate::units::human_secs(over.as_secs_f64()),
+            crate::units::human_secs(ahead.as_secs_f64())
+        ),
+    };
+    let (op, back) = match c.direction {
+        Direction::Above => (">", "<="),
+        Direction::Below => ("<", ">="),
+    };
+    if c.clear == c.bound {
+        format!("{v} {op} {}", c.bound)
+    } else {
+        format!("{v} {op} {} (clears {back} {})", c.bound, c.clear)
+    }
+}
+
+/// How `vigil alerts rules` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RulesFormat {
+    Table,
+    Prometheus,
+}
