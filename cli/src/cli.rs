@@ -558,3 +558,101 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The runbooks can't rot: every rule names a section that exists, and every
+    //! `vigil ...` command they tell the on-call person to run parses with this CLI.
+    use clap::Parser as _;
+
+    const RUNBOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/runbooks");
+
+    fn sections(file: &str) -> Vec<String> {
+        std::fs::read_to_string(format!("{RUNBOOKS}/{file}"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("## "))
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
+
+    /// `/usr/share/doc/vigil-agent/runbooks/FILE#ANCHOR` -> (FILE, ANCHOR).
+    fn target(runbook: &str) -> (String, String) {
+        let rest = runbook
+            .strip_prefix("/usr/share/doc/vigil-agent/runbooks/")
+            .unwrap_or_else(|| panic!("{runbook} is not a packaged runbook"));
+        let (file, anchor) = rest.split_once('#').expect("an anchor");
+        (file.to_string(), anchor.to_string())
+    }
+
+    #[test]
+    fn every_built_in_alert_and_detection_rule_names_a_runbook_section_that_exists() {
+        let mut checked = 0;
+        let alerts = vigil_agent::alerts::rules::load(None).unwrap();
+        let detection = vigil_agent::detect::rules::load(None).unwrap();
+        let runbooks = alerts
+            .iter()
+            .map(|r| (r.name.clone(), r.runbook.clone()))
+            .chain(detection.iter().map(|r| (r.id.clone(), r.runbook.clone())));
+        for (name, runbook) in runbooks {
+            let (file, anchor) = target(&runbook);
+            assert!(
+                sections(&file).contains(&anchor),
+                "{name}: {file} has no section `## {anchor}`"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 60, "{checked}");
+    }
+
+    /// Words of a shell command (single and double quotes group; no escapes needed).
+    fn words(cmd: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut quote = None;
+        for c in cmd.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                }
+                (_, c) => cur.push(c),
+            }
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    #[test]
+    fn every_vigil_command_in_the_runbooks_parses() {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(RUNBOOKS).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for span in text.split('`').skip(1).step_by(2) {
+                let Some(cmd) = span.strip_prefix("vigil ") else {
+                    continue;
+                };
+                // The command before a pipe or a redirection.
+                let cmd = cmd.split(['|', '>', ';']).next().unwrap_or(cmd);
+                let argv: Vec<String> = std::iter::once("vigil".to_string())
+                    .chain(words(cmd))
+                    .collect();
+                if let Err(e) = super::Cli::try_parse_from(&argv) {
+                    assert!(
+                        matches!(e.kind(), clap::error::ErrorKind::DisplayHelp),
+                        "{}: `vigil {cmd}` does not parse: {e}",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 40, "only {checked} commands found");
+    }
+}
