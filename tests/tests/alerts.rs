@@ -1,0 +1,363 @@
+//! Alerts against real peers: promtool checks and unit-tests the Prometheus form of
+//! the built-in rules, and a real agent raises, keeps (across a restart) and resolves
+//! an alert on a filesystem whose fill the test controls.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vigil_tests::{agent_command, require_root, spawn_ready, vigil_bin, vigil_json, KillOnDrop};
+
+fn require(bin: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{bin} is missing: `cargo xtask setup` installs it");
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+const RUNBOOK: &str = "/usr/share/doc/vigil-agent/runbooks/alerts.md";
+
+/// promtool unit tests for the generated rules: the forecast (NodeFilesystemSpaceFillingUp,
+/// both severities) and `for` with hysteresis (NodeMemoryHighUtilization: raised above
+/// 90 % after 15 minutes, still firing at 88 %, resolved at 80 %).
+fn unit_tests() -> String {
+    let fs = r#"device="/dev/vdb",fstype="ext4",mountpoint="/data",instance="h:9471",job="vigil""#;
+    let fs_labels =
+        r#"device: /dev/vdb, fstype: ext4, mountpoint: /data, instance: "h:9471", job: vigil"#;
+    let fill = |sev: &str, pct: &str, within: &str| {
+        format!(
+            "          - exp_labels: {{severity: {sev}, {fs_labels}}}\n            exp_annotations:\n              summary: \"Filesystem /data has {pct} % space left and is predicted to run out within {within}.\"\n              runbook_url: \"{RUNBOOK}#nodefilesystemspacefillingup\"\n"
+        )
+    };
+    let mem = |pct: &str| {
+        format!(
+            "          - exp_labels: {{severity: warning, instance: \"h:9471\", job: vigil}}\n            exp_annotations:\n              summary: \"Memory is {pct} % used.\"\n              runbook_url: \"{RUNBOOK}#nodememoryhighutilization\"\n"
+        )
+    };
+    format!(
+        "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n\
+         # 19 % free, falling 5 per minute of 10000: empty after 380 minutes.\n\
+         \x20 - interval: 1m\n    input_series:\n\
+         \x20     - series: 'node_filesystem_avail_bytes{{{fs}}}'\n        values: '1900-5x300'\n\
+         \x20     - series: 'node_filesystem_size_bytes{{{fs}}}'\n        values: '10000+0x300'\n\
+         \x20   alert_rule_test:\n\
+         \x20     - eval_time: 50m\n        alertname: NodeFilesystemSpaceFillingUp\n        exp_alerts: []\n\
+         \x20     - eval_time: 190m\n        alertname: NodeFilesystemSpaceFillingUp\n        exp_alerts:\n{}\
+         \x20     - eval_time: 210m\n        alertname: NodeFilesystemSpaceFillingUp\n        exp_alerts:\n{}{}\
+         \x20 - interval: 1m\n    input_series:\n\
+         \x20     - series: 'node_memory_MemAvailable_bytes{{instance=\"h:9471\",job=\"vigil\"}}'\n        values: '50x9 5x29 12x29 20x29'\n\
+         \x20     - series: 'node_memory_MemTotal_bytes{{instance=\"h:9471\",job=\"vigil\"}}'\n        values: '100x119'\n\
+         \x20   alert_rule_test:\n\
+         \x20     - eval_time: 20m\n        alertname: NodeMemoryHighUtilization\n        exp_alerts: []\n\
+         \x20     - eval_time: 35m\n        alertname: NodeMemoryHighUtilization\n        exp_alerts:\n{}\
+         \x20     - eval_time: 60m\n        alertname: NodeMemoryHighUtilization\n        exp_alerts:\n{}\
+         \x20     - eval_time: 80m\n        alertname: NodeMemoryHighUtilization\n        exp_alerts: []\n",
+        fill("warning", "9.5", "24 hours"),
+        fill("warning", "8.5", "24 hours"),
+        fill("critical", "8.5", "4 hours"),
+        mem("95"),
+        mem("88"),
+    )
+}
+
+#[test]
+fn the_prometheus_form_of_the_built_in_rules_passes_promtool_check_and_its_unit_tests() {
+    require("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = run_ok(Command::new(vigil_bin()).args([
+        "alerts",
+        "rules",
+        "--format",
+        "prometheus",
+        "--dir",
+        dir.path().join("none").to_str().unwrap(),
+    ]));
+    std::fs::write(dir.path().join("rules.yml"), &rules).unwrap();
+    let check = run_ok(
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(dir.path().join("rules.yml")),
+    );
+    let table = String::from_utf8(
+        Command::new(vigil_bin())
+            .args(["alerts", "rules", "--dir", "/nonexistent"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let n = table.lines().filter(|l| !l.starts_with(' ')).count();
+    assert!(
+        check.contains(&format!("SUCCESS: {n} rules found")),
+        "{check} (the table has {n})"
+    );
+    std::fs::write(dir.path().join("test.yml"), unit_tests()).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same tests fail against rules without the hysteresis: they can fail.
+    let flat = rules.replace(r#"alertstate=\"firing\""#, r#"alertstate=\"never\""#);
+    assert_ne!(flat, rules);
+    std::fs::write(dir.path().join("rules.yml"), flat).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && said.contains("time: 1h,"),
+        "without hysteresis the 60-minute check should fail:\n{said}"
+    );
+}
+
+#[test]
+fn a_bad_alert_file_is_refused_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("team.yaml"),
+        "alerts:\n  - alert: NoRunbook\n    severity: warning\n    summary: s\n    when: [{metric: cpu.usage_percent, above: 1}]\n",
+    )
+    .unwrap();
+    let out = Command::new(vigil_bin())
+        .args(["alerts", "check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("team.yaml:2: alert NoRunbook: no `runbook`"),
+        "{err}"
+    );
+}
+
+/// A tmpfs the test fills: its free space is the truth the alert is about.
+struct Scratch {
+    dir: std::path::PathBuf,
+}
+
+impl Scratch {
+    fn mount(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64m", "vigil-alert-test"])
+                .arg(dir),
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Fills the filesystem to `used` percent (statvfs says how much that is).
+    fn fill_to(&self, used: u64) {
+        let st = nix::sys::statvfs::statvfs(&self.dir).unwrap();
+        let size = st.blocks() * st.fragment_size();
+        let _ = std::fs::remove_file(self.dir.join("fill"));
+        let bytes = size * used / 100;
+        run_ok(
+            Command::new("fallocate")
+                .args(["-l", &bytes.to_string()])
+                .arg(self.dir.join("fill")),
+        );
+        let st = nix::sys::statvfs::statvfs(&self.dir).unwrap();
+        let avail = 100.0 * (st.blocks_available() * st.fragment_size()) as f64 / size as f64;
+        assert!((avail - (100 - used) as f64).abs() < 2.0, "{avail}");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+fn alerts(socket: &str) -> Value {
+    vigil_json(&["alerts", "--json", "--socket", socket])
+}
+
+/// The active alert on the scratch mount, if any.
+fn scratch_alert<'a>(v: &'a Value, mount: &str) -> Option<&'a Value> {
+    v["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alert"] == "ScratchFilling" && a["labels"]["mountpoint"] == mount)
+}
+
+fn wait_until(what: &str, socket: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = alerts(socket);
+        if f(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within 60 s: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_and_resolves_it_past_the_clear_bound(
+) {
+    if !require_root("an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_and_resolves_it_past_the_clear_bound") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("scratch");
+    let scratch = Scratch::mount(&mount);
+    let mount = mount.display().to_string();
+    let alerts_dir = dir.path().join("alerts.d");
+    std::fs::create_dir_all(&alerts_dir).unwrap();
+    std::fs::write(
+        alerts_dir.join("scratch.yaml"),
+        "alerts:\n  - alert: ScratchFilling\n    severity: critical\n    summary: \"{{ $labels.mountpoint }} has {{ $value }} % left\"\n    runbook: https://runbooks.example/scratch\n    for: 2s\n    when:\n      - {metric: filesystem.avail_percent, below: 50, clear_above: 70}\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\n\n[probes]\nsyscalls = false\nretransmits = false\n\n[detect]\nenabled = false\n",
+            dir.path().join("data").display(),
+            alerts_dir.display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut cmd = agent_command();
+        cmd.arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0)
+    };
+    let agent = start();
+    // A follower sees each change as it happens.
+    let mut follow = Command::new(vigil_bin())
+        .args(["alerts", "--follow", "--json", "--socket", &socket])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let v = wait_until("the rule loaded", &socket, |v| {
+        v["rules"].as_u64().unwrap_or(0) > 30
+    });
+    assert!(scratch_alert(&v, &mount).is_none(), "empty: {v:#}");
+
+    // 60 % used (40 % left): pending, then firing after `for`.
+    scratch.fill_to(60);
+    let v = wait_until("firing", &socket, |v| {
+        scratch_alert(v, &mount).is_some_and(|a| a["state"] == "firing")
+    });
+    let a = scratch_alert(&v, &mount).unwrap().clone();
+    let since = a["active_since"].clone();
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(a["notify"], true);
+    assert_eq!(a["runbook"], "https://runbooks.example/scratch");
+    assert!(
+        (38.0..42.0).contains(&a["value"].as_f64().unwrap()),
+        "statvfs says 40 % left: {a}"
+    );
+    let summary = a["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("{mount} has 3")) && summary.ends_with(" % left"),
+        "{summary}"
+    );
+
+    // A restart keeps it firing, same episode, nothing notified again.
+    stop(agent);
+    let agent = start();
+    let v = wait_until("the state restored", &socket, |v| {
+        scratch_alert(v, &mount).is_some()
+    });
+    let a = scratch_alert(&v, &mount).unwrap();
+    assert_eq!(a["state"], "firing", "{v:#}");
+    assert_eq!(
+        a["active_since"], since,
+        "the same episode after the restart"
+    );
+    // Two intervals later still no new change for it.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = alerts(&socket);
+    let changes: Vec<&Value> = v["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["alert"] == "ScratchFilling" && e["labels"]["mountpoint"] == mount)
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "restarted agent re-raised it: {changes:?}"
+    );
+
+    // 35 % used (65 % left): between the bounds, it keeps firing (hysteresis).
+    scratch.fill_to(35);
+    std::thread::sleep(Duration::from_secs(3));
+    let v = alerts(&socket);
+    assert_eq!(
+        scratch_alert(&v, &mount).map(|a| a["state"].clone()),
+        Some(Value::from("firing")),
+        "{v:#}"
+    );
+    // 10 % used (90 % left): past the clear bound, resolved.
+    scratch.fill_to(10);
+    let v = wait_until("resolved", &socket, |v| scratch_alert(v, &mount).is_none());
+    let resolved: Vec<&Value> = v["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["alert"] == "ScratchFilling" && e["labels"]["mountpoint"] == mount)
+        .collect();
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0]["state"], "resolved");
+    assert_eq!(resolved[0]["notify"], true);
+    stop(agent);
+    let _ = follow.kill();
+    let out = follow.wait_with_output().unwrap();
+    // The follower (on the first agent) saw pending then firing, one JSON line each.
+    let seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["alert"] == "ScratchFilling" && e["labels"]["mountpoint"] == mount)
+        .map(|e| e["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["pending", "firing"], "{seen:?}");
+}
+
+/// SIGTERM, as systemd stops it, and its exit.
+fn stop(mut agent: KillOnDrop) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = agent.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
