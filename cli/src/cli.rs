@@ -169,8 +169,16 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<AlertsCommand>,
         /// Keep streaming changes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "collector")]
         follow: bool,
+        /// The fleet's alerts from the collector at ADDR (host:port) instead of the
+        /// local agent's: each host's alerts pending or firing, from the changes stored
+        /// over --since. TLS as for `vigil hosts` (--tls-ca, --tls-cert, --tls-key).
+        #[arg(long, value_name = "ADDR", conflicts_with = "agent")]
+        collector: Option<String>,
+        /// With --collector: the changes of this past window ("24h", "7d").
+        #[arg(long, value_parser = vigil_agent::units::parse_duration, default_value = "24h", requires = "collector")]
+        since: std::time::Duration,
         #[command(flatten)]
         socket: vigil_agent::query::api::AgentTarget,
         /// Print JSON (one object; with --follow, one per change per line); times as
@@ -450,9 +458,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Alerts {
             command: None,
+            collector: Some(addr),
+            since,
+            socket,
+            json,
+            ..
+        } => {
+            let target = vigil_agent::query::fleet::CollectorTarget {
+                addr,
+                token_file: None,
+                timeout: std::time::Duration::from_secs(30),
+                tls: socket.tls,
+            };
+            vigil_agent::query::alerts::fleet(&target, since, json).await
+        }
+        Command::Alerts {
+            command: None,
             follow,
             socket,
             json,
+            ..
         } => vigil_agent::query::alerts::run(&socket, follow, json).await,
         Command::Alerts {
             command: Some(AlertsCommand::Rules { dir, format }),

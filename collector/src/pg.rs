@@ -16,8 +16,8 @@ use vigil_proto::v1::{
 
 use crate::store::{
     add_stored, digest, now_ms, sanitize_identity, scalars_blob, HostDelta, Incoming, Outcome,
-    StoreError, StreamDeltas, CONFLICTS_KEPT, EVENT_FINDING, EVENT_RETRANSMIT, EVENT_SLOW_SYSCALL,
-    MAX_SEQUENCE_AHEAD, PAGE_BYTES,
+    StoreError, StreamDeltas, CONFLICTS_KEPT, EVENT_ALERT, EVENT_FINDING, EVENT_RETRANSMIT,
+    EVENT_SLOW_SYSCALL, MAX_SEQUENCE_AHEAD, PAGE_BYTES,
 };
 
 /// The schema, version 1. Later versions are added to MIGRATIONS; `vigil_schema`
@@ -414,7 +414,9 @@ impl PgStore {
         since_ms: i64,
         limit: u32,
         page_token: &str,
+        alerts_only: bool,
     ) -> Result<(Vec<FleetEvent>, String), StoreError> {
+        let kind: i32 = if alerts_only { EVENT_ALERT as i32 } else { 0 };
         let (after_t, after_id) = if page_token.is_empty() {
             (since_ms, i64::MIN)
         } else {
@@ -427,8 +429,9 @@ impl PgStore {
             .client
             .query(
                 "SELECT e.id, e.time_ms, e.agent_id, h.identity, e.kind, e.body FROM events e JOIN hosts h USING (agent_id)
-                 WHERE e.time_ms >= $1 AND (e.time_ms, e.id) > ($2, $3) ORDER BY e.time_ms, e.id LIMIT $4",
-                &[&since_ms, &after_t, &after_id, &(i64::from(limit) + 1)],
+                 WHERE e.time_ms >= $1 AND (e.time_ms, e.id) > ($2, $3) AND ($5 = 0 OR e.kind = $5)
+                 ORDER BY e.time_ms, e.id LIMIT $4",
+                &[&since_ms, &after_t, &after_id, &(i64::from(limit) + 1), &kind],
             )
             .map_err(self.err())?;
         let mut out = Vec::new();
@@ -450,6 +453,9 @@ impl PgStore {
                 }
                 EVENT_FINDING => {
                     vigil_proto::v1::Finding::decode(body).map(fleet_event::Event::Finding)
+                }
+                EVENT_ALERT => {
+                    vigil_proto::v1::AlertEvent::decode(body).map(fleet_event::Event::Alert)
                 }
                 _ => continue,
             };
@@ -552,6 +558,11 @@ fn store_one(
         b.findings
             .iter()
             .map(|f| (f.time_unix_ms, EVENT_FINDING, f.encode_to_vec())),
+    );
+    events.extend(
+        b.alerts
+            .iter()
+            .map(|a| (a.time_unix_ms, EVENT_ALERT, a.encode_to_vec())),
     );
     for (time_ms, kind, body) in events {
         tx.execute(&event, &[&b.agent_id, &time_ms, &(kind as i32), &body])?;

@@ -624,7 +624,7 @@ impl Fleet for FleetService {
             r.limit.min(10_000)
         };
         let (events, next_page_token) = self
-            .read(move |s| s.events_page(r.since_unix_ms, limit, &r.page_token))
+            .read(move |s| s.events_page(r.since_unix_ms, limit, &r.page_token, r.alerts_only))
             .await?;
         Ok(Response::new(EventsResponse {
             events,

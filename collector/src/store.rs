@@ -71,6 +71,7 @@ pub const PAGE_BYTES: usize = 1 << 20;
 pub(crate) const EVENT_RETRANSMIT: i64 = 1;
 pub(crate) const EVENT_SLOW_SYSCALL: i64 = 2;
 pub(crate) const EVENT_FINDING: i64 = 3;
+pub(crate) const EVENT_ALERT: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -758,8 +759,10 @@ impl SqliteStore {
         since_ms: i64,
         limit: u32,
         page_token: &str,
+        alerts_only: bool,
     ) -> Result<(Vec<FleetEvent>, String), StoreError> {
         use rusqlite::types::Value;
+        let kind = if alerts_only { EVENT_ALERT } else { 0 };
         let err = self.sqlite();
         let (after_t, after_row) = if page_token.is_empty() {
             (since_ms, i64::MIN)
@@ -773,12 +776,13 @@ impl SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT e.rowid, e.time_ms, e.agent_id, h.identity, e.kind, e.body FROM events e JOIN hosts h USING (agent_id)
-                 WHERE e.time_ms >= ?1 AND (e.time_ms, e.rowid) > (?2, ?3) ORDER BY e.time_ms, e.rowid LIMIT ?4",
+                 WHERE e.time_ms >= ?1 AND (e.time_ms, e.rowid) > (?2, ?3) AND (?5 = 0 OR e.kind = ?5)
+                 ORDER BY e.time_ms, e.rowid LIMIT ?4",
             )
             .map_err(&err)?;
         let rows = stmt
             .query_map(
-                params![since_ms, after_t, after_row, i64::from(limit) + 1],
+                params![since_ms, after_t, after_row, i64::from(limit) + 1, kind],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
@@ -814,6 +818,8 @@ impl SqliteStore {
                 }
                 EVENT_FINDING => vigil_proto::v1::Finding::decode(body.as_slice())
                     .map(fleet_event::Event::Finding),
+                EVENT_ALERT => vigil_proto::v1::AlertEvent::decode(body.as_slice())
+                    .map(fleet_event::Event::Alert),
                 _ => continue,
             };
             let event = match event {
@@ -840,7 +846,7 @@ impl SqliteStore {
 
     /// Events from `since_ms` on, at most `limit` (one page's worth; for tests).
     pub fn events(&self, since_ms: i64, limit: u32) -> Result<Vec<FleetEvent>, StoreError> {
-        self.events_page(since_ms, limit, "").map(|(e, _)| e)
+        self.events_page(since_ms, limit, "", false).map(|(e, _)| e)
     }
 }
 
@@ -981,6 +987,14 @@ fn store_one(
             f.time_unix_ms,
             EVENT_FINDING,
             f.encode_to_vec()
+        ])?;
+    }
+    for a in &b.alerts {
+        event.execute(params![
+            b.agent_id,
+            a.time_unix_ms,
+            EVENT_ALERT,
+            a.encode_to_vec()
         ])?;
     }
     Ok(Outcome::Stored)
@@ -1187,7 +1201,7 @@ mod tests {
         assert_eq!((all.len(), pages), (25, 3));
         let (mut n, mut token) = (0, String::new());
         loop {
-            let (page, next) = s.events_page(0, 7, &token).unwrap();
+            let (page, next) = s.events_page(0, 7, &token, false).unwrap();
             n += page.len();
             if next.is_empty() {
                 break;
@@ -1196,7 +1210,7 @@ mod tests {
         }
         assert_eq!(n, 25, "every event once across pages");
         assert!(matches!(
-            s.events_page(0, 7, "garbage"),
+            s.events_page(0, 7, "garbage", false),
             Err(StoreError::PageToken(_))
         ));
     }

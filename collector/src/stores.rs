@@ -113,12 +113,13 @@ impl Store {
         since_ms: i64,
         limit: u32,
         page_token: &str,
+        alerts_only: bool,
     ) -> Result<(Vec<FleetEvent>, String), StoreError> {
-        each!(self, s => s.events_page(since_ms, limit, page_token))
+        each!(self, s => s.events_page(since_ms, limit, page_token, alerts_only))
     }
 
     /// Events from `since_ms` on, at most `limit` (one page's worth; for tests).
     pub fn events(&mut self, since_ms: i64, limit: u32) -> Result<Vec<FleetEvent>, StoreError> {
-        self.events_page(since_ms, limit, "").map(|(e, _)| e)
+        self.events_page(since_ms, limit, "", false).map(|(e, _)| e)
     }
 }

@@ -242,11 +242,13 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
     )
     .unwrap();
     let socket = dir.path().join("agent.sock").display().to_string();
+    let collector = vigil_tests::daemons::Collector::start(&[]);
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "interval = \"1s\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\n\n[probes]\nsyscalls = false\nretransmits = false\n\n[detect]\nenabled = false\n",
+            "interval = \"1s\"\ncollector = \"{}\"\nagent_id = \"alerting\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\n\n[probes]\nsyscalls = false\nretransmits = false\n\n[detect]\nenabled = false\n",
+            collector.addr,
             dir.path().join("data").display(),
             alerts_dir.display()
         ),
@@ -290,6 +292,24 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
     assert!(
         summary.starts_with(&format!("{mount} has 3")) && summary.ends_with(" % left"),
         "{summary}"
+    );
+
+    // The collector has it too: the fleet view lists it as firing on this host.
+    vigil_tests::daemons::wait_until(
+        "the alert at the collector",
+        Duration::from_secs(30),
+        || {
+            vigil_json(&["alerts", "--collector", &collector.addr, "--json"])["active"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["alert"] == "ScratchFilling"
+                        && e["state"] == "firing"
+                        && e["labels"]["mountpoint"] == mount
+                        && e["agent_id"] == "alerting"
+                })
+        },
     );
 
     // A restart keeps it firing, same episode, nothing notified again.
@@ -339,6 +359,51 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert_eq!(resolved[0]["state"], "resolved");
     assert_eq!(resolved[0]["notify"], true);
+    // The collector stored each change with the host's batches: the fleet view says it
+    // fired (once, notified), and is no longer active.
+    let fleet = |collector: &vigil_tests::daemons::Collector| {
+        vigil_json(&["alerts", "--collector", &collector.addr, "--json"])
+    };
+    vigil_tests::daemons::wait_until(
+        "the resolution at the collector",
+        Duration::from_secs(30),
+        || {
+            fleet(&collector)["recent"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["alert"] == "ScratchFilling" && e["state"] == "resolved")
+        },
+    );
+    let f = fleet(&collector);
+    let ours: Vec<(&str, bool)> = f["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["alert"] == "ScratchFilling" && e["labels"]["mountpoint"] == mount)
+        .map(|e| (e["state"].as_str().unwrap(), e["notify"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        ours,
+        [("pending", false), ("firing", true), ("resolved", true)],
+        "{f:#}"
+    );
+    assert!(
+        f["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["agent_id"] == "alerting"),
+        "{f:#}"
+    );
+    assert!(
+        !f["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["alert"] == "ScratchFilling" && e["labels"]["mountpoint"] == mount),
+        "{f:#}"
+    );
     stop(agent);
     let _ = follow.kill();
     let out = follow.wait_with_output().unwrap();

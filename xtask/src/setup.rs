@@ -55,6 +55,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     // Several collectors share one PostgreSQL store: the test runs Debian's server.
     "postgresql",
+    // Alerts are routed through a real Alertmanager (and silences made in it).
+    "prometheus-alertmanager",
     // `vigil top` is tested in a real terminal: tmux panes of a known size.
     "tmux",
 ];

@@ -195,3 +195,100 @@ pub enum RulesFormat {
     Table,
     Prometheus,
 }
+
+/// `vigil alerts --collector ADDR`: the fleet's alerts, from the state changes the
+/// collector stored over `since`: each alert and series' newest change says whether
+/// it is pending or firing now.
+pub async fn fleet(
+    target: &super::fleet::CollectorTarget,
+    since: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    use vigil_proto::v1::{fleet_event, EventsRequest};
+    let mut client = super::fleet::connect(target).await?;
+    let since_ms = crate::units::unix_ms(
+        std::time::SystemTime::now()
+            .checked_sub(since)
+            .unwrap_or(std::time::UNIX_EPOCH),
+    );
+    let mut changes: Vec<(vigil_proto::v1::HostIdentity, AlertEvent)> = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .events(EventsRequest {
+                since_unix_ms: since_ms,
+                limit: 0,
+                page_token: std::mem::take(&mut token),
+                alerts_only: true,
+            })
+            .await?
+            .into_inner();
+        for e in page.events {
+            if let Some(fleet_event::Event::Alert(a)) = e.event {
+                changes.push((e.host.unwrap_or_default(), a));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    // The newest change per host, alert, severity and series.
+    let mut latest: std::collections::BTreeMap<(String, String, String, String), usize> =
+        Default::default();
+    for (i, (h, a)) in changes.iter().enumerate() {
+        latest.insert(
+            (
+                h.agent_id.clone(),
+                a.alert.clone(),
+                a.severity.clone(),
+                labels(a),
+            ),
+            i,
+        );
+    }
+    let active: Vec<&(vigil_proto::v1::HostIdentity, AlertEvent)> = latest
+        .values()
+        .map(|i| &changes[*i])
+        .filter(|(_, a)| a.state == "pending" || a.state == "firing")
+        .collect();
+    let with_host = |h: &vigil_proto::v1::HostIdentity, a: &AlertEvent| {
+        let mut v = alert_json(a);
+        v["host"] = json!(h.hostname);
+        v["agent_id"] = json!(h.agent_id);
+        v
+    };
+    if json {
+        println!(
+            "{}",
+            json!({
+                "since": rfc3339_ms(since_ms),
+                "active": active.iter().map(|(h, a)| with_host(h, a)).collect::<Vec<_>>(),
+                "recent": changes.iter().map(|(h, a)| with_host(h, a)).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    let firing = active.iter().filter(|(_, a)| a.state == "firing").count();
+    println!(
+        "fleet alerts (changes since {}): {} firing, {} pending",
+        rfc3339_ms(since_ms),
+        firing,
+        active.len() - firing
+    );
+    for (h, a) in &active {
+        print!("{:<24} ", clean(&h.hostname));
+        print_alert(a, false);
+    }
+    if !changes.is_empty() {
+        println!("recent changes (newest last):");
+        for (h, a) in changes
+            .iter()
+            .skip(changes.len().saturating_sub(RECENT_SHOWN))
+        {
+            print!("{:<24} ", clean(&h.hostname));
+            print_alert(a, false);
+        }
+    }
+    Ok(())
+}

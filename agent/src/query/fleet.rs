@@ -27,11 +27,11 @@ pub struct CollectorTarget {
     pub tls: vigil_tls::config::TlsFlags,
 }
 
-type FleetApi = FleetClient<
+pub(crate) type FleetApi = FleetClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::api::Bearer>,
 >;
 
-async fn connect(target: &CollectorTarget) -> anyhow::Result<FleetApi> {
+pub(crate) async fn connect(target: &CollectorTarget) -> anyhow::Result<FleetApi> {
     use vigil_tls::{client::Connector, Mode, Reloading, Role, TlsSection};
     let addr = &target.addr;
     let tls = TlsSection::default().with_flags(&target.tls);
