@@ -186,6 +186,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Maintenance windows at a collector: while one is active the alerts it covers are
+    /// recorded and shown as silenced, never notified. In the collector's Alertmanager
+    /// when it has one (a real silence there), else kept by the collector.
+    #[command(subcommand)]
+    Maintenance(Maintenance),
     /// Detection rules: check rule files, or list the rules the agent would run.
     #[command(subcommand)]
     Rules(Rules),
@@ -246,6 +251,45 @@ pub enum Certs {
         trust_domain: String,
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Maintenance {
+    /// Start a window now on HOST (hostname or agent id): every alert of the host, or
+    /// only --alert NAME (an alert, or a detection rule id: security findings are
+    /// silenced only by a window that names their rule).
+    Start {
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_name = "NAME")]
+        alert: Option<String>,
+        /// How long ("2h", "30m").
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The windows pending or active (with --all, expired ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End window ID now.
+    End {
+        id: String,
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -505,6 +549,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Command::Maintenance(Maintenance::Start {
+            host,
+            alert,
+            duration,
+            comment,
+            collector,
+            json,
+        }) => {
+            vigil_agent::query::alerts::maintenance_start(
+                &collector,
+                &host,
+                alert.as_deref(),
+                duration,
+                &comment,
+                json,
+            )
+            .await
+        }
+        Command::Maintenance(Maintenance::List {
+            all,
+            collector,
+            json,
+        }) => vigil_agent::query::alerts::maintenance_list(&collector, all, json).await,
+        Command::Maintenance(Maintenance::End {
+            id,
+            collector,
+            json,
+        }) => vigil_agent::query::alerts::maintenance_end(&collector, &id, json).await,
         Command::Rules(Rules::Check { dir }) => {
             if !dir.is_dir() {
                 eprintln!(

@@ -56,8 +56,25 @@ pub struct CollectorFile {
     /// Prometheus remote-write endpoints every stored host sample is forwarded to
     /// (`[[remote_write]]` tables with `url`). Default: none.
     pub remote_write: Vec<RemoteWriteFile>,
+    pub alerting: AlertingFile,
     pub limits: LimitsFile,
     pub tls: TlsSection,
+}
+
+/// `[alerting]`: where the agents' alerts and findings are routed.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingFile {
+    /// Alertmanager's base URL ("http://127.0.0.1:9093"): alerts and findings go to
+    /// its API v2, and maintenance windows are silences there. Default: none.
+    pub alertmanager: Option<String>,
+    /// Without an Alertmanager: a URL that takes the alerts as JSON POSTs (retried,
+    /// a give-up counted). Default: none.
+    pub webhook: Option<String>,
+    /// How often firing alerts are sent again (Alertmanager resolves an alert that is
+    /// not refreshed within four periods). Default "1m".
+    #[serde(deserialize_with = "duration")]
+    pub resend: Option<Duration>,
 }
 
 /// `[[remote_write]]`: one endpoint.

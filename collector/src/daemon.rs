@@ -99,6 +99,15 @@ pub struct CollectorArgs {
     /// certificate can be given).
     #[arg(long, value_name = "URL")]
     pub remote_write: Vec<String>,
+    /// Send the agents' alerts and findings to this Alertmanager (its base URL,
+    /// http://HOST:9093; overrides alerting.alertmanager); maintenance windows become
+    /// silences there.
+    #[arg(long, value_name = "URL")]
+    pub alertmanager: Option<String>,
+    /// Without an Alertmanager: POST the alerts as JSON to this URL (overrides
+    /// alerting.webhook).
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Option<String>,
     /// Keep the store in this PostgreSQL database, which several collectors may share
     /// (overrides postgres_url; postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME)
     /// [default: the embedded SQLite store in the data directory].
@@ -129,6 +138,7 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     pub remote_write: Vec<Endpoint>,
     pub postgres_url: Option<String>,
+    pub alerting: crate::alerting::AlertingConfig,
 }
 
 impl Settings {
@@ -292,6 +302,26 @@ impl CollectorArgs {
                 )));
             }
         }
+        let alerting = crate::alerting::AlertingConfig {
+            alertmanager: self.alertmanager.clone().or(file.alerting.alertmanager),
+            webhook: self.alert_webhook.clone().or(file.alerting.webhook),
+            resend: file.alerting.resend.unwrap_or(Duration::from_secs(60)),
+        };
+        for (field, url) in [
+            ("alerting.alertmanager", &alerting.alertmanager),
+            ("alerting.webhook", &alerting.webhook),
+        ] {
+            if let Some(url) = url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(problem(format!(
+                        "{field}: {url:?}: the URL must start with http:// or https://"
+                    )));
+                }
+            }
+        }
+        if alerting.resend < Duration::from_secs(1) {
+            return Err(problem("alerting.resend: at least 1s".to_string()));
+        }
         Ok(Settings {
             postgres_url,
             listen: self
@@ -313,6 +343,7 @@ impl CollectorArgs {
             fleet_token_file: self.fleet_token_file.clone().or(file.fleet_token_file),
             metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
             remote_write,
+            alerting,
         })
     }
 
@@ -421,6 +452,7 @@ impl CollectorArgs {
             metrics_listen: settings.metrics_listen,
             remote_write: settings.remote_write,
             postgres: settings.postgres_url,
+            alerting: settings.alerting,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

@@ -1,6 +1,7 @@
 //! The collector: agents stream batches in (`Collector`), they are stored in an
 //! embedded SQLite database (or a PostgreSQL one several collectors share) and
 //! acknowledged once committed, and the fleet is served back out (`Fleet`).
+pub mod alerting;
 pub mod config;
 pub mod daemon;
 pub mod limits;

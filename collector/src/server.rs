@@ -16,9 +16,10 @@ use tonic::{Request, Response, Status, Streaming};
 use vigil_proto::v1::{
     collector_server::{Collector, CollectorServer},
     fleet_server::{Fleet, FleetServer},
-    Ack, Batch, CollectorStatsRequest, CollectorStatsResponse, EventsRequest, EventsResponse,
-    HostRequest, LatestStatsResponse, ListHostsRequest, ListHostsResponse, MetricHistoryRequest,
-    MetricHistoryResponse,
+    Ack, Batch, CollectorStatsRequest, CollectorStatsResponse, CreateSilenceRequest, EventsRequest,
+    EventsResponse, ExpireSilenceRequest, HostRequest, LatestStatsResponse, ListHostsRequest,
+    ListHostsResponse, ListSilencesRequest, ListSilencesResponse, MetricHistoryRequest,
+    MetricHistoryResponse, Silence,
 };
 
 use vigil_tls::{server::peer_of, Kind, PeerInfo, Reloading};
@@ -57,6 +58,8 @@ pub struct CollectorConfig {
     /// A PostgreSQL URL: the store several collectors share. None: the embedded
     /// SQLite store in `data_dir`.
     pub postgres: Option<String>,
+    /// Where alerts and findings are routed, and where silences live.
+    pub alerting: crate::alerting::AlertingConfig,
 }
 
 impl CollectorConfig {
@@ -165,7 +168,12 @@ struct Queued {
 }
 
 /// Runs the writer until every sender is gone.
-fn writer(mut store: Store, mut rx: mpsc::Receiver<Queued>, retention: Duration) {
+fn writer(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Queued>,
+    retention: Duration,
+    router: crate::alerting::Router,
+) {
     let mut last_prune = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut pending = vec![first];
@@ -180,6 +188,12 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Queued>, retention: Duration)
             .map(|q| (q.incoming, (q.reply, q._budget)))
             .unzip();
         let results = store.store(&incoming);
+        // What this collector stored (not a duplicate another one stored) is routed.
+        for (i, r) in incoming.iter().zip(&results) {
+            if matches!(r, Ok(Outcome::Stored)) {
+                router.offer(&i.batch);
+            }
+        }
         for ((reply, _budget), result) in rest.into_iter().zip(results) {
             let _ = reply.send(result.map_err(|e| {
                 tracing::error!(error = %e, "storing a batch failed; it is not acked and the agent will resend it");
@@ -506,6 +520,30 @@ struct FleetService {
     pool: Arc<ReadPool>,
     counters: Arc<Counters>,
     tls: Option<Arc<Reloading<ServerTls>>>,
+    router: crate::alerting::Router,
+}
+
+/// Who may change silences: with TLS, a caller with a certificate (an operator's: the
+/// Fleet interceptor has checked it); the bearer token only reads. Returns who it is.
+fn silence_writer<T>(request: &Request<T>, tls: bool) -> Result<String, Status> {
+    let peer = peer_of(request);
+    match (&peer.certificate, tls) {
+        (Some(c), _) => Ok(match &c.identity {
+            Ok(id) => id.to_string(),
+            Err(_) => c.fingerprint.clone(),
+        }),
+        (None, false) => Ok(peer.remote.map_or_else(
+            || "plaintext client".to_string(),
+            |r| format!("plaintext client {r}"),
+        )),
+        (None, true) => Err(Status::permission_denied(
+            "maintenance windows need an operator certificate (the Fleet bearer token only reads)",
+        )),
+    }
+}
+
+fn router_error(e: String) -> Status {
+    Status::unavailable(e)
 }
 
 impl FleetService {
@@ -566,6 +604,7 @@ impl Fleet for FleetService {
             tls_reloads,
             tls_reload_failures,
             strings_truncated: c.strings_truncated.load(Ordering::Relaxed),
+            alerting: self.router.stats.counters().collect(),
         }))
     }
 
@@ -631,6 +670,93 @@ impl Fleet for FleetService {
             next_page_token,
         }))
     }
+
+    async fn create_silence(
+        &self,
+        request: Request<CreateSilenceRequest>,
+    ) -> Result<Response<Silence>, Status> {
+        let caller = silence_writer(&request, self.tls.is_some())?;
+        let r = request.into_inner();
+        if r.host.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "host: empty (a hostname or agent id)",
+            ));
+        }
+        if r.duration_secs == 0 || r.duration_secs > 366 * 86_400 {
+            return Err(Status::invalid_argument(
+                "duration_secs: between 1 second and 366 days",
+            ));
+        }
+        for (field, s) in [
+            ("host", &r.host),
+            ("alert", &r.alert),
+            ("comment", &r.comment),
+            ("created_by", &r.created_by),
+        ] {
+            if s.len() > 4096 {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: at most 4096 bytes"
+                )));
+            }
+        }
+        let created_by = if r.created_by.is_empty() {
+            caller
+        } else {
+            format!("{} ({caller})", r.created_by)
+        };
+        let op = crate::alerting::SilenceOp::Create {
+            matchers: crate::alerting::window_matchers(r.host.trim(), r.alert.trim()),
+            duration: Duration::from_secs(r.duration_secs),
+            created_by,
+            comment: r.comment,
+        };
+        let mut made = self.router.silence(op).await.map_err(router_error)?;
+        let s = made
+            .pop()
+            .ok_or_else(|| Status::internal("no silence made"))?;
+        tracing::info!(id = %s.id, by = %s.created_by, "maintenance window {} made", s.id);
+        Ok(Response::new(s))
+    }
+
+    async fn list_silences(
+        &self,
+        _request: Request<ListSilencesRequest>,
+    ) -> Result<Response<ListSilencesResponse>, Status> {
+        let silences = self
+            .router
+            .silence(crate::alerting::SilenceOp::List)
+            .await
+            .map_err(router_error)?;
+        Ok(Response::new(ListSilencesResponse { silences }))
+    }
+
+    async fn expire_silence(
+        &self,
+        request: Request<ExpireSilenceRequest>,
+    ) -> Result<Response<Silence>, Status> {
+        let caller = silence_writer(&request, self.tls.is_some())?;
+        let id = request.into_inner().id;
+        if id.is_empty()
+            || id.len() > 128
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(Status::invalid_argument("id: not a silence id"));
+        }
+        let mut ended = self
+            .router
+            .silence(crate::alerting::SilenceOp::Expire { id })
+            .await
+            .map_err(|e| {
+                if e.starts_with("no silence") {
+                    Status::not_found(e)
+                } else {
+                    router_error(e)
+                }
+            })?;
+        let s = ended.pop().ok_or_else(|| Status::internal("no silence"))?;
+        tracing::info!(id = %s.id, by = %caller, "maintenance window {} ended", s.id);
+        Ok(Response::new(s))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -665,10 +791,15 @@ pub async fn serve(
     };
     let (queue, rx) = mpsc::channel(WRITE_QUEUE);
     let retention = config.retention;
-    let writer = std::thread::Builder::new()
-        .name("vigil-store".into())
-        .spawn(move || writer(store, rx, retention))
+    let router = crate::alerting::Router::start(config.alerting.clone(), &config.data_dir)
         .map_err(ServeError::Listener)?;
+    let writer = {
+        let router = router.clone();
+        std::thread::Builder::new()
+            .name("vigil-store".into())
+            .spawn(move || writer(store, rx, retention, router))
+            .map_err(ServeError::Listener)?
+    };
     let mut limits = config.limits.clone();
     limits.max_connections = crate::limits::raise_nofile(limits.max_connections);
     let counters = Arc::new(Counters::default());
@@ -782,6 +913,7 @@ pub async fn serve(
                 }),
                 counters,
                 tls: config.tls.clone(),
+                router,
             },
             fleet_access,
         ))

@@ -164,6 +164,39 @@ impl v1::AgentSelf {
 /// The metadata key naming the refused batch's sequence in the collector's
 /// INVALID_ARGUMENT status, so an agent can set that one batch aside (and count it)
 /// rather than resend it forever.
+impl v1::AlertEvent {
+    /// The labels it is routed with (Alertmanager, webhook) and that silences match:
+    /// its own, plus alertname, severity, host, agent_id and vigil_kind="alert".
+    pub fn routed_labels(
+        &self,
+        host: &v1::HostIdentity,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut l = self.labels.clone();
+        l.insert("alertname".into(), self.alert.clone());
+        l.insert("severity".into(), self.severity.clone());
+        l.insert("host".into(), host.hostname.clone());
+        l.insert("agent_id".into(), host.agent_id.clone());
+        l.insert("vigil_kind".into(), "alert".into());
+        l
+    }
+}
+
+impl v1::Silence {
+    /// Whether it silences an alert with these routed labels at `now_ms`.
+    pub fn silences(
+        &self,
+        labels: &std::collections::BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> bool {
+        self.starts_unix_ms <= now_ms
+            && now_ms < self.ends_unix_ms
+            && self
+                .matchers
+                .iter()
+                .all(|m| labels.get(&m.name).is_some_and(|v| *v == m.value))
+    }
+}
+
 pub const REFUSED_SEQUENCE: &str = "vigil-refused-sequence";
 
 /// Where a collector listens when not told otherwise, and where agents and the CLI look

@@ -163,6 +163,87 @@ pub fn unix_ms(t: std::time::SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// UTC time as RFC 3339 with milliseconds ("2026-12-07T04:00:00.000Z").
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// Parses RFC 3339 ("2026-12-07T04:00:00Z", fractions and offsets allowed) into
+/// milliseconds since the epoch; None if it is not one.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac_ms = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let digits = &s[start..i.min(start + 3)];
+        frac_ms = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
+    }
+    let offset_secs = match s.get(i..)? {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
+            let v = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if &o[..1] == "-" {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs) * 1000 + frac_ms)
+}
+
 /// The exit code of a bad flag or flag value, as of a bad config file: 64 (EX_USAGE,
 /// sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
@@ -182,6 +263,49 @@ pub fn parse_args<T: clap::Parser>() -> T {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_reads_offsets_and_fractions() {
+        for ms in [
+            0,
+            1_765_080_000_123,
+            951_782_400_000,
+            -1_000,
+            4_102_444_800_000,
+        ] {
+            assert_eq!(
+                parse_rfc3339_ms(&rfc3339_ms(ms)),
+                Some(ms),
+                "{}",
+                rfc3339_ms(ms)
+            );
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-07T05:00:00+01:00"),
+            parse_rfc3339_ms("2026-12-07T04:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-07T04:00:00.5123456789Z"),
+            Some(parse_rfc3339_ms("2026-12-07T04:00:00Z").unwrap() + 512)
+        );
+        for bad in [
+            "",
+            "2026-12-07",
+            "2026-13-07T04:00:00Z",
+            "2026-12-07T04:00:00",
+            "2026-12-07T04:00:00.Z",
+            "x026-12-07T04:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_time_or_none(s in "\\PC*") {
+            let _ = parse_rfc3339_ms(&s);
+        }
+    }
 
     #[test]
     fn durations_parse() {

@@ -252,10 +252,33 @@ pub async fn fleet(
         .map(|i| &changes[*i])
         .filter(|(_, a)| a.state == "pending" || a.state == "firing")
         .collect();
+    // Maintenance windows: an alert a window covers is shown as silenced.
+    let silences = match client
+        .list_silences(vigil_proto::v1::ListSilencesRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().silences,
+        Err(e) => {
+            eprintln!(
+                "vigil: maintenance windows unknown ({}): alerts are not marked silenced",
+                e.message()
+            );
+            Vec::new()
+        }
+    };
+    let now = crate::units::unix_ms(std::time::SystemTime::now());
+    let silenced = |h: &vigil_proto::v1::HostIdentity, a: &AlertEvent| {
+        let labels = a.routed_labels(h);
+        silences
+            .iter()
+            .find(|s| s.silences(&labels, now))
+            .map(|s| s.id.clone())
+    };
     let with_host = |h: &vigil_proto::v1::HostIdentity, a: &AlertEvent| {
         let mut v = alert_json(a);
         v["host"] = json!(h.hostname);
         v["agent_id"] = json!(h.agent_id);
+        v["silenced_by"] = json!(silenced(h, a));
         v
     };
     if json {
@@ -277,7 +300,10 @@ pub async fn fleet(
         active.len() - firing
     );
     for (h, a) in &active {
-        print!("{:<24} ", clean(&h.hostname));
+        match silenced(h, a) {
+            Some(id) => print!("{:<24} [silenced by {}] ", clean(&h.hostname), clean(&id)),
+            None => print!("{:<24} ", clean(&h.hostname)),
+        }
         print_alert(a, false);
     }
     if !changes.is_empty() {
@@ -291,4 +317,118 @@ pub async fn fleet(
         }
     }
     Ok(())
+}
+
+/// `vigil maintenance start`: a window on `host` (every alert, or one alert or
+/// detection rule) for `duration`, made at the collector (a silence in its
+/// Alertmanager when it has one).
+pub async fn maintenance_start(
+    target: &super::fleet::CollectorTarget,
+    host: &str,
+    alert: Option<&str>,
+    duration: std::time::Duration,
+    comment: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = super::fleet::connect(target).await?;
+    let who = format!(
+        "{}@{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into()),
+        sysinfo::System::host_name().unwrap_or_default()
+    );
+    let s = client
+        .create_silence(vigil_proto::v1::CreateSilenceRequest {
+            host: host.to_string(),
+            alert: alert.unwrap_or_default().to_string(),
+            duration_secs: duration.as_secs().max(1),
+            comment: comment.to_string(),
+            created_by: who,
+        })
+        .await?
+        .into_inner();
+    print_silence(&s, json);
+    Ok(())
+}
+
+pub async fn maintenance_list(
+    target: &super::fleet::CollectorTarget,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = super::fleet::connect(target).await?;
+    let list = client
+        .list_silences(vigil_proto::v1::ListSilencesRequest {})
+        .await?
+        .into_inner()
+        .silences;
+    let shown: Vec<_> = list
+        .iter()
+        .filter(|s| all || s.state != "expired")
+        .collect();
+    if shown.is_empty() && !json {
+        println!(
+            "no maintenance windows{}",
+            if all {
+                ""
+            } else {
+                " (pending or active; --all for expired ones)"
+            }
+        );
+    }
+    for s in shown {
+        print_silence(s, json);
+    }
+    Ok(())
+}
+
+pub async fn maintenance_end(
+    target: &super::fleet::CollectorTarget,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = super::fleet::connect(target).await?;
+    let s = client
+        .expire_silence(vigil_proto::v1::ExpireSilenceRequest { id: id.to_string() })
+        .await?
+        .into_inner();
+    print_silence(&s, json);
+    Ok(())
+}
+
+pub fn silence_json(s: &vigil_proto::v1::Silence) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "state": s.state,
+        "matchers": s.matchers.iter().map(|m| (m.name.clone(), m.value.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+        "starts": rfc3339_ms(s.starts_unix_ms),
+        "ends": rfc3339_ms(s.ends_unix_ms),
+        "created_by": s.created_by,
+        "comment": s.comment,
+        "kept_by": s.kept_by,
+    })
+}
+
+fn print_silence(s: &vigil_proto::v1::Silence, json: bool) {
+    if json {
+        println!("{}", silence_json(s));
+        return;
+    }
+    let m: Vec<String> = s
+        .matchers
+        .iter()
+        .map(|m| format!("{}={}", clean(&m.name), clean(&m.value)))
+        .collect();
+    println!(
+        "{} {:<8} {{{}}} {} .. {} by {} ({}): {}",
+        clean(&s.id),
+        s.state,
+        m.join(","),
+        rfc3339_ms(s.starts_unix_ms),
+        rfc3339_ms(s.ends_unix_ms),
+        clean(&s.created_by),
+        s.kept_by,
+        clean(&s.comment)
+    );
 }

@@ -134,7 +134,7 @@ pub async fn hosts(addr: &CollectorTarget, json: bool) -> anyhow::Result<()> {
             json!({"refused": c.refused, "conflicts": c.conflicts, "connections_open": c.connections_open,
                    "tls_mode": c.tls_mode, "denied_by_certificate": c.denied_by_certificate,
                    "tls_reloads": c.tls_reloads, "tls_reload_failures": c.tls_reload_failures,
-                   "strings_truncated": c.strings_truncated})
+                   "strings_truncated": c.strings_truncated, "alerting": c.alerting})
         });
         println!("{}", json!({ "hosts": list, "collector": collector }));
         return Ok(());
