@@ -25,6 +25,7 @@ impl Collector {
                 metrics_listen: None,
                 remote_write: Vec::new(),
                 postgres: None,
+                alerting: Default::default(),
             },
             async {
                 let _ = stopped.await;
