@@ -2,12 +2,16 @@
 //! the built-in rules, and a real agent raises, keeps (across a restart) and resolves
 //! an alert on a filesystem whose fill the test controls.
 use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     process::{Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use vigil_tests::{agent_command, require_root, spawn_ready, vigil_bin, vigil_json, KillOnDrop};
+use vigil_tests::{
+    agent_command, require_root, spawn_ready, vigil_bin, vigil_json, vigil_stdout, KillOnDrop,
+};
 
 fn require(bin: &str) {
     let found = Command::new("sh")
@@ -224,49 +228,81 @@ fn wait_until(what: &str, socket: &str, f: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// A real agent streaming to `collector` once a second, with one alert rule on a
+/// tmpfs the test fills (ScratchFilling: under 50 % free for 1 s, cleared above 70 %).
+struct ScratchAgent {
+    // Unmounted before its directory goes.
+    scratch: Scratch,
+    _dir: tempfile::TempDir,
+    mount: String,
+    socket: String,
+    config: std::path::PathBuf,
+}
+
+impl ScratchAgent {
+    fn new(collector: &str, damping: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("scratch");
+        let scratch = Scratch::mount(&mount);
+        let mount = mount.display().to_string();
+        let alerts_dir = dir.path().join("alerts.d");
+        std::fs::create_dir_all(&alerts_dir).unwrap();
+        std::fs::write(
+            alerts_dir.join("scratch.yaml"),
+            "alerts:\n  - alert: ScratchFilling\n    severity: critical\n    summary: \"{{ $labels.mountpoint }} has {{ $value }} % left\"\n    runbook: https://runbooks.example/scratch\n    for: 1s\n    when:\n      - {metric: filesystem.avail_percent, below: 50, clear_above: 70}\n",
+        )
+        .unwrap();
+        let socket = dir.path().join("agent.sock").display().to_string();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "interval = \"1s\"\ncollector = \"{collector}\"\nagent_id = \"alerting\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\nalert_damping = \"{damping}\"\n\n[probes]\nsyscalls = false\nretransmits = false\n\n[detect]\nenabled = false\n",
+                dir.path().join("data").display(),
+                alerts_dir.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            scratch,
+            _dir: dir,
+            mount,
+            socket,
+            config,
+        }
+    }
+
+    fn start(&self) -> KillOnDrop {
+        let mut cmd = agent_command();
+        cmd.arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0)
+    }
+
+    /// The active ScratchFilling alert on our mount, if any, in an alerts answer.
+    fn ours<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        scratch_alert(v, &self.mount)
+    }
+}
+
 #[test]
 fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_and_resolves_it_past_the_clear_bound(
 ) {
     if !require_root("an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_and_resolves_it_past_the_clear_bound") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mount = dir.path().join("scratch");
-    let scratch = Scratch::mount(&mount);
-    let mount = mount.display().to_string();
-    let alerts_dir = dir.path().join("alerts.d");
-    std::fs::create_dir_all(&alerts_dir).unwrap();
-    std::fs::write(
-        alerts_dir.join("scratch.yaml"),
-        "alerts:\n  - alert: ScratchFilling\n    severity: critical\n    summary: \"{{ $labels.mountpoint }} has {{ $value }} % left\"\n    runbook: https://runbooks.example/scratch\n    for: 2s\n    when:\n      - {metric: filesystem.avail_percent, below: 50, clear_above: 70}\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("agent.sock").display().to_string();
     let collector = vigil_tests::daemons::Collector::start(&[]);
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "interval = \"1s\"\ncollector = \"{}\"\nagent_id = \"alerting\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\n\n[probes]\nsyscalls = false\nretransmits = false\n\n[detect]\nenabled = false\n",
-            collector.addr,
-            dir.path().join("data").display(),
-            alerts_dir.display()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        let mut cmd = agent_command();
-        cmd.arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0)
-    };
-    let agent = start();
+    let s = ScratchAgent::new(&collector.addr, "1h");
+    let (scratch, mount, socket) = (&s.scratch, s.mount.clone(), s.socket.clone());
+    let agent = s.start();
     // A follower sees each change as it happens.
     let mut follow = Command::new(vigil_bin())
         .args(["alerts", "--follow", "--json", "--socket", &socket])
         .stdout(Stdio::piped())
+        // It loses its agent at the restart below and says so.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let v = wait_until("the rule loaded", &socket, |v| {
@@ -314,7 +350,7 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
 
     // A restart keeps it firing, same episode, nothing notified again.
     stop(agent);
-    let agent = start();
+    let agent = s.start();
     let v = wait_until("the state restored", &socket, |v| {
         scratch_alert(v, &mount).is_some()
     });
@@ -425,4 +461,410 @@ fn stop(mut agent: KillOnDrop) {
     );
     let status = agent.0.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A small HTTP server standing in for a notification receiver: each POST's JSON body,
+/// with when it came.
+struct Receiver {
+    url: String,
+    got: mpsc::Receiver<(Instant, Value)>,
+    seen: Vec<(Instant, Value)>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (tx, got) = mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    let _ = tx.send((Instant::now(), v));
+                }
+            }
+        });
+        Self {
+            url,
+            got,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a payload with an alert named `alert` on `mount` whose status is
+    /// `status`; returns when it came.
+    fn wait_for(&mut self, alert: &str, mount: &str, status: &str) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((t, _)) = self.seen.iter().find(|(_, v)| has(v, alert, mount, status)) {
+                return *t;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.got.recv_timeout(left) {
+                Ok(p) => self.seen.push(p),
+                Err(_) => panic!(
+                    "no {status} notification for {alert} on {mount} within 60 s; got {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        self.seen.extend(self.got.try_iter());
+    }
+}
+
+/// Whether a receiver payload (Alertmanager's webhook or the collector's) carries
+/// `alert` on `mount` with `status`.
+fn has(v: &Value, alert: &str, mount: &str, status: &str) -> bool {
+    v["alerts"].as_array().is_some_and(|a| {
+        a.iter().any(|a| {
+            a["labels"]["alertname"] == alert
+                && a["labels"]["mountpoint"] == mount
+                && (a["status"] == status || v["status"] == status && a["status"].is_null())
+        })
+    })
+}
+
+/// Debian's Alertmanager on loopback, routing everything to `webhook` at once.
+struct Alertmanager {
+    _child: KillOnDrop,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start(webhook: &str) -> Self {
+        require("prometheus-alertmanager");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: test\n  group_by: [alertname, host]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let port = vigil_tests::free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus-alertmanager");
+        let child = KillOnDrop(child);
+        vigil_tests::daemons::wait_until("Alertmanager ready", Duration::from_secs(30), || {
+            curl(&format!("{url}/-/ready")).is_some()
+        });
+        Self {
+            _child: child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&curl(&format!("{}{path}", self.url)).expect("Alertmanager answers"))
+            .unwrap()
+    }
+}
+
+/// GET with curl: the body on a 2xx answer.
+fn curl(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn an_agents_alert_reaches_a_webhook_through_a_real_alertmanager_and_a_maintenance_window_is_a_silence_there(
+) {
+    if !require_root("an_agents_alert_reaches_a_webhook_through_a_real_alertmanager_and_a_maintenance_window_is_a_silence_there") {
+        return;
+    }
+    let mut receiver = Receiver::start();
+    let am = Alertmanager::start(&receiver.url);
+    let collector = vigil_tests::daemons::Collector::start(&["--alertmanager", &am.url]);
+    // Damping of 1 s: the second episode below is notified, not held.
+    let s = ScratchAgent::new(&collector.addr, "1s");
+    let agent = s.start();
+
+    // Fired on the agent: through the collector and Alertmanager to the receiver.
+    s.scratch.fill_to(60);
+    receiver.wait_for("ScratchFilling", &s.mount, "firing");
+    let payload = receiver
+        .seen
+        .iter()
+        .find(|(_, v)| has(v, "ScratchFilling", &s.mount, "firing"))
+        .unwrap()
+        .1
+        .clone();
+    let a = payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "ScratchFilling")
+        .unwrap();
+    assert_eq!(a["labels"]["host"], hostname(), "{a:#}");
+    assert_eq!(a["labels"]["agent_id"], "alerting");
+    assert_eq!(a["labels"]["severity"], "critical");
+    assert_eq!(a["labels"]["vigil_kind"], "alert");
+    assert_eq!(
+        a["annotations"]["runbook_url"],
+        "https://runbooks.example/scratch"
+    );
+    // Resolved on the agent: Alertmanager sends the resolution too.
+    s.scratch.fill_to(10);
+    receiver.wait_for("ScratchFilling", &s.mount, "resolved");
+
+    // A maintenance window on this host is a real silence in Alertmanager.
+    let out = vigil_json(&[
+        "maintenance",
+        "start",
+        "--host",
+        &hostname(),
+        "--for",
+        "1h",
+        "--comment",
+        "kernel upgrade",
+        "--collector",
+        &collector.addr,
+        "--json",
+    ]);
+    let id = out["id"].as_str().unwrap().to_string();
+    assert_eq!(out["kept_by"], "alertmanager", "{out}");
+    let silence = am.get(&format!("/api/v2/silence/{id}"));
+    assert_eq!(silence["status"]["state"], "active", "{silence:#}");
+    assert_eq!(silence["comment"], "kernel upgrade");
+    assert!(
+        silence["createdBy"].as_str().unwrap().contains('@'),
+        "{silence:#}"
+    );
+    let matchers: Vec<(String, String)> = silence["matchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        matchers.contains(&("host".into(), hostname())),
+        "{matchers:?}"
+    );
+    assert!(
+        matchers.contains(&("vigil_kind".into(), "alert".into())),
+        "{matchers:?}"
+    );
+    let listed = vigil_stdout(&[
+        "maintenance",
+        "list",
+        "--json",
+        "--collector",
+        &collector.addr,
+    ]);
+    assert!(String::from_utf8_lossy(&listed).contains(&id));
+
+    // It fires again during the window: Alertmanager has it, suppressed by the
+    // silence, and the fleet view shows it silenced; nobody is notified.
+    s.scratch.fill_to(60);
+    vigil_tests::daemons::wait_until(
+        "the alert suppressed in Alertmanager",
+        Duration::from_secs(60),
+        || {
+            am.get("/api/v2/alerts")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "ScratchFilling"
+                        && a["labels"]["mountpoint"] == s.mount.as_str()
+                        && a["status"]["state"] == "suppressed"
+                        && a["status"]["silencedBy"]
+                            .as_array()
+                            .is_some_and(|s| s.iter().any(|x| x == id.as_str()))
+                })
+        },
+    );
+    let fleet = vigil_json(&["alerts", "--collector", &collector.addr, "--json"]);
+    let ours = s.ours(&fleet).unwrap_or_else(|| panic!("{fleet:#}"));
+    assert_eq!(ours["silenced_by"], id.as_str(), "{ours:#}");
+    let firing_before = {
+        receiver.drain();
+        receiver
+            .seen
+            .iter()
+            .filter(|(_, v)| has(v, "ScratchFilling", &s.mount, "firing"))
+            .count()
+    };
+    assert_eq!(
+        firing_before, 1,
+        "only the first episode was notified: {:#?}",
+        receiver.seen
+    );
+
+    // The window ends: the alert, still firing, is notified then.
+    let ended_at = Instant::now();
+    let out = vigil_json(&[
+        "maintenance",
+        "end",
+        &id,
+        "--collector",
+        &collector.addr,
+        "--json",
+    ]);
+    assert_eq!(out["state"], "expired", "{out}");
+    receiver.seen.clear();
+    let t = receiver.wait_for("ScratchFilling", &s.mount, "firing");
+    assert!(t > ended_at);
+    s.scratch.fill_to(10);
+    stop(agent);
+}
+
+#[test]
+fn without_alertmanager_the_collector_keeps_the_window_and_holds_the_webhook_until_it_ends() {
+    if !require_root(
+        "without_alertmanager_the_collector_keeps_the_window_and_holds_the_webhook_until_it_ends",
+    ) {
+        return;
+    }
+    let mut receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("collector.toml");
+    // Firing alerts are sent again every 2 s (so the end of the window shows quickly).
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\nmode = \"off\"\n[alerting]\nwebhook = \"{}\"\nresend = \"2s\"\n",
+            receiver.url
+        ),
+    )
+    .unwrap();
+    let collector = vigil_tests::daemons::Collector::start(&["--config", config.to_str().unwrap()]);
+    let s = ScratchAgent::new(&collector.addr, "1s");
+    let agent = s.start();
+    let out = vigil_json(&[
+        "maintenance",
+        "start",
+        "--host",
+        &hostname(),
+        "--alert",
+        "ScratchFilling",
+        "--for",
+        "1h",
+        "--collector",
+        &collector.addr,
+        "--json",
+    ]);
+    let id = out["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (out["kept_by"].as_str(), out["state"].as_str()),
+        (Some("collector"), Some("active")),
+        "{out}"
+    );
+
+    s.scratch.fill_to(60);
+    // Recorded and shown as silenced at the collector, counted, not sent.
+    vigil_tests::daemons::wait_until(
+        "the alert silenced at the collector",
+        Duration::from_secs(60),
+        || {
+            collector.hosts()["collector"]["alerting"]["silenced"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let fleet = vigil_json(&["alerts", "--collector", &collector.addr, "--json"]);
+    assert_eq!(
+        s.ours(&fleet).map(|a| a["silenced_by"].clone()),
+        Some(Value::from(id.as_str())),
+        "{fleet:#}"
+    );
+    receiver.drain();
+    assert!(
+        !receiver
+            .seen
+            .iter()
+            .any(|(_, v)| has(v, "ScratchFilling", &s.mount, "firing")),
+        "notified during the window: {:#?}",
+        receiver.seen
+    );
+    let ended_at = Instant::now();
+    let out = vigil_json(&[
+        "maintenance",
+        "end",
+        &id,
+        "--collector",
+        &collector.addr,
+        "--json",
+    ]);
+    assert_eq!(out["state"], "expired", "{out}");
+    let t = receiver.wait_for("ScratchFilling", &s.mount, "firing");
+    assert!(t > ended_at);
+    let all = String::from_utf8(vigil_stdout(&[
+        "maintenance",
+        "list",
+        "--all",
+        "--collector",
+        &collector.addr,
+    ]))
+    .unwrap();
+    assert!(all.contains(&id) && all.contains("expired"), "{all}");
+    // The webhook's payload: the routed labels, the runbook.
+    let (_, v) = receiver
+        .seen
+        .iter()
+        .find(|(_, v)| has(v, "ScratchFilling", &s.mount, "firing"))
+        .unwrap();
+    let a = &v["alerts"][0];
+    assert_eq!(a["labels"]["host"], hostname(), "{v:#}");
+    assert_eq!(
+        a["annotations"]["runbook_url"],
+        "https://runbooks.example/scratch"
+    );
+    s.scratch.fill_to(10);
+    receiver.wait_for("ScratchFilling", &s.mount, "resolved");
+    stop(agent);
 }
