@@ -29,6 +29,17 @@ pub static RINGBUF_WAKE_AT_BYTES: u64 = 0;
 #[no_mangle]
 pub static RINGBUF_WAKE_AFTER_NS: u64 = 0;
 
+/// 1 while the agent sheds syscall latency to stay within its CPU budget: the
+/// histograms and slow-syscall events stop, the security checks on the same pair go
+/// on. A one-slot array (the verifier inlines its lookup: no helper call).
+#[map]
+pub static LATENCY_SHED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn latency_shed() -> bool {
+    LATENCY_SHED.get(0).is_some_and(|v| *v != 0)
+}
+
 /// When the reader was last woken (CLOCK_MONOTONIC ns); one slot for all CPUs (a race
 /// only costs an extra wake-up).
 #[map]

@@ -90,6 +90,7 @@ pub struct AgentConfig {
     /// After a notified resolution, a re-fire of the same alert and series within
     /// this window is held: recorded and counted, not notified. Default "1h".
     pub alert_damping: Interval,
+    pub budget: BudgetConfig,
     pub log: LogConfig,
     /// How the agent talks to the collector: mutual TLS by default (paths default to
     /// /etc/vigil/tls/ca.pem, agent.pem, agent.key); `mode = "off"` for plaintext.
@@ -196,6 +197,34 @@ impl Default for SpoolConfig {
     }
 }
 
+/// `[budget]`: the agent's own CPU, and what it gives up to stay within it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// The agent's CPU budget, percent of one core: its own user and system time, plus
+    /// its eBPF programs' run time with count_bpf. Over it for over_for, the agent sheds
+    /// its costliest optional probe (syscall latency: histograms and slow-syscall events;
+    /// detection's checks go on), raises VigilAgentOverCPUBudget, and takes the probe
+    /// back once it has stayed under half the budget for over_for. Default 10.
+    pub cpu_percent: f64,
+    /// How long over (or back under) before it acts. Default "1m".
+    pub over_for: Interval,
+    /// Count the eBPF programs' run time too: the agent turns the kernel's BPF run-time
+    /// statistics on (two clock reads per program run) for as long as it runs. Default
+    /// false.
+    pub count_bpf: bool,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            cpu_percent: 10.0,
+            over_for: Interval(Duration::from_secs(60)),
+            count_bpf: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
@@ -233,6 +262,7 @@ impl Default for AgentConfig {
             detect: DetectConfig::default(),
             alerts_dir: PathBuf::from("/etc/vigil/alerts.d"),
             alert_damping: Interval(Duration::from_secs(3600)),
+            budget: BudgetConfig::default(),
             log: LogConfig::default(),
             tls: vigil_tls::TlsSection::default(),
         }
@@ -291,6 +321,15 @@ impl AgentConfig {
     /// Checks the values serde can't: returns every problem, not just the first.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if !(self.budget.cpu_percent.is_finite() && self.budget.cpu_percent > 0.0) {
+            problems.push(format!(
+                "budget.cpu_percent: {} is not a positive percentage of one core",
+                self.budget.cpu_percent
+            ));
+        }
+        if self.budget.over_for.0 < Duration::from_secs(1) {
+            problems.push("budget.over_for: at least 1s".into());
+        }
         if self.interval.0 < Duration::from_secs(1) {
             problems.push(format!(
                 "interval: must be at least 1s (got {:?})",

@@ -868,3 +868,117 @@ fn without_alertmanager_the_collector_keeps_the_window_and_holds_the_webhook_unt
     receiver.wait_for("ScratchFilling", &s.mount, "resolved");
     stop(agent);
 }
+
+/// getppid calls in the agent's last second (its syscall latency window).
+fn getppid_calls(socket: &str) -> u64 {
+    vigil_json(&["syscalls", "--window", "1s", "--json", "--socket", socket])["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "getppid")
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn over_its_cpu_budget_the_agent_sheds_syscall_latency_alerts_and_restores_it_when_there_is_room() {
+    if !require_root("over_its_cpu_budget_the_agent_sheds_syscall_latency_alerts_and_restores_it_when_there_is_room") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let config = dir.path().join("agent.toml");
+    let write = |budget: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "interval = \"1s\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nalerts_dir = \"{}\"\n\n[budget]\ncpu_percent = {budget}\nover_for = \"2s\"\n\n[probes]\nretransmits = false\n",
+                dir.path().join("data").display(),
+                dir.path().join("alerts.d").display()
+            ),
+        )
+        .unwrap()
+    };
+    // Room first: a syscall storm is timed.
+    write("1000");
+    let mut cmd = agent_command();
+    cmd.arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let mut storm = vigil_tests::Workload::spawn(
+        env!("CARGO_BIN_EXE_vigil-workload"),
+        &["getppid", "100000000000"],
+    );
+    storm.go();
+    vigil_tests::daemons::wait_until("the storm timed", Duration::from_secs(30), || {
+        getppid_calls(&socket) > 1000
+    });
+    let probe = |name: &str| {
+        let stats = vigil_json(&["stats", "--json", "--socket", &socket]);
+        stats["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let state = |name: &str| probe(name)["state"].as_str().unwrap_or("").to_string();
+    assert_eq!(state("syscall-latency"), "on");
+
+    // A budget no agent fits in: after over_for, syscall latency is shed (the storm is
+    // no longer timed), the alert fires, detection stays on.
+    write("0.0001");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    vigil_tests::daemons::wait_until("syscall latency shed", Duration::from_secs(60), || {
+        state("syscall-latency") == "shed"
+    });
+    let shed = probe("syscall-latency");
+    assert!(
+        shed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("over the CPU budget"),
+        "{shed}"
+    );
+    vigil_tests::daemons::wait_until("the storm no longer timed", Duration::from_secs(30), || {
+        getppid_calls(&socket) == 0
+    });
+    assert_eq!(state("detection"), "on");
+    let fired = wait_until("VigilAgentOverCPUBudget firing", &socket, |v| {
+        v["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["alert"] == "VigilAgentOverCPUBudget" && a["state"] == "firing")
+    });
+    assert!(
+        fired["active"].to_string().contains("shed syscall latency"),
+        "{fired:#}"
+    );
+
+    // Room again: back under half the budget for over_for, it is restored and timed.
+    write("1000");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    vigil_tests::daemons::wait_until("syscall latency restored", Duration::from_secs(60), || {
+        state("syscall-latency") == "on"
+    });
+    vigil_tests::daemons::wait_until("the storm timed again", Duration::from_secs(30), || {
+        getppid_calls(&socket) > 1000
+    });
+    wait_until("VigilAgentOverCPUBudget resolved", &socket, |v| {
+        !v["active"].to_string().contains("VigilAgentOverCPUBudget")
+    });
+    drop(storm);
+    stop(agent);
+}

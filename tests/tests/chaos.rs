@@ -688,6 +688,7 @@ fn an_event_storm_beyond_the_ring_buffer_arrives_as_a_counted_loss() {
                 since_unix_ms: 0,
                 limit: 100_000,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await
             .expect("events")

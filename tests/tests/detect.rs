@@ -1171,6 +1171,7 @@ fn findings_reach_the_collector() {
                     since_unix_ms: since,
                     limit: 1000,
                     page_token: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("events")

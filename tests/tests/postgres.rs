@@ -707,6 +707,7 @@ fn fleet_events_are_the_same_from_either_collector() {
                         since_unix_ms: t0,
                         limit: 25,
                         page_token: token.clone(),
+                        ..Default::default()
                     })
                     .await
                     .expect("events")

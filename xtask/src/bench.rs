@@ -48,6 +48,17 @@ pub enum Bench {
         #[arg(long)]
         tls: bool,
     },
+    /// Alert noise: a recorded 10-minute run of this host under a compile, a file copy
+    /// and a network transfer, replayed through the built-in alert rules: the alerts
+    /// that fire (goal: none) and the engine's CPU per 1,000 evaluations.
+    Alerts {
+        /// Make the recording first (root; runs the agent for --minutes) and replace
+        /// the committed one.
+        #[arg(long)]
+        record: bool,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Remote write: samples forwarded per CPU second by the collector (reading its
     /// store, encoding, sending) and by vmagent relaying the same series, in one run:
     /// collector -> vmagent -> VictoriaMetrics on loopback.
@@ -311,6 +322,9 @@ pub fn run(bench: Bench, vigil: &std::path::Path) -> anyhow::Result<()> {
             baseline,
         } => return exec(vigil, execs, rounds, baseline.as_deref()),
         Bench::Detect => return crate::bench_detect::detect(vigil),
+        Bench::Alerts { record, minutes } => {
+            return crate::bench_alerts::alerts(vigil, record, minutes)
+        }
         Bench::RemoteWrite { batches, agents } => {
             return crate::bench_remote_write::remote_write(vigil, agents, batches)
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run, test and bench for Vigil.
 mod bench;
+mod bench_alerts;
 mod bench_detect;
 mod bench_remote_write;
 mod fuzz;

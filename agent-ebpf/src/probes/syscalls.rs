@@ -18,8 +18,8 @@ use vigil_common::{
 
 use crate::{
     maps::{
-        count, setting, submit_flags, EVENTS, FILTER_TGID, SLOW_EVENTS_PER_SEC, SLOW_THRESHOLD_NS,
-        SYSCALL_LATENCY_ON,
+        count, latency_shed, setting, submit_flags, EVENTS, FILTER_TGID, SLOW_EVENTS_PER_SEC,
+        SLOW_THRESHOLD_NS, SYSCALL_LATENCY_ON,
     },
     task_storage::TaskStorage,
 };
@@ -178,7 +178,7 @@ pub(crate) fn exit_task(ret: Option<i64>) {
             if let Some(ret) = ret {
                 super::security::on_sys_exit(nr, ret, noted);
             }
-            if setting(&SYSCALL_LATENCY_ON) != 0 {
+            if setting(&SYSCALL_LATENCY_ON) != 0 && !latency_shed() {
                 record(nr, start_ns);
             }
         }

@@ -93,7 +93,8 @@ metrics! {
     SpoolUnacked = "agent.spool_unacked_batches", Host, "Batches in the spool the collector has not acknowledged.";
     SpoolDroppedBatches = "agent.spool_dropped_batches", Host, "Batches the spool dropped (full) in the interval.";
     CollectorSilentSecs = "agent.collector_silent_secs", Host, "Seconds since the collector last acknowledged a batch while batches wait (0 without a collector or with nothing to send).";
-    AgentCpuPercent = "agent.cpu_percent", Host, "The agent's own CPU (user + system), percent of one core, over the interval.";
+    AgentCpuPercent = "agent.cpu_percent", Host, "The agent's own CPU (user + system, plus its eBPF programs' run time with budget.count_bpf), percent of one core, over the interval.";
+    ProbesShed = "agent.probes_shed", Host, "Probes shed to stay within the agent's CPU budget (budget.cpu_percent).";
     AgentRssBytes = "agent.rss_bytes", Host, "The agent's resident memory in bytes.";
     FsAvailPercent = "filesystem.avail_percent", Filesystem, "Space available to unprivileged users, percent of the filesystem's size.";
     FsAvailBytes = "filesystem.avail_bytes", Filesystem, "Space available to unprivileged users, bytes.";
@@ -130,6 +131,8 @@ pub struct AgentHealth {
     pub collector_silent_secs: f64,
     pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
+    /// Probes shed to stay within the CPU budget.
+    pub probes_shed: u32,
 }
 
 /// What one evaluation looks at.
@@ -282,6 +285,7 @@ pub fn observe(
     host(Metric::CollectorSilentSecs, Some(a.collector_silent_secs));
     host(Metric::AgentCpuPercent, a.cpu_percent);
     host(Metric::AgentRssBytes, a.rss_bytes.map(|b| b as f64));
+    host(Metric::ProbesShed, Some(f64::from(a.probes_shed)));
 
     let mut push = |metric: Metric, labels: &Labels, v: Option<f64>| {
         if let Some(v) = v.filter(|v| v.is_finite()) {

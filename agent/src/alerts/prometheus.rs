@@ -80,6 +80,7 @@ fn promql(m: Metric) -> (&'static str, bool) {
         M::CollectorSilentSecs => ("vigil_collector_silent_seconds", true),
         M::AgentCpuPercent => (r#"rate(process_cpu_seconds_total{job=~".*"}[5m]) * 100"#, false),
         M::AgentRssBytes => ("process_resident_memory_bytes", true),
+        M::ProbesShed => ("vigil_probes_shed", true),
         M::FsAvailPercent => (
             r#"node_filesystem_avail_bytes{fstype!=""} / node_filesystem_size_bytes{fstype!=""} * 100"#,
             false,

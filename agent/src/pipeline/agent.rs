@@ -21,6 +21,7 @@ use tokio::{
 mod alerting;
 pub use alerting::{cpu_seconds, rss_bytes};
 mod batch;
+mod budget;
 mod dirs;
 mod reload;
 
@@ -211,6 +212,8 @@ pub struct Agent {
     errors: InternalErrors,
     /// The alert engine (None only if even the built-in rules failed to load).
     alerting: Option<alerting::Alerting>,
+    /// The agent's CPU budget (None without probes: nothing to shed).
+    budget: Option<budget::Budget>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then stops it within `shutdown_timeout`.
@@ -439,6 +442,8 @@ impl Agent {
             }
             None => None,
         };
+        // Before the privileges go: turning BPF statistics on needs CAP_SYS_ADMIN.
+        let budget = probes.as_ref().map(|_| budget::Budget::new(&config.budget));
         // Everything that needed root is done (probes attached, socket bound): keep
         // only what reading /proc and watched directories needs, before any other
         // thread exists (the exporter's connection may resolve names on one).
@@ -518,6 +523,7 @@ impl Agent {
             },
             errors,
             alerting,
+            budget,
         };
         agent.wait_for_missing_dirs();
         crate::notify::ready_with(

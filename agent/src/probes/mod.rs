@@ -69,6 +69,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const EVENTS_MAP: &str = "EVENTS";
 const COUNTERS_MAP: &str = "COUNTERS_MAP";
+const LATENCY_SHED_MAP: &str = "LATENCY_SHED";
 
 /// What to load and how. Defaults are what the agent runs with.
 #[derive(Clone, Debug)]
@@ -480,6 +481,25 @@ impl Probes {
     }
 
     /// Cumulative kernel counters since load.
+    /// Sheds syscall latency (histograms and slow-syscall events stop; the security
+    /// checks on the same programs go on), or takes it back.
+    pub fn shed_syscall_latency(&mut self, shed: bool) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(LATENCY_SHED_MAP)
+            .ok_or(ProbeError::MissingMap(LATENCY_SHED_MAP))?;
+        let mut a: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map {
+                map: LATENCY_SHED_MAP,
+                source,
+            })?;
+        a.set(0, u32::from(shed), 0)
+            .map_err(|source| ProbeError::Map {
+                map: LATENCY_SHED_MAP,
+                source,
+            })
+    }
+
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let mut sums = [0u64; COUNTERS as usize];
         for_each_per_cpu(

@@ -67,10 +67,12 @@ pub fn stats_json(
         a.probes
             .iter()
             .map(|(name, state)| {
-                let (state, reason) = match state.strip_prefix("off: ") {
-                    Some(reason) => ("off", reason),
-                    None => (state.as_str(), ""),
-                };
+                let (state, reason) =
+                    match (state.strip_prefix("off: "), state.strip_prefix("shed: ")) {
+                        (Some(reason), _) => ("off", reason),
+                        (_, Some(reason)) => ("shed", reason),
+                        _ => (state.as_str(), ""),
+                    };
                 json!({"name": name, "state": state, "reason": reason})
             })
             .collect()

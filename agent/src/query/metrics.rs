@@ -227,6 +227,12 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
         a.probes.values().filter(|s| s.starts_with("off")).count() as f64,
     ));
     out.push(Family::single(
+        "vigil_probes_shed",
+        "Probes shed to stay within the agent's CPU budget (VigilAgentOverCPUBudget).",
+        Kind::Gauge,
+        a.probes.values().filter(|s| s.starts_with("shed")).count() as f64,
+    ));
+    out.push(Family::single(
         "vigil_collector_silent_seconds",
         "Seconds since the collector last acknowledged a batch while batches wait; 0 when nothing waits or no collector is configured.",
         Kind::Gauge,

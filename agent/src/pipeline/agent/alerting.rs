@@ -189,6 +189,13 @@ impl Agent {
             a.last_ack = (acked, std::time::Instant::now());
         }
         let (cpu_percent, rss_bytes) = a.usage.sample();
+        self.check_budget(cpu_percent);
+        let (usage, probes_shed) = self.budget.as_ref().map_or((cpu_percent, 0), |b| {
+            (b.usage.or(cpu_percent), b.probes_shed())
+        });
+        let Some(a) = self.alerting.as_mut() else {
+            return;
+        };
         let probes_off = self
             .state
             .write()
@@ -210,8 +217,9 @@ impl Agent {
             } else {
                 0.0
             },
-            cpu_percent,
+            cpu_percent: usage,
             rss_bytes,
+            probes_shed,
         };
         let Some(metrics) = batch.metrics.first() else {
             return;

@@ -30,6 +30,9 @@ impl Agent {
         if let Some(a) = self.alerting.as_mut() {
             a.reload(config);
         }
+        if let Some(b) = self.budget.as_mut() {
+            b.reconfigure(&config.budget);
+        }
     }
 
     /// Applies a reloaded config; says what changed and what needs a restart.
