@@ -25,8 +25,11 @@ enum Cli {
         unset_task_layout: bool,
     },
     /// `cargo xtask bench alerts --record`: the agent's spool (every batch of a run
-    /// without a collector) written as a recording (length-prefixed batches, the top
-    /// process lists left out).
+    /// without a collector) written as a recording (length-prefixed batches; what no
+    /// alert rule reads is left out: the top process lists, slow-syscall and
+    /// retransmit events, findings' processes and details, syscalls with fewer calls
+    /// than a p99 needs, empty histogram buckets at the top). SPOOL may also be an
+    /// earlier recording, trimmed again.
     AlertsRecord {
         #[arg(long)]
         spool: std::path::PathBuf,
@@ -86,6 +89,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+use anyhow::Context as _;
+use prost::Message as _;
+
 fn exit(r: anyhow::Result<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -97,18 +103,40 @@ fn exit(r: anyhow::Result<()>) -> std::process::ExitCode {
 }
 
 fn alerts_record(spool: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use prost::Message as _;
-    let spool = vigil_agent::spool::Spool::open(spool, Default::default())
-        .with_context(|| format!("opening the spool {}", spool.display()))?;
+    let batches = if spool.is_file() {
+        read_recording(spool)?
+    } else {
+        let spool = vigil_agent::spool::Spool::open(spool, Default::default())
+            .with_context(|| format!("opening the spool {}", spool.display()))?;
+        let mut out = Vec::new();
+        let mut after = 0;
+        while let Some(b) = spool.next_unacked(after)? {
+            after = b.sequence;
+            out.push(b);
+        }
+        out
+    };
     let mut bytes = Vec::new();
-    let mut after = 0;
     let mut n = 0;
-    while let Some(mut b) = spool.next_unacked(after)? {
-        after = b.sequence;
+    for mut b in batches {
         for m in &mut b.metrics {
             m.top_cpu.clear();
             m.top_memory.clear();
+        }
+        b.slow_syscalls.clear();
+        b.retransmits.clear();
+        for f in &mut b.findings {
+            f.process = None;
+            f.parent = None;
+            f.ancestors.clear();
+            f.details.clear();
+        }
+        b.syscalls
+            .retain(|s| s.count >= vigil_agent::alerts::metric::MIN_CALLS);
+        for s in &mut b.syscalls {
+            while s.buckets.last() == Some(&0) {
+                s.buckets.pop();
+            }
         }
         let encoded = b.encode_to_vec();
         bytes.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
@@ -120,12 +148,9 @@ fn alerts_record(spool: &std::path::Path, out: &std::path::Path) -> anyhow::Resu
     Ok(())
 }
 
-fn alerts_replay(recording: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use prost::Message as _;
-    use vigil_agent::alerts::{metric::AgentHealth, metric::Inputs, rules, Engine};
-    let bytes = std::fs::read(recording)
-        .with_context(|| format!("reading the recording {}", recording.display()))?;
+fn read_recording(path: &std::path::Path) -> anyhow::Result<Vec<vigil_proto::v1::Batch>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading the recording {}", path.display()))?;
     let mut batches = Vec::new();
     let mut rest = &bytes[..];
     while rest.len() >= 4 {
@@ -134,6 +159,12 @@ fn alerts_replay(recording: &std::path::Path, rounds: u32) -> anyhow::Result<()>
         batches.push(vigil_proto::v1::Batch::decode(body)?);
         rest = &rest[4 + len..];
     }
+    Ok(batches)
+}
+
+fn alerts_replay(recording: &std::path::Path, rounds: u32) -> anyhow::Result<()> {
+    use vigil_agent::alerts::{metric::AgentHealth, metric::Inputs, rules, Engine};
+    let batches = read_recording(recording)?;
     anyhow::ensure!(!batches.is_empty(), "an empty recording");
     let rules = rules::load(None)?;
     let replay = |fired: &mut Vec<serde_json::Value>| {
@@ -155,8 +186,9 @@ fn alerts_replay(recording: &std::path::Path, rounds: u32) -> anyhow::Result<()>
                 agent: &health,
             };
             for e in engine.evaluate(&inputs) {
-                if e.state == "firing" {
+                if e.state == "firing" || e.state == "pending" {
                     fired.push(serde_json::json!({
+                        "state": e.state,
                         "alert": e.alert, "severity": e.severity, "labels": e.labels,
                         "value": e.value, "summary": e.summary,
                         "after_secs": (e.time_unix_ms - batches[0].end_unix_ms) / 1000,

@@ -57,7 +57,10 @@ pub fn alerts(vigil: &Path, record: bool, minutes: u64) -> anyhow::Result<()> {
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let fired = v["fired"].as_array().cloned().unwrap_or_default();
+    let changes = v["fired"].as_array().cloned().unwrap_or_default();
+    let fired: Vec<&serde_json::Value> =
+        changes.iter().filter(|c| c["state"] == "firing").collect();
+    let pending = changes.iter().filter(|c| c["state"] == "pending").count();
     println!(
         "bench alerts: {} ({} batches at {} s over {} s, a compile, a file copy and a network transfer), {} built-in rules",
         RECORDING,
@@ -67,9 +70,13 @@ pub fn alerts(vigil: &Path, record: bool, minutes: u64) -> anyhow::Result<()> {
         v["rules"]
     );
     println!("  alerts fired:                    {}", fired.len());
-    for f in &fired {
+    println!(
+        "  alerts gone pending:             {pending} (conditions that held at all; rules whose `for` is longer than the recording cannot fire in it)"
+    );
+    for f in &changes {
         println!(
-            "    {} ({}) {} after {} s: {}",
+            "    {} {} ({}) {} after {} s: {}",
+            f["state"].as_str().unwrap_or(""),
             f["alert"].as_str().unwrap_or(""),
             f["severity"].as_str().unwrap_or(""),
             f["labels"],
