@@ -272,43 +272,46 @@ async fn scrape(
         .unwrap_or_default()
 }
 
+/// This process's user + system CPU seconds (/proc/self/stat: utime and stime are
+/// fields 14 and 15, counted after the ")" that ends the command name, which may hold
+/// spaces).
+pub fn process_cpu_seconds() -> Option<f64> {
+    // SAFETY: sysconf reads constants.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(t as f64 / ticks)
+}
+
+/// This process's resident memory in bytes (/proc/self/statm).
+pub fn process_resident_bytes() -> Option<u64> {
+    // SAFETY: sysconf reads constants.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages = s.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    Some(pages * page.max(1) as u64)
+}
+
 /// The standard process metrics of the serving process itself (the names the
 /// Prometheus client libraries use): CPU seconds, resident memory, open descriptors.
 pub fn process_families(out: &mut Vec<Family>) {
-    // SAFETY: sysconf reads constants.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-    // /proc/self/stat: utime and stime are fields 14 and 15, counted after the ")"
-    // that ends the command name (which may hold spaces).
-    if let Some(cpu) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-    {
+    if let Some(cpu) = process_cpu_seconds() {
         out.push(Family::single(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
             Kind::Counter,
-            cpu as f64 / ticks,
+            cpu,
         ));
     }
-    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-    {
+    if let Some(rss) = process_resident_bytes() {
         out.push(Family::single(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             Kind::Gauge,
-            (rss * page.max(1) as u64) as f64,
+            rss as f64,
         ));
     }
     if let Ok(d) = std::fs::read_dir("/proc/self/fd") {

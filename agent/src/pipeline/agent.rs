@@ -19,7 +19,6 @@ use tokio::{
 };
 
 mod alerting;
-pub use alerting::{cpu_seconds, rss_bytes};
 mod batch;
 mod budget;
 mod dirs;

@@ -254,27 +254,6 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
         );
     }
     out.push(alerts);
-    // The standard process metrics of any Prometheus client, about the agent itself.
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if let Some(cpu) =
-        crate::pipeline::agent::cpu_seconds(if ticks > 0 { ticks as f64 } else { 100.0 })
-    {
-        out.push(Family::single(
-            "process_cpu_seconds_total",
-            "Total user and system CPU time spent in seconds.",
-            Kind::Counter,
-            cpu,
-        ));
-    }
-    if let Some(rss) = crate::pipeline::agent::rss_bytes() {
-        out.push(Family::single(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            Kind::Gauge,
-            rss as f64,
-        ));
-    }
     let mut errors = Family::new(
         "vigil_internal_errors_total",
         "Internal errors that are otherwise only logged, by name.",

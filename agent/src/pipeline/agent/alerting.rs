@@ -15,22 +15,16 @@ const SAVE_EVERY: Duration = Duration::from_secs(300);
 /// The agent's own CPU time and memory, from /proc/self.
 struct SelfUsage {
     last: Option<(std::time::Instant, f64)>,
-    ticks: f64,
 }
 
 impl SelfUsage {
     fn new() -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Self {
-            last: None,
-            ticks: if t > 0 { t as f64 } else { 100.0 },
-        }
+        Self { last: None }
     }
 
     /// (CPU percent of one core since the last call, resident bytes).
     fn sample(&mut self) -> (Option<f64>, Option<u64>) {
-        let cpu_secs = cpu_seconds(self.ticks);
+        let cpu_secs = vigil_openmetrics::process_cpu_seconds();
         let now = std::time::Instant::now();
         let pct = match (self.last, cpu_secs) {
             (Some((t, before)), Some(c)) if now > t => {
@@ -41,27 +35,8 @@ impl SelfUsage {
         if let Some(c) = cpu_secs {
             self.last = Some((now, c));
         }
-        (pct, rss_bytes())
+        (pct, vigil_openmetrics::process_resident_bytes())
     }
-}
-
-/// The agent's user + system CPU seconds (/proc/self/stat fields 14 and 15).
-pub fn cpu_seconds(ticks: f64) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
-
-/// The agent's resident memory (/proc/self/statm, second field, in pages).
-pub fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
 }
 
 pub(super) struct Alerting {
