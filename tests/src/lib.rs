@@ -521,6 +521,16 @@ pub fn cgroup_id(pid: u32) -> u64 {
         .ino()
 }
 
+/// Insists `bin` is on the PATH (`cargo xtask setup` installs the peers the tests run).
+pub fn require_bin(bin: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{bin} is missing: `cargo xtask setup` installs it");
+}
+
 /// Runs `vigil ARGS`, insists it succeeded, and returns its stdout.
 pub fn vigil_stdout(args: &[&str]) -> Vec<u8> {
     let out = Command::new(vigil_bin())

@@ -13,14 +13,7 @@ use vigil_tests::{
     agent_command, require_root, spawn_ready, vigil_bin, vigil_json, vigil_stdout, KillOnDrop,
 };
 
-fn require(bin: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(found, "{bin} is missing: `cargo xtask setup` installs it");
-}
+use vigil_tests::require_bin as require;
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -607,6 +600,15 @@ fn curl(url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Ends window `id` and waits for the firing notification it held back.
+fn end_window_then_notified(receiver: &mut Receiver, collector: &str, id: &str, mount: &str) {
+    let ended_at = Instant::now();
+    let out = vigil_json(&["maintenance", "end", id, "--collector", collector, "--json"]);
+    assert_eq!(out["state"], "expired", "{out}");
+    let t = receiver.wait_for("ScratchFilling", mount, "firing");
+    assert!(t > ended_at, "notified before the window ended");
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
@@ -745,19 +747,8 @@ fn an_agents_alert_reaches_a_webhook_through_a_real_alertmanager_and_a_maintenan
     );
 
     // The window ends: the alert, still firing, is notified then.
-    let ended_at = Instant::now();
-    let out = vigil_json(&[
-        "maintenance",
-        "end",
-        &id,
-        "--collector",
-        &collector.addr,
-        "--json",
-    ]);
-    assert_eq!(out["state"], "expired", "{out}");
     receiver.seen.clear();
-    let t = receiver.wait_for("ScratchFilling", &s.mount, "firing");
-    assert!(t > ended_at);
+    end_window_then_notified(&mut receiver, &collector.addr, &id, &s.mount);
     s.scratch.fill_to(10);
     stop(agent);
 }
@@ -831,18 +822,7 @@ fn without_alertmanager_the_collector_keeps_the_window_and_holds_the_webhook_unt
         "notified during the window: {:#?}",
         receiver.seen
     );
-    let ended_at = Instant::now();
-    let out = vigil_json(&[
-        "maintenance",
-        "end",
-        &id,
-        "--collector",
-        &collector.addr,
-        "--json",
-    ]);
-    assert_eq!(out["state"], "expired", "{out}");
-    let t = receiver.wait_for("ScratchFilling", &s.mount, "firing");
-    assert!(t > ended_at);
+    end_window_then_notified(&mut receiver, &collector.addr, &id, &s.mount);
     let all = String::from_utf8(vigil_stdout(&[
         "maintenance",
         "list",

@@ -85,14 +85,7 @@ fn curl(url: &str, accept: Option<&str>) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-fn require(bin: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(found, "{bin} is missing: `cargo xtask setup` installs it");
-}
+use vigil_tests::require_bin as require;
 
 /// A `vigil agent` (probes on: it needs root) serving /metrics on a loopback port.
 struct MetricsAgent {

@@ -119,25 +119,17 @@ pub async fn run(target: &AgentTarget, follow: bool, json: bool) -> anyhow::Resu
             print_alert(e, true);
         }
     }
-    let Some(mut stream) = stream else {
+    let Some(stream) = stream else {
         return Ok(());
     };
-    let stop = crate::startup::wait_for_stop(None);
-    tokio::pin!(stop);
-    loop {
-        let event = tokio::select! {
-            r = &mut stop => { r?; return Ok(()); }
-            e = stream.message() => e?,
-        };
-        match event.and_then(|e| e.event) {
-            None => return Ok(()),
-            Some(live_event::Event::Alert(e)) => print_alert(&e, json),
-            Some(live_event::Event::Missed(n)) => {
-                eprintln!("vigil: {n} events skipped (this reader fell behind)")
-            }
-            Some(_) => {}
+    super::local::follow_until_stop(stream, |event| match event {
+        live_event::Event::Alert(e) => print_alert(&e, json),
+        live_event::Event::Missed(n) => {
+            eprintln!("vigil: {n} events skipped (this reader fell behind)")
         }
-    }
+        _ => {}
+    })
+    .await
 }
 
 /// `vigil alerts rules`: the rules as a table, or as Prometheus alerting rules.

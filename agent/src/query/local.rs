@@ -262,20 +262,10 @@ pub async fn events(
             crate::units::human_secs(since.as_secs_f64())
         );
     }
-    let Some(mut stream) = stream else {
+    let Some(stream) = stream else {
         return Ok(());
     };
-    let stop = crate::startup::wait_for_stop(None);
-    tokio::pin!(stop);
-    loop {
-        let event = tokio::select! {
-            r = &mut stop => { r?; return Ok(()); }
-            e = stream.message() => e?,
-        };
-        let Some(event) = event.and_then(|e| e.event) else {
-            return Ok(());
-        };
-        match event {
+    follow_until_stop(stream, |event| match event {
             live_event::Event::Finding(f) => {
                 let key = (
                     f.rule.clone(),
@@ -313,6 +303,25 @@ pub async fn events(
                     println!("-- {n} events missed: this follower fell behind --");
                 }
             }
+    })
+    .await
+}
+
+/// Hands each live event to `on_event` until the stream ends or SIGINT/SIGTERM.
+pub async fn follow_until_stop(
+    mut stream: tonic::Streaming<vigil_proto::v1::LiveEvent>,
+    mut on_event: impl FnMut(live_event::Event),
+) -> anyhow::Result<()> {
+    let stop = crate::startup::wait_for_stop(None);
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            r = &mut stop => { r?; return Ok(()); }
+            e = stream.message() => e?,
+        };
+        match event.and_then(|e| e.event) {
+            Some(e) => on_event(e),
+            None => return Ok(()),
         }
     }
 }
