@@ -266,12 +266,26 @@ impl ScratchAgent {
     }
 
     fn start(&self) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
         let mut cmd = agent_command();
         cmd.arg("--config")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0)
+    }
+
+    /// The agent's log (stderr), across restarts.
+    fn log(&self) -> std::path::PathBuf {
+        self.config.with_file_name("agent.log")
+    }
+
+    fn alerts_dir(&self) -> std::path::PathBuf {
+        self.config.with_file_name("alerts.d")
     }
 
     /// The active ScratchFilling alert on our mount, if any, in an alerts answer.
@@ -302,6 +316,28 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
         v["rules"].as_u64().unwrap_or(0) > 30
     });
     assert!(scratch_alert(&v, &mount).is_none(), "empty: {v:#}");
+    // A bad file on SIGHUP is refused: the rules that run stay (ScratchFilling among
+    // them), the agent goes on.
+    let rules = v["rules"].as_u64().unwrap();
+    let bad = s.alerts_dir().join("zz-bad.yaml");
+    std::fs::write(&bad, "alerts:\n  - alert: NoRunbook\n    severity: warning\n    summary: s\n    when: [{metric: cpu.usage_percent, above: 1}]\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    vigil_tests::daemons::wait_until("the bad file refused", Duration::from_secs(30), || {
+        std::fs::read_to_string(s.log())
+            .unwrap_or_default()
+            .contains("SIGHUP: alert rules refused, keeping the")
+    });
+    let log = std::fs::read_to_string(s.log()).unwrap();
+    assert!(
+        log.contains("zz-bad.yaml:2: alert NoRunbook: no `runbook`"),
+        "{log}"
+    );
+    assert_eq!(alerts(&socket)["rules"].as_u64(), Some(rules));
+    std::fs::remove_file(&bad).unwrap();
 
     // 60 % used (40 % left): pending, then firing after `for`.
     scratch.fill_to(60);

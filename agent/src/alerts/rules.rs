@@ -516,6 +516,26 @@ mod tests {
         assert!(e.contains("mountpoint"), "{e}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_alert_rules_or_an_error(text in "\\PC*") {
+            let _ = parse("f.yaml", &text);
+        }
+
+        #[test]
+        fn any_condition_values_are_a_rule_or_an_error(
+            metric in "[a-z_.]{0,30}",
+            bound in proptest::num::f64::ANY,
+            clear in proptest::num::f64::ANY,
+            window in "[0-9]{0,25}[a-z]{0,2}",
+        ) {
+            let text = format!(
+                "alerts:\n  - alert: X\n    severity: info\n    summary: s\n    runbook: r\n    for: {window}\n    when: [{{metric: \"{metric}\", above: {bound:?}, clear_below: {clear:?}, rate_over: \"{window}\"}}]\n"
+            );
+            let _ = parse("f.yaml", &text);
+        }
+    }
+
     #[test]
     fn a_file_replaces_a_built_in_rule_by_name_and_severity_or_turns_it_off() {
         let dir = tempfile::tempdir().unwrap();
