@@ -90,6 +90,11 @@ pub struct AgentConfig {
     /// After a notified resolution, a re-fire of the same alert and series within
     /// this window is held: recorded and counted, not notified. Default "1h".
     pub alert_damping: Interval,
+    /// SLI files (*.yaml, *.yml): good and total event counts per interval, in each
+    /// batch and on /metrics (vigil_sli_good_total, vigil_sli_total). Read again on
+    /// SIGHUP (a bad file keeps the running SLIs). A missing directory means none.
+    /// Default "/etc/vigil/sli.d".
+    pub sli_dir: PathBuf,
     pub budget: BudgetConfig,
     pub log: LogConfig,
     /// How the agent talks to the collector: mutual TLS by default (paths default to
@@ -262,6 +267,7 @@ impl Default for AgentConfig {
             detect: DetectConfig::default(),
             alerts_dir: PathBuf::from("/etc/vigil/alerts.d"),
             alert_damping: Interval(Duration::from_secs(3600)),
+            sli_dir: PathBuf::from("/etc/vigil/sli.d"),
             budget: BudgetConfig::default(),
             log: LogConfig::default(),
             tls: vigil_tls::TlsSection::default(),

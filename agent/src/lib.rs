@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod privileges;
 pub mod probes;
 pub mod query;
+pub mod sli;
 pub mod spool;
 pub mod startup;
 pub mod syscall_table;

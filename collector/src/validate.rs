@@ -440,6 +440,16 @@ pub fn check_with(b: &mut Batch, now_ms: i64, limits: &BatchLimits) -> Result<Ch
     for (i, f) in b.findings.iter_mut().enumerate() {
         check_finding(i, f, &clock, limits.labels)?;
     }
+    count("slis", b.slis.len(), MAX_SYSCALLS)?;
+    for (i, s) in b.slis.iter_mut().enumerate() {
+        if s.name.is_empty() {
+            return Err(invalid(format!("slis[{i}].name"), "empty"));
+        }
+        if s.good > s.total {
+            return Err(invalid(format!("slis[{i}].good"), "more than total"));
+        }
+        clock.cut(&mut s.name);
+    }
     count("alerts", b.alerts.len(), limits.findings)?;
     for (i, a) in b.alerts.iter_mut().enumerate() {
         check_alert(i, a, &clock, limits.labels)?;

@@ -238,6 +238,22 @@ fn vigil_families(state: &StateReader, out: &mut Vec<Family>) {
         Kind::Gauge,
         st.collector_silent_secs(),
     ));
+    let mut good = Family::new(
+        "vigil_sli_good_total",
+        "Events that met each SLI (sli.d), since the agent started.",
+        Kind::Counter,
+    );
+    let mut total = Family::new(
+        "vigil_sli_total",
+        "Events each SLI counted (sli.d), since the agent started; with vigil_sli_good_total, what an SLO's burn rate is computed from.",
+        Kind::Counter,
+    );
+    for (name, (g, t)) in st.sli_totals() {
+        good.with(&[("sli", name)], *g as f64);
+        total.with(&[("sli", name)], *t as f64);
+    }
+    out.push(good);
+    out.push(total);
     let mut alerts = Family::new(
         "vigil_alerts",
         "The agent's alerts pending or firing now, by alert name, severity and state.",

@@ -50,6 +50,8 @@ struct AgentState {
     alerts: pb::AlertsResponse,
     /// Seconds since the collector last acked while batches wait (0: nothing waits).
     collector_silent_secs: f64,
+    /// Each SLI's (good, total) since the agent started.
+    sli_totals: BTreeMap<String, (u64, u64)>,
     /// The agent's own delivery state, as of the last interval.
     agent: pb::AgentSelf,
     /// Signalled when someone starts following live events.
@@ -172,6 +174,10 @@ impl StateWrite<'_> {
         admitted
     }
 
+    pub fn publish_sli_totals(&mut self, totals: BTreeMap<String, (u64, u64)>) {
+        self.0.sli_totals = totals;
+    }
+
     pub fn publish_collector_silent(&mut self, secs: f64) {
         self.0.collector_silent_secs = secs;
     }
@@ -214,6 +220,10 @@ impl StateRead<'_> {
 
     pub fn agent_self(&self) -> &pb::AgentSelf {
         &self.0.agent
+    }
+
+    pub fn sli_totals(&self) -> &BTreeMap<String, (u64, u64)> {
+        &self.0.sli_totals
     }
 
     pub fn collector_silent_secs(&self) -> f64 {
@@ -351,6 +361,7 @@ impl AgentState {
             live: broadcast::channel(FOLLOW_BUFFER).0,
             alerts: Default::default(),
             collector_silent_secs: 0.0,
+            sli_totals: BTreeMap::new(),
             agent: Default::default(),
             follower_joined: Default::default(),
             finding_rate: Default::default(),

@@ -41,6 +41,8 @@ impl SelfUsage {
 
 pub(super) struct Alerting {
     engine: Engine,
+    slis: Vec<crate::sli::Sli>,
+    sli_counter: crate::sli::Counter,
     path: PathBuf,
     usage: SelfUsage,
     /// The exporter's ack count when it last moved, and when.
@@ -82,8 +84,14 @@ impl Alerting {
             }
         }
         tracing::info!("alerts: {n} rules");
+        let slis = load_slis(&config.sli_dir).unwrap_or_else(|e| {
+            tracing::error!("SLIs: {e}; none counted until a reload (SIGHUP) succeeds");
+            Vec::new()
+        });
         Ok(Self {
             engine,
+            slis,
+            sli_counter: crate::sli::Counter::default(),
             path,
             usage: SelfUsage::new(),
             last_ack: (0, std::time::Instant::now()),
@@ -125,6 +133,13 @@ impl Alerting {
     }
 
     pub(super) fn reload(&mut self, config: &crate::config::AgentConfig) {
+        match load_slis(&config.sli_dir) {
+            Ok(s) => self.slis = s,
+            Err(e) => tracing::error!(
+                "SIGHUP: SLIs refused, keeping the {} counted: {e}",
+                self.slis.len()
+            ),
+        }
         match crate::alerts::rules::load(Some(&config.alerts_dir)) {
             Ok(rules) => {
                 tracing::info!("SIGHUP: {} alert rules loaded", rules.len());
@@ -146,6 +161,27 @@ impl Alerting {
             held: self.engine.stats().held,
         }
     }
+}
+
+/// The SLIs in `dir`, each said at load (with the bucket edge a latency bound uses).
+fn load_slis(dir: &std::path::Path) -> Result<Vec<crate::sli::Sli>, String> {
+    let slis = crate::sli::load(dir)?;
+    for s in &slis {
+        match &s.kind {
+            crate::sli::SliKind::SyscallLatency {
+                syscalls,
+                under,
+                effective_ns,
+            } => tracing::info!(
+                "SLI {}: {} under {under:?} (counted under {}: the histogram bucket edge at or below it)",
+                s.name,
+                syscalls.join(", "),
+                crate::units::human_ns(*effective_ns)
+            ),
+            kind => tracing::info!("SLI {}: {kind:?}", s.name),
+        }
+    }
+    Ok(slis)
 }
 
 impl Agent {
@@ -207,15 +243,24 @@ impl Agent {
             agent: &health,
         };
         let changes = a.engine.evaluate(&inputs);
+        let active = a.engine.active();
+        let firing = |name: &str| {
+            active
+                .iter()
+                .any(|e| e.alert == name && e.state == "firing")
+        };
+        let slis = a.sli_counter.count(&a.slis, batch, &firing);
         {
             let mut st = self.state.write();
             st.publish_collector_silent(health.collector_silent_secs);
             st.publish_alerts(a.view());
+            st.publish_sli_totals(a.sli_counter.totals.clone());
             for e in &changes {
                 st.push_event(pb::live_event::Event::Alert(e.clone()));
             }
         }
         batch.alerts = changes;
+        batch.slis = slis;
         a.save(false);
     }
 }
