@@ -57,6 +57,11 @@ CREATE TABLE losses (
 CREATE TABLE conflicts (
     id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, epoch BYTEA NOT NULL, sequence BIGINT NOT NULL,
     received_ms BIGINT NOT NULL, peer TEXT NOT NULL);
+", "
+CREATE TABLE sli_counts (
+    id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, name TEXT NOT NULL, time_ms BIGINT NOT NULL,
+    good BIGINT NOT NULL, total BIGINT NOT NULL);
+CREATE INDEX sli_counts_by_name ON sli_counts (name, time_ms);
 "];
 
 /// Any key: the advisory lock that serialises schema changes between collectors.
@@ -253,6 +258,12 @@ impl PgStore {
                 )
                 .map_err(err)?;
         }
+        n += tx
+            .execute(
+                "DELETE FROM sli_counts WHERE time_ms < $1",
+                &[&crate::store::sli_cutoff(before_ms)],
+            )
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(n as usize)
     }
@@ -566,6 +577,18 @@ fn store_one(
     );
     for (time_ms, kind, body) in events {
         tx.execute(&event, &[&b.agent_id, &time_ms, &(kind as i32), &body])?;
+    }
+    if !b.slis.is_empty() {
+        let sli = tx.prepare(
+            "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES ($1, $2, $3, $4, $5)",
+        )?;
+        for s in &b.slis {
+            let (good, total) = (
+                s.good.min(i64::MAX as u64) as i64,
+                s.total.min(i64::MAX as u64) as i64,
+            );
+            tx.execute(&sli, &[&b.agent_id, &s.name, &b.end_unix_ms, &good, &total])?;
+        }
     }
     Ok(Outcome::Stored)
 }

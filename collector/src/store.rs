@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS losses (
 /// f64s, in order) instead of a row per metric; `points` written by earlier versions
 /// is still read.
 /// Version 3: how each host's newest batch arrived (`hosts.transport`).
+/// Version 4: each batch's SLI counts (`sli_counts`), kept SLI_RETENTION_MS at least.
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE batches ADD COLUMN digest BLOB;
 ALTER TABLE hosts ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
@@ -57,7 +58,23 @@ CREATE TABLE IF NOT EXISTS samples (agent_id TEXT NOT NULL, time_ms INTEGER NOT 
 CREATE INDEX IF NOT EXISTS samples_by_host ON samples (agent_id, time_ms);
 ", "
 ALTER TABLE hosts ADD COLUMN transport TEXT NOT NULL DEFAULT '';
+", "
+CREATE TABLE IF NOT EXISTS sli_counts (
+    agent_id TEXT NOT NULL, name TEXT NOT NULL, time_ms INTEGER NOT NULL,
+    good INTEGER NOT NULL, total INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sli_counts_by_name ON sli_counts (name, time_ms);
 "];
+
+/// SLI counts are kept at least this long whatever the retention (an SLO's window is
+/// 28 or 30 days).
+pub const SLI_RETENTION_MS: i64 = 35 * 86_400 * 1000;
+
+/// Where SLI counts older than this go: the retention's cutoff, or SLI_RETENTION_MS
+/// before now if that is earlier.
+pub(crate) fn sli_cutoff(before_ms: i64) -> i64 {
+    let now = vigil_units::unix_ms(std::time::SystemTime::now());
+    before_ms.min(now - SLI_RETENTION_MS)
+}
 
 /// Conflicting batches remembered at most (the newest; their count is exact).
 pub(crate) const CONFLICTS_KEPT: i64 = 10_000;
@@ -531,7 +548,42 @@ impl SqliteStore {
             .conn
             .execute("DELETE FROM samples WHERE time_ms < ?1", params![before_ms])
             .map_err(&err)?;
-        Ok(n + m + k)
+        let s = self
+            .conn
+            .execute(
+                "DELETE FROM sli_counts WHERE time_ms < ?1",
+                params![sli_cutoff(before_ms)],
+            )
+            .map_err(&err)?;
+        Ok(n + m + k + s)
+    }
+
+    /// SLI `name`'s counts from `since_ms` on, oldest first: (agent id, the batch's
+    /// end time, good, total).
+    pub fn sli_counts(
+        &self,
+        name: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, u64, u64)>, StoreError> {
+        let err = self.sqlite();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT agent_id, time_ms, good, total FROM sli_counts
+                 WHERE name = ?1 AND time_ms >= ?2 ORDER BY time_ms",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map(params![name, since_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?.max(0) as u64,
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
 
     /// A page of hosts in agent-id order, after `page_token` (an agent id; "" for the
@@ -997,6 +1049,18 @@ fn store_one(
             a.encode_to_vec()
         ])?;
     }
+    let mut sli = tx.prepare_cached(
+        "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for s in &b.slis {
+        sli.execute(params![
+            b.agent_id,
+            s.name,
+            b.end_unix_ms,
+            s.good.min(i64::MAX as u64) as i64,
+            s.total.min(i64::MAX as u64) as i64
+        ])?;
+    }
     Ok(Outcome::Stored)
 }
 
@@ -1028,6 +1092,47 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn sli_counts_are_stored_with_their_batch_and_outlive_a_short_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
+        let now = vigil_units::unix_ms(std::time::SystemTime::now());
+        let with_sli = |seq: u64, end: i64, good: u64, total: u64| Batch {
+            end_unix_ms: end,
+            slis: vec![vigil_proto::v1::SliCount {
+                name: "fsync-fast".into(),
+                good,
+                total,
+            }],
+            ..batch("a", seq, 1.0)
+        };
+        let day = 86_400_000;
+        let out = store(
+            &mut s,
+            vec![
+                with_sli(1, now - 40 * day, 1, 1),
+                with_sli(2, now - 10 * day, 90, 100),
+                with_sli(3, now - 1000, 7, 10),
+            ],
+        );
+        assert!(out.iter().all(|o| *o == Outcome::Stored), "{out:?}");
+        // A resend is a duplicate: its counts are not stored twice.
+        assert_eq!(
+            store(&mut s, vec![with_sli(3, now - 1000, 7, 10)]),
+            [Outcome::Duplicate]
+        );
+        // A 7-day retention keeps 35 days of SLI counts.
+        s.prune(now - 7 * day).unwrap();
+        let rows = s.sli_counts("fsync-fast", 0).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| (r.2, r.3)).collect::<Vec<_>>(),
+            [(90, 100), (7, 10)],
+            "{rows:?}"
+        );
+        assert_eq!(rows[0].0, "a");
+        assert!(s.sli_counts("other", 0).unwrap().is_empty());
     }
 
     fn inc(b: Batch) -> Incoming {
