@@ -11,6 +11,7 @@ pub mod pg;
 pub mod remote_write;
 mod remote_write_pg;
 pub mod server;
+pub mod slo;
 pub mod store;
 pub mod stores;
 pub mod validate;

@@ -1,0 +1,343 @@
+//! SLOs at the collector (#16, first part: definitions and the arithmetic): files in an
+//! OpenSLO v1 subset over the agents' SLIs, and per SLO its SLI over the time window,
+//! the error budget left, the burn rate over the Google SRE workbook's windows, and
+//! whether its page or ticket alert fires (multiwindow, multi-burn-rate, as Sloth
+//! generates them).
+//!
+//! The OpenSLO v1 subset read: `apiVersion: openslo/v1`, `kind: SLO`,
+//! `metadata.name`, `metadata.displayName`, `metadata.annotations["vigil.dev/hosts"]`
+//! (a hostname glob: the host group; default every host), `spec.description`,
+//! `spec.service`, `spec.indicatorRef` (the name of an SLI in the agents' sli.d),
+//! `spec.timeWindow` (one rolling window, `28d` or `30d` or any duration),
+//! `spec.budgetingMethod: Occurrences`, `spec.objectives` (one, with `target` in (0, 1)
+//! and an optional `displayName`). Anything else is refused by name.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One SLO, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slo {
+    pub name: String,
+    pub display_name: String,
+    pub service: String,
+    pub indicator: String,
+    pub hosts: String,
+    pub window: Duration,
+    pub target: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Doc {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    indicator_ref: String,
+    time_window: Vec<TimeWindow>,
+    budgeting_method: String,
+    objectives: Vec<Objective>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TimeWindow {
+    duration: String,
+    is_rolling: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Objective {
+    #[serde(default)]
+    display_name: Option<String>,
+    target: f64,
+}
+
+/// Parses a file of one or more `---`-separated SLO documents.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Slo>, String> {
+    let mut out: Vec<Slo> = Vec::new();
+    for doc in yaml_serde::Deserializer::from_str(text) {
+        let d = Doc::deserialize(doc).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            format!("{file}:{line}: {e}")
+        })?;
+        let at = |reason: String| format!("{file}: SLO {}: {reason}", d.metadata.name);
+        if d.api_version != "openslo/v1" {
+            return Err(at(format!(
+                "apiVersion {:?}: openslo/v1 only",
+                d.api_version
+            )));
+        }
+        if d.kind != "SLO" {
+            return Err(at(format!(
+                "kind {:?}: SLO only (give the SLI in spec.indicatorRef)",
+                d.kind
+            )));
+        }
+        if d.spec.budgeting_method != "Occurrences" {
+            return Err(at(format!(
+                "budgetingMethod {:?}: Occurrences only",
+                d.spec.budgeting_method
+            )));
+        }
+        let [window] = d.spec.time_window.as_slice() else {
+            return Err(at("timeWindow: exactly one".into()));
+        };
+        if !window.is_rolling {
+            return Err(at(
+                "timeWindow: rolling windows only (isRolling: true)".into()
+            ));
+        }
+        let window = vigil_units::parse_duration(&window.duration)
+            .map_err(|e| at(format!("timeWindow.duration: {e}")))?;
+        if window < Duration::from_secs(3600) {
+            return Err(at("timeWindow.duration: at least 1h".into()));
+        }
+        let [objective] = d.spec.objectives.as_slice() else {
+            return Err(at("objectives: exactly one".into()));
+        };
+        if !(objective.target > 0.0 && objective.target < 1.0) {
+            return Err(at(format!(
+                "objectives[0].target {}: between 0 and 1",
+                objective.target
+            )));
+        }
+        for k in d.metadata.annotations.keys() {
+            if k.starts_with("vigil.dev/") && k != "vigil.dev/hosts" {
+                return Err(at(format!(
+                    "annotation {k}: unknown (vigil.dev/hosts only)"
+                )));
+            }
+        }
+        if out.iter().any(|s| s.name == d.metadata.name) {
+            return Err(at("defined twice".into()));
+        }
+        let _ = (&d.spec.description, &objective.display_name);
+        out.push(Slo {
+            display_name: d
+                .metadata
+                .display_name
+                .clone()
+                .unwrap_or_else(|| d.metadata.name.clone()),
+            service: d.spec.service.clone().unwrap_or_default(),
+            indicator: d.spec.indicator_ref.clone(),
+            hosts: d
+                .metadata
+                .annotations
+                .get("vigil.dev/hosts")
+                .cloned()
+                .unwrap_or_else(|| "*".into()),
+            window,
+            target: objective.target,
+            name: d.metadata.name,
+        });
+    }
+    Ok(out)
+}
+
+/// A burn-rate alert window pair of the workbook: it fires when the burn rate over both
+/// the long and the short window is above `factor`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BurnWindow {
+    pub long: Duration,
+    pub short: Duration,
+    pub factor: f64,
+}
+
+const H: u64 = 3600;
+
+/// Page: 1h/5m at 14.4x (2 % of a 30-day budget in an hour) or 6h/30m at 6x (5 % in 6h).
+pub const PAGE: [BurnWindow; 2] = [
+    BurnWindow {
+        long: Duration::from_secs(H),
+        short: Duration::from_secs(300),
+        factor: 14.4,
+    },
+    BurnWindow {
+        long: Duration::from_secs(6 * H),
+        short: Duration::from_secs(1800),
+        factor: 6.0,
+    },
+];
+
+/// Ticket: 1d/2h at 3x (10 % in a day) or 3d/6h at 1x (10 % in 3 days).
+pub const TICKET: [BurnWindow; 2] = [
+    BurnWindow {
+        long: Duration::from_secs(24 * H),
+        short: Duration::from_secs(2 * H),
+        factor: 3.0,
+    },
+    BurnWindow {
+        long: Duration::from_secs(72 * H),
+        short: Duration::from_secs(6 * H),
+        factor: 1.0,
+    },
+];
+
+/// What an SLO says now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    /// good / total over the time window (None without events).
+    pub sli: Option<f64>,
+    /// 1 - (bad / total) / (1 - target) over the time window: 1 untouched, 0 spent,
+    /// below 0 overspent.
+    pub budget_left: f64,
+    /// (window, burn rate) for every window the alerts use, shortest first.
+    pub burn: Vec<(Duration, f64)>,
+    pub page: bool,
+    pub ticket: bool,
+}
+
+/// The burn rate over `window` ending at `now_ms`: the bad share of the events in
+/// (now - window, now], divided by the share the objective allows. 0 without events.
+pub fn burn_rate(counts: &[(i64, u64, u64)], target: f64, now_ms: i64, window: Duration) -> f64 {
+    let from = now_ms - window.as_millis() as i64;
+    let (mut good, mut total) = (0u64, 0u64);
+    for (t, g, n) in counts {
+        if *t > from && *t <= now_ms {
+            good += g;
+            total += n;
+        }
+    }
+    if total == 0 {
+        return 0.0;
+    }
+    let bad = (total - good.min(total)) as f64 / total as f64;
+    bad / (1.0 - target)
+}
+
+/// The SLO's status from its counts (time, good, total; any order) at `now_ms`.
+pub fn status(slo: &Slo, counts: &[(i64, u64, u64)], now_ms: i64) -> Status {
+    let from = now_ms - slo.window.as_millis() as i64;
+    let (mut good, mut total) = (0u64, 0u64);
+    for (t, g, n) in counts {
+        if *t > from && *t <= now_ms {
+            good += g;
+            total += n;
+        }
+    }
+    let sli = (total > 0).then(|| good.min(total) as f64 / total as f64);
+    let budget_left = match sli {
+        Some(s) => 1.0 - (1.0 - s) / (1.0 - slo.target),
+        None => 1.0,
+    };
+    let mut windows: Vec<Duration> = PAGE
+        .iter()
+        .chain(&TICKET)
+        .flat_map(|w| [w.long, w.short])
+        .collect();
+    windows.sort();
+    windows.dedup();
+    let burn: Vec<(Duration, f64)> = windows
+        .iter()
+        .map(|w| (*w, burn_rate(counts, slo.target, now_ms, *w)))
+        .collect();
+    let rate = |w: Duration| burn.iter().find(|(x, _)| *x == w).map_or(0.0, |(_, r)| *r);
+    let fires = |set: &[BurnWindow]| {
+        set.iter()
+            .any(|w| rate(w.long) > w.factor && rate(w.short) > w.factor)
+    };
+    Status {
+        sli,
+        budget_left,
+        page: fires(&PAGE),
+        ticket: fires(&TICKET),
+        burn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "apiVersion: openslo/v1\nkind: SLO\nmetadata:\n  name: fsync-latency\n  displayName: fsync under 10 ms\n  annotations:\n    vigil.dev/hosts: \"db-*\"\nspec:\n  service: storage\n  indicatorRef: fsync-fast\n  timeWindow:\n    - duration: 30d\n      isRolling: true\n  budgetingMethod: Occurrences\n  objectives:\n    - target: 0.99\n";
+
+    #[test]
+    fn the_openslo_subset_parses_and_the_rest_is_refused_by_name() {
+        let s = parse("f.yaml", FILE).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].indicator, "fsync-fast");
+        assert_eq!(s[0].hosts, "db-*");
+        assert_eq!(s[0].window, Duration::from_secs(30 * 86_400));
+        assert_eq!(s[0].target, 0.99);
+        for (from, to, why) in [
+            ("Occurrences", "Timeslices", "Occurrences only"),
+            ("isRolling: true", "isRolling: false", "rolling"),
+            ("target: 0.99", "target: 1.5", "between 0 and 1"),
+            ("kind: SLO", "kind: SLI", "SLO only"),
+            (
+                "  service: storage\n",
+                "  service: storage\n  alertPolicies: []\n",
+                "alertPolicies",
+            ),
+        ] {
+            let e = parse("f.yaml", &FILE.replace(from, to)).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let two = format!("{FILE}---\n{}", FILE.replace("fsync-latency", "other"));
+        assert_eq!(parse("f.yaml", &two).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn burn_rates_budget_and_the_workbook_alerts() {
+        let slo = parse("f.yaml", FILE).unwrap().remove(0);
+        let now = 100 * 86_400_000i64;
+        let minute = 60_000;
+        // 30 days of 1000 events a minute, 0.1 % bad: a tenth of the budget a month.
+        let mut counts: Vec<(i64, u64, u64)> = (0..30 * 1440)
+            .map(|i| (now - i * minute, 999, 1000))
+            .collect();
+        let s = status(&slo, &counts, now);
+        assert!((s.sli.unwrap() - 0.999).abs() < 1e-12);
+        assert!((s.budget_left - 0.9).abs() < 1e-9, "{}", s.budget_left);
+        assert!(
+            s.burn.iter().all(|(_, r)| (r - 0.1).abs() < 1e-9),
+            "{:?}",
+            s.burn
+        );
+        assert!(!s.page && !s.ticket);
+        // The last 10 minutes 50 % bad: 50x over 5m; the page also needs the 1h window
+        // over 14.4x: 10 of 60 minutes at 50x and 50 at 0.1x = 8.4x, not yet.
+        for c in counts.iter_mut().filter(|c| c.0 > now - 10 * minute) {
+            c.1 = 500;
+        }
+        let s = status(&slo, &counts, now);
+        let rate = |w: u64| s.burn.iter().find(|(x, _)| x.as_secs() == w).unwrap().1;
+        assert!((rate(300) - 50.0).abs() < 1e-9, "{}", rate(300));
+        assert!((rate(3600) - (10.0 * 50.0 + 50.0 * 0.1) / 60.0).abs() < 1e-9);
+        assert!(!s.page, "{:?}", s.burn);
+        // Half an hour of it: 1h at (30*50 + 30*0.1)/60 = 25.05x > 14.4: page.
+        for c in counts.iter_mut().filter(|c| c.0 > now - 30 * minute) {
+            c.1 = 500;
+        }
+        let s = status(&slo, &counts, now);
+        assert!(s.page, "{:?}", s.burn);
+        // The ticket windows' long halves have not burned enough yet: 1d at
+        // (30*50 + 1410*0.1)/1440 = 1.14x < 3x, 3d at 0.45x < 1x.
+        assert!(!s.ticket, "{:?}", s.burn);
+        // No events: nothing burns, the budget is whole.
+        let s = status(&slo, &[], now);
+        assert_eq!((s.sli, s.budget_left, s.page), (None, 1.0, false));
+    }
+}
