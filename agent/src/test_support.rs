@@ -26,6 +26,7 @@ impl Collector {
                 remote_write: Vec::new(),
                 postgres: None,
                 alerting: Default::default(),
+                slo_dir: dir.join("slo.d"),
             },
             async {
                 let _ = stopped.await;

@@ -186,6 +186,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// SLOs at a collector: per SLO (OpenSLO v1 files in its slo_dir) and host group,
+    /// the SLI over the window, the error budget left, the burn rate over 5m, 30m, 1h,
+    /// 2h, 6h, 1d and 3d, and whether the page or ticket alert fires.
+    Slo {
+        #[command(flatten)]
+        collector: vigil_agent::query::fleet::CollectorTarget,
+        /// One JSON object per SLO per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Maintenance windows at a collector: while one is active the alerts it covers are
     /// recorded and shown as silenced, never notified. In the collector's Alertmanager
     /// when it has one (a real silence there), else kept by the collector.
@@ -549,6 +559,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Command::Slo { collector, json } => vigil_agent::query::slo::run(&collector, json).await,
         Command::Maintenance(Maintenance::Start {
             host,
             alert,

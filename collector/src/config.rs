@@ -57,6 +57,9 @@ pub struct CollectorFile {
     /// (`[[remote_write]]` tables with `url`). Default: none.
     pub remote_write: Vec<RemoteWriteFile>,
     pub alerting: AlertingFile,
+    /// SLO files (OpenSLO v1 subset, *.yaml) over the agents' SLIs, read at each `vigil
+    /// slo`. Default "/etc/vigil/slo.d".
+    pub slo_dir: Option<PathBuf>,
     pub limits: LimitsFile,
     pub tls: TlsSection,
 }

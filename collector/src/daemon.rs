@@ -108,6 +108,10 @@ pub struct CollectorArgs {
     /// alerting.webhook).
     #[arg(long, value_name = "URL")]
     pub alert_webhook: Option<String>,
+    /// SLO files (OpenSLO v1 subset) over the agents' SLIs (overrides slo_dir)
+    /// [default: /etc/vigil/slo.d].
+    #[arg(long, value_name = "DIR")]
+    pub slo_dir: Option<PathBuf>,
     /// Keep the store in this PostgreSQL database, which several collectors may share
     /// (overrides postgres_url; postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME)
     /// [default: the embedded SQLite store in the data directory].
@@ -139,6 +143,7 @@ pub struct Settings {
     pub remote_write: Vec<Endpoint>,
     pub postgres_url: Option<String>,
     pub alerting: crate::alerting::AlertingConfig,
+    pub slo_dir: PathBuf,
 }
 
 impl Settings {
@@ -344,6 +349,11 @@ impl CollectorArgs {
             metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
             remote_write,
             alerting,
+            slo_dir: self
+                .slo_dir
+                .clone()
+                .or(file.slo_dir)
+                .unwrap_or_else(|| "/etc/vigil/slo.d".into()),
         })
     }
 
@@ -453,6 +463,7 @@ impl CollectorArgs {
             remote_write: settings.remote_write,
             postgres: settings.postgres_url,
             alerting: settings.alerting,
+            slo_dir: settings.slo_dir,
         };
         let shutdown = async {
             if let Err(e) = wait_for_stop().await {

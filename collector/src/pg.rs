@@ -268,6 +268,32 @@ impl PgStore {
         Ok(n as usize)
     }
 
+    /// SLI `name`'s counts from `since_ms` on, oldest first.
+    pub fn sli_counts(
+        &mut self,
+        name: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, u64, u64)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT agent_id, time_ms, good, total FROM sli_counts WHERE name = $1 AND time_ms >= $2 ORDER BY time_ms, id",
+                &[&name, &since_ms],
+            )
+            .map_err(self.err())?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2).max(0) as u64,
+                    r.get::<_, i64>(3).max(0) as u64,
+                )
+            })
+            .collect())
+    }
+
     /// A page of hosts in agent-id order after `page_token` ("" first); the next token
     /// is "" at the end.
     pub fn hosts_page(

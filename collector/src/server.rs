@@ -19,7 +19,7 @@ use vigil_proto::v1::{
     Ack, Batch, CollectorStatsRequest, CollectorStatsResponse, CreateSilenceRequest, EventsRequest,
     EventsResponse, ExpireSilenceRequest, HostRequest, LatestStatsResponse, ListHostsRequest,
     ListHostsResponse, ListSilencesRequest, ListSilencesResponse, MetricHistoryRequest,
-    MetricHistoryResponse, Silence,
+    MetricHistoryResponse, Silence, SlosRequest, SlosResponse,
 };
 
 use vigil_tls::{server::peer_of, Kind, PeerInfo, Reloading};
@@ -60,6 +60,8 @@ pub struct CollectorConfig {
     pub postgres: Option<String>,
     /// Where alerts and findings are routed, and where silences live.
     pub alerting: crate::alerting::AlertingConfig,
+    /// SLO files (OpenSLO v1 subset), read at each `vigil slo`.
+    pub slo_dir: PathBuf,
 }
 
 impl CollectorConfig {
@@ -521,6 +523,7 @@ struct FleetService {
     counters: Arc<Counters>,
     tls: Option<Arc<Reloading<ServerTls>>>,
     router: crate::alerting::Router,
+    slo_dir: PathBuf,
 }
 
 /// Who may change silences: with TLS, a caller with a certificate (an operator's: the
@@ -669,6 +672,14 @@ impl Fleet for FleetService {
             events,
             next_page_token,
         }))
+    }
+
+    async fn slos(&self, _: Request<SlosRequest>) -> Result<Response<SlosResponse>, Status> {
+        let dir = self.slo_dir.clone();
+        let now = vigil_units::unix_ms(std::time::SystemTime::now());
+        Ok(Response::new(
+            self.read(move |s| crate::slo::answer(s, &dir, now)).await?,
+        ))
     }
 
     async fn create_silence(
@@ -914,6 +925,7 @@ pub async fn serve(
                 counters,
                 tls: config.tls.clone(),
                 router,
+                slo_dir: config.slo_dir.clone(),
             },
             fleet_access,
         ))

@@ -267,6 +267,136 @@ pub fn status(slo: &Slo, counts: &[(i64, u64, u64)], now_ms: i64) -> Status {
     }
 }
 
+/// `*` and `?` glob on a hostname.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+/// Every `*.yaml`/`*.yml` in `dir` (sorted): the SLOs, and each refused file's problem.
+pub fn load(dir: &std::path::Path) -> (Vec<Slo>, Vec<String>) {
+    let mut slos: Vec<Slo> = Vec::new();
+    let mut problems = Vec::new();
+    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(e) => e
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return (slos, vec![format!("{}: {e}", dir.display())]),
+    };
+    files.sort();
+    for f in files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(&f)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|t| parse(&name, &t))
+        {
+            Ok(list) => {
+                for s in list {
+                    if slos.iter().any(|x| x.name == s.name) {
+                        problems.push(format!(
+                            "{name}: SLO {} is also defined in another file",
+                            s.name
+                        ));
+                    } else {
+                        slos.push(s);
+                    }
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    (slos, problems)
+}
+
+/// Every SLO in `dir` over the store's counts at `now_ms`.
+pub fn answer(
+    store: &mut crate::Store,
+    dir: &std::path::Path,
+    now_ms: i64,
+) -> Result<vigil_proto::v1::SlosResponse, crate::StoreError> {
+    use vigil_proto::v1 as pb;
+    let (slos, problems) = load(dir);
+    let hostnames: std::collections::HashMap<String, String> = store
+        .hosts()?
+        .into_iter()
+        .filter_map(|h| h.host.map(|i| (i.agent_id, i.hostname)))
+        .collect();
+    let longest = TICKET[1].long;
+    let mut out = Vec::new();
+    for slo in slos {
+        let since = now_ms - slo.window.max(longest).as_millis() as i64;
+        let rows = store.sli_counts(&slo.indicator, since)?;
+        let mut hosts = std::collections::BTreeSet::new();
+        let counts: Vec<(i64, u64, u64)> = rows
+            .into_iter()
+            .filter(|(agent, ..)| {
+                glob(
+                    &slo.hosts,
+                    hostnames.get(agent).map_or(agent.as_str(), String::as_str),
+                )
+            })
+            .map(|(agent, t, g, n)| {
+                hosts.insert(agent);
+                (t, g, n)
+            })
+            .collect();
+        let st = status(&slo, &counts, now_ms);
+        let from = now_ms - slo.window.as_millis() as i64;
+        let (good, total) = counts
+            .iter()
+            .filter(|(t, ..)| *t > from && *t <= now_ms)
+            .fold((0u64, 0u64), |(g, n), (_, a, b)| (g + a, n + b));
+        out.push(pb::SloStatus {
+            name: slo.name.clone(),
+            display_name: slo.display_name.clone(),
+            service: slo.service.clone(),
+            indicator: slo.indicator.clone(),
+            hosts: slo.hosts.clone(),
+            target: slo.target,
+            window_secs: slo.window.as_secs(),
+            good,
+            total,
+            sli: st.sli.unwrap_or(0.0),
+            budget_left: st.budget_left,
+            burn: st
+                .burn
+                .iter()
+                .map(|(w, r)| pb::SloBurn {
+                    window_secs: w.as_secs(),
+                    burn_rate: *r,
+                })
+                .collect(),
+            page: st.page,
+            ticket: st.ticket,
+            hosts_counted: hosts.len() as u32,
+        });
+    }
+    Ok(pb::SlosResponse {
+        slos: out,
+        problems,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +427,15 @@ mod tests {
         }
         let two = format!("{FILE}---\n{}", FILE.replace("fsync-latency", "other"));
         assert_eq!(parse("f.yaml", &two).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn host_groups_are_hostname_globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("db-*", "db-1"));
+        assert!(!glob("db-*", "web-1"));
+        assert!(glob("db-?", "db-7") && !glob("db-?", "db-17"));
+        assert!(glob("*-prod-*", "db-prod-3"));
     }
 
     #[test]

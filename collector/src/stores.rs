@@ -86,6 +86,15 @@ impl Store {
         }
     }
 
+    /// SLI `name`'s counts from `since_ms` on: (agent id, time, good, total).
+    pub fn sli_counts(
+        &mut self,
+        name: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, u64, u64)>, StoreError> {
+        each!(self, s => s.sli_counts(name, since_ms))
+    }
+
     pub fn resolve(&mut self, host: &str) -> Result<String, StoreError> {
         each!(self, s => s.resolve(host))
     }

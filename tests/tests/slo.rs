@@ -151,3 +151,115 @@ fn a_latency_sli_counts_a_controlled_childs_fast_and_slow_calls_within_what_bpft
         "agent good {good} bad {bad}; bpftrace good {bt_good} bad {bt_bad}:\n{bt}"
     );
 }
+
+#[test]
+fn the_collector_answers_each_slo_over_the_agents_sli_counts_and_names_a_refused_file() {
+    if !require_root(
+        "the_collector_answers_each_slo_over_the_agents_sli_counts_and_names_a_refused_file",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slo_dir = dir.path().join("slo.d");
+    std::fs::create_dir_all(&slo_dir).unwrap();
+    let slo = |name: &str, hosts: &str| {
+        format!(
+            "apiVersion: openslo/v1\nkind: SLO\nmetadata:\n  name: {name}\n  annotations:\n    vigil.dev/hosts: \"{hosts}\"\nspec:\n  service: test\n  indicatorRef: nanosleep-fast\n  timeWindow:\n    - duration: 30d\n      isRolling: true\n  budgetingMethod: Occurrences\n  objectives:\n    - target: 0.99\n"
+        )
+    };
+    std::fs::write(
+        slo_dir.join("a.yaml"),
+        format!(
+            "{}---\n{}",
+            slo("sleeps", "*"),
+            slo("elsewhere", "no-such-host-*")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        slo_dir.join("b.yaml"),
+        "apiVersion: openslo/v1\nkind: SLO\n",
+    )
+    .unwrap();
+    let collector =
+        vigil_tests::daemons::Collector::start(&["--slo-dir", slo_dir.to_str().unwrap()]);
+    let sli_dir = dir.path().join("sli.d");
+    std::fs::create_dir_all(&sli_dir).unwrap();
+    std::fs::write(
+        sli_dir.join("sleep.yaml"),
+        "slis:\n  - name: nanosleep-fast\n    syscall_latency: {syscalls: [clock_nanosleep], under: 10ms}\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\ncollector = \"{}\"\nsocket = \"{socket}\"\ndata_dir = \"{}\"\nsli_dir = \"{}\"\n\n[probes]\nretransmits = false\n\n[detect]\nenabled = false\n",
+            collector.addr,
+            dir.path().join("data").display(),
+            sli_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = agent_command();
+    cmd.arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let mut fast = Workload::spawn(WORKLOAD, &["sleep", "200", "1"]);
+    let mut slow = Workload::spawn(WORKLOAD, &["sleep", "60", "30"]);
+    fast.go();
+    slow.go();
+    fast.wait();
+    slow.wait();
+    let slos = |c: &vigil_tests::daemons::Collector| -> Vec<serde_json::Value> {
+        let out = Command::new(vigil_tests::vigil_bin())
+            .args(["slo", "--json", "--collector", &c.addr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("b.yaml") && err.contains("refused"), "{err}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    vigil_tests::daemons::wait_until(
+        "the child's calls at the collector",
+        Duration::from_secs(60),
+        || {
+            slos(&collector).iter().any(|s| {
+                s["name"] == "sleeps"
+                    && s["good"].as_u64().unwrap_or(0) >= 200
+                    && s["total"].as_u64().unwrap_or(0) - s["good"].as_u64().unwrap_or(0) >= 60
+            })
+        },
+    );
+    let all = slos(&collector);
+    let s = all.iter().find(|s| s["name"] == "sleeps").unwrap();
+    let (good, total) = (s["good"].as_f64().unwrap(), s["total"].as_f64().unwrap());
+    assert_eq!(s["hosts_counted"], 1, "{s}");
+    // Every event is within the shortest window yet: each window's burn rate is the
+    // bad share over the share the objective allows.
+    let expect = (total - good) / total / (1.0 - 0.99);
+    for (w, r) in s["burn"].as_object().unwrap() {
+        assert!(
+            (r.as_f64().unwrap() - expect).abs() < 1e-9,
+            "{w}: {r} vs {expect}"
+        );
+    }
+    // At least 60 bad of at most a few hundred: far over 14.4x on 5m and 1h: pages.
+    assert_eq!(s["page"], true, "{s}");
+    let other = all.iter().find(|s| s["name"] == "elsewhere").unwrap();
+    assert_eq!(
+        (other["hosts_counted"].as_u64(), other["total"].as_u64()),
+        (Some(0), Some(0))
+    );
+}

@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod local;
 pub mod metrics;
 pub mod remote;
+pub mod slo;
 pub mod state;
 pub mod top;
 
