@@ -733,3 +733,61 @@ mod tests {
         assert_eq!(state(10, 20, 20), "expired");
     }
 }
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    #[test]
+    fn a_receiver_that_never_answers_is_retried_then_given_up_and_counted() {
+        // A port nobody listens on: every attempt is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let router = Router::start(
+            AlertingConfig {
+                alertmanager: None,
+                webhook: Some(format!("http://127.0.0.1:{port}/hook")),
+                resend: Duration::from_secs(3600),
+            },
+            dir.path(),
+        )
+        .unwrap();
+        router.offer(&pb::Batch {
+            agent_id: "a".into(),
+            alerts: vec![pb::AlertEvent {
+                alert: "X".into(),
+                state: "firing".into(),
+                severity: "warning".into(),
+                notify: true,
+                time_unix_ms: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while router.stats.given_up.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "not given up within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(router.stats.received.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            router.stats.failed_attempts.load(Ordering::Relaxed),
+            u64::from(ATTEMPTS)
+        );
+        assert_eq!(router.stats.sent.load(Ordering::Relaxed), 0);
+        // A held or pending change is not routed at all.
+        router.offer(&pb::Batch {
+            alerts: vec![pb::AlertEvent {
+                alert: "X".into(),
+                state: "pending".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(router.stats.received.load(Ordering::Relaxed), 1);
+    }
+}
