@@ -140,12 +140,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Sli>, String> {
     Ok(out)
 }
 
-/// Every `*.yaml`/`*.yml` in `dir`, sorted; a missing directory means none.
-pub fn load(dir: &Path) -> Result<Vec<Sli>, String> {
+/// The `*.yaml`/`*.yml` files in `dir`, sorted by name; a missing directory has none.
+/// (The alert rules and the SLIs are read from such directories.)
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(e),
     };
     let mut files: Vec<_> = entries
         .filter_map(Result::ok)
@@ -153,6 +154,12 @@ pub fn load(dir: &Path) -> Result<Vec<Sli>, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Every `*.yaml`/`*.yml` in `dir`, sorted; a missing directory means none.
+pub fn load(dir: &Path) -> Result<Vec<Sli>, String> {
+    let files = yaml_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut all: Vec<Sli> = Vec::new();
     for f in files {
         let name = f.display().to_string();

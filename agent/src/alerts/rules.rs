@@ -408,23 +408,11 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<AlertRule>, AlertRuleError> {
     let Some(dir) = dir else {
         return Ok(rules);
     };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rules),
-        Err(e) => {
-            return Err(AlertRuleError {
-                file: dir.display().to_string(),
-                line: 0,
-                reason: format!("cannot list the directory: {e}"),
-            })
-        }
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
+    let files = crate::sli::yaml_files(dir).map_err(|e| AlertRuleError {
+        file: dir.display().to_string(),
+        line: 0,
+        reason: format!("cannot list the directory: {e}"),
+    })?;
     for path in files {
         let name = path.display().to_string();
         let meta = std::fs::metadata(&path).map_err(|e| AlertRuleError {
