@@ -187,6 +187,15 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Every configured SLI at 0 from the start, as Prometheus asks of counters: a
+    /// rate over a window that begins before the first event then starts from a sample
+    /// of 0. (An SLI removed by a reload keeps its last totals.)
+    pub fn declare(&mut self, slis: &[Sli]) {
+        for s in slis {
+            self.totals.entry(s.name.clone()).or_default();
+        }
+    }
+
     /// The interval's counts. `firing` says whether an alert (by name) fires now.
     pub fn count(
         &mut self,

@@ -701,7 +701,11 @@ mod tests {
         let runbooks = alerts
             .iter()
             .map(|r| (r.name.clone(), r.runbook.clone()))
-            .chain(detection.iter().map(|r| (r.id.clone(), r.runbook.clone())));
+            .chain(detection.iter().map(|r| (r.id.clone(), r.runbook.clone())))
+            .chain([(
+                vigil_collector::slo::ALERT.to_string(),
+                vigil_collector::slo::RUNBOOK.to_string(),
+            )]);
         for (name, runbook) in runbooks {
             let (file, anchor) = target(&runbook);
             assert!(

@@ -43,6 +43,8 @@ pub struct AlertingConfig {
     pub webhook: Option<String>,
     /// How often firing alerts are sent again.
     pub resend: Duration,
+    /// How often the SLOs' page and ticket alerts are evaluated.
+    pub slo_evaluation_interval: Duration,
 }
 
 impl Default for AlertingConfig {
@@ -51,6 +53,7 @@ impl Default for AlertingConfig {
             alertmanager: None,
             webhook: None,
             resend: Duration::from_secs(60),
+            slo_evaluation_interval: Duration::from_secs(60),
         }
     }
 }
@@ -181,6 +184,42 @@ impl Router {
                 tracing::warn!(
                     "alert router queue full ({QUEUE}): {n} notifications dropped and counted"
                 );
+            }
+        }
+    }
+
+    /// Alerts the collector raises itself (the SLOs' burn-rate alerts): each alert's
+    /// `host` label is its SLO's host group, `agent_id` is "collector".
+    pub fn offer_own(
+        &self,
+        alerts: Vec<pb::AlertEvent>,
+        host_group: impl Fn(&pb::AlertEvent) -> String,
+    ) {
+        if alerts.is_empty()
+            || (self.config.alertmanager.is_none() && self.config.webhook.is_none())
+        {
+            return;
+        }
+        for a in alerts {
+            let msg = Msg::Stored {
+                host: pb::HostIdentity {
+                    agent_id: "collector".into(),
+                    hostname: host_group(&a),
+                    ..Default::default()
+                },
+                alerts: vec![a],
+                findings: Vec::new(),
+            };
+            match self.tx.try_send(msg) {
+                Ok(()) => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "alert router queue full ({QUEUE}): an SLO alert dropped and counted"
+                    );
+                }
             }
         }
     }
@@ -752,6 +791,7 @@ mod routing_tests {
                 alertmanager: None,
                 webhook: Some(format!("http://127.0.0.1:{port}/hook")),
                 resend: Duration::from_secs(3600),
+                ..AlertingConfig::default()
             },
             dir.path(),
         )

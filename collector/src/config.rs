@@ -78,6 +78,10 @@ pub struct AlertingFile {
     /// not refreshed within four periods). Default "1m".
     #[serde(deserialize_with = "duration")]
     pub resend: Option<Duration>,
+    /// How often the SLOs (slo_dir) are evaluated for their page and ticket burn-rate
+    /// alerts, which go where the agents' alerts go. Default "1m".
+    #[serde(deserialize_with = "duration")]
+    pub slo_evaluation_interval: Option<Duration>,
 }
 
 /// `[[remote_write]]`: one endpoint.

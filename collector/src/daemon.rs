@@ -112,6 +112,10 @@ pub struct CollectorArgs {
     /// [default: /etc/vigil/slo.d].
     #[arg(long, value_name = "DIR")]
     pub slo_dir: Option<PathBuf>,
+    /// How often the SLOs' page and ticket burn-rate alerts are evaluated (overrides
+    /// alerting.slo_evaluation_interval) [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub slo_evaluation_interval: Option<Duration>,
     /// Keep the store in this PostgreSQL database, which several collectors may share
     /// (overrides postgres_url; postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME)
     /// [default: the embedded SQLite store in the data directory].
@@ -311,6 +315,10 @@ impl CollectorArgs {
             alertmanager: self.alertmanager.clone().or(file.alerting.alertmanager),
             webhook: self.alert_webhook.clone().or(file.alerting.webhook),
             resend: file.alerting.resend.unwrap_or(Duration::from_secs(60)),
+            slo_evaluation_interval: self
+                .slo_evaluation_interval
+                .or(file.alerting.slo_evaluation_interval)
+                .unwrap_or(Duration::from_secs(60)),
         };
         for (field, url) in [
             ("alerting.alertmanager", &alerting.alertmanager),
@@ -326,6 +334,11 @@ impl CollectorArgs {
         }
         if alerting.resend < Duration::from_secs(1) {
             return Err(problem("alerting.resend: at least 1s".to_string()));
+        }
+        if alerting.slo_evaluation_interval < Duration::from_secs(1) {
+            return Err(problem(
+                "alerting.slo_evaluation_interval: at least 1s".to_string(),
+            ));
         }
         Ok(Settings {
             postgres_url,

@@ -782,6 +782,64 @@ pub enum ServeError {
     Metrics(String),
 }
 
+/// Evaluates the SLOs every `every` until `stop` is dropped: routes their page and
+/// ticket alerts (and logs each change) and keeps the answer for /metrics.
+fn slo_evaluator(
+    pool: &ReadPool,
+    dir: &std::path::Path,
+    every: Duration,
+    router: &crate::alerting::Router,
+    latest: &crate::slo::Latest,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    let mut evaluator = crate::slo::Evaluator::default();
+    let mut refused: Vec<String> = Vec::new();
+    loop {
+        let now = now_ms();
+        match pool.with(|s| crate::slo::answer(s, dir, now)) {
+            Ok(answer) => {
+                if answer.problems != refused {
+                    for p in &answer.problems {
+                        tracing::warn!("SLO file refused (the others are evaluated): {p}");
+                    }
+                    refused.clone_from(&answer.problems);
+                }
+                let changes = evaluator.changes(&answer.slos, now);
+                for c in &changes {
+                    tracing::warn!(alert = %c.alert, state = %c.state, severity = %c.severity, slo = %c.labels.get("slo").map_or("", String::as_str), "{}", c.summary);
+                }
+                let groups: std::collections::HashMap<String, String> = answer
+                    .slos
+                    .iter()
+                    .map(|s| (s.name.clone(), s.hosts.clone()))
+                    .collect();
+                router.offer_own(changes, |a| {
+                    a.labels
+                        .get("slo")
+                        .and_then(|n| groups.get(n))
+                        .cloned()
+                        .unwrap_or_else(|| "*".into())
+                });
+                if let Ok(mut l) = latest.lock() {
+                    l.answer = Some(answer);
+                    l.firing = evaluator.firing().cloned().collect();
+                    l.evaluations += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("SLO evaluation failed (tried again in {every:?}): {e}");
+                if let Ok(mut l) = latest.lock() {
+                    l.failures += 1;
+                }
+            }
+        }
+        match stop.recv_timeout(every) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
 /// Serves Collector and Fleet on `listener` until `shutdown` completes, then lets the
 /// writer finish what it has queued.
 /// How long open streams may take to end after a stop request.
@@ -804,6 +862,24 @@ pub async fn serve(
     let retention = config.retention;
     let router = crate::alerting::Router::start(config.alerting.clone(), &config.data_dir)
         .map_err(ServeError::Listener)?;
+    let pool = Arc::new(ReadPool {
+        at: at.clone(),
+        idle: std::sync::Mutex::new(Vec::new()),
+    });
+    // The SLO evaluator stops when this sender is dropped (when serve returns).
+    let (_slo_stop, slo_stopped) = std::sync::mpsc::channel::<()>();
+    let slo_latest: crate::slo::Latest = Arc::default();
+    {
+        let (pool, router, latest) = (pool.clone(), router.clone(), slo_latest.clone());
+        let (dir, every) = (
+            config.slo_dir.clone(),
+            config.alerting.slo_evaluation_interval,
+        );
+        std::thread::Builder::new()
+            .name("vigil-slo".into())
+            .spawn(move || slo_evaluator(&pool, &dir, every, &router, &latest, &slo_stopped))
+            .map_err(ServeError::Listener)?;
+    }
     let writer = {
         let router = router.clone();
         std::thread::Builder::new()
@@ -826,6 +902,7 @@ pub async fn serve(
                 counters.clone(),
                 config.tls.clone(),
                 remote.stats.clone(),
+                slo_latest.clone(),
             )
             .await
             .map_err(|e| ServeError::Metrics(format!("{e:#}")))?,
@@ -918,10 +995,7 @@ pub async fn serve(
         )
         .add_service(FleetServer::with_interceptor(
             FleetService {
-                pool: Arc::new(ReadPool {
-                    at: at.clone(),
-                    idle: std::sync::Mutex::new(Vec::new()),
-                }),
+                pool,
                 counters,
                 tls: config.tls.clone(),
                 router,

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use vigil_proto::v1 as pb_alert;
 
 /// One SLO, checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -397,6 +398,148 @@ pub fn answer(
     })
 }
 
+/// What the SLO evaluator last found, for the collector's /metrics.
+pub type Latest = std::sync::Arc<std::sync::Mutex<Evaluated>>;
+
+#[derive(Debug, Default)]
+pub struct Evaluated {
+    pub answer: Option<pb_alert::SlosResponse>,
+    pub firing: Vec<pb_alert::AlertEvent>,
+    pub evaluations: u64,
+    pub failures: u64,
+}
+
+/// The SLO alerts' name; `slo_severity` (page or ticket) tells the two apart, as
+/// `sloth_severity` does in Sloth's rules.
+pub const ALERT: &str = "SLOErrorBudgetBurn";
+/// Where its runbook is, as packaged.
+pub const RUNBOOK: &str = "/usr/share/doc/vigil-agent/runbooks/alerts.md#sloerrorbudgetburn";
+
+/// Page and ticket alerts of every SLO, raised and resolved as the collector evaluates
+/// them (every `alerting.slo_evaluation_interval`). Kept in memory: after a restart the
+/// first evaluation raises what still burns (Alertmanager had kept it firing, as the
+/// collector re-sends with `endsAt` ahead, so nobody is paged twice).
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    /// (SLO, page|ticket) firing, and since when.
+    firing: std::collections::BTreeMap<(String, &'static str), (i64, pb_alert::AlertEvent)>,
+}
+
+impl Evaluator {
+    /// The alert changes from the last evaluation to `slos` (an SLO no longer
+    /// defined resolves its alerts).
+    pub fn changes(
+        &mut self,
+        slos: &[pb_alert::SloStatus],
+        now_ms: i64,
+    ) -> Vec<pb_alert::AlertEvent> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in slos {
+            let rate = |secs: u64| {
+                s.burn
+                    .iter()
+                    .find(|b| b.window_secs == secs)
+                    .map_or(0.0, |b| b.burn_rate)
+            };
+            for (kind, severity, set) in
+                [("page", "critical", &PAGE), ("ticket", "warning", &TICKET)]
+            {
+                let key = (s.name.clone(), kind);
+                seen.insert(key.clone());
+                let fired = set.iter().find(|w| {
+                    rate(w.long.as_secs()) > w.factor && rate(w.short.as_secs()) > w.factor
+                });
+                match (fired, self.firing.contains_key(&key)) {
+                    (Some(w), false) => {
+                        let long = rate(w.long.as_secs());
+                        let windows = format!("{}/{}", short(w.long), short(w.short));
+                        let mut labels = std::collections::BTreeMap::new();
+                        labels.insert("slo".to_string(), s.name.clone());
+                        labels.insert("slo_severity".to_string(), kind.to_string());
+                        labels.insert("service".to_string(), s.service.clone());
+                        labels.insert("sli".to_string(), s.indicator.clone());
+                        let a = pb_alert::AlertEvent {
+                            alert: ALERT.into(),
+                            state: "firing".into(),
+                            severity: severity.into(),
+                            labels,
+                            summary: format!(
+                                "SLO {} (hosts {}) burns its error budget at {long:.1}x over {windows} (the {kind} fires over {}x): at this rate a {} budget lasts {}",
+                                s.display_name,
+                                s.hosts,
+                                w.factor,
+                                short(Duration::from_secs(s.window_secs)),
+                                budget_lasts(s.window_secs, long),
+                            ),
+                            runbook: RUNBOOK.into(),
+                            time_unix_ms: now_ms,
+                            active_since_unix_ms: now_ms,
+                            value: long,
+                            notify: true,
+                            count: 1,
+                            held_reason: String::new(),
+                        };
+                        self.firing.insert(key, (now_ms, a.clone()));
+                        out.push(a);
+                    }
+                    (None, true) => {
+                        if let Some((since, a)) = self.firing.remove(&key) {
+                            out.push(resolved(a, since, now_ms));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let gone: Vec<_> = self
+            .firing
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some((since, a)) = self.firing.remove(&k) {
+                out.push(resolved(a, since, now_ms));
+            }
+        }
+        out
+    }
+
+    /// The alerts firing now.
+    pub fn firing(&self) -> impl Iterator<Item = &pb_alert::AlertEvent> {
+        self.firing.values().map(|(_, a)| a)
+    }
+}
+
+fn resolved(mut a: pb_alert::AlertEvent, since: i64, now_ms: i64) -> pb_alert::AlertEvent {
+    a.state = "resolved".into();
+    a.time_unix_ms = now_ms;
+    a.active_since_unix_ms = since;
+    a.summary = format!("resolved: {}", a.summary);
+    a
+}
+
+/// How long a whole budget of `window_secs` lasts at burn rate `rate`.
+fn budget_lasts(window_secs: u64, rate: f64) -> String {
+    if rate <= 0.0 || !rate.is_finite() {
+        return "forever".into();
+    }
+    vigil_units::human_secs((window_secs as f64 / rate).clamp(1.0, window_secs as f64))
+}
+
+/// A window as the workbook writes it: 5m, 1h, 3d.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +621,61 @@ mod tests {
         // No events: nothing burns, the budget is whole.
         let s = status(&slo, &[], now);
         assert_eq!((s.sli, s.budget_left, s.page), (None, 1.0, false));
+    }
+
+    #[test]
+    fn page_and_ticket_alerts_fire_once_resolve_and_resolve_when_the_slo_goes() {
+        let status = |rate: f64| pb_alert::SloStatus {
+            name: "fsync".into(),
+            display_name: "fsync".into(),
+            hosts: "db-*".into(),
+            window_secs: 30 * 86_400,
+            burn: [300u64, 1800, 3600, 7200, 21_600, 86_400, 259_200]
+                .iter()
+                .map(|w| pb_alert::SloBurn {
+                    window_secs: *w,
+                    burn_rate: rate,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut e = Evaluator::default();
+        // 2x everywhere: the ticket (1d/2h at 3x: no; 3d/6h at 1x: yes), no page.
+        let c = e.changes(&[status(2.0)], 1_000);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(
+            (
+                c[0].state.as_str(),
+                c[0].severity.as_str(),
+                c[0].labels["slo_severity"].as_str()
+            ),
+            ("firing", "warning", "ticket")
+        );
+        assert!(c[0].summary.contains("3d/6h"), "{}", c[0].summary);
+        // Still burning: nothing new. 20x: the page too.
+        assert!(e.changes(&[status(2.0)], 2_000).is_empty());
+        let c = e.changes(&[status(20.0)], 3_000);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].labels["slo_severity"], "page");
+        assert_eq!(c[0].severity, "critical");
+        assert!(
+            c[0].summary.contains("1h/5m") && c[0].summary.contains("36 h"),
+            "{}",
+            c[0].summary
+        );
+        // Cooled: both resolve, with when they started.
+        let c = e.changes(&[status(0.5)], 4_000);
+        assert_eq!(c.len(), 2);
+        assert!(c
+            .iter()
+            .all(|a| a.state == "resolved" && a.time_unix_ms == 4_000));
+        assert_eq!(e.firing().count(), 0);
+        // Firing, then the SLO file is gone: resolved.
+        assert_eq!(e.changes(&[status(20.0)], 5_000).len(), 2);
+        let c = e.changes(&[], 6_000);
+        assert_eq!(c.len(), 2);
+        assert!(c
+            .iter()
+            .all(|a| a.state == "resolved" && a.active_since_unix_ms == 5_000));
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers for Vigil's privileged tests: root checks that fail under CI, the real
 //! `vigil` binary as a child process, controlled workloads, and network namespaces.
 pub mod daemons;
+pub mod peers;
 
 use std::{
     fs::File,

@@ -2,13 +2,12 @@
 //! the built-in rules, and a real agent raises, keeps (across a restart) and resolves
 //! an alert on a filesystem whose fill the test controls.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use vigil_tests::peers::{Alertmanager, Receiver};
 use vigil_tests::{
     agent_command, require_root, spawn_ready, vigil_bin, vigil_json, vigil_stdout, KillOnDrop,
 };
@@ -492,148 +491,9 @@ fn stop(mut agent: KillOnDrop) {
     assert!(status.success(), "{status}");
 }
 
-/// A small HTTP server standing in for a notification receiver: each POST's JSON body,
-/// with when it came.
-struct Receiver {
-    url: String,
-    got: mpsc::Receiver<(Instant, Value)>,
-    seen: Vec<(Instant, Value)>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let (tx, got) = mpsc::channel();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    let _ = tx.send((Instant::now(), v));
-                }
-            }
-        });
-        Self {
-            url,
-            got,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a payload with an alert named `alert` on `mount` whose status is
-    /// `status`; returns when it came.
-    fn wait_for(&mut self, alert: &str, mount: &str, status: &str) -> Instant {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some((t, _)) = self.seen.iter().find(|(_, v)| has(v, alert, mount, status)) {
-                return *t;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.got.recv_timeout(left) {
-                Ok(p) => self.seen.push(p),
-                Err(_) => panic!(
-                    "no {status} notification for {alert} on {mount} within 60 s; got {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    fn drain(&mut self) {
-        self.seen.extend(self.got.try_iter());
-    }
-}
-
-/// Whether a receiver payload (Alertmanager's webhook or the collector's) carries
-/// `alert` on `mount` with `status`.
+/// Whether a receiver payload carries `alert` on `mount` with `status`.
 fn has(v: &Value, alert: &str, mount: &str, status: &str) -> bool {
-    v["alerts"].as_array().is_some_and(|a| {
-        a.iter().any(|a| {
-            a["labels"]["alertname"] == alert
-                && a["labels"]["mountpoint"] == mount
-                && (a["status"] == status || v["status"] == status && a["status"].is_null())
-        })
-    })
-}
-
-/// Debian's Alertmanager on loopback, routing everything to `webhook` at once.
-struct Alertmanager {
-    _child: KillOnDrop,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Alertmanager {
-    fn start(webhook: &str) -> Self {
-        require("prometheus-alertmanager");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "route:\n  receiver: test\n  group_by: [alertname, host]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n"
-            ),
-        )
-        .unwrap();
-        let port = vigil_tests::free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting prometheus-alertmanager");
-        let child = KillOnDrop(child);
-        vigil_tests::daemons::wait_until("Alertmanager ready", Duration::from_secs(30), || {
-            curl(&format!("{url}/-/ready")).is_some()
-        });
-        Self {
-            _child: child,
-            url,
-            _dir: dir,
-        }
-    }
-
-    fn get(&self, path: &str) -> Value {
-        serde_json::from_str(&curl(&format!("{}{path}", self.url)).expect("Alertmanager answers"))
-            .unwrap()
-    }
-}
-
-/// GET with curl: the body on a 2xx answer.
-fn curl(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    vigil_tests::peers::has(v, &[("alertname", alert), ("mountpoint", mount)], status)
 }
 
 /// Ends window `id` and waits for the firing notification it held back.
@@ -641,7 +501,10 @@ fn end_window_then_notified(receiver: &mut Receiver, collector: &str, id: &str, 
     let ended_at = Instant::now();
     let out = vigil_json(&["maintenance", "end", id, "--collector", collector, "--json"]);
     assert_eq!(out["state"], "expired", "{out}");
-    let t = receiver.wait_for("ScratchFilling", mount, "firing");
+    let t = receiver.wait_for(
+        &[("alertname", "ScratchFilling"), ("mountpoint", mount)],
+        "firing",
+    );
     assert!(t > ended_at, "notified before the window ended");
 }
 
@@ -667,7 +530,10 @@ fn an_agents_alert_reaches_a_webhook_through_a_real_alertmanager_and_a_maintenan
 
     // Fired on the agent: through the collector and Alertmanager to the receiver.
     s.scratch.fill_to(60);
-    receiver.wait_for("ScratchFilling", &s.mount, "firing");
+    receiver.wait_for(
+        &[("alertname", "ScratchFilling"), ("mountpoint", &s.mount)],
+        "firing",
+    );
     let payload = receiver
         .seen
         .iter()
@@ -691,7 +557,10 @@ fn an_agents_alert_reaches_a_webhook_through_a_real_alertmanager_and_a_maintenan
     );
     // Resolved on the agent: Alertmanager sends the resolution too.
     s.scratch.fill_to(10);
-    receiver.wait_for("ScratchFilling", &s.mount, "resolved");
+    receiver.wait_for(
+        &[("alertname", "ScratchFilling"), ("mountpoint", &s.mount)],
+        "resolved",
+    );
 
     // A maintenance window on this host is a real silence in Alertmanager.
     let out = vigil_json(&[
@@ -881,7 +750,10 @@ fn without_alertmanager_the_collector_keeps_the_window_and_holds_the_webhook_unt
         "https://runbooks.example/scratch"
     );
     s.scratch.fill_to(10);
-    receiver.wait_for("ScratchFilling", &s.mount, "resolved");
+    receiver.wait_for(
+        &[("alertname", "ScratchFilling"), ("mountpoint", &s.mount)],
+        "resolved",
+    );
     stop(agent);
 }
 

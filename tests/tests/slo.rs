@@ -263,3 +263,210 @@ fn the_collector_answers_each_slo_over_the_agents_sli_counts_and_names_a_refused
         (Some(0), Some(0))
     );
 }
+
+/// Sloth's error ratio for an events SLI over `window`: the error query (total - good)
+/// over the total query, each a `sum(rate(...[window]))`.
+fn sloth_error_ratio(sli: &str, window: &str) -> String {
+    let rate = |family: &str| format!("sum(rate({family}{{sli=\"{sli}\"}}[{window}]))");
+    format!(
+        "(({total}) - ({good})) / ({total})",
+        total = rate("vigil_sli_total"),
+        good = rate("vigil_sli_good_total")
+    )
+}
+
+#[test]
+fn the_collectors_burn_rates_equal_what_prometheus_computes_with_sloths_promql_and_the_page_goes_to_alertmanager(
+) {
+    if !require_root("the_collectors_burn_rates_equal_what_prometheus_computes_with_sloths_promql_and_the_page_goes_to_alertmanager") {
+        return;
+    }
+    const TARGET: f64 = 0.99;
+    let dir = tempfile::tempdir().unwrap();
+    let slo_dir = dir.path().join("slo.d");
+    std::fs::create_dir_all(&slo_dir).unwrap();
+    let slo_file = slo_dir.join("fsync.yaml");
+    std::fs::write(
+        &slo_file,
+        format!("apiVersion: openslo/v1\nkind: SLO\nmetadata:\n  name: fsync\nspec:\n  service: storage\n  indicatorRef: fsync-fast\n  timeWindow:\n    - duration: 30d\n      isRolling: true\n  budgetingMethod: Occurrences\n  objectives:\n    - target: {TARGET}\n"),
+    )
+    .unwrap();
+    let mut receiver = vigil_tests::peers::Receiver::start();
+    let am = vigil_tests::peers::Alertmanager::start(&receiver.url);
+    let collector_metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
+    let collector = vigil_tests::daemons::Collector::start(&[
+        "--slo-dir",
+        slo_dir.to_str().unwrap(),
+        "--alertmanager",
+        &am.url,
+        "--slo-evaluation-interval",
+        "1s",
+        "--metrics-listen",
+        &collector_metrics,
+    ]);
+    // The SLI: fdatasync under 1 ms. Nothing else on the host calls fdatasync once the
+    // agent's own spool does not sync (fsync = "never"); the collector's store calls
+    // fsync. So the counters move only with the child's calls and start at 0.
+    let sli_dir = dir.path().join("sli.d");
+    std::fs::create_dir_all(&sli_dir).unwrap();
+    std::fs::write(
+        sli_dir.join("fsync.yaml"),
+        "slis:\n  - name: fsync-fast\n    syscall_latency: {syscalls: [fdatasync], under: 1ms}\n",
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\ncollector = \"{}\"\nsocket = \"{}\"\ndata_dir = \"{}\"\nsli_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n\n[spool]\nfsync = \"never\"\n\n[probes]\nretransmits = false\n\n[detect]\nenabled = false\n",
+            collector.addr,
+            dir.path().join("agent.sock").display(),
+            dir.path().join("data").display(),
+            sli_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = agent_command();
+    cmd.arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let prometheus = vigil_tests::peers::Prometheus::start(&[("vigil-agent", &metrics)]);
+    // Prometheus has the counters at 0 before the child's first call.
+    vigil_tests::daemons::wait_until(
+        "Prometheus's first sample of the SLI",
+        Duration::from_secs(60),
+        || {
+            prometheus
+                .scalar("vigil_sli_total{sli=\"fsync-fast\"}")
+                .is_some()
+        },
+    );
+    assert_eq!(
+        prometheus.scalar("max_over_time(vigil_sli_total{sli=\"fsync-fast\"}[1h])"),
+        Some(0.0),
+        "something besides the child called fdatasync"
+    );
+    // The workload: 40 fdatasyncs of a clean file (tens of microseconds: good) and 12
+    // after writing 32 MiB (milliseconds: bad), 23 % bad: over the page's 14.4 x 1 %.
+    let file = dir.path().join("fsync.data");
+    let file = file.to_str().unwrap();
+    let mut slow = Workload::spawn(WORKLOAD, &["fdatasync", "12", "33554432", file]);
+    slow.go();
+    slow.wait();
+    let mut fast = Workload::spawn(WORKLOAD, &["fdatasync", "40", "0", file]);
+    fast.go();
+    fast.wait();
+    // The same final counts on the agent, in Prometheus and at the collector.
+    let (good, total) = {
+        let mut last = (0, 0);
+        vigil_tests::daemons::wait_until(
+            "the child's calls on the agent's /metrics",
+            Duration::from_secs(30),
+            || {
+                last = sli(&metrics, "fsync-fast");
+                last.1 >= 52
+            },
+        );
+        last
+    };
+    let bad = total - good;
+    println!("agent: good {good}, bad {bad}");
+    assert!(bad >= 1 && good >= 1, "good {good}, bad {bad}");
+    vigil_tests::daemons::wait_until(
+        "Prometheus scraped the final counts",
+        Duration::from_secs(30),
+        || {
+            prometheus.scalar("vigil_sli_total{sli=\"fsync-fast\"}") == Some(total as f64)
+                && prometheus.scalar("vigil_sli_good_total{sli=\"fsync-fast\"}")
+                    == Some(good as f64)
+        },
+    );
+    let slo = || -> serde_json::Value {
+        let out = Command::new(vigil_tests::vigil_bin())
+            .args(["slo", "--json", "--collector", &collector.addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|s| s["name"] == "fsync")
+            .unwrap_or_default()
+    };
+    vigil_tests::daemons::wait_until(
+        "the collector stored the final counts",
+        Duration::from_secs(30),
+        || {
+            let s = slo();
+            s["good"].as_u64() == Some(good) && s["total"].as_u64() == Some(total)
+        },
+    );
+    let s = slo();
+    let mut compared = 0;
+    for (w, r) in s["burn"].as_object().unwrap() {
+        let ours = r.as_f64().unwrap();
+        let ratio = prometheus
+            .scalar(&sloth_error_ratio("fsync-fast", w))
+            .unwrap_or_else(|| panic!("Prometheus has no error ratio over {w}"));
+        let theirs = ratio / (1.0 - TARGET);
+        println!("burn rate over {w}: collector {ours}, Prometheus {theirs}");
+        assert!(
+            (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0),
+            "{w}: collector {ours} vs Prometheus {theirs}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 7, "{s}");
+    // Sloth's page alert expression, over the same counters.
+    let over = |w: &str, factor: f64| {
+        format!(
+            "({} > ({factor} * {}))",
+            sloth_error_ratio("fsync-fast", w),
+            1.0 - TARGET
+        )
+    };
+    let page = format!(
+        "({} and {}) or ({} and {})",
+        over("5m", 14.4),
+        over("1h", 14.4),
+        over("30m", 6.0),
+        over("6h", 6.0)
+    );
+    let prom_pages = prometheus.query(&page)["data"]["result"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    assert_eq!(s["page"].as_bool(), Some(prom_pages), "{s}");
+    assert!(prom_pages, "{bad} bad of {total} is over 14.4 x 1 %");
+
+    // The page goes through the collector's routing to a real Alertmanager.
+    let labels = [
+        ("alertname", "SLOErrorBudgetBurn"),
+        ("slo", "fsync"),
+        ("slo_severity", "page"),
+        ("severity", "critical"),
+    ];
+    receiver.wait_for(&labels, "firing");
+    let in_am = am.get("/api/v2/alerts");
+    assert!(
+        in_am.as_array().unwrap().iter().any(|a| {
+            a["labels"]["slo"] == "fsync"
+                && a["annotations"]["runbook_url"]
+                    .as_str()
+                    .is_some_and(|r| r.ends_with("alerts.md#sloerrorbudgetburn"))
+        }),
+        "{in_am}"
+    );
+    let m = vigil_tests::peers::curl(&format!("http://{collector_metrics}/metrics")).unwrap();
+    assert!(
+        m.lines().any(|l| l.starts_with("vigil_slo_alert_firing{")
+            && l.contains("slo=\"fsync\"")
+            && l.contains("slo_severity=\"page\"")
+            && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0)),
+        "{m}"
+    );
+    // The SLO taken away: its alert resolves.
+    std::fs::remove_file(&slo_file).unwrap();
+    receiver.wait_for(&labels, "resolved");
+}

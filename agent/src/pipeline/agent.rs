@@ -411,6 +411,9 @@ impl Agent {
             }
         };
         state.write().agent_self().alert_state_rebuilt = rebuilt;
+        if let Some(a) = &alerting {
+            state.write().publish_sli_totals(a.sli_totals());
+        }
         let socket = config.api.then(|| config.socket.clone());
         let api = match &socket {
             Some(path) => {

@@ -2,6 +2,8 @@
 //! stdin before starting, so the test can attach its probes first.
 //!
 //!   vigil-workload sleep COUNT MILLIS   COUNT nanosleep(MILLIS ms) calls
+//!   vigil-workload fdatasync COUNT BYTES FILE  COUNT times: write BYTES to FILE (from its
+//!                                       start; 0 writes nothing), then fdatasync it
 //!   vigil-workload getppid COUNT        COUNT getppid() calls
 //!   vigil-workload spin MILLIS          burn one CPU for MILLIS ms
 //!   vigil-workload hold-memory MB MILLIS  touch MB MiB of memory, hold it MILLIS ms
@@ -30,6 +32,29 @@ fn main() {
             for _ in 0..count {
                 std::thread::sleep(Duration::from_millis(ms));
             }
+        }
+        Some("fdatasync") => {
+            use std::{io::Write as _, os::unix::fs::FileExt as _};
+            let (count, bytes) = (num(1), num(2) as usize);
+            let path = args
+                .get(3)
+                .cloned()
+                .unwrap_or_else(|| "fdatasync.data".into());
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let block = vec![0x5au8; bytes];
+            for _ in 0..count {
+                if bytes > 0 {
+                    file.write_all_at(&block, 0).expect("write");
+                }
+                file.sync_data().expect("fdatasync");
+            }
+            let _ = file.flush();
         }
         Some("getppid") => {
             for _ in 0..num(1) {

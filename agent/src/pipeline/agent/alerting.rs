@@ -88,10 +88,12 @@ impl Alerting {
             tracing::error!("SLIs: {e}; none counted until a reload (SIGHUP) succeeds");
             Vec::new()
         });
+        let mut sli_counter = crate::sli::Counter::default();
+        sli_counter.declare(&slis);
         Ok(Self {
             engine,
             slis,
-            sli_counter: crate::sli::Counter::default(),
+            sli_counter,
             path,
             usage: SelfUsage::new(),
             last_ack: (0, std::time::Instant::now()),
@@ -132,9 +134,17 @@ impl Alerting {
         }
     }
 
+    /// Every SLI's totals since start (0 before its first event).
+    pub(super) fn sli_totals(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        self.sli_counter.totals.clone()
+    }
+
     pub(super) fn reload(&mut self, config: &crate::config::AgentConfig) {
         match load_slis(&config.sli_dir) {
-            Ok(s) => self.slis = s,
+            Ok(s) => {
+                self.sli_counter.declare(&s);
+                self.slis = s;
+            }
             Err(e) => tracing::error!(
                 "SIGHUP: SLIs refused, keeping the {} counted: {e}",
                 self.slis.len()
