@@ -100,6 +100,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Sli>, String> {
         {
             return Err(at("a name is 1 to 64 letters, digits, - and _".into()));
         }
+        if r.name == "host-up" {
+            return Err(at(
+                "host-up is the collector's own SLI (the time each host's batches cover); choose another name".into(),
+            ));
+        }
         if out.iter().any(|s| s.name == r.name) {
             return Err(at("defined twice".into()));
         }

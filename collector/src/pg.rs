@@ -604,17 +604,11 @@ fn store_one(
     for (time_ms, kind, body) in events {
         tx.execute(&event, &[&b.agent_id, &time_ms, &(kind as i32), &body])?;
     }
-    if !b.slis.is_empty() {
-        let sli = tx.prepare(
-            "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES ($1, $2, $3, $4, $5)",
-        )?;
-        for s in &b.slis {
-            let (good, total) = (
-                s.good.min(i64::MAX as u64) as i64,
-                s.total.min(i64::MAX as u64) as i64,
-            );
-            tx.execute(&sli, &[&b.agent_id, &s.name, &b.end_unix_ms, &good, &total])?;
-        }
+    let sli = tx.prepare(
+        "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES ($1, $2, $3, $4, $5)",
+    )?;
+    for (name, good, total) in crate::store::sli_rows(b) {
+        tx.execute(&sli, &[&b.agent_id, &name, &b.end_unix_ms, &good, &total])?;
     }
     Ok(Outcome::Stored)
 }

@@ -213,31 +213,50 @@ pub struct Status {
 /// The burn rate over `window` ending at `now_ms`: the bad share of the events in
 /// (now - window, now], divided by the share the objective allows. 0 without events.
 pub fn burn_rate(counts: &[(i64, u64, u64)], target: f64, now_ms: i64, window: Duration) -> f64 {
-    let from = now_ms - window.as_millis() as i64;
+    let (good, total) = sum(counts, now_ms - window.as_millis() as i64, now_ms);
+    rate_of(good, total, target)
+}
+
+/// Events (time, good, total) whose time is in (from, to].
+fn sum(counts: &[(i64, u64, u64)], from: i64, to: i64) -> (u64, u64) {
+    counts
+        .iter()
+        .filter(|(t, ..)| *t > from && *t <= to)
+        .fold((0, 0), |(g, n), (_, a, b)| (g + a, n + b))
+}
+
+/// The host-up SLI over (from, to] from each host's (batch end, ms covered): good is the
+/// time its batches cover, total the time since its first batch began (or `from`).
+pub fn host_up(
+    hosts: &std::collections::BTreeMap<String, Vec<(i64, u64)>>,
+    from: i64,
+    to: i64,
+) -> (u64, u64) {
     let (mut good, mut total) = (0u64, 0u64);
-    for (t, g, n) in counts {
-        if *t > from && *t <= now_ms {
-            good += g;
-            total += n;
-        }
+    for rows in hosts.values() {
+        let Some(first) = rows.iter().map(|(t, c)| t - *c as i64).min() else {
+            continue;
+        };
+        let span = u64::try_from(to - from.max(first)).unwrap_or(0);
+        let covered: u64 = rows
+            .iter()
+            .filter(|(t, _)| *t > from && *t <= to)
+            .map(|(_, c)| c)
+            .sum();
+        good += covered.min(span);
+        total += span;
     }
-    if total == 0 {
-        return 0.0;
-    }
-    let bad = (total - good.min(total)) as f64 / total as f64;
-    bad / (1.0 - target)
+    (good, total)
 }
 
 /// The SLO's status from its counts (time, good, total; any order) at `now_ms`.
 pub fn status(slo: &Slo, counts: &[(i64, u64, u64)], now_ms: i64) -> Status {
-    let from = now_ms - slo.window.as_millis() as i64;
-    let (mut good, mut total) = (0u64, 0u64);
-    for (t, g, n) in counts {
-        if *t > from && *t <= now_ms {
-            good += g;
-            total += n;
-        }
-    }
+    status_by(slo, now_ms, |from| sum(counts, from, now_ms))
+}
+
+/// The SLO's status at `now_ms`, `over(from)` giving (good, total) in (from, now_ms].
+pub fn status_by(slo: &Slo, now_ms: i64, over: impl Fn(i64) -> (u64, u64)) -> Status {
+    let (good, total) = over(now_ms - slo.window.as_millis() as i64);
     let sli = (total > 0).then(|| good.min(total) as f64 / total as f64);
     let budget_left = match sli {
         Some(s) => 1.0 - (1.0 - s) / (1.0 - slo.target),
@@ -252,7 +271,10 @@ pub fn status(slo: &Slo, counts: &[(i64, u64, u64)], now_ms: i64) -> Status {
     windows.dedup();
     let burn: Vec<(Duration, f64)> = windows
         .iter()
-        .map(|w| (*w, burn_rate(counts, slo.target, now_ms, *w)))
+        .map(|w| {
+            let (good, total) = over(now_ms - w.as_millis() as i64);
+            (*w, rate_of(good, total, slo.target))
+        })
         .collect();
     let rate = |w: Duration| burn.iter().find(|(x, _)| *x == w).map_or(0.0, |(_, r)| *r);
     let fires = |set: &[BurnWindow]| {
@@ -266,6 +288,14 @@ pub fn status(slo: &Slo, counts: &[(i64, u64, u64)], now_ms: i64) -> Status {
         ticket: fires(&TICKET),
         burn,
     }
+}
+
+/// The bad share over the share the objective allows (0 without events).
+fn rate_of(good: u64, total: u64, target: f64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (total - good.min(total)) as f64 / total as f64 / (1.0 - target)
 }
 
 /// `*` and `?` glob on a hostname.
@@ -348,7 +378,7 @@ pub fn answer(
         let since = now_ms - slo.window.max(longest).as_millis() as i64;
         let rows = store.sli_counts(&slo.indicator, since)?;
         let mut hosts = std::collections::BTreeSet::new();
-        let counts: Vec<(i64, u64, u64)> = rows
+        let rows: Vec<(String, i64, u64, u64)> = rows
             .into_iter()
             .filter(|(agent, ..)| {
                 glob(
@@ -356,17 +386,26 @@ pub fn answer(
                     hostnames.get(agent).map_or(agent.as_str(), String::as_str),
                 )
             })
-            .map(|(agent, t, g, n)| {
-                hosts.insert(agent);
-                (t, g, n)
+            .inspect(|(agent, ..)| {
+                hosts.insert(agent.clone());
             })
             .collect();
-        let st = status(&slo, &counts, now_ms);
         let from = now_ms - slo.window.as_millis() as i64;
-        let (good, total) = counts
-            .iter()
-            .filter(|(t, ..)| *t > from && *t <= now_ms)
-            .fold((0u64, 0u64), |(g, n), (_, a, b)| (g + a, n + b));
+        let (st, (good, total)) = if slo.indicator == crate::store::HOST_UP {
+            let mut by_host: std::collections::BTreeMap<String, Vec<(i64, u64)>> =
+                std::collections::BTreeMap::new();
+            for (agent, t, g, _) in rows {
+                by_host.entry(agent).or_default().push((t, g));
+            }
+            (
+                status_by(&slo, now_ms, |f| host_up(&by_host, f, now_ms)),
+                host_up(&by_host, from, now_ms),
+            )
+        } else {
+            let counts: Vec<(i64, u64, u64)> =
+                rows.into_iter().map(|(_, t, g, n)| (t, g, n)).collect();
+            (status(&slo, &counts, now_ms), sum(&counts, from, now_ms))
+        };
         out.push(pb::SloStatus {
             name: slo.name.clone(),
             display_name: slo.display_name.clone(),
@@ -677,5 +716,40 @@ mod tests {
         assert!(c
             .iter()
             .all(|a| a.state == "resolved" && a.active_since_unix_ms == 5_000));
+    }
+
+    #[test]
+    fn host_up_counts_covered_time_against_the_time_since_the_first_batch() {
+        let minute = 60_000i64;
+        let now = 1_000 * minute;
+        let mut hosts = std::collections::BTreeMap::new();
+        // a: a batch a minute for the last 60 minutes but 6 missing (down 6 minutes).
+        hosts.insert(
+            "a".to_string(),
+            (0..60)
+                .filter(|i| !(10..16).contains(i))
+                .map(|i| (now - i * minute, minute as u64))
+                .collect::<Vec<_>>(),
+        );
+        // b: first seen 30 minutes ago, never down.
+        hosts.insert(
+            "b".to_string(),
+            (0..30).map(|i| (now - i * minute, minute as u64)).collect(),
+        );
+        let (good, total) = host_up(&hosts, now - 60 * minute, now);
+        assert_eq!(total, (60 + 30) * minute as u64);
+        assert_eq!(good, (54 + 30) * minute as u64);
+        // Over the last 5 minutes both were up.
+        assert_eq!(
+            host_up(&hosts, now - 5 * minute, now),
+            (10 * minute as u64, 10 * minute as u64)
+        );
+        // A host whose batches stopped 20 minutes ago: the time since is bad.
+        let mut gone = std::collections::BTreeMap::new();
+        gone.insert("c".to_string(), vec![(now - 20 * minute, minute as u64)]);
+        assert_eq!(
+            host_up(&gone, now - 30 * minute, now),
+            (minute as u64, 21 * minute as u64)
+        );
     }
 }

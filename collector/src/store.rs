@@ -65,6 +65,36 @@ CREATE TABLE IF NOT EXISTS sli_counts (
 CREATE INDEX IF NOT EXISTS sli_counts_by_name ON sli_counts (name, time_ms);
 "];
 
+/// The SLI the collector counts itself, for SLOs on hosts being up: each batch adds the
+/// milliseconds its interval covers (good and total alike; at most an hour). An SLO over
+/// it (`indicatorRef: host-up`) counts as total the time since each host's first batch
+/// in the window: time no batch covers (agent or host down, whenever its batches
+/// arrive) is bad.
+pub const HOST_UP: &str = "host-up";
+
+/// A batch's SLI rows (name, good, total): the agent's, then host-up. An agent's own
+/// SLI named host-up is not taken (the agent refuses that name).
+pub(crate) fn sli_rows(b: &Batch) -> Vec<(&str, i64, i64)> {
+    let mut rows: Vec<(&str, i64, i64)> = b
+        .slis
+        .iter()
+        .filter(|s| s.name != HOST_UP)
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.good.min(i64::MAX as u64) as i64,
+                s.total.min(i64::MAX as u64) as i64,
+            )
+        })
+        .collect();
+    let covered = b
+        .end_unix_ms
+        .saturating_sub(b.start_unix_ms)
+        .clamp(0, 3_600_000);
+    rows.push((HOST_UP, covered, covered));
+    rows
+}
+
 /// SLI counts are kept at least this long whatever the retention (an SLO's window is
 /// 28 or 30 days).
 pub const SLI_RETENTION_MS: i64 = 35 * 86_400 * 1000;
@@ -1052,14 +1082,8 @@ fn store_one(
     let mut sli = tx.prepare_cached(
         "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for s in &b.slis {
-        sli.execute(params![
-            b.agent_id,
-            s.name,
-            b.end_unix_ms,
-            s.good.min(i64::MAX as u64) as i64,
-            s.total.min(i64::MAX as u64) as i64
-        ])?;
+    for (name, good, total) in sli_rows(b) {
+        sli.execute(params![b.agent_id, name, b.end_unix_ms, good, total])?;
     }
     Ok(Outcome::Stored)
 }
@@ -1335,8 +1359,8 @@ mod tests {
         );
         assert_eq!(
             s.prune(2000).unwrap(),
-            1 + 1,
-            "one sample (its 12 series in one row) and its event"
+            1 + 1 + 2,
+            "one sample (its 12 series in one row), its event, and both batches' host-up SLI rows (their end time is 0)"
         );
         assert_eq!(
             s.history("a", "cpu.usage_percent", 0, i64::MAX)

@@ -470,3 +470,62 @@ fn the_collectors_burn_rates_equal_what_prometheus_computes_with_sloths_promql_a
     std::fs::remove_file(&slo_file).unwrap();
     receiver.wait_for(&labels, "resolved");
 }
+
+#[test]
+fn host_up_counts_the_time_a_killed_agent_was_down_as_bad() {
+    if !require_root("host_up_counts_the_time_a_killed_agent_was_down_as_bad") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slo_dir = dir.path().join("slo.d");
+    std::fs::create_dir_all(&slo_dir).unwrap();
+    std::fs::write(
+        slo_dir.join("up.yaml"),
+        "apiVersion: openslo/v1\nkind: SLO\nmetadata:\n  name: up\nspec:\n  indicatorRef: host-up\n  timeWindow:\n    - duration: 30d\n      isRolling: true\n  budgetingMethod: Occurrences\n  objectives:\n    - target: 0.999\n",
+    )
+    .unwrap();
+    let collector =
+        vigil_tests::daemons::Collector::start(&["--slo-dir", slo_dir.to_str().unwrap()]);
+    let up = |c: &vigil_tests::daemons::Collector| -> serde_json::Value {
+        let out = Command::new(vigil_tests::vigil_bin())
+            .args(["slo", "--json", "--collector", &c.addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|s| s["name"] == "up")
+            .unwrap_or_default()
+    };
+    let agent = vigil_tests::daemons::RealAgent::start(&collector, "up-1");
+    agent.keeps_being_acked(&collector, 5);
+    let before = up(&collector);
+    let bad = |s: &serde_json::Value| s["total"].as_u64().unwrap() - s["good"].as_u64().unwrap();
+    // Up since its first batch: nothing bad but the agent's own start.
+    assert!(bad(&before) <= 2000, "{before}");
+    // Down for 8 s (the workload: a host whose agent is gone), then back.
+    let killed = std::time::Instant::now();
+    let kept = agent.kill_keeping_dir();
+    std::thread::sleep(Duration::from_secs(8));
+    let down = killed.elapsed();
+    let agent = vigil_tests::daemons::RealAgent::start_in(&collector, "up-1", kept);
+    let batches = collector.batches_of("up-1");
+    vigil_tests::daemons::wait_until("a batch after the restart", Duration::from_secs(30), || {
+        collector.batches_of("up-1") > batches
+    });
+    let back = killed.elapsed();
+    agent.keeps_being_acked(&collector, 2);
+    let after = up(&collector);
+    let lost = bad(&after) - bad(&before);
+    println!(
+        "down {down:?} (batches again after {back:?}): host-up bad time grew by {lost} ms; {after}"
+    );
+    // At least the time no agent ran; at most until its batches came back, plus the
+    // interval the kill cut short.
+    assert!(lost >= down.as_millis() as u64, "{lost} ms < {down:?}");
+    assert!(
+        lost <= back.as_millis() as u64 + 1000,
+        "{lost} ms > {back:?} + 1 s"
+    );
+    assert_eq!(after["hosts_counted"], 1, "{after}");
+}
