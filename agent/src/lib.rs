@@ -21,5 +21,6 @@ pub mod syscall_table;
 #[cfg(test)]
 mod test_support;
 pub mod trace;
+pub mod triage;
 /// Durations and sizes (one grammar with the collector's): the `vigil-units` crate.
 pub use vigil_units as units;

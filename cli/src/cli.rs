@@ -186,6 +186,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What changed on a host: a USE pass (utilization, saturation, errors) over CPU,
+    /// memory, disk, network and syscall latency, the last --since against the --baseline
+    /// before it, as a ranked list with the evidence and the processes or peers named.
+    /// From the local agent's last hour, or with --collector from its store (any window
+    /// of the last two days).
+    Why {
+        /// The window to explain, ending now (or at --until).
+        #[arg(long, default_value = "15m", value_parser = vigil_agent::units::parse_duration)]
+        since: std::time::Duration,
+        /// What the window is compared with: this long before it.
+        #[arg(long, default_value = "1h", value_parser = vigil_agent::units::parse_duration)]
+        baseline: std::time::Duration,
+        /// The window's end, RFC 3339 (2026-12-07T14:20:00Z) [default: now].
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Narrow to this process: its slow syscalls, its CPU, the resources it waits on.
+        #[arg(long, conflicts_with = "cgroup")]
+        pid: Option<u32>,
+        /// Narrow to this cgroup id (as `vigil trace` shows it).
+        #[arg(long)]
+        cgroup: Option<u64>,
+        /// The host to explain, at the collector (hostname or agent id).
+        #[arg(long, requires = "collector")]
+        host: Option<String>,
+        /// Read the host's history from the collector at ADDR instead of the local agent.
+        #[arg(long, value_name = "ADDR", requires = "host")]
+        collector: Option<String>,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// SLOs at a collector: per SLO (OpenSLO v1 files in its slo_dir) and host group,
     /// the SLI over the window, the error budget left, the burn rate over 5m, 30m, 1h,
     /// 2h, 6h, 1d and 3d, and whether the page or ticket alert fires.
@@ -560,6 +593,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Slo { collector, json } => vigil_agent::query::slo::run(&collector, json).await,
+        Command::Why {
+            since,
+            baseline,
+            until,
+            pid,
+            cgroup,
+            host,
+            collector,
+            socket,
+            json,
+        } => {
+            use vigil_agent::triage::{why, Source};
+            let to = until.unwrap_or_else(|| vigil_units::unix_ms(std::time::SystemTime::now()));
+            let from = to - since.as_millis() as i64;
+            let target;
+            let source = match (&collector, host) {
+                (Some(addr), Some(h)) => {
+                    target = vigil_agent::query::fleet::CollectorTarget {
+                        addr: addr.clone(),
+                        token_file: None,
+                        timeout: std::time::Duration::from_secs(30),
+                        tls: socket.tls.clone(),
+                    };
+                    Source::Collector(&target, h)
+                }
+                _ => Source::Agent(&socket),
+            };
+            let history =
+                vigil_agent::triage::fetch(&source, from - baseline.as_millis() as i64, to).await?;
+            let focus = match (pid, cgroup) {
+                (Some(p), _) => why::Focus::Pid(p),
+                (_, Some(c)) => why::Focus::Cgroup(c),
+                _ => why::Focus::Host,
+            };
+            let report = why::analyze(&history, from, to, focus);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", why::render(&report));
+            }
+            Ok(())
+        }
         Command::Maintenance(Maintenance::Start {
             host,
             alert,
@@ -665,6 +740,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// An RFC 3339 time, as Unix ms.
+fn parse_time(s: &str) -> Result<i64, String> {
+    vigil_units::parse_rfc3339_ms(s)
+        .ok_or_else(|| format!("{s:?}: not an RFC 3339 time (2026-12-07T14:20:00Z)"))
 }
 
 #[cfg(test)]

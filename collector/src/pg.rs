@@ -62,6 +62,10 @@ CREATE TABLE sli_counts (
     id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, name TEXT NOT NULL, time_ms BIGINT NOT NULL,
     good BIGINT NOT NULL, total BIGINT NOT NULL);
 CREATE INDEX sli_counts_by_name ON sli_counts (name, time_ms);
+", "
+CREATE TABLE intervals (
+    id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL, time_ms BIGINT NOT NULL, body BYTEA NOT NULL);
+CREATE INDEX intervals_by_host ON intervals (agent_id, time_ms);
 "];
 
 /// Any key: the advisory lock that serialises schema changes between collectors.
@@ -264,8 +268,47 @@ impl PgStore {
                 &[&crate::store::sli_cutoff(before_ms)],
             )
             .map_err(err)?;
+        n += tx
+            .execute(
+                "DELETE FROM intervals WHERE time_ms < $1",
+                &[&crate::store::history_cutoff(before_ms)],
+            )
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(n as usize)
+    }
+
+    /// Host `agent_id`'s intervals in (since, until] (until 0: now), oldest first.
+    pub fn intervals(
+        &mut self,
+        agent_id: &str,
+        since: i64,
+        until: i64,
+        limit: u32,
+    ) -> Result<vigil_proto::v1::HistoryResponse, StoreError> {
+        let until = if until <= 0 { i64::MAX } else { until };
+        let n = i64::from(limit.clamp(1, 2000)) + 1;
+        let rows = self
+            .client
+            .query(
+                "SELECT time_ms, body FROM intervals WHERE agent_id = $1 AND time_ms > $2 AND time_ms <= $3 ORDER BY time_ms, id LIMIT $4",
+                &[&agent_id, &since, &until, &n],
+            )
+            .map_err(self.err())?;
+        let rows = rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)))
+            .collect();
+        let mut answer = crate::store::history_answer(rows, since, until, limit);
+        answer.oldest_unix_ms = self
+            .client
+            .query_one(
+                "SELECT COALESCE(MIN(time_ms), 0) FROM intervals WHERE agent_id = $1",
+                &[&agent_id],
+            )
+            .map_err(self.err())?
+            .get(0);
+        Ok(answer)
     }
 
     /// SLI `name`'s counts from `since_ms` on, oldest first.
@@ -604,6 +647,14 @@ fn store_one(
     for (time_ms, kind, body) in events {
         tx.execute(&event, &[&b.agent_id, &time_ms, &(kind as i32), &body])?;
     }
+    tx.execute(
+        "INSERT INTO intervals (agent_id, time_ms, body) VALUES ($1, $2, $3)",
+        &[
+            &b.agent_id,
+            &b.end_unix_ms,
+            &b.for_history().0.encode_to_vec(),
+        ],
+    )?;
     let sli = tx.prepare(
         "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES ($1, $2, $3, $4, $5)",
     )?;

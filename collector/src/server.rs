@@ -629,6 +629,22 @@ impl Fleet for FleetService {
         }))
     }
 
+    async fn history(
+        &self,
+        request: Request<vigil_proto::v1::HistoryRequest>,
+    ) -> Result<Response<vigil_proto::v1::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let answer = self
+            .read(move |s| {
+                let id = s.resolve(&r.host)?;
+                let mut a = s.intervals(&id, r.since_unix_ms, r.until_unix_ms, r.limit)?;
+                a.host = Some(s.identity(&id)?);
+                Ok(a)
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     async fn metric_history(
         &self,
         request: Request<MetricHistoryRequest>,

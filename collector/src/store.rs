@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS losses (
 /// is still read.
 /// Version 3: how each host's newest batch arrived (`hosts.transport`).
 /// Version 4: each batch's SLI counts (`sli_counts`), kept SLI_RETENTION_MS at least.
+/// Version 5: each batch as history keeps it (`intervals`), kept HISTORY_RETENTION_MS
+/// at most, for `vigil why` and `vigil incident snapshot`.
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE batches ADD COLUMN digest BLOB;
 ALTER TABLE hosts ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
@@ -63,7 +65,45 @@ CREATE TABLE IF NOT EXISTS sli_counts (
     agent_id TEXT NOT NULL, name TEXT NOT NULL, time_ms INTEGER NOT NULL,
     good INTEGER NOT NULL, total INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sli_counts_by_name ON sli_counts (name, time_ms);
+", "
+CREATE TABLE IF NOT EXISTS intervals (agent_id TEXT NOT NULL, time_ms INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS intervals_by_host ON intervals (agent_id, time_ms);
 "];
+
+/// Whole intervals (`vigil why`, incident snapshots) are kept at most this long (or the
+/// retention, if shorter): about 5 KB an interval, 43 MB a day per host at 10 s.
+pub const HISTORY_RETENTION_MS: i64 = 2 * 86_400 * 1000;
+
+/// Where intervals older than this go: the retention's cutoff, or HISTORY_RETENTION_MS
+/// before now if that is later.
+pub(crate) fn history_cutoff(before_ms: i64) -> i64 {
+    let now = vigil_units::unix_ms(std::time::SystemTime::now());
+    before_ms.max(now - HISTORY_RETENTION_MS)
+}
+
+/// Intervals answered from rows of (end time, encoded batch), oldest first, in (since,
+/// until] and at most `limit`, about HISTORY_ANSWER_BYTES; undecodable rows are
+/// skipped and counted in `trimmed`.
+pub(crate) fn history_answer(
+    rows: Vec<(i64, Vec<u8>)>,
+    since: i64,
+    until: i64,
+    limit: u32,
+) -> vigil_proto::v1::HistoryResponse {
+    let mut bad = 0;
+    let batches: Vec<Batch> = rows
+        .into_iter()
+        .filter_map(|(_, b)| Batch::decode(b.as_slice()).map_err(|_| bad += 1).ok())
+        .collect();
+    let (intervals, next) = vigil_proto::history_page(batches.iter(), since, until, limit);
+    vigil_proto::v1::HistoryResponse {
+        intervals,
+        next_since_unix_ms: next,
+        oldest_unix_ms: 0,
+        trimmed: bad,
+        host: None,
+    }
+}
 
 /// The SLI the collector counts itself, for SLOs on hosts being up: each batch adds the
 /// milliseconds its interval covers (good and total alike; at most an hour). An SLO over
@@ -585,7 +625,51 @@ impl SqliteStore {
                 params![sli_cutoff(before_ms)],
             )
             .map_err(&err)?;
-        Ok(n + m + k + s)
+        let h = self
+            .conn
+            .execute(
+                "DELETE FROM intervals WHERE time_ms < ?1",
+                params![history_cutoff(before_ms)],
+            )
+            .map_err(&err)?;
+        Ok(n + m + k + s + h)
+    }
+
+    /// Host `agent_id`'s intervals in (since, until] (until 0: now), oldest first.
+    pub fn intervals(
+        &self,
+        agent_id: &str,
+        since: i64,
+        until: i64,
+        limit: u32,
+    ) -> Result<vigil_proto::v1::HistoryResponse, StoreError> {
+        let err = self.sqlite();
+        let until = if until <= 0 { i64::MAX } else { until };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, body FROM intervals WHERE agent_id = ?1 AND time_ms > ?2 AND time_ms <= ?3
+                 ORDER BY time_ms LIMIT ?4",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map(
+                params![agent_id, since, until, i64::from(limit.clamp(1, 2000)) + 1],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        let mut answer = history_answer(rows, since, until, limit);
+        answer.oldest_unix_ms = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MIN(time_ms), 0) FROM intervals WHERE agent_id = ?1",
+                params![agent_id],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
+        Ok(answer)
     }
 
     /// SLI `name`'s counts from `since_ms` on, oldest first: (agent id, the batch's
@@ -1079,6 +1163,12 @@ fn store_one(
             a.encode_to_vec()
         ])?;
     }
+    tx.prepare_cached("INSERT INTO intervals (agent_id, time_ms, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            b.agent_id,
+            b.end_unix_ms,
+            b.for_history().0.encode_to_vec()
+        ])?;
     let mut sli = tx.prepare_cached(
         "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -1359,8 +1449,8 @@ mod tests {
         );
         assert_eq!(
             s.prune(2000).unwrap(),
-            1 + 1 + 2,
-            "one sample (its 12 series in one row), its event, and both batches' host-up SLI rows (their end time is 0)"
+            1 + 1 + 2 + 2,
+            "one sample (its 12 series in one row), its event, and both batches' host-up SLI rows and history intervals (their end time is 0)"
         );
         assert_eq!(
             s.history("a", "cpu.usage_percent", 0, i64::MAX)

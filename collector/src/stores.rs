@@ -95,6 +95,17 @@ impl Store {
         each!(self, s => s.sli_counts(name, since_ms))
     }
 
+    /// Host `agent_id`'s intervals in (since, until], oldest first.
+    pub fn intervals(
+        &mut self,
+        agent_id: &str,
+        since: i64,
+        until: i64,
+        limit: u32,
+    ) -> Result<vigil_proto::v1::HistoryResponse, StoreError> {
+        each!(self, s => s.intervals(agent_id, since, until, limit))
+    }
+
     pub fn resolve(&mut self, host: &str) -> Result<String, StoreError> {
         each!(self, s => s.resolve(host))
     }

@@ -181,6 +181,60 @@ impl v1::AlertEvent {
     }
 }
 
+/// Slow syscalls and retransmits an interval keeps in history, each.
+pub const HISTORY_EVENTS: usize = 200;
+/// Bytes of intervals per History answer (a client's default limit is 4 MiB).
+pub const HISTORY_ANSWER_BYTES: usize = 3 << 20;
+
+impl v1::Batch {
+    /// The interval as history keeps it: no findings, at most HISTORY_EVENTS slow
+    /// syscalls and retransmits (the slowest first); and how many were left out.
+    pub fn for_history(&self) -> (v1::Batch, u64) {
+        let mut b = v1::Batch {
+            findings: Vec::new(),
+            ..self.clone()
+        };
+        let mut trimmed = 0;
+        if b.slow_syscalls.len() > HISTORY_EVENTS {
+            b.slow_syscalls
+                .sort_by_key(|x| std::cmp::Reverse(x.latency_ns));
+            trimmed += (b.slow_syscalls.len() - HISTORY_EVENTS) as u64;
+            b.slow_syscalls.truncate(HISTORY_EVENTS);
+        }
+        if b.retransmits.len() > HISTORY_EVENTS {
+            trimmed += (b.retransmits.len() - HISTORY_EVENTS) as u64;
+            b.retransmits.truncate(HISTORY_EVENTS);
+        }
+        (b, trimmed)
+    }
+}
+
+/// Oldest-first intervals in (since, until] (until 0: no end), at most `limit` and
+/// about HISTORY_ANSWER_BYTES: the answer, and where the next one starts (0: done).
+pub fn history_page<'a>(
+    intervals: impl Iterator<Item = &'a v1::Batch>,
+    since: i64,
+    until: i64,
+    limit: u32,
+) -> (Vec<v1::Batch>, i64) {
+    use prost::Message as _;
+    let limit = match limit {
+        0 => 500,
+        n => n.min(2000) as usize,
+    };
+    let until = if until <= 0 { i64::MAX } else { until };
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    for b in intervals.filter(|b| b.end_unix_ms > since && b.end_unix_ms <= until) {
+        if out.len() == limit || (bytes > 0 && bytes + b.encoded_len() > HISTORY_ANSWER_BYTES) {
+            let next = out.last().map_or(0, |l: &v1::Batch| l.end_unix_ms);
+            return (out, next);
+        }
+        bytes += b.encoded_len();
+        out.push(b.clone());
+    }
+    (out, 0)
+}
+
 impl v1::Silence {
     /// Whether it silences an alert with these routed labels at `now_ms`.
     pub fn silences(

@@ -12,8 +12,8 @@ use vigil_proto::v1::{
     agent_client::AgentClient,
     agent_server::{Agent, AgentServer},
     live_event, AlertsRequest, AlertsResponse, FindingsRequest, FindingsResponse, FollowRequest,
-    LatestStatsResponse, LiveEvent, RetransmitsRequest, RetransmitsResponse, StatsRequest,
-    SyscallLatencyRequest, SyscallLatencyResponse,
+    HistoryRequest, HistoryResponse, LatestStatsResponse, LiveEvent, RetransmitsRequest,
+    RetransmitsResponse, StatsRequest, SyscallLatencyRequest, SyscallLatencyResponse,
 };
 
 use super::state::StateReader;
@@ -37,6 +37,18 @@ impl AgentApi {
 
 #[tonic::async_trait]
 impl Agent for AgentApi {
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(self.state.read().history(
+            r.since_unix_ms,
+            r.until_unix_ms,
+            r.limit,
+        )))
+    }
+
     async fn stats(
         &self,
         _: Request<StatsRequest>,

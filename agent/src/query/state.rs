@@ -21,6 +21,11 @@ pub const RECENT_INTERVALS: usize = 60;
 pub const GROUP: usize = 10;
 pub const OLDER_GROUPS: usize = 30;
 pub const LATENCY_INTERVALS: usize = RECENT_INTERVALS + GROUP * OLDER_GROUPS;
+/// Intervals kept for `History` (`vigil why`, `vigil incident snapshot --local`): an
+/// hour at the default 10 s; fewer when they are large (HISTORY_BYTES). The oldest go
+/// first; the answer says how far back it reaches.
+pub const HISTORY_INTERVALS: usize = 360;
+pub const HISTORY_BYTES: usize = 32 << 20;
 /// Retransmits kept for `Retransmits`.
 pub const RECENT_RETRANSMITS: usize = 1000;
 /// Findings kept for `vigil events --since` (newest); older ones are forgotten, and
@@ -42,6 +47,11 @@ struct AgentState {
     /// Older history, GROUP intervals per entry, newest last.
     older_latency: VecDeque<Vec<(u32, CompactHistogram)>>,
     retransmits: VecDeque<pb::TcpRetransmit>,
+    /// Recent intervals as history keeps them (pb::Batch::for_history), oldest first,
+    /// with their encoded sizes' sum and the events trimmed from them.
+    history: VecDeque<pb::Batch>,
+    history_bytes: usize,
+    history_trimmed: u64,
     findings: VecDeque<pb::Finding>,
     /// Findings pushed out of `findings` by newer ones.
     findings_forgotten: u64,
@@ -155,6 +165,23 @@ impl StateWrite<'_> {
         self.0.push_latency(latency);
     }
 
+    /// An interval's batch, as history keeps it.
+    pub fn push_history(&mut self, batch: &pb::Batch) {
+        use prost::Message as _;
+        let st = &mut *self.0;
+        let (b, trimmed) = batch.for_history();
+        st.history_trimmed += trimmed;
+        st.history_bytes += b.encoded_len();
+        st.history.push_back(b);
+        while st.history.len() > HISTORY_INTERVALS
+            || (st.history_bytes > HISTORY_BYTES && st.history.len() > 1)
+        {
+            if let Some(old) = st.history.pop_front() {
+                st.history_bytes = st.history_bytes.saturating_sub(old.encoded_len());
+            }
+        }
+    }
+
     /// The eBPF programs' run time and count, read at the interval's end.
     pub fn publish_bpf_stats(&mut self, stats: Vec<(String, std::time::Duration, u64)>) {
         self.0.totals.bpf_programs = stats;
@@ -214,6 +241,19 @@ impl StateRead<'_> {
     }
 
     /// The latest sample; `None` before the first interval ends.
+    /// Intervals in (since, until] (oldest first), as `History` answers them.
+    pub fn history(&self, since: i64, until: i64, limit: u32) -> pb::HistoryResponse {
+        let (intervals, next) =
+            vigil_proto::history_page(self.0.history.iter(), since, until, limit);
+        pb::HistoryResponse {
+            intervals,
+            next_since_unix_ms: next,
+            oldest_unix_ms: self.0.history.front().map_or(0, |b| b.start_unix_ms),
+            trimmed: self.0.history_trimmed,
+            host: Some(self.0.identity.clone()),
+        }
+    }
+
     pub fn latest(&self) -> Option<&pb::HostMetrics> {
         self.0.latest.as_ref()
     }
@@ -356,6 +396,9 @@ impl AgentState {
             latency: VecDeque::new(),
             older_latency: VecDeque::new(),
             retransmits: VecDeque::new(),
+            history: VecDeque::new(),
+            history_bytes: 0,
+            history_trimmed: 0,
             findings: VecDeque::new(),
             findings_forgotten: 0,
             live: broadcast::channel(FOLLOW_BUFFER).0,

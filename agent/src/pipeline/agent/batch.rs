@@ -169,6 +169,7 @@ impl Agent {
     /// that slow), the batch is dropped and counted in the next one, and the loop goes
     /// on. Then publishes the agent's delivery state.
     pub(super) fn spool_batch(&mut self, batch: pb::Batch) {
+        self.state.write().push_history(&batch);
         if let Err(batch) = self.spool_writer.append(batch) {
             self.iv.pipeline_dropped += 1;
             self.errors.spool_queue_full += 1;

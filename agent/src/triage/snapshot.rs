@@ -1,0 +1,1 @@
+//! `vigil incident snapshot` (below).
