@@ -219,6 +219,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Incident support: a snapshot of a host over a time window, for a ticket.
+    #[command(subcommand)]
+    Incident(Incident),
     /// SLOs at a collector: per SLO (OpenSLO v1 files in its slo_dir) and host group,
     /// the SLI over the window, the error budget left, the burn rate over 5m, 30m, 1h,
     /// 2h, 6h, 1d and 3d, and whether the page or ticket alert fires.
@@ -593,6 +596,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Slo { collector, json } => vigil_agent::query::slo::run(&collector, json).await,
+        Command::Incident(Incident::Snapshot {
+            host,
+            collector,
+            local,
+            from,
+            to,
+            out,
+            redact,
+            socket,
+        }) => {
+            use vigil_agent::triage::{snapshot, Source};
+            let to = to.unwrap_or_else(|| vigil_units::unix_ms(std::time::SystemTime::now()));
+            if to <= from {
+                anyhow::bail!("--to must be after --from");
+            }
+            let target;
+            let (source, described) = match (&collector, host) {
+                (Some(addr), Some(h)) => {
+                    target = vigil_agent::query::fleet::CollectorTarget {
+                        addr: addr.clone(),
+                        token_file: None,
+                        timeout: std::time::Duration::from_secs(30),
+                        tls: socket.tls.clone(),
+                    };
+                    (
+                        Source::Collector(&target, h),
+                        format!("the collector at {addr}"),
+                    )
+                }
+                _ if local || collector.is_none() => (
+                    Source::Agent(&socket),
+                    "the local agent's recent history".to_string(),
+                ),
+                _ => anyhow::bail!("--collector needs --host"),
+            };
+            // The hour before the window is the baseline of "what changed".
+            let history = vigil_agent::triage::fetch(&source, from - 3_600_000, to).await?;
+            if !history.intervals.iter().any(|b| b.end_unix_ms > from) {
+                anyhow::bail!(
+                    "no intervals between {} and {} (history reaches back to {})",
+                    vigil_units::rfc3339_ms(from),
+                    vigil_units::rfc3339_ms(to),
+                    vigil_units::rfc3339_ms(history.oldest_ms)
+                );
+            }
+            let (findings, windows) =
+                vigil_agent::triage::findings_and_windows(&source, &history.host, from, to).await?;
+            let host_name = history.host.hostname.clone();
+            let inputs = snapshot::Inputs {
+                history,
+                from,
+                to,
+                findings,
+                windows,
+                source: described,
+            };
+            let html = snapshot::render(&inputs, redact)?;
+            let out = out.unwrap_or_else(|| {
+                let name = if redact {
+                    "host".to_string()
+                } else {
+                    host_name.clone()
+                };
+                format!(
+                    "vigil-incident-{name}-{}.html",
+                    vigil_units::rfc3339_ms(from).replace(':', "")
+                )
+                .into()
+            });
+            std::fs::write(&out, &html).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            println!("{} ({} KiB)", out.display(), html.len() / 1024);
+            Ok(())
+        }
         Command::Why {
             since,
             baseline,
@@ -740,6 +816,54 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Incident {
+    /// One self-contained HTML file of a host over [--from, --to]: what changed, a
+    /// timeline (alerts, findings, maintenance windows, gaps in the data), plots (CPU,
+    /// memory, pressure, disk, network, syscall p99, retransmits; alert times marked),
+    /// top processes, slowest syscalls, retransmits by peer, pressure, and a blameless
+    /// postmortem draft in Markdown. From the collector's store (--collector --host) or
+    /// the local agent's last hour (--local).
+    Snapshot {
+        /// The host (hostname or agent id) at the collector.
+        #[arg(long, requires = "collector", conflicts_with = "local")]
+        host: Option<String>,
+        /// Read from the collector at ADDR.
+        #[arg(long, value_name = "ADDR", requires = "host")]
+        collector: Option<String>,
+        /// Read from the local agent (its last 360 intervals).
+        #[arg(long)]
+        local: bool,
+        /// The window's start: RFC 3339, or a duration ago ("30m").
+        #[arg(long, value_parser = parse_time_or_ago)]
+        from: i64,
+        /// The window's end: RFC 3339, or a duration ago [default: now].
+        #[arg(long, value_parser = parse_time_or_ago)]
+        to: Option<i64>,
+        /// Where to write it [default: vigil-incident-HOST-FROM.html].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Replace hostnames, IP addresses, user names and command-line arguments with
+        /// tokens (the same value always gets the same token).
+        #[arg(long)]
+        redact: bool,
+        #[command(flatten)]
+        socket: vigil_agent::query::api::AgentTarget,
+    },
+}
+
+/// RFC 3339, or a duration before now ("30m"), as Unix ms.
+fn parse_time_or_ago(s: &str) -> Result<i64, String> {
+    if let Some(t) = vigil_units::parse_rfc3339_ms(s) {
+        return Ok(t);
+    }
+    let d = vigil_units::parse_duration(s).map_err(|_| {
+        format!("{s:?}: neither an RFC 3339 time (2026-12-07T14:20:00Z) nor a duration ago (30m)")
+    })?;
+    Ok(vigil_units::unix_ms(std::time::SystemTime::now())
+        - d.as_millis().min(i64::MAX as u128) as i64)
 }
 
 /// An RFC 3339 time, as Unix ms.

@@ -98,3 +98,76 @@ pub fn clock(ms: i64) -> String {
     let s = vigil_units::rfc3339_ms(ms);
     s.get(11..19).unwrap_or(&s).to_string()
 }
+
+/// The host's security findings in (since, until], and (from a collector) the
+/// maintenance windows that name it and overlap that time.
+pub async fn findings_and_windows(
+    source: &Source<'_>,
+    host: &pb::HostIdentity,
+    since: i64,
+    until: i64,
+) -> anyhow::Result<(Vec<pb::Finding>, Vec<pb::Silence>)> {
+    let mut findings = Vec::new();
+    let mut windows = Vec::new();
+    let mut token = String::new();
+    match source {
+        Source::Agent(target) => {
+            let mut client = crate::query::api::connect_to(target).await?;
+            loop {
+                let page = client
+                    .findings(pb::FindingsRequest {
+                        since_unix_ms: since,
+                        page_size: 0,
+                        page_token: std::mem::take(&mut token),
+                    })
+                    .await?
+                    .into_inner();
+                findings.extend(page.findings);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        Source::Collector(target, _) => {
+            let mut client = crate::query::fleet::connect(target).await?;
+            loop {
+                let page = client
+                    .events(pb::EventsRequest {
+                        since_unix_ms: since,
+                        limit: 0,
+                        page_token: std::mem::take(&mut token),
+                        alerts_only: false,
+                    })
+                    .await?
+                    .into_inner();
+                for e in page.events {
+                    let ours = e.host.as_ref().is_some_and(|h| h.agent_id == host.agent_id);
+                    if let (true, Some(pb::fleet_event::Event::Finding(f))) = (ours, e.event) {
+                        findings.push(f);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if let Ok(r) = client.list_silences(pb::ListSilencesRequest {}).await {
+                windows = r
+                    .into_inner()
+                    .silences
+                    .into_iter()
+                    .filter(|s| {
+                        s.starts_unix_ms <= until
+                            && s.ends_unix_ms > since
+                            && s.matchers
+                                .iter()
+                                .any(|m| m.name == "host" && m.value == host.hostname)
+                    })
+                    .collect();
+            }
+        }
+    }
+    findings.retain(|f| f.time_unix_ms > since && f.time_unix_ms <= until);
+    Ok((findings, windows))
+}

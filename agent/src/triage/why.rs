@@ -37,29 +37,6 @@ const SYNC_CALLS: &[&str] = &[
     "msync",
 ];
 
-/// Syscalls that block by design (waiting for a child, an event, a timer, a peer to
-/// connect, another thread): a longer wait there is idle time, not a slowdown.
-const WAITS: &[&str] = &[
-    "wait4",
-    "waitid",
-    "epoll_wait",
-    "epoll_pwait",
-    "epoll_pwait2",
-    "poll",
-    "ppoll",
-    "select",
-    "pselect6",
-    "nanosleep",
-    "clock_nanosleep",
-    "pause",
-    "rt_sigsuspend",
-    "rt_sigtimedwait",
-    "accept",
-    "accept4",
-    "futex",
-    "io_getevents",
-];
-
 /// Calls slower than this many times the baseline's p99 needed before a latency
 /// change counts (one stalled call is not a trend).
 const SLOW_CALLS_MIN: u64 = 3;
@@ -787,7 +764,7 @@ fn syscalls(baseline: &[&pb::Batch], window: &[&pb::Batch], focus: Focus, out: &
     let slow = slow_calls(window, focus);
     for (name, w) in &lw {
         if SYNC_CALLS.contains(&name.as_str())
-            || WAITS.contains(&name.as_str())
+            || crate::query::top::IDLE_WAITS.contains(&name.as_str())
             || w.count < LATENCY_MIN_CALLS * 4
         {
             continue;
