@@ -96,6 +96,7 @@ pub struct AgentConfig {
     /// Default "/etc/vigil/sli.d".
     pub sli_dir: PathBuf,
     pub budget: BudgetConfig,
+    pub incident: IncidentConfig,
     pub log: LogConfig,
     /// How the agent talks to the collector: mutual TLS by default (paths default to
     /// /etc/vigil/tls/ca.pem, agent.pem, agent.key); `mode = "off"` for plaintext.
@@ -202,6 +203,37 @@ impl Default for SpoolConfig {
     }
 }
 
+/// `[incident]`: incident snapshots the agent takes itself (`vigil incident snapshot`
+/// from its own history) when a critical alert fires, into data_dir/incidents.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentConfig {
+    /// Take one when an alert of severity critical starts firing. One at a time: a
+    /// critical alert that fires while one is being written is counted
+    /// (`incident_snapshots.skipped_busy` in `vigil stats --json`), not queued.
+    /// Default false.
+    pub auto_snapshot: bool,
+    /// How far before the alert fired the snapshot starts (the agent keeps its last
+    /// 360 intervals: at the default 10 s interval, an hour). Default "15m".
+    pub before: Interval,
+    /// At most this many snapshots kept: the oldest go first. Default 10.
+    pub max_snapshots: u32,
+    /// At most this many bytes of snapshots kept: the oldest go first (a snapshot
+    /// bigger than this alone is not kept, and counted failed). Default 104857600.
+    pub max_bytes: u64,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            auto_snapshot: false,
+            before: Interval(Duration::from_secs(15 * 60)),
+            max_snapshots: 10,
+            max_bytes: 100 << 20,
+        }
+    }
+}
+
 /// `[budget]`: the agent's own CPU, and what it gives up to stay within it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -269,6 +301,7 @@ impl Default for AgentConfig {
             alert_damping: Interval(Duration::from_secs(3600)),
             sli_dir: PathBuf::from("/etc/vigil/sli.d"),
             budget: BudgetConfig::default(),
+            incident: IncidentConfig::default(),
             log: LogConfig::default(),
             tls: vigil_tls::TlsSection::default(),
         }
@@ -373,6 +406,11 @@ impl AgentConfig {
         if sp.fsync == Fsync::Interval && sp.fsync_interval.0.is_zero() {
             problems.push(
                 "spool.fsync_interval: must be more than 0 (or use fsync = \"batch\")".into(),
+            );
+        }
+        if self.incident.auto_snapshot && self.incident.max_snapshots == 0 {
+            problems.push(
+                "incident.max_snapshots: must be at least 1 with auto_snapshot = true".into(),
             );
         }
         if self.shutdown_timeout.0.is_zero() {

@@ -22,6 +22,7 @@ mod alerting;
 mod batch;
 mod budget;
 mod dirs;
+mod incident;
 mod reload;
 
 use super::interval::Interval;
@@ -213,6 +214,10 @@ pub struct Agent {
     alerting: Option<alerting::Alerting>,
     /// The agent's CPU budget (None without probes: nothing to shed).
     budget: Option<budget::Budget>,
+    /// When this agent started (Unix ms), carried in every batch.
+    started_unix_ms: i64,
+    /// `[incident] auto_snapshot` (None: off).
+    auto_snapshot: Option<incident::AutoSnapshot>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then stops it within `shutdown_timeout`.
@@ -489,6 +494,11 @@ impl Agent {
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let follower_joined = Some(state.follower_joined());
         let mut agent = Self {
+            started_unix_ms: vigil_units::unix_ms(std::time::SystemTime::now()),
+            auto_snapshot: incident::AutoSnapshot::new(
+                &running.config.incident,
+                &running.config.data_dir,
+            ),
             running,
             reload,
             signals,

@@ -232,6 +232,7 @@ pub fn agent_self_json(a: &vigil_proto::v1::AgentSelf) -> serde_json::Value {
         "batches_refused": a.batches_refused, "batches_conflicting": a.batches_conflicting,
         "dropped_events": stages,
         "internal_errors": a.internal_errors,
+        "incident_snapshots": a.incident_snapshots,
         "preflight": a.preflight,
         "tls_mode": a.tls_mode, "tls_reloads": a.tls_reloads,
         "tls_reload_failures": a.tls_reload_failures,

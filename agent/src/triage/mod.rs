@@ -78,6 +78,25 @@ pub async fn fetch(source: &Source<'_>, since: i64, until: i64) -> anyhow::Resul
     Ok(out)
 }
 
+/// The history in (since, until] from pages `page(since)` answers (the agent's own
+/// history, read in the agent).
+pub fn collect(
+    since: i64,
+    until: i64,
+    mut page: impl FnMut(i64) -> pb::HistoryResponse,
+) -> History {
+    let mut out = History {
+        host: pb::HostIdentity::default(),
+        intervals: Vec::new(),
+        oldest_ms: 0,
+        trimmed: 0,
+    };
+    let mut from = since;
+    while absorb(&mut out, page(from), &mut from) {}
+    out.intervals.retain(|b| b.end_unix_ms <= until);
+    out
+}
+
 /// Adds a page; whether to ask for the next.
 fn absorb(out: &mut History, r: pb::HistoryResponse, from: &mut i64) -> bool {
     if let Some(h) = r.host {

@@ -121,6 +121,65 @@ fn timeline(inputs: &Inputs, intervals: &[&pb::Batch]) -> Vec<Event> {
             ),
         });
     }
+    // Restarts and probe state changes: each interval against the one before it (the
+    // baseline's last one for the window's first).
+    let upto: Vec<&pb::Batch> = inputs
+        .history
+        .intervals
+        .iter()
+        .filter(|b| b.end_unix_ms <= inputs.to)
+        .collect();
+    for pair in upto.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.end_unix_ms <= inputs.from {
+            continue;
+        }
+        if b.agent_started_unix_ms != 0 && b.agent_started_unix_ms != a.agent_started_unix_ms {
+            let version = b.host.as_ref().map_or("", |h| h.agent_version.as_str());
+            out.push(Event {
+                time_unix_ms: b.agent_started_unix_ms,
+                kind: "agent restart".into(),
+                what: format!(
+                    "the agent started again (version {version}); its last interval before ended {}",
+                    clock(a.end_unix_ms)
+                ),
+            });
+        }
+        if a.probes.is_empty() || b.probes.is_empty() {
+            continue;
+        }
+        let names: std::collections::BTreeSet<&String> =
+            a.probes.keys().chain(b.probes.keys()).collect();
+        for name in names {
+            let (was, now) = (a.probes.get(name), b.probes.get(name));
+            if was != now {
+                let show = |s: Option<&String>| s.map_or("absent".to_string(), |s| s.clone());
+                out.push(Event {
+                    time_unix_ms: b.end_unix_ms,
+                    kind: "probe".into(),
+                    what: format!(
+                        "{name}: {} -> {} (between {} and {})",
+                        show(was),
+                        show(now),
+                        clock(a.end_unix_ms),
+                        clock(b.end_unix_ms)
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(first) = intervals.first() {
+        // Started inside the window with nothing before it in the history.
+        if first.agent_started_unix_ms > inputs.from
+            && !upto.iter().any(|b| b.end_unix_ms < first.end_unix_ms)
+        {
+            out.push(Event {
+                time_unix_ms: first.agent_started_unix_ms,
+                kind: "agent restart".into(),
+                what: "the agent started (no interval before it in the history)".into(),
+            });
+        }
+    }
     // Gaps: no interval for more than two intervals' time: the agent (or the host) was
     // down or restarting.
     for pair in intervals.windows(2) {
@@ -187,7 +246,7 @@ fn plots(intervals: &[&pb::Batch]) -> Vec<Plot> {
         Plot {
             id: "memory".into(),
             title: "Memory used".into(),
-            unit: "% of memory (not available)".into(),
+            unit: "% of memory, not available".into(),
             series: vec![series("memory", intervals, |b| {
                 metrics(b).filter(|m| m.memory_total_bytes > 0).map(|m| {
                     100.0 - 100.0 * m.memory_available_bytes as f64 / m.memory_total_bytes as f64
@@ -361,6 +420,44 @@ pub fn draw(plot: &Plot, from: i64, to: i64, marks: &[i64]) -> anyhow::Result<Ve
     Ok(png)
 }
 
+/// Command lines in the tables: the arguments in their first CMDLINE_CHARS characters,
+/// then "…" (some carry whole environments).
+const CMDLINE_CHARS: usize = 160;
+
+/// Cut between arguments, never inside one (a part of an argument is not
+/// something `--redact` knows to mask).
+fn cmdline(s: &str) -> String {
+    match s.char_indices().nth(CMDLINE_CHARS) {
+        Some((at, _)) => {
+            let cut = s[..at].rfind(char::is_whitespace).unwrap_or(0);
+            format!("{} …", s[..cut].trim_end())
+        }
+        None => s.to_string(),
+    }
+}
+
+/// Data in the page (what `--redact` may change) is marked: between OPEN and CLOSE
+/// (private-use characters, removed before the page is written). The page's own words
+/// are not: an argument that happens to be "incident" leaves the page's prose alone.
+const OPEN: char = '\u{E000}';
+const CLOSE: char = '\u{E001}';
+
+/// Data, marked.
+fn m(s: &str) -> String {
+    let s: String = s.chars().filter(|c| *c != OPEN && *c != CLOSE).collect();
+    format!("{OPEN}{s}{CLOSE}")
+}
+
+/// Data for the HTML: escaped and marked.
+fn d(s: &str) -> String {
+    m(&esc(s))
+}
+
+/// The text with its marks removed.
+fn unmark(s: &str) -> String {
+    s.chars().filter(|c| *c != OPEN && *c != CLOSE).collect()
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -403,7 +500,7 @@ fn processes(intervals: &[&pb::Batch]) -> Vec<ProcRow> {
 /// The postmortem draft (Markdown), prefilled with the facts.
 fn postmortem(inputs: &Inputs, report: &why::Report, events: &[Event]) -> String {
     let mut s = String::new();
-    let host = &inputs.history.host.hostname;
+    let host = m(&inputs.history.host.hostname);
     let _ = writeln!(
         s,
         "# Postmortem: {host}, {} to {} UTC\n",
@@ -419,7 +516,7 @@ fn postmortem(inputs: &Inputs, report: &why::Report, events: &[Event]) -> String
                 "Between {} and {} UTC on {host}, the largest change Vigil saw was: {}.\n",
                 clock(inputs.from),
                 clock(inputs.to),
-                f.title
+                m(&f.title)
             );
         }
         None => {
@@ -431,10 +528,10 @@ fn postmortem(inputs: &Inputs, report: &why::Report, events: &[Event]) -> String
     let firing: Vec<&Event> = events.iter().filter(|e| e.kind == "alert firing").collect();
     let _ = writeln!(
         s,
-        "- Window: {} to {} UTC ({} min).",
+        "- Window: {} to {} UTC ({}).",
         vigil_units::rfc3339_ms(inputs.from),
         vigil_units::rfc3339_ms(inputs.to),
-        (inputs.to - inputs.from) / 60_000
+        vigil_units::human_secs((inputs.to - inputs.from) as f64 / 1000.0)
     );
     let _ = writeln!(s, "- Alerts that fired: {}.", firing.len());
     let _ = writeln!(s, "- Security findings: {}.", inputs.findings.len());
@@ -447,7 +544,7 @@ fn postmortem(inputs: &Inputs, report: &why::Report, events: &[Event]) -> String
         );
     }
     for e in events {
-        let _ = writeln!(s, "- {} {}: {}", clock(e.time_unix_ms), e.kind, e.what);
+        let _ = writeln!(s, "- {} {}: {}", clock(e.time_unix_ms), e.kind, m(&e.what));
     }
     let _ = writeln!(s, "\n## What the data shows\n");
     if report.findings.is_empty() {
@@ -461,12 +558,12 @@ fn postmortem(inputs: &Inputs, report: &why::Report, events: &[Event]) -> String
         let when = f
             .since_unix_ms
             .map_or(String::new(), |t| format!(" (since {})", clock(t)));
-        let _ = writeln!(s, "- {}{when}", f.title);
+        let _ = writeln!(s, "- {}{when}", m(&f.title));
         for e in &f.evidence {
-            let _ = writeln!(s, "  - {e}");
+            let _ = writeln!(s, "  - {}", m(e));
         }
         for p in &f.processes {
-            let _ = writeln!(s, "  - {} (pid {}): {}", p.comm, p.pid, p.detail);
+            let _ = writeln!(s, "  - {} (pid {}): {}", m(&p.comm), p.pid, m(&p.detail));
         }
     }
     let _ = writeln!(s, "\n## Contributing factors\n\n- \n");
@@ -498,17 +595,17 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
          <style>body{{font-family:sans-serif;max-width:1000px;margin:1em auto;color:#222}} table{{border-collapse:collapse;margin:.5em 0}} \
          td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}} th{{background:#f4f4f4}} \
          pre{{background:#f8f8f8;padding:8px;white-space:pre-wrap}} .cause{{font-weight:bold}}</style></head><body>\n",
-        esc(&host),
+        d(&host),
         esc(&vigil_units::rfc3339_ms(inputs.from))
     );
     let _ = writeln!(
         h,
         "<h1>Incident snapshot: {}</h1>\n<p>{} to {} UTC ({} intervals), from {}. Made by <code>vigil incident snapshot</code> at {} UTC{}.</p>",
-        esc(&host),
+        d(&host),
         esc(&vigil_units::rfc3339_ms(inputs.from)),
         esc(&vigil_units::rfc3339_ms(inputs.to)),
         intervals.len(),
-        esc(&inputs.source),
+        d(&inputs.source),
         esc(&vigil_units::rfc3339_ms(vigil_units::unix_ms(std::time::SystemTime::now()))),
         if redact { "; hostnames, IP addresses, user names and command-line arguments are replaced by tokens (the same value, the same token)" } else { "" }
     );
@@ -524,18 +621,18 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
             h,
             "<li class=\"{}\">{}{when}<ul>",
             if f.cause { "cause" } else { "symptom" },
-            esc(&f.title)
+            d(&f.title)
         );
         for e in &f.evidence {
-            let _ = write!(h, "<li>{}</li>", esc(e));
+            let _ = write!(h, "<li>{}</li>", d(e));
         }
         for p in &f.processes {
             let _ = write!(
                 h,
                 "<li>{} (pid {}): {}</li>",
-                esc(&p.comm),
+                d(&p.comm),
                 p.pid,
-                esc(&p.detail)
+                d(&p.detail)
             );
         }
         let _ = writeln!(h, "</ul></li>");
@@ -550,7 +647,7 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             clock(e.time_unix_ms),
             esc(&e.kind),
-            esc(&e.what)
+            d(&e.what)
         );
     }
     let _ = writeln!(
@@ -574,11 +671,11 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.0}, {:.0}</td><td>{}</td></tr>",
             p.0,
-            esc(&p.1),
-            esc(&p.2),
+            d(&p.1),
+            d(&p.2),
             p.4,
             p.5,
-            esc(&p.3)
+            d(&cmdline(&p.3))
         );
     }
     procs.sort_by_key(|p| std::cmp::Reverse(p.6));
@@ -588,10 +685,10 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} MiB</td><td>{}</td></tr>",
             p.0,
-            esc(&p.1),
-            esc(&p.2),
+            d(&p.1),
+            d(&p.2),
             p.6 as f64 / 1048576.0,
-            esc(&p.3)
+            d(&cmdline(&p.3))
         );
     }
     let _ = writeln!(h, "</table>\n<h2>Slowest syscalls</h2>\n<table id=\"syscalls\"><tr><th>syscall</th><th>calls</th><th>p99</th><th>max</th><th>total time</th></tr>");
@@ -628,7 +725,7 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.name),
+            d(&s.name),
             s.count,
             vigil_units::human_ns(*p),
             vigil_units::human_ns(s.max_ns),
@@ -646,7 +743,7 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
         let _ = writeln!(h, "<tr><td colspan=\"2\">none in the window</td></tr>");
     }
     for (p, n) in peers.iter().take(20) {
-        let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(p));
+        let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", d(p));
     }
     let _ = writeln!(h, "</table>\n<h2>Pressure (PSI)</h2>\n<table id=\"pressure\"><tr><th>resource</th><th>some avg10 (mean, max)</th><th>full avg10 (mean, max)</th></tr>");
     for (name, pick) in [
@@ -689,6 +786,26 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
         "</table>\n<h2>Postmortem draft</h2>\n<p><a download=\"postmortem.md\" href=\"@@POSTMORTEM@@\">Download as Markdown</a></p>\n<pre id=\"postmortem\">{}</pre>",
         esc(&md)
     );
+    // Redaction runs over the data in the page (the marked text) before the images go
+    // in, so a token never lands inside base64; the plots' series names and the JSON's
+    // strings go through it too.
+    let mut redactor = redact.then(|| {
+        let mut r = Redactor::default();
+        r.learn(&inputs.history, &inputs.findings);
+        r
+    });
+    let plots: Vec<Plot> = match redactor.as_mut() {
+        Some(r) => plots
+            .into_iter()
+            .map(|mut p| {
+                for s in &mut p.series {
+                    s.name = r.text(&s.name);
+                }
+                p
+            })
+            .collect(),
+        None => plots,
+    };
     #[derive(Serialize)]
     struct Data<'a> {
         host: &'a str,
@@ -700,7 +817,7 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
         timeline: &'a [Event],
         why: &'a why::Report,
     }
-    let data = serde_json::to_string(&Data {
+    let mut data = serde_json::to_value(Data {
         host: &host,
         from_unix_ms: inputs.from,
         to_unix_ms: inputs.to,
@@ -709,29 +826,18 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
         plots: &plots,
         timeline: &events,
         why: &report,
-    })?
-    .replace("</", "<\\/");
+    })?;
+    if let Some(r) = redactor.as_mut() {
+        r.json(&mut data);
+    }
+    let data = serde_json::to_string(&data)?.replace("</", "<\\/");
     let _ = writeln!(
         h,
         "<script type=\"application/json\" id=\"vigil-data\">{data}</script>\n</body></html>"
     );
-    // Redaction runs over the page's text before the images go in (the plots are drawn
-    // from redacted names too, below), so a token never lands inside base64.
-    let (h, md, plots) = if redact {
-        let mut r = Redactor::default();
-        r.learn(&inputs.history, &inputs.findings);
-        let plots: Vec<Plot> = plots
-            .into_iter()
-            .map(|mut p| {
-                for s in &mut p.series {
-                    s.name = r.text(&s.name);
-                }
-                p
-            })
-            .collect();
-        (r.text(&h), r.text(&md), plots)
-    } else {
-        (h, md, plots)
+    let (h, md) = match redactor.as_mut() {
+        Some(r) => (r.marked(&h), r.marked(&md)),
+        None => (unmark(&h), unmark(&md)),
     };
     let mut h = h.replace(
         "@@POSTMORTEM@@",
@@ -740,8 +846,13 @@ pub fn render(inputs: &Inputs, redact: bool) -> anyhow::Result<String> {
             base64::engine::general_purpose::STANDARD.encode(md)
         ),
     );
+    // The plots span the data: from the window's first interval when the history
+    // does not reach back to `from` (an agent started since).
+    let x_from = intervals
+        .first()
+        .map_or(inputs.from, |b| b.start_unix_ms.max(inputs.from));
     for (i, p) in plots.iter().enumerate() {
-        let png = draw(p, inputs.from, inputs.to, &marks)?;
+        let png = draw(p, x_from, inputs.to, &marks)?;
         h = h.replace(
             &format!("@@PLOT{i}@@"),
             &format!(
@@ -821,6 +932,31 @@ impl Redactor {
 
     /// `text` with every IP address (v4 and v6) and every learned value, as a whole
     /// word, replaced by its token.
+    /// The marked spans of `text` redacted, the marks removed.
+    fn marked(&mut self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(open) = rest.find(OPEN) {
+            out.push_str(&rest[..open]);
+            let span = &rest[open + OPEN.len_utf8()..];
+            let close = span.find(CLOSE).unwrap_or(span.len());
+            out.push_str(&self.text(&span[..close]));
+            rest = span.get(close + CLOSE.len_utf8()..).unwrap_or("");
+        }
+        out.push_str(rest);
+        unmark(&out)
+    }
+
+    /// Every string in a JSON value redacted (keys are the page's own).
+    fn json(&mut self, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = self.text(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.json(v)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| self.json(v)),
+            _ => {}
+        }
+    }
+
     pub fn text(&mut self, text: &str) -> String {
         let mut out = self.ips(text);
         for w in self.words.clone() {
@@ -895,6 +1031,38 @@ fn replace_word(text: &str, word: &str, token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_changes_the_data_and_leaves_the_page_s_words() {
+        let mut r = Redactor::default();
+        r.token("arg", "snapshot");
+        r.words.push("snapshot".into());
+        let page = format!(
+            "Made by vigil incident snapshot: {}",
+            d("run snapshot 10.0.0.1")
+        );
+        assert_eq!(
+            r.marked(&page),
+            "Made by vigil incident snapshot: run arg-1 ip-1"
+        );
+        assert_eq!(
+            unmark(&page),
+            "Made by vigil incident snapshot: run snapshot 10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_between_arguments() {
+        let long = format!(
+            "prog {} --secret=abcdefgh",
+            "x ".repeat(CMDLINE_CHARS / 2 - 4)
+        );
+        let cut = cmdline(&long);
+        assert!(cut.ends_with(" …"), "{cut}");
+        assert!(!cut.contains("--secret"), "{cut}");
+        assert!(cut.chars().count() <= CMDLINE_CHARS + 2);
+        assert_eq!(cmdline("prog -a"), "prog -a");
+    }
 
     #[test]
     fn redaction_is_consistent_and_finds_addresses_with_ports() {

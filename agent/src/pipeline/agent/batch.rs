@@ -160,6 +160,8 @@ impl Agent {
             .map(|(nr, h)| convert::syscall_latency(*nr, h))
             .collect();
         batch.losses = Some(losses);
+        batch.agent_started_unix_ms = self.started_unix_ms;
+        batch.probes = self.state.write().agent_self().probes.clone();
         iv.window_start = end;
         Ok(batch)
     }
@@ -170,6 +172,9 @@ impl Agent {
     /// on. Then publishes the agent's delivery state.
     pub(super) fn spool_batch(&mut self, batch: pb::Batch) {
         self.state.write().push_history(&batch);
+        if let Some(auto) = self.auto_snapshot.as_mut() {
+            auto.on_interval(&batch, &self.state);
+        }
         if let Err(batch) = self.spool_writer.append(batch) {
             self.iv.pipeline_dropped += 1;
             self.errors.spool_queue_full += 1;
