@@ -33,7 +33,8 @@ const PLOTS: [&str; 7] = [
 ];
 
 struct Agent {
-    _child: KillOnDrop,
+    child: KillOnDrop,
+    config: std::path::PathBuf,
     socket: String,
     data: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -68,11 +69,28 @@ impl Agent {
             .stderr(Stdio::null());
         let child = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
         Self {
-            _child: child,
+            child,
+            config,
             socket,
             data,
             _dir: dir,
         }
+    }
+
+    /// Stops the agent and starts it again on the same data dir, with `more` added
+    /// to its config.
+    fn restart(&mut self, more: &str) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(more);
+        std::fs::write(&self.config, text).unwrap();
+        let mut cmd = agent_command();
+        cmd.arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
     }
 
     fn alert_state(&self) -> Option<String> {
@@ -100,6 +118,13 @@ impl Agent {
             self.intervals() >= start + n
         });
     }
+}
+
+/// The agent's last batch's sequence number.
+fn sequence(agent: &Agent) -> u64 {
+    vigil_tests::vigil_json(&["stats", "--json", "--socket", &agent.socket])["agent"]["last_seq"]
+        .as_u64()
+        .expect("the agent's last sequence")
 }
 
 /// Runs `vigil incident snapshot` with `args`, returns the file's text.
@@ -276,7 +301,7 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
         return;
     }
     let collector = vigil_tests::daemons::Collector::start(&[]);
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &collector.addr,
         "[incident]\nauto_snapshot = true\nbefore = \"1m\"\n",
     );
@@ -339,10 +364,7 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
         &["--local", "--socket", &agent.socket, "--from", &from],
         &dir.path().join("local.html"),
     );
-    let sent = vigil_tests::vigil_json(&["stats", "--json", "--socket", &agent.socket])["agent"]
-        ["last_seq"]
-        .as_u64()
-        .expect("the agent's last sequence");
+    let sent = sequence(&agent);
     // The collector's copy: once it holds the agent's batches up to now.
     vigil_tests::daemons::wait_until(
         "the collector has the agent's batches",
@@ -433,9 +455,46 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
     );
     assert!(table(&redacted, "timeline").contains("IncidentCpuBurn"));
     check_plots(&redacted);
+    // A restart with the syscall-latency probe off: the collector's snapshot shows the
+    // restart and the probe's change in its timeline.
+    let before = sequence(&agent);
+    agent.restart("[probes]\nsyscalls = false\n");
+    vigil_tests::daemons::wait_until(
+        "the restarted agent's batches at the collector",
+        Duration::from_secs(60),
+        || {
+            let v = vigil_tests::vigil_json(&["hosts", "--collector", &collector.addr, "--json"]);
+            v["hosts"].as_array().is_some_and(|h| {
+                h.iter()
+                    .any(|h| h["last_seq"].as_u64().unwrap_or(0) >= before + 2)
+            })
+        },
+    );
+    let restarted = snapshot(
+        &[
+            "--collector",
+            &collector.addr,
+            "--host",
+            &hostname,
+            "--from",
+            &from,
+        ],
+        &dir.path().join("restarted.html"),
+    );
+    let timeline = table(&restarted, "timeline");
+    assert!(timeline.contains("agent restart"), "{timeline}");
+    assert!(
+        timeline.contains("syscall-latency: on -&gt; not requested"),
+        "{timeline}"
+    );
     // To look at them: VIGIL_KEEP_SNAPSHOTS=DIR.
     if let Some(keep) = std::env::var_os("VIGIL_KEEP_SNAPSHOTS") {
-        for f in ["local.html", "fleet.html", "redacted.html"] {
+        for f in [
+            "local.html",
+            "fleet.html",
+            "redacted.html",
+            "restarted.html",
+        ] {
             std::fs::copy(dir.path().join(f), std::path::Path::new(&keep).join(f)).unwrap();
         }
     }
