@@ -71,6 +71,18 @@ pub fn agent_command() -> Command {
     Command::new(daemon_bin("agent"))
 }
 
+/// A real agent on the config file `config`, its output dropped, once it said READY=1
+/// (at most a minute): the child, killed on drop, and what it said when ready.
+pub fn agent_on(config: &std::path::Path) -> (KillOnDrop, Ready) {
+    let mut cmd = agent_command();
+    cmd.arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (child, ready) = spawn_ready(&mut cmd, Duration::from_secs(60));
+    (KillOnDrop(child), ready)
+}
+
 /// `vigil-collector`, to be given its flags.
 pub fn collector_command() -> Command {
     Command::new(daemon_bin("collector"))

@@ -789,12 +789,7 @@ fn over_its_cpu_budget_the_agent_sheds_syscall_latency_alerts_and_restores_it_wh
     };
     // Room first: a syscall storm is timed.
     write("1000");
-    let mut cmd = agent_command();
-    cmd.arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let agent = vigil_tests::agent_on(&config).0;
     let mut storm = vigil_tests::Workload::spawn(
         env!("CARGO_BIN_EXE_vigil-workload"),
         &["getppid", "100000000000"],

@@ -6,14 +6,11 @@
 //! from data that is not constant. `--redact` must leave no hostname or address of this
 //! host in the file. With `[incident] auto_snapshot`, the agent takes one itself when
 //! the critical alert fires.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use base64::Engine as _;
 use serde_json::Value;
-use vigil_tests::{agent_command, require_root, spawn_ready, KillOnDrop, Workload};
+use vigil_tests::{require_root, KillOnDrop, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 /// The plots' size and first series' colour, as the snapshot states them.
@@ -62,12 +59,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        let mut cmd = agent_command();
-        cmd.arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+        let child = vigil_tests::agent_on(&config).0;
         Self {
             child,
             config,
@@ -85,12 +77,7 @@ impl Agent {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
         text.push_str(more);
         std::fs::write(&self.config, text).unwrap();
-        let mut cmd = agent_command();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.child = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+        self.child = vigil_tests::agent_on(&self.config).0;
     }
 
     fn alert_state(&self) -> Option<String> {
@@ -142,6 +129,29 @@ fn snapshot(args: &[&str], out: &std::path::Path) -> String {
     );
     println!("{}", String::from_utf8_lossy(&o.stdout));
     std::fs::read_to_string(out).unwrap()
+}
+
+/// The snapshot from the collector at `addr`, once it holds the host's batches up to
+/// sequence `sequence`.
+fn from_collector(
+    addr: &str,
+    host: &str,
+    from: &str,
+    sequence: u64,
+    out: &std::path::Path,
+) -> String {
+    vigil_tests::daemons::wait_until(
+        "the agent's batches at the collector",
+        Duration::from_secs(60),
+        || {
+            let v = vigil_tests::vigil_json(&["hosts", "--collector", addr, "--json"]);
+            v["hosts"].as_array().is_some_and(|h| {
+                h.iter()
+                    .any(|h| h["last_seq"].as_u64().unwrap_or(0) >= sequence)
+            })
+        },
+    );
+    snapshot(&["--collector", addr, "--host", host, "--from", from], out)
 }
 
 /// The text between `<table id="ID">` and its `</table>`.
@@ -306,6 +316,13 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
         "[incident]\nauto_snapshot = true\nbefore = \"1m\"\n",
     );
     agent.more_intervals(5);
+    // The alert must be the burner's: wait for a host quiet enough that it is not
+    // active (other load on the machine would fire it first).
+    vigil_tests::daemons::wait_until(
+        "a quiet host: IncidentCpuBurn not active",
+        Duration::from_secs(120),
+        || agent.alert_state().is_none(),
+    );
     let started = vigil_units::unix_ms(std::time::SystemTime::now());
     let from = vigil_units::rfc3339_ms(started - 3000);
     // The burner carries this host's address as an argument: a command line the
@@ -366,26 +383,11 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
     );
     let sent = sequence(&agent);
     // The collector's copy: once it holds the agent's batches up to now.
-    vigil_tests::daemons::wait_until(
-        "the collector has the agent's batches",
-        Duration::from_secs(60),
-        || {
-            let v = vigil_tests::vigil_json(&["hosts", "--collector", &collector.addr, "--json"]);
-            v["hosts"].as_array().is_some_and(|h| {
-                h.iter()
-                    .any(|h| h["last_seq"].as_u64().unwrap_or(0) >= sent)
-            })
-        },
-    );
-    let fleet = snapshot(
-        &[
-            "--collector",
-            &collector.addr,
-            "--host",
-            &hostname,
-            "--from",
-            &from,
-        ],
+    let fleet = from_collector(
+        &collector.addr,
+        &hostname,
+        &from,
+        sent,
         &dir.path().join("fleet.html"),
     );
     for (name, html) in [("local", &local), ("collector", &fleet)] {
@@ -459,26 +461,11 @@ fn a_snapshot_of_a_cpu_burner_and_a_memory_hog_has_the_alert_the_processes_and_t
     // restart and the probe's change in its timeline.
     let before = sequence(&agent);
     agent.restart("[probes]\nsyscalls = false\n");
-    vigil_tests::daemons::wait_until(
-        "the restarted agent's batches at the collector",
-        Duration::from_secs(60),
-        || {
-            let v = vigil_tests::vigil_json(&["hosts", "--collector", &collector.addr, "--json"]);
-            v["hosts"].as_array().is_some_and(|h| {
-                h.iter()
-                    .any(|h| h["last_seq"].as_u64().unwrap_or(0) >= before + 2)
-            })
-        },
-    );
-    let restarted = snapshot(
-        &[
-            "--collector",
-            &collector.addr,
-            "--host",
-            &hostname,
-            "--from",
-            &from,
-        ],
+    let restarted = from_collector(
+        &collector.addr,
+        &hostname,
+        &from,
+        before + 2,
         &dir.path().join("restarted.html"),
     );
     let timeline = table(&restarted, "timeline");

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use vigil_tests::{agent_command, require_root, spawn_ready, KillOnDrop, Workload};
+use vigil_tests::{require_root, KillOnDrop, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -97,13 +97,7 @@ fn a_latency_sli_counts_a_controlled_childs_fast_and_slow_calls_within_what_bpft
             break;
         }
     }
-    let mut cmd = agent_command();
-    cmd.arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let (child, ready) = spawn_ready(&mut cmd, Duration::from_secs(60));
-    let _agent = KillOnDrop(child);
+    let (_agent, ready) = vigil_tests::agent_on(&config);
     let metrics = ready["VIGIL_METRICS_LISTEN"].clone();
     // A first interval closed: the counters exist.
     vigil_tests::daemons::wait_until("the first interval", Duration::from_secs(30), || {
@@ -202,12 +196,7 @@ fn the_collector_answers_each_slo_over_the_agents_sli_counts_and_names_a_refused
         ),
     )
     .unwrap();
-    let mut cmd = agent_command();
-    cmd.arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let _agent = vigil_tests::agent_on(&config).0;
     let mut fast = Workload::spawn(WORKLOAD, &["sleep", "200", "1"]);
     let mut slow = Workload::spawn(WORKLOAD, &["sleep", "60", "30"]);
     fast.go();
@@ -327,12 +316,7 @@ fn the_collectors_burn_rates_equal_what_prometheus_computes_with_sloths_promql_a
         ),
     )
     .unwrap();
-    let mut cmd = agent_command();
-    cmd.arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _agent = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+    let _agent = vigil_tests::agent_on(&config).0;
     let prometheus = vigil_tests::peers::Prometheus::start(&[("vigil-agent", &metrics)]);
     // Prometheus has the counters at 0 before the child's first call.
     vigil_tests::daemons::wait_until(

@@ -781,13 +781,7 @@ fn the_remote_agent_api_needs_an_operator_certificate_or_the_token() {
         ),
     )
     .unwrap();
-    let mut cmd = vigil_tests::agent_command();
-    cmd.arg("--config")
-        .arg(adir.join("agent.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let (child, ready) = vigil_tests::spawn_ready(&mut cmd, Duration::from_secs(60));
-    let _agent = vigil_tests::KillOnDrop(child);
+    let (_agent, ready) = vigil_tests::agent_on(&adir.join("agent.toml"));
     let addr = ready
         .get("VIGIL_API_LISTEN")
         .expect("VIGIL_API_LISTEN in READY")

@@ -4,12 +4,12 @@
 //! Each time the first cause must be the right resource and name the right process or
 //! peer.
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use vigil_tests::{agent_command, require_root, spawn_ready, KillOnDrop, Workload};
+use vigil_tests::{require_root, KillOnDrop, Workload};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
@@ -39,12 +39,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        let mut cmd = agent_command();
-        cmd.arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = KillOnDrop(spawn_ready(&mut cmd, Duration::from_secs(60)).0);
+        let child = vigil_tests::agent_on(&config).0;
         let agent = Self {
             _child: child,
             socket,

@@ -16,6 +16,7 @@ pub enum Source<'a> {
 
 /// A host's intervals in (since, until], oldest first, with its identity and how far
 /// back its history reaches.
+#[derive(Default)]
 pub struct History {
     pub host: pb::HostIdentity,
     pub intervals: Vec<pb::Batch>,
@@ -31,12 +32,7 @@ const MAX_INTERVALS: usize = 100_000;
 
 /// Reads the history, page by page.
 pub async fn fetch(source: &Source<'_>, since: i64, until: i64) -> anyhow::Result<History> {
-    let mut out = History {
-        host: pb::HostIdentity::default(),
-        intervals: Vec::new(),
-        oldest_ms: 0,
-        trimmed: 0,
-    };
+    let mut out = History::default();
     let mut from = since;
     match source {
         Source::Agent(target) => {
@@ -85,12 +81,7 @@ pub fn collect(
     until: i64,
     mut page: impl FnMut(i64) -> pb::HistoryResponse,
 ) -> History {
-    let mut out = History {
-        host: pb::HostIdentity::default(),
-        intervals: Vec::new(),
-        oldest_ms: 0,
-        trimmed: 0,
-    };
+    let mut out = History::default();
     let mut from = since;
     while absorb(&mut out, page(from), &mut from) {}
     out.intervals.retain(|b| b.end_unix_ms <= until);
