@@ -614,12 +614,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target;
             let (source, described) = match (&collector, host) {
                 (Some(addr), Some(h)) => {
-                    target = vigil_agent::query::fleet::CollectorTarget {
-                        addr: addr.clone(),
-                        token_file: None,
-                        timeout: std::time::Duration::from_secs(30),
-                        tls: socket.tls.clone(),
-                    };
+                    target = history_collector(addr, &socket);
                     (
                         Source::Collector(&target, h),
                         format!("the collector at {addr}"),
@@ -686,12 +681,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target;
             let source = match (&collector, host) {
                 (Some(addr), Some(h)) => {
-                    target = vigil_agent::query::fleet::CollectorTarget {
-                        addr: addr.clone(),
-                        token_file: None,
-                        timeout: std::time::Duration::from_secs(30),
-                        tls: socket.tls.clone(),
-                    };
+                    target = history_collector(addr, &socket);
                     Source::Collector(&target, h)
                 }
                 _ => Source::Agent(&socket),
@@ -864,6 +854,20 @@ fn parse_time_or_ago(s: &str) -> Result<i64, String> {
     })?;
     Ok(vigil_units::unix_ms(std::time::SystemTime::now())
         - d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// The collector a host's history is read from (`vigil why`, `vigil incident
+/// snapshot`), with the TLS flags given for the agent's API.
+fn history_collector(
+    addr: &str,
+    socket: &vigil_agent::query::api::AgentTarget,
+) -> vigil_agent::query::fleet::CollectorTarget {
+    vigil_agent::query::fleet::CollectorTarget {
+        addr: addr.to_string(),
+        token_file: None,
+        timeout: std::time::Duration::from_secs(30),
+        tls: socket.tls.clone(),
+    }
 }
 
 /// An RFC 3339 time, as Unix ms.

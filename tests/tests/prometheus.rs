@@ -377,38 +377,16 @@ fn a_real_prometheus_scrapes_the_agent_and_the_collector_and_agrees_with_the_ker
     let collector_metrics = format!("127.0.0.1:{}", vigil_tests::free_port());
     let _collector =
         vigil_tests::daemons::Collector::start(&["--metrics-listen", &collector_metrics]);
-    let dir = tempfile::tempdir().unwrap();
     let agent_target = agent
         .url
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_string();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: vigil-agent\n    static_configs:\n      - targets: ['{agent_target}']\n\
-             \x20 - job_name: vigil-collector\n    static_configs:\n      - targets: ['{collector_metrics}']\n"
-        ),
-    )
-    .unwrap();
-    let port = vigil_tests::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus");
-    let _prom = KillOnDrop(prom);
+    let prom = vigil_tests::peers::Prometheus::start(&[
+        ("vigil-agent", &agent_target),
+        ("vigil-collector", &collector_metrics),
+    ]);
+    let base = prom.url.clone();
     wait_until(
         "Prometheus scraping both targets",
         Duration::from_secs(60),
