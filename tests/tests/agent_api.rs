@@ -354,20 +354,24 @@ const TOP_SECTIONS: [&str; 5] = [
 /// What a person sees in a terminal of `w` x `h`: the header on the first row, every
 /// section's title, the probes' state, no line wider than the pane, the alternate screen.
 fn assert_top_fits(tmux: &Tmux, w: usize, h: usize) -> String {
-    let mut screen = String::new();
-    vigil_tests::daemons::wait_until(
-        "vigil top to draw the agent's answers",
-        Duration::from_secs(30),
-        || {
-            screen = tmux.screen();
-            screen.contains("probes: ")
-                && screen.lines().count() == h
-                && screen
-                    .lines()
-                    .next()
-                    .is_some_and(|l| l.starts_with("vigil top | "))
-        },
-    );
+    // A frame caught mid-draw (a loaded machine) is not the answer: wait for the whole
+    // screen; if it never comes, the asserts below show the last one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut screen;
+    loop {
+        screen = tmux.screen();
+        let whole = screen.contains("probes: ")
+            && TOP_SECTIONS.iter().all(|t| screen.contains(t))
+            && screen.lines().count() == h
+            && screen
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("vigil top | "));
+        if whole || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for t in TOP_SECTIONS {
         assert!(screen.contains(t), "{w}x{h}: no {t:?} on screen:\n{screen}");
     }
