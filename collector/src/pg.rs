@@ -15,9 +15,9 @@ use vigil_proto::v1::{
 };
 
 use crate::store::{
-    add_stored, digest, now_ms, sanitize_identity, scalars_blob, HostDelta, Incoming, Outcome,
-    StoreError, StreamDeltas, CONFLICTS_KEPT, EVENT_ALERT, EVENT_FINDING, EVENT_RETRANSMIT,
-    EVENT_SLOW_SYSCALL, MAX_SEQUENCE_AHEAD, PAGE_BYTES,
+    add_stored, encode_and_digest, history_body, now_ms, sanitize_identity, scalars_blob,
+    HostDelta, Incoming, Outcome, StoreError, StreamDeltas, CONFLICTS_KEPT, EVENT_ALERT,
+    EVENT_FINDING, EVENT_RETRANSMIT, EVENT_SLOW_SYSCALL, MAX_SEQUENCE_AHEAD, PAGE_BYTES,
 };
 
 /// The schema, version 1. Later versions are added to MIGRATIONS; `vigil_schema`
@@ -586,7 +586,7 @@ fn store_one(
             return Ok(Outcome::TooFarAhead { newest });
         }
     }
-    let digest = digest(b);
+    let (encoded, digest) = encode_and_digest(b);
     let inserted = tx.execute(
         "INSERT INTO batches (agent_id, epoch, sequence, received_ms, digest) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (agent_id, epoch, sequence) DO NOTHING",
@@ -649,11 +649,7 @@ fn store_one(
     }
     tx.execute(
         "INSERT INTO intervals (agent_id, time_ms, body) VALUES ($1, $2, $3)",
-        &[
-            &b.agent_id,
-            &b.end_unix_ms,
-            &b.for_history().0.encode_to_vec(),
-        ],
+        &[&b.agent_id, &b.end_unix_ms, &history_body(b, encoded)],
     )?;
     let sli = tx.prepare(
         "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES ($1, $2, $3, $4, $5)",

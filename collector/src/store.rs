@@ -391,10 +391,24 @@ fn stored_identity(agent_id: &str, stored: &rusqlite::types::Value) -> HostIdent
     }
 }
 
-/// The digest that tells a resent batch from a different one under the same name.
-pub(crate) fn digest(b: &Batch) -> Vec<u8> {
+/// A batch's encoding, and the digest of it that tells a resent batch from a
+/// different one under the same name.
+pub(crate) fn encode_and_digest(b: &Batch) -> (Vec<u8>, Vec<u8>) {
     use sha2::Digest as _;
-    sha2::Sha256::digest(b.encode_to_vec()).to_vec()
+    let encoded = b.encode_to_vec();
+    let digest = sha2::Sha256::digest(&encoded).to_vec();
+    (encoded, digest)
+}
+
+/// The `intervals` row's body: the batch as history keeps it (Batch::for_history),
+/// which is the batch's own encoding when it has nothing history leaves out (most
+/// batches: no findings, few events), so that one is not made twice.
+pub(crate) fn history_body(b: &Batch, encoded: Vec<u8>) -> Vec<u8> {
+    if b.is_history_form() {
+        encoded
+    } else {
+        b.for_history().0.encode_to_vec()
+    }
 }
 
 /// Adds a loss count, saturating at i64::MAX (the count is clamped on the way in).
@@ -1083,7 +1097,7 @@ fn store_one(
     let b = &incoming.batch;
     let epoch = b.spool_epoch().to_bytes().to_vec();
     let seq = b.sequence.min(i64::MAX as u64) as i64;
-    let digest = digest(b);
+    let (encoded, digest) = encode_and_digest(b);
     // Past the newest stored it cannot be a resend: no lookup.
     let maybe_resend = newest.is_some_and(|n| b.sequence <= n);
     let stored: Option<Option<Vec<u8>>> = if maybe_resend {
@@ -1164,11 +1178,7 @@ fn store_one(
         ])?;
     }
     tx.prepare_cached("INSERT INTO intervals (agent_id, time_ms, body) VALUES (?1, ?2, ?3)")?
-        .execute(params![
-            b.agent_id,
-            b.end_unix_ms,
-            b.for_history().0.encode_to_vec()
-        ])?;
+        .execute(params![b.agent_id, b.end_unix_ms, history_body(b, encoded)])?;
     let mut sli = tx.prepare_cached(
         "INSERT INTO sli_counts (agent_id, name, time_ms, good, total) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;

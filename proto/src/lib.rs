@@ -189,6 +189,14 @@ pub const HISTORY_ANSWER_BYTES: usize = 3 << 20;
 impl v1::Batch {
     /// The interval as history keeps it: no findings, at most HISTORY_EVENTS slow
     /// syscalls and retransmits (the slowest first); and how many were left out.
+    /// Whether `for_history` would return this batch unchanged (no findings, no
+    /// more slow syscalls or retransmits than history keeps).
+    pub fn is_history_form(&self) -> bool {
+        self.findings.is_empty()
+            && self.slow_syscalls.len() <= HISTORY_EVENTS
+            && self.retransmits.len() <= HISTORY_EVENTS
+    }
+
     pub fn for_history(&self) -> (v1::Batch, u64) {
         let mut b = v1::Batch {
             findings: Vec::new(),
