@@ -113,6 +113,10 @@ impl AutoSnapshot {
         let (dir, config) = (self.dir.clone(), self.config.clone());
         let (busy, counts) = (self.busy.clone(), self.counts.clone());
         tokio::task::spawn_blocking(move || {
+            // Free for the next one however this ends (a panic in rendering included:
+            // it is then neither written nor failed, and the next critical alert tries
+            // again).
+            let _free = Free(busy);
             match write(&inputs, &dir, &name) {
                 Ok(bytes) => {
                     counts.written.fetch_add(1, Ordering::Relaxed);
@@ -138,8 +142,16 @@ impl AutoSnapshot {
                     config.max_bytes
                 );
             }
-            busy.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Clears the busy flag when dropped.
+struct Free(Arc<AtomicBool>);
+
+impl Drop for Free {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
