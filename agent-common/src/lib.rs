@@ -584,6 +584,11 @@ pub struct SecuritySyscalls {
     pub execveat: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
+    /// Byte offset of the syscall number (`orig_ax` on x86_64) in `struct pt_regs`,
+    /// which sys_exit reads to return at once for a syscall nobody needs; only
+    /// [`SecuritySyscalls::REGS_NR_X86_64`] is read (the probe loads it at a constant
+    /// offset), any other value means "look in task storage".
+    pub regs_nr: u32,
     /// Bit `nr` set for every number above (below 512): the probe tests one word and
     /// returns for every other syscall without reading the rest of this struct.
     pub watched: [u64; 8],
@@ -626,8 +631,12 @@ impl SecuritySyscalls {
         execve: u32::MAX,
         execveat: u32::MAX,
         regs_args: [u32::MAX; 4],
+        regs_nr: u32::MAX,
         watched: [0; 8],
     };
+
+    /// `offsetof(struct pt_regs, orig_ax)` on x86_64.
+    pub const REGS_NR_X86_64: u32 = 120;
 
     /// The numbers the probe compares (for `watched`).
     pub fn numbers(&self) -> [u32; 33] {

@@ -53,12 +53,27 @@ impl Agent {
         Self::launch(None, None, turn)
     }
 
+    /// An agent with `config` (TOML) before its `[detect]` table.
+    fn start_configured(config: &str) -> Self {
+        let turn = Turn::Shared(HOST.read().unwrap_or_else(|e| e.into_inner()));
+        Self::launch_with(None, None, config, turn)
+    }
+
     fn start_with(extra_rules: Option<&str>, collector: Option<&str>) -> Self {
         let turn = Turn::Shared(HOST.read().unwrap_or_else(|e| e.into_inner()));
         Self::launch(extra_rules, collector, turn)
     }
 
     fn launch(extra_rules: Option<&str>, collector: Option<&str>, turn: Turn) -> Self {
+        Self::launch_with(extra_rules, collector, "", turn)
+    }
+
+    fn launch_with(
+        extra_rules: Option<&str>,
+        collector: Option<&str>,
+        config_head: &str,
+        turn: Turn,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.d");
         fs::create_dir(&rules).unwrap();
@@ -69,7 +84,7 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "{}[detect]\nrules_dir = \"{}\"\n",
+                "{}{config_head}[detect]\nrules_dir = \"{}\"\n",
                 collector.map_or(String::new(), |c| format!("collector = \"{c}\"\n")),
                 rules.display()
             ),
@@ -1280,6 +1295,63 @@ fn credential_files_read_by_anything_but_the_account_tools() {
         since,
         Instant::now(),
         |f| pid_of(f) == pid,
+    );
+}
+
+/// With the latency histograms off, sys_exit returns at once for every syscall the
+/// checks do not watch (it reads the number from pt_regs, no task storage): the checks
+/// made at a watched syscall's exit (the open's result, a set-id call's outcome) still
+/// see it, and the benign neighbours stay silent.
+#[test]
+fn with_syscall_latency_off_the_checks_at_a_syscalls_exit_still_fire() {
+    root!("with_syscall_latency_off_the_checks_at_a_syscalls_exit_still_fire");
+    let agent = Agent::start_configured("[probes]\nsyscalls = false\n\n");
+    let since = now_ms();
+    let pid = sh("cat /etc/shadow");
+    let f = agent.expect(
+        "credential-file-read",
+        "T1003.008",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["operation"], "open_for_read");
+    let since = now_ms();
+    let passwd = sh("cat /etc/passwd");
+    agent.settle();
+    assert!(findings_of(&agent, "credential-file-read", since, passwd).is_empty());
+    // A set-id call's outcome is read at its exit.
+    let d = tmp_dir();
+    let prog = d.path().join("escalate");
+    copy_exec(WORKLOAD, &prog);
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o4755)).unwrap();
+    let since = now_ms();
+    let child = Command::new(&prog)
+        .arg("setuid-root")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let f = agent.expect(
+        "privilege-escalation-to-root",
+        "T1548",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["new_uid"], "0");
+    // The agent has sampled by now (its findings were read): the histograms were off.
+    let out = run(Command::new(vigil_tests::vigil_bin())
+        .args(["stats", "--json", "--socket"])
+        .arg(&agent.socket));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        vigil_tests::probe_state(&stats, "syscall-latency"),
+        "not requested",
+        "{stats}"
     );
 }
 

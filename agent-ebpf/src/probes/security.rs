@@ -148,14 +148,16 @@ fn sys_arg(regs: *const u8, i: usize) -> u64 {
     read_at(regs, off)
 }
 
-/// Called by the syscall probe's sys_enter (tp_btf) for every syscall.
+/// Called by the syscall probe's sys_enter (tp_btf) for every syscall: `None` for a
+/// syscall not watched here (its exit needs nothing from its enter), else what the
+/// check noted for the exit.
 #[inline(always)]
-pub fn on_sys_enter(nr: i64, regs: *const u8) -> u32 {
+pub fn on_sys_enter(nr: i64, regs: *const u8) -> Option<u32> {
     let nr = nr as u32;
     if !watched(nr) {
-        return 0;
+        return None;
     }
-    enter_watched(nr, regs)
+    Some(enter_watched(nr, regs))
 }
 
 /// Noted at enter for the exit: the open asked for `O_TRUNC` (or was `creat`).
@@ -483,10 +485,29 @@ fn fd_event(op: SecurityOp, fd: i32, detail: u64) {
     });
 }
 
+/// The number of the syscall `regs` (sys_exit's `struct pt_regs *`, a BTF pointer)
+/// is leaving, read straight from the struct (one load, no helper) where the layout
+/// is known; `None` elsewhere.
+#[inline(always)]
+pub(crate) fn exit_nr(regs: *const u8) -> Option<u32> {
+    if sc!(regs_nr) != SecuritySyscalls::REGS_NR_X86_64 || regs.is_null() {
+        return None;
+    }
+    // SAFETY: a trusted BTF pointer to the tracepoint's pt_regs; the verifier checks
+    // the constant offset against the kernel's BTF of the struct.
+    let nr = unsafe {
+        core::ptr::read_volatile(
+            regs.wrapping_add(SecuritySyscalls::REGS_NR_X86_64 as usize)
+                .cast::<u64>(),
+        )
+    };
+    Some(nr as u32)
+}
+
 /// Whether `nr` is one of the syscalls checked here: one word of the bitmap, read
 /// alone (every other syscall returns after it, without copying the settings).
 #[inline(always)]
-fn watched(nr: u32) -> bool {
+pub(crate) fn watched(nr: u32) -> bool {
     if nr >= 512 {
         return false;
     }

@@ -22,7 +22,7 @@ static SYSCALL_START_TID: HashMap<u32, SyscallStart> = HashMap::with_max_entries
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_task(ctx: RawTracePointContext) -> i32 {
-    enter_task(ctx.arg::<i64>(1), 0);
+    enter_task(ctx.arg::<i64>(1), None);
     0
 }
 
@@ -100,6 +100,7 @@ pub fn sched_switch_spill(ctx: BtfTracePointContext) -> i32 {
         Some(spilled) => {
             spilled.start_ns = slot.start_ns;
             spilled.nr = slot.nr;
+            spilled.in_flight = 1;
         }
         None => count(Counter::SyscallStartStoreFailed),
     }
@@ -118,6 +119,8 @@ pub fn sys_enter_hash(ctx: RawTracePointContext) -> i32 {
         start_ns: 0,
         nr: 0,
         security: 0,
+        in_flight: 1,
+        _pad: 0,
     };
     start(&mut slot, ctx.arg::<i64>(1));
     let tid = bpf_get_current_pid_tgid() as u32;

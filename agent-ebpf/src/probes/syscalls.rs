@@ -28,12 +28,16 @@ use crate::{
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallStart {
-    /// 0 when no syscall is in flight.
+    /// When the syscall entered; 0 when it is not timed (latency off or shed, or
+    /// another process than `vigil trace syscalls --pid` asked for).
     pub(crate) start_ns: u64,
     pub(crate) nr: u32,
     /// What the security checks noted at enter for their check at exit
     /// (`security::ENTER_*`).
     pub(crate) security: u32,
+    /// 1 from sys_enter to sys_exit of a syscall that wrote this slot.
+    pub(crate) in_flight: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Histogram and totals per syscall number (per CPU: no atomics on the hot path).
@@ -54,6 +58,12 @@ static SLOW_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
 pub(crate) static SYSCALL_START_TASK: TaskStorage<SyscallStart> = TaskStorage::new();
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+/// Whether syscalls are timed now: the latency histograms are on and not shed.
+#[inline(always)]
+fn timing_on() -> bool {
+    setting(&SYSCALL_LATENCY_ON) != 0 && !latency_shed()
+}
 
 #[inline(always)]
 pub(crate) fn wanted() -> bool {
@@ -153,32 +163,46 @@ pub(crate) fn start(slot: &mut SyscallStart, nr: i64) {
 
 // ---- task-local storage (shipped) -------------------------------------------------
 
+/// sys_enter's bookkeeping. The slot is written when the syscall is timed or when
+/// the security checks need its exit (`noted` is `Some` for a syscall they watch).
+/// Any other syscall (every one while the latency histograms are off or shed, but
+/// for the ~30 detection watches) leaves at once: no clock read and no task storage,
+/// so turning the histograms off or shedding them saves what they cost.
 #[inline(always)]
-pub(crate) fn enter_task(nr: i64, security: u32) {
-    if !wanted() {
+pub(crate) fn enter_task(nr: i64, noted: Option<u32>) {
+    let timed = timing_on() && wanted();
+    if !timed && noted.is_none() {
         return;
     }
     match SYSCALL_START_TASK.current_or_create() {
         Some(slot) => {
-            start(slot, nr);
-            slot.security = security;
+            if timed {
+                start(slot, nr);
+            } else {
+                slot.start_ns = 0;
+                slot.nr = nr as u32;
+            }
+            slot.security = noted.unwrap_or(0);
+            slot.in_flight = 1;
         }
         None => count(Counter::SyscallStartStoreFailed),
     }
 }
 
 /// `ret`: the syscall's return value, for the security checks at exit (shipped
-/// variant only).
+/// variant only). The slot is looked up (not created) on every exit, so a syscall
+/// that left no slot costs one lookup and none is left in flight.
 #[inline(always)]
 pub(crate) fn exit_task(ret: Option<i64>) {
     if let Some(slot) = SYSCALL_START_TASK.current() {
-        if slot.start_ns != 0 {
+        if slot.in_flight != 0 {
             let (nr, start_ns, noted) = (slot.nr, slot.start_ns, slot.security);
+            slot.in_flight = 0;
             slot.start_ns = 0;
             if let Some(ret) = ret {
                 super::security::on_sys_exit(nr, ret, noted);
             }
-            if setting(&SYSCALL_LATENCY_ON) != 0 && !latency_shed() {
+            if start_ns != 0 && timing_on() {
                 record(nr, start_ns);
             }
         }
@@ -197,6 +221,16 @@ pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
 /// sys_exit(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    // With the histograms off (for the agent's life, so no slot can be left behind by
+    // a change), only a syscall the security checks watch left a slot: any other
+    // leaves without a task-storage lookup.
+    if setting(&SYSCALL_LATENCY_ON) == 0 {
+        if let Some(nr) = super::security::exit_nr(ctx.arg::<*const u8>(0)) {
+            if !super::security::watched(nr) {
+                return 0;
+            }
+        }
+    }
     exit_task(Some(ctx.arg::<i64>(1)));
     0
 }
