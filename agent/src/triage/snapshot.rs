@@ -31,8 +31,9 @@ pub struct Inputs {
     pub to: i64,
     /// Security findings of the host in the window.
     pub findings: Vec<pb::Finding>,
-    /// Maintenance windows that cover the host (and overlap the window).
-    pub windows: Vec<pb::Silence>,
+    /// Maintenance windows that cover the host (and overlap the window), or why they
+    /// could not be read (the timeline says so rather than showing none).
+    pub windows: Result<Vec<pb::Silence>, String>,
     /// Where it came from, for the header ("the agent on vm", "the collector at ...").
     pub source: String,
 }
@@ -102,7 +103,14 @@ fn timeline(inputs: &Inputs, intervals: &[&pb::Batch]) -> Vec<Event> {
             what: format!("{} ({}): {}{who}", f.rule, f.severity, f.description),
         });
     }
-    for w in &inputs.windows {
+    if let Err(why) = &inputs.windows {
+        out.push(Event {
+            time_unix_ms: inputs.from,
+            kind: "maintenance".into(),
+            what: format!("maintenance windows not read: {why}"),
+        });
+    }
+    for w in inputs.windows.iter().flatten() {
         let matchers: Vec<String> = w
             .matchers
             .iter()
@@ -1031,6 +1039,43 @@ fn replace_word(text: &str, word: &str, token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maintenance_windows_that_could_not_be_read_are_said_so_in_the_timeline() {
+        let inputs = |windows| Inputs {
+            history: History::default(),
+            from: 1_000,
+            to: 2_000,
+            findings: Vec::new(),
+            windows,
+            source: "test".into(),
+        };
+        let refused = timeline(
+            &inputs(Err("PermissionDenied: no right to ListSilences".into())),
+            &[],
+        );
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].kind, "maintenance");
+        assert_eq!(
+            refused[0].what,
+            "maintenance windows not read: PermissionDenied: no right to ListSilences"
+        );
+        let window = pb::Silence {
+            id: "w1".into(),
+            starts_unix_ms: 500,
+            ends_unix_ms: 1_500,
+            ..Default::default()
+        };
+        let read = timeline(&inputs(Ok(vec![window])), &[]);
+        assert_eq!(read.len(), 1);
+        assert!(
+            read[0].what.starts_with("window w1 until"),
+            "{}",
+            read[0].what
+        );
+        assert_eq!(read[0].time_unix_ms, 1_000);
+        assert!(timeline(&inputs(Ok(Vec::new())), &[]).is_empty());
+    }
 
     #[test]
     fn redaction_changes_the_data_and_leaves_the_page_s_words() {

@@ -98,7 +98,8 @@ impl AutoSnapshot {
             from,
             to,
             findings,
-            windows: Vec::new(),
+            // The agent keeps no maintenance windows: they live at the collector.
+            windows: Ok(Vec::new()),
             source: format!(
                 "the agent itself, when {} ({}) started firing",
                 fired.alert, fired.severity
