@@ -481,15 +481,13 @@ fn ptrace_attach_to_another_process() {
     assert!(f.details["target_exe"].ends_with("/sleep"), "{f:?}");
 }
 
-#[test]
-fn privilege_escalation_to_root_by_a_set_uid_program() {
-    root!("privilege_escalation_to_root_by_a_set_uid_program");
-    let agent = Agent::start(None);
+/// A set-uid root copy of the workload (in a temp dir, returned to keep it) run as
+/// nobody, calling setuid(0): its pid, once it has succeeded.
+fn setuid_root_by_nobody() -> (tempfile::TempDir, u32) {
     let d = tmp_dir();
     let prog = d.path().join("escalate");
     copy_exec(WORKLOAD, &prog);
     fs::set_permissions(&prog, fs::Permissions::from_mode(0o4755)).unwrap();
-    let since = now_ms();
     let child = Command::new(&prog)
         .arg("setuid-root")
         .uid(65534)
@@ -503,6 +501,16 @@ fn privilege_escalation_to_root_by_a_set_uid_program() {
         status.success(),
         "setuid(0) from a set-uid root program must work: {status}"
     );
+    (d, pid)
+}
+
+#[test]
+fn privilege_escalation_to_root_by_a_set_uid_program() {
+    root!("privilege_escalation_to_root_by_a_set_uid_program");
+    let agent = Agent::start(None);
+    let since = now_ms();
+    let (d, pid) = setuid_root_by_nobody();
+    let prog = d.path().join("escalate");
     let f = agent.expect(
         "privilege-escalation-to-root",
         "T1548",
@@ -1321,20 +1329,8 @@ fn with_syscall_latency_off_the_checks_at_a_syscalls_exit_still_fire() {
     agent.settle();
     assert!(findings_of(&agent, "credential-file-read", since, passwd).is_empty());
     // A set-id call's outcome is read at its exit.
-    let d = tmp_dir();
-    let prog = d.path().join("escalate");
-    copy_exec(WORKLOAD, &prog);
-    fs::set_permissions(&prog, fs::Permissions::from_mode(0o4755)).unwrap();
     let since = now_ms();
-    let child = Command::new(&prog)
-        .arg("setuid-root")
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
+    let (_d, pid) = setuid_root_by_nobody();
     let f = agent.expect(
         "privilege-escalation-to-root",
         "T1548",
