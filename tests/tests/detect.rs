@@ -483,6 +483,23 @@ fn ptrace_attach_to_another_process() {
 
 /// A set-uid root copy of the workload (in a temp dir, returned to keep it) run as
 /// nobody, calling setuid(0): its pid, once it has succeeded.
+/// The set-uid escalation above, found as privilege-escalation-to-root (65534 -> 0).
+/// Returns the program's temp dir.
+fn escalation_by_nobody_is_found(agent: &Agent) -> tempfile::TempDir {
+    let since = now_ms();
+    let (d, pid) = setuid_root_by_nobody();
+    let f = agent.expect(
+        "privilege-escalation-to-root",
+        "T1548",
+        since,
+        Instant::now(),
+        |f| pid_of(f) == pid,
+    );
+    assert_eq!(f.details["old_uid"], "65534");
+    assert_eq!(f.details["new_uid"], "0");
+    d
+}
+
 fn setuid_root_by_nobody() -> (tempfile::TempDir, u32) {
     let d = tmp_dir();
     let prog = d.path().join("escalate");
@@ -508,18 +525,8 @@ fn setuid_root_by_nobody() -> (tempfile::TempDir, u32) {
 fn privilege_escalation_to_root_by_a_set_uid_program() {
     root!("privilege_escalation_to_root_by_a_set_uid_program");
     let agent = Agent::start(None);
-    let since = now_ms();
-    let (d, pid) = setuid_root_by_nobody();
+    let d = escalation_by_nobody_is_found(&agent);
     let prog = d.path().join("escalate");
-    let f = agent.expect(
-        "privilege-escalation-to-root",
-        "T1548",
-        since,
-        Instant::now(),
-        |f| pid_of(f) == pid,
-    );
-    assert_eq!(f.details["old_uid"], "65534");
-    assert_eq!(f.details["new_uid"], "0");
     // sudo and friends are the exceptions, not every set-uid program: the same call
     // by root (not an escalation) raises nothing.
     let since = now_ms();
@@ -1239,11 +1246,9 @@ fn sh(command: &str) -> u32 {
     pid
 }
 
-#[test]
-fn credential_files_read_by_anything_but_the_account_tools() {
-    root!("credential_files_read_by_anything_but_the_account_tools");
-    let agent = Agent::start(None);
-    // Reading the real /etc/shadow changes nothing; it is what an attacker does.
+/// `cat /etc/shadow` (reading the real file changes nothing; it is what an attacker
+/// does) is a credential-file-read finding for that cat, an open for read.
+fn shadow_read_is_found(agent: &Agent) {
     let since = now_ms();
     let pid = sh("cat /etc/shadow");
     let f = agent.expect(
@@ -1256,6 +1261,13 @@ fn credential_files_read_by_anything_but_the_account_tools() {
     assert_eq!(f.details["path"], "/etc/shadow");
     assert_eq!(f.details["operation"], "open_for_read");
     assert_eq!(f.process.unwrap().name, "cat");
+}
+
+#[test]
+fn credential_files_read_by_anything_but_the_account_tools() {
+    root!("credential_files_read_by_anything_but_the_account_tools");
+    let agent = Agent::start(None);
+    shadow_read_is_found(&agent);
     // The nearest benign acts: the account tools reading it, and anything reading
     // /etc/passwd (world-readable, not watched).
     let since = now_ms();
@@ -1314,31 +1326,13 @@ fn credential_files_read_by_anything_but_the_account_tools() {
 fn with_syscall_latency_off_the_checks_at_a_syscalls_exit_still_fire() {
     root!("with_syscall_latency_off_the_checks_at_a_syscalls_exit_still_fire");
     let agent = Agent::start_configured("[probes]\nsyscalls = false\n\n");
-    let since = now_ms();
-    let pid = sh("cat /etc/shadow");
-    let f = agent.expect(
-        "credential-file-read",
-        "T1003.008",
-        since,
-        Instant::now(),
-        |f| pid_of(f) == pid,
-    );
-    assert_eq!(f.details["operation"], "open_for_read");
+    shadow_read_is_found(&agent);
     let since = now_ms();
     let passwd = sh("cat /etc/passwd");
     agent.settle();
     assert!(findings_of(&agent, "credential-file-read", since, passwd).is_empty());
     // A set-id call's outcome is read at its exit.
-    let since = now_ms();
-    let (_d, pid) = setuid_root_by_nobody();
-    let f = agent.expect(
-        "privilege-escalation-to-root",
-        "T1548",
-        since,
-        Instant::now(),
-        |f| pid_of(f) == pid,
-    );
-    assert_eq!(f.details["new_uid"], "0");
+    escalation_by_nobody_is_found(&agent);
     // The agent has sampled by now (its findings were read): the histograms were off.
     let out = run(Command::new(vigil_tests::vigil_bin())
         .args(["stats", "--json", "--socket"])
