@@ -62,7 +62,7 @@ pub fn syscalls() -> SecuritySyscalls {
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
-        // ... ip cs flags sp ss after orig_ax, which follows di.
+        // orig_ax follows di (then ip, cs, flags, sp, ss).
         regs_nr: SecuritySyscalls::REGS_NR_X86_64,
         watched: [0; 8],
     }
