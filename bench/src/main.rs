@@ -268,7 +268,9 @@ async fn hold_probes(
 
 /// Load generator for `cargo xtask bench collector`: `agents` concurrent streams, each
 /// sending `batches` batches of one host sample, waiting for every ack. Prints one
-/// JSON line: batches, seconds, batches_per_sec, points_per_sec.
+/// JSON line: batches, bytes_per_batch, data_points_per_batch (every number the sample
+/// carries, as OpenTelemetry counts data points), seconds, batches_per_sec and
+/// points_per_sec (the 12 history series per batch).
 async fn ingest(
     addr: String,
     agents: usize,
@@ -300,6 +302,7 @@ async fn ingest(
     let sample =
         vigil_agent::metrics::Sampler::new(vigil_agent::metrics::Roots::default(), 5).sample()?;
     let metrics = vigil_agent::export::convert::host_metrics(&sample);
+    let data_points_per_batch = vigil_collector::metrics::data_points(&metrics);
     let bytes_per_batch = prost::Message::encoded_len(&Batch {
         agent_id: "bench-0000".into(),
         epoch: 1,
@@ -355,7 +358,7 @@ async fn ingest(
     let points = total * vigil_collector::metrics::SCALARS.len() as u64;
     println!(
         "{}",
-        serde_json::json!({"batches": total, "bytes_per_batch": bytes_per_batch, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
+        serde_json::json!({"batches": total, "bytes_per_batch": bytes_per_batch, "data_points_per_batch": data_points_per_batch, "seconds": secs, "batches_per_sec": total as f64 / secs, "points_per_sec": points as f64 / secs})
     );
     Ok(())
 }
