@@ -481,9 +481,7 @@ fn ptrace_attach_to_another_process() {
     assert!(f.details["target_exe"].ends_with("/sleep"), "{f:?}");
 }
 
-/// A set-uid root copy of the workload (in a temp dir, returned to keep it) run as
-/// nobody, calling setuid(0): its pid, once it has succeeded.
-/// The set-uid escalation above, found as privilege-escalation-to-root (65534 -> 0).
+/// The set-uid escalation below, found as privilege-escalation-to-root (65534 -> 0).
 /// Returns the program's temp dir.
 fn escalation_by_nobody_is_found(agent: &Agent) -> tempfile::TempDir {
     let since = now_ms();
@@ -500,6 +498,8 @@ fn escalation_by_nobody_is_found(agent: &Agent) -> tempfile::TempDir {
     d
 }
 
+/// A set-uid root copy of the workload (in a temp dir, returned to keep it) run as
+/// nobody, calling setuid(0): its pid, once it has succeeded.
 fn setuid_root_by_nobody() -> (tempfile::TempDir, u32) {
     let d = tmp_dir();
     let prog = d.path().join("escalate");
