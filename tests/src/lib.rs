@@ -612,3 +612,29 @@ pub fn is_rfc3339_utc(s: &str) -> bool {
         && s.ends_with('Z')
         && (b.len() == 20 || (b[19] == b'.' && digits(20..b.len() - 1)))
 }
+
+/// The lines a child writes to `r`, as they come (read on a thread of their own).
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(r)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `timeout` for a line that is `want` (trimmed); panics with what it
+/// waited for when none comes.
+pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.trim() == want => return,
+            Ok(_) => {}
+            Err(e) => panic!("no {want:?} line within {timeout:?}: {e}"),
+        }
+    }
+}

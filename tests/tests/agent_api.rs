@@ -7,7 +7,8 @@ use std::{
 
 use serde_json::Value;
 use vigil_tests::{
-    agent_command, require_root, sysinfo_mem_total, vigil_bin, vigil_json, KillOnDrop, Workload,
+    agent_command, lines_of, require_root, sysinfo_mem_total, vigil_bin, vigil_json, wait_for_line,
+    KillOnDrop, Workload,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
@@ -248,6 +249,7 @@ fn syscall_latency_and_live_events_from_the_agent() {
         Command::new(vigil_bin())
             .args(["events", "--follow", "--socket", &socket, "--json"])
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("vigil events --follow"),
     );
@@ -260,7 +262,14 @@ fn syscall_latency_and_live_events_from_the_agent() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The follower says on stderr when the agent has subscribed it: from then on every
+    // event reaches it.
+    let err = lines_of(follow.0.stderr.take().unwrap());
+    wait_for_line(
+        &err,
+        "vigil: following live events (Ctrl-C to stop)",
+        Duration::from_secs(30),
+    );
     // Three 120 ms sleeps: each is a slow syscall (threshold 50 ms) of this pid.
     let mut w = Workload::spawn(WORKLOAD, &["sleep", "3", "120"]);
     let pid = w.pid();
@@ -283,16 +292,26 @@ fn syscall_latency_and_live_events_from_the_agent() {
             ours += 1;
         }
     }
-    // The agent's latency window holds those sleeps too.
-    std::thread::sleep(Duration::from_millis(1500));
-    let syscalls = vigil_json(&["syscalls", "--socket", &socket, "--window", "1m", "--json"]);
-    let sleeps = syscalls["syscalls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "clock_nanosleep")
-        .unwrap_or_else(|| panic!("no clock_nanosleep in {syscalls}"));
-    assert!(sleeps["count"].as_u64().unwrap() >= 3);
+    // The agent's latency window holds those sleeps too, once it has closed the
+    // interval they ended in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleeps = loop {
+        let syscalls = vigil_json(&["syscalls", "--socket", &socket, "--window", "1m", "--json"]);
+        let row = syscalls["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "clock_nanosleep" && r["count"].as_u64().unwrap_or(0) >= 3)
+            .cloned();
+        match row {
+            Some(r) => break r,
+            None => assert!(
+                Instant::now() < deadline,
+                "no 3 clock_nanosleep calls in the agent's window within 30 s: {syscalls}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         sleeps["max_ns"].as_u64().unwrap() >= 120_000_000,
         "{sleeps}"

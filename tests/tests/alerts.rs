@@ -208,6 +208,30 @@ fn scratch_alert<'a>(v: &'a Value, mount: &str) -> Option<&'a Value> {
         .find(|a| a["alert"] == "ScratchFilling" && a["labels"]["mountpoint"] == mount)
 }
 
+/// Waits until the agent has closed `n` more intervals (its published sample's time
+/// moved on `n` times): the alert rules were evaluated at each.
+fn intervals_pass(socket: &str, n: usize) {
+    let sample_time = || {
+        vigil_json(&["stats", "--json", "--socket", socket])["time_unix_ms"]
+            .as_u64()
+            .expect("the agent's sample time")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = sample_time();
+    let mut passed = 0;
+    while passed < n {
+        assert!(
+            Instant::now() < deadline,
+            "the agent closed {passed} of {n} intervals within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let t = sample_time();
+        if t != last {
+            (last, passed) = (t, passed + 1);
+        }
+    }
+}
+
 fn wait_until(what: &str, socket: &str, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -389,7 +413,7 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
         "the same episode after the restart"
     );
     // Two intervals later still no new change for it.
-    std::thread::sleep(Duration::from_secs(3));
+    intervals_pass(&socket, 2);
     let v = alerts(&socket);
     let changes: Vec<&Value> = v["recent"]
         .as_array()
@@ -404,7 +428,7 @@ fn an_agent_raises_an_alert_on_a_filling_filesystem_keeps_it_across_a_restart_an
 
     // 35 % used (65 % left): between the bounds, it keeps firing (hysteresis).
     scratch.fill_to(35);
-    std::thread::sleep(Duration::from_secs(3));
+    intervals_pass(&socket, 2);
     let v = alerts(&socket);
     assert_eq!(
         scratch_alert(&v, &mount).map(|a| a["state"].clone()),

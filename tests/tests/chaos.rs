@@ -109,6 +109,8 @@ fn wait_unacked(dir: &Path, n: u64) {
 struct Agent {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// The thread reading stderr: done once the agent has exited and its pipe closed.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -125,14 +127,18 @@ impl Agent {
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
+        let reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
             }
-        });
-        let mut agent = Self { child, stderr };
+        }));
+        let mut agent = Self {
+            child,
+            stderr,
+            reader,
+        };
         // What it logged up to READY (the spool's state, the probes) read in before
         // the test looks at it.
         agent.wait_for("tracing the host every", Duration::from_secs(10));
@@ -143,7 +149,7 @@ impl Agent {
         let start = Instant::now();
         while !self.stderr.lock().unwrap().contains(text) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.read_to_end();
                 panic!(
                     "agent exited ({status}) before saying {text:?}: {}",
                     self.stderr.lock().unwrap()
@@ -155,6 +161,13 @@ impl Agent {
                 self.stderr.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// After the exit: everything it wrote to stderr is in `stderr`.
+    fn read_to_end(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.join().expect("stderr reader");
         }
     }
 
@@ -173,7 +186,7 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                std::thread::sleep(Duration::from_millis(100));
+                self.read_to_end();
                 let out = self.stderr.lock().unwrap().clone();
                 assert!(status.success(), "agent exited with {status}: {out}");
                 return out;

@@ -10,35 +10,13 @@ use std::{
 use serde_json::Value;
 use vigil_agent::probes::{Probe, ProbeSettings, ProbeState, Probes};
 use vigil_tests::{
-    cgroup_id, in_netns, require_root, tcp_retrans_segs, KillOnDrop, NetnsPair, Vigil, Workload,
+    cgroup_id, in_netns, lines_of, require_root, tcp_retrans_segs, wait_for_line, KillOnDrop,
+    NetnsPair, Vigil, Workload,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_vigil-workload");
 
 /// Lines of a child's output, read on a thread (the receiver ends when the pipe does).
-fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(r)).map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-            Ok(line) if line.trim() == want => return,
-            Ok(_) => {}
-            Err(e) => panic!("no {want:?} line within {timeout:?}: {e}"),
-        }
-    }
-}
-
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
         .filter(|l| !l.trim().is_empty())
@@ -278,8 +256,10 @@ fn check_retransmits(tag: &str, addr_a: &'static str, addr_b: &'static str) {
 
     let before_a = in_netns(&net.a, tcp_retrans_segs).join().expect("snmp a");
     let before_b = in_netns(&net.b, tcp_retrans_segs).join().expect("snmp b");
+    let (listening_tx, listening) = std::sync::mpsc::channel();
     let server = in_netns(&net.b, move || {
         let listener = TcpListener::bind((ip_b, PORT)).expect("bind in b");
+        let _ = listening_tx.send(());
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("read timeout");
@@ -292,7 +272,9 @@ fn check_retransmits(tag: &str, addr_a: &'static str, addr_b: &'static str) {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    listening
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server listening in b");
     let client = in_netns(&net.a, move || {
         let addr = SocketAddr::new(ip_b, PORT);
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
@@ -318,8 +300,9 @@ fn check_retransmits(tag: &str, addr_a: &'static str, addr_b: &'static str) {
     );
     let after_a = in_netns(&net.a, tcp_retrans_segs).join().expect("snmp a");
     let after_b = in_netns(&net.b, tcp_retrans_segs).join().expect("snmp b");
-    std::thread::sleep(Duration::from_millis(500));
 
+    // Every retransmit is in the ring buffer by now (the kernel writes it at the
+    // retransmit, before the transfer can end); `vigil trace` drains it on SIGINT.
     let lines = json_lines(&vigil.interrupt());
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(bpftrace.0.id() as i32),

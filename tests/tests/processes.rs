@@ -33,13 +33,26 @@ fn fork_exec_and_exit_of_a_child_with_its_ids_path_and_status() {
     assert_eq!(status.code(), Some(7));
     let mut victim = Command::new("/bin/sleep").arg("30").spawn().expect("sleep");
     let victim_pid = victim.id();
-    std::thread::sleep(Duration::from_millis(200));
+    // Killed only once it sleeps in /bin/sleep: `spawn` returns at the exec's point of
+    // no return, and a SIGKILL then can still end the exec before it completes (no exec
+    // event, rightly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(format!("/proc/{victim_pid}/stat"))
+        .is_ok_and(|s| s.starts_with(&format!("{victim_pid} (sleep) S ")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/bin/sleep never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     victim.kill().expect("kill");
     victim.wait().expect("wait");
     std::thread::spawn(|| std::thread::sleep(Duration::from_millis(10)))
         .join()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every event is in the ring buffer once the children are reaped; `vigil trace`
+    // drains it on SIGINT.
     let lines = json_lines(&vigil.interrupt());
     let (summary, events) = lines.split_last().expect("summary");
     let mine: Vec<&Value> = events.iter().filter(|e| e["ppid"] == me).collect();
@@ -90,7 +103,7 @@ fn an_exec_storm_is_delivered_or_counted_lost_exec_by_exec() {
     let vigil = Vigil::start(&["trace", "processes", "--exec", "--json"]);
     storm.go();
     storm.wait();
-    std::thread::sleep(Duration::from_millis(500));
+    // Drained on SIGINT, as above.
     let lines = json_lines(&vigil.interrupt());
     let (summary, events) = lines.split_last().expect("summary");
     let delivered = events

@@ -122,6 +122,7 @@ pub async fn run(target: &AgentTarget, follow: bool, json: bool) -> anyhow::Resu
     let Some(stream) = stream else {
         return Ok(());
     };
+    super::local::following();
     super::local::follow_until_stop(stream, |event| match event {
         live_event::Event::Alert(e) => print_alert(&e, json),
         live_event::Event::Missed(n) => {

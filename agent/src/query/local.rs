@@ -265,6 +265,7 @@ pub async fn events(
     let Some(stream) = stream else {
         return Ok(());
     };
+    following();
     follow_until_stop(stream, |event| match event {
             live_event::Event::Finding(f) => {
                 let key = (
@@ -305,6 +306,13 @@ pub async fn events(
             }
     })
     .await
+}
+
+/// Says on stderr that the live stream is on: the agent has subscribed this follower,
+/// so every event from here on reaches it (what a script or a test waits for before it
+/// sets off the events it wants to see).
+pub fn following() {
+    eprintln!("vigil: following live events (Ctrl-C to stop)");
 }
 
 /// Hands each live event to `on_event` until the stream ends or SIGINT/SIGTERM.
