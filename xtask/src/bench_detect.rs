@@ -195,6 +195,7 @@ fn acts(s: &Scratch) -> Vec<Act> {
         attack("T1546.018", "a Python .pth start-up hook", format!("d=$(ls -d /usr/local/lib/python3*/dist-packages | head -1); : >> $d/vigil-bench-{me}.pth; rm -f $d/vigil-bench-{me}.pth")),
         attack("T1053.003", "a cron job", format!(": >> /etc/cron.d/vigil-bench-{me}; rm -f /etc/cron.d/vigil-bench-{me}")),
         attack("T1543.002", "a systemd unit", format!(": >> /etc/systemd/system/vigil-bench-{me}.service; rm -f /etc/systemd/system/vigil-bench-{me}.service")),
+        attack("T1547.013", "an XDG autostart entry", format!("d=/root/.config/autostart; mkdir -p $d && : >> $d/vigil-bench-{me}.desktop; rm -f $d/vigil-bench-{me}.desktop")),
         attack("T1098", "an SSH authorized key added", "f=/root/.ssh/authorized_keys; if [ -e $f ]; then : >> $f; else : >> $f; rm -f $f; fi".into()),
         attack("T1547.006", "a kernel module load", format!("{py} \"import ctypes; ctypes.CDLL(None).syscall(313, -1, b'', 0)\"")),
         // Privilege tricks.
@@ -216,6 +217,10 @@ fn acts(s: &Scratch) -> Vec<Act> {
         // attacker types, without stopping this host's journal.
         attack("T1562.001", "journald stopped", "systemctl stop systemd-journald-vigil-bench.service 2>/dev/null; true".into()),
         attack("T1562.001", "ASLR written at run time", format!("sysctl -qw kernel.randomize_va_space={aslr}")),
+        attack("T1562.001", "a security agent stopped (systemctl stop falco)", "systemctl stop falco 2>/dev/null; true".into()),
+        attack("T1562.004", "the firewall flushed (iptables -F, in a network namespace of its own)", "unshare -n iptables -F".into()),
+        attack("T1562.003", "history filtered for what follows (HISTIGNORE='*' exported)", "HISTIGNORE='*' bash -c true".into()),
+        attack("T1070.002", "a log file deleted", format!("touch /var/log/vigil-bench-del-{me}.log && rm -f /var/log/vigil-bench-del-{me}.log")),
         attack("T1070.006", "a timestamp copied (touch -r)", format!("touch -r /bin/ls {w}/prog")),
         attack("T1222.002", "the immutable bit removed", format!("chattr -i {w}/locked")),
         attack("T1564.013", "a process hidden by a bind mount over /proc/PID", format!("unshare -m --propagation private mount --bind {w} /proc/{victim}")),

@@ -268,17 +268,19 @@ static ENV_SCRATCH: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
 /// Whether an environment entry's first 8 bytes start a variable the rules ask about:
 /// the dynamic loader's LD_PRELOAD and LD_AUDIT, the shell history variables
 /// (HISTFILE, HISTFILESIZE, HISTSIZE: exported as /dev/null or 0 they turn history
-/// off for every shell started below), and the proxy variables in either case (letters
-/// compared with their case bit set). One load and eight compares; the full name is
-/// checked in userspace.
+/// off for every shell started below; HISTIGNORE, HISTCONTROL: exported, they filter
+/// it), and the proxy variables in either case (letters compared with their case bit
+/// set). One load and ten compares; the full name is checked in userspace.
 #[inline(always)]
 fn env_wanted(head: u64) -> bool {
     // (pattern, case mask): little-endian u64 of the first 8 bytes.
-    const WANTED: [(u64, u64); 8] = [
+    const WANTED: [(u64, u64); 10] = [
         (u64::from_le_bytes(*b"LD_PRELO"), 0),
         (u64::from_le_bytes(*b"LD_AUDIT"), 0),
         (u64::from_le_bytes(*b"HISTFILE"), 0),
         (u64::from_le_bytes(*b"HISTSIZE"), 0),
+        (u64::from_le_bytes(*b"HISTIGNO"), 0),
+        (u64::from_le_bytes(*b"HISTCONT"), 0),
         (
             u64::from_le_bytes(*b"http_pro"),
             u64::from_le_bytes(*b"\x20\x20\x20\x20\x00\x20\x20\x20"),

@@ -149,7 +149,7 @@ fields! {
     AncestorName = "ancestor.name": "likewise, by short name",
     Path = "path": "file_write: the file written or renamed into place; file_read: the file read; chmod, setcap: the file changed; mount: the mount point; truncate: the file truncated",
     SizeAfter = "size_after": "truncate: the file's size in bytes when the agent looked, moments later (0: still empty, not rewritten)",
-    EnvName = "env.name": "exec_env: the variable (LD_PRELOAD, LD_AUDIT, HISTFILE, HISTFILESIZE, HISTSIZE, http_proxy, https_proxy, all_proxy, ftp_proxy, either case for the proxies)",
+    EnvName = "env.name": "exec_env: the variable (LD_PRELOAD, LD_AUDIT, HISTFILE, HISTFILESIZE, HISTSIZE, HISTIGNORE, HISTCONTROL, http_proxy, https_proxy, all_proxy, ftp_proxy, either case for the proxies)",
     EnvValue = "env.value": "exec_env: its value (the first 128 bytes of the entry)",
     Access = "access": "memory_access: read or write",
     Method = "method": "memory_access: proc_mem (/proc/PID/mem) or process_vm (process_vm_readv/writev)",
