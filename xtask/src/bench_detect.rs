@@ -219,7 +219,7 @@ fn acts(s: &Scratch) -> Vec<Act> {
         attack("T1562.001", "ASLR written at run time", format!("sysctl -qw kernel.randomize_va_space={aslr}")),
         attack("T1562.001", "a security agent stopped (systemctl stop falco)", "systemctl stop falco 2>/dev/null; true".into()),
         attack("T1562.004", "the firewall flushed (iptables -F, in a network namespace of its own)", "unshare -n iptables -F".into()),
-        attack("T1562.003", "history filtered for what follows (HISTIGNORE='*' exported)", "HISTIGNORE='*' bash -c true".into()),
+        attack("T1562.003", "history filtered for what follows (HISTIGNORE='*' exported)", "HISTIGNORE='*' sh -c true".into()),
         attack("T1070.002", "a log file deleted", format!("touch /var/log/vigil-bench-del-{me}.log && rm -f /var/log/vigil-bench-del-{me}.log")),
         attack("T1070.006", "a timestamp copied (touch -r)", format!("touch -r /bin/ls {w}/prog")),
         attack("T1222.002", "the immutable bit removed", format!("chattr -i {w}/locked")),

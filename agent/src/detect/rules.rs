@@ -890,6 +890,83 @@ mod tests {
         );
     }
 
+    /// The command-line rules for security tools and the firewall: what they take and
+    /// the nearest commands they must leave alone.
+    #[test]
+    fn security_tool_and_firewall_rules_read_the_command_line() {
+        let rules = parse("builtin", BUILTIN).unwrap();
+        let rule = |id: &str| rules.iter().find(|r| r.id == id).expect(id);
+        let exec = |name: &'static str, cmdline: &'static str| {
+            let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+            m.insert("event", vec!["exec"]);
+            m.insert("process.name", vec![name]);
+            m.insert("process.cmdline", vec![cmdline]);
+            m.insert("ancestor.name", vec!["sshd", "bash"]);
+            Map(m)
+        };
+        let tools = rule("security-tool-disabled");
+        for (name, cmdline) in [
+            ("systemctl", "systemctl stop falco"),
+            ("systemctl", "systemctl disable --now osqueryd.service"),
+            ("systemctl", "systemctl mask apparmor"),
+            ("systemctl", "systemctl stop vigil-agent"),
+            ("service", "service auditbeat stop"),
+            ("pkill", "pkill -f falco"),
+            ("setenforce", "setenforce 0"),
+            ("aa-teardown", "aa-teardown"),
+            ("apparmor_parser", "apparmor_parser -R /etc/apparmor.d/usr.sbin.cupsd"),
+        ] {
+            assert!(tools.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        for (name, cmdline) in [
+            ("systemctl", "systemctl status falco"),
+            ("systemctl", "systemctl restart osqueryd"),
+            ("systemctl", "systemctl stop systemd-journald-vigil-bench.service"),
+            ("systemctl", "systemctl stop nginx"),
+            ("setenforce", "setenforce 1"),
+            ("apparmor_parser", "apparmor_parser -r /etc/apparmor.d/usr.sbin.cupsd"),
+        ] {
+            assert!(!tools.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        let firewall = rule("firewall-disabled");
+        for (name, cmdline) in [
+            ("iptables", "iptables -F"),
+            ("iptables", "iptables -t nat -F"),
+            ("iptables", "iptables --flush INPUT"),
+            ("ip6tables", "ip6tables -F -t filter"),
+            ("iptables", "iptables -D INPUT 3"),
+            ("iptables", "iptables -P FORWARD ACCEPT"),
+            ("nft", "nft flush ruleset"),
+            ("nft", "nft delete table inet filter"),
+            ("ufw", "ufw disable"),
+            ("ufw", "ufw --force reset"),
+            ("systemctl", "systemctl stop firewalld"),
+            ("systemctl", "systemctl disable nftables.service"),
+        ] {
+            assert!(firewall.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        for (name, cmdline) in [
+            ("iptables", "iptables -L -n"),
+            ("iptables", "iptables -F DOCKER-USER"),
+            ("iptables", "iptables -A INPUT -p tcp --dport 22 -j ACCEPT"),
+            ("iptables", "iptables -P INPUT DROP"),
+            ("iptables", "iptables -D DOCKER 1"),
+            ("nft", "nft list ruleset"),
+            ("ufw", "ufw enable"),
+            ("systemctl", "systemctl stop docker-iptables-helper"),
+            ("systemctl", "systemctl status ufw"),
+        ] {
+            assert!(!firewall.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        // A container runtime flushing what it owns is left alone.
+        let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        m.insert("event", vec!["exec"]);
+        m.insert("process.name", vec!["iptables"]);
+        m.insert("process.cmdline", vec!["iptables -t filter -F"]);
+        m.insert("ancestor.name", vec!["dockerd", "systemd"]);
+        assert!(!firewall.matches(&Map(m)));
+    }
+
     #[test]
     fn operators_and_logic() {
         let r = one(r#"
