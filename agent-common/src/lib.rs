@@ -429,6 +429,12 @@ pub enum SecurityOp {
     /// `target` = the window in ns, `port`, `family`, `addr` = the last connect's peer
     /// (IPv6 peers: the address is not read, zeros).
     PortScan = 17,
+    /// socket() asking for a packet socket (`AF_PACKET`, or the old `SOCK_PACKET`
+    /// type) or a raw IP socket (`AF_INET`/`AF_INET6` with `SOCK_RAW`): what packet
+    /// capture needs. `family` = the address family, `detail` = the type (flags masked
+    /// off), `port` = the protocol as asked (network byte order for `AF_PACKET`, as
+    /// the call takes it). Sent at the call: the attempt is what counts.
+    RawSocket = 18,
 }
 
 /// The port-scan check's window and threshold: a process that connects to this many
@@ -469,6 +475,7 @@ impl SecurityOp {
             15 => Self::Truncate,
             16 => Self::ExecEnv,
             17 => Self::PortScan,
+            18 => Self::RawSocket,
             _ => return None,
         })
     }
@@ -582,6 +589,7 @@ pub struct SecuritySyscalls {
     pub ftruncate: u32,
     pub execve: u32,
     pub execveat: u32,
+    pub socket: u32,
     /// Byte offsets of the first four syscall arguments in `struct pt_regs`.
     pub regs_args: [u32; 4],
     /// Byte offset of the syscall number (`orig_ax` on x86_64) in `struct pt_regs`,
@@ -630,6 +638,7 @@ impl SecuritySyscalls {
         ftruncate: u32::MAX,
         execve: u32::MAX,
         execveat: u32::MAX,
+        socket: u32::MAX,
         regs_args: [u32::MAX; 4],
         regs_nr: u32::MAX,
         watched: [0; 8],
@@ -639,7 +648,7 @@ impl SecuritySyscalls {
     pub const REGS_NR_X86_64: u32 = 120;
 
     /// The numbers the probe compares (for `watched`).
-    pub fn numbers(&self) -> [u32; 33] {
+    pub fn numbers(&self) -> [u32; 34] {
         [
             self.init_module,
             self.finit_module,
@@ -674,6 +683,7 @@ impl SecuritySyscalls {
             self.ftruncate,
             self.execve,
             self.execveat,
+            self.socket,
         ]
     }
 

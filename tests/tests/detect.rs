@@ -2286,6 +2286,48 @@ fn security_tools_the_firewall_and_logs_turned_off_and_an_autostart_entry() {
     quiet("persistence-desktop-autostart", &format!("cat {entry}"));
 }
 
+/// Packet capture's ways in: a packet socket for every protocol (what tcpdump opens) and
+/// a raw TCP socket, by two programs in a network namespace of their own; next to a UDP
+/// and a TCP socket and ping's raw ICMP and ICMPv6 sockets, which are not reported (the
+/// rule's match count says so).
+#[test]
+fn a_packet_socket_or_a_raw_ip_socket_is_packet_capture() {
+    root!("a_packet_socket_or_a_raw_ip_socket_is_packet_capture");
+    let agent = Agent::start(None);
+    let matches = || {
+        agent
+            .stats()
+            .rule_matches
+            .get("packet-capture")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = matches();
+    let out = in_own_netns(
+        "python3 -c 'import socket as s; s.socket(s.AF_INET, s.SOCK_DGRAM); \
+         s.socket(s.AF_INET, s.SOCK_STREAM); s.socket(s.AF_INET, s.SOCK_RAW, s.IPPROTO_ICMP); \
+         s.socket(s.AF_INET6, s.SOCK_RAW, s.IPPROTO_ICMPV6)'",
+    );
+    assert!(out.status.success(), "{out:?}");
+    agent.settle();
+    assert_eq!(matches(), before, "ordinary and ICMP sockets matched");
+    let since = now_ms();
+    let out = in_own_netns(
+        "python3 -c 'import socket as s; s.socket(s.AF_PACKET, s.SOCK_RAW, s.htons(3))' \
+         && perl -MSocket -e 'socket(my $s, PF_INET, SOCK_RAW, 6) or die $!'",
+    );
+    assert!(out.status.success(), "{out:?}");
+    for (program, family, protocol) in [("python", "packet", "3"), ("perl", "inet", "6")] {
+        let f = agent.expect("packet-capture", "T1040", since, Instant::now(), |f| {
+            f.process.as_ref().is_some_and(|p| p.exe.contains(program))
+        });
+        assert_eq!(f.details["socket.family"], family, "{f:?}");
+        assert_eq!(f.details["socket.type"], "raw", "{f:?}");
+        assert_eq!(f.details["socket.protocol"], protocol, "{f:?}");
+    }
+    assert_eq!(matches(), before + 2);
+}
+
 /// Another process's memory read through /proc/PID/mem and process_vm_readv, written
 /// through /proc/PID/mem, and a process hidden by a bind mount over its /proc
 /// directory; next to a process reading its own memory, `ps`-style reads of another's

@@ -232,6 +232,7 @@ fn acts(s: &Scratch) -> Vec<Act> {
         attack("T1496", "a miner binary", format!("{w}/xmrig")),
         attack("T1611", "nsenter into pid 1", "nsenter -t 1 -m -u -i -n true".into()),
         attack("T1059.004", "a shell connecting out itself (/dev/tcp)", "unshare -n bash -c 'echo > /dev/tcp/127.0.0.1/9' 2>/dev/null; true".into()),
+        attack("T1040", "a packet socket for every protocol (what tcpdump opens), in a network namespace of its own", format!("unshare -n {py} 'import socket as s; s.socket(s.AF_PACKET, s.SOCK_RAW, s.htons(3))'")),
         attack("T1046", "a port scan: one process, 200 ports in seconds", "unshare -n sh -c 'ip link set lo up; bash -c \"for p in \\$(seq 40001 40200); do { : 3<>/dev/tcp/127.0.0.1/\\$p; } 2>/dev/null; done; true\"'".into()),
         attack("T1105", "a download piped into a shell", "curl -s file:///dev/null | sh".into()),
         // Benign work.

@@ -240,8 +240,36 @@ fn enter_watched(nr: u32, regs: *const u8) -> u32 {
         mount_onto(sys_arg(regs, 3) as *const u8, 0, 1);
     } else if nr == sc!(fsetxattr) {
         set_capability_fd(sys_arg(regs, 0) as i32, sys_arg(regs, 1) as *const u8);
+    } else if nr == sc!(socket) {
+        raw_socket(sys_arg(regs, 0), sys_arg(regs, 1), sys_arg(regs, 2));
     }
     0
+}
+
+// ---- packet and raw sockets --------------------------------------------------------
+
+const AF_PACKET: u16 = 17;
+const SOCK_RAW: u64 = 3;
+const SOCK_PACKET: u64 = 10;
+/// The type argument's flag bits (SOCK_NONBLOCK, SOCK_CLOEXEC) are above these.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// socket(): a packet socket or a raw IP socket (packet capture's ways in); every
+/// other socket returns after two compares.
+#[inline(never)]
+fn raw_socket(family: u64, kind: u64, protocol: u64) {
+    let (family, kind) = (family as u16, kind & SOCK_TYPE_MASK);
+    let wanted = family == AF_PACKET
+        || kind == SOCK_PACKET
+        || ((family == AF_INET || family == AF_INET6) && kind == SOCK_RAW);
+    if !wanted {
+        return;
+    }
+    emit(SecurityOp::RawSocket, |ev| unsafe {
+        (*ev).family = family;
+        (*ev).detail = kind;
+        (*ev).port = protocol as u16;
+    });
 }
 
 /// process_vm_readv/writev of another process (its own memory is of no interest).

@@ -106,6 +106,9 @@ impl Fields for Subject {
             Field::EnvValue => detail("env.value", pred),
             Field::SizeAfter => detail("size_after", pred),
             Field::Method => detail("method", pred),
+            Field::SocketFamily => detail("socket.family", pred),
+            Field::SocketType => detail("socket.type", pred),
+            Field::SocketProtocol => detail("socket.protocol", pred),
         }
     }
 }
@@ -932,6 +935,16 @@ impl Detector {
                     details.insert("last_remote_addr".into(), remote.to_string());
                 }
                 EventType::PortScan
+            }
+            SecurityAction::RawSocket {
+                family,
+                kind,
+                protocol,
+            } => {
+                details.insert("socket.family".into(), family.name());
+                details.insert("socket.type".into(), kind.name());
+                details.insert("socket.protocol".into(), protocol.to_string());
+                EventType::RawSocket
             }
         };
         self.evaluate(event, e.pid, details, target, unix_ms(e.time), out);

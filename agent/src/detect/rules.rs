@@ -42,10 +42,11 @@ pub enum EventType {
     Connect,
     Listen,
     PortScan,
+    RawSocket,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
         Self::Exec,
         Self::Ptrace,
         Self::SetUid,
@@ -62,6 +63,7 @@ impl EventType {
         Self::Connect,
         Self::Listen,
         Self::PortScan,
+        Self::RawSocket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +84,7 @@ impl EventType {
             Self::Connect => "connect",
             Self::Listen => "listen",
             Self::PortScan => "port_scan",
+            Self::RawSocket => "raw_socket",
         }
     }
 
@@ -161,6 +164,9 @@ fields! {
     TargetExe = "target.exe": "ptrace, memory_access: its program",
     OldUid = "old_uid": "setuid/setgid: the real id before",
     NewUid = "new_uid": "setuid/setgid: the id after",
+    SocketFamily = "socket.family": "raw_socket: packet (AF_PACKET), inet or inet6 (raw IP)",
+    SocketType = "socket.type": "raw_socket: raw, dgram or packet (SOCK_PACKET)",
+    SocketProtocol = "socket.protocol": "raw_socket: the protocol asked for, in decimal: an EtherType for packet sockets (3: every protocol, 2048: IPv4), an IP protocol number for raw IP (1: ICMP, 6: TCP, 17: UDP, 58: ICMPv6, 255: raw)",
     Container = "container": "same as process.container",
 }
 
@@ -914,17 +920,26 @@ mod tests {
             ("pkill", "pkill -f falco"),
             ("setenforce", "setenforce 0"),
             ("aa-teardown", "aa-teardown"),
-            ("apparmor_parser", "apparmor_parser -R /etc/apparmor.d/usr.sbin.cupsd"),
+            (
+                "apparmor_parser",
+                "apparmor_parser -R /etc/apparmor.d/usr.sbin.cupsd",
+            ),
         ] {
             assert!(tools.matches(&exec(name, cmdline)), "{cmdline}");
         }
         for (name, cmdline) in [
             ("systemctl", "systemctl status falco"),
             ("systemctl", "systemctl restart osqueryd"),
-            ("systemctl", "systemctl stop systemd-journald-vigil-bench.service"),
+            (
+                "systemctl",
+                "systemctl stop systemd-journald-vigil-bench.service",
+            ),
             ("systemctl", "systemctl stop nginx"),
             ("setenforce", "setenforce 1"),
-            ("apparmor_parser", "apparmor_parser -r /etc/apparmor.d/usr.sbin.cupsd"),
+            (
+                "apparmor_parser",
+                "apparmor_parser -r /etc/apparmor.d/usr.sbin.cupsd",
+            ),
         ] {
             assert!(!tools.matches(&exec(name, cmdline)), "{cmdline}");
         }

@@ -191,6 +191,75 @@ pub enum SecurityAction {
         remote: IpAddr,
         port: u16,
     },
+    /// socket() asked for a packet socket or a raw IP socket (packet capture).
+    RawSocket {
+        family: SocketFamily,
+        kind: SocketKind,
+        /// As asked: an EtherType for packet sockets (3 = every protocol), an IP
+        /// protocol number for raw IP sockets.
+        protocol: u16,
+    },
+}
+
+/// The address family of a socket the kernel reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketFamily {
+    Inet,
+    Inet6,
+    Packet,
+    Other(u16),
+}
+
+impl SocketFamily {
+    pub fn from_raw(family: u16) -> Self {
+        match family {
+            2 => Self::Inet,
+            10 => Self::Inet6,
+            17 => Self::Packet,
+            f => Self::Other(f),
+        }
+    }
+    /// The name rules test (`socket.family`).
+    pub fn name(self) -> String {
+        match self {
+            Self::Inet => "inet".into(),
+            Self::Inet6 => "inet6".into(),
+            Self::Packet => "packet".into(),
+            Self::Other(f) => f.to_string(),
+        }
+    }
+}
+
+/// A socket's type (flags masked off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    Stream,
+    Dgram,
+    Raw,
+    Packet,
+    Other(u64),
+}
+
+impl SocketKind {
+    pub fn from_raw(kind: u64) -> Self {
+        match kind {
+            1 => Self::Stream,
+            2 => Self::Dgram,
+            3 => Self::Raw,
+            10 => Self::Packet,
+            k => Self::Other(k),
+        }
+    }
+    /// The name rules test (`socket.type`).
+    pub fn name(self) -> String {
+        match self {
+            Self::Stream => "stream".into(),
+            Self::Dgram => "dgram".into(),
+            Self::Raw => "raw".into(),
+            Self::Packet => "packet".into(),
+            Self::Other(k) => k.to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -485,6 +554,19 @@ pub fn decode(bytes: &[u8], clock: Clock) -> Result<Event, DecodeError> {
                     remote: ip(e.family, e.addr),
                     port: e.port,
                 },
+                SecurityOp::RawSocket => {
+                    let family = SocketFamily::from_raw(e.family);
+                    SecurityAction::RawSocket {
+                        family,
+                        kind: SocketKind::from_raw(e.detail),
+                        // Packet sockets take their EtherType in network byte order.
+                        protocol: if family == SocketFamily::Packet {
+                            u16::from_be(e.port)
+                        } else {
+                            e.port
+                        },
+                    }
+                }
             };
             Ok(Event::Security(SecurityEvent {
                 time: clock.to_wall(e.timestamp_ns),

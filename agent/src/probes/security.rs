@@ -59,6 +59,7 @@ pub fn syscalls() -> SecuritySyscalls {
         ftruncate: nr("ftruncate"),
         execve: nr("execve"),
         execveat: nr("execveat"),
+        socket: nr("socket"),
         // pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di: the syscall
         // arguments are di, si, dx, r10.
         regs_args: [112, 104, 96, 56],
@@ -297,6 +298,7 @@ mod tests {
             ("ftruncate", s.ftruncate),
             ("execve", s.execve),
             ("execveat", s.execveat),
+            ("socket", s.socket),
         ] {
             assert_eq!(crate::syscall_table::syscall_name(nr), Some(name), "{name}");
             // The probe's bitmap lets it through, and only the numbers compared.
