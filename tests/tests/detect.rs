@@ -205,6 +205,29 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Runs `command` (`sh -c 'exec COMMAND'`, so the shell's pid is the command's) and
+    /// waits for a finding of `rule` for that process.
+    fn raises(&self, rule: &str, mitre: &str, command: &str) -> Finding {
+        let since = now_ms();
+        let (pid, _) = sh_ok(command);
+        self.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid)
+    }
+
+    /// Runs `command` the same way, which must succeed, and checks that none of
+    /// `rules` raised anything for it.
+    fn stays_quiet(&self, rules: &[&str], command: &str) {
+        let since = now_ms();
+        let (pid, ok) = sh_ok(command);
+        assert!(ok, "{command} failed");
+        self.settle();
+        for rule in rules {
+            assert!(
+                findings_of(self, rule, since, pid).is_empty(),
+                "{rule}: {command}"
+            );
+        }
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -569,6 +592,14 @@ fn kernel_module_load() {
 
 /// A file removed when the test ends, even by a panic.
 struct RemoveOnDrop(PathBuf);
+
+/// Makes directory `dir` if it is missing; the guard removes it again (only then).
+fn made_for_test(dir: &str) -> Option<RemoveOnDrop> {
+    let dir = Path::new(dir);
+    let made = !dir.exists();
+    fs::create_dir_all(dir).unwrap();
+    made.then(|| RemoveOnDrop(dir.to_path_buf()))
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -1979,28 +2010,10 @@ fn tampering_evasion_and_account_tricks_with_the_real_tools() {
     let w = work.path().display().to_string();
     // The journald drop-in directory, made before the agent starts (one made later is
     // watched as it is made: a_watched_directory_created_after_the_start_is_watched_at_once).
-    let dropins = Path::new("/etc/systemd/journald.conf.d");
-    let made_dropins = !dropins.exists();
-    fs::create_dir_all(dropins).unwrap();
-    let _dropins = made_dropins.then(|| RemoveOnDrop(dropins.to_path_buf()));
+    let _dropins = made_for_test("/etc/systemd/journald.conf.d");
     let agent = Agent::start(None);
-    let expect = |rule: &str, mitre: &str, command: &str| -> Finding {
-        let since = now_ms();
-        let (pid, _) = sh_ok(command);
-        agent.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid)
-    };
-    let quiet = |rules: &[&str], command: &str| {
-        let since = now_ms();
-        let (pid, ok) = sh_ok(command);
-        assert!(ok, "{command} failed");
-        agent.settle();
-        for rule in rules {
-            assert!(
-                findings_of(&agent, rule, since, pid).is_empty(),
-                "{rule}: {command}"
-            );
-        }
-    };
+    let expect = |rule: &str, mitre: &str, command: &str| agent.raises(rule, mitre, command);
+    let quiet = |rules: &[&str], command: &str| agent.stays_quiet(rules, command);
 
     // Secure deletion (T1070.004), next to a plain rm.
     fs::write(format!("{w}/evidence"), "x").unwrap();
@@ -2169,26 +2182,10 @@ fn security_tools_the_firewall_and_logs_turned_off_and_an_autostart_entry() {
     let work = tmp_dir();
     let w = work.path().display().to_string();
     // A user's autostart directory, made before the agent starts if missing.
-    let autostart = Path::new("/root/.config/autostart");
-    let made_autostart = !autostart.exists();
-    fs::create_dir_all(autostart).unwrap();
-    let _autostart = made_autostart.then(|| RemoveOnDrop(autostart.to_path_buf()));
+    let _autostart = made_for_test("/root/.config/autostart");
     let agent = Agent::start(None);
-    let expect = |rule: &str, mitre: &str, command: &str| -> Finding {
-        let since = now_ms();
-        let (pid, _) = sh_ok(command);
-        agent.expect(rule, mitre, since, Instant::now(), |f| pid_of(f) == pid)
-    };
-    let quiet = |rule: &str, command: &str| {
-        let since = now_ms();
-        let (pid, ok) = sh_ok(command);
-        assert!(ok, "{command} failed");
-        agent.settle();
-        assert!(
-            findings_of(&agent, rule, since, pid).is_empty(),
-            "{rule}: {command}"
-        );
-    };
+    let expect = |rule: &str, mitre: &str, command: &str| agent.raises(rule, mitre, command);
+    let quiet = |rule: &str, command: &str| agent.stays_quiet(&[rule], command);
 
     // A security agent stopped and killed (T1562.001), next to asking for its status.
     let since = now_ms();
