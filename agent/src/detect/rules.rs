@@ -896,10 +896,10 @@ mod tests {
         );
     }
 
-    /// The command-line rules for security tools and the firewall: what they take and
+    /// The command-line rules for security tools, the firewall and logs: what they take and
     /// the nearest commands they must leave alone.
     #[test]
-    fn security_tool_and_firewall_rules_read_the_command_line() {
+    fn security_tool_firewall_and_log_rules_read_the_command_line() {
         let rules = parse("builtin", BUILTIN).unwrap();
         let rule = |id: &str| rules.iter().find(|r| r.id == id).expect(id);
         let exec = |name: &'static str, cmdline: &'static str| {
@@ -973,7 +973,28 @@ mod tests {
         ] {
             assert!(!firewall.matches(&exec(name, cmdline)), "{cmdline}");
         }
-        // A container runtime flushing what it owns is left alone.
+        let logs = rule("log-files-deleted");
+        for (name, cmdline) in [
+            ("rm", "rm -f /var/log/auth.log"),
+            ("unlink", "unlink /var/log/syslog"),
+            ("journalctl", "journalctl --vacuum-time=1s"),
+        ] {
+            assert!(logs.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        for (name, cmdline) in [
+            ("rm", "rm -f /tmp/app.log"),
+            ("journalctl", "journalctl -u ssh --since today"),
+        ] {
+            assert!(!logs.matches(&exec(name, cmdline)), "{cmdline}");
+        }
+        // A cron job's clean-up, and a container runtime flushing what it owns, are
+        // left alone.
+        let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        m.insert("event", vec!["exec"]);
+        m.insert("process.name", vec!["rm"]);
+        m.insert("process.cmdline", vec!["rm /var/log/app/old.log.9.gz"]);
+        m.insert("ancestor.name", vec!["find", "sh", "cron"]);
+        assert!(!logs.matches(&Map(m)));
         let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
         m.insert("event", vec!["exec"]);
         m.insert("process.name", vec!["iptables"]);
