@@ -902,14 +902,16 @@ mod tests {
     fn security_tool_firewall_and_log_rules_read_the_command_line() {
         let rules = parse("builtin", BUILTIN).unwrap();
         let rule = |id: &str| rules.iter().find(|r| r.id == id).expect(id);
-        let exec = |name: &'static str, cmdline: &'static str| {
-            let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
-            m.insert("event", vec!["exec"]);
-            m.insert("process.name", vec![name]);
-            m.insert("process.cmdline", vec![cmdline]);
-            m.insert("ancestor.name", vec!["sshd", "bash"]);
-            Map(m)
-        };
+        let exec_under =
+            |name: &'static str, cmdline: &'static str, ancestors: Vec<&'static str>| {
+                let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+                m.insert("event", vec!["exec"]);
+                m.insert("process.name", vec![name]);
+                m.insert("process.cmdline", vec![cmdline]);
+                m.insert("ancestor.name", ancestors);
+                Map(m)
+            };
+        let exec = |name, cmdline| exec_under(name, cmdline, vec!["sshd", "bash"]);
         let tools = rule("security-tool-disabled");
         for (name, cmdline) in [
             ("systemctl", "systemctl stop falco"),
@@ -989,18 +991,18 @@ mod tests {
         }
         // A cron job's clean-up, and a container runtime flushing what it owns, are
         // left alone.
-        let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
-        m.insert("event", vec!["exec"]);
-        m.insert("process.name", vec!["rm"]);
-        m.insert("process.cmdline", vec!["rm /var/log/app/old.log.9.gz"]);
-        m.insert("ancestor.name", vec!["find", "sh", "cron"]);
-        assert!(!logs.matches(&Map(m)));
-        let mut m: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
-        m.insert("event", vec!["exec"]);
-        m.insert("process.name", vec!["iptables"]);
-        m.insert("process.cmdline", vec!["iptables -t filter -F"]);
-        m.insert("ancestor.name", vec!["dockerd", "systemd"]);
-        assert!(!firewall.matches(&Map(m)));
+        let cron = exec_under(
+            "rm",
+            "rm /var/log/app/old.log.9.gz",
+            vec!["find", "sh", "cron"],
+        );
+        assert!(!logs.matches(&cron));
+        let dockerd = exec_under(
+            "iptables",
+            "iptables -t filter -F",
+            vec!["dockerd", "systemd"],
+        );
+        assert!(!firewall.matches(&dockerd));
     }
 
     #[test]
