@@ -1,6 +1,5 @@
 //! The agent's local query API, through the CLI, against a real `vigil agent`.
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -253,15 +252,7 @@ fn syscall_latency_and_live_events_from_the_agent() {
             .spawn()
             .expect("vigil events --follow"),
     );
-    let lines = BufReader::new(follow.0.stdout.take().unwrap()).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(follow.0.stdout.take().unwrap());
     // The follower says on stderr when the agent has subscribed it: from then on every
     // event reaches it.
     let err = lines_of(follow.0.stderr.take().unwrap());
